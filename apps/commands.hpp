@@ -1,0 +1,12 @@
+// The CLI: each subcommand lives in its own file and registers itself here. Option parsing only;
+// all work happens in the library.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace emcryo::app {
+
+void add_info_command(CLI::App& app);
+void add_simulate_command(CLI::App& app);
+void add_reconstruct_command(CLI::App& app);
+
+}  // namespace emcryo::app

@@ -1,0 +1,59 @@
+// Central slices of a 3D map and their inverse, insertion into a padded Fourier volume.
+#pragma once
+#include <vector>
+
+#include "emcryo/geometry/rotation.hpp"
+#include "emcryo/image/fft.hpp"
+
+namespace emcryo::em {
+
+using image::Complex;
+
+/// A map held as the transform of its zero-padded volume (padding x2 by default), with the
+/// real-space gridding pre-correction for trilinear interpolation, ready for central slices.
+class Projector {
+ public:
+  Projector(const std::vector<float>& volume, int n, int padding = 2);
+  int box() const { return n_; }
+
+  /// The 2D half grid (out_n/2+1 by out_n) of the projection at rotation `a` (RELION's matrix),
+  /// frequencies up to `max_radius` (pixels of the n-box grid; out_n may be smaller than n for a
+  /// Fourier-cropped image, in which case index k still means frequency k/(n*pixel)). Zero beyond.
+  void project(const geometry::Mat3& a, Complex* out, int out_n, double max_radius) const;
+
+ private:
+  int n_, pad_, m_, hm_;
+  std::vector<Complex> grid_;
+};
+
+/// Accumulates weighted slices in a padded Fourier volume and reconstructs a map:
+/// V = sum(w CTF X) / (sum(w CTF^2) + regularisation).
+class BackProjector {
+ public:
+  explicit BackProjector(int n, int padding = 2);
+  int box() const { return n_; }
+
+  /// Adds a slice at rotation `a`: `data` (= CTF * X, weighted) and `weight` (= CTF^2, weighted)
+  /// on a half grid of size in_n, frequencies up to max_radius (pixels of the n grid).
+  void insert(const geometry::Mat3& a, const Complex* data, const float* weight, int in_n,
+              double max_radius);
+  void add(const BackProjector& other);
+  void clear();
+
+  /// The map. `regularisation_per_shell` (size >= n/2+1, indexed by shell of the n grid, may be
+  /// empty) is added to the weights; weights are also floored at 1/1000 of their shell mean.
+  std::vector<float> reconstruct(const std::vector<double>& regularisation_per_shell = {}) const;
+  /// Mean weight per shell (of the n grid), for Wiener regularisation from an FSC.
+  std::vector<double> mean_weight_per_shell() const;
+
+ private:
+  void enforce_hermitian(std::vector<Complex>& data, std::vector<float>& weight) const;
+  int n_, pad_, m_, hm_;
+  std::vector<Complex> data_;
+  std::vector<float> weight_;
+};
+
+/// Real-space correction for trilinear interpolation on a grid of m points: sinc^2 per axis.
+float gridding_correction(int x, int y, int z, int center, int m);
+
+}  // namespace emcryo::em

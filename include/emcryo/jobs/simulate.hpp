@@ -1,0 +1,46 @@
+// `emcryo simulate`: particle images with known truth from atomic models or maps.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace emcryo::jobs {
+
+struct SimulateOptions {
+  std::vector<std::string> models;       // PDB/mmCIF (optionally .gz) or MRC maps; >1 = heterogeneity
+  std::vector<double> class_fractions;   // one per model; default equal
+  std::string out_dir;
+  int particles = 1000;
+  int box = 64;
+  double pixel_size = 2.0;               // Å
+  double snr = 0.1;                      // signal variance / noise variance inside the box
+  std::string orientations = "uniform";  // uniform | views | preferred
+  int views = 8;                         // for orientations = views
+  double preferred_fraction = 0.7;       // for preferred: share of particles near the top view
+  double preferred_spread = 15;          // degrees
+  double max_shift = 4;                  // Å, uniform in a disc
+  double defocus_min = 8000, defocus_max = 25000, astigmatism = 300;  // Å
+  double voltage = 300, cs = 2.7, amplitude_contrast = 0.1, bfactor = 0;
+  std::string symmetry = "C1";           // imposed on the true map (for symmetric test sets)
+  bool no_ctf = false;                   // images without CTF, STAR without CTF columns
+  bool float16 = false;
+  std::uint64_t seed = 1;
+};
+
+struct SimulateSummary {
+  int particles = 0;
+  int box = 0;
+  double pixel_size = 0;
+  double noise_sigma = 0;
+  std::vector<int> class_counts;
+};
+
+SimulateSummary run_simulate(const SimulateOptions& options);
+
+/// A density map of an atomic model (Gaussian atoms weighted by atomic number), centred on the
+/// model's centre of mass, box n, pixel size in Å.
+std::vector<float> model_to_map(const std::string& model_path, int n, double pixel_size);
+/// Imposes a point-group symmetry on a map (average of rotated copies).
+std::vector<float> symmetrize_map(const std::vector<float>& map, int n, const std::string& symmetry);
+
+}  // namespace emcryo::jobs

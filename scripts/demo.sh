@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One command for a fresh Debian 12 machine: install what is missing, build, and run the main job
+# (2D classification) on the built-in demo data simulated from the bundled 1TII model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+out=demo_output
+./build/emcryo simulate --model data/1tii.pdb.gz --out "$out/data" --particles 2000 --box 64 \
+  --pixel-size 2.0 --snr 0.1 --views 10 --seed 1
+./build/emcryo class2d --particles "$out/data/particles.star" --classes 10 --out "$out/class2d" \
+  --iterations 15 --mask-diameter 110 --seed 1
+echo "Demo finished. Open $out/class2d/report.html in a browser."

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One command for a fresh Debian 12 machine: install what is missing (with the test oracles RELION
+# and python3-mrcfile), build, run the whole test suite, then the unit tests once more under
+# AddressSanitizer + UndefinedBehaviorSanitizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --with-test-tools
+(cd build && ctest --output-on-failure -j2 --timeout 600)
+
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DEMCRYO_SANITIZE=ON \
+  -DEMCRYO_BUILD_BENCH=OFF >/dev/null
+cmake --build build-asan -j"$(nproc)" --target test_core test_io test_image test_geometry
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -L unit \
+  -R '^(Core|Mrc|Star|Fft|Ctf|Euler|Symmetry|Fourier)' --timeout 600)

@@ -1,0 +1,69 @@
+#include "emcryo/core/runtime.hpp"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+
+extern "C" {
+char* openblas_get_corename(void);
+void openblas_set_num_threads(int);
+}
+
+namespace emcryo::runtime {
+
+std::string blas_core_name() {
+  const char* name = openblas_get_corename();
+  return name ? name : "";
+}
+
+namespace {
+int core_rank(std::string_view name) {
+  // Rough order of capability of OpenBLAS x86-64 kernels for single precision GEMM.
+  static constexpr std::array<std::pair<std::string_view, int>, 10> ranks{{
+      {"sapphirerapids", 5}, {"cooperlake", 5}, {"skylakex", 5}, {"zen", 3}, {"haswell", 3},
+      {"excavator", 2}, {"sandybridge", 2}, {"bulldozer", 2}, {"piledriver", 2}, {"steamroller", 2}}};
+  std::string lower(name);
+  for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (auto& [n, r] : ranks)
+    if (lower == n) return r;
+  return 0;  // Prescott, Core2, Nehalem, Atom, Barcelona, ...: SSE-only kernels
+}
+}  // namespace
+
+std::string preferred_blas_core() {
+  __builtin_cpu_init();
+  std::string current = blas_core_name();
+  int have = core_rank(current);
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && have < 5)
+    return "SkylakeX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && have < 3) return "Haswell";
+  return "";
+}
+
+void ensure_fast_blas(int argc, char** argv) {
+  (void)argc;
+  if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("EMCRYO_NO_BLAS_REEXEC")) return;
+  std::string better = preferred_blas_core();
+  if (better.empty()) return;
+  setenv("OPENBLAS_CORETYPE", better.c_str(), 1);
+  // Guard against a loop if the re-executed program still sees a weak core.
+  setenv("EMCRYO_NO_BLAS_REEXEC", "1", 1);
+  execv("/proc/self/exe", argv);
+  // execv failed: carry on with the slower kernels rather than stop.
+}
+
+void set_threads(int threads) {
+  if (threads > 0) {
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
+  }
+}
+
+int threads() { return omp_get_max_threads(); }
+
+}  // namespace emcryo::runtime

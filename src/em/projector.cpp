@@ -1,0 +1,219 @@
+#include "emcryo/em/projector.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+#include "emcryo/core/error.hpp"
+
+namespace emcryo::em {
+
+namespace {
+double sinc(double x) { return std::abs(x) < 1e-8 ? 1.0 : std::sin(x) / x; }
+}  // namespace
+
+float gridding_correction(int x, int y, int z, int center, int m) {
+  const double pi = std::numbers::pi;
+  const double sx = sinc(pi * (x - center) / m), sy = sinc(pi * (y - center) / m),
+               sz = sinc(pi * (z - center) / m);
+  return static_cast<float>(sx * sx * sy * sy * sz * sz);
+}
+
+Projector::Projector(const std::vector<float>& volume, int n, int padding)
+    : n_(n), pad_(padding), m_(n * padding), hm_(n * padding / 2 + 1) {
+  if (volume.size() != static_cast<std::size_t>(n) * n * n) fail("projector: volume is not {}^3", n);
+  // Zero-pad to m^3 about the centre and pre-divide by the interpolation kernel's transform.
+  std::vector<float> padded(static_cast<std::size_t>(m_) * m_ * m_, 0.0f);
+  const int offset = m_ / 2 - n / 2;
+  for (int z = 0; z < n; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) {
+        const int px = x + offset, py = y + offset, pz = z + offset;
+        padded[(static_cast<std::size_t>(pz) * m_ + py) * m_ + px] =
+            volume[(static_cast<std::size_t>(z) * n + y) * n + x] / gridding_correction(px, py, pz, m_ / 2, m_);
+      }
+  grid_ = image::fft_forward_3d(padded, m_);
+}
+
+void Projector::project(const geometry::Mat3& a, Complex* out, int out_n, double max_radius) const {
+  const int h = out_n / 2 + 1;
+  const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
+  const double r2_max = r_max * r_max;
+  std::fill(out, out + image::half_size(out_n, out_n), Complex{});
+  // Slice coordinates: A^T (kx, ky, 0), i.e. the first two rows of A, scaled to the padded grid.
+  const double ax = a(0, 0) * pad_, ay = a(0, 1) * pad_, az = a(0, 2) * pad_;
+  const double bx = a(1, 0) * pad_, by = a(1, 1) * pad_, bz = a(1, 2) * pad_;
+  const int ky_limit = std::min(out_n / 2, static_cast<int>(std::ceil(r_max)));
+  for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
+    if (ky >= out_n / 2) continue;
+    Complex* row = out + static_cast<std::size_t>(image::storage_index(ky, out_n)) * h;
+    for (int kx = 0; kx < h; ++kx) {
+      if (kx * kx + ky * ky > r2_max) break;
+      double px = ax * kx + bx * ky, py = ay * kx + by * ky, pz = az * kx + bz * ky;
+      bool conjugate = false;
+      if (px < 0) {
+        px = -px, py = -py, pz = -pz;
+        conjugate = true;
+      }
+      const int x0 = static_cast<int>(std::floor(px));
+      const int y0 = static_cast<int>(std::floor(py));
+      const int z0 = static_cast<int>(std::floor(pz));
+      const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0),
+                  fz = static_cast<float>(pz - z0);
+      const int y0i = image::storage_index(y0, m_), y1i = image::storage_index(y0 + 1, m_);
+      const int z0i = image::storage_index(z0, m_), z1i = image::storage_index(z0 + 1, m_);
+      auto at = [&](int zi, int yi, int xi) {
+        return grid_[(static_cast<std::size_t>(zi) * m_ + yi) * hm_ + xi];
+      };
+      const Complex c00 = at(z0i, y0i, x0) + fx * (at(z0i, y0i, x0 + 1) - at(z0i, y0i, x0));
+      const Complex c01 = at(z0i, y1i, x0) + fx * (at(z0i, y1i, x0 + 1) - at(z0i, y1i, x0));
+      const Complex c10 = at(z1i, y0i, x0) + fx * (at(z1i, y0i, x0 + 1) - at(z1i, y0i, x0));
+      const Complex c11 = at(z1i, y1i, x0) + fx * (at(z1i, y1i, x0 + 1) - at(z1i, y1i, x0));
+      const Complex c0 = c00 + fy * (c01 - c00);
+      const Complex c1 = c10 + fy * (c11 - c10);
+      const Complex v = c0 + fz * (c1 - c0);
+      row[kx] = conjugate ? std::conj(v) : v;
+    }
+  }
+}
+
+BackProjector::BackProjector(int n, int padding)
+    : n_(n), pad_(padding), m_(n * padding), hm_(n * padding / 2 + 1),
+      data_(image::half_size(m_, m_, m_)), weight_(image::half_size(m_, m_, m_)) {}
+
+void BackProjector::clear() {
+  std::fill(data_.begin(), data_.end(), Complex{});
+  std::fill(weight_.begin(), weight_.end(), 0.0f);
+}
+
+void BackProjector::add(const BackProjector& other) {
+  for (std::size_t i = 0; i < data_.size(); ++i) {
+    data_[i] += other.data_[i];
+    weight_[i] += other.weight_[i];
+  }
+}
+
+void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const float* weight, int in_n,
+                           double max_radius) {
+  const int h = in_n / 2 + 1;
+  const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
+  const double r2_max = r_max * r_max;
+  const double ax = a(0, 0) * pad_, ay = a(0, 1) * pad_, az = a(0, 2) * pad_;
+  const double bx = a(1, 0) * pad_, by = a(1, 1) * pad_, bz = a(1, 2) * pad_;
+  const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
+  for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
+    const std::size_t row = static_cast<std::size_t>(image::storage_index(ky, in_n)) * h;
+    for (int kx = 0; kx < h; ++kx) {
+      if (kx * kx + ky * ky > r2_max) break;
+      // The kx = 0 column holds both ky and -ky; insert only ky >= 0 there to avoid counting twice
+      // (Hermitian symmetry of the 3D grid is restored before reconstruction).
+      if (kx == 0 && ky < 0) continue;
+      Complex value = data[row + kx];
+      const float w = weight[row + kx];
+      double px = ax * kx + bx * ky, py = ay * kx + by * ky, pz = az * kx + bz * ky;
+      if (px < 0) {
+        px = -px, py = -py, pz = -pz;
+        value = std::conj(value);
+      }
+      const int x0 = static_cast<int>(std::floor(px));
+      const int y0 = static_cast<int>(std::floor(py));
+      const int z0 = static_cast<int>(std::floor(pz));
+      const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0),
+                  fz = static_cast<float>(pz - z0);
+      for (int dz = 0; dz < 2; ++dz) {
+        const float wz = dz ? fz : 1 - fz;
+        const std::size_t zi = static_cast<std::size_t>(image::storage_index(z0 + dz, m_));
+        for (int dy = 0; dy < 2; ++dy) {
+          const float wzy = wz * (dy ? fy : 1 - fy);
+          const std::size_t base = (zi * m_ + image::storage_index(y0 + dy, m_)) * hm_;
+          for (int dx = 0; dx < 2; ++dx) {
+            const float wt = wzy * (dx ? fx : 1 - fx);
+            data_[base + x0 + dx] += wt * value;
+            weight_[base + x0 + dx] += wt * w;
+          }
+        }
+      }
+    }
+  }
+}
+
+void BackProjector::enforce_hermitian(std::vector<Complex>& data, std::vector<float>& weight) const {
+  // On the kx = 0 plane, (0, ky, kz) and (0, -ky, -kz) are conjugate copies of one coefficient:
+  // pool what landed on either.
+  for (int z = 0; z < m_; ++z)
+    for (int y = 0; y < m_; ++y) {
+      const int zm = image::storage_index(-image::wrap_frequency(z, m_), m_);
+      const int ym = image::storage_index(-image::wrap_frequency(y, m_), m_);
+      const std::size_t i = (static_cast<std::size_t>(z) * m_ + y) * hm_;
+      const std::size_t j = (static_cast<std::size_t>(zm) * m_ + ym) * hm_;
+      if (j < i) continue;
+      if (i == j) {
+        data[i] = Complex(data[i].real(), 0.0f);
+        continue;
+      }
+      const Complex sum = data[i] + std::conj(data[j]);
+      const float wsum = weight[i] + weight[j];
+      data[i] = sum;
+      data[j] = std::conj(sum);
+      weight[i] = weight[j] = wsum;
+    }
+}
+
+std::vector<double> BackProjector::mean_weight_per_shell() const {
+  const int shells = n_ / 2 + 1;
+  std::vector<double> sum(static_cast<std::size_t>(shells)), count(sum.size());
+  std::size_t idx = 0;
+  for (int z = 0; z < m_; ++z) {
+    const int kz = image::wrap_frequency(z, m_);
+    for (int y = 0; y < m_; ++y) {
+      const int ky = image::wrap_frequency(y, m_);
+      for (int x = 0; x < hm_; ++x, ++idx) {
+        const int s = static_cast<int>(std::lround(std::sqrt(x * x + ky * ky + kz * kz) / pad_));
+        if (s >= shells) continue;
+        sum[static_cast<std::size_t>(s)] += weight_[idx];
+        count[static_cast<std::size_t>(s)] += 1;
+      }
+    }
+  }
+  for (std::size_t s = 0; s < sum.size(); ++s) sum[s] = count[s] > 0 ? sum[s] / count[s] : 0;
+  return sum;
+}
+
+std::vector<float> BackProjector::reconstruct(const std::vector<double>& regularisation) const {
+  std::vector<Complex> data = data_;
+  std::vector<float> weight = weight_;
+  enforce_hermitian(data, weight);
+  const auto mean_weight = mean_weight_per_shell();
+  const int shells = n_ / 2 + 1;
+  const double r_max = n_ / 2.0 - 1.0;
+  std::vector<Complex> spectrum(data.size());
+  std::size_t idx = 0;
+  for (int z = 0; z < m_; ++z) {
+    const int kz = image::wrap_frequency(z, m_);
+    for (int y = 0; y < m_; ++y) {
+      const int ky = image::wrap_frequency(y, m_);
+      for (int x = 0; x < hm_; ++x, ++idx) {
+        const double r = std::sqrt(x * x + ky * ky + kz * kz) / pad_;
+        if (r > r_max) continue;
+        const auto s = static_cast<std::size_t>(std::min<long>(std::lround(r), shells - 1));
+        double w = weight[idx];
+        if (!regularisation.empty()) w += regularisation[s];
+        w = std::max(w, mean_weight[s] / 1000.0);
+        if (w > 0) spectrum[idx] = data[idx] / static_cast<float>(w);
+      }
+    }
+  }
+  std::vector<float> padded = image::fft_inverse_3d(spectrum, m_);
+  std::vector<float> volume(static_cast<std::size_t>(n_) * n_ * n_);
+  const int offset = m_ / 2 - n_ / 2;
+  for (int z = 0; z < n_; ++z)
+    for (int y = 0; y < n_; ++y)
+      for (int x = 0; x < n_; ++x) {
+        const int px = x + offset, py = y + offset, pz = z + offset;
+        volume[(static_cast<std::size_t>(z) * n_ + y) * n_ + x] =
+            padded[(static_cast<std::size_t>(pz) * m_ + py) * m_ + px] / gridding_correction(px, py, pz, m_ / 2, m_);
+      }
+  return volume;
+}
+
+}  // namespace emcryo::em

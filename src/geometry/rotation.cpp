@@ -1,0 +1,92 @@
+#include "emcryo/geometry/rotation.hpp"
+
+#include <algorithm>
+#include <numbers>
+
+namespace emcryo::geometry {
+
+namespace {
+constexpr double kDeg = std::numbers::pi / 180.0;
+}
+
+Mat3 operator*(const Mat3& a, const Mat3& b) {
+  Mat3 c;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) c(i, j) = a(i, 0) * b(0, j) + a(i, 1) * b(1, j) + a(i, 2) * b(2, j);
+  return c;
+}
+
+Vec3 operator*(const Mat3& a, const Vec3& v) {
+  return {a(0, 0) * v.x + a(0, 1) * v.y + a(0, 2) * v.z, a(1, 0) * v.x + a(1, 1) * v.y + a(1, 2) * v.z,
+          a(2, 0) * v.x + a(2, 1) * v.y + a(2, 2) * v.z};
+}
+
+Mat3 transpose(const Mat3& a) {
+  Mat3 t;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) t(i, j) = a(j, i);
+  return t;
+}
+
+Mat3 euler_to_matrix(const Euler& e) {
+  const double ca = std::cos(e.rot * kDeg), sa = std::sin(e.rot * kDeg);
+  const double cb = std::cos(e.tilt * kDeg), sb = std::sin(e.tilt * kDeg);
+  const double cg = std::cos(e.psi * kDeg), sg = std::sin(e.psi * kDeg);
+  const double cc = cb * ca, cs = cb * sa, sc = sb * ca, ss = sb * sa;
+  Mat3 a;
+  a(0, 0) = cg * cc - sg * sa;
+  a(0, 1) = cg * cs + sg * ca;
+  a(0, 2) = -cg * sb;
+  a(1, 0) = -sg * cc - cg * sa;
+  a(1, 1) = -sg * cs + cg * ca;
+  a(1, 2) = sg * sb;
+  a(2, 0) = sc;
+  a(2, 1) = ss;
+  a(2, 2) = cb;
+  return a;
+}
+
+Euler matrix_to_euler(const Mat3& a) {
+  Euler e;
+  const double sb = std::sqrt(a(0, 2) * a(0, 2) + a(1, 2) * a(1, 2));
+  if (sb > 16 * 1e-6) {
+    e.psi = std::atan2(a(1, 2), -a(0, 2));
+    e.rot = std::atan2(a(2, 1), a(2, 0));
+    // Choose sin(tilt) >= 0 so that tilt lies in [0, 180].
+    e.tilt = std::atan2(sb, a(2, 2));
+  } else {
+    // Gimbal lock: only rot+psi (tilt 0) or psi-rot (tilt 180) is defined; put it all in psi.
+    e.rot = 0;
+    e.tilt = a(2, 2) > 0 ? 0 : std::numbers::pi;
+    e.psi = a(2, 2) > 0 ? std::atan2(-a(1, 0), a(0, 0)) : std::atan2(a(1, 0), -a(0, 0));
+  }
+  e.rot /= kDeg;
+  e.tilt /= kDeg;
+  e.psi /= kDeg;
+  return e;
+}
+
+double rotation_angle_between(const Mat3& a, const Mat3& b) {
+  Mat3 r = transpose(a) * b;
+  double c = (r(0, 0) + r(1, 1) + r(2, 2) - 1) / 2;
+  return std::acos(std::clamp(c, -1.0, 1.0)) / kDeg;
+}
+
+Mat3 axis_angle(const Vec3& axis, double degrees) {
+  const double n = std::sqrt(axis.x * axis.x + axis.y * axis.y + axis.z * axis.z);
+  const double x = axis.x / n, y = axis.y / n, z = axis.z / n;
+  const double c = std::cos(degrees * kDeg), s = std::sin(degrees * kDeg), t = 1 - c;
+  Mat3 r;
+  r(0, 0) = t * x * x + c;
+  r(0, 1) = t * x * y - s * z;
+  r(0, 2) = t * x * z + s * y;
+  r(1, 0) = t * x * y + s * z;
+  r(1, 1) = t * y * y + c;
+  r(1, 2) = t * y * z - s * x;
+  r(2, 0) = t * x * z - s * y;
+  r(2, 1) = t * y * z + s * x;
+  r(2, 2) = t * z * z + c;
+  return r;
+}
+
+}  // namespace emcryo::geometry

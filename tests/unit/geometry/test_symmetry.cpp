@@ -1,0 +1,359 @@
+// Point groups: sizes, group axioms, RELION 3.1's axis settings, and agreement with RELION itself
+// (relion_refine --print_symmetry_ops, relion_image_handler --sym) where it is installed.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include "emcryo/core/error.hpp"
+#include "emcryo/geometry/rotation.hpp"
+#include "emcryo/geometry/symmetry.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using emcryo::geometry::axis_angle;
+using emcryo::geometry::make_symmetry_group;
+using emcryo::geometry::Mat3;
+using emcryo::geometry::SymmetryGroup;
+using emcryo::geometry::transpose;
+using emcryo::geometry::Vec3;
+
+double max_diff(const Mat3& a, const Mat3& b) {
+  double d = 0;
+  for (size_t i = 0; i < 9; ++i) d = std::max(d, std::abs(a.m[i] - b.m[i]));
+  return d;
+}
+
+double det(const Mat3& a) {
+  return a(0, 0) * (a(1, 1) * a(2, 2) - a(1, 2) * a(2, 1)) - a(0, 1) * (a(1, 0) * a(2, 2) - a(1, 2) * a(2, 0)) +
+         a(0, 2) * (a(1, 0) * a(2, 1) - a(1, 1) * a(2, 0));
+}
+
+bool in_group(const std::vector<Mat3>& ops, const Mat3& r, double tol = 1e-9) {
+  for (const Mat3& q : ops)
+    if (max_diff(q, r) < tol) return true;
+  return false;
+}
+
+struct Named {
+  const char* name;
+  size_t size;
+};
+const Named kGroups[] = {{"C1", 1},  {"C2", 2},  {"C3", 3},   {"C4", 4},  {"C5", 5},  {"C6", 6},  {"C7", 7},
+                         {"C11", 11}, {"C12", 12}, {"C17", 17}, {"C99", 99}, {"D1", 2},  {"D2", 4},  {"D3", 6},
+                         {"D4", 8},  {"D5", 10}, {"D6", 12},  {"D7", 14}, {"D13", 26}, {"D40", 80}, {"T", 12},
+                         {"O", 24},  {"I", 60},  {"I1", 60},  {"I2", 60}, {"I3", 60}, {"I4", 60}};
+
+TEST(SymmetryGroups, Sizes) {
+  for (const Named& g : kGroups) EXPECT_EQ(make_symmetry_group(g.name).operators.size(), g.size) << g.name;
+  EXPECT_EQ(make_symmetry_group("C360").operators.size(), 360u);
+  EXPECT_EQ(make_symmetry_group("D999").operators.size(), 1998u);
+}
+
+TEST(SymmetryGroups, NamesAreCaseInsensitive) {
+  EXPECT_EQ(make_symmetry_group("c5").name, "C5");
+  EXPECT_EQ(make_symmetry_group("d7").name, "D7");
+  EXPECT_EQ(make_symmetry_group("C05").name, "C5");
+  EXPECT_EQ(make_symmetry_group("t").name, "T");
+  EXPECT_EQ(make_symmetry_group("o").name, "O");
+  EXPECT_EQ(make_symmetry_group("i").name, "I");
+  EXPECT_EQ(make_symmetry_group("i3").name, "I3");
+  for (const char* lower : {"c5", "d7", "t", "o", "i", "i1", "i4"}) {
+    std::string upper(lower);
+    for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    const auto a = make_symmetry_group(lower), b = make_symmetry_group(upper);
+    ASSERT_EQ(a.operators.size(), b.operators.size());
+    for (size_t i = 0; i < a.operators.size(); ++i) EXPECT_EQ(a.operators[i].m, b.operators[i].m);
+  }
+  // I is I2.
+  const auto i = make_symmetry_group("I"), i2 = make_symmetry_group("I2");
+  for (size_t k = 0; k < 60; ++k) EXPECT_EQ(i.operators[k].m, i2.operators[k].m);
+}
+
+TEST(SymmetryGroups, GroupAxioms) {
+  for (const Named& g : kGroups) {
+    const auto ops = make_symmetry_group(g.name).operators;
+    ASSERT_FALSE(ops.empty());
+    EXPECT_EQ(ops[0].m, Mat3::identity().m) << g.name << ": identity must come first";
+    for (size_t i = 0; i < ops.size(); ++i) {
+      EXPECT_TRUE(in_group(ops, transpose(ops[i]))) << g.name << ": inverse of " << i;
+      for (size_t j = 0; j < ops.size(); ++j) {
+        if (j > i) {
+          EXPECT_GT(max_diff(ops[i], ops[j]), 1e-3) << g.name << ": duplicate " << i << " " << j;
+        }
+        if (!in_group(ops, ops[i] * ops[j])) {
+          ADD_FAILURE() << g.name << ": product " << i << "*" << j << " not in group";
+          return;
+        }
+      }
+    }
+  }
+}
+
+TEST(SymmetryGroups, ProperRotations) {
+  for (const Named& g : kGroups) {
+    for (const Mat3& r : make_symmetry_group(g.name).operators) {
+      EXPECT_NEAR(det(r), 1, 1e-12) << g.name;
+      EXPECT_LT(max_diff(r * transpose(r), Mat3::identity()), 1e-12) << g.name;
+    }
+  }
+}
+
+// Does the group hold the n-fold rotation about this axis (given to RELION's decimals)?
+bool has_axis(const SymmetryGroup& g, Vec3 axis, int fold, double tol = 1e-5) {
+  for (int k = 1; k < fold; ++k)
+    if (!in_group(g.operators, axis_angle(axis, 360.0 * k / fold), tol)) return false;
+  return true;
+}
+
+// The generators of RELION 3.1's SymList::fill_symmetry_class (src/symmetries.cpp), decimals as
+// written there.
+TEST(SymmetryGroups, RelionAxisSettings) {
+  for (int n : {2, 3, 5, 8}) {
+    const auto c = make_symmetry_group(fmt::format("C{}", n)), d = make_symmetry_group(fmt::format("D{}", n));
+    EXPECT_TRUE(has_axis(c, {0, 0, 1}, n));
+    EXPECT_TRUE(has_axis(d, {0, 0, 1}, n));
+    EXPECT_TRUE(has_axis(d, {1, 0, 0}, 2));
+  }
+  EXPECT_FALSE(has_axis(make_symmetry_group("D3"), {0, 1, 0}, 2));  // 2-fold on x, not y
+  const auto t = make_symmetry_group("T");
+  EXPECT_TRUE(has_axis(t, {0, 0, 1}, 3));
+  EXPECT_TRUE(has_axis(t, {0, 0.816496, 0.577350}, 2));
+  const auto o = make_symmetry_group("O");
+  EXPECT_TRUE(has_axis(o, {.5773502, .5773502, .5773502}, 3));
+  EXPECT_TRUE(has_axis(o, {0, 0, 1}, 4));
+  for (const char* name : {"I", "I2"}) {
+    const auto g = make_symmetry_group(name);
+    EXPECT_TRUE(has_axis(g, {0, 0, 1}, 2));
+    EXPECT_TRUE(has_axis(g, {0.525731114, 0, 0.850650807}, 5));
+    EXPECT_TRUE(has_axis(g, {0, 0.356822076, 0.934172364}, 3));
+  }
+  const auto i1 = make_symmetry_group("I1");
+  EXPECT_TRUE(has_axis(i1, {1, 0, 0}, 2));
+  EXPECT_TRUE(has_axis(i1, {0.85065080702670, 0, -0.5257311142635}, 5));
+  EXPECT_TRUE(has_axis(i1, {0.9341723640, 0.3568220765, 0}, 3));
+  const auto i3 = make_symmetry_group("I3");
+  EXPECT_TRUE(has_axis(i3, {-0.5257311143, 0, 0.8506508070}, 2));
+  EXPECT_TRUE(has_axis(i3, {0, 0, 1}, 5));
+  EXPECT_TRUE(has_axis(i3, {-0.4911234778630044, 0.3568220764705179, 0.7946544753759428}, 3));
+  const auto i4 = make_symmetry_group("I4");
+  EXPECT_TRUE(has_axis(i4, {0.5257311143, 0, 0.8506508070}, 2));
+  EXPECT_TRUE(has_axis(i4, {0.8944271932547096, 0, 0.4472135909903704}, 5));
+  EXPECT_TRUE(has_axis(i4, {0.4911234778630044, 0.3568220764705179, 0.7946544753759428}, 3));
+  // The settings differ from each other.
+  EXPECT_FALSE(has_axis(i1, {0, 0, 1}, 2));
+  EXPECT_FALSE(has_axis(i3, {0, 0, 1}, 2));
+  EXPECT_FALSE(has_axis(make_symmetry_group("I"), {0, 0, 1}, 5));
+}
+
+TEST(SymmetryGroups, UnknownNamesFail) {
+  for (const char* bad : {"", "C", "D", "C0", "D0", "c00", "C-1", "C+2", "C 5", " C5", "C5 ", "C1000", "D99999999999",
+                          "X", "Q2", "T1", "O2", "I5", "I0", "IH", "CI", "CS", "C2V", "D2H", "TD", "OH", "5",
+                          "C5.0", "C1e2", "c4x"}) {
+    try {
+      make_symmetry_group(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const emcryo::Error& e) {
+      EXPECT_EQ(std::string(e.what()), std::string("unknown symmetry '") + bad + "': use C<n>, D<n>, T, O or I");
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparisons with RELION 3.1 itself.
+
+bool have_program(const char* name) {
+  return std::system((std::string("command -v ") + name + " > /dev/null 2>&1").c_str()) == 0;
+}
+
+// An empty scratch folder (RELION first tries to open a file named like the symmetry group).
+fs::path scratch(const std::string& tag) {
+  fs::path dir = fs::temp_directory_path() / ("emcryo_test_symmetry_" + std::to_string(::getpid()) + "_" + tag);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+// The matrices printed by `relion_refine --sym X --print_symmetry_ops` ("R(k)=" then 3 rows).
+std::vector<Mat3> relion_operators(const std::string& sym, const fs::path& dir) {
+  const std::string cmd = "cd '" + dir.string() + "' && relion_refine --sym " + sym + " --print_symmetry_ops 2>&1";
+  std::vector<Mat3> ops;
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  if (!pipe) return ops;
+  std::vector<std::string> lines;
+  std::array<char, 512> buf{};
+  while (std::fgets(buf.data(), static_cast<int>(buf.size()), pipe)) lines.emplace_back(buf.data());
+  ::pclose(pipe);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (lines[i].find("R(") == std::string::npos || lines[i].find(")=") == std::string::npos) continue;
+    Mat3 r;
+    bool ok = i + 3 < lines.size();
+    for (int row = 0; ok && row < 3; ++row)
+      ok = std::sscanf(lines[i + 1 + static_cast<size_t>(row)].c_str(), "%lf %lf %lf", &r(row, 0), &r(row, 1),
+                       &r(row, 2)) == 3;
+    if (ok) ops.push_back(r);
+  }
+  return ops;
+}
+
+TEST(SymmetryRelion, OperatorsMatchRelionRefine) {
+  if (!have_program("relion_refine")) GTEST_SKIP() << "relion_refine not installed";
+  const fs::path dir = scratch("ops");
+  for (const char* name : {"C1", "C2", "C4", "C7", "C12", "D1", "D2", "D3", "D7", "D12", "T", "O", "I", "I1", "I2",
+                           "I3", "I4", "c5", "d6"}) {
+    const auto ours = make_symmetry_group(name).operators;
+    const auto theirs = relion_operators(name, dir);
+    ASSERT_EQ(theirs.size(), ours.size()) << name;
+    // RELION prints about 5 significant digits; our operators are > 0.1 apart.
+    for (const Mat3& r : theirs) EXPECT_TRUE(in_group(ours, r, 1e-4)) << name;
+  }
+  fs::remove_all(dir);
+}
+
+// A tiny MRC (mode 2) writer/reader, so this test does not depend on emcryo::io.
+void write_mrc(const fs::path& path, const std::vector<float>& v, int n) {
+  std::array<std::int32_t, 256> h{};
+  auto put_f = [&h](int word, float value) { std::memcpy(&h[static_cast<size_t>(word)], &value, 4); };
+  h[0] = h[1] = h[2] = n;
+  h[3] = 2;
+  h[7] = h[8] = h[9] = n;
+  for (int w = 10; w < 13; ++w) put_f(w, static_cast<float>(n));  // 1 A/pixel
+  for (int w = 13; w < 16; ++w) put_f(w, 90.f);
+  h[16] = 1, h[17] = 2, h[18] = 3;
+  h[27] = 20140;
+  std::memcpy(&h[52], "MAP ", 4);
+  const unsigned char stamp[4] = {0x44, 0x44, 0, 0};
+  std::memcpy(&h[53], stamp, 4);
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(h.data()), 1024);
+  out.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
+}
+
+std::vector<float> read_mrc(const fs::path& path, int n) {
+  std::ifstream in(path, std::ios::binary);
+  std::array<std::int32_t, 256> h{};
+  in.read(reinterpret_cast<char*>(h.data()), 1024);
+  if (!in || h[0] != n || h[1] != n || h[2] != n || h[3] != 2) return {};
+  in.seekg(1024 + h[23]);
+  std::vector<float> v(static_cast<size_t>(n) * n * n);
+  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
+  if (!in) return {};
+  return v;
+}
+
+// A few Gaussian blobs, no symmetry; x fastest, centre at n/2 like RELION.
+std::vector<float> blobs(int n) {
+  struct Blob {
+    double x, y, z, amp;
+  };
+  const Blob b[] = {{5, 2, -3, 1.0}, {-3, 6, 1, 0.7}, {1, -4, 6, 0.5}, {-6, -2, -4, 0.8}, {2, 1, 2, 0.4}};
+  const double sigma = 1.5, c = n / 2;
+  std::vector<float> v(static_cast<size_t>(n) * n * n);
+  for (int z = 0; z < n; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) {
+        double s = 0;
+        for (const Blob& q : b) {
+          const double dx = x - c - q.x, dy = y - c - q.y, dz = z - c - q.z;
+          s += q.amp * std::exp(-(dx * dx + dy * dy + dz * dz) / (2 * sigma * sigma));
+        }
+        v[(static_cast<size_t>(z) * n + y) * n + x] = static_cast<float>(s);
+      }
+  return v;
+}
+
+double trilinear(const std::vector<float>& v, int n, double x, double y, double z) {
+  const int x0 = static_cast<int>(std::floor(x)), y0 = static_cast<int>(std::floor(y)),
+            z0 = static_cast<int>(std::floor(z));
+  const double fx = x - x0, fy = y - y0, fz = z - z0;
+  double s = 0;
+  for (int dz = 0; dz < 2; ++dz)
+    for (int dy = 0; dy < 2; ++dy)
+      for (int dx = 0; dx < 2; ++dx) {
+        const int xi = x0 + dx, yi = y0 + dy, zi = z0 + dz;
+        if (xi < 0 || yi < 0 || zi < 0 || xi >= n || yi >= n || zi >= n) continue;
+        const double w = (dx ? fx : 1 - fx) * (dy ? fy : 1 - fy) * (dz ? fz : 1 - fz);
+        s += w * v[(static_cast<size_t>(zi) * n + yi) * n + xi];
+      }
+  return s;
+}
+
+// Average of the volume rotated by every operator (the set is closed under inversion, so
+// sampling at R p or R^T p gives the same average).
+std::vector<float> symmetrise(const std::vector<float>& v, int n, const std::vector<Mat3>& ops) {
+  std::vector<float> out(v.size());
+  const double c = n / 2;
+  for (int z = 0; z < n; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) {
+        double s = 0;
+        for (const Mat3& r : ops) {
+          const Vec3 p = r * Vec3{x - c, y - c, z - c};
+          s += trilinear(v, n, p.x + c, p.y + c, p.z + c);
+        }
+        out[(static_cast<size_t>(z) * n + y) * n + x] = static_cast<float>(s / static_cast<double>(ops.size()));
+      }
+  return out;
+}
+
+double correlation(const std::vector<float>& a, const std::vector<float>& b) {
+  double ma = 0, mb = 0;
+  for (size_t i = 0; i < a.size(); ++i) ma += a[i], mb += b[i];
+  ma /= static_cast<double>(a.size());
+  mb /= static_cast<double>(b.size());
+  double sab = 0, saa = 0, sbb = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    sab += (a[i] - ma) * (b[i] - mb);
+    saa += (a[i] - ma) * (a[i] - ma);
+    sbb += (b[i] - mb) * (b[i] - mb);
+  }
+  return sab / std::sqrt(saa * sbb);
+}
+
+TEST(SymmetryRelion, MapsOverlayRelionImageHandler) {
+  if (!have_program("relion_image_handler")) GTEST_SKIP() << "relion_image_handler not installed";
+  constexpr int n = 32;
+  const fs::path dir = scratch("maps");
+  const std::vector<float> vol = blobs(n);
+  write_mrc(dir / "vol.mrc", vol, n);
+  auto relion_sym = [&](const std::string& sym) {
+    const fs::path out = dir / ("sym_" + sym + ".mrc");
+    const std::string cmd = "cd '" + dir.string() + "' && relion_image_handler --i vol.mrc --o " + out.string() +
+                            " --sym " + sym + " > relion_" + sym + ".log 2>&1";
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    return read_mrc(out, n);
+  };
+  for (const char* sym : {"C4", "D2", "D3", "T", "O", "I", "I1", "I3", "I4"}) {
+    const auto theirs = relion_sym(sym);
+    ASSERT_EQ(theirs.size(), vol.size()) << sym << ": could not read RELION's output";
+    const double cc = correlation(symmetrise(vol, n, make_symmetry_group(sym).operators), theirs);
+    EXPECT_GT(cc, 0.95) << sym;
+    std::printf("  %-3s correlation with RELION %.5f\n", sym, cc);
+  }
+  // The test can tell settings apart: a D3 with its 2-fold on y, or another icosahedral
+  // setting, does not overlay RELION's map.
+  {
+    const Mat3 q = axis_angle({0, 0, 1}, 90);
+    std::vector<Mat3> d3y;
+    for (const Mat3& r : make_symmetry_group("D3").operators) d3y.push_back(q * r * transpose(q));
+    const double cc = correlation(symmetrise(vol, n, d3y), relion_sym("D3"));
+    EXPECT_LT(cc, 0.9);
+    std::printf("  D3 with 2-fold on y vs RELION D3: %.5f\n", cc);
+    const double cci = correlation(symmetrise(vol, n, make_symmetry_group("I1").operators), relion_sym("I2"));
+    EXPECT_LT(cci, 0.9);
+    std::printf("  our I1 vs RELION I2: %.5f\n", cci);
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
