@@ -78,9 +78,41 @@ bool is_data_keyword(const char* p, const char* line_end) {
   return starts_with_word(p, line_end, "data_");
 }
 
+// Plain decimals ("-12345.678901", what RELION writes) with at most 15 digits: the digits form an
+// integer below 2^53 and the divisor 10^k (k <= 22) is exact, so one IEEE division gives the
+// correctly rounded value, bit-identical to from_chars (Clinger's fast path), several times faster.
+inline bool parse_plain_decimal(const char* begin, const char* end, double& value) {
+  static constexpr double kPowersOfTen[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                            1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+  const char* p = begin;
+  const bool negative = p != end && *p == '-';
+  if (negative) ++p;
+  std::uint64_t digits = 0;
+  int digit_count = 0;
+  int decimals = -1;  // -1: no '.' seen yet
+  for (; p != end; ++p) {
+    const unsigned digit = static_cast<unsigned char>(*p) - unsigned{'0'};
+    if (digit < 10) {
+      digits = digits * 10 + digit;
+      ++digit_count;
+      if (decimals >= 0) ++decimals;
+    } else if (*p == '.' && decimals < 0) {
+      decimals = 0;
+    } else {
+      return false;
+    }
+  }
+  if (digit_count == 0 || digit_count > 15) return false;
+  double result = static_cast<double>(digits);
+  if (decimals > 0) result /= kPowersOfTen[decimals];
+  value = negative ? -result : result;
+  return true;
+}
+
 bool parse_double(std::string_view text, double& value) {
   const char* begin = text.data();
   const char* end = begin + text.size();
+  if (parse_plain_decimal(begin, end, value)) return true;
   if (begin != end && *begin == '+') {
     ++begin;
     if (begin != end && *begin == '-') return false;
@@ -501,9 +533,17 @@ std::vector<double> StarTable::numbers(int column) const {
          block_name, column, names_.size());
   std::vector<double> values(rows_);
   const std::size_t stride = names_.size();
+  // Cells of one column lie a whole row apart in the text, too irregular for the hardware
+  // prefetcher: fetch the text a few rows ahead.
+  constexpr std::size_t kPrefetchRows = 16;
   for (std::size_t row = 0; row < rows_; ++row) {
-    if (!parse_double(cell_text(row * stride + static_cast<std::size_t>(column)), values[row]))
-      fail_not_number(row, column, "a number");
+    const std::size_t cell = row * stride + static_cast<std::size_t>(column);
+    if (row + kPrefetchRows < rows_) {
+      const std::uint64_t ahead = cell_offset_[cell + kPrefetchRows * stride];
+      if (ahead != kUnsetCell)
+        __builtin_prefetch(((ahead & kEditedBit) != 0 ? edits_.data() : arena_.data()) + (ahead & ~kEditedBit));
+    }
+    if (!parse_double(cell_text(cell), values[row])) fail_not_number(row, column, "a number");
   }
   return values;
 }

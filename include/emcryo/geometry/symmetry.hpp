@@ -17,9 +17,12 @@ namespace emcryo::geometry {
 ///   Cn: n-fold about z.   Dn: Cn plus a 2-fold about x.
 ///   T: 3-fold about z, 2-fold about (0, sqrt(2/3), sqrt(1/3)).
 ///   O: 3-fold about (1, 1, 1)/sqrt(3), 4-fold about z.
-///   I2 (= I): 2-fold z, 5-fold (sin a, 0, cos a), 3-fold (0, sin b, cos b) (a 5-fold in the xz
-///   plane, a 2-fold on z); I1: 2-fold x, 5-fold in xz; I3: 5-fold on z, 2-fold in xz at -x;
-///   I4: 5-fold on z-ish (0.894, 0, 0.447), 2-fold in xz at +x.
+///   I2 (= I): 2-folds on x, y, z; 5-fold (1, 0, phi)/|.|; 3-fold (0, phi - 1, phi)/sqrt(3).
+///   I1: 2-folds on x, y, z; 5-fold (phi, 0, -1)/|.|; 3-fold (phi, phi - 1, 0)/sqrt(3)
+///       (= I2 turned 90 degrees about z).
+///   I3: 5-fold on z; 2-fold (-1, 0, phi)/|.|.   I4: 5-fold on z (RELION names the one at
+///       (2, 0, 1)/sqrt(5)); 2-fold (1, 0, phi)/|.| (= I3 turned 180 degrees about z).
+///   (phi = golden ratio.)
 /// The set of operators is closed under inversion, so it does not matter whether a caller
 /// applies R or R^T to sample a map.
 struct SymmetryGroup {

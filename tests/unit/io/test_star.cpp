@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <charconv>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -264,6 +267,33 @@ TEST_F(StarTest, NumbersFastPathParsesWholeColumn) {
   EXPECT_TRUE(std::isnan(values[3]));
   EXPECT_EQ(odd.integer(4, 0), 3);
   EXPECT_EQ(odd.integer(1, 0), 2);
+}
+
+TEST_F(StarTest, NumbersAreBitIdenticalToFromChars) {
+  // numbers() takes a shortcut for plain decimals; it must round exactly like std::from_chars.
+  std::mt19937_64 random(7);
+  std::uniform_real_distribution<double> magnitude(-12.0, 12.0);
+  std::vector<std::string> texts;
+  char buffer[64];
+  for (int i = 0; i < 20000; ++i) {
+    const double value = (i % 2 != 0 ? -1.0 : 1.0) * std::pow(10.0, magnitude(random));
+    const int precision = i % 17;
+    std::snprintf(buffer, sizeof buffer, i % 3 == 0 ? "%.*f" : (i % 3 == 1 ? "%.*e" : "%.*g"), precision, value);
+    texts.emplace_back(buffer);
+  }
+  for (const char* edge : {"0", "-0", "0.0", "5.", ".5", "-.5", "999999999999999", "9999999999999999",
+                           "0.000000000000001", "123456789.012345", "1234567890.123456789"})
+    texts.emplace_back(edge);
+  std::string text = "data_\nloop_\n_rlnValue\n";
+  for (const std::string& t : texts) text += t + "\n";
+  const StarFile star = parse_star(text, "bits.star");
+  const std::vector<double> parsed = star.blocks[0].table.numbers(0);
+  ASSERT_EQ(parsed.size(), texts.size());
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    double expected = 0;
+    std::from_chars(texts[i].data(), texts[i].data() + texts[i].size(), expected);
+    EXPECT_EQ(std::memcmp(&parsed[i], &expected, sizeof expected), 0) << texts[i];
+  }
 }
 
 TEST_F(StarTest, ErrorMissingRequiredColumnAndBlock) {
