@@ -8,5 +8,6 @@ namespace emcryo::app {
 void add_info_command(CLI::App& app);
 void add_simulate_command(CLI::App& app);
 void add_reconstruct_command(CLI::App& app);
+void add_class2d_command(CLI::App& app);
 
 }  // namespace emcryo::app

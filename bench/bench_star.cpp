@@ -82,7 +82,8 @@ void add_particles(StarFile& star, std::size_t rows) {
     const std::size_t mic = i / kParticlesPerMicrograph + 1;
     t.set_number(row, x, 4096 * unit(random));
     t.set_number(row, y, 4096 * unit(random));
-    std::snprintf(name, sizeof name, "%06zu@Extract/job007/Movies/mic%05zu.mrcs", i % kParticlesPerMicrograph + 1, mic);
+    std::snprintf(name, sizeof name, "%06zu@Extract/job007/Movies/mic%05zu.mrcs",
+                  i % kParticlesPerMicrograph + 1, mic);
     t.set_text(row, image, name);
     std::snprintf(name, sizeof name, "MotionCorr/job002/Movies/mic%05zu.mrc", mic);
     t.set_text(row, micrograph, name);
@@ -148,8 +149,8 @@ int run(std::size_t rows) {
   std::printf("read_star: %.2f s  (%zu rows x %zu columns, %.0f MB/s)\n", read_seconds, particles.rows(),
               particles.columns(), megabytes / read_seconds);
   if (particles.rows() != rows || particles.columns() != 25) {
-    std::fprintf(stderr, "bench_star: read back %zu rows x %zu columns, expected %zu x 25\n", particles.rows(),
-                 particles.columns(), rows);
+    std::fprintf(stderr, "bench_star: read back %zu rows x %zu columns, expected %zu x 25\n",
+                 particles.rows(), particles.columns(), rows);
     return 1;
   }
 

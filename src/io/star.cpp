@@ -36,8 +36,7 @@ enum class Scan { token, end_of_line, unterminated_quote };
 // Finds the next token on [cursor, line_end). Quoted tokens ('...' or "...") end at the matching
 // quote followed by a blank or the end of the line, as in STAR/CIF, so "it's" needs no escaping.
 // '#' at the start of a token begins a comment that runs to the end of the line.
-inline Scan next_token(const char*& cursor, const char* line_end, const char*& begin,
-                       const char*& end) {
+inline Scan next_token(const char*& cursor, const char* line_end, const char*& begin, const char*& end) {
   const char* p = cursor;
   while (p < line_end && is_blank(*p)) ++p;
   if (p == line_end || *p == '#') {
@@ -74,16 +73,14 @@ bool starts_with_word(const char* p, const char* line_end, std::string_view word
 bool is_loop_keyword(const char* p, const char* line_end) {
   return starts_with_word(p, line_end, "loop_") && (p + 5 == line_end || is_blank(p[5]));
 }
-bool is_data_keyword(const char* p, const char* line_end) {
-  return starts_with_word(p, line_end, "data_");
-}
+bool is_data_keyword(const char* p, const char* line_end) { return starts_with_word(p, line_end, "data_"); }
 
 // Plain decimals ("-12345.678901", what RELION writes) with at most 15 digits: the digits form an
 // integer below 2^53 and the divisor 10^k (k <= 22) is exact, so one IEEE division gives the
 // correctly rounded value, bit-identical to from_chars (Clinger's fast path), several times faster.
 inline bool parse_plain_decimal(const char* begin, const char* end, double& value) {
-  static constexpr double kPowersOfTen[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
-                                            1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+  static constexpr double kPowersOfTen[] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                            1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
   const char* p = begin;
   const bool negative = p != end && *p == '-';
   if (negative) ++p;
@@ -201,20 +198,25 @@ std::string read_whole_file(const std::filesystem::path& path) {
   struct stat info {};
   if (::fstat(fd, &info) != 0) fail("{}: cannot open: {}", path.string(), std::strerror(errno));
   if (S_ISDIR(info.st_mode)) fail("{}: cannot open: is a directory", path.string());
-  std::string text;
-  text.resize(static_cast<std::size_t>(info.st_size));
+  // Read st_size bytes in place; then read on through a small buffer, so a file that grew (or a
+  // pipe, whose size reads 0) is still read whole without reallocating the big string at EOF.
+  std::string text(static_cast<std::size_t>(info.st_size), '\0');
   std::size_t done = 0;
-  for (;;) {
-    if (done == text.size()) text.resize(text.size() + 65536);  // file grew, or a pipe
-    const ssize_t got = ::read(fd, text.data() + done, text.size() - done);
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      fail("{}: cannot read: {}", path.string(), std::strerror(errno));
+  const auto read_some = [&](char* into, std::size_t size) -> std::size_t {
+    for (;;) {
+      const ssize_t got = ::read(fd, into, size);
+      if (got >= 0) return static_cast<std::size_t>(got);
+      if (errno != EINTR) fail("{}: cannot read: {}", path.string(), std::strerror(errno));
     }
+  };
+  while (done < text.size()) {
+    const std::size_t got = read_some(text.data() + done, text.size() - done);
     if (got == 0) break;
-    done += static_cast<std::size_t>(got);
+    done += got;
   }
   text.resize(done);
+  char more[65536];
+  while (const std::size_t got = read_some(more, sizeof more)) text.append(more, got);
   return text;
 }
 
@@ -234,10 +236,12 @@ class StarReaderAccess {
     const char* base = text_.data();
     const char* end = base + text_.size();
     const char* p = base;
+    if (text_.starts_with("\xEF\xBB\xBF")) p += 3;  // UTF-8 byte-order mark from some editors
     std::uint32_t line = 0;
     while (p < end) {
       ++line;
-      const char* line_end = static_cast<const char*>(std::memchr(p, '\n', static_cast<std::size_t>(end - p)));
+      const char* line_end =
+          static_cast<const char*>(std::memchr(p, '\n', static_cast<std::size_t>(end - p)));
       if (line_end == nullptr) line_end = end;
       const char* first = p;
       while (first < line_end && is_blank(*first)) ++first;
@@ -245,8 +249,8 @@ class StarReaderAccess {
 
       if (first == line_end) continue;
       // Hot path: a row of a loop.
-      if (state_ == State::loop_rows && *first != '#' && *first != '_' &&
-          !is_data_keyword(first, line_end) && !is_loop_keyword(first, line_end)) {
+      if (state_ == State::loop_rows && *first != '#' && *first != '_' && !is_data_keyword(first, line_end) &&
+          !is_loop_keyword(first, line_end)) {
         read_row(first, line_end, line);
         continue;
       }
@@ -257,8 +261,9 @@ class StarReaderAccess {
       } else if (is_loop_keyword(first, line_end)) {
         if (state_ != State::block_start) {
           if (state_ == State::outside) fail("{}:{}: loop_ outside a data_ block", file_, line);
-          fail("{}:{}: data_{}: a second loop_ or a loop_ after key-value pairs in one block is not supported",
-               file_, line, block().name);
+          fail(
+              "{}:{}: data_{}: a second loop_ or a loop_ after key-value pairs in one block is not supported",
+              file_, line, block().name);
         }
         block().is_loop = true;
         state_ = State::loop_labels;
@@ -282,8 +287,8 @@ class StarReaderAccess {
       } else if (state_ == State::outside) {
         fail("{}:{}: '{}' outside a data_ block", file_, line, first_token(first, line_end));
       } else {
-        fail("{}:{}: data_{}: value '{}' is neither in a loop_ nor after a _label", file_, line,
-             block().name, first_token(first, line_end));
+        fail("{}:{}: data_{}: value '{}' is neither in a loop_ nor after a _label", file_, line, block().name,
+             first_token(first, line_end));
       }
     }
     if (star_.blocks.empty()) fail("{}: no data_ block (empty file or not a STAR file)", file_);
@@ -346,8 +351,7 @@ class StarReaderAccess {
     const std::string_view label = strip_underscore(token);
     StarTable& t = table();
     if (label.empty()) fail("{}:{}: data_{}: empty label '_'", file_, line, block().name);
-    if (t.find(label) >= 0)
-      fail("{}:{}: data_{}: duplicate column {}", file_, line, block().name, label);
+    if (t.find(label) >= 0) fail("{}:{}: data_{}: duplicate column {}", file_, line, block().name, label);
     t.names_.emplace_back(label);
     expect_only_comment(first + token.size(), line_end, line, token);  // "#N" is a comment
   }
@@ -384,7 +388,9 @@ class StarReaderAccess {
     const std::string_view rest(first, static_cast<std::size_t>(text_.data() + text_.size() - first));
     std::size_t block_end = rest.find("\ndata_");
     if (block_end == std::string_view::npos) block_end = rest.size();
-    const auto lines = static_cast<std::size_t>(std::count(rest.begin(), rest.begin() + static_cast<std::ptrdiff_t>(block_end), '\n')) + 1;
+    const auto lines = static_cast<std::size_t>(std::count(
+                           rest.begin(), rest.begin() + static_cast<std::ptrdiff_t>(block_end), '\n')) +
+                       1;
     StarTable& t = table();
     t.cell_offset_.reserve(lines * t.names_.size());
     t.cell_length_.reserve(lines * t.names_.size());
@@ -529,8 +535,8 @@ std::int64_t StarTable::integer(std::size_t row, int column) const {
 
 std::vector<double> StarTable::numbers(int column) const {
   if (column < 0 || static_cast<std::size_t>(column) >= names_.size())
-    fail("{}: data_{}: column index {} is out of range ({} columns)", display_file(source_file),
-         block_name, column, names_.size());
+    fail("{}: data_{}: column index {} is out of range ({} columns)", display_file(source_file), block_name,
+         column, names_.size());
   std::vector<double> values(rows_);
   const std::size_t stride = names_.size();
   // Cells of one column lie a whole row apart in the text, too irregular for the hardware
@@ -541,7 +547,8 @@ std::vector<double> StarTable::numbers(int column) const {
     if (row + kPrefetchRows < rows_) {
       const std::uint64_t ahead = cell_offset_[cell + kPrefetchRows * stride];
       if (ahead != kUnsetCell)
-        __builtin_prefetch(((ahead & kEditedBit) != 0 ? edits_.data() : arena_.data()) + (ahead & ~kEditedBit));
+        __builtin_prefetch(((ahead & kEditedBit) != 0 ? edits_.data() : arena_.data()) +
+                           (ahead & ~kEditedBit));
     }
     if (!parse_double(cell_text(cell), values[row])) fail_not_number(row, column, "a number");
   }
@@ -590,9 +597,9 @@ void StarTable::set_number(std::size_t row, int column, double value, int precis
   const bool scientific = value != 0 && std::isfinite(value) && (magnitude < 1e-3 || magnitude >= 1e9);
   // std::to_chars, not fmt: fmt 9 formats fixed precision with Dragon4, about 10x slower.
   char buffer[400];  // fixed format of 1e9 - epsilon with 17 decimals fits easily
-  const auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, value,
-                                       scientific ? std::chars_format::scientific : std::chars_format::fixed,
-                                       precision);
+  const auto [end, ec] =
+      std::to_chars(buffer, buffer + sizeof buffer, value,
+                    scientific ? std::chars_format::scientific : std::chars_format::fixed, precision);
   if (ec != std::errc()) fail("{}: data_{}: cannot format {}", display_file(source_file), block_name, value);
   store_cell(cell, std::string_view(buffer, static_cast<std::size_t>(end - buffer)));
 }
@@ -609,7 +616,8 @@ int StarTable::add_column(std::string_view label, std::string_view fill) {
   if (const int existing = find(label); existing >= 0) return existing;
   if (label.empty() || has_blank(label.data(), label.data() + label.size()))
     fail("{}: data_{}: invalid column label '{}'", display_file(source_file), block_name, label);
-  if (fill.size() > UINT32_MAX) fail("{}: data_{}: fill value too long", display_file(source_file), block_name);
+  if (fill.size() > UINT32_MAX)
+    fail("{}: data_{}: fill value too long", display_file(source_file), block_name);
   const std::size_t old_columns = names_.size();
   const std::size_t new_columns = old_columns + 1;
   // Every new cell points at one shared copy of the fill text.
@@ -728,8 +736,10 @@ class StarWriterAccess {
     const std::string_view text = t.cell_text(cell);
     char* after = write_cell(w, text);
     if (after == nullptr)
-      fail("{}: data_{}: row {}: column {}: value '{}' cannot be written in STAR (line break or both quote kinds)",
-           where(t), t.block_name, row + 1, t.names_[column], text);
+      fail(
+          "{}: data_{}: row {}: column {}: value '{}' cannot be written in STAR (line break or both quote "
+          "kinds)",
+          where(t), t.block_name, row + 1, t.names_[column], text);
     return after;
   }
 
@@ -741,7 +751,8 @@ class StarWriterAccess {
     const std::size_t columns = t.names_.size();
     if (!block.is_loop) {
       if (columns != 0 && t.rows_ != 1)
-        fail("{}: data_{}: a key-value block needs exactly one row, it has {}", where(t), block.name, t.rows_);
+        fail("{}: data_{}: a key-value block needs exactly one row, it has {}", where(t), block.name,
+             t.rows_);
       for (std::size_t c = 0; c < columns; ++c) {
         *w++ = '_';
         w = put(w, t.names_[c]);

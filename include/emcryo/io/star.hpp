@@ -31,12 +31,14 @@ class StarTable {
   /// Parsed numbers; fail with "<file>:<line>: column <label>: '<text>' is not a number".
   double number(std::size_t row, int column) const;
   std::int64_t integer(std::size_t row, int column) const;
-  /// Whole column parsed at once (fast path for jobs).
+  /// Whole column parsed at once (fast path for jobs); values are bit-identical to from_chars.
   std::vector<double> numbers(int column) const;
 
   /// Adds a column (filled with `fill`) or returns the existing one.
   int add_column(std::string_view label, std::string_view fill = "0");
   void set_text(std::size_t row, int column, std::string_view value);
+  /// Fixed point with `precision` decimals as RELION writes ("12345.678901"); exponent form
+  /// ("1.500000e-07") below 1e-3 or from 1e9 in magnitude.
   void set_number(std::size_t row, int column, double value, int precision = 6);
   void set_integer(std::size_t row, int column, std::int64_t value);
   /// Appends a row of unset cells (set them after; writing an unset cell fails), returns its index.
@@ -83,7 +85,7 @@ class StarTable {
 struct StarBlock {
   std::string name;  // without "data_"
   bool is_loop = false;
-  StarTable table;   // key-value blocks: one row, one column per key
+  StarTable table;  // key-value blocks: one row, one column per key
 };
 
 struct StarFile {

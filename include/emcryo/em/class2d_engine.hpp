@@ -1,0 +1,69 @@
+// The 2D EM engine: one E-step + M-step over all particles, with the E-step written as dense
+// matrix products (DESIGN §4). Hidden variables: class k, in-plane angle psi, 2D shift t.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "emcryo/em/projector2d.hpp"
+#include "emcryo/io/particles.hpp"
+
+namespace emcryo::em {
+
+struct Class2DSearch {
+  std::vector<double> psi;                 // degrees
+  std::vector<std::pair<float, float>> shifts;  // pixels (displacement of the particle)
+};
+/// psi every `psi_step` degrees; shifts on a square grid of `step` px inside a disc of `range` px.
+Class2DSearch make_class2d_search(double psi_step, double range, double step);
+
+struct Class2DModel {
+  int box = 0;
+  std::vector<std::vector<float>> classes;     // real space, box x box
+  std::vector<double> priors;                  // pi_k
+  std::vector<std::vector<double>> sigma2;     // [optics group][shell] noise per real/imag part
+  std::vector<std::vector<double>> tau2;       // [class][shell] signal prior; empty = none
+  std::vector<int> resolution_shell;           // per class, from the SSNR
+  double radius = 0;                           // current frequency limit in pixels of the box
+};
+
+struct Class2DSettings {
+  bool use_ctf = true;
+  bool force_max_poses = false;   // each particle at its best pose/shift per class
+  bool hard_classes = false;      // each particle in its best class only
+  double class_temperature = 1;   // > 1 broadens class posteriors (initial uncertainty)
+  double tau2_fudge = 2;          // T in V = sum(w c X)/(sum(w c^2) + 1/(T tau^2))
+  int batch = 256;                // particles per E-step batch (bounds memory)
+  bool random_assignment = false; // initial M-step: random class and angle, no E-step
+  std::uint64_t seed = 1;
+};
+
+struct ParticleResult {
+  int best_class = 0;              // 0-based
+  double psi = 0;                  // degrees
+  double shift_x = 0, shift_y = 0; // pixels, displacement of the particle from the centre
+  double max_probability = 0;
+  int significant_samples = 0;
+  double log_likelihood = 0;
+  double class_posterior_max = 0;  // largest class posterior
+  int poses_with_weight = 0;       // hypotheses with non-zero weight
+};
+
+struct Class2DStats {
+  double flops = 0;       // GEMM floating point operations
+  double gemm_seconds = 0;
+  double seconds = 0;
+};
+
+/// One EM iteration over the particles `active` (indices into the set). Returns the updated model
+/// (M-step) and fills per-particle results.
+Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std::size_t>& active,
+                               const Class2DModel& model, const Class2DSearch& search,
+                               const std::vector<float>& particle_mask, const Class2DSettings& settings,
+                               std::vector<ParticleResult>& results, Class2DStats& stats);
+
+/// Initial noise model: half the mean power per shell of (masked) particle transforms.
+std::vector<std::vector<double>> estimate_initial_sigma2(const io::ParticleSet& set,
+                                                         const std::vector<std::size_t>& active,
+                                                         const std::vector<float>& particle_mask);
+
+}  // namespace emcryo::em

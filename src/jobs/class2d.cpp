@@ -1,0 +1,591 @@
+#include "emcryo/jobs/class2d.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <numeric>
+
+#include "emcryo/core/error.hpp"
+#include "emcryo/core/files.hpp"
+#include "emcryo/core/log.hpp"
+#include "emcryo/core/progress.hpp"
+#include "emcryo/core/random.hpp"
+#include "emcryo/em/class2d_engine.hpp"
+#include "emcryo/image/fourier.hpp"
+#include "emcryo/io/mrc.hpp"
+#include "emcryo/io/particles.hpp"
+#include "emcryo/io/report.hpp"
+#include "emcryo/io/star.hpp"
+
+namespace emcryo::jobs {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+struct IterationRecord {
+  int iteration = 0;
+  double log_likelihood = 0;
+  double resolution = 0;        // Å, best class
+  double class_changes = 0;     // fraction of particles that changed class
+  double mean_psi_change = 0;   // degrees
+  double seconds = 0;
+  double gflops = 0;
+  std::vector<double> class_sizes;
+};
+
+json to_json(const Class2DOptions& o) {
+  return {{"particles", o.particles}, {"out_dir", o.out_dir}, {"classes", o.classes}, {"iterations", o.iterations},
+          {"mask_diameter", o.mask_diameter}, {"max_resolution", o.max_resolution},
+          {"min_align_resolution", o.min_align_resolution}, {"initial_resolution", o.initial_resolution},
+          {"psi_step", o.psi_step}, {"offset_range", o.offset_range}, {"offset_step", o.offset_step},
+          {"tau2_fudge", o.tau2_fudge}, {"uncertainty_factor", o.uncertainty_factor},
+          {"force_max_poses", o.force_max_poses}, {"hard_classify_last", o.hard_classify_last}, {"no_ctf", o.no_ctf},
+          {"batch", o.batch}, {"seed", o.seed}};
+}
+
+Class2DOptions options_from_json(const json& j) {
+  Class2DOptions o;
+  o.particles = j.at("particles");
+  o.out_dir = j.at("out_dir");
+  o.classes = j.at("classes");
+  o.iterations = j.at("iterations");
+  o.mask_diameter = j.at("mask_diameter");
+  o.max_resolution = j.at("max_resolution");
+  o.min_align_resolution = j.at("min_align_resolution");
+  o.initial_resolution = j.at("initial_resolution");
+  o.psi_step = j.at("psi_step");
+  o.offset_range = j.at("offset_range");
+  o.offset_step = j.at("offset_step");
+  o.tau2_fudge = j.at("tau2_fudge");
+  o.uncertainty_factor = j.at("uncertainty_factor");
+  o.force_max_poses = j.at("force_max_poses");
+  o.hard_classify_last = j.at("hard_classify_last");
+  o.no_ctf = j.at("no_ctf");
+  o.batch = j.at("batch");
+  o.seed = j.at("seed");
+  return o;
+}
+
+json to_json(const IterationRecord& r) {
+  return {{"iteration", r.iteration}, {"log_likelihood", r.log_likelihood}, {"resolution", r.resolution},
+          {"class_changes", r.class_changes}, {"mean_psi_change", r.mean_psi_change}, {"seconds", r.seconds},
+          {"gflops", r.gflops}, {"class_sizes", r.class_sizes}};
+}
+
+IterationRecord record_from_json(const json& j) {
+  IterationRecord r;
+  r.iteration = j.at("iteration");
+  r.log_likelihood = j.at("log_likelihood");
+  r.resolution = j.at("resolution");
+  r.class_changes = j.at("class_changes");
+  r.mean_psi_change = j.at("mean_psi_change");
+  r.seconds = j.at("seconds");
+  r.gflops = j.at("gflops");
+  r.class_sizes = j.at("class_sizes").get<std::vector<double>>();
+  return r;
+}
+
+struct JobState {
+  Class2DOptions options;
+  em::Class2DModel model;
+  int iteration = 0;  // last completed
+  std::vector<IterationRecord> history;
+  std::vector<int> previous_class;     // per active particle
+  std::vector<double> previous_psi;
+};
+
+double circular_difference(double a, double b) {
+  double d = std::fmod(std::abs(a - b), 360.0);
+  return d > 180 ? 360 - d : d;
+}
+
+/// Centre of mass of the positive density inside the mask, in pixels from the centre.
+std::pair<double, double> centre_of_mass(const std::vector<float>& image, int n) {
+  double sx = 0, sy = 0, s = 0;
+  for (int y = 0; y < n; ++y)
+    for (int x = 0; x < n; ++x) {
+      const double v = std::max(0.0f, image[static_cast<std::size_t>(y) * n + x]);
+      sx += v * (x - n / 2), sy += v * (y - n / 2), s += v;
+    }
+  return s > 0 ? std::make_pair(sx / s, sy / s) : std::make_pair(0.0, 0.0);
+}
+
+std::vector<float> shift_image(const std::vector<float>& image, int n, double dx, double dy) {
+  auto spectrum = image::fft_forward_2d(image, n);
+  image::shift_half_grid_2d(spectrum.data(), n, dx, dy);
+  return image::fft_inverse_2d(spectrum, n);
+}
+
+void write_model_star(const fs::path& path, const em::Class2DModel& model, int iteration, double pixel,
+                      const std::string& classes_file, const IterationRecord& record) {
+  io::StarFile star;
+  const int n = model.box;
+  {
+    io::StarBlock general{"model_general", false, {}};
+    auto& t = general.table;
+    t.add_row();
+    t.set_integer(0, t.add_column("rlnNrClasses"), static_cast<std::int64_t>(model.classes.size()));
+    t.set_integer(0, t.add_column("rlnOriginalImageSize"), n);
+    t.set_integer(0, t.add_column("rlnCurrentIteration"), iteration);
+    t.set_number(0, t.add_column("rlnCurrentResolution"), record.resolution, 4);
+    t.set_number(0, t.add_column("rlnPixelSize"), pixel, 4);
+    t.set_number(0, t.add_column("rlnLogLikelihood"), record.log_likelihood, 3);
+    t.set_number(0, t.add_column("emcryoCurrentRadiusPixels"), model.radius, 3);
+    star.blocks.push_back(std::move(general));
+  }
+  {
+    io::StarBlock classes{"model_classes", true, {}};
+    auto& t = classes.table;
+    const int c_ref = t.add_column("rlnReferenceImage"), c_dist = t.add_column("rlnClassDistribution"),
+              c_res = t.add_column("rlnEstimatedResolution");
+    for (std::size_t k = 0; k < model.classes.size(); ++k) {
+      const std::size_t r = t.add_row();
+      t.set_text(r, c_ref, fmt::format("{:06}@{}", k + 1, classes_file));
+      t.set_number(r, c_dist, model.priors[k]);
+      t.set_number(r, c_res, image::shell_resolution(model.resolution_shell.empty() ? 1 : model.resolution_shell[k], n, pixel), 3);
+    }
+    star.blocks.push_back(std::move(classes));
+  }
+  for (std::size_t g = 0; g < model.sigma2.size(); ++g) {
+    io::StarBlock noise{fmt::format("model_optics_group_{}", g + 1), true, {}};
+    auto& t = noise.table;
+    const int c_idx = t.add_column("rlnSpectralIndex"), c_res = t.add_column("rlnResolution"),
+              c_sig = t.add_column("rlnSigma2Noise");
+    for (std::size_t s = 0; s < model.sigma2[g].size(); ++s) {
+      const std::size_t r = t.add_row();
+      t.set_integer(r, c_idx, static_cast<std::int64_t>(s));
+      t.set_number(r, c_res, static_cast<double>(s) / (n * pixel));
+      t.set_number(r, c_sig, model.sigma2[g][s], 8);
+    }
+    star.blocks.push_back(std::move(noise));
+  }
+  for (std::size_t k = 0; k < model.tau2.size(); ++k) {
+    io::StarBlock spectral{fmt::format("model_class_{}", k + 1), true, {}};
+    auto& t = spectral.table;
+    const int c_idx = t.add_column("rlnSpectralIndex"), c_tau = t.add_column("rlnReferenceTau2");
+    for (std::size_t s = 0; s < model.tau2[k].size(); ++s) {
+      const std::size_t r = t.add_row();
+      t.set_integer(r, c_idx, static_cast<std::int64_t>(s));
+      t.set_number(r, c_tau, model.tau2[k][s], 8);
+    }
+    star.blocks.push_back(std::move(spectral));
+  }
+  io::write_star(path, star);
+}
+
+void write_classes(const fs::path& path, const em::Class2DModel& model, double pixel) {
+  const int n = model.box;
+  std::vector<float> stack;
+  for (const auto& c : model.classes) stack.insert(stack.end(), c.begin(), c.end());
+  io::MrcWriteOptions w;
+  w.pixel_size = pixel;
+  w.is_stack = true;
+  io::write_mrc(path, stack, n, n, static_cast<int>(model.classes.size()), w);
+}
+
+std::vector<float> read_classes(const fs::path& path, int expected, int n) {
+  io::MrcReader reader(path);
+  if (reader.nx() != n || reader.nz() != expected)
+    fail("{}: expected {} class averages of {} px (checkpoint does not match)", path.string(), expected, n);
+  return reader.read_all();
+}
+
+void write_particles_star(const fs::path& path, const io::ParticleSet& set, const std::vector<std::size_t>& active,
+                          const std::vector<em::ParticleResult>& results, double pixel) {
+  io::StarFile star = set.star();
+  io::StarBlock* block = star.find_block("particles");
+  if (!block) {
+    for (auto& b : star.blocks)
+      if (b.is_loop && b.table.has("rlnImageName")) block = &b;
+  }
+  auto& t = block->table;
+  t.select_rows(active);
+  const int c_class = t.add_column("rlnClassNumber"), c_psi = t.add_column("rlnAnglePsi"),
+            c_ox = t.add_column("rlnOriginXAngst"), c_oy = t.add_column("rlnOriginYAngst"),
+            c_pmax = t.add_column("rlnMaxValueProbDistribution"), c_nsig = t.add_column("rlnNrOfSignificantSamples"),
+            c_ll = t.add_column("rlnLogLikeliContribution");
+  for (std::size_t r = 0; r < active.size(); ++r) {
+    const auto& res = results[r];
+    t.set_integer(r, c_class, res.best_class + 1);
+    t.set_number(r, c_psi, res.psi, 4);
+    // RELION's origin re-centres the particle: minus its displacement.
+    t.set_number(r, c_ox, -res.shift_x * pixel, 4);
+    t.set_number(r, c_oy, -res.shift_y * pixel, 4);
+    t.set_number(r, c_pmax, res.max_probability, 5);
+    t.set_integer(r, c_nsig, res.significant_samples);
+    t.set_number(r, c_ll, res.log_likelihood, 4);
+  }
+  if (star.version == 0) star.version = 30001;
+  io::write_star(path, star);
+}
+
+void write_posteriors_star(const fs::path& path, const io::ParticleSet& set, const std::vector<std::size_t>& active,
+                           const std::vector<em::ParticleResult>& results) {
+  io::StarFile star;
+  io::StarBlock block{"posteriors", true, {}};
+  auto& t = block.table;
+  const int c_name = t.add_column("rlnImageName"), c_pk = t.add_column("emcryoClassPosteriorMax"),
+            c_np = t.add_column("emcryoHypothesesWithWeight");
+  for (std::size_t r = 0; r < active.size(); ++r) {
+    const std::size_t row = t.add_row();
+    t.set_text(row, c_name, set.image_name(active[r]));
+    t.set_number(row, c_pk, results[r].class_posterior_max, 6);
+    t.set_integer(row, c_np, results[r].poses_with_weight);
+  }
+  star.blocks.push_back(std::move(block));
+  io::write_star(path, star);
+}
+
+void write_report(const fs::path& dir, const JobState& state, const io::ParticleSet& set,
+                  const std::vector<std::string>& skipped_notes, double pixel) {
+  const auto& model = state.model;
+  const int n = model.box;
+  const std::size_t K = model.classes.size();
+  std::vector<std::size_t> order(K);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return model.priors[a] > model.priors[b]; });
+  std::vector<const float*> images;
+  std::vector<std::string> captions;
+  std::vector<std::vector<std::string>> rows;
+  const double particles = static_cast<double>(state.previous_class.size());
+  for (std::size_t k : order) {
+    images.push_back(model.classes[k].data());
+    const double res = image::shell_resolution(model.resolution_shell.empty() ? 1 : model.resolution_shell[k], n, pixel);
+    const auto count = static_cast<long>(std::lround(model.priors[k] * particles));
+    captions.push_back(fmt::format("{} n{} {:.0f}A", k + 1, count, res));
+    rows.push_back({std::to_string(k + 1), std::to_string(count), fmt::format("{:.1f}%", 100 * model.priors[k]),
+                    fmt::format("{:.1f}", res)});
+  }
+  const int columns = static_cast<int>(std::min<std::size_t>(K, 10));
+  const std::string gallery = io::gallery_png(images, n, columns, captions);
+  io::write_binary_file(dir / "gallery.png", gallery);
+
+  io::HtmlReport report("emcryo class2d");
+  report.add_paragraph(fmt::format("{}: {} particles used, {} classes, box {} px, {:.3f} Å/px, {} iterations.",
+                                   state.options.particles, state.previous_class.size(), K, n, pixel, state.iteration));
+  report.add_heading("Class averages (sorted by size: class, particles, resolution)");
+  report.add_image_png("gallery.png", gallery);
+  report.add_table({"class", "particles", "share", "resolution (Å)"}, rows);
+  report.add_heading("Convergence");
+  io::Series ll{"log-likelihood", {}, {}}, changes{"class changes (%)", {}, {}}, psi{"mean psi change (deg)", {}, {}},
+      res{"resolution (Å)", {}, {}};
+  std::vector<io::Series> sizes(K);
+  for (std::size_t k = 0; k < K; ++k) sizes[k].name = fmt::format("class {}", k + 1);
+  for (const auto& r : state.history) {
+    ll.x.push_back(r.iteration), ll.y.push_back(r.log_likelihood);
+    changes.x.push_back(r.iteration), changes.y.push_back(100 * r.class_changes);
+    psi.x.push_back(r.iteration), psi.y.push_back(r.mean_psi_change);
+    res.x.push_back(r.iteration), res.y.push_back(r.resolution);
+    for (std::size_t k = 0; k < K && k < r.class_sizes.size(); ++k)
+      sizes[k].x.push_back(r.iteration), sizes[k].y.push_back(r.class_sizes[k]);
+  }
+  report.add_raw(io::svg_line_plot("Log-likelihood", "iteration", "sum over particles", {ll}));
+  report.add_raw(io::svg_line_plot("Pose and class changes", "iteration", "", {changes, psi}));
+  report.add_raw(io::svg_line_plot("Class sizes", "iteration", "fraction", sizes));
+  report.add_raw(io::svg_line_plot("Resolution of the best class", "iteration", "Å", {res}));
+  std::vector<std::vector<std::string>> timing;
+  for (const auto& r : state.history)
+    timing.push_back({std::to_string(r.iteration), fmt::format("{:.1f}", r.resolution), fmt::format("{:.3g}", r.log_likelihood),
+                      fmt::format("{:.1f}", 100 * r.class_changes), fmt::format("{:.1f}", r.mean_psi_change),
+                      fmt::format("{:.1f}", r.seconds), fmt::format("{:.0f}", r.gflops)});
+  report.add_table({"iteration", "resolution (Å)", "log-likelihood", "class changes (%)", "psi change (°)", "seconds", "GEMM GFLOP/s"}, timing);
+  report.add_heading("Skipped particles");
+  if (skipped_notes.empty()) report.add_paragraph("None.");
+  for (const auto& s : skipped_notes) report.add_paragraph(s);
+  (void)set;
+  report.write(dir / "report.html");
+}
+
+void save_checkpoint(const fs::path& dir, const JobState& state) {
+  json j;
+  j["format"] = "emcryo-class2d-checkpoint-1";
+  j["options"] = to_json(state.options);
+  j["iteration"] = state.iteration;
+  j["radius"] = state.model.radius;
+  j["priors"] = state.model.priors;
+  j["sigma2"] = state.model.sigma2;
+  j["tau2"] = state.model.tau2;
+  j["resolution_shell"] = state.model.resolution_shell;
+  j["classes_file"] = fmt::format("classes_it{:03}.mrcs", state.iteration);
+  j["previous_class"] = state.previous_class;
+  j["previous_psi"] = state.previous_psi;
+  json history = json::array();
+  for (const auto& r : state.history) history.push_back(to_json(r));
+  j["history"] = history;
+  write_text_file(dir / "checkpoint.json", j.dump(1));
+}
+
+Class2DResult run_job(JobState state, bool resumed) {
+  const auto job_start = std::chrono::steady_clock::now();
+  const Class2DOptions& o = state.options;
+  const fs::path dir(o.out_dir);
+  auto set = io::ParticleSet::read(o.particles);
+  const int n = set.box();
+  const double pixel = set.pixel_size();
+
+  // Checks before any work starts.
+  if (o.classes < 1) fail("class2d: --classes must be at least 1");
+  if (static_cast<std::size_t>(o.classes) > set.size())
+    fail("class2d: --classes {} is larger than the number of particles ({}) in {}", o.classes, set.size(), o.particles);
+  if (!o.no_ctf && !set.has_ctf())
+    fail("{}: no CTF columns (rlnDefocusU/V): add them, or pass --no-ctf to classify without CTF correction", o.particles);
+  set.check_pixel_size_against_stacks();
+  const double box_angstrom = n * pixel;
+  if (o.mask_diameter > box_angstrom)
+    fail("class2d: --mask-diameter {} Å is wider than the box ({} px x {:.3f} Å = {:.1f} Å)", o.mask_diameter, n, pixel, box_angstrom);
+  if (o.mask_diameter < 0) fail("class2d: --mask-diameter must be positive");
+  if (o.psi_step <= 0 || o.psi_step > 180) fail("class2d: --psi-step must be in (0, 180] degrees");
+  if (o.offset_step <= 0 || o.offset_range < 0) fail("class2d: --offset-step must be positive and --offset-range not negative");
+  if (o.iterations < 1) fail("class2d: --iterations must be at least 1");
+  if (set.optics_groups().size() > 1) {
+    for (const auto& g : set.optics_groups())
+      if (std::abs(g.pixel_size - pixel) > 1e-3 * pixel)
+        fail("{}: optics groups with different pixel sizes ({} and {} Å) are not supported in one class2d job", o.particles, pixel, g.pixel_size);
+  }
+
+  fs::create_directories(dir);
+  log::set_file((dir / "run.log").string());
+  const double mask_radius_px = (o.mask_diameter > 0 ? o.mask_diameter / pixel : 0.9 * n) / 2;
+  const auto mask = image::soft_round_mask(n, 2, std::max(1.0, mask_radius_px - 3), 5);
+
+  // Bad particles: NaN/Inf or constant pixels are skipped and listed; the run goes on.
+  std::vector<std::size_t> active;
+  std::vector<std::string> skipped_notes;
+  {
+    Progress progress("checking particles", static_cast<std::int64_t>(set.size()));
+    std::vector<float> img(static_cast<std::size_t>(n) * n);
+    for (std::size_t i = 0; i < set.size(); ++i) {
+      set.read_image(i, img.data());
+      double mean, sd;
+      if (!io::all_finite(img.data(), img.size())) {
+        skipped_notes.push_back(fmt::format("particle {} ({}): NaN or Inf pixels", i + 1, set.image_name(i)));
+      } else if (image::mean_stddev(img.data(), img.size(), mean, sd), sd == 0) {
+        skipped_notes.push_back(fmt::format("particle {} ({}): constant image", i + 1, set.image_name(i)));
+      } else {
+        active.push_back(i);
+      }
+      if (i % 256 == 255) progress.advance(256);
+    }
+    progress.finish();
+  }
+  for (const auto& s : skipped_notes) log::warn("skipped {}", s);
+  if (active.size() < static_cast<std::size_t>(o.classes))
+    fail("class2d: only {} usable particles for {} classes", active.size(), o.classes);
+
+  const double nyquist_radius = n / 2.0 - 1;
+  const double max_radius = o.max_resolution > 0 ? std::min(nyquist_radius, box_angstrom / o.max_resolution) : nyquist_radius;
+  const double min_radius = o.min_align_resolution > 0 ? std::min(max_radius, box_angstrom / o.min_align_resolution) : 0.0;
+  const auto search = em::make_class2d_search(o.psi_step, o.offset_range, o.offset_step);
+  log::info("class2d: {} particles ({} skipped), {} classes, box {} px, {:.3f} Å/px, psi step {}° ({} angles), "
+            "{} shifts within {} px, {} iterations",
+            active.size(), skipped_notes.size(), o.classes, n, pixel, o.psi_step, search.psi.size(), search.shifts.size(),
+            o.offset_range, o.iterations);
+
+  em::Class2DSettings settings;
+  settings.use_ctf = !o.no_ctf;
+  settings.tau2_fudge = o.tau2_fudge;
+  settings.batch = o.batch;
+  std::vector<em::ParticleResult> results(active.size());
+  Class2DResult out;
+
+  if (!resumed) {
+    state.model.box = n;
+    state.model.classes.assign(static_cast<std::size_t>(o.classes), std::vector<float>(static_cast<std::size_t>(n) * n, 0.0f));
+    state.model.priors.assign(static_cast<std::size_t>(o.classes), 1.0 / o.classes);
+    state.model.sigma2 = em::estimate_initial_sigma2(set, active, mask);
+    state.model.radius = std::clamp(box_angstrom / o.initial_resolution, std::max(min_radius, 3.0), max_radius);
+    // Initial classes: random subsets of particles at random in-plane angles (seeded).
+    em::Class2DSettings init = settings;
+    init.random_assignment = true;
+    init.seed = splitmix64(o.seed);
+    em::Class2DStats stats;
+    auto initial = em::class2d_iteration(set, active, state.model, search, mask, init, results, stats);
+    initial.radius = state.model.radius;
+    initial.sigma2 = state.model.sigma2;  // keep the data-based noise estimate
+    initial.priors.assign(static_cast<std::size_t>(o.classes), 1.0 / o.classes);
+    state.model = initial;
+    state.previous_class.assign(active.size(), -1);
+    state.previous_psi.assign(active.size(), 0);
+    for (std::size_t a = 0; a < active.size(); ++a) state.previous_class[a] = results[a].best_class, state.previous_psi[a] = results[a].psi;
+    write_classes(dir / "classes_it000.mrcs", state.model, pixel);
+    save_checkpoint(dir, state);
+  } else {
+    if (state.previous_class.size() != active.size())
+      fail("{}: checkpoint holds {} particles but {} are usable now: the input changed", (dir / "checkpoint.json").string(),
+           state.previous_class.size(), active.size());
+    log::info("class2d: continuing after iteration {} of {}", state.iteration, o.iterations);
+  }
+
+  for (int it = state.iteration + 1; it <= o.iterations; ++it) {
+    const auto it_start = std::chrono::steady_clock::now();
+    // Class posteriors start broad (temperature = uncertainty factor) and sharpen to the true
+    // posterior by the middle of the run.
+    const double progress_fraction = o.iterations > 1 ? static_cast<double>(it - 1) / (0.5 * o.iterations) : 1.0;
+    settings.class_temperature = 1 + (std::max(1.0, o.uncertainty_factor) - 1) * std::max(0.0, 1 - progress_fraction);
+    settings.force_max_poses = o.force_max_poses;
+    settings.hard_classes = o.hard_classify_last && it == o.iterations;
+    settings.seed = splitmix64(o.seed + static_cast<std::uint64_t>(it));
+    em::Class2DStats stats;
+    auto next = em::class2d_iteration(set, active, state.model, search, mask, settings, results, stats);
+
+    // Re-centre averages on their centre of mass, within the search range.
+    for (auto& c : next.classes) {
+      auto [cx, cy] = centre_of_mass(c, n);
+      const double len = std::hypot(cx, cy);
+      if (len > o.offset_range && len > 0) cx *= o.offset_range / len, cy *= o.offset_range / len;
+      if (len > 0.5) c = shift_image(c, n, -cx, -cy);
+    }
+    // Empty or tiny classes are re-seeded from the largest one plus noise, so they can split it.
+    const std::size_t K = next.classes.size();
+    const std::size_t largest = static_cast<std::size_t>(std::max_element(next.priors.begin(), next.priors.end()) - next.priors.begin());
+    if (it < o.iterations) {
+      for (std::size_t k = 0; k < K; ++k) {
+        if (k == largest || next.priors[k] >= 0.2 / static_cast<double>(K)) continue;
+        // Split the largest class: two copies pushed apart by the same smooth random field, with
+        // opposite signs, so neither starts with an advantage.
+        auto rng = item_rng(settings.seed, k + 1000);
+        double mean, sd;
+        image::mean_stddev(next.classes[largest].data(), next.classes[largest].size(), mean, sd);
+        std::normal_distribution<float> noise(0.0f, 1.0f);
+        std::vector<float> field(next.classes[largest].size());
+        for (auto& v : field) v = noise(rng);
+        auto spectrum = image::fft_forward_2d(field, n);
+        image::lowpass_half_grid_2d(spectrum.data(), n, std::max(3.0, next.radius / 2), 2);
+        field = image::fft_inverse_2d(spectrum, n);
+        double fmean, fsd;
+        image::mean_stddev(field.data(), field.size(), fmean, fsd);
+        const float scale = fsd > 0 ? static_cast<float>(0.25 * sd / fsd) : 0.0f;
+        next.classes[k] = next.classes[largest];
+        for (std::size_t p = 0; p < field.size(); ++p) {
+          next.classes[k][p] += scale * field[p];
+          next.classes[largest][p] -= scale * field[p];
+        }
+        image::apply_mask(next.classes[k].data(), mask);
+        image::apply_mask(next.classes[largest].data(), mask);
+        next.tau2[k] = next.tau2[largest];
+        const double share = (next.priors[largest] + next.priors[k]) / 2;
+        next.priors[largest] = next.priors[k] = share;
+        log::info("iteration {}: class {} was nearly empty; re-seeded from class {}", it, k + 1, largest + 1);
+      }
+    }
+    // The working frequency limit follows the resolution reached.
+    const int best_shell = *std::max_element(next.resolution_shell.begin(), next.resolution_shell.end());
+    next.radius = std::clamp(static_cast<double>(best_shell) + 4, std::max(min_radius, 3.0), max_radius);
+
+    IterationRecord record;
+    record.iteration = it;
+    record.resolution = image::shell_resolution(best_shell, n, pixel);
+    record.class_sizes = next.priors;
+    double changed = 0, psi_change = 0, ll = 0;
+    for (std::size_t a = 0; a < active.size(); ++a) {
+      changed += results[a].best_class != state.previous_class[a];
+      psi_change += circular_difference(results[a].psi, state.previous_psi[a]);
+      ll += results[a].log_likelihood;
+      state.previous_class[a] = results[a].best_class;
+      state.previous_psi[a] = results[a].psi;
+    }
+    record.class_changes = changed / static_cast<double>(active.size());
+    record.mean_psi_change = psi_change / static_cast<double>(active.size());
+    record.log_likelihood = ll;
+    record.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - it_start).count();
+    record.gflops = stats.gemm_seconds > 0 ? stats.flops / stats.gemm_seconds / 1e9 : 0;
+    state.model = next;
+    state.iteration = it;
+    state.history.push_back(record);
+
+    // Outputs of the iteration, each written under a temporary name and renamed; the checkpoint
+    // goes last so it only ever points at complete files.
+    const std::string classes_file = fmt::format("classes_it{:03}.mrcs", it);
+    write_classes(dir / classes_file, state.model, pixel);
+    write_particles_star(dir / fmt::format("particles_it{:03}.star", it), set, active, results, pixel);
+    write_model_star(dir / fmt::format("model_it{:03}.star", it), state.model, it, pixel, classes_file, record);
+    write_posteriors_star(dir / fmt::format("posteriors_it{:03}.star", it), set, active, results);
+    save_checkpoint(dir, state);
+    log::info("iteration {:3}/{}: resolution {:5.1f} Å (limit {:.1f} px), logL {:.6g}, class changes {:4.1f}%, "
+              "psi change {:5.1f}°, {:.1f} s, GEMM {:.0f} GFLOP/s",
+              it, o.iterations, record.resolution, state.model.radius, record.log_likelihood, 100 * record.class_changes,
+              record.mean_psi_change, record.seconds, record.gflops);
+    out.gflops = record.gflops;
+  }
+
+  // Final outputs.
+  write_classes(dir / "classes.mrcs", state.model, pixel);
+  if (state.iteration > 0) {
+    fs::copy_file(dir / fmt::format("particles_it{:03}.star", state.iteration), dir / "particles.star.tmp_copy",
+                  fs::copy_options::overwrite_existing);
+    fs::rename(dir / "particles.star.tmp_copy", dir / "particles.star");
+    fs::copy_file(dir / fmt::format("model_it{:03}.star", state.iteration), dir / "model.star.tmp_copy",
+                  fs::copy_options::overwrite_existing);
+    fs::rename(dir / "model.star.tmp_copy", dir / "model.star");
+  }
+  write_report(dir, state, set, skipped_notes, pixel);
+  log::info("class2d: done; class averages in {}/classes.mrcs, report in {}/report.html", o.out_dir, o.out_dir);
+  log::set_file("");
+
+  out.iterations_done = state.iteration;
+  out.class_of_particle.assign(set.size(), -1);
+  out.psi_of_particle.assign(set.size(), 0);
+  for (std::size_t a = 0; a < active.size(); ++a) {
+    out.class_of_particle[active[a]] = state.previous_class[a];
+    out.psi_of_particle[active[a]] = state.previous_psi[a];
+  }
+  out.class_sizes = state.model.priors;
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - job_start).count();
+  return out;
+}
+
+}  // namespace
+
+Class2DResult run_class2d(const Class2DOptions& options) {
+  const fs::path dir(options.out_dir);
+  if (fs::exists(dir / "checkpoint.json"))
+    fail("{}: already holds a class2d run; use --continue {} to resume it, or choose another --out", options.out_dir,
+         options.out_dir);
+  JobState state;
+  state.options = options;
+  return run_job(std::move(state), false);
+}
+
+Class2DResult continue_class2d(const std::string& out_dir) {
+  const fs::path path = fs::path(out_dir) / "checkpoint.json";
+  if (!fs::exists(path)) fail("{}: no checkpoint.json: nothing to continue", out_dir);
+  json j;
+  try {
+    j = json::parse(read_text_file(path));
+  } catch (const json::exception& e) {
+    fail("{}: damaged checkpoint: {}", path.string(), e.what());
+  }
+  JobState state;
+  try {
+    state.options = options_from_json(j.at("options"));
+    state.options.out_dir = out_dir;
+    state.iteration = j.at("iteration");
+    state.model.radius = j.at("radius");
+    state.model.priors = j.at("priors").get<std::vector<double>>();
+    state.model.sigma2 = j.at("sigma2").get<std::vector<std::vector<double>>>();
+    state.model.tau2 = j.at("tau2").get<std::vector<std::vector<double>>>();
+    state.model.resolution_shell = j.at("resolution_shell").get<std::vector<int>>();
+    state.previous_class = j.at("previous_class").get<std::vector<int>>();
+    state.previous_psi = j.at("previous_psi").get<std::vector<double>>();
+    for (const auto& r : j.at("history")) state.history.push_back(record_from_json(r));
+    const std::string classes_file = j.at("classes_file");
+    const int K = state.options.classes;
+    io::MrcReader reader(fs::path(out_dir) / classes_file);
+    const int n = reader.nx();
+    auto all = read_classes(fs::path(out_dir) / classes_file, K, n);
+    state.model.box = n;
+    for (int k = 0; k < K; ++k)
+      state.model.classes.emplace_back(all.begin() + static_cast<long>(k) * n * n, all.begin() + static_cast<long>(k + 1) * n * n);
+  } catch (const json::exception& e) {
+    fail("{}: damaged checkpoint: {}", path.string(), e.what());
+  }
+  return run_job(std::move(state), true);
+}
+
+}  // namespace emcryo::jobs
