@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 out=demo_output
-./build/emcryo simulate --model data/1tii.pdb.gz --out "$out/data" --particles 2000 --box 64 \
-  --pixel-size 2.0 --snr 0.1 --views 10 --seed 1
-./build/emcryo class2d --particles "$out/data/particles.star" --classes 10 --out "$out/class2d" \
+rm -rf "$out"  # the demo is regenerated from scratch each time
+./build/apps/emcryo simulate --model data/1tii.pdb.gz --out "$out/data" --particles 2000 --box 64 \
+  --pixel-size 2.0 --snr 0.1 --orientations views --views 10 --seed 1
+./build/apps/emcryo class2d --particles "$out/data/particles.star" --classes 10 --out "$out/class2d" \
   --iterations 15 --mask-diameter 110 --seed 1
 echo "Demo finished. Open $out/class2d/report.html in a browser."

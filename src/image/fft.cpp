@@ -71,7 +71,9 @@ void checkerboard(Complex* spectrum, int nx, int ny, int nz) {
   for (int z = 0; z < nz; ++z)
     for (int y = 0; y < ny; ++y) {
       Complex* row = spectrum + (static_cast<std::size_t>(z) * ny + y) * hx;
-      const int start = (y + z) & 1;
+      // Negate where x + y + z is odd (storage and signed indices have the same parity for even
+      // sizes; for nz = 1, z = 0).
+      const int start = ((y + z) & 1) ^ 1;
       for (int x = start; x < hx; x += 2) row[x] = -row[x];
     }
 }

@@ -228,6 +228,17 @@ std::vector<float> ParticleSet::read_image(std::size_t i) const {
 
 std::string ParticleSet::image_name(std::size_t i) const { return std::string(particles_->text(i, c_image_)); }
 
+std::string ParticleSet::portable_image_name(std::size_t i) const {
+  const fs::path& stack = stacks_[stack_of_[i]];
+  std::error_code ec;
+  const fs::path absolute = fs::weakly_canonical(fs::absolute(stack), ec);
+  const fs::path cwd = fs::current_path(ec);
+  fs::path shown = absolute;
+  const auto relative = absolute.lexically_relative(cwd);
+  if (!relative.empty() && *relative.begin() != "..") shown = relative;
+  return fmt::format("{:06}@{}", index_in_stack_[i] + 1, shown.string());
+}
+
 void ParticleSet::check_pixel_size_against_stacks() const {
   for (std::size_t s = 0; s < stacks_.size(); ++s) {
     const double header = reader(s).pixel_size();

@@ -210,8 +210,10 @@ void write_particles_star(const fs::path& path, const io::ParticleSet& set, cons
             c_ox = t.add_column("rlnOriginXAngst"), c_oy = t.add_column("rlnOriginYAngst"),
             c_pmax = t.add_column("rlnMaxValueProbDistribution"), c_nsig = t.add_column("rlnNrOfSignificantSamples"),
             c_ll = t.add_column("rlnLogLikeliContribution");
+  const int c_name = t.require("rlnImageName");
   for (std::size_t r = 0; r < active.size(); ++r) {
     const auto& res = results[r];
+    t.set_text(r, c_name, set.portable_image_name(active[r]));
     t.set_integer(r, c_class, res.best_class + 1);
     t.set_number(r, c_psi, res.psi, 4);
     // RELION's origin re-centres the particle: minus its displacement.

@@ -58,6 +58,10 @@ class ParticleSet {
   std::vector<float> read_image(std::size_t i) const;
   /// The image name as written in the STAR ("000012@Particles/stack.mrcs").
   std::string image_name(std::size_t i) const;
+  /// The image name with its stack path as this program found it, relative to the working
+  /// directory (RELION resolves from the project folder) or absolute when outside it. Jobs write
+  /// this form so RELION finds the images from the same folder the job was run from.
+  std::string portable_image_name(std::size_t i) const;
 
   /// Fails when a stack header's pixel size disagrees (> 1%) with the STAR's optics table.
   void check_pixel_size_against_stacks() const;

@@ -126,7 +126,8 @@ TEST(FourierResize, CropAndPadOfBandLimitedVolume) {
 }
 
 TEST(FourierResize, HalfGridCopiesLowFrequencies) {
-  const int n_in = 32, n_out = 20;
+  // Cropping keeps |kx|, |ky| < n_out/2 and leaves the new grid's Nyquist row/column empty.
+  const int n_in = 32, n_out = 20, kmax = n_out / 2;
   const auto spectrum = img::fft_forward_2d(random_values(static_cast<std::size_t>(n_in) * n_in, 3), n_in);
   std::vector<Complex> cropped(img::half_size(n_out, n_out));
   img::resize_half_grid_2d(spectrum.data(), n_in, cropped.data(), n_out);
@@ -135,22 +136,25 @@ TEST(FourierResize, HalfGridCopiesLowFrequencies) {
     const int ky = img::wrap_frequency(j, n_out);
     for (int kx = 0; kx < h_out; ++kx) {
       const Complex got = cropped[static_cast<std::size_t>(j) * h_out + kx];
-      if (kx < n_out / 2 && ky >= -n_out / 2 && ky < n_out / 2) {
+      if (kx < kmax && ky > -kmax && ky < kmax) {
         ASSERT_EQ(got, spectrum[static_cast<std::size_t>(img::storage_index(ky, n_in)) * h_in + kx]) << kx << "," << ky;
       } else {
         ASSERT_EQ(got, Complex{}) << kx << "," << ky;
       }
     }
   }
-  // Padding back: the cropped frequencies again, zeros elsewhere.
+  // Padding back: the cropped frequencies again, zeros beyond.
   std::vector<Complex> padded(img::half_size(n_in, n_in));
   img::resize_half_grid_2d(cropped.data(), n_out, padded.data(), n_in);
   for (int j = 0; j < n_in; ++j) {
     const int ky = img::wrap_frequency(j, n_in);
     for (int kx = 0; kx < h_in; ++kx) {
       const Complex got = padded[static_cast<std::size_t>(j) * h_in + kx];
-      const bool inside = kx < n_out / 2 && ky >= -n_out / 2 && ky < n_out / 2;
-      ASSERT_EQ(got, inside ? spectrum[static_cast<std::size_t>(j) * h_in + kx] : Complex{}) << kx << "," << ky;
+      if (kx < kmax && ky > -kmax && ky < kmax) {
+        ASSERT_EQ(got, spectrum[static_cast<std::size_t>(j) * h_in + kx]) << kx << "," << ky;
+      } else {
+        ASSERT_EQ(got, Complex{}) << kx << "," << ky;  // includes the (empty) Nyquist row
+      }
     }
   }
 }
@@ -161,15 +165,20 @@ TEST(FourierResize, HalfGrid3DCropKeepsCentralCube) {
   std::vector<Complex> cropped(img::half_size(n_out, n_out, n_out));
   img::resize_half_grid_3d(spectrum.data(), n_in, cropped.data(), n_out);
   const int h_in = n_in / 2 + 1, h_out = n_out / 2 + 1;
-  for (int kz : {-4, -1, 0, 3})
-    for (int ky : {-4, 0, 2, 3})
+  auto small = [&](int kx, int ky, int kz) {
+    return cropped[(static_cast<std::size_t>(img::storage_index(kz, n_out)) * n_out + img::storage_index(ky, n_out)) * h_out + kx];
+  };
+  for (int kz : {-3, -1, 0, 3})
+    for (int ky : {-3, 0, 2, 3})
       for (int kx : {0, 1, 3}) {
-        const Complex got = cropped[(static_cast<std::size_t>(img::storage_index(kz, n_out)) * n_out +
-                                     img::storage_index(ky, n_out)) * h_out + kx];
         const Complex want = spectrum[(static_cast<std::size_t>(img::storage_index(kz, n_in)) * n_in +
                                        img::storage_index(ky, n_in)) * h_in + kx];
-        ASSERT_EQ(got, want) << kx << "," << ky << "," << kz;
+        ASSERT_EQ(small(kx, ky, kz), want) << kx << "," << ky << "," << kz;
       }
+  // The Nyquist planes of the small grid stay empty.
+  EXPECT_EQ(small(4, 1, 1), Complex{});
+  EXPECT_EQ(small(1, 4, 1), Complex{});
+  EXPECT_EQ(small(1, 1, 4), Complex{});
 }
 
 // ---- FSC and resolution ----
