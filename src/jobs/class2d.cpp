@@ -446,7 +446,8 @@ Class2DResult run_job(JobState state, bool resumed) {
     // Empty or tiny classes are re-seeded from the largest one plus noise, so they can split it.
     const std::size_t K = next.classes.size();
     const std::size_t largest = static_cast<std::size_t>(std::max_element(next.priors.begin(), next.priors.end()) - next.priors.begin());
-    if (it < o.iterations) {
+    // At most one class per iteration, and not late in the run, so that classes settle.
+    if (3 * it <= 2 * o.iterations) {
       for (std::size_t k = 0; k < K; ++k) {
         if (k == largest || next.priors[k] >= 0.2 / static_cast<double>(K)) continue;
         // Split the largest class: two copies pushed apart by the same smooth random field, with
@@ -474,11 +475,17 @@ Class2DResult run_job(JobState state, bool resumed) {
         const double share = (next.priors[largest] + next.priors[k]) / 2;
         next.priors[largest] = next.priors[k] = share;
         log::info("iteration {}: class {} was nearly empty; re-seeded from class {}", it, k + 1, largest + 1);
+        break;
       }
     }
-    // The working frequency limit follows the resolution reached.
-    const int best_shell = *std::max_element(next.resolution_shell.begin(), next.resolution_shell.end());
-    next.radius = std::clamp(static_cast<double>(best_shell) + 4, std::max(min_radius, 3.0), max_radius);
+    // The working frequency limit follows the resolution reached by the typical class (the
+    // median, not the best: a limit set by the largest class would favour it in the E-step, where
+    // smaller, blurrier classes cannot compete at frequencies only the large class resolves).
+    std::vector<int> shells_sorted = next.resolution_shell;
+    std::sort(shells_sorted.begin(), shells_sorted.end());
+    const int best_shell = shells_sorted.back();
+    const int median_shell = shells_sorted[shells_sorted.size() / 2];
+    next.radius = std::clamp(static_cast<double>(median_shell) + 3, std::max(min_radius, 3.0), max_radius);
 
     IterationRecord record;
     record.iteration = it;
