@@ -1,0 +1,105 @@
+// Core services: errors, atomic files, float16, BLAS start-up, progress and log lines.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "emcryo/core/error.hpp"
+#include "emcryo/core/files.hpp"
+#include "emcryo/core/float16.hpp"
+#include "emcryo/core/log.hpp"
+#include "emcryo/core/progress.hpp"
+#include "emcryo/core/random.hpp"
+#include "emcryo/core/runtime.hpp"
+
+namespace fs = std::filesystem;
+using namespace emcryo;
+
+namespace {
+fs::path temp_dir(const std::string& name) {
+  auto d = fs::temp_directory_path() / ("emcryo_core_" + name + "_" + std::to_string(getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+}  // namespace
+
+TEST(CoreFiles, AtomicWriteReplacesWholeFileOrNothing) {
+  const auto dir = temp_dir("atomic");
+  write_text_file(dir / "a.txt", "first");
+  EXPECT_EQ(read_text_file(dir / "a.txt"), "first");
+  // A writer that fails half-way leaves the earlier file untouched and no temporary behind.
+  EXPECT_THROW(write_atomically(dir / "a.txt",
+                                [](const fs::path& temp) {
+                                  std::ofstream(temp) << "half";
+                                  fail("simulated failure");
+                                }),
+               Error);
+  EXPECT_EQ(read_text_file(dir / "a.txt"), "first");
+  int files = 0;
+  for (auto& e : fs::directory_iterator(dir)) (void)e, ++files;
+  EXPECT_EQ(files, 1);
+  fs::remove_all(dir);
+}
+
+TEST(CoreFiles, MissingFileMessageNamesIt) {
+  try {
+    read_text_file("/nonexistent/x.star");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/x.star"), std::string::npos);
+  }
+}
+
+TEST(CoreFloat16, RoundTripAndSpecialValues) {
+  const float values[] = {0.0f, 1.0f, -2.5f, 65504.0f, 6.1035156e-05f, 1e-8f, INFINITY};
+  std::uint16_t half[7];
+  float back[7];
+  float_to_half(values, half, 7);
+  half_to_float(half, back, 7);
+  EXPECT_EQ(half[1], 0x3C00);
+  EXPECT_EQ(back[2], -2.5f);
+  EXPECT_EQ(back[3], 65504.0f);
+  EXPECT_NEAR(back[4], 6.1035156e-05f, 1e-9);
+  EXPECT_TRUE(std::isinf(back[6]));
+}
+
+TEST(CoreRuntime, BlasUsesAStrongKernelOnThisCpu) {
+  // The test binary starts through ensure_fast_blas like the program: whatever the CPU offers,
+  // OpenBLAS must not be left on an SSE-only core when AVX2/AVX-512 is available.
+  EXPECT_EQ(runtime::preferred_blas_core(), "") << "OpenBLAS runs core " << runtime::blas_core_name();
+  EXPECT_FALSE(runtime::blas_core_name().empty());
+}
+
+TEST(CoreRandom, StreamsDependOnlyOnSeedAndItem) {
+  auto a = item_rng(7, 3), b = item_rng(7, 3), c = item_rng(7, 4);
+  EXPECT_EQ(a(), b());
+  EXPECT_NE(item_rng(7, 3)(), c());
+}
+
+TEST(CoreLog, LinesGoToTheLogFile) {
+  const auto dir = temp_dir("log");
+  log::set_file((dir / "run.log").string());
+  log::info("iteration {} done", 3);
+  log::warn("particle {} skipped", 5);
+  log::set_file("");
+  const auto text = read_text_file(dir / "run.log");
+  EXPECT_NE(text.find("iteration 3 done"), std::string::npos);
+  EXPECT_NE(text.find("warning: particle 5 skipped"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(CoreProgress, PlainLinesWhenNotATerminal) {
+  testing::internal::CaptureStderr();
+  {
+    Progress p("work", 100);
+    for (int i = 0; i < 100; ++i) p.advance();
+  }
+  const std::string out = testing::internal::GetCapturedStderr();
+  if (isatty(STDERR_FILENO)) GTEST_SKIP();
+  EXPECT_NE(out.find("work: 100%"), std::string::npos) << out;
+  EXPECT_NE(out.find("ETA"), std::string::npos);
+  EXPECT_LE(std::count(out.begin(), out.end(), '\n'), 12);
+}
