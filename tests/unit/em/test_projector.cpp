@@ -319,6 +319,35 @@ TEST(Projector, BackProjectionWithCtfWeightsReconstructsTheVolume) {
   for (int s = 1; s <= n / 2 - 2; ++s) EXPECT_GT(fsc[static_cast<std::size_t>(s)], 0.99) << "shell " << s;
 }
 
+TEST(Projector, CroppedSlicesReconstructTheLowResolutionVolume) {
+  // Slices on a Fourier-cropped grid (in_n = n/2, same frequency units) fill the inner half of
+  // the volume's spectrum: the map is the volume low-passed to shell n/4 - 1.
+  const int n = 32, small = 16;
+  const auto original = noise_volume(n, 11);
+  const Projector projector(original, n);
+  BackProjector bp(n);
+  std::mt19937 rng(12);
+  std::vector<Complex> slice(img::half_size(small, small));
+  const std::vector<float> weight(slice.size(), 1.0f);
+  for (int i = 0; i < 800; ++i) {
+    const Mat3 a = random_rotation(rng);
+    projector.project(a, slice.data(), small, small / 2.0 - 1);
+    bp.insert(a, slice.data(), weight.data(), small, small / 2.0 - 1);
+  }
+  const auto map = bp.reconstruct();
+  const auto fsc = img::fsc_3d(map, original, n);
+  for (int s = 1; s <= small / 2 - 2; ++s) EXPECT_GT(fsc[static_cast<std::size_t>(s)], 0.99) << "shell " << s;
+  // Nothing beyond the inserted radius.
+  const auto spectrum = img::fft_forward_3d(map, n);
+  const auto shells = img::shell_index_3d(n);
+  double outside = 0, total = 0;
+  for (std::size_t i = 0; i < spectrum.size(); ++i) {
+    total += std::norm(spectrum[i]);
+    if (shells[i] >= small / 2 + 2) outside += std::norm(spectrum[i]);
+  }
+  EXPECT_LT(outside, 0.01 * total);
+}
+
 TEST(Projector, BackProjectionOfOneSliceLiesOnThePlane) {
   // One slice at identity fills only the kz = 0 plane (and its trilinear neighbours in the
   // padded grid): the map is constant along z inside the box up to the gridding correction.
