@@ -9,5 +9,6 @@ void add_info_command(CLI::App& app);
 void add_simulate_command(CLI::App& app);
 void add_reconstruct_command(CLI::App& app);
 void add_class2d_command(CLI::App& app);
+void add_refine_command(CLI::App& app);
 
 }  // namespace emcryo::app

@@ -77,6 +77,34 @@ void Projector::project(const geometry::Mat3& a, Complex* out, int out_n, double
   }
 }
 
+void Projector::sample(const geometry::Mat3& a, const FrequencyList& list, Complex* out) const {
+  const double ax = a(0, 0) * pad_, ay = a(0, 1) * pad_, az = a(0, 2) * pad_;
+  const double bx = a(1, 0) * pad_, by = a(1, 1) * pad_, bz = a(1, 2) * pad_;
+  for (std::size_t f = 0; f < list.size(); ++f) {
+    const int kx = list.kx[f], ky = list.ky[f];
+    double px = ax * kx + bx * ky, py = ay * kx + by * ky, pz = az * kx + bz * ky;
+    bool conjugate = false;
+    if (px < 0) px = -px, py = -py, pz = -pz, conjugate = true;
+    const int x0 = static_cast<int>(std::floor(px)), y0 = static_cast<int>(std::floor(py)),
+              z0 = static_cast<int>(std::floor(pz));
+    const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
+    const std::size_t y0i = static_cast<std::size_t>(image::storage_index(y0, m_)),
+                      y1i = static_cast<std::size_t>(image::storage_index(y0 + 1, m_));
+    const std::size_t z0i = static_cast<std::size_t>(image::storage_index(z0, m_)),
+                      z1i = static_cast<std::size_t>(image::storage_index(z0 + 1, m_));
+    const std::size_t mm = static_cast<std::size_t>(m_), hm = static_cast<std::size_t>(hm_);
+    const Complex* g00 = grid_.data() + (z0i * mm + y0i) * hm + x0;
+    const Complex* g01 = grid_.data() + (z0i * mm + y1i) * hm + x0;
+    const Complex* g10 = grid_.data() + (z1i * mm + y0i) * hm + x0;
+    const Complex* g11 = grid_.data() + (z1i * mm + y1i) * hm + x0;
+    const Complex c00 = g00[0] + fx * (g00[1] - g00[0]), c01 = g01[0] + fx * (g01[1] - g01[0]);
+    const Complex c10 = g10[0] + fx * (g10[1] - g10[0]), c11 = g11[0] + fx * (g11[1] - g11[0]);
+    const Complex c0 = c00 + fy * (c01 - c00), c1 = c10 + fy * (c11 - c10);
+    const Complex v = c0 + fz * (c1 - c0);
+    out[f] = conjugate ? std::conj(v) : v;
+  }
+}
+
 BackProjector::BackProjector(int n, int padding)
     : n_(n), pad_(padding), m_(n * padding), hm_(n * padding / 2 + 1),
       data_(image::half_size(m_, m_, m_)), weight_(image::half_size(m_, m_, m_)) {}

@@ -2,6 +2,7 @@
 #pragma once
 #include <vector>
 
+#include "emcryo/em/projector2d.hpp"
 #include "emcryo/geometry/rotation.hpp"
 #include "emcryo/image/fft.hpp"
 
@@ -20,6 +21,8 @@ class Projector {
   /// frequencies up to `max_radius` (pixels of the n-box grid; out_n may be smaller than n for a
   /// Fourier-cropped image, in which case index k still means frequency k/(n*pixel)). Zero beyond.
   void project(const geometry::Mat3& a, Complex* out, int out_n, double max_radius) const;
+  /// The central slice at rotation `a` sampled at the listed frequencies only.
+  void sample(const geometry::Mat3& a, const FrequencyList& list, Complex* out) const;
 
  private:
   int n_, pad_, m_, hm_;

@@ -1,0 +1,40 @@
+// `emcryo refine`: 3D homogeneous refinement, gold-standard.
+#include <fmt/format.h>
+
+#include "commands.hpp"
+#include "emcryo/jobs/refine.hpp"
+
+namespace emcryo::app {
+
+void add_refine_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("refine", "3D homogeneous refinement with gold-standard half sets");
+  static jobs::RefineOptions o;
+  static std::string continue_dir;
+  cmd->add_option("--particles", o.particles, "Particles STAR file");
+  cmd->add_option("--ref", o.reference, "Initial reference map (MRC)");
+  cmd->add_option("--out", o.out_dir, "Output folder");
+  cmd->add_option("--continue", continue_dir, "Resume the run in this folder from its last checkpoint");
+  cmd->add_option("--sym", o.symmetry, "Point group: C1, Cn, Dn, T, O, I")->capture_default_str();
+  cmd->add_option("--mask", o.mask, "Solvent mask (MRC); default: automatic from the map");
+  cmd->add_option("--ini-high", o.initial_lowpass, "Low-pass of the initial reference, Å")->capture_default_str();
+  cmd->add_option("--particle-diameter", o.particle_diameter, "Mask diameter in Å (default 90% of the box)");
+  cmd->add_option("--initial-step", o.initial_step, "Angular step of the global search, degrees")->capture_default_str();
+  cmd->add_option("--offset-range", o.offset_range, "Translation search range, pixels")->capture_default_str();
+  cmd->add_option("--offset-step", o.offset_step, "Translation search step, pixels")->capture_default_str();
+  cmd->add_option("--max-iterations", o.max_iterations, "Upper bound on iterations (the job stops by itself)")->capture_default_str();
+  cmd->add_flag("--adaptive-marginalization", o.adaptive_marginalization, "Marginalise over the poses holding most of the posterior mass");
+  cmd->add_flag("--no-ctf", o.no_ctf, "Refine without CTF correction");
+  cmd->add_option("--batch", o.batch, "Particles per batch (bounds memory)")->capture_default_str();
+  cmd->add_option("--seed", o.seed, "Random seed (half-set split)")->capture_default_str();
+  cmd->callback([] {
+    jobs::RefineResult r;
+    if (!continue_dir.empty()) r = jobs::continue_refine(continue_dir);
+    else {
+      if (o.particles.empty() || o.reference.empty() || o.out_dir.empty()) throw CLI::RequiredError("--particles, --ref and --out (or --continue DIR)");
+      r = jobs::run_refine(o);
+    }
+    fmt::print("refine: {:.2f} Å after {} iterations\n", r.resolution, r.iterations);
+  });
+}
+
+}  // namespace emcryo::app
