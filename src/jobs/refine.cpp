@@ -548,20 +548,24 @@ RefineResult run(State state, bool resumed) {
 
     // Sampling schedule: after the global stage, halve the step (local searches) whenever the
     // resolution stops improving; stop when the step is finer than the resolution needs.
-    const double needed_step = std::max(0.5, 0.5 * resolution / (diameter / 2) * 180 / std::numbers::pi);
+    // The finest step worth searching: about the angle over which the particle's rim moves by a
+    // quarter of the current resolution, never below 0.9°.
+    const double needed_step = std::max(0.9, 0.1 * resolution / (diameter / 2) * 180 / std::numbers::pi);
     if (final_iteration) {
       result.resolution = resolution;
       break;
     }
-    if (!state.local && it >= 2 && (state.iterations_without_gain >= 1 || it >= 4)) {
+    if (!state.local && it >= 2 && (state.iterations_without_gain >= 1 || it >= 5)) {
       state.local = true;
       state.step /= 2;
       state.offset_step = std::max(0.25, state.offset_step / 2);
       state.offset_range = 2 * state.offset_step;
       state.iterations_without_gain = 0;
     } else if (state.local && state.iterations_without_gain >= 1) {
-      if (state.step / 2 < needed_step) final_iteration = true;
-      else {
+      if (state.step / 2 < needed_step) {
+        // Finest step reached: one more iteration at it, then the last one, joined.
+        if (state.iterations_without_gain >= 2) final_iteration = true;
+      } else {
         state.step /= 2;
         state.offset_step = std::max(0.125, state.offset_step / 2);
         state.offset_range = 2 * state.offset_step;

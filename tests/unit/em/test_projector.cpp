@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "emcryo/em/projector.hpp"
+#include "emcryo/em/projector2d.hpp"
 #include "emcryo/geometry/rotation.hpp"
 #include "emcryo/image/ctf.hpp"
 #include "emcryo/image/fft.hpp"
@@ -241,6 +242,26 @@ TEST(Projector, CroppedOutputHoldsTheLowFrequencies) {
       if (kx * kx + ky * ky > (small / 2.0 - 1) * (small / 2.0 - 1)) continue;
       const std::size_t i = static_cast<std::size_t>(j) * h + kx;
       ASSERT_LT(std::abs(cropped[i] - expected[i]), 1e-4f * (1 + std::abs(expected[i]))) << kx << "," << ky;
+    }
+  }
+}
+
+TEST(Projector, SampleAtListedFrequenciesEqualsProject) {
+  const int n = 32;
+  const auto volume = blob_volume(n, 13);
+  const Projector projector(volume, n);
+  const auto list = emcryo::em::make_frequency_list(n, n / 2.0 - 1);
+  ASSERT_GT(list.size(), 0u);
+  std::mt19937 rng(14);
+  std::vector<Complex> sampled(list.size());
+  for (int trial = 0; trial < 4; ++trial) {
+    const Mat3 a = trial == 0 ? Mat3::identity() : random_rotation(rng);
+    const auto full = project(projector, a, n);
+    projector.sample(a, list, sampled.data());
+    for (std::size_t f = 0; f < list.size(); ++f) {
+      const Complex want = full[static_cast<std::size_t>(list.index[f])];
+      ASSERT_LT(std::abs(sampled[f] - want), 1e-4f * (1 + std::abs(want)))
+          << "trial " << trial << " at (" << list.kx[f] << ", " << list.ky[f] << ")";
     }
   }
 }

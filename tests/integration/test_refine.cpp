@@ -1,0 +1,83 @@
+// 3D refinement on a small simulated set: what it reaches today against the true-pose oracle.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+
+#include "emcryo/core/files.hpp"
+#include "emcryo/geometry/rotation.hpp"
+#include "emcryo/io/star.hpp"
+
+namespace fs = std::filesystem;
+using namespace emcryo;
+
+namespace {
+
+int run(const std::string& command) {
+  return std::system((command + " >>" + (fs::temp_directory_path() / "emcryo_test_refine.log").string() + " 2>&1").c_str());
+}
+
+double last_resolution(const fs::path& fsc_star, const std::string& column) {
+  const auto star = io::read_star(fsc_star);
+  const auto& t = star.require_block("fsc").table;
+  const auto fsc = t.numbers(t.require(column));
+  const auto res = t.numbers(t.require("rlnAngstromResolution"));
+  for (std::size_t s = 1; s < fsc.size(); ++s)
+    if (fsc[s] < 0.143) return res[s - 1];
+  return res.back();
+}
+
+TEST(Refine, ApproachesTheTruePoseReconstruction) {
+  const fs::path dir = fs::temp_directory_path() / fmt::format("emcryo_refine_{}", getpid());
+  fs::remove_all(dir);
+  const std::string exe = EMCRYO_EXE;
+  ASSERT_EQ(run(fmt::format("{} simulate --model {}/data/1tii.pdb.gz --out {} --particles 2000 --box 48 --pixel-size 3 --snr 0.1 --seed 5",
+                            exe, EMCRYO_SOURCE_DIR, (dir / "data").string())),
+            0);
+  ASSERT_EQ(run(fmt::format("{} reconstruct --particles {} --out {}", exe, (dir / "data/particles.star").string(), (dir / "oracle").string())), 0);
+  ASSERT_EQ(run(fmt::format("{} refine --particles {} --ref {} --out {} --ini-high 15 --max-iterations 12", exe,
+                            (dir / "data/particles.star").string(), (dir / "data/truth_class001.mrc").string(), (dir / "refine").string())),
+            0);
+  const double oracle = last_resolution(dir / "oracle/fsc.star", "rlnFourierShellCorrelation");
+  const double refined = last_resolution(dir / "refine/fsc.star", "rlnFourierShellCorrelationCorrected");
+  // Pose error against the truth.
+  const auto truth = io::read_star(dir / "data/truth.star");
+  const auto result = io::read_star(dir / "refine/particles.star");
+  const auto& tt = truth.require_block("particles").table;
+  const auto& rt = result.require_block("particles").table;
+  ASSERT_EQ(tt.rows(), rt.rows());
+  std::vector<double> errors;
+  for (std::size_t i = 0; i < tt.rows(); ++i) {
+    const auto a = geometry::euler_to_matrix({tt.number(i, tt.require("rlnAngleRot")), tt.number(i, tt.require("rlnAngleTilt")), tt.number(i, tt.require("rlnAnglePsi"))});
+    const auto b = geometry::euler_to_matrix({rt.number(i, rt.require("rlnAngleRot")), rt.number(i, rt.require("rlnAngleTilt")), rt.number(i, rt.require("rlnAnglePsi"))});
+    errors.push_back(geometry::rotation_angle_between(a, b));
+  }
+  std::nth_element(errors.begin(), errors.begin() + static_cast<long>(errors.size() / 2), errors.end());
+  const double median_error = errors[errors.size() / 2];
+  std::printf("true-pose reconstruction %.2f Å, refined %.2f Å (masked, corrected), median pose error %.2f°\n", oracle, refined, median_error);
+  // Today's figures (bench/RESULTS.md): about 11.5 Å against 9.6 Å and 5.7°. The targets
+  // (within 10%, below 3°) are not met yet; these bounds catch regressions from here.
+  EXPECT_LE(refined, 1.35 * oracle);
+  EXPECT_LE(median_error, 8.0);
+  for (const char* f : {"half1_unfil.mrc", "half2_unfil.mrc", "map.mrc", "map_unfil.mrc", "mask.mrc", "fsc.star", "fsc.svg",
+                        "orientations.svg", "model.star", "report.html"})
+    EXPECT_TRUE(fs::exists(dir / "refine" / f)) << f;
+  // RELION reconstructs our particles.star to the same map.
+  if (std::system("command -v relion_reconstruct >/dev/null 2>&1") == 0) {
+    ASSERT_EQ(run(fmt::format("relion_reconstruct --i {} --o {} --ctf", (dir / "refine/particles.star").string(), (dir / "relion.mrc").string())), 0);
+    EXPECT_TRUE(fs::exists(dir / "relion.mrc"));
+  }
+  // Bad input: unknown symmetry, and a second run into the same folder.
+  EXPECT_NE(run(fmt::format("{} refine --particles {} --ref {} --out {} --sym Q7", exe, (dir / "data/particles.star").string(),
+                            (dir / "data/truth_class001.mrc").string(), (dir / "bad").string())),
+            0);
+  EXPECT_NE(run(fmt::format("{} refine --particles {} --ref {} --out {}", exe, (dir / "data/particles.star").string(),
+                            (dir / "data/truth_class001.mrc").string(), (dir / "refine").string())),
+            0);
+  fs::remove_all(dir);
+}
+
+}  // namespace
