@@ -532,10 +532,14 @@ RefineResult run(State state, bool resumed) {
     for (std::size_t s = static_cast<std::size_t>(insert_radius) + 1; s < state.fsc.size(); ++s) state.fsc[s] = 0;
     const double resolution = image::resolution_at(state.fsc, 0.143, n, pixel);
     const int res_shell = static_cast<int>(std::floor(n * pixel / resolution));
-    const double gain = state.best_resolution - resolution;
-    if (gain > 0.02 * state.best_resolution) state.iterations_without_gain = 0;
-    else ++state.iterations_without_gain;
-    state.best_resolution = std::min(state.best_resolution, resolution);
+    // The first iteration's FSC is biased (both halves were aligned to the same reference), so
+    // it does not count as progress.
+    if (it > 1) {
+      const double gain = state.best_resolution - resolution;
+      if (gain > 0.02 * state.best_resolution) state.iterations_without_gain = 0;
+      else ++state.iterations_without_gain;
+      state.best_resolution = std::min(state.best_resolution, resolution);
+    }
     state.radius = std::clamp(static_cast<double>(res_shell) + 4, 4.0, nyquist);
     const double changed_fraction = static_cast<double>(changed) / static_cast<double>(active.size());
     const double seconds = std::chrono::duration<double>(Clock::now() - it_start).count();
@@ -555,7 +559,7 @@ RefineResult run(State state, bool resumed) {
       result.resolution = resolution;
       break;
     }
-    if (!state.local && it >= 2 && (state.iterations_without_gain >= 1 || it >= 5)) {
+    if (!state.local && it >= 3 && (state.iterations_without_gain >= 1 || it >= 6)) {
       state.local = true;
       state.step /= 2;
       state.offset_step = std::max(0.25, state.offset_step / 2);
