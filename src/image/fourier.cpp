@@ -48,6 +48,23 @@ std::vector<float> resample_volume(const std::vector<float>& volume, int n_in, i
   return out;
 }
 
+std::vector<float> rescale_volume(const std::vector<float>& volume, int n_in, double pixel_in, int n_out,
+                                  double pixel_out) {
+  const int scaled = 2 * static_cast<int>(std::lround(n_in * pixel_in / pixel_out / 2));
+  const auto resampled = resample_volume(volume, n_in, scaled);
+  std::vector<float> boxed(static_cast<std::size_t>(n_out) * n_out * n_out, 0.0f);
+  const int off = scaled / 2 - n_out / 2;
+  for (int z = 0; z < n_out; ++z)
+    for (int y = 0; y < n_out; ++y)
+      for (int x = 0; x < n_out; ++x) {
+        const int sx = x + off, sy = y + off, sz = z + off;
+        if (sx < 0 || sy < 0 || sz < 0 || sx >= scaled || sy >= scaled || sz >= scaled) continue;
+        boxed[(static_cast<std::size_t>(z) * n_out + y) * n_out + x] =
+            resampled[(static_cast<std::size_t>(sz) * scaled + sy) * scaled + sx];
+      }
+  return boxed;
+}
+
 std::vector<float> resample_image(const std::vector<float>& image, int n_in, int n_out) {
   if (n_in == n_out) return image;
   auto spectrum = fft_forward_2d(image, n_in);

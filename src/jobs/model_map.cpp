@@ -23,23 +23,10 @@ std::vector<float> model_to_map(const std::string& model_path, int n, double pix
     if (reader.nx() != reader.ny() || reader.ny() != reader.nz())
       fail("{}: the map must be a cube (it is {}x{}x{})", model_path, reader.nx(), reader.ny(), reader.nz());
     auto map = reader.read_all();
-    if (reader.nx() != n) {
-      // Resample to the requested pixel size and box through Fourier cropping/padding.
-      const double src_pixel = reader.pixel_size() > 0 ? reader.pixel_size() : pixel_size;
-      const int scaled = 2 * static_cast<int>(std::lround(reader.nx() * src_pixel / pixel_size / 2));
-      map = image::resample_volume(map, reader.nx(), scaled);
-      std::vector<float> boxed(static_cast<std::size_t>(n) * n * n, 0.0f);
-      const int off = scaled / 2 - n / 2;
-      for (int z = 0; z < n; ++z)
-        for (int y = 0; y < n; ++y)
-          for (int x = 0; x < n; ++x) {
-            const int sx = x + off, sy = y + off, sz = z + off;
-            if (sx < 0 || sy < 0 || sz < 0 || sx >= scaled || sy >= scaled || sz >= scaled) continue;
-            boxed[(static_cast<std::size_t>(z) * n + y) * n + x] =
-                map[(static_cast<std::size_t>(sz) * scaled + sy) * scaled + sx];
-          }
-      map = std::move(boxed);
-    }
+    // Resample to the requested pixel size and box through Fourier cropping/padding.
+    const double src_pixel = reader.pixel_size() > 0 ? reader.pixel_size() : pixel_size;
+    if (reader.nx() != n || std::abs(src_pixel - pixel_size) > 1e-3 * pixel_size)
+      map = image::rescale_volume(map, reader.nx(), src_pixel, n, pixel_size);
     return map;
   }
 

@@ -188,19 +188,8 @@ RefineResult run(State state, bool resumed) {
   auto reference = ref_file.read_all();
   const double ref_pixel = ref_file.pixel_size() > 0 ? ref_file.pixel_size() : pixel;
   if (ref_file.nx() != n || std::abs(ref_pixel - pixel) > 1e-3 * pixel) {
-    const int scaled = 2 * static_cast<int>(std::lround(ref_file.nx() * ref_pixel / pixel / 2));
-    auto resampled = image::resample_volume(reference, ref_file.nx(), scaled);
-    std::vector<float> boxed(static_cast<std::size_t>(n) * n * n, 0.0f);
-    const int off = scaled / 2 - n / 2;
-    for (int z = 0; z < n; ++z)
-      for (int y = 0; y < n; ++y)
-        for (int x = 0; x < n; ++x) {
-          const int sx = x + off, sy = y + off, sz = z + off;
-          if (sx >= 0 && sy >= 0 && sz >= 0 && sx < scaled && sy < scaled && sz < scaled)
-            boxed[(static_cast<std::size_t>(z) * n + y) * n + x] = resampled[(static_cast<std::size_t>(sz) * scaled + sy) * scaled + sx];
-        }
     log::info("refine: reference {} ({} px, {:.3f} Å/px) resampled to {} px at {:.3f} Å/px", o.reference, ref_file.nx(), ref_pixel, n, pixel);
-    reference = std::move(boxed);
+    reference = image::rescale_volume(reference, ref_file.nx(), ref_pixel, n, pixel);
   }
   const double diameter = o.particle_diameter > 0 ? o.particle_diameter : 0.9 * n * pixel;
   if (diameter > n * pixel) fail("refine: --particle-diameter {} Å is wider than the box ({:.1f} Å)", diameter, n * pixel);

@@ -16,6 +16,10 @@ void resize_half_grid_3d(const Complex* in, int n_in, Complex* out, int n_out);
 /// Real-space volume resampled to another box by Fourier cropping/padding (same physical extent,
 /// pixel size scales by n_in/n_out); values preserved.
 std::vector<float> resample_volume(const std::vector<float>& volume, int n_in, int n_out);
+/// A cubic map brought to another pixel size and box: Fourier crop/pad to the new sampling, then
+/// a centred crop or zero-pad in real space to `n_out`.
+std::vector<float> rescale_volume(const std::vector<float>& volume, int n_in, double pixel_in, int n_out,
+                                  double pixel_out);
 std::vector<float> resample_image(const std::vector<float>& image, int n_in, int n_out);
 
 /// Multiplies a 2D spectrum by the phase ramp of a real-space shift (dx, dy) in pixels:
