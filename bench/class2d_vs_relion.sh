@@ -12,6 +12,8 @@
 #                 from its stored offsets (and searches +/- offset_range around them), so the
 #                 file as written would hand RELION the true centring.
 #                 full: RELION reads particles.star as simulated (true offsets), emcryo the same.
+#   RELION_OVERSAMPLING  default 1 (RELION's default: a fine pass at psi_step/2, offset_step/2 over
+#                 the significant coarse samples). 0 = RELION searches exactly emcryo's grid.
 #   SKIP_RELION=1 / SKIP_EMCRYO=1  run only one side (the other's earlier results are reused)
 #   BLAS_PEAK     measured sgemm GFLOP/s (2 threads) to compare the E-step rate with; default:
 #                 run build/bench/bench_blas 0.5 and take its best 2-thread figure.
@@ -28,6 +30,7 @@ N=${2:-15}
 EMCRYO=${EMCRYO:-$root/build/apps/emcryo}
 PY=/usr/bin/python3
 RELION_INPUT=${RELION_INPUT:-blind}
+RELION_OVERSAMPLING=${RELION_OVERSAMPLING:-1}
 
 mkdir -p "$W"
 W=$(cd "$W" && pwd)
@@ -53,6 +56,7 @@ timed() {  # timed NAME CMD...: run CMD under /usr/bin/time -v, log to $W/NAME.l
 wall_s() {  # seconds from a /usr/bin/time -v "Elapsed (wall clock)" line: [h:]mm:ss.ss
   awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s}' "$1"
 }
+cpu_s() { awk -F': ' '/User time|System time/ {s += $2} END {printf "%.1f", s}' "$1"; }
 rss_mib() { awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$1"; }
 
 if [[ -z ${SKIP_EMCRYO:-} ]]; then
@@ -69,7 +73,7 @@ if [[ -z ${SKIP_RELION:-} ]]; then
   # pass sample psi_step/2 and offset_step/2.
   (cd "$D" && timed relion relion_refine --i "$IN" --o "$W/relion/run" --K 12 --iter "$N" --psi_step 6 \
     --offset_range 3 --offset_step 1 --particle_diameter 120 --ctf --tau2_fudge 2 --j 2 \
-    --dont_combine_weights_via_disc --zero_mask --oversampling 1 --random_seed 1)
+    --dont_combine_weights_via_disc --zero_mask --oversampling "$RELION_OVERSAMPLING" --random_seed 1)
 fi
 
 relion_data=$(printf '%s/relion/run_it%03d_data.star' "$W" "$N")
@@ -86,8 +90,9 @@ em_wall=$(wall_s "$W/emcryo.time")
 rl_wall=$(wall_s "$W/relion.time")
 {
   echo "input: $IN, $N iterations"
-  printf 'emcryo: wall %.1f s, peak RSS %s MiB\n' "$em_wall" "$(rss_mib "$W/emcryo.time")"
-  printf 'relion: wall %.1f s, peak RSS %s MiB\n' "$rl_wall" "$(rss_mib "$W/relion.time")"
+  echo "emcryo: $("$EMCRYO" --version 2>/dev/null | head -1) $(git -C "$root" rev-parse --short HEAD 2>/dev/null)"
+  printf 'emcryo: wall %.1f s, CPU (user+sys) %s s, peak RSS %s MiB\n' "$em_wall" "$(cpu_s "$W/emcryo.time")" "$(rss_mib "$W/emcryo.time")"
+  printf 'relion: wall %.1f s, CPU (user+sys) %s s, peak RSS %s MiB (oversampling %s)\n' "$rl_wall" "$(cpu_s "$W/relion.time")" "$(rss_mib "$W/relion.time")" "$RELION_OVERSAMPLING"
   awk -v a="$rl_wall" -v b="$em_wall" 'BEGIN {printf "wall-time ratio relion/emcryo: %.1f\n", a / b}'
   grep -o 'GEMM [0-9.]* GFLOP/s' "$W/emcryo.log" | awk '{print $2}' | sort -n | awk -v peak="${BLAS_PEAK:-0}" '
     {g[NR] = $1; s += $1}

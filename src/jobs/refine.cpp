@@ -77,6 +77,7 @@ struct State {
   double step = 15;                 // degrees
   double offset_step = 1, offset_range = 3;
   bool local = false;
+  bool second_global = false;       // a global pass at half the step, shifts around the current ones
   double radius = 0;                // working limit, pixels
   std::vector<std::vector<double>> sigma2;
   std::vector<double> fsc;          // half-map FSC of the last iteration (masked)
@@ -251,6 +252,7 @@ RefineResult run(State state, bool resumed) {
   const std::size_t pixels = static_cast<std::size_t>(n) * n;
   RefineResult result;
   bool final_iteration = state.final_next;
+  std::vector<float> joined_unfiltered;  // the final map from all particles, unregularised
 
   while (true) {
     const int it = ++state.iteration;
@@ -266,6 +268,8 @@ RefineResult run(State state, bool resumed) {
     if (!state.local) grid = orientation_grid(state.step, o.symmetry);
     const int J = static_cast<int>(grid.size());
     const bool cc_iteration = it == 1;
+    // After the first global stage, shifts are searched around each particle's current shift.
+    const bool relative_shifts = state.local || state.second_global;
     std::vector<em::BackProjector> accum;
     const int threads = omp_get_max_threads();
     for (int t = 0; t < 2 * threads; ++t) accum.emplace_back(n);
@@ -302,12 +306,17 @@ RefineResult run(State state, bool resumed) {
         std::vector<float> images(static_cast<std::size_t>(bc) * pixels);
         for (int b = 0; b < bc; ++b) set.read_image(active[members[first + static_cast<std::size_t>(b)]], images.data() + static_cast<std::size_t>(b) * pixels);
         std::vector<float> y_rows(static_cast<std::size_t>(bc) * T * 2 * F), ctf2(static_cast<std::size_t>(bc) * F);
-        std::vector<std::vector<Complex>> spectra(static_cast<std::size_t>(bc));
+        std::vector<std::vector<Complex>> spectra(static_cast<std::size_t>(bc)), unmasked_spectra(static_cast<std::size_t>(bc));
         std::vector<std::vector<float>> ctfs(static_cast<std::size_t>(bc));
 #pragma omp parallel for schedule(static)
         for (int b = 0; b < bc; ++b) {
           const std::size_t a = members[first + static_cast<std::size_t>(b)], i = active[a];
           float* img = images.data() + static_cast<std::size_t>(b) * pixels;
+          // Unmasked transform for the reconstruction (as RELION: masking the images would change
+          // the data that enter the map); masked one for the alignment.
+          auto& unmasked = unmasked_spectra[static_cast<std::size_t>(b)];
+          unmasked.resize(image::half_size(n, n));
+          image::fft_forward_2d(img, unmasked.data(), n, n);
           image::apply_mask(img, particle_mask);
           auto& spec = spectra[static_cast<std::size_t>(b)];
           spec.resize(image::half_size(n, n));
@@ -318,8 +327,8 @@ RefineResult run(State state, bool resumed) {
           const ParticlePose& prev = state.poses[a];
           for (int t = 0; t < T; ++t) {
             // Local stages search shifts around the current one.
-            const double sx = search.shifts[static_cast<std::size_t>(t)].first + (state.local ? prev.shift_x : 0.0);
-            const double sy = search.shifts[static_cast<std::size_t>(t)].second + (state.local ? prev.shift_y : 0.0);
+            const double sx = search.shifts[static_cast<std::size_t>(t)].first + (relative_shifts ? prev.shift_x : 0.0);
+            const double sy = search.shifts[static_cast<std::size_t>(t)].second + (relative_shifts ? prev.shift_y : 0.0);
             float* row = y_rows.data() + (static_cast<std::size_t>(b) * T + t) * 2 * F;
             for (int f = 0; f < F; ++f) {
               const auto idx = static_cast<std::size_t>(list.index[static_cast<std::size_t>(f)]);
@@ -434,8 +443,8 @@ RefineResult run(State state, bool resumed) {
             const auto orientation_of = [&](int idx) { return state.local ? candidates[static_cast<std::size_t>(idx % count)] : grid[static_cast<std::size_t>(idx % count)]; };
             const int bt = best_idx / count;
             const auto be = orientation_of(best_idx);
-            const double new_sx = search.shifts[static_cast<std::size_t>(bt)].first + (state.local ? pose.shift_x : 0.0);
-            const double new_sy = search.shifts[static_cast<std::size_t>(bt)].second + (state.local ? pose.shift_y : 0.0);
+            const double new_sx = search.shifts[static_cast<std::size_t>(bt)].first + (relative_shifts ? pose.shift_x : 0.0);
+            const double new_sy = search.shifts[static_cast<std::size_t>(bt)].second + (relative_shifts ? pose.shift_y : 0.0);
             const double moved = geometry::rotation_angle_between(geometry::euler_to_matrix({pose.rot, pose.tilt, pose.psi}), geometry::euler_to_matrix({be.rot, be.tilt, be.psi}));
             angle_change += moved;
             changed += moved > state.step / 2;
@@ -446,9 +455,10 @@ RefineResult run(State state, bool resumed) {
             for (const auto& [w, idx] : kept) {
               const int t = idx / count;
               const auto e = orientation_of(idx);
-              const double sx = search.shifts[static_cast<std::size_t>(t)].first + (state.local ? pose.shift_x : 0.0);
-              const double sy = search.shifts[static_cast<std::size_t>(t)].second + (state.local ? pose.shift_y : 0.0);
-              std::copy(spec.begin(), spec.end(), data.begin());
+              const double sx = search.shifts[static_cast<std::size_t>(t)].first + (relative_shifts ? pose.shift_x : 0.0);
+              const double sy = search.shifts[static_cast<std::size_t>(t)].second + (relative_shifts ? pose.shift_y : 0.0);
+              const auto& raw = unmasked_spectra[static_cast<std::size_t>(b)];
+              std::copy(raw.begin(), raw.end(), data.begin());
               image::shift_half_grid_2d(data.data(), n, -sx, -sy);
               const int hx = n / 2 + 1;
               for (int row = 0; row < n; ++row) {
@@ -505,7 +515,13 @@ RefineResult run(State state, bool resumed) {
         f = std::clamp(f, 1e-3, 0.999);
         reg[s] = mean_weight[s] * (1 - f) / f;
       }
-      half_maps[static_cast<std::size_t>(h)] = accum[static_cast<std::size_t>(h)].reconstruct(reg);
+      // The last iteration's half maps are left unregularised, as their names (_unfil) say.
+      half_maps[static_cast<std::size_t>(h)] = accum[static_cast<std::size_t>(h)].reconstruct(final_iteration ? std::vector<double>{} : reg);
+    }
+    if (final_iteration) {
+      em::BackProjector joined = accum[0];
+      joined.add(accum[1]);
+      joined_unfiltered = joined.reconstruct();
     }
     for (std::size_t g = 0; g < state.sigma2.size(); ++g)
       for (std::size_t s = 1; s < state.sigma2[g].size(); ++s)
@@ -533,7 +549,7 @@ RefineResult run(State state, bool resumed) {
     const double changed_fraction = static_cast<double>(changed) / static_cast<double>(active.size());
     const double seconds = std::chrono::duration<double>(Clock::now() - it_start).count();
     log::info("iteration {:3}: resolution {:5.2f} Å, step {:.2f}° ({}), offsets {:.2f} px step, {:.1f}% poses changed (mean {:.2f}°), {:.1f} s{}",
-              it, resolution, state.step, state.local ? "local" : "global", state.offset_step, 100 * changed_fraction,
+              it, resolution, state.step, state.local ? "local" : (state.second_global ? "global, fine" : "global"), state.offset_step, 100 * changed_fraction,
               angle_change / static_cast<double>(active.size()), seconds,
               gemm_seconds > 0 ? fmt::format(", GEMM {:.0f} GFLOP/s", gflop / gemm_seconds) : "");
     state.history.push_back({{"iteration", it}, {"resolution", resolution}, {"step", state.step}, {"local", state.local},
@@ -548,10 +564,18 @@ RefineResult run(State state, bool resumed) {
       result.resolution = resolution;
       break;
     }
-    if (!state.local && it >= 3 && (state.iterations_without_gain >= 1 || it >= 6)) {
+    if (!state.local && !state.second_global && it >= 3 && (state.iterations_without_gain >= 1 || it >= 6)) {
+      // One more global pass on a grid twice as fine: it settles particles that the coarse grid
+      // put in a pseudo-symmetric mate of their true orientation.
+      state.second_global = true;
+      state.step /= 2;
+      state.offset_step = 1;
+      state.offset_range = 1;
+      state.iterations_without_gain = 0;
+    } else if (!state.local && state.second_global) {
       state.local = true;
       state.step /= 2;
-      state.offset_step = std::max(0.25, state.offset_step / 2);
+      state.offset_step = std::max(0.25, o.offset_step / 4);
       state.offset_range = 2 * state.offset_step;
       state.iterations_without_gain = 0;
     } else if (state.local && state.iterations_without_gain >= 1) {
@@ -575,6 +599,7 @@ RefineResult run(State state, bool resumed) {
                     {"offset_range", o.offset_range}, {"offset_step", o.offset_step}, {"max_iterations", o.max_iterations},
                     {"adaptive_marginalization", o.adaptive_marginalization}, {"no_ctf", o.no_ctf}, {"batch", o.batch}, {"seed", o.seed}};
     j["iteration"] = state.iteration, j["step"] = state.step, j["offset_step"] = state.offset_step, j["offset_range"] = state.offset_range;
+    j["second_global"] = state.second_global;
     j["local"] = state.local, j["radius"] = state.radius, j["sigma2"] = state.sigma2, j["fsc"] = state.fsc;
     j["best_resolution"] = state.best_resolution, j["iterations_without_gain"] = state.iterations_without_gain;
     state.final_next = final_iteration;
@@ -589,8 +614,7 @@ RefineResult run(State state, bool resumed) {
   // Final outputs: half maps, full map (unfiltered and sharpened), FSC curves, particles, report.
   write_map(dir / "half1_unfil.mrc", half_maps[0], n, pixel);
   write_map(dir / "half2_unfil.mrc", half_maps[1], n, pixel);
-  std::vector<float> full(half_maps[0].size());
-  for (std::size_t v = 0; v < full.size(); ++v) full[v] = 0.5f * (half_maps[0][v] + half_maps[1][v]);
+  const std::vector<float>& full = joined_unfiltered;
   write_map(dir / "map_unfil.mrc", full, n, pixel);
   const auto mask = !user_mask.empty() ? user_mask : solvent_mask(full, n, pixel);
   write_map(dir / "mask.mrc", mask, n, pixel);
@@ -744,6 +768,7 @@ RefineResult continue_refine(const std::string& out_dir) {
     r.out_dir = out_dir;
     state.iteration = j.at("iteration"), state.step = j.at("step"), state.offset_step = j.at("offset_step");
     state.offset_range = j.at("offset_range"), state.local = j.at("local"), state.radius = j.at("radius");
+    state.second_global = j.at("second_global");
     state.sigma2 = j.at("sigma2").get<std::vector<std::vector<double>>>();
     state.fsc = j.at("fsc").get<std::vector<double>>();
     state.best_resolution = j.at("best_resolution"), state.iterations_without_gain = j.at("iterations_without_gain");
