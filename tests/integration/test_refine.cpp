@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <thread>
 
 #include "emcryo/core/files.hpp"
 #include "emcryo/geometry/rotation.hpp"
@@ -115,6 +116,52 @@ TEST(Refine, SymmetricMapRefinesWithItsPointGroup) {
   const auto map = io::MrcReader(dir / "refine/map_unfil.mrc").read_all();
   const auto fsc = image::fsc_3d(truth, map, 48);
   EXPECT_GE(fsc[static_cast<std::size_t>(48 * 3 / 15)], 0.8);  // 15 Å
+  fs::remove_all(dir);
+}
+
+TEST(Refine, ContinuesAfterAKillAndRefusesBadInput) {
+  const fs::path dir = fs::temp_directory_path() / fmt::format("emcryo_refine_kill_{}", getpid());
+  fs::remove_all(dir);
+  const std::string exe = EMCRYO_EXE;
+  ASSERT_EQ(run(fmt::format("{} simulate --model {}/data/1tii.pdb.gz --out {} --particles 400 --box 32 --pixel-size 4 --snr 0.5 --seed 2",
+                            exe, EMCRYO_SOURCE_DIR, (dir / "data").string())),
+            0);
+  const std::string common = fmt::format("--particles {} --ref {}", (dir / "data/particles.star").string(), (dir / "data/truth_class001.mrc").string());
+  ASSERT_EQ(std::system(fmt::format("{} refine {} --out {} --max-iterations 6 >/dev/null 2>&1 & echo $! > {}", exe, common,
+                                    (dir / "run").string(), (dir / "pid").string()).c_str()),
+            0);
+  bool seen = false;
+  for (int i = 0; i < 6000 && !seen; ++i) {
+    seen = fs::exists(dir / "run/checkpoint.json");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const std::string pid = read_text_file(dir / "pid");
+  std::system(fmt::format("kill -9 {} 2>/dev/null", pid.substr(0, pid.find('\n'))).c_str());
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_TRUE(seen);
+  ASSERT_EQ(run(fmt::format("{} refine --continue {}", exe, (dir / "run").string())), 0);
+  EXPECT_TRUE(fs::exists(dir / "run/map.mrc"));
+  EXPECT_TRUE(fs::exists(dir / "run/particles.star"));
+  // Bad input fails before any work: a mask of the wrong size, a STAR without CTF columns.
+  std::vector<float> small(16 * 16 * 16, 1.0f);
+  io::MrcWriteOptions w;
+  w.pixel_size = 4;
+  io::write_mrc(dir / "small_mask.mrc", small, 16, 16, 16, w);
+  EXPECT_NE(run(fmt::format("{} refine {} --mask {} --out {}", exe, common, (dir / "small_mask.mrc").string(), (dir / "bad1").string())), 0);
+  EXPECT_FALSE(fs::exists(dir / "bad1/checkpoint.json"));
+  std::string text = read_text_file(dir / "data/particles.star");
+  for (const char* label : {"_rlnDefocusU", "_rlnDefocusV"}) {
+    const auto pos = text.find(label);
+    ASSERT_NE(pos, std::string::npos);
+    text.replace(pos, std::string(label).size(), std::string(label) + "Renamed");
+  }
+  write_text_file(dir / "data/no_ctf.star", text);
+  const fs::path log = fs::temp_directory_path() / "emcryo_test_refine.log";
+  EXPECT_NE(run(fmt::format("{} refine --particles {} --ref {} --out {}", exe, (dir / "data/no_ctf.star").string(),
+                            (dir / "data/truth_class001.mrc").string(), (dir / "bad2").string())),
+            0);
+  const auto log_text = read_text_file(log);
+  EXPECT_NE(log_text.find("--no-ctf"), std::string::npos);
   fs::remove_all(dir);
 }
 
