@@ -31,6 +31,7 @@ EMCRYO=${EMCRYO:-$root/build/apps/emcryo}
 PY=/usr/bin/python3
 RELION_INPUT=${RELION_INPUT:-blind}
 RELION_OVERSAMPLING=${RELION_OVERSAMPLING:-1}
+rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || true)
 
 mkdir -p "$W"
 W=$(cd "$W" && pwd)
@@ -90,7 +91,7 @@ em_wall=$(wall_s "$W/emcryo.time")
 rl_wall=$(wall_s "$W/relion.time")
 {
   echo "input: $IN, $N iterations"
-  echo "emcryo: $("$EMCRYO" --version 2>/dev/null | head -1) $(git -C "$root" rev-parse --short HEAD 2>/dev/null)"
+  echo "emcryo: $("$EMCRYO" --version 2>/dev/null | head -1) (checkout at start: $rev)"
   printf 'emcryo: wall %.1f s, CPU (user+sys) %s s, peak RSS %s MiB\n' "$em_wall" "$(cpu_s "$W/emcryo.time")" "$(rss_mib "$W/emcryo.time")"
   printf 'relion: wall %.1f s, CPU (user+sys) %s s, peak RSS %s MiB (oversampling %s)\n' "$rl_wall" "$(cpu_s "$W/relion.time")" "$(rss_mib "$W/relion.time")" "$RELION_OVERSAMPLING"
   awk -v a="$rl_wall" -v b="$em_wall" 'BEGIN {printf "wall-time ratio relion/emcryo: %.1f\n", a / b}'
