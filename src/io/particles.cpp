@@ -1,10 +1,13 @@
 #include "emcryo/io/particles.hpp"
 
+#include <algorithm>
 #include <charconv>
+#include <numeric>
 #include <cmath>
 #include <unordered_map>
 
 #include "emcryo/core/error.hpp"
+#include "emcryo/core/random.hpp"
 
 namespace emcryo::io {
 
@@ -212,6 +215,23 @@ int ParticleSet::random_subset(std::size_t i) const {
   return c_subset_ >= 0 ? static_cast<int>(particles_->integer(i, c_subset_)) : 0;
 }
 
+std::vector<int> ParticleSet::half_sets(const std::vector<std::size_t>& particles, std::uint64_t seed) const {
+  std::vector<int> half(particles.size());
+  bool from_star = true;
+  for (std::size_t a = 0; a < particles.size(); ++a) {
+    half[a] = random_subset(particles[a]);
+    if (half[a] != 1 && half[a] != 2) from_star = false;
+  }
+  if (!from_star) {
+    std::vector<std::size_t> order(particles.size());
+    std::iota(order.begin(), order.end(), 0);
+    auto rng = item_rng(seed, 0xa11);
+    std::shuffle(order.begin(), order.end(), rng);
+    for (std::size_t k = 0; k < order.size(); ++k) half[order[k]] = k % 2 ? 2 : 1;
+  }
+  return half;
+}
+
 int ParticleSet::class_number(std::size_t i) const {
   return c_class_ >= 0 ? static_cast<int>(particles_->integer(i, c_class_)) : 0;
 }
@@ -237,6 +257,23 @@ std::string ParticleSet::portable_image_name(std::size_t i) const {
   const auto relative = absolute.lexically_relative(cwd);
   if (!relative.empty() && *relative.begin() != "..") shown = relative;
   return fmt::format("{:06}@{}", index_in_stack_[i] + 1, shown.string());
+}
+
+StarTable& ParticleSet::particles_table(StarFile& star) {
+  if (StarBlock* block = star.find_block("particles")) return block->table;
+  for (auto& block : star.blocks)
+    if (block.is_loop && block.table.has("rlnImageName")) return block.table;
+  fail("{}: no particles table", star.path.string());
+}
+
+StarFile ParticleSet::output_star(const std::vector<std::size_t>& rows) const {
+  StarFile out = star_;
+  StarTable& t = particles_table(out);
+  t.select_rows(rows);
+  const int c_name = t.require("rlnImageName");
+  for (std::size_t r = 0; r < rows.size(); ++r) t.set_text(r, c_name, portable_image_name(rows[r]));
+  if (out.version == 0) out.version = 30001;
+  return out;
 }
 
 void ParticleSet::check_pixel_size_against_stacks() const {

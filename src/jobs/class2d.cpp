@@ -198,22 +198,14 @@ std::vector<float> read_classes(const fs::path& path, int expected, int n) {
 
 void write_particles_star(const fs::path& path, const io::ParticleSet& set, const std::vector<std::size_t>& active,
                           const std::vector<em::ParticleResult>& results, double pixel) {
-  io::StarFile star = set.star();
-  io::StarBlock* block = star.find_block("particles");
-  if (!block) {
-    for (auto& b : star.blocks)
-      if (b.is_loop && b.table.has("rlnImageName")) block = &b;
-  }
-  auto& t = block->table;
-  t.select_rows(active);
+  io::StarFile star = set.output_star(active);
+  auto& t = io::ParticleSet::particles_table(star);
   const int c_class = t.add_column("rlnClassNumber"), c_psi = t.add_column("rlnAnglePsi"),
             c_ox = t.add_column("rlnOriginXAngst"), c_oy = t.add_column("rlnOriginYAngst"),
             c_pmax = t.add_column("rlnMaxValueProbDistribution"), c_nsig = t.add_column("rlnNrOfSignificantSamples"),
             c_ll = t.add_column("rlnLogLikeliContribution");
-  const int c_name = t.require("rlnImageName");
   for (std::size_t r = 0; r < active.size(); ++r) {
     const auto& res = results[r];
-    t.set_text(r, c_name, set.portable_image_name(active[r]));
     t.set_integer(r, c_class, res.best_class + 1);
     t.set_number(r, c_psi, res.psi, 4);
     // RELION's origin re-centres the particle: minus its displacement.
@@ -223,7 +215,6 @@ void write_particles_star(const fs::path& path, const io::ParticleSet& set, cons
     t.set_integer(r, c_nsig, res.significant_samples);
     t.set_number(r, c_ll, res.log_likelihood, 4);
   }
-  if (star.version == 0) star.version = 30001;
   io::write_star(path, star);
 }
 

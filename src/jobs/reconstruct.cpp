@@ -41,21 +41,10 @@ ReconstructResult run_reconstruct(const ReconstructOptions& o) {
   log::info("reconstruct: {} particles, box {}, {:.3f} Å/px, symmetry {} ({} operators), CTF {}", set.size(), n,
             pixel, group.name, group.operators.size(), use_ctf ? "corrected" : "ignored");
 
-  // Half sets: rlnRandomSubset when every particle has 1 or 2, else a seeded balanced split.
   const std::size_t count = set.size();
-  std::vector<int> half(count);
-  bool have_subsets = true;
-  for (std::size_t i = 0; i < count; ++i) {
-    half[i] = set.random_subset(i);
-    if (half[i] != 1 && half[i] != 2) have_subsets = false;
-  }
-  if (!have_subsets) {
-    std::vector<std::size_t> order(count);
-    std::iota(order.begin(), order.end(), 0);
-    auto rng = item_rng(o.seed, 0xa11);
-    std::shuffle(order.begin(), order.end(), rng);
-    for (std::size_t k = 0; k < count; ++k) half[order[k]] = k % 2 ? 2 : 1;
-  }
+  std::vector<std::size_t> all(count);
+  std::iota(all.begin(), all.end(), 0);
+  const std::vector<int> half = set.half_sets(all, o.seed);
 
   const int threads = omp_get_max_threads();
   std::vector<em::BackProjector> accum;

@@ -214,21 +214,7 @@ RefineResult run(State state, bool resumed) {
       active.push_back(i);
     }
   }
-  std::vector<int> half(active.size());
-  {
-    bool subsets = true;
-    for (std::size_t a = 0; a < active.size(); ++a) {
-      half[a] = set.random_subset(active[a]);
-      if (half[a] != 1 && half[a] != 2) subsets = false;
-    }
-    if (!subsets) {
-      std::vector<std::size_t> order(active.size());
-      std::iota(order.begin(), order.end(), 0);
-      auto rng = item_rng(o.seed, 0xa11);
-      std::shuffle(order.begin(), order.end(), rng);
-      for (std::size_t k = 0; k < order.size(); ++k) half[order[k]] = k % 2 ? 2 : 1;
-    }
-  }
+  const std::vector<int> half = set.half_sets(active, o.seed);
   const double nyquist = n / 2.0 - 1;
   std::vector<std::vector<float>> half_maps(2);
   if (!resumed) {
@@ -297,6 +283,13 @@ RefineResult run(State state, bool resumed) {
           }
         }
       }
+      // |A|^2 of every template, for the norm term of each batch.
+      std::vector<float> power(templates.size() / 2);
+      for (std::size_t j = 0; j < power.size() / static_cast<std::size_t>(std::max(F, 1)); ++j)
+        for (int f = 0; f < F; ++f) {
+          const float* row = templates.data() + j * 2 * static_cast<std::size_t>(F);
+          power[j * static_cast<std::size_t>(F) + static_cast<std::size_t>(f)] = row[f] * row[f] + row[F + f] * row[F + f];
+        }
       std::vector<std::size_t> members;
       for (std::size_t a = 0; a < active.size(); ++a)
         if (half[a] == h + 1) members.push_back(a);
@@ -345,12 +338,6 @@ RefineResult run(State state, bool resumed) {
         if (!state.local) {
           scores.resize(static_cast<std::size_t>(bc) * T * J);
           norms.resize(static_cast<std::size_t>(bc) * J);
-          std::vector<float> power(static_cast<std::size_t>(J) * F);
-          for (int j = 0; j < J; ++j)
-            for (int f = 0; f < F; ++f) {
-              const float* row = templates.data() + static_cast<std::size_t>(j) * 2 * F;
-              power[static_cast<std::size_t>(j) * F + f] = row[f] * row[f] + row[F + f] * row[F + f];
-            }
           const auto g0 = Clock::now();
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bc * T, J, 2 * F, 1.0f, y_rows.data(), 2 * F, templates.data(), 2 * F, 0.0f, scores.data(), J);
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bc, J, F, 1.0f, ctf2.data(), F, power.data(), F, 0.0f, norms.data(), J);
@@ -663,21 +650,15 @@ RefineResult run(State state, bool resumed) {
     io::write_star(dir / "fsc.star", star);
   }
   // particles.star with poses in RELION's names.
-  io::StarFile out_star = set.star();
-  io::StarBlock* block = out_star.find_block("particles");
-  if (!block)
-    for (auto& b : out_star.blocks)
-      if (b.is_loop && b.table.has("rlnImageName")) block = &b;
-  auto& t = block->table;
-  t.select_rows(active);
-  const int c_name = t.require("rlnImageName"), c_rot = t.add_column("rlnAngleRot"), c_tilt = t.add_column("rlnAngleTilt"),
+  io::StarFile out_star = set.output_star(active);
+  auto& t = io::ParticleSet::particles_table(out_star);
+  const int c_rot = t.add_column("rlnAngleRot"), c_tilt = t.add_column("rlnAngleTilt"),
             c_psi = t.add_column("rlnAnglePsi"), c_ox = t.add_column("rlnOriginXAngst"), c_oy = t.add_column("rlnOriginYAngst"),
             c_sub = t.add_column("rlnRandomSubset"), c_pmax = t.add_column("rlnMaxValueProbDistribution"),
             c_nsig = t.add_column("rlnNrOfSignificantSamples");
   std::vector<double> rots, tilts;
   for (std::size_t a = 0; a < active.size(); ++a) {
     const auto& p = state.poses[a];
-    t.set_text(a, c_name, set.portable_image_name(active[a]));
     t.set_number(a, c_rot, p.rot, 4), t.set_number(a, c_tilt, p.tilt, 4), t.set_number(a, c_psi, p.psi, 4);
     t.set_number(a, c_ox, -p.shift_x * pixel, 4), t.set_number(a, c_oy, -p.shift_y * pixel, 4);
     t.set_integer(a, c_sub, half[a]);
@@ -685,7 +666,6 @@ RefineResult run(State state, bool resumed) {
     t.set_integer(a, c_nsig, p.significant);
     rots.push_back(p.rot), tilts.push_back(p.tilt);
   }
-  if (out_star.version == 0) out_star.version = 30001;
   io::write_star(dir / "particles.star", out_star);
   {
     io::StarFile model;

@@ -50,6 +50,9 @@ class ParticleSet {
   Pose pose(std::size_t i) const;
   /// rlnRandomSubset (1 or 2), 0 when absent.
   int random_subset(std::size_t i) const;
+  /// Gold-standard half (1 or 2) for each of `particles`: rlnRandomSubset when every one of them
+  /// has 1 or 2, else a balanced random split seeded by `seed`.
+  std::vector<int> half_sets(const std::vector<std::size_t>& particles, std::uint64_t seed) const;
   /// rlnClassNumber, 0 when absent.
   int class_number(std::size_t i) const;
 
@@ -62,6 +65,12 @@ class ParticleSet {
   /// directory (RELION resolves from the project folder) or absolute when outside it. Jobs write
   /// this form so RELION finds the images from the same folder the job was run from.
   std::string portable_image_name(std::size_t i) const;
+
+  /// A copy of the input STAR for a job's output: only `rows` (in that order), image names in the
+  /// portable form, "# version 30001". Jobs then set their own columns on particles_table(copy).
+  StarFile output_star(const std::vector<std::size_t>& rows) const;
+  /// The particles loop of a STAR from output_star().
+  static StarTable& particles_table(StarFile& star);
 
   /// Fails when a stack header's pixel size disagrees (> 1%) with the STAR's optics table.
   void check_pixel_size_against_stacks() const;
