@@ -1,25 +1,20 @@
 // 2D classification on small simulated sets with known truth.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <numbers>
-#include <random>
 #include <thread>
 
-#include "emcryo/core/files.hpp"
 #include "emcryo/em/projector.hpp"
 #include "emcryo/em/projector2d.hpp"
 #include "emcryo/geometry/rotation.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/star.hpp"
+#include "support/test_support.hpp"
 
 namespace fs = std::filesystem;
 using namespace emcryo;
@@ -28,15 +23,12 @@ namespace {
 
 std::string exe() { return EMCRYO_EXE; }
 
-int run(const std::string& command) { return std::system((command + " >>" + (fs::temp_directory_path() / "emcryo_test_class2d.log").string() + " 2>&1").c_str()); }
-
-std::string run_capture(const std::string& command) {
-  const fs::path out = fs::temp_directory_path() / fmt::format("emcryo_capture_{}.txt", std::rand());
-  std::system((command + " >" + out.string() + " 2>&1").c_str());
-  std::string text = read_text_file(out);
-  fs::remove(out);
-  return text;
+// Commands' output goes to one log in the temp folder.
+int run(const std::string& command) {
+  return test::run_logged(command, fs::temp_directory_path() / "emcryo_test_class2d.log");
 }
+
+std::string output_of(const std::string& command) { return test::run_capture(command).output; }
 
 struct Column {
   std::vector<double> values;
@@ -90,9 +82,7 @@ double median_psi_error(const std::vector<int>& cls, const std::vector<double>& 
 class Class2DTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = fs::temp_directory_path() / fmt::format("emcryo_class2d_{}", ::getpid());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = test::make_temp_dir("class2d");
     // 8 views of the demo model, 800 particles, SNR 0.1, a small box.
     ASSERT_EQ(run(fmt::format("{} simulate --model {}/data/1tii.pdb.gz --out {} --particles 800 --box 48 --pixel-size 3 "
                               "--snr 0.1 --orientations views --views 8 --seed 3",
@@ -211,10 +201,9 @@ TEST_F(Class2DTest, ContinueAfterKillEqualsUninterruptedRun) {
   const fs::path straight = classify("straight", "", 6);
   const fs::path killed = dir_ / "killed";
   const fs::path pid_file = dir_ / "pid";
-  ASSERT_EQ(std::system(fmt::format("{} class2d --particles {} --classes 8 --out {} --iterations 6 --mask-diameter 130 "
-                                    "--seed 1 >/dev/null 2>&1 & echo $! > {}",
-                                    exe(), (dir_ / "data/particles.star").string(), killed.string(), pid_file.string())
-                            .c_str()),
+  ASSERT_EQ(test::run(fmt::format("{} class2d --particles {} --classes 8 --out {} --iterations 6 --mask-diameter 130 "
+                                  "--seed 1 >/dev/null 2>&1 & echo $! > {}",
+                                  exe(), (dir_ / "data/particles.star").string(), killed.string(), pid_file.string())),
             0);
   // Kill -9 as soon as iteration 2 is checkpointed.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
@@ -226,13 +215,13 @@ TEST_F(Class2DTest, ContinueAfterKillEqualsUninterruptedRun) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  const std::string pid = read_text_file(pid_file);
-  std::system(fmt::format("kill -9 {} 2>/dev/null", pid.substr(0, pid.find('\n'))).c_str());
+  const std::string pid = test::read_text(pid_file);
+  test::run(fmt::format("kill -9 {} 2>/dev/null", pid.substr(0, pid.find('\n'))));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   ASSERT_TRUE(seen);
   EXPECT_FALSE(fs::exists(killed / "classes.mrcs")) << "the run finished before it could be killed";
   ASSERT_EQ(run(fmt::format("{} class2d --continue {}", exe(), killed.string())), 0);
-  EXPECT_EQ(read_text_file(killed / "classes.mrcs").substr(1024), read_text_file(straight / "classes.mrcs").substr(1024));
+  EXPECT_EQ(test::read_text(killed / "classes.mrcs").substr(1024), test::read_text(straight / "classes.mrcs").substr(1024));
   const auto a = io::read_star(killed / "particles.star");
   const auto b = io::read_star(straight / "particles.star");
   for (const char* label : {"rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst", "rlnLogLikeliContribution"})
@@ -244,7 +233,7 @@ TEST_F(Class2DTest, ContinueAfterKillEqualsUninterruptedRun) {
 }
 
 TEST_F(Class2DTest, RelionReadsOutputs) {
-  if (std::system("command -v relion_refine >/dev/null 2>&1") != 0) GTEST_SKIP() << "RELION not installed";
+  if (!test::have_program("relion_refine")) GTEST_SKIP() << "RELION not installed";
   const fs::path out = classify("for_relion", "", 3);
   const fs::path rel = dir_ / "relion";
   fs::create_directories(rel);
@@ -262,9 +251,9 @@ TEST_F(Class2DTest, RelionReadsOutputs) {
 
 TEST_F(Class2DTest, BadInputFailsBeforeWork) {
   const std::string star = (dir_ / "data/particles.star").string();
-  auto message = run_capture(fmt::format("{} class2d --particles {} --classes 900 --out {}", exe(), star, (dir_ / "bad1").string()));
+  auto message = output_of(fmt::format("{} class2d --particles {} --classes 900 --out {}", exe(), star, (dir_ / "bad1").string()));
   EXPECT_NE(message.find("larger than the number of particles"), std::string::npos) << message;
-  message = run_capture(fmt::format("{} class2d --particles {} --classes 4 --mask-diameter 400 --out {}", exe(), star, (dir_ / "bad2").string()));
+  message = output_of(fmt::format("{} class2d --particles {} --classes 4 --mask-diameter 400 --out {}", exe(), star, (dir_ / "bad2").string()));
   EXPECT_NE(message.find("wider than the box"), std::string::npos) << message;
   // A STAR without CTF columns needs --no-ctf.
   io::StarFile stripped = io::read_star(star);
@@ -281,15 +270,15 @@ TEST_F(Class2DTest, BadInputFailsBeforeWork) {
     t = copy;
   }
   io::write_star(dir_ / "data/no_ctf.star", stripped);
-  message = run_capture(fmt::format("{} class2d --particles {} --classes 4 --out {}", exe(), (dir_ / "data/no_ctf.star").string(), (dir_ / "bad3").string()));
+  message = output_of(fmt::format("{} class2d --particles {} --classes 4 --out {}", exe(), (dir_ / "data/no_ctf.star").string(), (dir_ / "bad3").string()));
   EXPECT_NE(message.find("--no-ctf"), std::string::npos) << message;
   // Pixel size in the STAR disagreeing with the stack header.
-  std::string text = read_text_file(star);
+  std::string text = test::read_text(star);
   const auto pos = text.find(" 3.000000 48 2");
   ASSERT_NE(pos, std::string::npos);
   text.replace(pos, 9, " 2.500000");
-  write_text_file(dir_ / "data/wrong_pixel.star", text);
-  message = run_capture(fmt::format("{} class2d --particles {} --classes 4 --out {}", exe(), (dir_ / "data/wrong_pixel.star").string(), (dir_ / "bad4").string()));
+  test::write_text(dir_ / "data/wrong_pixel.star", text);
+  message = output_of(fmt::format("{} class2d --particles {} --classes 4 --out {}", exe(), (dir_ / "data/wrong_pixel.star").string(), (dir_ / "bad4").string()));
   EXPECT_NE(message.find("disagrees"), std::string::npos) << message;
   EXPECT_FALSE(fs::exists(dir_ / "bad4/classes_it000.mrcs"));
 }
@@ -301,20 +290,17 @@ TEST_F(Class2DTest, BadParticlesAreSkippedAndListed) {
   const std::size_t pixels = static_cast<std::size_t>(reader.nx()) * reader.ny();
   all[5 * pixels + 17] = std::numeric_limits<float>::quiet_NaN();
   std::fill(all.begin() + static_cast<long>(9 * pixels), all.begin() + static_cast<long>(10 * pixels), 0.5f);
-  io::MrcWriteOptions w;
-  w.pixel_size = 3;
-  w.is_stack = true;
   fs::create_directories(dir_ / "badpix");
-  io::write_mrc(dir_ / "badpix/particles.mrcs", all, reader.nx(), reader.ny(), reader.nz(), w);
+  test::write_mrc_stack(dir_ / "badpix/particles.mrcs", all, reader.nx(), reader.ny(), reader.nz(), 3);
   fs::copy_file(dir_ / "data/particles.star", dir_ / "badpix/particles.star", fs::copy_options::overwrite_existing);
   const fs::path out = dir_ / "badpix_out";
   ASSERT_EQ(run(fmt::format("{} class2d --particles {} --classes 4 --out {} --iterations 2 --mask-diameter 130", exe(),
                             (dir_ / "badpix/particles.star").string(), out.string())),
             0);
-  const std::string log = read_text_file(out / "run.log");
+  const std::string log = test::read_text(out / "run.log");
   EXPECT_NE(log.find("000006@particles.mrcs): NaN or Inf"), std::string::npos) << log;
   EXPECT_NE(log.find("000010@particles.mrcs): constant image"), std::string::npos) << log;
-  const std::string report = read_text_file(out / "report.html");
+  const std::string report = test::read_text(out / "report.html");
   EXPECT_NE(report.find("NaN or Inf"), std::string::npos);
   EXPECT_EQ(column(io::read_star(out / "particles.star"), "particles", "rlnClassNumber").size(), 798u);
 }

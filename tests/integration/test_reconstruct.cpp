@@ -8,78 +8,42 @@
 // emcryo's corners alone pulls the FSC of noisy reconstructions down to ~0.8.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <numbers>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/star.hpp"
+#include "support/test_support.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 namespace img = emcryo::image;
+namespace test = emcryo::test;
+
+using test::CommandResult;
 
 // A fresh folder under the system temp folder, removed at the end (kept when the test failed,
 // for a look at the logs and maps).
-class TempDir {
+class TempDir : public test::TempDir {
  public:
-  TempDir() {
-    static std::atomic<int> serial{0};
-    std::random_device entropy;
-    for (;;) {
-      path_ = fs::temp_directory_path() /
-              fmt::format("emcryo_test_reconstruct_{}_{}_{:08x}", static_cast<long>(getpid()), serial++, entropy());
-      if (fs::create_directory(path_)) break;
-    }
-  }
-  ~TempDir() {
-    if (::testing::Test::HasFailure()) {
-      std::fprintf(stderr, "kept %s for inspection\n", path_.c_str());
-      return;
-    }
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
+  TempDir() : test::TempDir("test_reconstruct", /*keep_on_failure=*/true) {}
 };
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-// Runs a shell command in `dir` (RELION resolves image names against the working folder).
+// Runs a shell command in `dir` (RELION resolves image names against the working folder); its
+// output is also kept in dir/command_<n>.log.
 CommandResult run(const std::string& command, const fs::path& dir) {
   static std::atomic<int> serial{0};
-  const fs::path log = dir / fmt::format("command_{}.log", serial++);
-  const std::string line = fmt::format("cd '{}' && {} > '{}' 2>&1", dir.string(), command, log.string());
-  const int status = std::system(line.c_str());
-  CommandResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream in(log);
-  std::stringstream text;
-  text << in.rdbuf();
-  r.output = text.str();
-  return r;
+  return test::run_capture(command, dir, dir / fmt::format("command_{}.log", serial++));
 }
 
 #define ASSERT_RUNS(result)                                                                           \
@@ -91,14 +55,10 @@ CommandResult run(const std::string& command, const fs::path& dir) {
 std::string emcryo() { return fmt::format("'{}'", EMCRYO_EXE); }
 std::string model() { return fmt::format("'{}/data/1tii.pdb.gz'", EMCRYO_SOURCE_DIR); }
 
-bool have(const std::string& program) {
-  return std::system(fmt::format("command -v {} > /dev/null 2>&1", program).c_str()) == 0;
-}
-
 #define REQUIRE_RELION(...)                                                    \
   do {                                                                         \
     for (const char* p_ : {__VA_ARGS__})                                       \
-      if (!have(p_)) GTEST_SKIP() << p_ << " is not installed";                \
+      if (!test::have_program(p_)) GTEST_SKIP() << p_ << " is not installed";  \
   } while (0)
 
 struct Map {
@@ -334,7 +294,7 @@ TEST(Reconstruct, SymmetryC5AgreesWithC1AndHelps) {
   EXPECT_GE(score_c5, score_c1) << "C5: " << format_fsc(masked_fsc(c5, truth)) << "\nC1: " << format_fsc(masked_fsc(c1, truth));
 
   // RELION with --sym C5 gives the same map (same symmetry axes).
-  if (!have("relion_reconstruct")) GTEST_SKIP() << "relion_reconstruct is not installed";
+  if (!test::have_program("relion_reconstruct")) GTEST_SKIP() << "relion_reconstruct is not installed";
   ASSERT_RUNS(run("relion_reconstruct --i particles.star --o relion_c5.mrc --ctf --sym C5", dir / "sim"));
   expect_fsc_at_least(masked_fsc(c5, read_map(dir / "sim/relion_c5.mrc")), last, 0.9, "FSC(emcryo C5, relion C5)");
 }
@@ -346,13 +306,10 @@ TEST(Reconstruct, MissingStackIsNamed) {
   TempDir dir;
   ASSERT_RUNS(run(simulate_command("sim", 10, 32, 4.5, 1), dir.path()));
   // The simulated STAR with its stack renamed to one that does not exist.
-  std::ifstream in(dir / "sim/particles.star");
-  std::stringstream text;
-  text << in.rdbuf();
-  std::string star = text.str();
+  std::string star = test::read_text(dir / "sim/particles.star");
   for (std::size_t at = 0; (at = star.find("@particles.mrcs", at)) != std::string::npos;)
     star.replace(at, 15, "@no_such_stack.mrcs");
-  std::ofstream(dir / "sim/missing.star") << star;
+  test::write_text(dir / "sim/missing.star", star);
   const auto r = run(fmt::format("{} reconstruct --particles sim/missing.star --out rec", emcryo()), dir.path());
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("no_such_stack.mrcs"), std::string::npos) << r.output;

@@ -1,27 +1,25 @@
 // 3D refinement on a small simulated set: what it reaches today against the true-pose oracle.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
-#include "emcryo/core/files.hpp"
 #include "emcryo/geometry/rotation.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/star.hpp"
+#include "support/test_support.hpp"
 
 namespace fs = std::filesystem;
 using namespace emcryo;
 
 namespace {
 
-int run(const std::string& command) {
-  return std::system((command + " >>" + (fs::temp_directory_path() / "emcryo_test_refine.log").string() + " 2>&1").c_str());
-}
+// Commands' output goes to one log in the temp folder.
+fs::path log_file() { return fs::temp_directory_path() / "emcryo_test_refine.log"; }
+int run(const std::string& command) { return test::run_logged(command, log_file()); }
 
 double last_resolution(const fs::path& fsc_star, const std::string& column) {
   const auto star = io::read_star(fsc_star);
@@ -34,8 +32,8 @@ double last_resolution(const fs::path& fsc_star, const std::string& column) {
 }
 
 TEST(Refine, ApproachesTheTruePoseReconstruction) {
-  const fs::path dir = fs::temp_directory_path() / fmt::format("emcryo_refine_{}", getpid());
-  fs::remove_all(dir);
+  const test::TempDir temp("refine");
+  const fs::path& dir = temp.path();
   const std::string exe = EMCRYO_EXE;
   ASSERT_EQ(run(fmt::format("{} simulate --model {}/data/1tii.pdb.gz --out {} --particles 2000 --box 64 --pixel-size 2 --snr 0.1 --seed 5",
                             exe, EMCRYO_SOURCE_DIR, (dir / "data").string())),
@@ -70,7 +68,7 @@ TEST(Refine, ApproachesTheTruePoseReconstruction) {
                         "orientations.svg", "model.star", "report.html"})
     EXPECT_TRUE(fs::exists(dir / "refine" / f)) << f;
   // RELION reconstructs our particles.star to the same map.
-  if (std::system("command -v relion_reconstruct >/dev/null 2>&1") == 0) {
+  if (test::have_program("relion_reconstruct")) {
     ASSERT_EQ(run(fmt::format("relion_reconstruct --i {} --o {} --ctf", (dir / "refine/particles.star").string(), (dir / "relion.mrc").string())), 0);
     auto theirs = io::MrcReader(dir / "relion.mrc").read_all();
     auto ours = io::MrcReader(dir / "refine/map_unfil.mrc").read_all();
@@ -89,12 +87,11 @@ TEST(Refine, ApproachesTheTruePoseReconstruction) {
   EXPECT_NE(run(fmt::format("{} refine --particles {} --ref {} --out {}", exe, (dir / "data/particles.star").string(),
                             (dir / "data/truth_class001.mrc").string(), (dir / "refine").string())),
             0);
-  fs::remove_all(dir);
 }
 
 TEST(Refine, SymmetricMapRefinesWithItsPointGroup) {
-  const fs::path dir = fs::temp_directory_path() / fmt::format("emcryo_refine_c5_{}", getpid());
-  fs::remove_all(dir);
+  const test::TempDir temp("refine_c5");
+  const fs::path& dir = temp.path();
   const std::string exe = EMCRYO_EXE;
   ASSERT_EQ(run(fmt::format("{} simulate --model {}/data/1tii.pdb.gz --sym C5 --out {} --particles 1000 --box 48 --pixel-size 3 --snr 0.2 --seed 9",
                             exe, EMCRYO_SOURCE_DIR, (dir / "data").string())),
@@ -112,53 +109,47 @@ TEST(Refine, SymmetricMapRefinesWithItsPointGroup) {
   const auto map = io::MrcReader(dir / "refine/map_unfil.mrc").read_all();
   const auto fsc = image::fsc_3d(truth, map, 48);
   EXPECT_GE(fsc[static_cast<std::size_t>(48 * 3 / 15)], 0.8);  // 15 Å
-  fs::remove_all(dir);
 }
 
 TEST(Refine, ContinuesAfterAKillAndRefusesBadInput) {
-  const fs::path dir = fs::temp_directory_path() / fmt::format("emcryo_refine_kill_{}", getpid());
-  fs::remove_all(dir);
+  const test::TempDir temp("refine_kill");
+  const fs::path& dir = temp.path();
   const std::string exe = EMCRYO_EXE;
   ASSERT_EQ(run(fmt::format("{} simulate --model {}/data/1tii.pdb.gz --out {} --particles 400 --box 32 --pixel-size 4 --snr 0.5 --seed 2",
                             exe, EMCRYO_SOURCE_DIR, (dir / "data").string())),
             0);
   const std::string common = fmt::format("--particles {} --ref {}", (dir / "data/particles.star").string(), (dir / "data/truth_class001.mrc").string());
-  ASSERT_EQ(std::system(fmt::format("{} refine {} --out {} --max-iterations 6 >/dev/null 2>&1 & echo $! > {}", exe, common,
-                                    (dir / "run").string(), (dir / "pid").string()).c_str()),
+  ASSERT_EQ(test::run(fmt::format("{} refine {} --out {} --max-iterations 6 >/dev/null 2>&1 & echo $! > {}", exe, common,
+                                  (dir / "run").string(), (dir / "pid").string())),
             0);
   bool seen = false;
   for (int i = 0; i < 6000 && !seen; ++i) {
     seen = fs::exists(dir / "run/checkpoint.json");
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  const std::string pid = read_text_file(dir / "pid");
-  std::system(fmt::format("kill -9 {} 2>/dev/null", pid.substr(0, pid.find('\n'))).c_str());
+  const std::string pid = test::read_text(dir / "pid");
+  test::run(fmt::format("kill -9 {} 2>/dev/null", pid.substr(0, pid.find('\n'))));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   ASSERT_TRUE(seen);
   ASSERT_EQ(run(fmt::format("{} refine --continue {}", exe, (dir / "run").string())), 0);
   EXPECT_TRUE(fs::exists(dir / "run/map.mrc"));
   EXPECT_TRUE(fs::exists(dir / "run/particles.star"));
   // Bad input fails before any work: a mask of the wrong size, a STAR without CTF columns.
-  std::vector<float> small(16 * 16 * 16, 1.0f);
-  io::MrcWriteOptions w;
-  w.pixel_size = 4;
-  io::write_mrc(dir / "small_mask.mrc", small, 16, 16, 16, w);
+  test::write_mrc_volume(dir / "small_mask.mrc", std::vector<float>(16 * 16 * 16, 1.0f), 16, 16, 16, 4);
   EXPECT_NE(run(fmt::format("{} refine {} --mask {} --out {}", exe, common, (dir / "small_mask.mrc").string(), (dir / "bad1").string())), 0);
   EXPECT_FALSE(fs::exists(dir / "bad1/checkpoint.json"));
-  std::string text = read_text_file(dir / "data/particles.star");
+  std::string text = test::read_text(dir / "data/particles.star");
   for (const char* label : {"_rlnDefocusU", "_rlnDefocusV"}) {
     const auto pos = text.find(label);
     ASSERT_NE(pos, std::string::npos);
     text.replace(pos, std::string(label).size(), std::string(label) + "Renamed");
   }
-  write_text_file(dir / "data/no_ctf.star", text);
-  const fs::path log = fs::temp_directory_path() / "emcryo_test_refine.log";
+  test::write_text(dir / "data/no_ctf.star", text);
   EXPECT_NE(run(fmt::format("{} refine --particles {} --ref {} --out {}", exe, (dir / "data/no_ctf.star").string(),
                             (dir / "data/truth_class001.mrc").string(), (dir / "bad2").string())),
             0);
-  const auto log_text = read_text_file(log);
+  const auto log_text = test::read_text(log_file());
   EXPECT_NE(log_text.find("--no-ctf"), std::string::npos);
-  fs::remove_all(dir);
 }
 
 }  // namespace

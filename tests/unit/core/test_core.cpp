@@ -13,21 +13,14 @@
 #include "emcryo/core/progress.hpp"
 #include "emcryo/core/random.hpp"
 #include "emcryo/core/runtime.hpp"
+#include "support/test_support.hpp"
 
 namespace fs = std::filesystem;
 using namespace emcryo;
 
-namespace {
-fs::path temp_dir(const std::string& name) {
-  auto d = fs::temp_directory_path() / ("emcryo_core_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-}  // namespace
-
 TEST(CoreFiles, AtomicWriteReplacesWholeFileOrNothing) {
-  const auto dir = temp_dir("atomic");
+  const test::TempDir scratch("core_atomic");
+  const fs::path& dir = scratch.path();
   write_text_file(dir / "a.txt", "first");
   EXPECT_EQ(read_text_file(dir / "a.txt"), "first");
   // A writer that fails half-way leaves the earlier file untouched and no temporary behind.
@@ -41,7 +34,6 @@ TEST(CoreFiles, AtomicWriteReplacesWholeFileOrNothing) {
   int files = 0;
   for (auto& e : fs::directory_iterator(dir)) (void)e, ++files;
   EXPECT_EQ(files, 1);
-  fs::remove_all(dir);
 }
 
 TEST(CoreFiles, MissingFileMessageNamesIt) {
@@ -80,7 +72,8 @@ TEST(CoreRandom, StreamsDependOnlyOnSeedAndItem) {
 }
 
 TEST(CoreLog, LinesGoToTheLogFile) {
-  const auto dir = temp_dir("log");
+  const test::TempDir scratch("core_log");
+  const fs::path& dir = scratch.path();
   log::set_file((dir / "run.log").string());
   log::info("iteration {} done", 3);
   log::warn("particle {} skipped", 5);
@@ -88,7 +81,6 @@ TEST(CoreLog, LinesGoToTheLogFile) {
   const auto text = read_text_file(dir / "run.log");
   EXPECT_NE(text.find("iteration 3 done"), std::string::npos);
   EXPECT_NE(text.find("warning: particle 5 skipped"), std::string::npos);
-  fs::remove_all(dir);
 }
 
 TEST(CoreProgress, PlainLinesWhenNotATerminal) {

@@ -2,21 +2,18 @@
 // (relion_refine --print_symmetry_ops, relion_image_handler --sym) where it is installed.
 #include <gtest/gtest.h>
 
-#include <array>
 #include <cmath>
-#include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
+#include <sstream>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/geometry/rotation.hpp"
 #include "emcryo/geometry/symmetry.hpp"
+#include "emcryo/io/mrc.hpp"
+#include "support/test_support.hpp"
 
 namespace {
 
@@ -188,28 +185,16 @@ TEST(SymmetryGroups, UnknownNamesFail) {
 // ---------------------------------------------------------------------------------------------
 // Comparisons with RELION 3.1 itself.
 
-bool have_program(const char* name) {
-  return std::system((std::string("command -v ") + name + " > /dev/null 2>&1").c_str()) == 0;
-}
+namespace test = emcryo::test;
+using test::have_program;
 
-// An empty scratch folder (RELION first tries to open a file named like the symmetry group).
-fs::path scratch(const std::string& tag) {
-  fs::path dir = fs::temp_directory_path() / ("emcryo_test_symmetry_" + std::to_string(::getpid()) + "_" + tag);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-// The matrices printed by `relion_refine --sym X --print_symmetry_ops` ("R(k)=" then 3 rows).
+// The matrices printed by `relion_refine --sym X --print_symmetry_ops` ("R(k)=" then 3 rows), run
+// in `dir`, an empty scratch folder (RELION first tries to open a file named like the group).
 std::vector<Mat3> relion_operators(const std::string& sym, const fs::path& dir) {
-  const std::string cmd = "cd '" + dir.string() + "' && relion_refine --sym " + sym + " --print_symmetry_ops 2>&1";
   std::vector<Mat3> ops;
-  FILE* pipe = ::popen(cmd.c_str(), "r");
-  if (!pipe) return ops;
+  std::istringstream output(test::run_capture("relion_refine --sym " + sym + " --print_symmetry_ops", dir).output);
   std::vector<std::string> lines;
-  std::array<char, 512> buf{};
-  while (std::fgets(buf.data(), static_cast<int>(buf.size()), pipe)) lines.emplace_back(buf.data());
-  ::pclose(pipe);
+  for (std::string line; std::getline(output, line);) lines.push_back(line);
   for (size_t i = 0; i < lines.size(); ++i) {
     if (lines[i].find("R(") == std::string::npos || lines[i].find(")=") == std::string::npos) continue;
     Mat3 r;
@@ -224,7 +209,8 @@ std::vector<Mat3> relion_operators(const std::string& sym, const fs::path& dir) 
 
 TEST(SymmetryRelion, OperatorsMatchRelionRefine) {
   if (!have_program("relion_refine")) GTEST_SKIP() << "relion_refine not installed";
-  const fs::path dir = scratch("ops");
+  const test::TempDir scratch("test_symmetry_ops");
+  const fs::path& dir = scratch.path();
   for (const char* name : {"C1", "C2", "C4", "C7", "C12", "D1", "D2", "D3", "D7", "D12", "T", "O", "I", "I1", "I2",
                            "I3", "I4", "c5", "d6"}) {
     const auto ours = make_symmetry_group(name).operators;
@@ -233,38 +219,17 @@ TEST(SymmetryRelion, OperatorsMatchRelionRefine) {
     // RELION prints about 5 significant digits; our operators are > 0.1 apart.
     for (const Mat3& r : theirs) EXPECT_TRUE(in_group(ours, r, 1e-4)) << name;
   }
-  fs::remove_all(dir);
 }
 
-// A tiny MRC (mode 2) writer/reader, so this test does not depend on emcryo::io.
-void write_mrc(const fs::path& path, const std::vector<float>& v, int n) {
-  std::array<std::int32_t, 256> h{};
-  auto put_f = [&h](int word, float value) { std::memcpy(&h[static_cast<size_t>(word)], &value, 4); };
-  h[0] = h[1] = h[2] = n;
-  h[3] = 2;
-  h[7] = h[8] = h[9] = n;
-  for (int w = 10; w < 13; ++w) put_f(w, static_cast<float>(n));  // 1 A/pixel
-  for (int w = 13; w < 16; ++w) put_f(w, 90.f);
-  h[16] = 1, h[17] = 2, h[18] = 3;
-  h[27] = 20140;
-  std::memcpy(&h[52], "MAP ", 4);
-  const unsigned char stamp[4] = {0x44, 0x44, 0, 0};
-  std::memcpy(&h[53], stamp, 4);
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(h.data()), 1024);
-  out.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
-}
-
-std::vector<float> read_mrc(const fs::path& path, int n) {
-  std::ifstream in(path, std::ios::binary);
-  std::array<std::int32_t, 256> h{};
-  in.read(reinterpret_cast<char*>(h.data()), 1024);
-  if (!in || h[0] != n || h[1] != n || h[2] != n || h[3] != 2) return {};
-  in.seekg(1024 + h[23]);
-  std::vector<float> v(static_cast<size_t>(n) * n * n);
-  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
-  if (!in) return {};
-  return v;
+// An n^3 map written by RELION; empty when it is missing, unreadable or of another size.
+std::vector<float> read_cube(const fs::path& path, int n) {
+  try {
+    const emcryo::io::MrcReader reader(path);
+    if (reader.nx() != n || reader.ny() != n || reader.nz() != n) return {};
+    return reader.read_all();
+  } catch (const emcryo::Error&) {
+    return {};
+  }
 }
 
 // A few Gaussian blobs, no symmetry; x fastest, centre at n/2 like RELION.
@@ -339,15 +304,16 @@ double correlation(const std::vector<float>& a, const std::vector<float>& b) {
 TEST(SymmetryRelion, MapsOverlayRelionImageHandler) {
   if (!have_program("relion_image_handler")) GTEST_SKIP() << "relion_image_handler not installed";
   constexpr int n = 32;
-  const fs::path dir = scratch("maps");
+  const test::TempDir scratch("test_symmetry_maps");
+  const fs::path& dir = scratch.path();
   const std::vector<float> vol = blobs(n);
-  write_mrc(dir / "vol.mrc", vol, n);
+  test::write_mrc_volume(dir / "vol.mrc", vol, n, n, n, 1.0);  // 1 Å/pixel
   auto relion_sym = [&](const std::string& sym) {
     const fs::path out = dir / ("sym_" + sym + ".mrc");
     const std::string cmd = "cd '" + dir.string() + "' && relion_image_handler --i vol.mrc --o " + out.string() +
                             " --sym " + sym + " > relion_" + sym + ".log 2>&1";
-    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
-    return read_mrc(out, n);
+    EXPECT_EQ(test::run(cmd), 0) << cmd;
+    return read_cube(out, n);
   };
   for (const char* sym : {"C4", "D2", "D3", "T", "O", "I", "I1", "I3", "I4"}) {
     const auto theirs = relion_sym(sym);
@@ -370,7 +336,6 @@ TEST(SymmetryRelion, MapsOverlayRelionImageHandler) {
     EXPECT_LT(cci, 0.9);
     std::printf("  our I1 vs RELION I2: %.5f\n", cci);
   }
-  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -2,17 +2,14 @@
 // input, random access into a large sparse stack, and NaN detection.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <limits>
 #include <map>
 #include <random>
@@ -25,6 +22,7 @@
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/float16.hpp"
 #include "emcryo/io/mrc.hpp"
+#include "support/test_support.hpp"
 
 namespace fs = std::filesystem;
 using emcryo::io::MrcHeader;
@@ -32,66 +30,23 @@ using emcryo::io::MrcReader;
 using emcryo::io::MrcStackWriter;
 using emcryo::io::MrcWriteOptions;
 using emcryo::io::write_mrc;
+using emcryo::test::CommandResult;
+using emcryo::test::quoted;
 
 namespace {
 
 // A fresh folder under the system temp folder, removed with everything in it at the end.
-class TempDir {
+class TempDir : public emcryo::test::TempDir {
  public:
-  TempDir() {
-    static std::atomic<int> serial{0};
-    std::random_device entropy;
-    for (;;) {
-      path_ = fs::temp_directory_path() /
-              fmt::format("emcryo_test_mrc_{}_{}_{:08x}", static_cast<long>(getpid()), serial++,
-                          entropy());
-      if (fs::create_directory(path_)) break;
-    }
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-  const fs::path& path() const { return path_; }
-  std::vector<std::string> names() const {
-    std::vector<std::string> found;
-    for (const auto& entry : fs::directory_iterator(path_))
-      found.push_back(entry.path().filename().string());
-    return found;
-  }
-
- private:
-  fs::path path_;
+  TempDir() : emcryo::test::TempDir("test_mrc") {}
 };
-
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-CommandResult run_command(const std::string& command) {
-  CommandResult result;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buffer[4096];
-  std::size_t got;
-  while ((got = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.output.append(buffer, got);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
-
-std::string quoted(const fs::path& path) { return fmt::format("'{}'", path.string()); }
 
 // The first python3 that can import mrcfile (the one on PATH may be a separate installation
 // without it, so the system one is tried as well); empty when there is none.
 const std::string& python_with_mrcfile() {
   static const std::string found = [] {
     for (const std::string candidate : {"python3", "/usr/bin/python3"}) {
-      if (std::system((candidate + " -c 'import mrcfile, numpy' > /dev/null 2>&1").c_str()) == 0)
+      if (emcryo::test::run(candidate + " -c 'import mrcfile, numpy' > /dev/null 2>&1") == 0)
         return candidate;
     }
     return std::string();
@@ -101,23 +56,15 @@ const std::string& python_with_mrcfile() {
 
 CommandResult run_python(const TempDir& dir, const std::string& script,
                          const std::string& arguments = "") {
-  const fs::path script_path = dir / "script.py";
-  std::ofstream(script_path) << script;
-  return run_command(python_with_mrcfile() + " " + quoted(script_path) + " " + arguments);
+  const fs::path script_path = emcryo::test::write_text(dir / "script.py", script);
+  return emcryo::test::run_capture(python_with_mrcfile() + " " + quoted(script_path) + " " + arguments);
 }
 
 bool relion_available() {
-  return run_command("command -v relion_image_handler && command -v relion_project").exit_code == 0;
+  return emcryo::test::have_program("relion_image_handler") && emcryo::test::have_program("relion_project");
 }
 
-std::string error_message(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const emcryo::Error& error) {
-    return error.what();
-  }
-  return "<no error>";
-}
+using emcryo::test::error_message;
 
 #define EXPECT_CONTAINS(text, part) \
   EXPECT_NE(std::string(text).find(part), std::string::npos) << "message: " << (text)
@@ -515,15 +462,14 @@ TEST(MrcErrors, MissingShortAndNotMrc) {
   EXPECT_CONTAINS(message, missing.string());
   EXPECT_CONTAINS(message, "no such file");
 
-  std::ofstream(dir / "short.mrc") << "MAP too short";
+  emcryo::test::write_text(dir / "short.mrc", "MAP too short");
   message = error_message([&] { MrcReader reader(dir / "short.mrc"); });
   EXPECT_CONTAINS(message, (dir / "short.mrc").string());
   EXPECT_CONTAINS(message, "not an MRC file: shorter than the 1024-byte header");
 
-  {
-    std::ofstream text(dir / "notes.txt");
-    for (int i = 0; i < 200; ++i) text << "these are notes, not a map\n";
-  }
+  std::string notes;
+  for (int i = 0; i < 200; ++i) notes += "these are notes, not a map\n";
+  emcryo::test::write_text(dir / "notes.txt", notes);
   message = error_message([&] { MrcReader reader(dir / "notes.txt"); });
   EXPECT_CONTAINS(message, (dir / "notes.txt").string());
   EXPECT_CONTAINS(message, "not an MRC file");
@@ -776,7 +722,7 @@ TEST(MrcInterop, RelionReadsOursAndWeReadRelions) {
   write_mrc(dir / "vol.mrc", volume, n, n, n, {.pixel_size = 2.0});
 
   // A map: RELION reads ours, we read RELION's.
-  const CommandResult doubled = run_command(
+  const CommandResult doubled = emcryo::test::run_capture(
       "cd " + quoted(dir.path()) + " && relion_image_handler --i vol.mrc --o twice.mrc " +
       "--multiply_constant 2");
   ASSERT_EQ(doubled.exit_code, 0) << doubled.output;
@@ -791,7 +737,7 @@ TEST(MrcInterop, RelionReadsOursAndWeReadRelions) {
   // A stack of our making, through RELION and back.
   std::vector<float> images(volume.begin(), volume.begin() + 3 * n * n);
   write_mrc(dir / "stack.mrcs", images, n, n, 3, {.pixel_size = 2.0, .is_stack = true});
-  const CommandResult stack_doubled = run_command(
+  const CommandResult stack_doubled = emcryo::test::run_capture(
       "cd " + quoted(dir.path()) + " && relion_image_handler --i stack.mrcs --o stack2.mrcs " +
       "--multiply_constant 2");
   ASSERT_EQ(stack_doubled.exit_code, 0) << stack_doubled.output;
@@ -803,7 +749,7 @@ TEST(MrcInterop, RelionReadsOursAndWeReadRelions) {
 
   // Projections: a stack written by RELION. Every projection's sum is the volume's zero
   // frequency, so the three agree with each other and roughly with the volume's sum.
-  const CommandResult projected = run_command("cd " + quoted(dir.path()) +
+  const CommandResult projected = emcryo::test::run_capture("cd " + quoted(dir.path()) +
                                               " && relion_project --i vol.mrc --o proj "
                                               "--nr_uniform 3");
   ASSERT_EQ(projected.exit_code, 0) << projected.output;

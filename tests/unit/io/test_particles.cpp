@@ -1,13 +1,12 @@
 // The particle dataset: STAR joined with optics groups and stacks; errors name file, line, column.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
 
 #include "emcryo/core/error.hpp"
-#include "emcryo/core/files.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/particles.hpp"
+#include "support/test_support.hpp"
 
 namespace fs = std::filesystem;
 using namespace emcryo;
@@ -17,31 +16,17 @@ namespace {
 class ParticleSetTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("emcryo_particles_" + std::to_string(getpid()));
-    fs::remove_all(dir_);
     fs::create_directories(dir_ / "Extract");
     std::vector<float> stack(3 * 16 * 16);
     for (std::size_t i = 0; i < stack.size(); ++i) stack[i] = static_cast<float>(i % 97) * 0.01f + static_cast<float>(i / 256);
-    io::MrcWriteOptions w;
-    w.pixel_size = 1.5;
-    w.is_stack = true;
-    io::write_mrc(dir_ / "Extract/stack.mrcs", stack, 16, 16, 3, w);
+    test::write_mrc_stack(dir_ / "Extract/stack.mrcs", stack, 16, 16, 3, 1.5);
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
-  std::string write_star(const std::string& text) {
-    write_text_file(dir_ / "p.star", text);
-    return (dir_ / "p.star").string();
-  }
+  std::string write_star(const std::string& text) { return test::write_text(dir_ / "p.star", text).string(); }
   static std::string message_of(const std::string& path) {
-    try {
-      (void)io::ParticleSet::read(path);
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "";
+    return test::error_message([&] { (void)io::ParticleSet::read(path); });
   }
-  fs::path dir_;
+  const test::TempDir dir_{"particles"};
 };
 
 const char* kOptics =

@@ -7,12 +7,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <random>
 #include <string>
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/io/star.hpp"
+#include "support/test_support.hpp"
 
 namespace emcryo::io {
 namespace {
@@ -28,38 +28,11 @@ namespace fs = std::filesystem;
 // A fresh folder per test, removed afterwards.
 class StarTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::random_device seed;
-    dir_ = fs::temp_directory_path() /
-           ("emcryo_star_" + std::string(info->name()) + "_" + std::to_string(seed()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
-  fs::path write_file(const std::string& name, const std::string& text) const {
-    const fs::path path = dir_ / name;
-    std::ofstream(path, std::ios::binary) << text;
-    return path;
-  }
-  static std::string slurp(const fs::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  }
-  // The message of the emcryo::Error that `action` throws ("" when it does not throw).
-  template <typename Action>
-  static std::string error_of(Action&& action) {
-    try {
-      action();
-    } catch (const Error& error) {
-      return error.what();
-    }
-    return "";
-  }
-  fs::path dir_;
+  fs::path write_file(const std::string& name, const std::string& text) const { return test::write_text(dir_ / name, text); }
+  const test::TempDir dir_{"star"};
 };
+
+using test::error_message;
 
 const char* const kRelion31 = R"(
 # version 30001
@@ -230,7 +203,7 @@ TEST_F(StarTest, RoundTripKeepsUnknownColumnsAndTextExactly) {
   const StarFile star = read_star(in);
   const fs::path out = dir_ / "out.star";
   write_star(out, star);
-  const std::string written = slurp(out);
+  const std::string written = test::read_text(out);
   EXPECT_EQ(written.rfind("# version 30001\n\ndata_optics\n\nloop_\n_rlnOpticsGroupName #1\n", 0), 0u);
   EXPECT_TRUE(Contains(written, "\n\n# version 30001\n\ndata_particles\n"));
   EXPECT_TRUE(Contains(written, "_rlnMyOwnLabel #10\n"));
@@ -306,16 +279,16 @@ TEST_F(StarTest, NumbersAreBitIdenticalToFromChars) {
 TEST_F(StarTest, ErrorMissingRequiredColumnAndBlock) {
   const StarFile star = read_star(write_file("p.star", kRelion31));
   const std::string file = (dir_ / "p.star").string();
-  EXPECT_EQ(error_of([&] { star.require_block("particles").table.require("rlnClassNumber"); }),
+  EXPECT_EQ(error_message([&] { star.require_block("particles").table.require("rlnClassNumber"); }),
             file + ": data_particles: missing required column rlnClassNumber");
-  EXPECT_EQ(error_of([&] { star.require_block("micrographs"); }), file + ": no data_micrographs block");
+  EXPECT_EQ(error_message([&] { star.require_block("micrographs"); }), file + ": no data_micrographs block");
 }
 
 TEST_F(StarTest, ErrorShortAndLongRows) {
   const std::string text = "data_particles\nloop_\n_rlnA #1\n_rlnB #2\n_rlnC #3\n1 2 3\n1 2\n";
-  EXPECT_EQ(error_of([&] { parse_star(text, "s.star"); }),
+  EXPECT_EQ(error_message([&] { parse_star(text, "s.star"); }),
             "s.star:7: data_particles: row has 2 values, expected 3");
-  EXPECT_EQ(error_of([&] { parse_star("data_x\nloop_\n_rlnA\n1 2\n", "l.star"); }),
+  EXPECT_EQ(error_message([&] { parse_star("data_x\nloop_\n_rlnA\n1 2\n", "l.star"); }),
             "l.star:4: data_x: row has 2 values, expected 1");
 }
 
@@ -324,37 +297,37 @@ TEST_F(StarTest, ErrorNotANumberNamesFileLineAndColumn) {
       read_star(write_file("bad.star", "data_particles\nloop_\n_rlnImageName\n_rlnDefocusU\na 100\nb abc\n"));
   const StarTable& table = star.blocks[0].table;
   const std::string expected = (dir_ / "bad.star").string() + ":6: column rlnDefocusU: 'abc' is not a number";
-  EXPECT_EQ(error_of([&] { table.numbers(1); }), expected);
-  EXPECT_EQ(error_of([&] { table.number(1, 1); }), expected);
+  EXPECT_EQ(error_message([&] { table.numbers(1); }), expected);
+  EXPECT_EQ(error_message([&] { table.number(1, 1); }), expected);
   EXPECT_TRUE(
-      Contains(error_of([&] { table.integer(1, 1); }), ":6: column rlnDefocusU: 'abc' is not a number"));
+      Contains(error_message([&] { table.integer(1, 1); }), ":6: column rlnDefocusU: 'abc' is not a number"));
   EXPECT_TRUE(
-      Contains(error_of([&] { table.integer(0, 0); }), ":5: column rlnImageName: 'a' is not a number"));
+      Contains(error_message([&] { table.integer(0, 0); }), ":5: column rlnImageName: 'a' is not a number"));
   // Key-value blocks report the key's own line.
   const StarFile kv = parse_star("data_g\n_rlnA 1\n_rlnB 1.5\n", "kv.star");
-  EXPECT_EQ(error_of([&] { kv.blocks[0].table.integer(0, 1); }),
+  EXPECT_EQ(error_message([&] { kv.blocks[0].table.integer(0, 1); }),
             "kv.star:3: column rlnB: '1.5' is not an integer");
 }
 
 TEST_F(StarTest, ErrorUnterminatedQuote) {
-  EXPECT_EQ(error_of([&] { parse_star("data_p\nloop_\n_rlnA\n_rlnB\n1 'abc def\n", "q.star"); }),
+  EXPECT_EQ(error_message([&] { parse_star("data_p\nloop_\n_rlnA\n_rlnB\n1 'abc def\n", "q.star"); }),
             "q.star:5: column rlnB: unterminated quote");
-  EXPECT_EQ(error_of([&] { parse_star("data_p\n_rlnA \"x\n", "k.star"); }),
+  EXPECT_EQ(error_message([&] { parse_star("data_p\n_rlnA \"x\n", "k.star"); }),
             "k.star:2: column rlnA: unterminated quote");
 }
 
 TEST_F(StarTest, ErrorMissingFileEmptyFileAndStrayText) {
   const fs::path missing = dir_ / "nope.star";
-  EXPECT_TRUE(Contains(error_of([&] { read_star(missing); }), missing.string() + ": cannot open"));
+  EXPECT_TRUE(Contains(error_message([&] { read_star(missing); }), missing.string() + ": cannot open"));
   const fs::path empty = write_file("empty.star", "");
-  EXPECT_TRUE(Contains(error_of([&] { read_star(empty); }), empty.string() + ": no data_ block"));
+  EXPECT_TRUE(Contains(error_message([&] { read_star(empty); }), empty.string() + ": no data_ block"));
   EXPECT_TRUE(
-      Contains(error_of([&] { parse_star("# only a comment\n\n", "c.star"); }), "c.star: no data_ block"));
-  EXPECT_EQ(error_of([&] { parse_star("hello\ndata_\n", "h.star"); }),
+      Contains(error_message([&] { parse_star("# only a comment\n\n", "c.star"); }), "c.star: no data_ block"));
+  EXPECT_EQ(error_message([&] { parse_star("hello\ndata_\n", "h.star"); }),
             "h.star:1: 'hello' outside a data_ block");
-  EXPECT_TRUE(Contains(error_of([&] { parse_star("data_a\n_rlnA\n", "v.star"); }),
+  EXPECT_TRUE(Contains(error_message([&] { parse_star("data_a\n_rlnA\n", "v.star"); }),
                        "v.star:2: data_a: rlnA has no value"));
-  EXPECT_TRUE(Contains(error_of([&] { parse_star("data_a\nloop_\n_rlnA\n_rlnA\n", "d.star"); }),
+  EXPECT_TRUE(Contains(error_message([&] { parse_star("data_a\nloop_\n_rlnA\n_rlnA\n", "d.star"); }),
                        "d.star:4: data_a: duplicate column rlnA"));
 }
 
@@ -383,7 +356,7 @@ TEST_F(StarTest, EditsAddColumnSelectRows) {
   EXPECT_EQ(added, 2u);
   EXPECT_EQ(table.line_of(added), 0u);
   // An unset cell is a bug in the caller: writing says which one.
-  EXPECT_TRUE(Contains(error_of([&] { format_star(star); }),
+  EXPECT_TRUE(Contains(error_message([&] { format_star(star); }),
                        "data_particles: row 3: column rlnCoordinateX was never set"));
   for (int column = 0; column < static_cast<int>(table.columns()); ++column)
     table.set_text(added, column, "7");
@@ -395,8 +368,8 @@ TEST_F(StarTest, EditsAddColumnSelectRows) {
   EXPECT_EQ(table.text(2, rot), "1.500e-07");
   EXPECT_EQ(table.text(3, table.require("rlnMyOwnLabel")), "keep_me");
   EXPECT_EQ(table.line_of(1), 35u);
-  EXPECT_TRUE(Contains(error_of([&] { table.select_rows({5}); }), "row 5 is out of range"));
-  EXPECT_TRUE(Contains(error_of([&] { table.text(0, -1); }), "out of range"));
+  EXPECT_TRUE(Contains(error_message([&] { table.select_rows({5}); }), "row 5 is out of range"));
+  EXPECT_TRUE(Contains(error_message([&] { table.text(0, -1); }), "out of range"));
 
   const StarFile again = parse_star(format_star(star), "again.star");
   const StarTable& reread = again.require_block("particles").table;
@@ -462,7 +435,7 @@ TEST_F(StarTest, InteropRelionStarHandlerReadsOurFile) {
   write_star(in, star);
   const std::string command = std::string(handler) + " --i '" + in.string() + "' --o '" + out.string() +
                               "' > '" + (dir_ / "log.txt").string() + "' 2>&1";
-  ASSERT_EQ(std::system(command.c_str()), 0) << slurp(dir_ / "log.txt");
+  ASSERT_EQ(test::run(command), 0) << test::read_text(dir_ / "log.txt");
 
   const StarFile relion = read_star(out);
   EXPECT_EQ(relion.version, 30001);
