@@ -26,6 +26,13 @@ namespace emcryo::jobs {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+// Checkpoint (de)serialisation: keys missing from an older checkpoint take the defaults.
+// Declared here, in the struct's own namespace, so that nlohmann::json finds it by ADL.
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Class2DOptions, particles, out_dir, classes, iterations, mask_diameter,
+                                                max_resolution, min_align_resolution, initial_resolution, psi_step,
+                                                offset_range, offset_step, tau2_fudge, uncertainty_factor,
+                                                force_max_poses, hard_classify_last, no_ctf, batch, seed)
+
 namespace {
 
 struct IterationRecord {
@@ -38,58 +45,8 @@ struct IterationRecord {
   double gflops = 0;
   std::vector<double> class_sizes;
 };
-
-json to_json(const Class2DOptions& o) {
-  return {{"particles", o.particles}, {"out_dir", o.out_dir}, {"classes", o.classes}, {"iterations", o.iterations},
-          {"mask_diameter", o.mask_diameter}, {"max_resolution", o.max_resolution},
-          {"min_align_resolution", o.min_align_resolution}, {"initial_resolution", o.initial_resolution},
-          {"psi_step", o.psi_step}, {"offset_range", o.offset_range}, {"offset_step", o.offset_step},
-          {"tau2_fudge", o.tau2_fudge}, {"uncertainty_factor", o.uncertainty_factor},
-          {"force_max_poses", o.force_max_poses}, {"hard_classify_last", o.hard_classify_last}, {"no_ctf", o.no_ctf},
-          {"batch", o.batch}, {"seed", o.seed}};
-}
-
-Class2DOptions options_from_json(const json& j) {
-  Class2DOptions o;
-  o.particles = j.at("particles");
-  o.out_dir = j.at("out_dir");
-  o.classes = j.at("classes");
-  o.iterations = j.at("iterations");
-  o.mask_diameter = j.at("mask_diameter");
-  o.max_resolution = j.at("max_resolution");
-  o.min_align_resolution = j.at("min_align_resolution");
-  o.initial_resolution = j.at("initial_resolution");
-  o.psi_step = j.at("psi_step");
-  o.offset_range = j.at("offset_range");
-  o.offset_step = j.at("offset_step");
-  o.tau2_fudge = j.at("tau2_fudge");
-  o.uncertainty_factor = j.at("uncertainty_factor");
-  o.force_max_poses = j.at("force_max_poses");
-  o.hard_classify_last = j.at("hard_classify_last");
-  o.no_ctf = j.at("no_ctf");
-  o.batch = j.at("batch");
-  o.seed = j.at("seed");
-  return o;
-}
-
-json to_json(const IterationRecord& r) {
-  return {{"iteration", r.iteration}, {"log_likelihood", r.log_likelihood}, {"resolution", r.resolution},
-          {"class_changes", r.class_changes}, {"mean_psi_change", r.mean_psi_change}, {"seconds", r.seconds},
-          {"gflops", r.gflops}, {"class_sizes", r.class_sizes}};
-}
-
-IterationRecord record_from_json(const json& j) {
-  IterationRecord r;
-  r.iteration = j.at("iteration");
-  r.log_likelihood = j.at("log_likelihood");
-  r.resolution = j.at("resolution");
-  r.class_changes = j.at("class_changes");
-  r.mean_psi_change = j.at("mean_psi_change");
-  r.seconds = j.at("seconds");
-  r.gflops = j.at("gflops");
-  r.class_sizes = j.at("class_sizes").get<std::vector<double>>();
-  return r;
-}
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(IterationRecord, iteration, log_likelihood, resolution, class_changes,
+                                                mean_psi_change, seconds, gflops, class_sizes)
 
 struct JobState {
   Class2DOptions options;
@@ -298,7 +255,7 @@ void write_report(const fs::path& dir, const JobState& state, const io::Particle
 void save_checkpoint(const fs::path& dir, const JobState& state) {
   json j;
   j["format"] = "emcryo-class2d-checkpoint-1";
-  j["options"] = to_json(state.options);
+  j["options"] = state.options;
   j["iteration"] = state.iteration;
   j["radius"] = state.model.radius;
   j["priors"] = state.model.priors;
@@ -308,9 +265,7 @@ void save_checkpoint(const fs::path& dir, const JobState& state) {
   j["classes_file"] = fmt::format("classes_it{:03}.mrcs", state.iteration);
   j["previous_class"] = state.previous_class;
   j["previous_psi"] = state.previous_psi;
-  json history = json::array();
-  for (const auto& r : state.history) history.push_back(to_json(r));
-  j["history"] = history;
+  j["history"] = state.history;
   write_text_file(dir / "checkpoint.json", j.dump(1));
 }
 
@@ -563,7 +518,7 @@ Class2DResult continue_class2d(const std::string& out_dir) {
   }
   JobState state;
   try {
-    state.options = options_from_json(j.at("options"));
+    state.options = j.at("options").get<Class2DOptions>();
     state.options.out_dir = out_dir;
     state.iteration = j.at("iteration");
     state.model.radius = j.at("radius");
@@ -573,7 +528,7 @@ Class2DResult continue_class2d(const std::string& out_dir) {
     state.model.resolution_shell = j.at("resolution_shell").get<std::vector<int>>();
     state.previous_class = j.at("previous_class").get<std::vector<int>>();
     state.previous_psi = j.at("previous_psi").get<std::vector<double>>();
-    for (const auto& r : j.at("history")) state.history.push_back(record_from_json(r));
+    state.history = j.at("history").get<std::vector<IterationRecord>>();
     const std::string classes_file = j.at("classes_file");
     const int K = state.options.classes;
     io::MrcReader reader(fs::path(out_dir) / classes_file);
