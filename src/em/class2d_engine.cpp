@@ -15,6 +15,7 @@
 #include "emcryo/core/random.hpp"
 #include "emcryo/image/ctf.hpp"
 #include "emcryo/image/fourier.hpp"
+#include "emcryo/em/score_rows.hpp"
 
 namespace emcryo::em {
 
@@ -101,27 +102,14 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
         for (int r = 0; r < R; ++r) {
           projector.sample(search.psi[static_cast<std::size_t>(r)], list, sample.data());
           const std::size_t j = static_cast<std::size_t>(k * R + r);
-          float* row = templates.data() + j * 2 * F;
-          float* power = template_power.data() + j * F;
-          for (int f = 0; f < F; ++f) {
-            row[f] = sample[static_cast<std::size_t>(f)].real();
-            row[F + f] = sample[static_cast<std::size_t>(f)].imag();
-            power[f] = std::norm(sample[static_cast<std::size_t>(f)]);
-          }
+          store_template_row(sample.data(), F, templates.data() + j * 2 * F, template_power.data() + j * F);
         }
       }
     }
   }
 
   // Phase ramps of the shifts at the listed frequencies.
-  std::vector<image::Complex> ramps(static_cast<std::size_t>(T) * F);
-  for (int t = 0; t < T; ++t)
-    for (int f = 0; f < F; ++f) {
-      const double phase = -2 * std::numbers::pi / n *
-                           (list.kx[static_cast<std::size_t>(f)] * search.shifts[static_cast<std::size_t>(t)].first +
-                            list.ky[static_cast<std::size_t>(f)] * search.shifts[static_cast<std::size_t>(t)].second);
-      ramps[static_cast<std::size_t>(t) * F + f] = {static_cast<float>(std::cos(phase)), static_cast<float>(std::sin(phase))};
-    }
+  const std::vector<image::Complex> ramps = shift_ramps(list, search.shifts);
 
   // Accumulators of the M-step, filled batch by batch: S = W^T Y (J x 2F), D = Wsum^T C2 (J x F).
   std::vector<float> sum_data(static_cast<std::size_t>(J) * 2 * F, 0.0f);
@@ -180,15 +168,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
           norm += std::norm(x[f]) * isg[f] / 2;
         }
         xnorm[static_cast<std::size_t>(b)] = static_cast<float>(norm);
-        for (int t = 0; t < T; ++t) {
-          float* row = y_matrix.data() + (static_cast<std::size_t>(b) * T + t) * 2 * F;
-          const image::Complex* ramp = ramps.data() + static_cast<std::size_t>(t) * F;
-          for (int f = 0; f < F; ++f) {
-            const image::Complex y = std::conj(x[f]) * ramp[f] * (c[f] * isg[f]);
-            row[f] = y.real();       // Re(Y A) = Re Y Re A - Im Y Im A, so store -Im Y
-            row[F + f] = -y.imag();  // [Re Y, -Im Y] is also [Re conj(Y), Im conj(Y)] for the M-step
-          }
-        }
+        fill_score_rows(x, c, isg, ramps.data(), T, F, y_matrix.data() + static_cast<std::size_t>(b) * T * 2 * F);
       }
     }
 
@@ -341,14 +321,8 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
         const float* c = ctfs.data() + static_cast<std::size_t>(b) * F;
         const float* a = templates.data() + static_cast<std::size_t>(j_best) * 2 * F;
         const image::Complex* ramp = ramps.data() + static_cast<std::size_t>(t_best) * F;
-        auto& rs = thread_residual[static_cast<std::size_t>(tid)][g];
-        auto& rc = thread_residual_count[static_cast<std::size_t>(tid)][g];
-        for (int f = 0; f < F; ++f) {
-          const image::Complex model_value = c[f] * ramp[f] * image::Complex(a[f], a[F + f]);
-          const auto s = static_cast<std::size_t>(list.shell[static_cast<std::size_t>(f)]);
-          rs[s] += std::norm(x[f] - model_value);
-          rc[s] += 1;
-        }
+        add_noise_residual(list, x, c, ramp, a, thread_residual[static_cast<std::size_t>(tid)][g].data(),
+                           thread_residual_count[static_cast<std::size_t>(tid)][g].data());
       }
     }
 

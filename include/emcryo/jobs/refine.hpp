@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "emcryo/geometry/rotation.hpp"
+
 namespace emcryo::jobs {
 
 struct RefineOptions {
@@ -33,9 +35,7 @@ RefineResult continue_refine(const std::string& out_dir);
 /// Near-uniform viewing directions (Fibonacci sphere) at about `step` degrees, reduced to one
 /// asymmetric unit of the point group, each combined with in-plane angles at the same step.
 /// Returned as RELION Euler angles.
-struct EulerTriple {
-  double rot, tilt, psi;
-};
+using EulerTriple = geometry::Euler;
 std::vector<EulerTriple> orientation_grid(double step_degrees, const std::string& symmetry);
 
 }  // namespace emcryo::jobs

@@ -1,0 +1,293 @@
+#include "emcryo/em/refine_engine.hpp"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <functional>
+
+#include "emcryo/core/error.hpp"
+#include "emcryo/image/ctf.hpp"
+#include "emcryo/image/fourier.hpp"
+
+namespace emcryo::em {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+using geometry::Euler;
+using geometry::Mat3;
+
+/// What the scoring of one batch leaves for each particle: its data at the listed frequencies
+/// (for the noise residual) and on the whole half grid (for the back-projection).
+struct PreparedBatch {
+  int count = 0;
+  std::vector<float> y_rows;                 // [particle][shift] rows [Re Y | -Im Y]
+  std::vector<float> ctf2;                   // [particle][F] C^2 / (2 sigma^2)
+  std::vector<Complex> listed_x;             // [particle][F] masked transform
+  std::vector<float> listed_ctf;             // [particle][F]
+  std::vector<std::vector<Complex>> unmasked;  // [particle] half grid, unmasked transform
+  std::vector<std::vector<float>> ctf;       // [particle] half grid CTF
+};
+
+/// One scored hypothesis: weight and index t * count + j (shift t, orientation j).
+using Hypothesis = std::pair<float, int>;
+
+/// Maximum a posteriori by default; with marginalisation the hypotheses holding 99.9% of the
+/// posterior mass (at most 64), normalised. The first (CC) iteration always maximises.
+std::vector<Hypothesis> choose_hypotheses(const float* cross, const float* norm, int shifts, int count, bool cc,
+                                          bool marginalize) {
+  float best = -1e30f;
+  int best_index = 0;
+  for (int t = 0; t < shifts; ++t)
+    for (int j = 0; j < count; ++j) {
+      const float c = cross[static_cast<std::size_t>(t) * count + j];
+      const float v = cc ? c / std::sqrt(std::max(norm[j], 1e-30f)) : c - norm[j];
+      if (v > best) best = v, best_index = t * count + j;
+    }
+  std::vector<Hypothesis> kept;
+  if (!marginalize || cc) {
+    kept.emplace_back(1.0f, best_index);
+    return kept;
+  }
+  for (int t = 0; t < shifts; ++t)
+    for (int j = 0; j < count; ++j) {
+      const float v = cross[static_cast<std::size_t>(t) * count + j] - norm[j] - best;
+      if (v > -12) kept.emplace_back(std::exp(v), t * count + j);
+    }
+  // The best comes first (weight exp(0) = 1 is the largest), so kept.front() is the MAP pose.
+  std::sort(kept.begin(), kept.end(), std::greater<>());
+  double total = 0;
+  for (const auto& k : kept) total += k.first;
+  double cumulative = 0;
+  std::size_t keep = 0;
+  while (keep < kept.size() && keep < 64 && cumulative < 0.999 * total) cumulative += kept[keep++].first;
+  kept.resize(keep);
+  for (auto& k : kept) k.first = static_cast<float>(k.first / cumulative);
+  return kept;
+}
+
+}  // namespace
+
+std::vector<Euler> local_orientations(const Euler& centre, double step) {
+  const Mat3 current = geometry::euler_to_matrix(centre);
+  std::vector<Euler> out;
+  out.reserve(125);
+  for (int u = -2; u <= 2; ++u)
+    for (int v = -2; v <= 2; ++v)
+      for (int w = -2; w <= 2; ++w) {
+        const double length = std::sqrt(u * u + v * v + w * w);
+        const Mat3 turn = length > 0 ? geometry::axis_angle({static_cast<double>(u), static_cast<double>(v), static_cast<double>(w)},
+                                                            step * length / 2)
+                                     : Mat3::identity();
+        out.push_back(geometry::matrix_to_euler(turn * current));
+      }
+  return out;
+}
+
+NoiseSums::NoiseSums(std::size_t groups, std::size_t shells)
+    : sum(groups, std::vector<double>(shells, 0.0)), count(groups, std::vector<double>(shells, 0.0)) {}
+
+void NoiseSums::add(const NoiseSums& other) {
+  for (std::size_t g = 0; g < sum.size(); ++g)
+    for (std::size_t s = 0; s < sum[g].size(); ++s) sum[g][s] += other.sum[g][s], count[g][s] += other.count[g][s];
+}
+
+void NoiseSums::update(std::vector<std::vector<double>>& sigma2) const {
+  for (std::size_t g = 0; g < sigma2.size() && g < sum.size(); ++g)
+    for (std::size_t s = 1; s < sigma2[g].size() && s < sum[g].size(); ++s)
+      if (count[g][s] > 0) sigma2[g][s] = std::max(1e-12, sum[g][s] / (2 * count[g][s]));
+}
+
+void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& image_index, std::vector<Pose3D>& poses,
+                    const Projector& reference, const FrequencyList& list, const std::vector<std::vector<double>>& sigma2,
+                    const std::vector<float>& particle_mask, const PoseSearch& search,
+                    const std::vector<Mat3>& symmetry, const ExpectationSettings& settings,
+                    std::vector<BackProjector>& thread_maps, std::vector<NoiseSums>& thread_noise, ExpectationStats& stats,
+                    Progress* progress) {
+  const int n = set.box();
+  const double pixel = set.pixel_size();
+  const int F = static_cast<int>(list.size());
+  const int T = static_cast<int>(search.shifts.size());
+  if (F == 0 || T == 0) fail("refine: empty search (F = {}, shifts = {})", F, T);
+  if (thread_maps.size() < static_cast<std::size_t>(omp_get_max_threads()) || thread_noise.size() < thread_maps.size())
+    fail("refine: internal error: {} per-thread accumulators for {} threads", thread_maps.size(), omp_get_max_threads());
+  const std::size_t pixels = static_cast<std::size_t>(n) * n, half = image::half_size(n, n);
+  const auto shells = image::shell_index_2d(n);
+  std::vector<Mat3> symmetry_t;
+  for (const auto& s : symmetry) symmetry_t.push_back(geometry::transpose(s));
+  std::vector<std::vector<float>> inv_sigma2(sigma2.size(), std::vector<float>(static_cast<std::size_t>(F)));
+  std::vector<std::vector<float>> inv_sigma2_grid(sigma2.size(), std::vector<float>(half));
+  for (std::size_t g = 0; g < sigma2.size(); ++g) {
+    for (int f = 0; f < F; ++f)
+      inv_sigma2[g][static_cast<std::size_t>(f)] = static_cast<float>(1.0 / sigma2[g][static_cast<std::size_t>(list.shell[static_cast<std::size_t>(f)])]);
+    for (std::size_t k = 0; k < half; ++k)
+      inv_sigma2_grid[g][k] = static_cast<float>(1.0 / sigma2[g][std::min(static_cast<std::size_t>(shells[k]), sigma2[g].size() - 1)]);
+  }
+
+  // Global search: every grid orientation as a template, scored for a whole batch by one GEMM.
+  const int J = search.local ? 0 : static_cast<int>(search.grid.size());
+  std::vector<float> templates(static_cast<std::size_t>(J) * 2 * F), power(static_cast<std::size_t>(J) * F);
+#pragma omp parallel
+  {
+    std::vector<Complex> sample(static_cast<std::size_t>(F));
+#pragma omp for
+    for (int j = 0; j < J; ++j) {
+      reference.sample(geometry::euler_to_matrix(search.grid[static_cast<std::size_t>(j)]), list, sample.data());
+      store_template_row(sample.data(), F, templates.data() + static_cast<std::size_t>(j) * 2 * F, power.data() + static_cast<std::size_t>(j) * F);
+    }
+  }
+  const std::vector<Complex> absolute_ramps = shift_ramps(list, search.shifts);
+
+  const int B = std::max(1, settings.batch);
+  const int P = static_cast<int>(image_index.size());
+  std::vector<float> images(static_cast<std::size_t>(B) * pixels);
+  PreparedBatch batch;
+  batch.y_rows.resize(static_cast<std::size_t>(B) * T * 2 * F);
+  batch.ctf2.resize(static_cast<std::size_t>(B) * F);
+  batch.listed_x.resize(static_cast<std::size_t>(B) * F);
+  batch.listed_ctf.resize(static_cast<std::size_t>(B) * F);
+  batch.unmasked.assign(static_cast<std::size_t>(B), std::vector<Complex>(half));
+  batch.ctf.assign(static_cast<std::size_t>(B), std::vector<float>(half, 1.0f));
+  std::vector<float> scores, norms;
+  if (J > 0) scores.resize(static_cast<std::size_t>(B) * T * J), norms.resize(static_cast<std::size_t>(B) * J);
+  int changed = 0;
+  double angle_change = 0;
+
+  for (int first = 0; first < P; first += B) {
+    const int bc = std::min(B, P - first);
+    for (int b = 0; b < bc; ++b) set.read_image(image_index[static_cast<std::size_t>(first + b)], images.data() + static_cast<std::size_t>(b) * pixels);
+
+    // Per particle: the unmasked transform for the reconstruction (as RELION: masking would
+    // change the data that enter the map), the masked one on the listed frequencies for the
+    // scores, the CTF, and the score rows at every searched shift.
+#pragma omp parallel
+    {
+      std::vector<Complex> masked_spectrum(half), ramps;
+#pragma omp for schedule(static)
+      for (int b = 0; b < bc; ++b) {
+        const std::size_t p = static_cast<std::size_t>(first + b), i = image_index[p];
+        const auto bs = static_cast<std::size_t>(b);
+        float* img = images.data() + bs * pixels;
+        image::fft_forward_2d(img, batch.unmasked[bs].data(), n, n);
+        image::apply_mask(img, particle_mask);
+        image::fft_forward_2d(img, masked_spectrum.data(), n, n);
+        if (settings.use_ctf) image::ctf_half_grid(set.ctf(i), n, pixel, batch.ctf[bs].data());
+        const auto g = static_cast<std::size_t>(set.optics_index(i));
+        const float* isg = inv_sigma2[g].data();
+        Complex* x = batch.listed_x.data() + bs * F;
+        float* c = batch.listed_ctf.data() + bs * F;
+        float* c2 = batch.ctf2.data() + bs * F;
+        for (int f = 0; f < F; ++f) {
+          const auto k = static_cast<std::size_t>(list.index[static_cast<std::size_t>(f)]);
+          x[f] = masked_spectrum[k];
+          c[f] = batch.ctf[bs][k];
+          c2[f] = c[f] * c[f] * isg[f] * 0.5f;
+        }
+        const Complex* r = absolute_ramps.data();
+        if (search.relative_shifts) {
+          ramps.resize(absolute_ramps.size());
+          shift_ramps(list, search.shifts, poses[p].shift_x, poses[p].shift_y, ramps.data());
+          r = ramps.data();
+        }
+        fill_score_rows(x, c, isg, r, T, F, batch.y_rows.data() + bs * T * 2 * F);
+      }
+    }
+    if (J > 0) {
+      const auto g0 = Clock::now();
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bc * T, J, 2 * F, 1.0f, batch.y_rows.data(), 2 * F, templates.data(), 2 * F,
+                  0.0f, scores.data(), J);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bc, J, F, 1.0f, batch.ctf2.data(), F, power.data(), F, 0.0f, norms.data(), J);
+      stats.gemm_seconds += std::chrono::duration<double>(Clock::now() - g0).count();
+      stats.flops += 2.0 * bc * T * J * 2 * F + 2.0 * bc * J * F;
+    }
+
+#pragma omp parallel
+    {
+      const int tid = omp_get_thread_num();
+      std::vector<Complex> sample(static_cast<std::size_t>(F)), data(half), ramp(static_cast<std::size_t>(F));
+      std::vector<float> weight(half), local_templates, local_scores, local_norms;
+      std::vector<Euler> candidates;
+#pragma omp for schedule(dynamic, 2) reduction(+ : changed, angle_change)
+      for (int b = 0; b < bc; ++b) {
+        const std::size_t p = static_cast<std::size_t>(first + b), i = image_index[p];
+        const auto bs = static_cast<std::size_t>(b);
+        Pose3D& pose = poses[p];
+        const float* y = batch.y_rows.data() + bs * T * 2 * F;
+        const float* c2 = batch.ctf2.data() + bs * F;
+        const float *cross, *norm, *template_rows;
+        const std::vector<Euler>* orientations;
+        int count;
+        if (search.local) {
+          candidates = local_orientations({pose.rot, pose.tilt, pose.psi}, search.step);
+          count = static_cast<int>(candidates.size());
+          local_templates.resize(static_cast<std::size_t>(count) * 2 * F);
+          local_norms.assign(static_cast<std::size_t>(count), 0.0f);
+          for (int j = 0; j < count; ++j) {
+            reference.sample(geometry::euler_to_matrix(candidates[static_cast<std::size_t>(j)]), list, sample.data());
+            store_template_row(sample.data(), F, local_templates.data() + static_cast<std::size_t>(j) * 2 * F, nullptr);
+            double s = 0;
+            for (int f = 0; f < F; ++f) s += std::norm(sample[static_cast<std::size_t>(f)]) * c2[f];
+            local_norms[static_cast<std::size_t>(j)] = static_cast<float>(s);
+          }
+          local_scores.resize(static_cast<std::size_t>(T) * count);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, count, 2 * F, 1.0f, y, 2 * F, local_templates.data(), 2 * F, 0.0f,
+                      local_scores.data(), count);
+          cross = local_scores.data(), norm = local_norms.data(), template_rows = local_templates.data();
+          orientations = &candidates;
+        } else {
+          count = J;
+          cross = scores.data() + bs * T * J, norm = norms.data() + bs * J, template_rows = templates.data();
+          orientations = &search.grid;
+        }
+        const auto kept = choose_hypotheses(cross, norm, T, count, settings.cc_scoring, settings.marginalize);
+        const auto shift_of = [&](int index) {
+          const auto& s = search.shifts[static_cast<std::size_t>(index / count)];
+          return Shift{static_cast<float>(s.first + (search.relative_shifts ? pose.shift_x : 0.0)),
+                       static_cast<float>(s.second + (search.relative_shifts ? pose.shift_y : 0.0))};
+        };
+        const int best = kept.front().second;
+        const Euler best_orientation = (*orientations)[static_cast<std::size_t>(best % count)];
+        const Shift best_shift = shift_of(best);
+        const double moved = geometry::rotation_angle_between(geometry::euler_to_matrix({pose.rot, pose.tilt, pose.psi}),
+                                                              geometry::euler_to_matrix(best_orientation));
+        angle_change += moved;
+        changed += moved > search.step / 2;
+
+        // Back-projection: the unmasked particle re-centred, weighted by w C / sigma^2, at each kept pose.
+        const auto g = static_cast<std::size_t>(set.optics_index(i));
+        const auto& isg = inv_sigma2_grid[g];
+        const auto& ctf = batch.ctf[bs];
+        for (const auto& [w, index] : kept) {
+          const Shift s = shift_of(index);
+          std::copy(batch.unmasked[bs].begin(), batch.unmasked[bs].end(), data.begin());
+          image::shift_half_grid_2d(data.data(), n, -s.first, -s.second);
+          for (std::size_t k = 0; k < half; ++k) {
+            const float scale = isg[k] * w;
+            data[k] *= ctf[k] * scale;
+            weight[k] = ctf[k] * ctf[k] * scale;
+          }
+          const Mat3 a = geometry::euler_to_matrix((*orientations)[static_cast<std::size_t>(index % count)]);
+          for (const auto& st : symmetry_t) thread_maps[static_cast<std::size_t>(tid)].insert(a * st, data.data(), weight.data(), n, settings.insert_radius);
+        }
+        // Noise: the residual at the best pose (the CC iteration's scale is not the data's).
+        if (!settings.cc_scoring) {
+          shift_ramps(list, {best_shift}, 0, 0, ramp.data());
+          auto& noise = thread_noise[static_cast<std::size_t>(tid)];
+          add_noise_residual(list, batch.listed_x.data() + bs * F, batch.listed_ctf.data() + bs * F, ramp.data(),
+                             template_rows + static_cast<std::size_t>(best % count) * 2 * F, noise.sum[g].data(), noise.count[g].data());
+        }
+        pose.rot = best_orientation.rot, pose.tilt = best_orientation.tilt, pose.psi = best_orientation.psi;
+        pose.shift_x = best_shift.first, pose.shift_y = best_shift.second;
+        pose.max_probability = kept.front().first;
+        pose.significant = static_cast<int>(kept.size());
+      }
+    }
+    if (progress) progress->advance(bc);
+  }
+  stats.changed += changed;
+  stats.angle_change += angle_change;
+}
+
+}  // namespace emcryo::em

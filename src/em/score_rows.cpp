@@ -1,0 +1,58 @@
+#include "emcryo/em/score_rows.hpp"
+
+#include <cmath>
+#include <numbers>
+
+namespace emcryo::em {
+
+void shift_ramps(const FrequencyList& list, const std::vector<Shift>& shifts, double base_x, double base_y, Complex* out) {
+  const std::size_t F = list.size();
+  const double scale = -2 * std::numbers::pi / list.n;
+  for (std::size_t t = 0; t < shifts.size(); ++t) {
+    const double sx = shifts[t].first + base_x, sy = shifts[t].second + base_y;
+    for (std::size_t f = 0; f < F; ++f) {
+      const double phase = scale * (list.kx[f] * sx + list.ky[f] * sy);
+      out[t * F + f] = {static_cast<float>(std::cos(phase)), static_cast<float>(std::sin(phase))};
+    }
+  }
+}
+
+std::vector<Complex> shift_ramps(const FrequencyList& list, const std::vector<Shift>& shifts, double base_x, double base_y) {
+  std::vector<Complex> out(shifts.size() * list.size());
+  shift_ramps(list, shifts, base_x, base_y, out.data());
+  return out;
+}
+
+void fill_score_rows(const Complex* x, const float* ctf, const float* inv_sigma2, const Complex* ramps, int shifts, int F,
+                     float* rows) {
+  for (int t = 0; t < shifts; ++t) {
+    float* row = rows + static_cast<std::size_t>(t) * 2 * F;
+    const Complex* ramp = ramps + static_cast<std::size_t>(t) * F;
+    for (int f = 0; f < F; ++f) {
+      const Complex y = std::conj(x[f]) * ramp[f] * (ctf[f] * inv_sigma2[f]);
+      row[f] = y.real();       // Re(Y A) = Re Y Re A - Im Y Im A, so store -Im Y
+      row[F + f] = -y.imag();
+    }
+  }
+}
+
+void store_template_row(const Complex* sample, int F, float* row, float* power) {
+  for (int f = 0; f < F; ++f) {
+    row[f] = sample[f].real();
+    row[F + f] = sample[f].imag();
+    if (power) power[f] = std::norm(sample[f]);
+  }
+}
+
+void add_noise_residual(const FrequencyList& list, const Complex* x, const float* ctf, const Complex* ramp,
+                        const float* template_row, double* sum, double* count) {
+  const std::size_t F = list.size();
+  for (std::size_t f = 0; f < F; ++f) {
+    const Complex model = ctf[f] * ramp[f] * Complex(template_row[f], template_row[F + f]);
+    const auto s = static_cast<std::size_t>(list.shell[f]);
+    sum[s] += std::norm(x[f] - model);
+    count[s] += 1;
+  }
+}
+
+}  // namespace emcryo::em
