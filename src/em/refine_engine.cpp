@@ -68,6 +68,83 @@ std::vector<Hypothesis> choose_hypotheses(const float* cross, const float* norm,
   return kept;
 }
 
+
+/// A hypothesis that enters the reconstruction with its normalised posterior weight.
+struct PoseHypothesis {
+  float weight;
+  Euler orientation;
+  Shift shift;
+};
+
+struct OversampleScratch {
+  std::vector<Complex> sample, ramps;
+  std::vector<float> rows, templates, norms, scores;
+  std::vector<std::pair<double, PoseHypothesis>> fine;
+};
+
+/// Adaptive oversampling (marginalisation mode): each of the (at most 16) most probable coarse
+/// hypotheses is split into 8 orientations (rotation vectors (+-1, +-1, +-1) x cell/4 around it,
+/// the centres of its sub-cells) times 4 shifts (+-offset_step/4 in x and y), every fine
+/// hypothesis is scored exactly, and those holding 99.9% of the fine posterior mass (at most
+/// 64) are kept, normalised, best first.
+template <class OrientationOf, class ShiftOf>
+std::vector<PoseHypothesis> oversample(const std::vector<Hypothesis>& coarse, OrientationOf orientation_of, ShiftOf shift_of,
+                                       double cell, double offset_step, const Projector& reference, const FrequencyList& list,
+                                       const Complex* x, const float* ctf, const float* inv_sigma2, const float* half_ctf2,
+                                       OversampleScratch& s) {
+  const int F = static_cast<int>(list.size());
+  constexpr int kOrientations = 8, kShifts = 4;
+  s.sample.resize(static_cast<std::size_t>(F));
+  s.ramps.resize(static_cast<std::size_t>(kShifts) * F);
+  s.rows.resize(static_cast<std::size_t>(kShifts) * 2 * F);
+  s.templates.resize(static_cast<std::size_t>(kOrientations) * 2 * F);
+  s.norms.resize(kOrientations);
+  s.scores.resize(kShifts * kOrientations);
+  s.fine.clear();
+  const double quarter = cell / 4, shift_quarter = offset_step / 4;
+  for (std::size_t c = 0; c < coarse.size() && c < 16; ++c) {
+    const Mat3 centre = geometry::euler_to_matrix(orientation_of(coarse[c].second));
+    const Shift centre_shift = shift_of(coarse[c].second);
+    Euler fine_orientations[kOrientations];
+    for (int o = 0; o < kOrientations; ++o) {
+      const geometry::Vec3 axis{o & 1 ? 1.0 : -1.0, o & 2 ? 1.0 : -1.0, o & 4 ? 1.0 : -1.0};
+      fine_orientations[o] = geometry::matrix_to_euler(geometry::axis_angle(axis, quarter * std::sqrt(3.0)) * centre);
+      reference.sample(geometry::euler_to_matrix(fine_orientations[o]), list, s.sample.data());
+      store_template_row(s.sample.data(), F, s.templates.data() + static_cast<std::size_t>(o) * 2 * F, nullptr);
+      double norm = 0;
+      for (int f = 0; f < F; ++f) norm += std::norm(s.sample[static_cast<std::size_t>(f)]) * half_ctf2[f];
+      s.norms[static_cast<std::size_t>(o)] = static_cast<float>(norm);
+    }
+    std::vector<Shift> fine_shifts;
+    for (int t = 0; t < kShifts; ++t)
+      fine_shifts.push_back({static_cast<float>(centre_shift.first + (t & 1 ? shift_quarter : -shift_quarter)),
+                             static_cast<float>(centre_shift.second + (t & 2 ? shift_quarter : -shift_quarter))});
+    shift_ramps(list, fine_shifts, 0, 0, s.ramps.data());
+    fill_score_rows(x, ctf, inv_sigma2, s.ramps.data(), kShifts, F, s.rows.data());
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, kShifts, kOrientations, 2 * F, 1.0f, s.rows.data(), 2 * F, s.templates.data(),
+                2 * F, 0.0f, s.scores.data(), kOrientations);
+    for (int t = 0; t < kShifts; ++t)
+      for (int o = 0; o < kOrientations; ++o)
+        s.fine.push_back({static_cast<double>(s.scores[static_cast<std::size_t>(t * kOrientations + o)]) - s.norms[static_cast<std::size_t>(o)],
+                          PoseHypothesis{0, fine_orientations[o], fine_shifts[static_cast<std::size_t>(t)]}});
+  }
+  std::sort(s.fine.begin(), s.fine.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  const double best = s.fine.front().first;
+  double total = 0;
+  for (auto& f : s.fine) total += std::exp(f.first - best);
+  std::vector<PoseHypothesis> kept;
+  double cumulative = 0;
+  for (const auto& f : s.fine) {
+    if (kept.size() >= 64 || cumulative >= 0.999 * total) break;
+    const double w = std::exp(f.first - best);
+    cumulative += w;
+    kept.push_back(f.second);
+    kept.back().weight = static_cast<float>(w);
+  }
+  for (auto& k : kept) k.weight = static_cast<float>(k.weight / cumulative);
+  return kept;
+}
+
 }  // namespace
 
 std::vector<Euler> local_orientations(const Euler& centre, double step) {
@@ -207,8 +284,9 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     {
       const int tid = omp_get_thread_num();
       std::vector<Complex> sample(static_cast<std::size_t>(F)), data(half), ramp(static_cast<std::size_t>(F));
-      std::vector<float> weight(half), local_templates, local_scores, local_norms;
+      std::vector<float> weight(half), local_templates, local_scores, local_norms, best_row(static_cast<std::size_t>(2 * F));
       std::vector<Euler> candidates;
+      OversampleScratch scratch;
 #pragma omp for schedule(dynamic, 2) reduction(+ : changed, angle_change)
       for (int b = 0; b < bc; ++b) {
         const std::size_t p = static_cast<std::size_t>(first + b), i = image_index[p];
@@ -216,7 +294,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
         Pose3D& pose = poses[p];
         const float* y = batch.y_rows.data() + bs * T * 2 * F;
         const float* c2 = batch.ctf2.data() + bs * F;
-        const float *cross, *norm, *template_rows;
+        const float *cross, *norm;
         const std::vector<Euler>* orientations;
         int count;
         if (search.local) {
@@ -234,22 +312,30 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
           local_scores.resize(static_cast<std::size_t>(T) * count);
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, count, 2 * F, 1.0f, y, 2 * F, local_templates.data(), 2 * F, 0.0f,
                       local_scores.data(), count);
-          cross = local_scores.data(), norm = local_norms.data(), template_rows = local_templates.data();
+          cross = local_scores.data(), norm = local_norms.data();
           orientations = &candidates;
         } else {
           count = J;
-          cross = scores.data() + bs * T * J, norm = norms.data() + bs * J, template_rows = templates.data();
+          cross = scores.data() + bs * T * J, norm = norms.data() + bs * J;
           orientations = &search.grid;
         }
-        const auto kept = choose_hypotheses(cross, norm, T, count, settings.cc_scoring, settings.marginalize);
+        const auto coarse = choose_hypotheses(cross, norm, T, count, settings.cc_scoring, settings.marginalize);
         const auto shift_of = [&](int index) {
           const auto& s = search.shifts[static_cast<std::size_t>(index / count)];
           return Shift{static_cast<float>(s.first + (search.relative_shifts ? pose.shift_x : 0.0)),
                        static_cast<float>(s.second + (search.relative_shifts ? pose.shift_y : 0.0))};
         };
-        const int best = kept.front().second;
-        const Euler best_orientation = (*orientations)[static_cast<std::size_t>(best % count)];
-        const Shift best_shift = shift_of(best);
+        std::vector<PoseHypothesis> kept;
+        if (settings.marginalize && !settings.cc_scoring) {
+          kept = oversample(coarse, [&](int index) { return (*orientations)[static_cast<std::size_t>(index % count)]; }, shift_of,
+                            search.local ? search.step / 2 : search.step, search.offset_step, reference, list,
+                            batch.listed_x.data() + bs * F, batch.listed_ctf.data() + bs * F,
+                            inv_sigma2[static_cast<std::size_t>(set.optics_index(i))].data(), c2, scratch);
+        } else {
+          for (const auto& [w, index] : coarse) kept.push_back({w, (*orientations)[static_cast<std::size_t>(index % count)], shift_of(index)});
+        }
+        const Euler best_orientation = kept.front().orientation;
+        const Shift best_shift = kept.front().shift;
         const double moved = geometry::rotation_angle_between(geometry::euler_to_matrix({pose.rot, pose.tilt, pose.psi}),
                                                               geometry::euler_to_matrix(best_orientation));
         angle_change += moved;
@@ -259,28 +345,29 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
         const auto g = static_cast<std::size_t>(set.optics_index(i));
         const auto& isg = inv_sigma2_grid[g];
         const auto& ctf = batch.ctf[bs];
-        for (const auto& [w, index] : kept) {
-          const Shift s = shift_of(index);
+        for (const auto& h : kept) {
           std::copy(batch.unmasked[bs].begin(), batch.unmasked[bs].end(), data.begin());
-          image::shift_half_grid_2d(data.data(), n, -s.first, -s.second);
+          image::shift_half_grid_2d(data.data(), n, -h.shift.first, -h.shift.second);
           for (std::size_t k = 0; k < half; ++k) {
-            const float scale = isg[k] * w;
+            const float scale = isg[k] * h.weight;
             data[k] *= ctf[k] * scale;
             weight[k] = ctf[k] * ctf[k] * scale;
           }
-          const Mat3 a = geometry::euler_to_matrix((*orientations)[static_cast<std::size_t>(index % count)]);
+          const Mat3 a = geometry::euler_to_matrix(h.orientation);
           for (const auto& st : symmetry_t) thread_maps[static_cast<std::size_t>(tid)].insert(a * st, data.data(), weight.data(), n, settings.insert_radius);
         }
         // Noise: the residual at the best pose (the CC iteration's scale is not the data's).
         if (!settings.cc_scoring) {
+          reference.sample(geometry::euler_to_matrix(best_orientation), list, sample.data());
+          store_template_row(sample.data(), F, best_row.data(), nullptr);
           shift_ramps(list, {best_shift}, 0, 0, ramp.data());
           auto& noise = thread_noise[static_cast<std::size_t>(tid)];
-          add_noise_residual(list, batch.listed_x.data() + bs * F, batch.listed_ctf.data() + bs * F, ramp.data(),
-                             template_rows + static_cast<std::size_t>(best % count) * 2 * F, noise.sum[g].data(), noise.count[g].data());
+          add_noise_residual(list, batch.listed_x.data() + bs * F, batch.listed_ctf.data() + bs * F, ramp.data(), best_row.data(),
+                             noise.sum[g].data(), noise.count[g].data());
         }
         pose.rot = best_orientation.rot, pose.tilt = best_orientation.tilt, pose.psi = best_orientation.psi;
         pose.shift_x = best_shift.first, pose.shift_y = best_shift.second;
-        pose.max_probability = kept.front().first;
+        pose.max_probability = kept.front().weight;
         pose.significant = static_cast<int>(kept.size());
       }
     }

@@ -258,12 +258,13 @@ RefineResult run(State state, bool resumed) {
     search.step = state.step;
     if (!state.local) search.grid = orientation_grid(state.step, o.symmetry);
     search.shifts = em::make_class2d_search(360, state.offset_range, state.offset_step).shifts;
+    search.offset_step = state.offset_step;
     // After the first global stage, shifts are searched around each particle's current shift.
     search.relative_shifts = state.local || state.second_global;
     em::ExpectationSettings settings;
     settings.use_ctf = !o.no_ctf;
     settings.cc_scoring = it == 1;
-    settings.marginalize = o.adaptive_marginalization && !final_iteration;
+    settings.marginalize = o.adaptive_marginalization;
     settings.batch = o.batch;
     // The last iteration inserts to Nyquist; the others a little beyond the working limit.
     settings.insert_radius = final_iteration ? nyquist : std::min(nyquist, state.radius + 8);

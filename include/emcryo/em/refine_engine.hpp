@@ -27,6 +27,7 @@ struct PoseSearch {
   double step = 15;                    // degrees; a local search spans +/- step
   std::vector<geometry::Euler> grid;   // global orientations
   std::vector<Shift> shifts;           // pixels
+  double offset_step = 1;              // pixels: spacing of `shifts` (for adaptive oversampling)
   bool relative_shifts = false;        // shifts around each particle's current shift
 };
 
@@ -36,7 +37,9 @@ std::vector<geometry::Euler> local_orientations(const geometry::Euler& centre, d
 struct ExpectationSettings {
   bool use_ctf = true;
   bool cc_scoring = false;     // normalised cross-correlation: the reference is not on the data's grey scale
-  bool marginalize = false;    // the hypotheses holding 99.9% of the mass (at most 64) all count
+  bool marginalize = false;    // adaptive marginalisation: the most probable hypotheses are sampled
+                               // twice as finely, and the fine ones holding 99.9% of the mass (at
+                               // most 64) all enter the reconstruction, weighted by their posterior
   int batch = 256;             // particles per batch (bounds memory)
   double insert_radius = 0;    // pixels: back-projection limit
 };
