@@ -61,9 +61,13 @@ wall_s() { awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, p, ":"); s = 0; f
 cpu_s() { awk -F': ' '/User time|System time/ {s += $2} END {printf "%.1f", s}' "$1"; }
 
 if [[ -z ${SKIP_EMCRYO:-} ]]; then
-  rm -rf "$W/emcryo"
-  timed emcryo "emcryo refine" "$EMCRYO" refine --particles "$D/particles_blind.star" --ref "$D/truth_class001.mrc" \
-    --out "$W/emcryo" --ini-high 30 --initial-step 15 --offset-range 3 --offset-step 1 --particle-diameter 110
+  # Both of emcryo's modes: poses maximised (default) and --adaptive-marginalization (RELION's
+  # auto-refine always marginalises).
+  rm -rf "$W/emcryo" "$W/emcryo_marg"
+  common=(--particles "$D/particles_blind.star" --ref "$D/truth_class001.mrc" --ini-high 30 --initial-step 15 --offset-range 3
+          --offset-step 1 --particle-diameter 110)
+  timed emcryo "emcryo refine" "$EMCRYO" refine "${common[@]}" --out "$W/emcryo"
+  timed emcryo_marg "emcryo refine" "$EMCRYO" refine "${common[@]}" --out "$W/emcryo_marg" --adaptive-marginalization
 fi
 
 if [[ -z ${SKIP_RELION:-} ]]; then
@@ -77,24 +81,39 @@ if [[ -z ${SKIP_RELION:-} ]]; then
     --low_resol_join_halves 40 --norm --scale --j 1 --pool 3 --pad 2 --dont_combine_weights_via_disc --random_seed 1)
 fi
 
-$PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$W/emcryo/particles.star" --map "$W/emcryo/map_unfil.mrc" \
-  --true-map "$D/truth_class001.mrc" --label emcryo --json "$W/emcryo_eval.json"
-$PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$W/relion/run_data.star" --map "$W/relion/run_class001.mrc" \
-  --true-map "$D/truth_class001.mrc" --label relion --json "$W/relion_eval.json"
+for v in emcryo emcryo_marg; do
+  $PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$W/$v/particles.star" --map "$W/$v/map_unfil.mrc" \
+    --true-map "$D/truth_class001.mrc" --label "$v" --json "$W/${v}_eval.json"
+done
+# RELION's final outputs, or (when its run was stopped before convergence) those of its last
+# finished iteration, labelled as such.
+relion_data=$W/relion/run_data.star relion_map=$W/relion/run_class001.mrc relion_label=relion
+if [[ ! -f $relion_data ]]; then
+  last=$(ls "$W"/relion/run_it*_half1_model.star 2>/dev/null | sed 's/.*run_it0*\([0-9]*\)_half1_model.star/\1/' | sort -n | tail -1)
+  relion_data=$(printf '%s/relion/run_it%03d_data.star' "$W" "$last")
+  relion_map=$(printf '%s/relion/run_it%03d_half1_class001.mrc' "$W" "$last")
+  relion_label="relion (stopped; iteration $last, half map 1)"
+fi
+$PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$relion_data" --map "$relion_map" \
+  --true-map "$D/truth_class001.mrc" --label "$relion_label" --json "$W/relion_eval.json"
 
-em_wall=$(wall_s "$W/emcryo.time")
 rl_wall=$(wall_s "$W/relion.time")
 {
   echo "data: $NPART particles, 64 px, 2 Å/px, SNR 0.05; C1; start: true map low-passed to 30 Å"
   echo "emcryo: checkout $rev"
-  printf 'emcryo: wall %.1f s, CPU (user+sys) %s s, peak memory %s MiB, %s\n' "$em_wall" "$(cpu_s "$W/emcryo.time")" \
-    "$(cat "$W/emcryo.peak_mib")" "$(grep -o 'refine: .*' "$W/emcryo.log" | tail -1)"
-  printf 'relion: wall %.1f s, CPU (user+sys) %s s, peak memory %s MiB (3 ranks), %s\n' "$rl_wall" "$(cpu_s "$W/relion.time")" \
-    "$(cat "$W/relion.peak_mib")" "$(grep -o 'Final resolution.*' "$W/relion.log" | tail -1)"
-  awk -v a="$rl_wall" -v b="$em_wall" 'BEGIN {printf "wall-time ratio relion/emcryo: %.1f\n", a / b}'
+  for v in emcryo emcryo_marg; do
+    printf '%s: wall %.1f s, CPU (user+sys) %s s, peak memory %s MiB, %s\n' "$v" "$(wall_s "$W/$v.time")" "$(cpu_s "$W/$v.time")" \
+      "$(cat "$W/$v.peak_mib")" "$(grep -o 'refine: [0-9.]* Å after.*' "$W/$v.log" | tail -1)"
+  done
+  printf 'relion: wall %.1f s, CPU (user+sys) %s s, peak memory %s MiB (3 ranks), %s %s\n' "$rl_wall" "$(cpu_s "$W/relion.time")" \
+    "$(cat "$W/relion.peak_mib")" "$(grep -o 'Final resolution.*' "$W/relion.log" | tail -1)" \
+    "$(grep -q 'terminated by signal' "$W/relion.time" && echo "(stopped before convergence: $relion_label)")"
+  for v in emcryo emcryo_marg; do
+    awk -v a="$rl_wall" -v b="$(wall_s "$W/$v.time")" -v v="$v" 'BEGIN {printf "wall-time ratio relion/%s: %.1f\n", v, a / b}'
+  done
   $PY -c 'import json,sys
 for f in sys.argv[1:]:
     e = json.load(open(f))
     print(f"{e[\"label\"]}: median pose error {e[\"median_pose_error_deg\"]:.2f} deg, <5 deg {100*e[\"fraction_under_5deg\"]:.1f}%, FSC vs true map: 0.5 at {e[\"fsc_vs_true_0.5_A\"]:.2f} A, 0.143 at {e[\"fsc_vs_true_0.143_A\"]:.2f} A")' \
-    "$W/emcryo_eval.json" "$W/relion_eval.json"
+    "$W/emcryo_eval.json" "$W/emcryo_marg_eval.json" "$W/relion_eval.json"
 } | tee "$W/summary.txt"

@@ -39,7 +39,9 @@ TEST(Refine, ApproachesTheTruePoseReconstruction) {
                             exe, EMCRYO_SOURCE_DIR, (dir / "data").string())),
             0);
   ASSERT_EQ(run(fmt::format("{} reconstruct --particles {} --out {}", exe, (dir / "data/particles.star").string(), (dir / "oracle").string())), 0);
-  ASSERT_EQ(run(fmt::format("{} refine --particles {} --ref {} --out {} --ini-high 30 --max-iterations 20", exe,
+  // Marginalised over the probable poses (the mode meant for the best maps); maximisation is
+  // compared with it in AdaptiveMarginalizationBeatsMaximizationAtLowSignal.
+  ASSERT_EQ(run(fmt::format("{} refine --particles {} --ref {} --out {} --ini-high 30 --max-iterations 20 --adaptive-marginalization", exe,
                             (dir / "data/particles.star").string(), (dir / "data/truth_class001.mrc").string(), (dir / "refine").string())),
             0);
   const double oracle = last_resolution(dir / "oracle/fsc.star", "rlnFourierShellCorrelation");
@@ -60,10 +62,9 @@ TEST(Refine, ApproachesTheTruePoseReconstruction) {
   const double median_error = errors[errors.size() / 2];
   std::printf("true-pose reconstruction %.2f Å, refined %.2f Å (masked, corrected), median pose error %.2f°\n", oracle, refined, median_error);
   // Gold-standard resolution within 10% of the reconstruction from the true poses, and a median
-  // pose error (issue target: below 3°; measured 2.95°, asserted below 3.5° to leave room for
-  // rounding across BLAS builds).
+  // pose error below 3° (measured 2.76°; with maximisation instead it is 2.95°).
   EXPECT_LE(refined, 1.10 * oracle);
-  EXPECT_LT(median_error, 3.5);
+  EXPECT_LT(median_error, 3.0);
   for (const char* f : {"half1_unfil.mrc", "half2_unfil.mrc", "map.mrc", "map_unfil.mrc", "mask.mrc", "fsc.star", "fsc.svg",
                         "orientations.svg", "model.star", "report.html"})
     EXPECT_TRUE(fs::exists(dir / "refine" / f)) << f;
