@@ -107,10 +107,10 @@ void write_checkpoint(const fs::path& dir, const State& state, const std::vector
 }
 
 /// The sampling schedule after an iteration: from the global stage to a second global pass at
-/// half the step, then local searches whose step halves whenever the resolution stops
-/// improving, until the step is finer than the resolution needs; returns true when the next
-/// iteration is the last one (joined, to Nyquist).
-bool advance_schedule(State& state, double resolution, double diameter) {
+/// half the step, then local searches whose step halves whenever the resolution and the poses
+/// stop changing, until the step is finer than the resolution needs; returns true when the next
+/// iteration is the last one (all particles in one map, to Nyquist).
+bool advance_schedule(State& state, double resolution, double mean_pose_change, double diameter) {
   const auto& o = state.options;
   // The finest step worth searching: about the angle over which the particle's rim moves by a
   // tenth of the current resolution, never below 0.9 degrees.
@@ -129,7 +129,10 @@ bool advance_schedule(State& state, double resolution, double diameter) {
     state.offset_step = std::max(0.25, o.offset_step / 4);
     state.offset_range = 2 * state.offset_step;
     state.iterations_without_gain = 0;
-  } else if (state.local && state.iterations_without_gain >= 1) {
+  } else if (state.local && state.iterations_without_gain >= 1 &&
+             (mean_pose_change < state.step || state.iterations_without_gain >= 2)) {
+    // Resolution and poses have stopped changing at this step (poses move by less than one
+    // step on average), or the resolution has stalled twice.
     if (state.step / 2 < needed_step) {
       // Finest step reached: one more iteration at it, then the last one.
       if (state.iterations_without_gain >= 2) return true;
@@ -329,7 +332,7 @@ RefineResult run(State state, bool resumed) {
               stats.gemm_seconds > 0 ? fmt::format(", GEMM {:.0f} GFLOP/s", stats.flops / 1e9 / stats.gemm_seconds) : "");
     state.history.push_back({it, resolution, state.step, state.local, changed_fraction, seconds});
     if (final_iteration) break;
-    final_iteration = advance_schedule(state, resolution, in.diameter);
+    final_iteration = advance_schedule(state, resolution, stats.angle_change / static_cast<double>(in.active.size()), in.diameter);
     state.final_next = final_iteration;
     write_checkpoint(dir, state, half_maps, n, pixel);
   }
