@@ -504,6 +504,8 @@ Class2DResult run_class2d(const Class2DOptions& options) {
          options.out_dir);
   JobState state;
   state.options = options;
+  // The checkpoint keeps an absolute path, so --continue works from any working directory.
+  if (!options.particles.empty()) state.options.particles = fs::absolute(options.particles).lexically_normal().string();
   return run_job(std::move(state), false);
 }
 

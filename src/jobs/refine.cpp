@@ -171,10 +171,11 @@ struct Inputs {
   double diameter = 0;
   std::vector<std::size_t> active;  // usable particles (indices into set)
   std::vector<int> half;            // 1 or 2 per usable particle
+  std::vector<std::string> skipped; // bad particles, for the log and the report
 };
 
 Inputs read_inputs(const RefineOptions& o) {
-  Inputs in{io::ParticleSet::read(o.particles), 0, 0, {}, {}, {}, {}, 0, {}, {}};
+  Inputs in{io::ParticleSet::read(o.particles), 0, 0, {}, {}, {}, {}, 0, {}, {}, {}};
   auto& set = in.set;
   const int n = in.n = set.box();
   const double pixel = in.pixel = set.pixel_size();
@@ -200,19 +201,27 @@ Inputs read_inputs(const RefineOptions& o) {
   if (in.diameter > n * pixel) fail("refine: --particle-diameter {} Å is wider than the box ({:.1f} Å)", in.diameter, n * pixel);
   in.particle_mask = image::soft_round_mask(n, 2, in.diameter / pixel / 2 - 2, 5);
   in.sphere = image::soft_round_mask(n, 3, in.diameter / pixel / 2, 5);
+  return in;
+}
+
+/// Usable particles (bad ones skipped, logged and kept for the report) and their half sets.
+void select_particles(Inputs& in, std::uint64_t seed) {
+  const auto& set = in.set;
+  const int n = in.n;
   std::vector<float> img(static_cast<std::size_t>(n) * n);
   for (std::size_t i = 0; i < set.size(); ++i) {
     set.read_image(i, img.data());
     double mean, sd;
     image::mean_stddev(img.data(), img.size(), mean, sd);
     if (!io::all_finite(img.data(), img.size()) || sd == 0) {
-      log::warn("skipped particle {} ({}): NaN/Inf or constant pixels", i + 1, set.image_name(i));
+      in.skipped.push_back(fmt::format("particle {} ({}): {}", i + 1, set.image_name(i),
+                                       io::all_finite(img.data(), img.size()) ? "constant image" : "NaN or Inf pixels"));
+      log::warn("skipped {}", in.skipped.back());
       continue;
     }
     in.active.push_back(i);
   }
-  in.half = set.half_sets(in.active, o.seed);
-  return in;
+  in.half = set.half_sets(in.active, seed);
 }
 
 RefineResult run(State state, bool resumed) {
@@ -224,6 +233,7 @@ RefineResult run(State state, bool resumed) {
   const double pixel = in.pixel;
   fs::create_directories(dir);
   log::set_file((dir / "run.log").string());
+  select_particles(in, o.seed);
   const double nyquist = n / 2.0 - 1;
   std::vector<std::vector<float>> half_maps(2);
   if (!resumed) {
@@ -242,7 +252,8 @@ RefineResult run(State state, bool resumed) {
       half_maps[static_cast<std::size_t>(h)] = io::MrcReader(dir / fmt::format("checkpoint_half{}.mrc", h + 1)).read_all();
     log::info("refine: continuing after iteration {}", state.iteration);
   }
-  log::info("refine: {} particles in two half sets, box {} px, {:.3f} Å/px, symmetry {}", in.active.size(), n, pixel, group.name);
+  log::info("refine: {} particles ({} skipped) in two half sets, box {} px, {:.3f} Å/px, symmetry {}", in.active.size(), in.skipped.size(), n,
+            pixel, group.name);
 
   const int threads = omp_get_max_threads();
   const std::size_t shells = static_cast<std::size_t>(n / 2 + 1);
@@ -341,7 +352,7 @@ RefineResult run(State state, bool resumed) {
   final_maps.half1 = std::move(half_maps[0]);
   final_maps.half2 = std::move(half_maps[1]);
   const auto final_result = refine_detail::write_refine_outputs(dir, in.set, in.active, in.half, state.poses, final_maps, state.sigma2,
-                                                                group.name, state.history, o.seed);
+                                                                group.name, state.history, in.skipped, o.seed);
   result.resolution = final_result.resolution;
   result.bfactor = final_result.bfactor;
   result.iterations = state.iteration;
@@ -358,6 +369,9 @@ RefineResult run_refine(const RefineOptions& options) {
   (void)geometry::make_symmetry_group(options.symmetry);  // an unknown name fails before any work
   State state;
   state.options = options;
+  // The checkpoint keeps absolute paths, so --continue works from any working directory.
+  for (std::string* path : {&state.options.particles, &state.options.reference, &state.options.mask})
+    if (!path->empty()) *path = fs::absolute(*path).lexically_normal().string();
   return run(std::move(state), false);
 }
 

@@ -75,7 +75,7 @@ void write_model_star(const fs::path& path, const FinalResult& result, double pi
 FinalResult write_refine_outputs(const fs::path& dir, const io::ParticleSet& set, const std::vector<std::size_t>& active,
                                  const std::vector<int>& half, const std::vector<em::Pose3D>& poses, const FinalMaps& maps,
                                  const std::vector<std::vector<double>>& sigma2, const std::string& symmetry,
-                                 const std::vector<IterationRecord>& history, std::uint64_t seed) {
+                                 const std::vector<IterationRecord>& history, const std::vector<std::string>& skipped, std::uint64_t seed) {
   const int n = set.box();
   const double pixel = set.pixel_size();
   FinalResult result;
@@ -150,6 +150,9 @@ FinalResult write_refine_outputs(const fs::path& dir, const io::ParticleSet& set
     rows.push_back({std::to_string(h.iteration), fmt::format("{:.2f}", h.resolution), fmt::format("{:.2f}", h.step), h.local ? "local" : "global",
                     fmt::format("{:.1f}", 100 * h.changed), fmt::format("{:.1f}", h.seconds)});
   report.add_table({"iteration", "resolution (Å)", "angular step (°)", "search", "poses changed (%)", "seconds"}, rows);
+  report.add_heading("Skipped particles");
+  if (skipped.empty()) report.add_paragraph("None.");
+  for (const auto& s : skipped) report.add_paragraph(s);
   report.write(dir / "report.html");
   return result;
 }

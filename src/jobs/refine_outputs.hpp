@@ -33,7 +33,7 @@ FinalResult write_refine_outputs(const std::filesystem::path& dir, const io::Par
                                  const std::vector<std::size_t>& active, const std::vector<int>& half,
                                  const std::vector<em::Pose3D>& poses, const FinalMaps& maps,
                                  const std::vector<std::vector<double>>& sigma2, const std::string& symmetry,
-                                 const std::vector<IterationRecord>& history, std::uint64_t seed);
+                                 const std::vector<IterationRecord>& history, const std::vector<std::string>& skipped, std::uint64_t seed);
 
 void write_map(const std::filesystem::path& path, const std::vector<float>& map, int n, double pixel);
 

@@ -2,8 +2,10 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <thread>
 
 #include "emcryo/geometry/rotation.hpp"
@@ -196,6 +198,25 @@ TEST(Refine, ContinuesAfterAKillAndRefusesBadInput) {
   ASSERT_EQ(run(fmt::format("{} refine --continue {}", exe, (dir / "run").string())), 0);
   EXPECT_TRUE(fs::exists(dir / "run/map.mrc"));
   EXPECT_TRUE(fs::exists(dir / "run/particles.star"));
+  // Bad particles (one NaN image, one constant image) are skipped, logged and listed in the report.
+  {
+    io::MrcReader reader(dir / "data/particles.mrcs");
+    auto all = reader.read_all();
+    const std::size_t pixels = static_cast<std::size_t>(reader.nx()) * reader.ny();
+    all[5 * pixels + 17] = std::numeric_limits<float>::quiet_NaN();
+    std::fill(all.begin() + static_cast<long>(9 * pixels), all.begin() + static_cast<long>(10 * pixels), 0.5f);
+    fs::create_directories(dir / "badpix");
+    test::write_mrc_stack(dir / "badpix/particles.mrcs", all, reader.nx(), reader.ny(), reader.nz(), 4);
+    fs::copy_file(dir / "data/particles.star", dir / "badpix/particles.star");
+    ASSERT_EQ(run(fmt::format("{} refine --particles {} --ref {} --out {} --max-iterations 3", exe, (dir / "badpix/particles.star").string(),
+                              (dir / "data/truth_class001.mrc").string(), (dir / "badpix_out").string())),
+              0);
+    const std::string log = test::read_text(dir / "badpix_out/run.log");
+    EXPECT_NE(log.find("000006@particles.mrcs): NaN or Inf"), std::string::npos) << log;
+    EXPECT_NE(log.find("000010@particles.mrcs): constant image"), std::string::npos) << log;
+    EXPECT_NE(test::read_text(dir / "badpix_out/report.html").find("constant image"), std::string::npos);
+    EXPECT_EQ(io::read_star(dir / "badpix_out/particles.star").require_block("particles").table.rows(), 398u);
+  }
   // Bad input fails before any work: a mask of the wrong size, a STAR without CTF columns.
   test::write_mrc_volume(dir / "small_mask.mrc", std::vector<float>(16 * 16 * 16, 1.0f), 16, 16, 16, 4);
   EXPECT_NE(run(fmt::format("{} refine {} --mask {} --out {}", exe, common, (dir / "small_mask.mrc").string(), (dir / "bad1").string())), 0);
