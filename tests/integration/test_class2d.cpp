@@ -284,15 +284,8 @@ TEST_F(Class2DTest, BadInputFailsBeforeWork) {
 }
 
 TEST_F(Class2DTest, BadParticlesAreSkippedAndListed) {
-  // A copy of the stack with one NaN image and one constant image.
-  io::MrcReader reader(dir_ / "data/particles.mrcs");
-  auto all = reader.read_all();
-  const std::size_t pixels = static_cast<std::size_t>(reader.nx()) * reader.ny();
-  all[5 * pixels + 17] = std::numeric_limits<float>::quiet_NaN();
-  std::fill(all.begin() + static_cast<long>(9 * pixels), all.begin() + static_cast<long>(10 * pixels), 0.5f);
-  fs::create_directories(dir_ / "badpix");
-  test::write_mrc_stack(dir_ / "badpix/particles.mrcs", all, reader.nx(), reader.ny(), reader.nz(), 3);
-  fs::copy_file(dir_ / "data/particles.star", dir_ / "badpix/particles.star", fs::copy_options::overwrite_existing);
+  // A copy of the data set whose 6th image has a NaN pixel and whose 10th is constant.
+  test::copy_with_bad_images(dir_ / "data", dir_ / "badpix", 3);
   const fs::path out = dir_ / "badpix_out";
   ASSERT_EQ(run(fmt::format("{} class2d --particles {} --classes 4 --out {} --iterations 2 --mask-diameter 130", exe(),
                             (dir_ / "badpix/particles.star").string(), out.string())),

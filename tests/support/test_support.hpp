@@ -6,12 +6,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -147,6 +149,19 @@ inline void write_mrc_stack(const fs::path& path, const std::vector<float>& imag
   options.pixel_size = pixel_size;
   options.is_stack = true;
   io::write_mrc(path, images, nx, ny, count, options);
+}
+
+/// Copies a simulated data folder's particles.mrcs and particles.star into `to`, with a NaN pixel
+/// in the 6th image and the 10th image constant: what the jobs must skip and report.
+inline void copy_with_bad_images(const fs::path& from, const fs::path& to, double pixel_size) {
+  io::MrcReader reader(from / "particles.mrcs");
+  auto all = reader.read_all();
+  const std::size_t pixels = static_cast<std::size_t>(reader.nx()) * static_cast<std::size_t>(reader.ny());
+  all[5 * pixels + 17] = std::numeric_limits<float>::quiet_NaN();
+  std::fill(all.begin() + static_cast<long>(9 * pixels), all.begin() + static_cast<long>(10 * pixels), 0.5f);
+  fs::create_directories(to);
+  write_mrc_stack(to / "particles.mrcs", all, reader.nx(), reader.ny(), reader.nz(), pixel_size);
+  fs::copy_file(from / "particles.star", to / "particles.star", fs::copy_options::overwrite_existing);
 }
 
 // ------------------------------------------------------------------------------- errors
