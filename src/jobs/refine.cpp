@@ -172,10 +172,11 @@ struct Inputs {
   std::vector<std::size_t> active;  // usable particles (indices into set)
   std::vector<int> half;            // 1 or 2 per usable particle
   std::vector<std::string> skipped; // bad particles, for the log and the report
+  std::string reference_note;       // how the reference was resampled, if it was
 };
 
 Inputs read_inputs(const RefineOptions& o) {
-  Inputs in{io::ParticleSet::read(o.particles), 0, 0, {}, {}, {}, {}, 0, {}, {}, {}};
+  Inputs in{io::ParticleSet::read(o.particles), 0, 0, {}, {}, {}, {}, 0, {}, {}, {}, {}};
   auto& set = in.set;
   const int n = in.n = set.box();
   const double pixel = in.pixel = set.pixel_size();
@@ -194,7 +195,8 @@ Inputs read_inputs(const RefineOptions& o) {
   in.reference = ref_file.read_all();
   const double ref_pixel = ref_file.pixel_size() > 0 ? ref_file.pixel_size() : pixel;
   if (ref_file.nx() != n || std::abs(ref_pixel - pixel) > 1e-3 * pixel) {
-    log::info("refine: reference {} ({} px, {:.3f} Å/px) resampled to {} px at {:.3f} Å/px", o.reference, ref_file.nx(), ref_pixel, n, pixel);
+    in.reference_note = fmt::format("refine: reference {} ({} px, {:.3f} Å/px) resampled to {} px at {:.3f} Å/px", o.reference, ref_file.nx(),
+                                    ref_pixel, n, pixel);
     in.reference = image::rescale_volume(in.reference, ref_file.nx(), ref_pixel, n, pixel);
   }
   in.diameter = o.particle_diameter > 0 ? o.particle_diameter : 0.9 * n * pixel;
@@ -233,6 +235,7 @@ RefineResult run(State state, bool resumed) {
   const double pixel = in.pixel;
   fs::create_directories(dir);
   log::set_file((dir / "run.log").string());
+  if (!in.reference_note.empty()) log::info("{}", in.reference_note);
   select_particles(in, o.seed);
   const double nyquist = n / 2.0 - 1;
   std::vector<std::vector<float>> half_maps(2);

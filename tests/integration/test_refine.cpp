@@ -185,6 +185,20 @@ TEST(Refine, ContinuesAfterAKillAndRefusesBadInput) {
   ASSERT_EQ(run(fmt::format("{} refine --continue {}", exe, (dir / "run").string())), 0);
   EXPECT_TRUE(fs::exists(dir / "run/map.mrc"));
   EXPECT_TRUE(fs::exists(dir / "run/particles.star"));
+  // A reference on another grid (40 px at 3.2 Å/px for particles of 32 px at 4 Å/px) is
+  // resampled, with a log line, and the refinement still finds the structure.
+  ASSERT_EQ(run(fmt::format("{} simulate --model {}/data/1tii.pdb.gz --out {} --particles 4 --box 40 --pixel-size 3.2 --seed 3", exe,
+                            EMCRYO_SOURCE_DIR, (dir / "other_grid").string())),
+            0);
+  ASSERT_EQ(run(fmt::format("{} refine --particles {} --ref {} --out {} --max-iterations 4", exe, (dir / "data/particles.star").string(),
+                            (dir / "other_grid/truth_class001.mrc").string(), (dir / "resampled").string())),
+            0);
+  EXPECT_NE(test::read_text(dir / "resampled/run.log").find("resampled to 32 px at 4.000 Å/px"), std::string::npos);
+  {
+    const auto fsc = image::fsc_3d(io::MrcReader(dir / "resampled/map_unfil.mrc").read_all(),
+                                   io::MrcReader(dir / "data/truth_class001.mrc").read_all(), 32);
+    EXPECT_GE(fsc[5], 0.9);  // 25.6 Å (measured 0.95, as with the reference on the particles' grid)
+  }
   // Bad particles (one NaN image, one constant image) are skipped, logged and listed in the report.
   {
     test::copy_with_bad_images(dir / "data", dir / "badpix", 4);
