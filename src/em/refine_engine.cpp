@@ -34,40 +34,62 @@ struct PreparedBatch {
 /// One scored hypothesis: weight and index t * count + j (shift t, orientation j).
 using Hypothesis = std::pair<float, int>;
 
+/// Picks the hypotheses of one particle from scores that arrive in chunks of orientations, so
+/// the whole particles x shifts x orientations score matrix never has to exist at once.
 /// Maximum a posteriori by default; with marginalisation the hypotheses holding 99.9% of the
-/// posterior mass (at most 64), normalised. The first (CC) iteration always maximises.
-std::vector<Hypothesis> choose_hypotheses(const float* cross, const float* norm, int shifts, int count, bool cc,
-                                          bool marginalize) {
-  float best = -1e30f;
-  int best_index = 0;
-  for (int t = 0; t < shifts; ++t)
-    for (int j = 0; j < count; ++j) {
-      const float c = cross[static_cast<std::size_t>(t) * count + j];
-      const float v = cc ? c / std::sqrt(std::max(norm[j], 1e-30f)) : c - norm[j];
-      if (v > best) best = v, best_index = t * count + j;
+/// posterior mass (at most 64), normalised, best first. CC iterations always maximise.
+class HypothesisSelector {
+ public:
+  void reset(bool cc, bool marginalize) {
+    cc_ = cc, marginalize_ = marginalize && !cc;
+    best_ = -1e30f, best_index_ = 0;
+    candidates_.clear();
+  }
+  /// Scores of orientations [first, first + count) of `total`: cross[t * stride + j], norm[j].
+  void add(const float* cross, const float* norm, int shifts, int count, int stride, int first, int total) {
+    for (int t = 0; t < shifts; ++t)
+      for (int j = 0; j < count; ++j) {
+        const float c = cross[static_cast<std::size_t>(t) * static_cast<std::size_t>(stride) + static_cast<std::size_t>(j)];
+        const float v = cc_ ? c / std::sqrt(std::max(norm[j], 1e-30f)) : c - norm[j];
+        if (v > best_) best_ = v, best_index_ = t * total + first + j;
+        if (marginalize_ && v > best_ - kWindow) candidates_.emplace_back(v, t * total + first + j);
+      }
+    // Keep the list short: drop what has fallen out of the window below the best so far.
+    if (candidates_.size() > 8192) prune();
+  }
+  std::vector<Hypothesis> finish() {
+    std::vector<Hypothesis> kept;
+    if (!marginalize_) {
+      kept.emplace_back(1.0f, best_index_);
+      return kept;
     }
-  std::vector<Hypothesis> kept;
-  if (!marginalize || cc) {
-    kept.emplace_back(1.0f, best_index);
+    prune();
+    for (auto& c : candidates_) c.first = std::exp(c.first - best_);
+    // The best comes first (weight exp(0) = 1 is the largest), so kept.front() is the MAP pose.
+    std::sort(candidates_.begin(), candidates_.end(), std::greater<>());
+    double total = 0;
+    for (const auto& c : candidates_) total += c.first;
+    double cumulative = 0;
+    for (const auto& c : candidates_) {
+      if (kept.size() >= 64 || cumulative >= 0.999 * total) break;
+      cumulative += c.first;
+      kept.push_back(c);
+    }
+    for (auto& k : kept) k.first = static_cast<float>(k.first / cumulative);
     return kept;
   }
-  for (int t = 0; t < shifts; ++t)
-    for (int j = 0; j < count; ++j) {
-      const float v = cross[static_cast<std::size_t>(t) * count + j] - norm[j] - best;
-      if (v > -12) kept.emplace_back(std::exp(v), t * count + j);
-    }
-  // The best comes first (weight exp(0) = 1 is the largest), so kept.front() is the MAP pose.
-  std::sort(kept.begin(), kept.end(), std::greater<>());
-  double total = 0;
-  for (const auto& k : kept) total += k.first;
-  double cumulative = 0;
-  std::size_t keep = 0;
-  while (keep < kept.size() && keep < 64 && cumulative < 0.999 * total) cumulative += kept[keep++].first;
-  kept.resize(keep);
-  for (auto& k : kept) k.first = static_cast<float>(k.first / cumulative);
-  return kept;
-}
 
+ private:
+  static constexpr float kWindow = 12;  // log-posterior below the best that can still matter (e^-12)
+  void prune() {
+    const float floor = best_ - kWindow;
+    std::erase_if(candidates_, [floor](const Hypothesis& c) { return c.first <= floor; });
+  }
+  bool cc_ = false, marginalize_ = false;
+  float best_ = -1e30f;
+  int best_index_ = 0;
+  std::vector<Hypothesis> candidates_;  // (log-posterior, index), later (weight, index)
+};
 
 /// A hypothesis that enters the reconstruction with its normalised posterior weight.
 struct PoseHypothesis {
@@ -203,21 +225,34 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       inv_sigma2_grid[g][k] = static_cast<float>(1.0 / sigma2[g][std::min(static_cast<std::size_t>(shells[k]), sigma2[g].size() - 1)]);
   }
 
-  // Global search: every grid orientation as a template, scored for a whole batch by one GEMM.
+  // Global search: grid orientations as template rows, scored batch by batch by GEMMs over chunks
+  // of orientations, so neither the score matrix nor (for large boxes and fine grids) the
+  // templates have to be held whole. Templates are computed once when they fit in the cache
+  // budget, else chunk by chunk for each batch: sampling costs a few percent of the GEMM it feeds.
+  constexpr std::size_t kTemplateCacheBytes = std::size_t{192} << 20, kChunkBytes = std::size_t{32} << 20;
   const int J = search.local ? 0 : static_cast<int>(search.grid.size());
-  std::vector<float> templates(static_cast<std::size_t>(J) * 2 * F), power(static_cast<std::size_t>(J) * F);
+  const int B = std::max(1, settings.batch);
+  const std::size_t row_bytes = static_cast<std::size_t>(3 * F) * sizeof(float);  // [Re | Im] row and |A|^2
+  const bool cache_templates = static_cast<std::size_t>(J) * row_bytes <= kTemplateCacheBytes;
+  int chunk = std::min<int>(J, std::max<int>(256, static_cast<int>(kChunkBytes / (static_cast<std::size_t>(B) * T * sizeof(float)))));
+  if (!cache_templates) chunk = std::min<int>(chunk, std::max<int>(256, static_cast<int>(kChunkBytes / row_bytes)));
+  const std::size_t held = static_cast<std::size_t>(cache_templates ? J : chunk);
+  std::vector<float> templates(held * 2 * F), power(held * F);
+  const auto compute_templates = [&](int first, int count) {
 #pragma omp parallel
-  {
-    std::vector<Complex> sample(static_cast<std::size_t>(F));
+    {
+      std::vector<Complex> sample(static_cast<std::size_t>(F));
 #pragma omp for
-    for (int j = 0; j < J; ++j) {
-      reference.sample(geometry::euler_to_matrix(search.grid[static_cast<std::size_t>(j)]), list, sample.data());
-      store_template_row(sample.data(), F, templates.data() + static_cast<std::size_t>(j) * 2 * F, power.data() + static_cast<std::size_t>(j) * F);
+      for (int j = 0; j < count; ++j) {
+        const std::size_t row = static_cast<std::size_t>(cache_templates ? first + j : j);
+        reference.sample(geometry::euler_to_matrix(search.grid[static_cast<std::size_t>(first + j)]), list, sample.data());
+        store_template_row(sample.data(), F, templates.data() + row * 2 * F, power.data() + row * F);
+      }
     }
-  }
+  };
+  if (cache_templates && J > 0) compute_templates(0, J);
   const std::vector<Complex> absolute_ramps = shift_ramps(list, search.shifts);
 
-  const int B = std::max(1, settings.batch);
   const int P = static_cast<int>(image_index.size());
   std::vector<float> images(static_cast<std::size_t>(B) * pixels);
   PreparedBatch batch;
@@ -228,7 +263,8 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   batch.unmasked.assign(static_cast<std::size_t>(B), std::vector<Complex>(half));
   batch.ctf.assign(static_cast<std::size_t>(B), std::vector<float>(half, 1.0f));
   std::vector<float> scores, norms;
-  if (J > 0) scores.resize(static_cast<std::size_t>(B) * T * J), norms.resize(static_cast<std::size_t>(B) * J);
+  if (J > 0) scores.resize(static_cast<std::size_t>(B) * T * chunk), norms.resize(static_cast<std::size_t>(B) * chunk);
+  std::vector<HypothesisSelector> selectors(static_cast<std::size_t>(B));
   int changed = 0;
   double angle_change = 0;
 
@@ -271,13 +307,22 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
         fill_score_rows(x, c, isg, r, T, F, batch.y_rows.data() + bs * T * 2 * F);
       }
     }
-    if (J > 0) {
+    for (int b = 0; b < bc; ++b) selectors[static_cast<std::size_t>(b)].reset(settings.cc_scoring, settings.marginalize);
+    for (int first_j = 0; first_j < J; first_j += chunk) {
+      const int jc = std::min(chunk, J - first_j);
+      if (!cache_templates) compute_templates(first_j, jc);
+      const std::size_t offset = cache_templates ? static_cast<std::size_t>(first_j) : 0;
       const auto g0 = Clock::now();
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bc * T, J, 2 * F, 1.0f, batch.y_rows.data(), 2 * F, templates.data(), 2 * F,
-                  0.0f, scores.data(), J);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bc, J, F, 1.0f, batch.ctf2.data(), F, power.data(), F, 0.0f, norms.data(), J);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bc * T, jc, 2 * F, 1.0f, batch.y_rows.data(), 2 * F,
+                  templates.data() + offset * 2 * F, 2 * F, 0.0f, scores.data(), jc);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bc, jc, F, 1.0f, batch.ctf2.data(), F, power.data() + offset * F, F, 0.0f,
+                  norms.data(), jc);
       stats.gemm_seconds += std::chrono::duration<double>(Clock::now() - g0).count();
-      stats.flops += 2.0 * bc * T * J * 2 * F + 2.0 * bc * J * F;
+      stats.flops += 2.0 * bc * T * jc * 2 * F + 2.0 * bc * jc * F;
+#pragma omp parallel for schedule(static)
+      for (int b = 0; b < bc; ++b)
+        selectors[static_cast<std::size_t>(b)].add(scores.data() + static_cast<std::size_t>(b) * T * jc, norms.data() + static_cast<std::size_t>(b) * jc,
+                                                   T, jc, jc, first_j, J);
     }
 
 #pragma omp parallel
@@ -287,6 +332,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       std::vector<float> weight(half), local_templates, local_scores, local_norms, best_row(static_cast<std::size_t>(2 * F));
       std::vector<Euler> candidates;
       OversampleScratch scratch;
+      HypothesisSelector local_selector;
 #pragma omp for schedule(dynamic, 2) reduction(+ : changed, angle_change)
       for (int b = 0; b < bc; ++b) {
         const std::size_t p = static_cast<std::size_t>(first + b), i = image_index[p];
@@ -294,9 +340,9 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
         Pose3D& pose = poses[p];
         const float* y = batch.y_rows.data() + bs * T * 2 * F;
         const float* c2 = batch.ctf2.data() + bs * F;
-        const float *cross, *norm;
         const std::vector<Euler>* orientations;
         int count;
+        std::vector<Hypothesis> coarse;
         if (search.local) {
           candidates = local_orientations({pose.rot, pose.tilt, pose.psi}, search.step);
           count = static_cast<int>(candidates.size());
@@ -312,14 +358,15 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
           local_scores.resize(static_cast<std::size_t>(T) * count);
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, count, 2 * F, 1.0f, y, 2 * F, local_templates.data(), 2 * F, 0.0f,
                       local_scores.data(), count);
-          cross = local_scores.data(), norm = local_norms.data();
+          local_selector.reset(settings.cc_scoring, settings.marginalize);
+          local_selector.add(local_scores.data(), local_norms.data(), T, count, count, 0, count);
+          coarse = local_selector.finish();
           orientations = &candidates;
         } else {
           count = J;
-          cross = scores.data() + bs * T * J, norm = norms.data() + bs * J;
+          coarse = selectors[bs].finish();
           orientations = &search.grid;
         }
-        const auto coarse = choose_hypotheses(cross, norm, T, count, settings.cc_scoring, settings.marginalize);
         const auto shift_of = [&](int index) {
           const auto& s = search.shifts[static_cast<std::size_t>(index / count)];
           return Shift{static_cast<float>(s.first + (search.relative_shifts ? pose.shift_x : 0.0)),
