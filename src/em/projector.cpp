@@ -19,19 +19,29 @@ float gridding_correction(int x, int y, int z, int center, int m) {
   return static_cast<float>(sx * sx * sy * sy * sz * sz);
 }
 
+namespace {
+/// Visits the n^3 box centred in the padded m^3 box: f(index in the n box, index in the m box,
+/// trilinear gridding correction there). Padding divides by it, cropping back divides again.
+template <class F>
+void for_each_centred_voxel(int n, int m, F f) {
+  const int offset = m / 2 - n / 2;
+  for (int z = 0; z < n; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) {
+        const int px = x + offset, py = y + offset, pz = z + offset;
+        f((static_cast<std::size_t>(z) * n + static_cast<std::size_t>(y)) * n + static_cast<std::size_t>(x),
+          (static_cast<std::size_t>(pz) * m + static_cast<std::size_t>(py)) * m + static_cast<std::size_t>(px),
+          gridding_correction(px, py, pz, m / 2, m));
+      }
+}
+}  // namespace
+
 Projector::Projector(const std::vector<float>& volume, int n, int padding)
     : n_(n), pad_(padding), m_(n * padding), hm_(n * padding / 2 + 1) {
   if (volume.size() != static_cast<std::size_t>(n) * n * n) fail("projector: volume is not {}^3", n);
   // Zero-pad to m^3 about the centre and pre-divide by the interpolation kernel's transform.
   std::vector<float> padded(static_cast<std::size_t>(m_) * m_ * m_, 0.0f);
-  const int offset = m_ / 2 - n / 2;
-  for (int z = 0; z < n; ++z)
-    for (int y = 0; y < n; ++y)
-      for (int x = 0; x < n; ++x) {
-        const int px = x + offset, py = y + offset, pz = z + offset;
-        padded[(static_cast<std::size_t>(pz) * m_ + py) * m_ + px] =
-            volume[(static_cast<std::size_t>(z) * n + y) * n + x] / gridding_correction(px, py, pz, m_ / 2, m_);
-      }
+  for_each_centred_voxel(n, m_, [&](std::size_t inner, std::size_t outer, float correction) { padded[outer] = volume[inner] / correction; });
   grid_ = image::fft_forward_3d(padded, m_);
 }
 
@@ -233,14 +243,7 @@ std::vector<float> BackProjector::reconstruct(const std::vector<double>& regular
   }
   std::vector<float> padded = image::fft_inverse_3d(spectrum, m_);
   std::vector<float> volume(static_cast<std::size_t>(n_) * n_ * n_);
-  const int offset = m_ / 2 - n_ / 2;
-  for (int z = 0; z < n_; ++z)
-    for (int y = 0; y < n_; ++y)
-      for (int x = 0; x < n_; ++x) {
-        const int px = x + offset, py = y + offset, pz = z + offset;
-        volume[(static_cast<std::size_t>(z) * n_ + y) * n_ + x] =
-            padded[(static_cast<std::size_t>(pz) * m_ + py) * m_ + px] / gridding_correction(px, py, pz, m_ / 2, m_);
-      }
+  for_each_centred_voxel(n_, m_, [&](std::size_t inner, std::size_t outer, float correction) { volume[inner] = padded[outer] / correction; });
   return volume;
 }
 

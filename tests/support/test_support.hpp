@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -162,6 +163,24 @@ inline void copy_with_bad_images(const fs::path& from, const fs::path& to, doubl
   fs::create_directories(to);
   write_mrc_stack(to / "particles.mrcs", all, reader.nx(), reader.ny(), reader.nz(), pixel_size);
   fs::copy_file(from / "particles.star", to / "particles.star", fs::copy_options::overwrite_existing);
+}
+
+// ------------------------------------------------------------------------------- numbers
+
+/// `count` draws from a normal distribution (mean, sd), seeded.
+inline std::vector<float> random_values(std::size_t count, unsigned seed, float sd = 1.0f, float mean = 0.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(mean, sd);
+  std::vector<float> values(count);
+  for (auto& v : values) v = normal(rng);
+  return values;
+}
+
+/// The largest |a[i] - b[i]|.
+inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double largest = 0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) largest = std::max(largest, static_cast<double>(std::abs(a[i] - b[i])));
+  return largest;
 }
 
 // ------------------------------------------------------------------------------- errors

@@ -14,26 +14,18 @@
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/image/fft.hpp"
+#include "support/test_support.hpp"
 
 namespace {
+
+using emcryo::test::max_abs_diff;
+using emcryo::test::random_values;
 
 using emcryo::image::Complex;
 using emcryo::image::half_size;
 namespace img = emcryo::image;
 
-std::vector<float> random_values(std::size_t count, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, 1.0f);
-  std::vector<float> v(count);
-  for (auto& x : v) x = g(rng);
-  return v;
-}
 
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double m = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, static_cast<double>(std::abs(a[i] - b[i])));
-  return m;
-}
 
 TEST(FftRoundTrip, Square2D) {
   for (int n : {16, 64, 100}) {

@@ -10,20 +10,17 @@
 
 #include "emcryo/image/fft.hpp"
 #include "emcryo/image/fourier.hpp"
+#include "support/test_support.hpp"
 
 namespace {
+
+using emcryo::test::max_abs_diff;
+using emcryo::test::random_values;
 
 namespace img = emcryo::image;
 using img::Complex;
 constexpr double kPi = std::numbers::pi;
 
-std::vector<float> random_values(std::size_t count, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, 1.0f);
-  std::vector<float> v(count);
-  for (auto& x : v) x = g(rng);
-  return v;
-}
 
 // A band-limited image: a few plane waves with integer frequencies (cycles per box) about the
 // centre pixel, so it can be sampled exactly on any grid finer than twice its highest frequency.
@@ -60,11 +57,6 @@ std::vector<float> waves_3d(int n) {
   return out;
 }
 
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double m = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, static_cast<double>(std::abs(a[i] - b[i])));
-  return m;
-}
 
 // ---- shifts ----
 

@@ -69,13 +69,9 @@ using emcryo::test::error_message;
 #define EXPECT_CONTAINS(text, part) \
   EXPECT_NE(std::string(text).find(part), std::string::npos) << "message: " << (text)
 
-std::vector<float> random_values(std::size_t count, unsigned seed, float scale = 3.0f,
-                                 float offset = 0.5f) {
-  std::mt19937 generator(seed);
-  std::normal_distribution<float> normal(offset, scale);
-  std::vector<float> values(count);
-  for (auto& v : values) v = normal(generator);
-  return values;
+// Values with a non-zero mean and a wide spread, so every mode's scaling is exercised.
+std::vector<float> random_values(std::size_t count, unsigned seed, float sd = 3.0f, float mean = 0.5f) {
+  return emcryo::test::random_values(count, seed, sd, mean);
 }
 
 std::vector<float> rounded_to_half(const std::vector<float>& values) {
