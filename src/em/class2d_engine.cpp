@@ -129,6 +129,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   std::vector<float> scores(static_cast<std::size_t>(B) * T * J);  // cross term, then weights
   std::vector<float> norms(static_cast<std::size_t>(B) * J);
   std::vector<float> weight_sums(static_cast<std::size_t>(B) * J);
+  std::vector<std::pair<int, int>> assigned(static_cast<std::size_t>(B));  // random assignment: (shift, template)
   std::vector<float> inv_sigma2(groups * static_cast<std::size_t>(F));
   for (std::size_t g = 0; g < groups; ++g)
     for (int f = 0; f < F; ++f)
@@ -209,6 +210,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
             if (search.shifts[static_cast<std::size_t>(t)].first == 0 && search.shifts[static_cast<std::size_t>(t)].second == 0) t0 = t;
           w[static_cast<std::size_t>(t0) * J + k * R + r] = 1.0f;
           wsum[k * R + r] = 1.0f;
+          assigned[static_cast<std::size_t>(b)] = {t0, k * R + r};
           thread_mass[static_cast<std::size_t>(tid)][static_cast<std::size_t>(k)] += 1;
           res = ParticleResult{};
           res.best_class = k;
@@ -327,13 +329,27 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
     }
 
     // M-step sums for this batch: S += W^T Y and D += Wsum^T (C^2 / sigma^2).
-    const auto gemm_start = Clock::now();
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, J, 2 * F, rows, 1.0f, scores.data(), J, y_matrix.data(),
-                2 * F, 1.0f, sum_data.data(), 2 * F);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, J, F, b_count, 1.0f, weight_sums.data(), J, ctf2.data(), F,
-                1.0f, sum_weight.data(), F);
-    stats.gemm_seconds += seconds_since(gemm_start);
-    stats.flops += 2.0 * J * 2 * F * rows + 2.0 * J * F * b_count;
+    if (settings.random_assignment) {
+      // W is one-hot per particle: add each particle's row to its template's sums directly
+      // rather than multiplying by a matrix of zeros.
+      for (int b = 0; b < b_count; ++b) {
+        const auto [t, j] = assigned[static_cast<std::size_t>(b)];
+        const float* y = y_matrix.data() + (static_cast<std::size_t>(b) * T + static_cast<std::size_t>(t)) * 2 * F;
+        float* sd = sum_data.data() + static_cast<std::size_t>(j) * 2 * F;
+        for (int f = 0; f < 2 * F; ++f) sd[f] += y[f];
+        const float* c2 = ctf2.data() + static_cast<std::size_t>(b) * F;
+        float* sw = sum_weight.data() + static_cast<std::size_t>(j) * F;
+        for (int f = 0; f < F; ++f) sw[f] += c2[f];
+      }
+    } else {
+      const auto gemm_start = Clock::now();
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, J, 2 * F, rows, 1.0f, scores.data(), J, y_matrix.data(),
+                  2 * F, 1.0f, sum_data.data(), 2 * F);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, J, F, b_count, 1.0f, weight_sums.data(), J, ctf2.data(), F,
+                  1.0f, sum_weight.data(), F);
+      stats.gemm_seconds += seconds_since(gemm_start);
+      stats.flops += 2.0 * J * 2 * F * rows + 2.0 * J * F * b_count;
+    }
     progress.advance(b_count);
   }
   progress.finish();
