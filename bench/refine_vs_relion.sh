@@ -84,6 +84,9 @@ fi
 for v in emcryo emcryo_marg; do
   $PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$W/$v/particles.star" --map "$W/$v/map_unfil.mrc" \
     --true-map "$D/truth_class001.mrc" --label "$v" --json "$W/${v}_eval.json"
+  # The first half map too: the like-for-like map when RELION is scored at an unfinished iteration.
+  $PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$W/$v/particles.star" --map "$W/$v/half1_unfil.mrc" \
+    --true-map "$D/truth_class001.mrc" --label "$v (half map 1)" --json "$W/${v}_half1_eval.json"
 done
 # RELION's final outputs, or (when its run was stopped before convergence) those of its last
 # finished iteration, labelled as such.
@@ -115,5 +118,5 @@ rl_wall=$(wall_s "$W/relion.time")
 for f in sys.argv[1:]:
     e = json.load(open(f))
     print(f"{e[\"label\"]}: median pose error {e[\"median_pose_error_deg\"]:.2f} deg, <5 deg {100*e[\"fraction_under_5deg\"]:.1f}%, FSC vs true map: 0.5 at {e[\"fsc_vs_true_0.5_A\"]:.2f} A, 0.143 at {e[\"fsc_vs_true_0.143_A\"]:.2f} A")' \
-    "$W/emcryo_eval.json" "$W/emcryo_marg_eval.json" "$W/relion_eval.json"
+    "$W/emcryo_eval.json" "$W/emcryo_half1_eval.json" "$W/emcryo_marg_eval.json" "$W/emcryo_marg_half1_eval.json" "$W/relion_eval.json"
 } | tee "$W/summary.txt"
