@@ -101,6 +101,12 @@ $PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$relion_data" --map "$
   --true-map "$D/truth_class001.mrc" --label "$relion_label" --json "$W/relion_eval.json"
 
 rl_wall=$(wall_s "$W/relion.time")
+if [[ -z $rl_wall ]]; then
+  # /usr/bin/time was stopped together with RELION: wall time from the start stamp in relion.cmd
+  # to the last finished iteration's files (what was scored above).
+  start=$(date -d "$(sed -n 's/^\[\([^]]*\)\].*/\1/p' "$W/relion.cmd")" +%s)
+  rl_wall=$(( $(stat -c %Y "$relion_data") - start ))
+fi
 {
   echo "data: $NPART particles, 64 px, 2 Å/px, SNR 0.05; C1; start: true map low-passed to 30 Å"
   echo "emcryo: checkout $rev"
@@ -114,9 +120,10 @@ rl_wall=$(wall_s "$W/relion.time")
   for v in emcryo emcryo_marg; do
     awk -v a="$rl_wall" -v b="$(wall_s "$W/$v.time")" -v v="$v" 'BEGIN {printf "wall-time ratio relion/%s: %.1f\n", v, a / b}'
   done
-  $PY -c 'import json,sys
+  $PY -c 'import json, sys
 for f in sys.argv[1:]:
     e = json.load(open(f))
-    print(f"{e[\"label\"]}: median pose error {e[\"median_pose_error_deg\"]:.2f} deg, <5 deg {100*e[\"fraction_under_5deg\"]:.1f}%, FSC vs true map: 0.5 at {e[\"fsc_vs_true_0.5_A\"]:.2f} A, 0.143 at {e[\"fsc_vs_true_0.143_A\"]:.2f} A")' \
+    print("%s: median pose error %.2f deg, <5 deg %.1f%%, FSC vs true map: 0.5 at %.2f A, 0.143 at %.2f A" % (e["label"],
+          e["median_pose_error_deg"], 100 * e["fraction_under_5deg"], e["fsc_vs_true_0.5_A"], e["fsc_vs_true_0.143_A"]))' \
     "$W/emcryo_eval.json" "$W/emcryo_half1_eval.json" "$W/emcryo_marg_eval.json" "$W/emcryo_marg_half1_eval.json" "$W/relion_eval.json"
 } | tee "$W/summary.txt"
