@@ -22,7 +22,6 @@ using geometry::Mat3;
 /// What the scoring of one batch leaves for each particle: its data at the listed frequencies
 /// (for the noise residual) and on the whole half grid (for the back-projection).
 struct PreparedBatch {
-  int count = 0;
   std::vector<float> y_rows;                 // [particle][shift] rows [Re Y | -Im Y]
   std::vector<float> ctf2;                   // [particle][F] C^2 / (2 sigma^2)
   std::vector<Complex> listed_x;             // [particle][F] masked transform
