@@ -14,7 +14,7 @@
 #include "emcryo/core/log.hpp"
 #include "emcryo/core/progress.hpp"
 #include "emcryo/core/random.hpp"
-#include "emcryo/em/class2d_engine.hpp"
+#include "emcryo/em/model2d.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/particles.hpp"
@@ -31,7 +31,7 @@ using json = nlohmann::json;
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Class2DOptions, particles, out_dir, classes, iterations, mask_diameter,
                                                 max_resolution, min_align_resolution, initial_resolution, psi_step,
                                                 offset_range, offset_step, tau2_fudge, uncertainty_factor,
-                                                force_max_poses, hard_classify_last, no_ctf, batch, seed)
+                                                force_max_poses, hard_classify_last, no_ctf, exhaustive, batch, seed)
 
 namespace {
 
@@ -43,10 +43,11 @@ struct IterationRecord {
   double mean_psi_change = 0;   // degrees
   double seconds = 0;
   double gflops = 0;
+  double scoring_gflop = 0;     // floating point operations of the scoring GEMMs (10^9)
   std::vector<double> class_sizes;
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(IterationRecord, iteration, log_likelihood, resolution, class_changes,
-                                                mean_psi_change, seconds, gflops, class_sizes)
+                                                mean_psi_change, seconds, gflops, scoring_gflop, class_sizes)
 
 struct JobState {
   Class2DOptions options;
@@ -181,12 +182,12 @@ void write_posteriors_star(const fs::path& path, const io::ParticleSet& set, con
   io::StarBlock block{"posteriors", true, {}};
   auto& t = block.table;
   const int c_name = t.add_column("rlnImageName"), c_pk = t.add_column("emcryoClassPosteriorMax"),
-            c_np = t.add_column("emcryoHypothesesWithWeight");
+            c_np = t.add_column("emcryoSignificantHypotheses");
   for (std::size_t r = 0; r < active.size(); ++r) {
     const std::size_t row = t.add_row();
     t.set_text(row, c_name, set.image_name(active[r]));
     t.set_number(row, c_pk, results[r].class_posterior_max, 6);
-    t.set_integer(row, c_np, results[r].poses_with_weight);
+    t.set_integer(row, c_np, results[r].significant_samples);
   }
   star.blocks.push_back(std::move(block));
   io::write_star(path, star);
@@ -332,11 +333,13 @@ Class2DResult run_job(JobState state, bool resumed) {
   const auto search = em::make_class2d_search(o.psi_step, o.offset_range, o.offset_step);
   log::info("class2d: {} particles ({} skipped), {} classes, box {} px, {:.3f} Å/px, psi step {}° ({} angles), "
             "{} shifts within {} px, {} iterations",
-            active.size(), skipped_notes.size(), o.classes, n, pixel, o.psi_step, search.psi.size(), search.shifts.size(),
+            active.size(), skipped_notes.size(), o.classes, n, pixel, o.psi_step, search.psi.size(), search.shifts.fine.size(),
             o.offset_range, o.iterations);
 
+  const auto backend = em::make_cpu_backend();
   em::Class2DSettings settings;
   settings.use_ctf = !o.no_ctf;
+  settings.coarse_to_fine = !o.exhaustive;
   settings.tau2_fudge = o.tau2_fudge;
   settings.batch = o.batch;
   std::vector<em::ParticleResult> results(active.size());
@@ -353,7 +356,7 @@ Class2DResult run_job(JobState state, bool resumed) {
     init.random_assignment = true;
     init.seed = splitmix64(o.seed);
     em::Class2DStats stats;
-    auto initial = em::class2d_iteration(set, active, state.model, search, mask, init, results, stats);
+    auto initial = em::class2d_iteration(set, active, state.model, search, mask, init, *backend, results, stats);
     initial.radius = state.model.radius;
     initial.sigma2 = state.model.sigma2;  // keep the data-based noise estimate
     initial.priors.assign(static_cast<std::size_t>(o.classes), 1.0 / o.classes);
@@ -380,7 +383,7 @@ Class2DResult run_job(JobState state, bool resumed) {
     settings.hard_classes = o.hard_classify_last && it == o.iterations;
     settings.seed = splitmix64(o.seed + static_cast<std::uint64_t>(it));
     em::Class2DStats stats;
-    auto next = em::class2d_iteration(set, active, state.model, search, mask, settings, results, stats);
+    auto next = em::class2d_iteration(set, active, state.model, search, mask, settings, *backend, results, stats);
 
     // Re-centre averages on their centre of mass, within the search range.
     for (auto& c : next.classes) {
@@ -450,6 +453,7 @@ Class2DResult run_job(JobState state, bool resumed) {
     record.log_likelihood = ll;
     record.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - it_start).count();
     record.gflops = stats.gemm_seconds > 0 ? stats.flops / stats.gemm_seconds / 1e9 : 0;
+    record.scoring_gflop = stats.flops / 1e9;
     state.model = next;
     state.iteration = it;
     state.history.push_back(record);
@@ -463,9 +467,10 @@ Class2DResult run_job(JobState state, bool resumed) {
     write_posteriors_star(dir / fmt::format("posteriors_it{:03}.star", it), set, active, results);
     save_checkpoint(dir, state);
     log::info("iteration {:3}/{}: resolution {:5.1f} Å (limit {:.1f} px), logL {:.6g}, class changes {:4.1f}%, "
-              "psi change {:5.1f}°, {:.1f} s, GEMM {:.0f} GFLOP/s",
+              "psi change {:5.1f}°, {:.1f} s, scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
               it, o.iterations, record.resolution, state.model.radius, record.log_likelihood, 100 * record.class_changes,
-              record.mean_psi_change, record.seconds, record.gflops);
+              record.mean_psi_change, record.seconds, record.scoring_gflop, static_cast<double>(stats.coarse_hypotheses),
+              static_cast<double>(stats.fine_hypotheses));
     out.gflops = record.gflops;
   }
 
