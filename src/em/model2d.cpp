@@ -138,8 +138,13 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   es.fine.poses = settings.force_max_poses ? Reduce::maximize : Reduce::marginalize;
   es.fine.class_temperature = settings.class_temperature;
   for (double p : model.priors) es.fine.log_class_prior.push_back(std::log(std::max(p, 1e-12)));
+  // 2D posteriors are broad for many iterations (random starts, class temperature), and cutting
+  // them short costs class recovery (measured on the 8-view test set: ARI 0.72 with at most 300
+  // hypotheses per particle, 0.93 keeping 99.999% of the mass), so the mass cut is loose and the
+  // coarse pass, not a cap, bounds the work.
   es.fine.cap = settings.max_significant;
-  es.coarse.cap = 32;
+  es.fine.mass = es.coarse.mass = 0.99999;
+  es.coarse.cap = 1000;
   if (settings.random_assignment) es.fine.log_class_prior.clear();
 
   TemplateSums sums(K * R, F);

@@ -182,7 +182,7 @@ void write_posteriors_star(const fs::path& path, const io::ParticleSet& set, con
   io::StarBlock block{"posteriors", true, {}};
   auto& t = block.table;
   const int c_name = t.add_column("rlnImageName"), c_pk = t.add_column("emcryoClassPosteriorMax"),
-            c_np = t.add_column("emcryoSignificantHypotheses");
+            c_np = t.add_column("emcryoHypothesesWithWeight");
   for (std::size_t r = 0; r < active.size(); ++r) {
     const std::size_t row = t.add_row();
     t.set_text(row, c_name, set.image_name(active[r]));

@@ -37,7 +37,7 @@ struct Class2DSettings {
   double tau2_fudge = 2;          // T in V = sum(w c X)/(sum(w c^2) + 1/(T tau^2))
   int batch = 256;                // particles per E-step batch (bounds memory)
   bool coarse_to_fine = true;     // off: every hypothesis at the full frequency limit
-  int max_significant = 300;      // hypotheses per particle entering the M-step (RELION's --maxsig)
+  int max_significant = 100000;   // hypotheses per particle entering the M-step (RELION's --maxsig)
   bool random_assignment = false; // initial M-step: random class and angle, no E-step
   std::uint64_t seed = 1;
 };

@@ -9,6 +9,7 @@
 #include "emcryo/em/model2d.hpp"
 #include "emcryo/em/score_rows.hpp"
 #include "emcryo/image/fourier.hpp"
+#include "support/test_mrc.hpp"
 #include "support/test_support.hpp"
 
 using namespace emcryo;
