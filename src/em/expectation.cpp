@@ -223,6 +223,8 @@ void run_expectation(const io::ParticleSet& set, const std::vector<std::size_t>&
   const bool c2f = space.coarse_to_fine;
   const int Fc = c2f ? static_cast<int>(frequencies_within(list, std::max(1.0, space.coarse_radius))) : F;
   if (F == 0 || Fc == 0 || space.shifts.fine.empty()) fail("E-step: empty search (F = {}, shifts = {})", F, space.shifts.fine.size());
+  if (!settings.score && (space.orientations != SearchSpace::Orientations::fixed || space.shifts.fine.size() != 1 || !space.relative_shifts))
+    fail("E-step: an E-step without scoring needs fixed poses (internal error)");
   const int K = source.classes();
   const std::size_t half = image::half_size(n, n);
   const int threads = omp_get_max_threads();
@@ -361,6 +363,12 @@ void run_expectation(const io::ParticleSet& set, const std::vector<std::size_t>&
       const Shift base = space.relative_shifts ? sp.shift : Shift{0, 0};
       const std::vector<Euler>& orientations = coarse_orientations(space, sp, s);
       ParticleOutcome& outcome = scored.outcomes[sz(b)];
+      if (!settings.score) {
+        outcome.kept.push_back({1.0f, 0, sp.orientation, base, 0});
+        outcome.posterior.class_posterior.assign(sz(K), 0.0);
+        outcome.posterior.class_posterior[0] = 1;
+        continue;
+      }
       Posterior coarse;
       if (shared) {
         coarse = coarse_reducers[sz(b)].finish();

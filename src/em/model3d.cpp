@@ -95,6 +95,13 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   es.use_ctf = settings.use_ctf;
   es.cross_correlation = settings.cc_scoring;
   es.full_grids = true;
+  es.score = !settings.known_poses;
+  if (settings.known_poses) {
+    space.orientations = SearchSpace::Orientations::fixed;
+    space.shifts = make_shift_grid(0, 1);
+    space.relative_shifts = true;
+    space.coarse_to_fine = false;
+  }
   es.batch = settings.batch;
   es.fine.poses = settings.marginalize && !settings.cc_scoring ? Reduce::marginalize : Reduce::maximize;
   es.fine.classes = settings.hard_classes || settings.cc_scoring ? Reduce::maximize : Reduce::marginalize;
@@ -123,7 +130,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       Pose3D& pose = poses[p];
       moved[sz(b)] = geometry::rotation_angle_between(geometry::euler_to_matrix({pose.rot, pose.tilt, pose.psi}),
                                                       geometry::euler_to_matrix(best.orientation));
-      if (!settings.cc_scoring) {
+      if (!settings.cc_scoring && !settings.known_poses) {
         const PreparedParticle& pp = batch.particles[sz(b)];
         std::vector<Complex> sample(sz(F)), ramp(sz(F));
         std::vector<float> row(2 * sz(F));

@@ -56,6 +56,8 @@ struct EStepSettings {
   bool use_ctf = true;
   bool cross_correlation = false;  // scores are normalised cross-correlations (reference not on the data's scale)
   bool full_grids = false;         // keep each particle's unmasked transform and CTF on the half grid
+  bool score = true;               // false: poses are known (fixed orientation, one shift): nothing is
+                                   // scored and each particle's one hypothesis has weight 1
   int batch = 256;
   PosteriorSettings coarse;        // mass and cap of the coarse pass (poses always marginalised there)
   PosteriorSettings fine;          // the job's choices per hidden variable

@@ -45,6 +45,7 @@ struct ExpectationSettings {
   std::vector<double> class_priors;  // pi_k; empty = uniform
   int batch = 256;             // particles per batch (bounds memory)
   double insert_radius = 0;    // pixels: back-projection limit
+  bool known_poses = false;    // back-project at the given poses only (reconstruction): no scoring, no noise sums
 };
 
 /// Residual power per optics group and shell, for the noise model.
