@@ -14,10 +14,13 @@
 
 namespace emcryo::fuzz {
 
-/// A folder of this process, created once (removed at exit), under $TMPDIR or /tmp.
+/// A folder of this process, created once (removed at exit), in /dev/shm when there is one: the
+/// targets write a file per input, and memory is several times faster than a disk.
 inline const std::filesystem::path& scratch_dir() {
   static const std::filesystem::path dir = [] {
-    auto path = std::filesystem::temp_directory_path() / ("emcryo_fuzz_" + std::to_string(::getpid()));
+    const std::filesystem::path base =
+        std::filesystem::is_directory("/dev/shm") ? "/dev/shm" : std::filesystem::temp_directory_path();
+    auto path = base / ("emcryo_fuzz_" + std::to_string(::getpid()));
     std::filesystem::create_directories(path);
     std::atexit([] {
       std::error_code ignored;

@@ -56,6 +56,36 @@ void write_atomically(const std::filesystem::path& path,
   }
 }
 
+namespace {
+
+// "<name>.tmp<digits>" or "<name>.tmp<digits>_<digits>": the temporary names this file and
+// MrcStackWriter use, and nothing a user would name a file.
+bool is_temporary_name(const std::string& name) {
+  const auto at = name.rfind(".tmp");
+  if (at == std::string::npos || at == 0) return false;
+  const std::string tail = name.substr(at + 4);
+  const auto underscore = tail.find('_');
+  const auto digits = [](const std::string& t) {
+    return !t.empty() && t.find_first_not_of("0123456789") == std::string::npos;
+  };
+  if (underscore == std::string::npos) return digits(tail);
+  return digits(tail.substr(0, underscore)) && digits(tail.substr(underscore + 1));
+}
+
+}  // namespace
+
+std::vector<std::string> remove_stale_temporaries(const std::filesystem::path& dir) {
+  std::vector<std::string> removed;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!is_temporary_name(name)) continue;
+    std::error_code ignored;
+    if (std::filesystem::remove(entry.path(), ignored)) removed.push_back(name);
+  }
+  return removed;
+}
+
 void write_text_file(const std::filesystem::path& path, const std::string& text) {
   write_atomically(path, [&](const std::filesystem::path& temp) {
     // POSIX calls rather than ofstream: they say why a write failed (ENOSPC, EACCES...).

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "emcryo/core/error.hpp"
+#include "emcryo/core/files.hpp"
 #include "emcryo/core/log.hpp"
 
 namespace emcryo {
@@ -81,6 +82,10 @@ JobLock::JobLock(const fs::path& dir) : path_(dir / ".emcryo.lock") {
       fail("{}: cannot write the job lock file: {}", path_.string(), std::strerror(error));
     }
     fd_ = fd;
+    // The folder is ours now: what a killed writer left half-written goes (its complete
+    // outputs and checkpoint stay).
+    for (const std::string& name : remove_stale_temporaries(dir))
+      log::warn("{}: removed {}, left half-written by a job that was killed", dir.string(), excerpt(name));
     return;
   }
 }

@@ -39,6 +39,16 @@ fs::path resolve_stack(const std::string& file, const fs::path& folder) {
   return beside_star;
 }
 
+// The particles table: data_particles (3.1), else the first loop with rlnImageName (3.0). One
+// rule for reading and for output_star(), so both always mean the same table.
+template <typename Star>
+auto* particles_block(Star& star) {
+  auto* found = star.find_block("particles");
+  for (auto& block : star.blocks)
+    if (found == nullptr && block.is_loop && block.table.has("rlnImageName")) found = &block;
+  return found;
+}
+
 }  // namespace
 
 ParticleSet ParticleSet::read(const fs::path& star_path) {
@@ -46,13 +56,8 @@ ParticleSet ParticleSet::read(const fs::path& star_path) {
   set.path_ = star_path;
   set.star_ = read_star(star_path);
   const StarFile& star = set.star_;
-  const StarBlock* particles = star.find_block("particles");
+  const StarBlock* particles = particles_block(star);
   const StarBlock* optics = star.find_block("optics");
-  if (!particles) {
-    // RELION 3.0: a single loop block holds everything.
-    for (const auto& block : star.blocks)
-      if (block.is_loop && block.table.has("rlnImageName")) particles = &block;
-  }
   if (!particles) fail("{}: no particles table (data_particles with rlnImageName)", star_path.string());
   set.particles_ = &particles->table;
   const StarTable& t = particles->table;
@@ -313,9 +318,7 @@ std::string ParticleSet::portable_image_name(std::size_t i) const {
 }
 
 StarTable& ParticleSet::particles_table(StarFile& star) {
-  if (StarBlock* block = star.find_block("particles")) return block->table;
-  for (auto& block : star.blocks)
-    if (block.is_loop && block.table.has("rlnImageName")) return block.table;
+  if (StarBlock* block = particles_block(star)) return block->table;
   fail("{}: no particles table", star.path.string());
 }
 

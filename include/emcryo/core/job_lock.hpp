@@ -13,6 +13,7 @@ namespace emcryo {
 ///   is running in this folder; wait for it, or choose another --out".
 /// - A lock file left by a job that was killed (its flock was freed when it died) is taken over,
 ///   with a warning line naming the old pid and host.
+/// - Temporary files a killed job left half-written are removed (remove_stale_temporaries).
 ///
 /// flock works across NFS on Linux >= 2.6.12 (emulated with fcntl locks by the client).
 class JobLock {

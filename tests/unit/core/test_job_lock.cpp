@@ -59,3 +59,17 @@ TEST(JobLock, KilledHolderFreesTheFolder) {
   ::close(ready[0]);
   ::close(ready[1]);
 }
+
+// Found by bench/kill_trials.sh: a job killed while writing left "particles_it003.star.tmp<pid>"
+// behind, and --continue did not remove it.
+TEST(JobLock, ClaimRemovesTemporariesOfAKilledJobOnly) {
+  const test::TempDir scratch("job_lock_tmp");
+  for (const char* name : {"particles_it003.star.tmp14713", "classes.mrcs.tmp99_3", "keep.star", "notes.tmp",
+                           "data.tmp12x", "checkpoint.json"})
+    test::write_text(scratch.path() / name, "x");
+  const JobLock lock(scratch.path());
+  EXPECT_FALSE(fs::exists(scratch.path() / "particles_it003.star.tmp14713"));
+  EXPECT_FALSE(fs::exists(scratch.path() / "classes.mrcs.tmp99_3"));
+  for (const char* kept : {"keep.star", "notes.tmp", "data.tmp12x", "checkpoint.json"})
+    EXPECT_TRUE(fs::exists(scratch.path() / kept)) << kept;
+}

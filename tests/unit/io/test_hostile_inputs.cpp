@@ -185,6 +185,18 @@ TEST_F(HostileParticles, OddOrTinyBoxIsRefused) {
   expect_clean(error_for_rows("1@Extract/s.mrcs 0 1000 1000\n"), "an even box of at least 8 px");
 }
 
+// Found by fuzz_particles: with two RELION 3.0 loops, read() took the last and output_star() the
+// first, so a job failed at its very end ("select_rows: row 0 is out of range").
+TEST_F(HostileParticles, TwoRelion30LoopsReadAndWriteTheSameTable) {
+  const auto path = test::write_text(dir_.path() / "two.star",
+                                     "data_a\nloop_\n_rlnImageName\n1@Extract/s.mrcs\n\n"
+                                     "data_b\nloop_\n_rlnImageName\n2@Extract/s.mrcs\n3@Extract/s.mrcs\n");
+  const auto set = io::ParticleSet::read(path);
+  EXPECT_EQ(set.size(), 1u);
+  auto out = set.output_star({0});
+  EXPECT_EQ(io::ParticleSet::particles_table(out).rows(), 1u);
+}
+
 TEST_F(HostileParticles, MissingImageColumnAndEmptyFile) {
   const auto path = test::write_text(dir_.path() / "q.star", "data_particles\nloop_\n_rlnAngleRot\n1\n");
   expect_clean(test::error_message([&] { (void)io::ParticleSet::read(path); }), "q.star: data_particles: missing required column rlnImageName");
