@@ -117,6 +117,13 @@ TEST(HostileStar, CrlfLineEndsReadAsLf) {
   EXPECT_EQ(star.blocks[0].table.text(1, 1), "4");
 }
 
+// Found by fuzz_particles: such a value was read, then a job failed writing its particles.star.
+TEST(HostileStar, ValueThatCannotBeWrittenBackIsRefusedOnRead) {
+  expect_clean(parse_error("data_p\nloop_\n_rlnA\n_rlnB\n'a\rb' 2\n"), "t.star:5: column rlnA: quoted value");
+  expect_clean(parse_error("data_p\n_rlnA \"x\ry\"\n"), "holds a carriage return");
+  EXPECT_EQ(parse_error("data_p\r\nloop_\r\n_rlnA\r\n'it is'\r\n\"it's\"\r\n"), "");  // CRLF after quotes is fine
+}
+
 TEST(HostileStar, EmptyFileIsNotAStarFile) { expect_clean(parse_error(""), "no data_ block"); }
 
 // Found by reasoning about fuzz_star: many labels once made the duplicate check quadratic (a hang)
