@@ -204,6 +204,23 @@ TEST_F(HostileParticles, TwoRelion30LoopsReadAndWriteTheSameTable) {
   EXPECT_EQ(io::ParticleSet::particles_table(out).rows(), 1u);
 }
 
+// An input stack that disappears mid-run (NFS hiccup, a user's rm): the open descriptor keeps
+// the images readable; one cut short while open gives a clear error naming it, never garbage.
+TEST_F(HostileParticles, StackRemovedOrTruncatedWhileAJobReadsIt) {
+  fs::copy_file(dir_.path() / "Extract/s.mrcs", dir_.path() / "Extract/t.mrcs");
+  const auto path = test::write_text(dir_.path() / "p.star", "data_\nloop_\n_rlnImageName\n1@Extract/s.mrcs\n3@Extract/s.mrcs\n");
+  const auto set = io::ParticleSet::read(path);
+  const auto before = set.read_image(1);
+  fs::remove(dir_.path() / "Extract/s.mrcs");
+  EXPECT_EQ(set.read_image(1), before);
+
+  const auto again = io::ParticleSet::read(
+      test::write_text(dir_.path() / "q.star", "data_\nloop_\n_rlnImageName\n1@Extract/t.mrcs\n3@Extract/t.mrcs\n"));
+  fs::resize_file(dir_.path() / "Extract/t.mrcs", 1024 + 16 * 16 * 4);  // only the first image left
+  EXPECT_EQ(again.read_image(0).size(), 256u);
+  expect_clean(test::error_message([&] { (void)again.read_image(1); }), "t.mrcs: file ended at byte");
+}
+
 TEST_F(HostileParticles, MissingImageColumnAndEmptyFile) {
   const auto path = test::write_text(dir_.path() / "q.star", "data_particles\nloop_\n_rlnAngleRot\n1\n");
   expect_clean(test::error_message([&] { (void)io::ParticleSet::read(path); }), "q.star: data_particles: missing required column rlnImageName");
