@@ -13,18 +13,51 @@ namespace emcryo::io {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// A value a job computes with: NaN or Inf would poison maps or index grids, so it is refused
+// where it is read, with its line.
+void require_finite(const StarTable& t, std::size_t row, int column, double value, const fs::path& star) {
+  if (!std::isfinite(value))
+    fail("{}:{}: column {}: '{}' is not a finite number", star.string(), t.line_of(row),
+         t.column_names()[static_cast<std::size_t>(column)], excerpt(t.text(row, column)));
+}
+
+double finite_number(const StarTable& t, std::size_t row, int column, const fs::path& star) {
+  const double value = t.number(row, column);
+  require_finite(t, row, column, value, star);
+  return value;
+}
+
+// Where the stack of "N@path" is: the STAR file's folder first, then the working directory.
+// Errors from the file system (a name too long, a loop of links) count as "not found".
+fs::path resolve_stack(const std::string& file, const fs::path& folder) {
+  std::error_code ec;
+  const fs::path beside_star = fs::path(file).is_absolute() ? fs::path(file) : folder / file;
+  if (fs::exists(beside_star, ec)) return beside_star;
+  if (fs::exists(file, ec)) return file;
+  return beside_star;
+}
+
+// The particles table: data_particles (3.1), else the first loop with rlnImageName (3.0). One
+// rule for reading and for output_star(), so both always mean the same table.
+template <typename Star>
+auto* particles_block(Star& star) {
+  auto* found = star.find_block("particles");
+  for (auto& block : star.blocks)
+    if (found == nullptr && block.is_loop && block.table.has("rlnImageName")) found = &block;
+  return found;
+}
+
+}  // namespace
+
 ParticleSet ParticleSet::read(const fs::path& star_path) {
   ParticleSet set;
   set.path_ = star_path;
   set.star_ = read_star(star_path);
   const StarFile& star = set.star_;
-  const StarBlock* particles = star.find_block("particles");
+  const StarBlock* particles = particles_block(star);
   const StarBlock* optics = star.find_block("optics");
-  if (!particles) {
-    // RELION 3.0: a single loop block holds everything.
-    for (const auto& block : star.blocks)
-      if (block.is_loop && block.table.has("rlnImageName")) particles = &block;
-  }
   if (!particles) fail("{}: no particles table (data_particles with rlnImageName)", star_path.string());
   set.particles_ = &particles->table;
   const StarTable& t = particles->table;
@@ -45,11 +78,11 @@ ParticleSet ParticleSet::read(const fs::path& star_path) {
       OpticsGroup g;
       g.number = static_cast<int>(o.integer(r, c_num));
       g.name = c_name >= 0 ? std::string(o.text(r, c_name)) : "opticsGroup" + std::to_string(g.number);
-      g.pixel_size = c_pix >= 0 ? o.number(r, c_pix) : 0;
+      g.pixel_size = c_pix >= 0 ? finite_number(o, r, c_pix, star_path) : 0;
       g.image_size = c_size >= 0 ? static_cast<int>(o.integer(r, c_size)) : 0;
-      if (c_volt >= 0) g.voltage = o.number(r, c_volt);
-      if (c_cs >= 0) g.cs = o.number(r, c_cs);
-      if (c_q0 >= 0) g.amplitude_contrast = o.number(r, c_q0);
+      if (c_volt >= 0) g.voltage = finite_number(o, r, c_volt, star_path);
+      if (c_cs >= 0) g.cs = finite_number(o, r, c_cs, star_path);
+      if (c_q0 >= 0) g.amplitude_contrast = finite_number(o, r, c_q0, star_path);
       if (c_pre >= 0) g.ctf_premultiplied = o.integer(r, c_pre) != 0;
       if (g.pixel_size <= 0 && c_pix >= 0)
         fail("{}:{}: data_optics: column rlnImagePixelSize: must be positive", star_path.string(), o.line_of(r));
@@ -62,9 +95,12 @@ ParticleSet ParticleSet::read(const fs::path& star_path) {
     if (int c = t.find("rlnImagePixelSize"); c >= 0) g.pixel_size = t.number(0, c);
     else if (t.has("rlnDetectorPixelSize") && t.has("rlnMagnification"))
       g.pixel_size = t.number(0, t.find("rlnDetectorPixelSize")) * 1e4 / t.number(0, t.find("rlnMagnification"));
-    if (int c = t.find("rlnVoltage"); c >= 0) g.voltage = t.number(0, c);
-    if (int c = t.find("rlnSphericalAberration"); c >= 0) g.cs = t.number(0, c);
-    if (int c = t.find("rlnAmplitudeContrast"); c >= 0) g.amplitude_contrast = t.number(0, c);
+    if (!std::isfinite(g.pixel_size) || g.pixel_size < 0)
+      fail("{}:{}: pixel size {} from rlnImagePixelSize or rlnDetectorPixelSize / rlnMagnification is not a "
+           "positive number", star_path.string(), t.line_of(0), g.pixel_size);
+    if (int c = t.find("rlnVoltage"); c >= 0) g.voltage = finite_number(t, 0, c, star_path);
+    if (int c = t.find("rlnSphericalAberration"); c >= 0) g.cs = finite_number(t, 0, c, star_path);
+    if (int c = t.find("rlnAmplitudeContrast"); c >= 0) g.amplitude_contrast = finite_number(t, 0, c, star_path);
     optics_index_of_number[1] = 0;
     set.optics_.push_back(g);
   }
@@ -93,18 +129,24 @@ ParticleSet ParticleSet::read(const fs::path& star_path) {
     const std::string_view name = t.text(r, set.c_image_);
     const auto at = name.find('@');
     if (at == std::string_view::npos || at == 0)
-      fail("{}:{}: column rlnImageName: '{}' is not of the form N@stack.mrcs", star_path.string(), t.line_of(r), name);
+      fail("{}:{}: column rlnImageName: '{}' is not of the form N@stack.mrcs", star_path.string(), t.line_of(r),
+           excerpt(name));
     std::int64_t index = 0;
     auto [p, ec] = std::from_chars(name.data(), name.data() + at, index);
     if (ec != std::errc() || p != name.data() + at || index < 1)
-      fail("{}:{}: column rlnImageName: '{}' has no valid image number", star_path.string(), t.line_of(r), name);
+      fail("{}:{}: column rlnImageName: '{}' has no valid image number", star_path.string(), t.line_of(r),
+           excerpt(name));
     std::string file(name.substr(at + 1));
+    if (file.empty())
+      fail("{}:{}: column rlnImageName: '{}' names no stack file after '@'", star_path.string(), t.line_of(r),
+           excerpt(name));
     auto [it, inserted] = stack_id.try_emplace(file, static_cast<std::uint32_t>(set.stacks_.size()));
     if (inserted) {
-      fs::path resolved = fs::path(file).is_absolute() ? fs::path(file) : folder / file;
-      if (!fs::exists(resolved) && fs::exists(file)) resolved = file;
-      if (!fs::exists(resolved))
-        fail("{}:{}: column rlnImageName: stack file '{}' not found", star_path.string(), t.line_of(r), resolved.string());
+      const fs::path resolved = resolve_stack(file, folder);
+      std::error_code not_found;
+      if (!fs::exists(resolved, not_found))
+        fail("{}:{}: column rlnImageName: stack file '{}' not found", star_path.string(), t.line_of(r),
+             excerpt(resolved.string(), 200));
       set.stacks_.push_back(resolved);
       max_index.push_back(0);
       row_of_max.push_back(r);
@@ -118,12 +160,22 @@ ParticleSet ParticleSet::read(const fs::path& star_path) {
   }
   set.readers_.resize(set.stacks_.size());
   for (std::size_t s = 0; s < set.stacks_.size(); ++s) {
-    const MrcReader& reader = set.reader(s);
+    const MrcReader& reader = [&]() -> const MrcReader& {
+      try {
+        return set.reader(s);
+      } catch (const Error& e) {  // say which row named the stack
+        fail("{}:{}: column rlnImageName: {}", star_path.string(), t.line_of(row_of_max[s]), e.what());
+      }
+    }();
     if (max_index[s] > reader.nz())
       fail("{}:{}: column rlnImageName: image {} is beyond the end of {} ({} images)", star_path.string(),
            t.line_of(row_of_max[s]), max_index[s], set.stacks_[s].string(), reader.nz());
     if (reader.nx() != reader.ny())
       fail("{}: images are {}x{}; square images are required", set.stacks_[s].string(), reader.nx(), reader.ny());
+    // Every job works on the Fourier half grid of an even box centred at N/2, as RELION does.
+    if (reader.nx() % 2 != 0 || reader.nx() < 8)
+      fail("{}: images are {}x{} px; an even box of at least 8 px is required", set.stacks_[s].string(), reader.nx(),
+           reader.ny());
     if (s == 0) set.box_ = reader.nx();
     else if (reader.nx() != set.box_)
       fail("{}: box {} differs from {} in {}", set.stacks_[s].string(), reader.nx(), set.box_, set.stacks_[0].string());
@@ -162,9 +214,15 @@ ParticleSet ParticleSet::read(const fs::path& star_path) {
   set.c_subset_ = t.find("rlnRandomSubset");
   set.c_class_ = t.find("rlnClassNumber");
   // Parse every numeric column a job will use once now, so a bad value fails before any work.
-  for (int c : {set.c_du_, set.c_dv_, set.c_dang_, set.c_bfac_, set.c_scale_, set.c_phase_, set.c_rot_,
-                set.c_tilt_, set.c_psi_, set.c_ox_, set.c_oy_, set.c_subset_, set.c_class_})
-    if (c >= 0) (void)t.numbers(c);
+  for (int c : {set.c_du_, set.c_dv_, set.c_dang_, set.c_bfac_, set.c_scale_, set.c_phase_, set.c_volt_, set.c_cs_,
+                set.c_q0_, set.c_rot_, set.c_tilt_, set.c_psi_, set.c_ox_, set.c_oy_}) {
+    if (c < 0) continue;
+    const std::vector<double> values = t.numbers(c);
+    for (std::size_t r = 0; r < values.size(); ++r) require_finite(t, r, c, values[r], star_path);
+  }
+  for (int c : {set.c_subset_, set.c_class_})  // read as integers by random_subset(), class_number()
+    if (c >= 0)
+      for (std::size_t r = 0; r < t.rows(); ++r) (void)t.integer(r, c);
   if (set.has_ctf_ && set.c_dv_ < 0) fail("{}: data_particles: rlnDefocusU without rlnDefocusV", star_path.string());
   return set;
 }
@@ -260,9 +318,7 @@ std::string ParticleSet::portable_image_name(std::size_t i) const {
 }
 
 StarTable& ParticleSet::particles_table(StarFile& star) {
-  if (StarBlock* block = star.find_block("particles")) return block->table;
-  for (auto& block : star.blocks)
-    if (block.is_loop && block.table.has("rlnImageName")) return block.table;
+  if (StarBlock* block = particles_block(star)) return block->table;
   fail("{}: no particles table", star.path.string());
 }
 

@@ -6,11 +6,12 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <nlohmann/json.hpp>
+#include "emcryo/jobs/checkpoint_json.hpp"
 #include <numeric>
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/files.hpp"
+#include "emcryo/core/job_lock.hpp"
 #include "emcryo/core/log.hpp"
 #include "emcryo/core/progress.hpp"
 #include "emcryo/core/random.hpp"
@@ -504,6 +505,7 @@ Class2DResult run_job(JobState state, bool resumed) {
 
 Class2DResult run_class2d(const Class2DOptions& options) {
   const fs::path dir(options.out_dir);
+  const JobLock lock(dir);  // held to the end: a second job into this folder refuses
   if (fs::exists(dir / "checkpoint.json"))
     fail("{}: already holds a class2d run; use --continue {} to resume it, or choose another --out", options.out_dir,
          options.out_dir);
@@ -517,6 +519,7 @@ Class2DResult run_class2d(const Class2DOptions& options) {
 Class2DResult continue_class2d(const std::string& out_dir) {
   const fs::path path = fs::path(out_dir) / "checkpoint.json";
   if (!fs::exists(path)) fail("{}: no checkpoint.json: nothing to continue", out_dir);
+  const JobLock lock(out_dir);
   json j;
   try {
     j = json::parse(read_text_file(path));

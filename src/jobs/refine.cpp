@@ -6,11 +6,12 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <nlohmann/json.hpp>
+#include "emcryo/jobs/checkpoint_json.hpp"
 #include <numbers>
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/files.hpp"
+#include "emcryo/core/job_lock.hpp"
 #include "emcryo/core/log.hpp"
 #include "emcryo/core/progress.hpp"
 #include "emcryo/em/expectation.hpp"
@@ -341,6 +342,7 @@ RefineResult run(State state, bool resumed) {
 }  // namespace
 
 RefineResult run_refine(const RefineOptions& options) {
+  const JobLock lock(options.out_dir);  // held to the end: a second job into this folder refuses
   if (fs::exists(fs::path(options.out_dir) / "checkpoint.json"))
     fail("{}: already holds a refine run; use --continue {} to resume it, or choose another --out", options.out_dir, options.out_dir);
   (void)geometry::make_symmetry_group(options.symmetry);  // an unknown name fails before any work
@@ -355,6 +357,7 @@ RefineResult run_refine(const RefineOptions& options) {
 RefineResult continue_refine(const std::string& out_dir) {
   const fs::path path = fs::path(out_dir) / "checkpoint.json";
   if (!fs::exists(path)) fail("{}: no checkpoint.json: nothing to continue", out_dir);
+  const JobLock lock(out_dir);
   State state;
   try {
     state = json::parse(read_text_file(path)).get<State>();
