@@ -93,7 +93,7 @@ void prepare_batch(const io::ParticleSet& set, const std::size_t* images, int co
 }
 
 /// Coarse rows of particle b: (coarse shifts, each moved by the particle's start shift) at Fc.
-void fill_coarse_rows(const Batch& batch, int b, int F, int Fc, const CoarseLayout& layout, const std::vector<Complex>& fine_ramps,
+void fill_coarse_rows(Batch& batch, int b, int F, int Fc, const CoarseLayout& layout, const std::vector<Complex>& fine_ramps,
                       const float* isg, const Shift& base, const FrequencyList& list, Scratch& s) {
   const Complex* x = batch.x.data() + sz(b) * sz(F);
   const float* c = batch.ctf.data() + sz(b) * sz(F);
@@ -104,7 +104,7 @@ void fill_coarse_rows(const Batch& batch, int b, int F, int Fc, const CoarseLayo
   for (int t = 0; t < layout.shifts; ++t) {
     const Complex* r = fine_ramps.data() + sz(layout.shift_ids[sz(t)]) * sz(F);
     for (int f = 0; f < Fc; ++f) s.ramps[sz(f)] = moved ? r[f] * s.base_ramp[sz(f)] : r[f];
-    float* row = const_cast<float*>(batch.coarse_rows.data()) + (sz(t) * sz(batch.count) + sz(b)) * 2 * sz(Fc);
+    float* row = batch.coarse_rows.data() + (sz(t) * sz(batch.count) + sz(b)) * 2 * sz(Fc);
     fill_score_rows(x, c, isg, s.ramps.data(), 1, Fc, row);
   }
 }
@@ -113,7 +113,7 @@ void fill_coarse_rows(const Batch& batch, int b, int F, int Fc, const CoarseLayo
 const std::vector<Euler>& coarse_orientations(const SearchSpace& space, const StartPose& start, Scratch& s) {
   if (space.orientations == SearchSpace::Orientations::grid) return space.grid;
   s.orientations.clear();
-  if (space.orientations == SearchSpace::Orientations::local) s.orientations = local_orientations(start.orientation, space.local_step);
+  if (space.orientations == SearchSpace::Orientations::local) s.orientations = local_orientations(start.orientation, space.local_spacing);
   else s.orientations.push_back(start.orientation);
   return s.orientations;
 }
@@ -212,213 +212,273 @@ double coarse_radius_for(double cell_degrees, double coarse_shift_step, int n, d
   return std::min(radius, std::max(6.0, reach));
 }
 
+namespace {
+
+/// One E-step: planned once (sizes, coarse templates, buffers), then run batch by batch.
+class EStep {
+ public:
+  EStep(const io::ParticleSet& set, const std::vector<std::size_t>& images, const std::vector<StartPose>& start,
+        const SearchSpace& space, const TemplateSource& source, const FrequencyList& list,
+        const std::vector<std::vector<double>>& sigma2, const std::vector<float>& mask, const EStepSettings& settings,
+        ScoringBackend& backend)
+      : set_(set), images_(images), start_(start), space_(space), source_(source), list_(list), mask_(mask), settings_(settings),
+        backend_(backend) {
+    plan(sigma2);
+  }
+
+  void run(const Consumer& consumer, EStepStats& stats, Progress* progress) {
+    const int P = static_cast<int>(images_.size());
+    for (int first = 0; first < P; first += B_) {
+      const int bc = std::min(B_, P - first);
+      prepare_batch(set_, images_.data() + first, bc, list_, inv_sigma2_, mask_, settings_, pixels_, batch_);
+      scored_.first = sz(first);
+      scored_.particles.resize(sz(bc));
+      scored_.outcomes.assign(sz(bc), ParticleOutcome{});
+      for (int b = 0; b < bc; ++b) scored_.particles[sz(b)] = view(b);
+      if (shared_ && settings_.score) coarse_pass_shared(first, bc);
+      std::int64_t coarse = 0, fine = 0;
+#pragma omp parallel for schedule(dynamic, 2) reduction(+ : coarse, fine)
+      for (int b = 0; b < bc; ++b) {
+        ParticleOutcome& outcome = scored_.outcomes[sz(b)];
+        search_particle(first, b, outcome);
+        coarse += outcome.coarse_scored;
+        fine += outcome.fine_scored;
+      }
+      consumer(scored_);
+      stats.coarse_hypotheses += coarse;
+      stats.fine_hypotheses += fine;
+      if (progress) progress->advance(bc);
+    }
+  }
+
+ private:
+  void plan(const std::vector<std::vector<double>>& sigma2) {
+    const int n = set_.box();
+    F_ = static_cast<int>(list_.size());
+    // Two passes only where the coarse limit is below the full one: at a low working resolution
+    // the coarse sampling already resolves everything the data hold, and its hypotheses are final.
+    const int coarse_F = static_cast<int>(frequencies_within(list_, std::max(1.0, space_.coarse_radius)));
+    two_pass_ = space_.coarse_to_fine && coarse_F < F_;
+    Fc_ = two_pass_ ? coarse_F : F_;
+    if (F_ == 0 || Fc_ == 0 || space_.shifts.fine.empty()) fail("E-step: empty search (F = {}, shifts = {})", F_, space_.shifts.fine.size());
+    if (!settings_.score &&
+        (space_.orientations != SearchSpace::Orientations::fixed || space_.shifts.fine.size() != 1 || !space_.relative_shifts))
+      fail("E-step: an E-step without scoring needs fixed poses (internal error)");
+    K_ = source_.classes();
+    // Noise weights and the phase ramps of the fine shifts, once per E-step.
+    inv_sigma2_.assign(sigma2.size(), std::vector<float>(sz(F_)));
+    for (std::size_t g = 0; g < sigma2.size(); ++g)
+      for (int f = 0; f < F_; ++f) inv_sigma2_[g][sz(f)] = static_cast<float>(1.0 / sigma2[g][sz(list_.shell[sz(f)])]);
+    fine_ramps_ = shift_ramps(list_, space_.shifts.fine);
+    plan_layout();
+    plan_templates();
+    B_ = std::max(1, settings_.batch);
+    const std::size_t half = image::half_size(n, n);
+    batch_.x.resize(sz(B_) * sz(F_));
+    batch_.ctf.resize(sz(B_) * sz(F_));
+    batch_.ctf2.resize(sz(B_) * sz(F_));
+    batch_.half_norm.resize(sz(B_));
+    if (shared_) batch_.coarse_rows.resize(sz(layout_.shifts) * sz(B_) * 2 * sz(Fc_));
+    if (settings_.full_grids) {
+      batch_.unmasked.assign(sz(B_), std::vector<Complex>(half));
+      batch_.ctf_grid.assign(sz(B_), std::vector<float>(half));
+    }
+    pixels_.resize(sz(B_) * sz(n) * sz(n));
+    scores_.resize(shared_ ? sz(B_) * sz(layout_.shifts) * sz(chunk_) : 0);
+    coarse_reducers_.resize(sz(B_));
+    scored_.fine_ramps = fine_ramps_.data();
+    scored_.frequencies = sz(F_);
+    const int threads = omp_get_max_threads();
+    scratch_.resize(sz(threads));
+    backend_.plan(threads, B_, std::max(chunk_, 1));
+    // The coarse pass finds where the mass is: poses and classes marginalised there, with the
+    // job's temperature and priors; a single pass takes the job's choices directly.
+    coarse_settings_ = settings_.coarse;
+    coarse_settings_.poses = coarse_settings_.classes = Reduce::marginalize;
+    coarse_settings_.class_temperature = settings_.fine.class_temperature;
+    coarse_settings_.log_class_prior = settings_.fine.log_class_prior;
+    if (!two_pass_) coarse_settings_ = settings_.fine;
+  }
+
+  void plan_layout() {
+    layout_.classes = K_;
+    if (space_.coarse_to_fine) layout_.shift_ids = space_.shifts.coarse;
+    else for (std::size_t t = 0; t < space_.shifts.fine.size(); ++t) layout_.shift_ids.push_back(static_cast<int>(t));
+    layout_.shifts = static_cast<int>(layout_.shift_ids.size());
+    shared_ = space_.orientations == SearchSpace::Orientations::grid;
+    layout_.orientations =
+        shared_ ? static_cast<int>(space_.grid.size()) : (space_.orientations == SearchSpace::Orientations::local ? 125 : 1);
+    J_ = K_ * layout_.orientations;
+  }
+
+  /// Shared coarse templates in chunks: held whole when they fit the cache budget, else
+  /// recomputed per batch (sampling costs a few percent of the GEMM it feeds).
+  void plan_templates() {
+    if (!shared_) return;
+    constexpr std::size_t kTemplateCacheBytes = std::size_t{192} << 20, kChunkBytes = std::size_t{32} << 20;
+    const std::size_t row_bytes = sz(3 * Fc_) * sizeof(float);
+    const int B = std::max(1, settings_.batch);
+    cache_ = sz(J_) * row_bytes <= kTemplateCacheBytes;
+    chunk_ = std::min<int>(J_, std::max<int>(256, static_cast<int>(kChunkBytes / (sz(B) * sz(layout_.shifts) * sizeof(float)))));
+    if (!cache_) chunk_ = std::min<int>(chunk_, std::max<int>(256, static_cast<int>(kChunkBytes / row_bytes)));
+    const std::size_t held = sz(cache_ ? J_ : chunk_);
+    templates_.resize(held * 2 * sz(Fc_));
+    power_.resize(held * sz(Fc_));
+    coarse_list_ = list_;
+    for (auto* v : {&coarse_list_.kx, &coarse_list_.ky, &coarse_list_.shell, &coarse_list_.index}) v->resize(sz(Fc_));
+    if (cache_ && J_ > 0 && settings_.score) compute_templates(0, J_);
+  }
+
+  void compute_templates(int first, int count) {
+#pragma omp parallel
+    {
+      std::vector<Complex> sample(sz(Fc_));
+#pragma omp for
+      for (int j = 0; j < count; ++j) {
+        const int g = first + j;
+        const std::size_t row = sz(cache_ ? g : j);
+        source_.sample(g / layout_.orientations, space_.grid[sz(g % layout_.orientations)], coarse_list_, sample.data());
+        store_template_row(sample.data(), Fc_, templates_.data() + row * 2 * sz(Fc_), power_.data() + row * sz(Fc_));
+      }
+    }
+  }
+
+  PreparedParticle view(int b) const {
+    PreparedParticle p;
+    p.image = images_[scored_.first + sz(b)];
+    p.group = set_.optics_index(p.image);
+    p.x = batch_.x.data() + sz(b) * sz(F_);
+    p.ctf = batch_.ctf.data() + sz(b) * sz(F_);
+    p.ctf2 = batch_.ctf2.data() + sz(b) * sz(F_);
+    p.inv_sigma2 = inv_sigma2_[sz(p.group)].data();
+    p.half_norm = batch_.half_norm[sz(b)];
+    if (settings_.full_grids) p.unmasked = batch_.unmasked[sz(b)].data(), p.ctf_grid = batch_.ctf_grid[sz(b)].data();
+    return p;
+  }
+
+  Shift base_shift(int first, int b) const {
+    return space_.relative_shifts && !start_.empty() ? start_[sz(first + b)].shift : Shift{0, 0};
+  }
+
+  /// All particles x coarse shifts against all coarse templates, chunk by chunk, into each
+  /// particle's coarse reducer.
+  void coarse_pass_shared(int first, int bc) {
+    for (int b = 0; b < bc; ++b) coarse_reducers_[sz(b)].reset(coarse_settings_, K_);
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < bc; ++b)
+      fill_coarse_rows(batch_, b, F_, Fc_, layout_, fine_ramps_, scored_.particles[sz(b)].inv_sigma2, base_shift(first, b), list_,
+                       scratch_[sz(omp_get_thread_num())]);
+    for (int first_j = 0; first_j < J_; first_j += chunk_) {
+      const int jc = std::min(chunk_, J_ - first_j);
+      if (!cache_) compute_templates(first_j, jc);
+      const std::size_t offset = cache_ ? sz(first_j) : 0;
+      ScoreRequest q;
+      q.rows = batch_.coarse_rows.data(), q.row_count = bc * layout_.shifts, q.row_stride = 2 * Fc_, q.particles = bc;
+      q.ctf2 = batch_.ctf2.data(), q.ctf2_stride = F_;
+      q.templates = templates_.data() + offset * 2 * sz(Fc_), q.power = power_.data() + offset * sz(Fc_);
+      q.template_count = jc, q.template_stride = 2 * Fc_, q.power_stride = Fc_, q.frequencies = Fc_;
+      q.cross_correlation = settings_.cross_correlation;
+      backend_.score(q, scores_.data(), 0);
+#pragma omp parallel for schedule(static)
+      for (int b = 0; b < bc; ++b)
+        for (int t = 0; t < layout_.shifts; ++t) {
+          const float* row = scores_.data() + (sz(t) * sz(bc) + sz(b)) * sz(jc);
+          for (int j = 0; j < jc; ++j) {
+            const int g = first_j + j;
+            coarse_reducers_[sz(b)].add(g / layout_.orientations, static_cast<std::int64_t>(t) * J_ + g, row[j]);
+          }
+        }
+    }
+  }
+
+  /// One particle: its coarse posterior (shared pass, or its own local/fixed grid), then the fine
+  /// pass over the children of the kept hypotheses.
+  void search_particle(int first, int b, ParticleOutcome& outcome) {
+    const int tid = omp_get_thread_num();
+    Scratch& s = scratch_[sz(tid)];
+    const PreparedParticle& p = scored_.particles[sz(b)];
+    const StartPose sp = start_.empty() ? StartPose{} : start_[sz(first + b)];
+    const Shift base = base_shift(first, b);
+    if (!settings_.score) {
+      outcome.kept.push_back({1.0f, 0, sp.orientation, base, 0});
+      outcome.posterior.class_posterior.assign(sz(K_), 0.0);
+      outcome.posterior.class_posterior[0] = 1;
+      return;
+    }
+    const std::vector<Euler>& orientations = coarse_orientations(space_, sp, s);
+    Posterior coarse;
+    if (shared_) {
+      coarse = coarse_reducers_[sz(b)].finish();
+    } else {
+      std::vector<std::pair<int, Euler>> own;
+      for (int k = 0; k < K_; ++k)
+        for (const auto& e : orientations) own.push_back({k, e});
+      s.reducer.reset(coarse_settings_, K_);
+      score_particle(p, own, layout_.shift_ids, fine_ramps_, base, list_, Fc_, F_, source_, settings_.cross_correlation, backend_, tid, s);
+      coarse = s.reducer.finish();
+    }
+    outcome.coarse_scored = coarse.scored;
+    const auto shift_of = [&](int fine_id) {
+      const Shift& g = space_.shifts.fine[sz(fine_id)];
+      return Shift{g.first + base.first, g.second + base.second};
+    };
+    if (!two_pass_) {
+      for (const auto& h : coarse.kept) {
+        const int j = static_cast<int>(h.id % J_), id = layout_.shift_ids[sz(h.id / J_)];
+        outcome.kept.push_back({h.weight, h.k, orientations[sz(j % layout_.orientations)], shift_of(id), id});
+      }
+      outcome.posterior = std::move(coarse);
+      return;
+    }
+    collect_children(coarse, orientations, layout_, space_, s);
+    const auto children = s.unique_templates;
+    const auto shifts = s.unique_shifts;
+    s.reducer.reset(settings_.fine, K_);
+    score_particle(p, children, shifts, fine_ramps_, base, list_, F_, F_, source_, settings_.cross_correlation, backend_, tid, s);
+    outcome.posterior = s.reducer.finish();
+    outcome.fine_scored = outcome.posterior.scored;
+    const int U = static_cast<int>(children.size());
+    for (const auto& h : outcome.posterior.kept) {
+      const int id = shifts[sz(h.id / U)];
+      outcome.kept.push_back({h.weight, h.k, children[sz(h.id % U)].second, shift_of(id), id});
+    }
+  }
+
+  const io::ParticleSet& set_;
+  const std::vector<std::size_t>& images_;
+  const std::vector<StartPose>& start_;
+  const SearchSpace& space_;
+  const TemplateSource& source_;
+  const FrequencyList& list_;
+  const std::vector<float>& mask_;
+  const EStepSettings& settings_;
+  ScoringBackend& backend_;
+  int F_ = 0, Fc_ = 0, K_ = 1, J_ = 0, B_ = 1, chunk_ = 0;
+  bool two_pass_ = false, shared_ = false, cache_ = false;
+  std::vector<std::vector<float>> inv_sigma2_;
+  std::vector<Complex> fine_ramps_;
+  CoarseLayout layout_;
+  FrequencyList coarse_list_;
+  std::vector<float> templates_, power_, pixels_, scores_;
+  Batch batch_;
+  std::vector<PosteriorReducer> coarse_reducers_;
+  std::vector<Scratch> scratch_;
+  PosteriorSettings coarse_settings_;
+  ScoredBatch scored_;
+};
+
+}  // namespace
+
 void run_expectation(const io::ParticleSet& set, const std::vector<std::size_t>& images, const std::vector<StartPose>& start,
                      const SearchSpace& space, const TemplateSource& source, const FrequencyList& list,
                      const std::vector<std::vector<double>>& sigma2, const std::vector<float>& mask, const EStepSettings& settings,
                      ScoringBackend& backend, const Consumer& consumer, EStepStats& stats, Progress* progress) {
   const auto t0 = Clock::now();
-  const auto backend_before = backend.stats();
-  const int n = set.box();
-  const int F = static_cast<int>(list.size());
-  const bool c2f = space.coarse_to_fine;
-  const int Fc = c2f ? static_cast<int>(frequencies_within(list, std::max(1.0, space.coarse_radius))) : F;
-  if (F == 0 || Fc == 0 || space.shifts.fine.empty()) fail("E-step: empty search (F = {}, shifts = {})", F, space.shifts.fine.size());
-  if (!settings.score && (space.orientations != SearchSpace::Orientations::fixed || space.shifts.fine.size() != 1 || !space.relative_shifts))
-    fail("E-step: an E-step without scoring needs fixed poses (internal error)");
-  const int K = source.classes();
-  const std::size_t half = image::half_size(n, n);
-  const int threads = omp_get_max_threads();
-
-  // Noise weights and the phase ramps of the fine shifts, once per E-step.
-  std::vector<std::vector<float>> inv_sigma2(sigma2.size(), std::vector<float>(sz(F)));
-  for (std::size_t g = 0; g < sigma2.size(); ++g)
-    for (int f = 0; f < F; ++f) inv_sigma2[g][sz(f)] = static_cast<float>(1.0 / sigma2[g][sz(list.shell[sz(f)])]);
-  const std::vector<Complex> fine_ramps = shift_ramps(list, space.shifts.fine);
-
-  CoarseLayout layout;
-  layout.classes = K;
-  if (c2f) layout.shift_ids = space.shifts.coarse;
-  else for (std::size_t t = 0; t < space.shifts.fine.size(); ++t) layout.shift_ids.push_back(static_cast<int>(t));
-  layout.shifts = static_cast<int>(layout.shift_ids.size());
-  const bool shared = space.orientations == SearchSpace::Orientations::grid;
-  layout.orientations = shared ? static_cast<int>(space.grid.size()) : (space.orientations == SearchSpace::Orientations::local ? 125 : 1);
-  const int J = K * layout.orientations;
-
-  // Shared coarse templates, in chunks: held whole when they fit the cache budget, else
-  // recomputed per batch (sampling costs a few percent of the GEMM it feeds).
-  constexpr std::size_t kTemplateCacheBytes = std::size_t{192} << 20, kChunkBytes = std::size_t{32} << 20;
-  const int B = std::max(1, settings.batch);
-  const std::size_t row_bytes = sz(3 * Fc) * sizeof(float);
-  const bool cache = shared && sz(J) * row_bytes <= kTemplateCacheBytes;
-  int chunk = shared ? std::min<int>(J, std::max<int>(256, static_cast<int>(kChunkBytes / (sz(B) * sz(layout.shifts) * sizeof(float))))) : 0;
-  if (shared && !cache) chunk = std::min<int>(chunk, std::max<int>(256, static_cast<int>(kChunkBytes / row_bytes)));
-  const std::size_t held = shared ? sz(cache ? J : chunk) : 0;
-  std::vector<float> templates(held * 2 * sz(Fc)), power(held * sz(Fc));
-  FrequencyList coarse_list = list;
-  coarse_list.kx.resize(sz(Fc)), coarse_list.ky.resize(sz(Fc)), coarse_list.shell.resize(sz(Fc)), coarse_list.index.resize(sz(Fc));
-  const auto compute_templates = [&](int first, int count) {
-#pragma omp parallel
-    {
-      std::vector<Complex> sample(sz(Fc));
-#pragma omp for
-      for (int j = 0; j < count; ++j) {
-        const int g = first + j;
-        const std::size_t row = sz(cache ? g : j);
-        source.sample(g / layout.orientations, space.grid[sz(g % layout.orientations)], coarse_list, sample.data());
-        store_template_row(sample.data(), Fc, templates.data() + row * 2 * sz(Fc), power.data() + row * sz(Fc));
-      }
-    }
-  };
-  if (cache && J > 0) compute_templates(0, J);
-
-  Batch batch;
-  batch.x.resize(sz(B) * sz(F));
-  batch.ctf.resize(sz(B) * sz(F));
-  batch.ctf2.resize(sz(B) * sz(F));
-  batch.half_norm.resize(sz(B));
-  if (shared) batch.coarse_rows.resize(sz(layout.shifts) * sz(B) * 2 * sz(Fc));
-  if (settings.full_grids) {
-    batch.unmasked.assign(sz(B), std::vector<Complex>(half));
-    batch.ctf_grid.assign(sz(B), std::vector<float>(half));
-  }
-  std::vector<float> pixels(sz(B) * sz(n) * sz(n));
-  std::vector<float> scores(shared ? sz(B) * sz(layout.shifts) * sz(chunk) : 0);
-  std::vector<PosteriorReducer> coarse_reducers(sz(B));
-  ScoredBatch scored;
-  scored.fine_ramps = fine_ramps.data();
-  scored.frequencies = sz(F);
-  std::vector<Scratch> scratch(sz(threads));
-  backend.plan(threads, B, std::max(chunk, 1));
-  PosteriorSettings coarse_settings = settings.coarse;
-  coarse_settings.poses = Reduce::marginalize;  // the coarse pass finds where the mass is
-  coarse_settings.classes = Reduce::marginalize;
-  coarse_settings.class_temperature = settings.fine.class_temperature;
-  coarse_settings.log_class_prior = settings.fine.log_class_prior;
-  if (!c2f) coarse_settings = settings.fine;
-  std::int64_t coarse_count = 0, fine_count = 0;
-
-  const int P = static_cast<int>(images.size());
-  for (int first = 0; first < P; first += B) {
-    const int bc = std::min(B, P - first);
-    prepare_batch(set, images.data() + first, bc, list, inv_sigma2, mask, settings, pixels, batch);
-    const auto view = [&](int b) {
-      PreparedParticle p;
-      p.image = images[sz(first + b)];
-      p.group = set.optics_index(p.image);
-      p.x = batch.x.data() + sz(b) * sz(F);
-      p.ctf = batch.ctf.data() + sz(b) * sz(F);
-      p.ctf2 = batch.ctf2.data() + sz(b) * sz(F);
-      p.inv_sigma2 = inv_sigma2[sz(p.group)].data();
-      p.half_norm = batch.half_norm[sz(b)];
-      if (settings.full_grids) p.unmasked = batch.unmasked[sz(b)].data(), p.ctf_grid = batch.ctf_grid[sz(b)].data();
-      return p;
-    };
-    for (int b = 0; b < bc; ++b) coarse_reducers[sz(b)].reset(coarse_settings, K);
-    scored.first = sz(first);
-    scored.particles.resize(sz(bc));
-    scored.outcomes.assign(sz(bc), ParticleOutcome{});
-
-    if (shared) {
-      // Coarse pass: all particles x coarse shifts against all coarse templates, by chunks.
-#pragma omp parallel for schedule(static)
-      for (int b = 0; b < bc; ++b) {
-        const PreparedParticle p = view(b);
-        fill_coarse_rows(batch, b, F, Fc, layout, fine_ramps, p.inv_sigma2,
-                         space.relative_shifts ? start[sz(first + b)].shift : Shift{0, 0}, list, scratch[sz(omp_get_thread_num())]);
-      }
-      // fill_coarse_rows wrote rows for a batch of bc particles: [t][b] with stride bc.
-      for (int first_j = 0; first_j < J; first_j += chunk) {
-        const int jc = std::min(chunk, J - first_j);
-        if (!cache) compute_templates(first_j, jc);
-        const std::size_t offset = cache ? sz(first_j) : 0;
-        ScoreRequest q;
-        q.rows = batch.coarse_rows.data(), q.row_count = bc * layout.shifts, q.row_stride = 2 * Fc, q.particles = bc;
-        q.ctf2 = batch.ctf2.data(), q.ctf2_stride = F;
-        q.templates = templates.data() + offset * 2 * sz(Fc), q.power = power.data() + offset * sz(Fc);
-        q.template_count = jc, q.template_stride = 2 * Fc, q.power_stride = Fc, q.frequencies = Fc;
-        q.cross_correlation = settings.cross_correlation;
-        backend.score(q, scores.data(), 0);
-#pragma omp parallel for schedule(static)
-        for (int b = 0; b < bc; ++b) {
-          auto& reducer = coarse_reducers[sz(b)];
-          for (int t = 0; t < layout.shifts; ++t) {
-            const float* row = scores.data() + (sz(t) * sz(bc) + sz(b)) * sz(jc);
-            for (int j = 0; j < jc; ++j) {
-              const int g = first_j + j;
-              reducer.add(g / layout.orientations, static_cast<std::int64_t>(t) * J + g, row[j]);
-            }
-          }
-        }
-      }
-    }
-
-    // Per particle: the coarse pass of local and fixed searches, the fine pass, the consumer.
-    std::int64_t batch_coarse = 0, batch_fine = 0;
-#pragma omp parallel for schedule(dynamic, 2) reduction(+ : batch_coarse, batch_fine)
-    for (int b = 0; b < bc; ++b) {
-      const int tid = omp_get_thread_num();
-      Scratch& s = scratch[sz(tid)];
-      const PreparedParticle p = scored.particles[sz(b)] = view(b);
-      const StartPose& sp = start.empty() ? StartPose{} : start[sz(first + b)];
-      const Shift base = space.relative_shifts ? sp.shift : Shift{0, 0};
-      const std::vector<Euler>& orientations = coarse_orientations(space, sp, s);
-      ParticleOutcome& outcome = scored.outcomes[sz(b)];
-      if (!settings.score) {
-        outcome.kept.push_back({1.0f, 0, sp.orientation, base, 0});
-        outcome.posterior.class_posterior.assign(sz(K), 0.0);
-        outcome.posterior.class_posterior[0] = 1;
-        continue;
-      }
-      Posterior coarse;
-      if (shared) {
-        coarse = coarse_reducers[sz(b)].finish();
-      } else {
-        std::vector<std::pair<int, Euler>> own;
-        for (int k = 0; k < K; ++k)
-          for (const auto& e : orientations) own.push_back({k, e});
-        s.reducer.reset(coarse_settings, K);
-        score_particle(p, own, layout.shift_ids, fine_ramps, base, list, Fc, F, source, settings.cross_correlation, backend, tid, s);
-        coarse = s.reducer.finish();
-      }
-      outcome.coarse_scored = coarse.scored;
-      const auto shift_of = [&](int fine_id) {
-        const Shift& g = space.shifts.fine[sz(fine_id)];
-        return Shift{g.first + base.first, g.second + base.second};
-      };
-      if (!c2f) {
-        for (const auto& h : coarse.kept) {
-          const int j = static_cast<int>(h.id % J), t = static_cast<int>(h.id / J);
-          const int id = layout.shift_ids[sz(t)];
-          outcome.kept.push_back({h.weight, h.k, orientations[sz(j % layout.orientations)], shift_of(id), id});
-        }
-        outcome.posterior = std::move(coarse);
-      } else {
-        collect_children(coarse, orientations, layout, space, s);
-        const auto children = s.unique_templates;
-        const auto shifts = s.unique_shifts;
-        s.reducer.reset(settings.fine, K);
-        score_particle(p, children, shifts, fine_ramps, base, list, F, F, source, settings.cross_correlation, backend, tid, s);
-        outcome.posterior = s.reducer.finish();
-        outcome.fine_scored = outcome.posterior.scored;
-        const int U = static_cast<int>(children.size());
-        for (const auto& h : outcome.posterior.kept) {
-          const int j = static_cast<int>(h.id % U), t = static_cast<int>(h.id / U);
-          outcome.kept.push_back({h.weight, h.k, children[sz(j)].second, shift_of(shifts[sz(t)]), shifts[sz(t)]});
-        }
-      }
-      batch_coarse += outcome.coarse_scored;
-      batch_fine += outcome.fine_scored;
-    }
-    consumer(scored);
-    coarse_count += batch_coarse;
-    fine_count += batch_fine;
-    if (progress) progress->advance(bc);
-  }
+  const auto before = backend.stats();
+  EStep(set, images, start, space, source, list, sigma2, mask, settings, backend).run(consumer, stats, progress);
   const auto after = backend.stats();
-  stats.flops += after.flops - backend_before.flops;
-  stats.gemm_seconds += after.seconds - backend_before.seconds;
-  stats.coarse_hypotheses += coarse_count;
-  stats.fine_hypotheses += fine_count;
+  stats.flops += after.flops - before.flops;
+  stats.gemm_seconds += after.seconds - before.seconds;
   stats.seconds += std::chrono::duration<double>(Clock::now() - t0).count();
 }
 

@@ -64,7 +64,7 @@ std::vector<geometry::Euler> orientation_grid(double step, const std::string& sy
   return grid;
 }
 
-std::vector<geometry::Euler> local_orientations(const geometry::Euler& centre, double step) {
+std::vector<geometry::Euler> local_orientations(const geometry::Euler& centre, double spacing) {
   const geometry::Mat3 current = geometry::euler_to_matrix(centre);
   std::vector<geometry::Euler> out;
   out.reserve(125);
@@ -73,7 +73,7 @@ std::vector<geometry::Euler> local_orientations(const geometry::Euler& centre, d
       for (int w = -2; w <= 2; ++w) {
         const double length = std::sqrt(u * u + v * v + w * w);
         const geometry::Mat3 turn =
-            length > 0 ? geometry::axis_angle({static_cast<double>(u), static_cast<double>(v), static_cast<double>(w)}, step * length / 2)
+            length > 0 ? geometry::axis_angle({static_cast<double>(u), static_cast<double>(v), static_cast<double>(w)}, spacing * length)
                        : geometry::Mat3::identity();
         out.push_back(geometry::matrix_to_euler(turn * current));
       }

@@ -33,7 +33,7 @@ struct SearchSpace {
   enum class Orientations { grid, local, fixed };
   Orientations orientations = Orientations::grid;
   std::vector<geometry::Euler> grid;  // global coarse orientations, the same for every class
-  double local_step = 0;              // local: 5^3 rotations of spacing step/2 around the start pose
+  double local_spacing = 0;           // local: 5^3 rotations this many degrees apart around the start pose
   ShiftGrid shifts;                   // coarse and fine shifts
   bool relative_shifts = false;       // around each particle's start shift
   /// Coarse-to-fine: coarse orientations x coarse shifts at coarse_radius, then the children of

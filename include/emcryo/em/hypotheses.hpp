@@ -31,8 +31,8 @@ std::vector<double> psi_grid(double step);
 /// asymmetric unit of the point group, each combined with in-plane angles at the same step.
 std::vector<geometry::Euler> orientation_grid(double step, const std::string& symmetry);
 
-/// `centre` turned by rotation vectors on a 5x5x5 grid of spacing step/2 (a local search of +/- step).
-std::vector<geometry::Euler> local_orientations(const geometry::Euler& centre, double step);
+/// `centre` turned by rotation vectors on a 5x5x5 grid of `spacing` degrees (+/- 2 spacings).
+std::vector<geometry::Euler> local_orientations(const geometry::Euler& centre, double spacing);
 
 /// The 8 orientations at the centres of the sub-cells of a cell of `cell` degrees around `centre`
 /// (rotation vectors (+-1, +-1, +-1) x cell/4): the fine hypotheses of a coarse 3D orientation.

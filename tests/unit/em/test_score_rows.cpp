@@ -90,7 +90,7 @@ TEST(ScoreRows, NoiseResidualOfTheModelItselfIsZero) {
 TEST(Hypotheses, LocalOrientationsSurroundTheCentre) {
   const emcryo::geometry::Euler centre{40, 70, -20};
   const double step = 4;
-  const auto candidates = em::local_orientations(centre, step);
+  const auto candidates = em::local_orientations(centre, step / 2);
   ASSERT_EQ(candidates.size(), 125u);
   const auto c = emcryo::geometry::euler_to_matrix(centre);
   double largest = 0;

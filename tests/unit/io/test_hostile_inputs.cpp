@@ -14,6 +14,7 @@
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/particles.hpp"
 #include "emcryo/io/star.hpp"
+#include "support/test_mrc.hpp"
 #include "support/test_support.hpp"
 
 namespace fs = std::filesystem;
