@@ -11,7 +11,6 @@
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/files.hpp"
-#include "emcryo/core/job_lock.hpp"
 #include "emcryo/core/log.hpp"
 #include "emcryo/core/progress.hpp"
 #include "emcryo/core/random.hpp"
@@ -21,6 +20,7 @@
 #include "emcryo/io/particles.hpp"
 #include "emcryo/io/report.hpp"
 #include "emcryo/io/star.hpp"
+#include "job_folder.hpp"
 
 namespace emcryo::jobs {
 
@@ -254,9 +254,8 @@ void write_report(const fs::path& dir, const JobState& state, const io::Particle
   report.write(dir / "report.html");
 }
 
-void save_checkpoint(const fs::path& dir, const JobState& state) {
+void save_checkpoint(const JobFolder& folder, const JobState& state) {
   json j;
-  j["format"] = "emcryo-class2d-checkpoint-1";
   j["options"] = state.options;
   j["iteration"] = state.iteration;
   j["radius"] = state.model.radius;
@@ -268,10 +267,10 @@ void save_checkpoint(const fs::path& dir, const JobState& state) {
   j["previous_class"] = state.previous_class;
   j["previous_psi"] = state.previous_psi;
   j["history"] = state.history;
-  write_text_file(dir / "checkpoint.json", j.dump(1));
+  folder.write_checkpoint(std::move(j), "emcryo-class2d-checkpoint-1");
 }
 
-Class2DResult run_job(JobState state, bool resumed) {
+Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
   const auto job_start = std::chrono::steady_clock::now();
   const Class2DOptions& o = state.options;
   const fs::path dir(o.out_dir);
@@ -299,8 +298,7 @@ Class2DResult run_job(JobState state, bool resumed) {
         fail("{}: optics groups with different pixel sizes ({} and {} Å) are not supported in one class2d job", o.particles, pixel, g.pixel_size);
   }
 
-  fs::create_directories(dir);
-  log::set_file((dir / "run.log").string());
+  folder.open_log();
   const double mask_radius_px = (o.mask_diameter > 0 ? o.mask_diameter / pixel : 0.9 * n) / 2;
   const auto mask = image::soft_round_mask(n, 2, std::max(1.0, mask_radius_px - 3), 5);
 
@@ -366,7 +364,7 @@ Class2DResult run_job(JobState state, bool resumed) {
     state.previous_psi.assign(active.size(), 0);
     for (std::size_t a = 0; a < active.size(); ++a) state.previous_class[a] = results[a].best_class, state.previous_psi[a] = results[a].psi;
     write_classes(dir / "classes_it000.mrcs", state.model, pixel);
-    save_checkpoint(dir, state);
+    save_checkpoint(folder, state);
   } else {
     if (state.previous_class.size() != active.size())
       fail("{}: checkpoint holds {} particles but {} are usable now: the input changed", (dir / "checkpoint.json").string(),
@@ -466,7 +464,7 @@ Class2DResult run_job(JobState state, bool resumed) {
     write_particles_star(dir / fmt::format("particles_it{:03}.star", it), set, active, results, pixel);
     write_model_star(dir / fmt::format("model_it{:03}.star", it), state.model, it, pixel, classes_file, record);
     write_posteriors_star(dir / fmt::format("posteriors_it{:03}.star", it), set, active, results);
-    save_checkpoint(dir, state);
+    save_checkpoint(folder, state);
     log::info("iteration {:3}/{}: resolution {:5.1f} Å (limit {:.1f} px), logL {:.6g}, class changes {:4.1f}%, "
               "psi change {:5.1f}°, {:.1f} s, scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
               it, o.iterations, record.resolution, state.model.radius, record.log_likelihood, 100 * record.class_changes,
@@ -487,7 +485,6 @@ Class2DResult run_job(JobState state, bool resumed) {
   }
   write_report(dir, state, set, skipped_notes, pixel);
   log::info("class2d: done; class averages in {}/classes.mrcs, report in {}/report.html", o.out_dir, o.out_dir);
-  log::set_file("");
 
   out.iterations_done = state.iteration;
   out.class_of_particle.assign(set.size(), -1);
@@ -504,28 +501,17 @@ Class2DResult run_job(JobState state, bool resumed) {
 }  // namespace
 
 Class2DResult run_class2d(const Class2DOptions& options) {
-  const fs::path dir(options.out_dir);
-  const JobLock lock(dir);  // held to the end: a second job into this folder refuses
-  if (fs::exists(dir / "checkpoint.json"))
-    fail("{}: already holds a class2d run; use --continue {} to resume it, or choose another --out", options.out_dir,
-         options.out_dir);
+  const JobFolder folder(options.out_dir, "class2d", JobFolder::Mode::start);
   JobState state;
   state.options = options;
-  // The checkpoint keeps an absolute path, so --continue works from any working directory.
-  if (!options.particles.empty()) state.options.particles = fs::absolute(options.particles).lexically_normal().string();
-  return run_job(std::move(state), false);
+  state.options.particles = absolute_path(options.particles);
+  return run_job(folder, std::move(state), false);
 }
 
 Class2DResult continue_class2d(const std::string& out_dir) {
-  const fs::path path = fs::path(out_dir) / "checkpoint.json";
-  if (!fs::exists(path)) fail("{}: no checkpoint.json: nothing to continue", out_dir);
-  const JobLock lock(out_dir);
-  json j;
-  try {
-    j = json::parse(read_text_file(path));
-  } catch (const json::exception& e) {
-    fail("{}: damaged checkpoint: {}", path.string(), e.what());
-  }
+  const JobFolder folder(out_dir, "class2d", JobFolder::Mode::resume);
+  const fs::path path = folder.dir() / "checkpoint.json";
+  const json j = folder.read_checkpoint();
   JobState state;
   try {
     state.options = j.at("options").get<Class2DOptions>();
@@ -550,7 +536,7 @@ Class2DResult continue_class2d(const std::string& out_dir) {
   } catch (const json::exception& e) {
     fail("{}: damaged checkpoint: {}", path.string(), e.what());
   }
-  return run_job(std::move(state), true);
+  return run_job(folder, std::move(state), true);
 }
 
 }  // namespace emcryo::jobs

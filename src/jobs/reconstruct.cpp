@@ -12,6 +12,7 @@
 #include "emcryo/core/progress.hpp"
 #include "emcryo/core/random.hpp"
 #include "emcryo/em/model3d.hpp"
+#include "emcryo/em/regularizer.hpp"
 #include "emcryo/geometry/symmetry.hpp"
 #include "emcryo/image/ctf.hpp"
 #include "emcryo/image/fourier.hpp"
@@ -112,15 +113,8 @@ ReconstructResult run_reconstruct(const ReconstructOptions& o) {
   em::BackProjector full = accum[0];
   full.add(accum[1]);
   result.map_unfiltered = full.reconstruct();
-  // Wiener filter from the half-map FSC: the full set's SSNR is 2 FSC / (1 - FSC), and the
-  // regularisation sigma^2/tau^2 per shell is the mean weight divided by that SSNR.
-  const auto mean_weight = full.mean_weight_per_shell();
-  std::vector<double> regularisation(mean_weight.size());
-  for (std::size_t s = 0; s < regularisation.size(); ++s) {
-    const double f = std::clamp(s < result.fsc.size() ? result.fsc[s] : 0.0, 1e-3, 0.999);
-    regularisation[s] = mean_weight[s] * (1 - f) / (2 * f);
-  }
-  result.map = full.reconstruct(regularisation);
+  // Wiener filter from the half-map FSC (the full set: two halves).
+  result.map = em::GlobalWiener(result.fsc, 2).reconstruct(full);
   result.box = n;
   result.pixel_size = pixel;
 

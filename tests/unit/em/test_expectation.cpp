@@ -174,6 +174,6 @@ TEST_F(TwoDEngine, ResultsDoNotDependOnTheThreadCount) {
     EXPECT_EQ(a[static_cast<std::size_t>(i)].significant_samples, b[static_cast<std::size_t>(i)].significant_samples);
   }
   for (int k = 0; k < kClasses; ++k)
-    EXPECT_LE(test::max_abs_diff(one.classes[static_cast<std::size_t>(k)], two.classes[static_cast<std::size_t>(k)]), 1e-6);
+    EXPECT_EQ(test::max_abs_diff(one.classes[static_cast<std::size_t>(k)], two.classes[static_cast<std::size_t>(k)]), 0.0);
   EXPECT_EQ(one.priors, two.priors);
 }
