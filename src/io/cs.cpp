@@ -136,6 +136,10 @@ const PyValue* dict_entry(const PyValue& dict, std::string_view key) {
 CsField field_from_dtype(std::string name, std::string_view dtype, const std::string& file) {
   CsField f;
   f.name = std::move(name);
+  if (dtype.find('O') != std::string_view::npos)
+    fail("{}: field '{}' holds Python objects (dtype 'O'), which a .cs file cannot carry portably; "
+         "save it with fixed-width strings (e.g. cryosparc-tools Dataset.save)",
+         file, f.name);
   if (dtype.size() < 2) fail("{}: field '{}': unsupported dtype '{}'", file, f.name, dtype);
   std::size_t p = 0;
   if (dtype[0] == '<' || dtype[0] == '>' || dtype[0] == '|' || dtype[0] == '=') {
@@ -145,10 +149,6 @@ CsField field_from_dtype(std::string name, std::string_view dtype, const std::st
   f.kind = dtype[p];
   int count = 0;
   auto [end, ec] = std::from_chars(dtype.data() + p + 1, dtype.data() + dtype.size(), count);
-  if (f.kind == 'O')
-    fail("{}: field '{}' holds Python objects (dtype 'O'), which a .cs file cannot carry portably; "
-         "save it with fixed-width strings (e.g. cryosparc-tools Dataset.save)",
-         file, f.name);
   if (ec != std::errc() || end != dtype.data() + dtype.size() || count <= 0 ||
       std::string_view("uifbSUV").find(f.kind) == std::string_view::npos)
     fail("{}: field '{}': unsupported dtype '{}'", file, f.name, dtype);
