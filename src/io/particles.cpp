@@ -88,6 +88,7 @@ ParticleSet ParticleSet::from_star(StarFile star_file, const ParticleReadOptions
     }
   }
   if (set.box_ == 0) set.box_ = set.optics_.front().image_size;
+  set.note_headers_without_pixel_size(options);
   set.find_columns();
   return set;
 }
@@ -202,6 +203,18 @@ void ParticleSet::check_stacks(const std::vector<std::int64_t>& max_index, const
       fail("{}: box {} differs from {} in {}", stacks_[s].string(), reader.nx(), box_,
            stacks_[static_cast<std::size_t>(first)].string());
     }
+  }
+}
+
+// Many writers leave the cell at 0; the STAR's pixel size is then the only one, which is fine
+// but worth a line in the log, once.
+void ParticleSet::note_headers_without_pixel_size(const ParticleReadOptions& options) const {
+  if (options.quiet) return;
+  for (std::size_t s = 0; s < stacks_.size(); ++s) {
+    if (stack_missing_[s] || reader(s).pixel_size() > 0) continue;
+    log::info("{}: no pixel size in the MRC header (cell 0); using {:.4f} Å from {}", stacks_[s].string(),
+              optics_.front().pixel_size, path_.string());
+    return;
   }
 }
 

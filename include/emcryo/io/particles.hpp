@@ -112,6 +112,7 @@ class ParticleSet {
   void resolve_images(const ParticleReadOptions& options);
   void check_stacks(const std::vector<std::int64_t>& max_index, const std::vector<std::size_t>& row_of_max);
   void find_columns();
+  void note_headers_without_pixel_size(const ParticleReadOptions& options) const;
 
   std::filesystem::path path_;
   StarFile star_;
