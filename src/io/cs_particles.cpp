@@ -18,12 +18,23 @@ namespace {
 
 constexpr double kDegPerRad = 180.0 / std::numbers::pi;
 
+// One set of alignment fields: alignments3D/, alignments2D/ or alignments_class_K/.
+struct CsAlignment {
+  int pose = -1, shift = -1, psize = -1, cls = -1, split = -1, posterior = -1;
+  bool is_3d = true;
+  int class_index = -1;  // K of alignments_class_K (a 3D classification's per-class results)
+
+  CsAlignment(const CsTable& t, const std::string& prefix, bool three_d, int k)
+      : pose(t.find(prefix + "pose")), shift(t.find(prefix + "shift")), psize(t.find(prefix + "psize_A")),
+        cls(t.find(prefix + "class")), split(t.find(prefix + "split")), posterior(t.find(prefix + "class_posterior")),
+        is_3d(three_d), class_index(k) {}
+};
+
 // What a cryoSPARC particle record holds that a RELION table needs, located once.
 struct CsParticleFields {
   int path = -1, idx = -1, shape = -1, psize = -1, uid = -1;
   int group = -1, kv = -1, cs = -1, ac = -1, df1 = -1, df2 = -1, dang = -1, phase = -1, bfac = -1, scale = -1;
-  int pose = -1, shift = -1, align_psize = -1, cls = -1, split = -1;
-  bool poses_3d = false;
+  std::vector<CsAlignment> alignments;  // empty: no poses; several: one per class, the most probable wins
 
   explicit CsParticleFields(const CsTable& t) {
     path = t.find("blob/path");
@@ -45,16 +56,24 @@ struct CsParticleFields {
     phase = t.find("ctf/phase_shift_rad");
     bfac = t.find("ctf/bfactor");
     scale = t.find("ctf/scale");
-    // A 3D result takes precedence over a 2D classification carried along in the same file.
-    const std::string prefix = t.has("alignments3D/pose") ? "alignments3D/" : t.has("alignments2D/pose") ? "alignments2D/" : "";
-    poses_3d = prefix == "alignments3D/";
-    if (!prefix.empty()) {
-      pose = t.find(prefix + "pose");
-      shift = t.find(prefix + "shift");
-      align_psize = t.find(prefix + "psize_A");
-      cls = t.find(prefix + "class");
-      split = t.find(prefix + "split");
+    // A 3D result takes precedence over per-class results and over a 2D classification carried
+    // along in the same file.
+    if (t.has("alignments3D/pose")) {
+      alignments.emplace_back(t, "alignments3D/", true, -1);
+      return;
     }
+    for (int k = 0; t.has(fmt::format("alignments_class_{}/pose", k)); ++k)
+      alignments.emplace_back(t, fmt::format("alignments_class_{}/", k), true, k);
+    if (alignments.empty() && t.has("alignments2D/pose")) alignments.emplace_back(t, "alignments2D/", false, -1);
+  }
+
+  // The alignment of record r: the only one, or the class with the highest class_posterior.
+  const CsAlignment* alignment_of(const CsTable& t, std::size_t r) const {
+    if (alignments.empty()) return nullptr;
+    const CsAlignment* best = &alignments.front();
+    for (const CsAlignment& a : alignments)
+      if (a.posterior >= 0 && best->posterior >= 0 && t.number(r, a.posterior) > t.number(r, best->posterior)) best = &a;
+    return best;
   }
 };
 
@@ -91,25 +110,26 @@ void ctf_to_star(const CsTable& cs, const CsParticleFields& f, std::size_t r, St
 }
 
 void pose_to_star(const CsTable& cs, const CsParticleFields& f, std::size_t r, StarTable& t, std::size_t row) {
-  if (f.pose < 0) return;
-  if (f.poses_3d) {
+  const CsAlignment* a = f.alignment_of(cs, r);
+  if (!a || a->pose < 0) return;
+  if (a->is_3d) {
     const geometry::Euler e =
-        euler_from_cs_pose({cs.number(r, f.pose, 0), cs.number(r, f.pose, 1), cs.number(r, f.pose, 2)});
+        euler_from_cs_pose({cs.number(r, a->pose, 0), cs.number(r, a->pose, 1), cs.number(r, a->pose, 2)});
     set_cell(t, row, "rlnAngleRot", e.rot);
     set_cell(t, row, "rlnAngleTilt", e.tilt);
     set_cell(t, row, "rlnAnglePsi", e.psi);
   } else {
-    set_cell(t, row, "rlnAnglePsi", cs.number(r, f.pose) * kDegPerRad);
+    set_cell(t, row, "rlnAnglePsi", cs.number(r, a->pose) * kDegPerRad);
   }
-  if (f.shift >= 0) {
-    const int p = f.align_psize >= 0 ? f.align_psize : f.psize;
+  if (a->shift >= 0) {
+    const int p = a->psize >= 0 ? a->psize : f.psize;
     if (p < 0) fail("{}: record {}: shifts without a pixel size (blob/psize_A)", cs.source_file, r);
-    set_cell(t, row, "rlnOriginXAngst", cs.number(r, f.shift, 0) * cs.number(r, p));
-    set_cell(t, row, "rlnOriginYAngst", cs.number(r, f.shift, 1) * cs.number(r, p));
+    set_cell(t, row, "rlnOriginXAngst", cs.number(r, a->shift, 0) * cs.number(r, p));
+    set_cell(t, row, "rlnOriginYAngst", cs.number(r, a->shift, 1) * cs.number(r, p));
   }
-  if (f.cls >= 0) t.set_integer(row, t.add_column("rlnClassNumber"), static_cast<std::int64_t>(cs.integer(r, f.cls)) + 1);
-  if (f.split >= 0)
-    t.set_integer(row, t.add_column("rlnRandomSubset"), static_cast<std::int64_t>(cs.integer(r, f.split)) + 1);
+  const std::int64_t cls = a->class_index >= 0 ? a->class_index : a->cls >= 0 ? static_cast<std::int64_t>(cs.integer(r, a->cls)) : -1;
+  if (cls >= 0) t.set_integer(row, t.add_column("rlnClassNumber"), cls + 1);
+  if (a->split >= 0) t.set_integer(row, t.add_column("rlnRandomSubset"), static_cast<std::int64_t>(cs.integer(r, a->split)) + 1);
 }
 
 }  // namespace

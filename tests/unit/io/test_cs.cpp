@@ -327,3 +327,62 @@ print('ok')
 }
 
 }  // namespace
+
+namespace {
+
+// Records with only the given alignment fields (and the blob fields every particle .cs has).
+io::CsTable records_with(const std::vector<std::pair<std::string, std::vector<int>>>& fields, std::size_t rows) {
+  io::CsTable t;
+  t.source_file = "mem.cs";
+  (void)t.add_field("blob/path", "|S8");
+  (void)t.add_field("blob/idx", "<u4");
+  (void)t.add_field("blob/psize_A", "<f4");
+  for (const auto& [name, shape] : fields)
+    (void)t.add_field(name, name.ends_with("class") ? "<u4" : "<f4", shape);
+  t.resize(rows);
+  for (std::size_t r = 0; r < rows; ++r) {
+    t.set_text(r, t.find("blob/path"), "s.mrc");
+    t.set_number(r, t.find("blob/psize_A"), 1.5);
+  }
+  return t;
+}
+
+TEST(CsConventions, TwoDimensionalAlignmentsGivePsiAndClass) {
+  io::CsTable t = records_with({{"alignments2D/pose", {}}, {"alignments2D/shift", {2}}, {"alignments2D/class", {}}}, 1);
+  t.set_number(0, t.find("alignments2D/pose"), -kPi / 4);
+  t.set_number(0, t.find("alignments2D/shift"), 2.0, 1);
+  t.set_integer(0, t.find("alignments2D/class"), 4);
+  const io::StarFile star = io::star_from_cs(t, {});
+  const io::StarTable& p = star.require_block("particles").table;
+  EXPECT_FALSE(p.has("rlnAngleRot"));
+  EXPECT_NEAR(p.number(0, p.require("rlnAnglePsi")), -45, 1e-4);
+  EXPECT_NEAR(p.number(0, p.require("rlnOriginYAngst")), 3.0, 1e-6);
+  EXPECT_EQ(p.integer(0, p.require("rlnClassNumber")), 5);
+  // And back: a STAR with an in-plane angle only becomes alignments2D again.
+  const test::TempDir dir("cs_2d");
+  io::write_particles_cs(dir / "p.cs", star);
+  const io::CsTable back = io::read_cs(dir / "p.cs");
+  EXPECT_FALSE(back.has("alignments3D/pose"));
+  EXPECT_NEAR(back.number(0, back.find("alignments2D/pose")), -kPi / 4, 1e-6);
+  EXPECT_NEAR(back.number(0, back.find("alignments2D/shift"), 1), 2.0, 1e-6);
+  EXPECT_EQ(back.integer(0, back.find("alignments2D/class")), 4u);
+}
+
+TEST(CsConventions, PerClassAlignmentsTakeTheMostProbableClass) {
+  io::CsTable t = records_with({{"alignments_class_0/pose", {3}}, {"alignments_class_0/class_posterior", {}},
+                                {"alignments_class_1/pose", {3}}, {"alignments_class_1/class_posterior", {}}},
+                               2);
+  t.set_number(0, t.find("alignments_class_0/class_posterior"), 0.9);
+  t.set_number(0, t.find("alignments_class_1/class_posterior"), 0.1);
+  t.set_number(1, t.find("alignments_class_0/class_posterior"), 0.2);
+  t.set_number(1, t.find("alignments_class_1/class_posterior"), 0.8);
+  t.set_number(1, t.find("alignments_class_1/pose"), kPi / 2, 2);  // a quarter turn about z
+  const io::StarFile star = io::star_from_cs(t, {});
+  const io::StarTable& p = star.require_block("particles").table;
+  EXPECT_EQ(p.integer(0, p.require("rlnClassNumber")), 1);
+  EXPECT_EQ(p.integer(1, p.require("rlnClassNumber")), 2);
+  const double rot = p.number(1, p.require("rlnAngleRot")), psi = p.number(1, p.require("rlnAnglePsi"));
+  EXPECT_NEAR(std::remainder(rot + psi - 90, 360.0), 0, 1e-4);
+}
+
+}  // namespace
