@@ -30,12 +30,15 @@ void print_mrc(const std::string& path) {
   for (const auto& note : mrc.notes()) fmt::print("  note          {}\n", note);
 }
 
-void print_particles(const std::string& path, const std::string& cs_root) {
+io::ParticleReadOptions summary_options(const std::string& cs_root) {
   io::ParticleReadOptions options;
   options.cs_root = cs_root;
-  options.allow_missing_stacks = true;
+  options.allow_missing_stacks = true;  // a summary needs no images; missing stacks are listed
   options.quiet = true;
-  const auto set = io::ParticleSet::read(path, options);
+  return options;
+}
+
+void print_particles(const io::ParticleSet& set) {
   fmt::print("  particles     {}\n", set.size());
   fmt::print("  box           {}\n", set.box() > 0 ? fmt::format("{} px", set.box()) : "unknown (no stack found)");
   fmt::print("  pixel size    {:.4f} Å\n", set.pixel_size());
@@ -56,7 +59,7 @@ void print_particles(const std::string& path, const std::string& cs_root) {
 bool is_particle_table(const io::StarBlock& b) { return b.is_loop && b.table.has("rlnImageName"); }
 
 void print_star(const std::string& path) {
-  const io::StarFile star = io::read_star(path);
+  io::StarFile star = io::read_star(path);
   fmt::print("{}: STAR file (version {}), {} block{}\n", path, star.version ? std::to_string(star.version) : "not stated",
              star.blocks.size(), star.blocks.size() == 1 ? "" : "s");
   bool particles = false;
@@ -72,7 +75,7 @@ void print_star(const std::string& path) {
   }
   if (particles) {
     fmt::print("particle summary:\n");
-    print_particles(path, "");
+    print_particles(io::ParticleSet::from_star(std::move(star), summary_options("")));  // parsed once
   }
 }
 
@@ -87,7 +90,7 @@ void print_cs(const std::string& path, const std::string& cs_root) {
   }
   if (cs.has("blob/path") && cs.rows() > 0) {
     fmt::print("particle summary:\n");
-    print_particles(path, cs_root);
+    print_particles(io::ParticleSet::read(path, summary_options(cs_root)));
   }
 }
 }  // namespace

@@ -99,10 +99,11 @@ Mat3 rotation_from_vector(const Vec3& v) {
 
 Vec3 rotation_vector(const Mat3& r) {
   const double c = std::clamp((r(0, 0) + r(1, 1) + r(2, 2) - 1) / 2, -1.0, 1.0);
-  const double angle = std::acos(c);
-  // The antisymmetric part gives 2 sin(angle) * axis: well conditioned away from pi.
+  // The antisymmetric part gives 2 sin(angle) * axis: well conditioned away from pi. The angle
+  // from atan2(sin, cos) is accurate everywhere (acos alone loses half the digits near 0 and pi).
   const Vec3 w{r(2, 1) - r(1, 2), r(0, 2) - r(2, 0), r(1, 0) - r(0, 1)};
   const double s = std::sqrt(w.x * w.x + w.y * w.y + w.z * w.z);
+  const double angle = std::atan2(s / 2, c);
   if (angle < 1e-6) return {w.x / 2, w.y / 2, w.z / 2};  // sin(angle) ~ angle
   if (c > -0.9) {
     const double f = angle / s;
