@@ -27,6 +27,9 @@ void add_class2d_command(CLI::App& app) {
   cmd->add_flag("--force-max-poses", o.force_max_poses, "Each particle contributes only at its best pose and shift");
   cmd->add_flag("--hard-classify-last", o.hard_classify_last, "The final iteration puts each particle in its best class only");
   cmd->add_flag("--no-ctf", o.no_ctf, "Classify without CTF correction");
+  cmd->add_flag("--exhaustive", o.exhaustive,
+                "Score every hypothesis at the full frequency limit (default: a coarse pass at twice the angle and "
+                "shift steps and a lower limit, then the fine hypotheses around those holding the posterior mass)");
   cmd->add_option("--batch", o.batch, "Particles per E-step batch (bounds memory)")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Random seed")->capture_default_str();
   cmd->callback([] {

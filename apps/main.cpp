@@ -1,6 +1,7 @@
 // emcryo: single-particle cryo-EM by Expectation-Maximization. Subcommand table and error path.
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 
 #include "commands.hpp"
 #include "emcryo/core/error.hpp"
@@ -26,6 +27,11 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const emcryo::Error& e) {
+    emcryo::log::error("{}", e.what());
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // The file system refused (read-only, no permission, disk full): the user's to fix, and
+    // what() names the operation, the reason and the path on one line.
     emcryo::log::error("{}", e.what());
     return 1;
   } catch (const std::exception& e) {

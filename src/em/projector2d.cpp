@@ -15,9 +15,10 @@ float gridding_2d(int x, int y, int c, int m) {
 }  // namespace
 
 FrequencyList make_frequency_list(int n, double radius) {
-  FrequencyList list;
-  list.n = n;
-  list.radius = radius;
+  struct Entry {
+    int r2, ky, kx;
+  };
+  std::vector<Entry> entries;
   const int h = n / 2 + 1;
   const int r = static_cast<int>(std::floor(radius));
   for (int ky = -r; ky <= r; ++ky) {
@@ -25,13 +26,28 @@ FrequencyList make_frequency_list(int n, double radius) {
     for (int kx = 0; kx <= r && kx < h; ++kx) {
       if (kx == 0 && ky <= 0) continue;
       if (kx * kx + ky * ky > radius * radius) continue;
-      list.kx.push_back(kx);
-      list.ky.push_back(ky);
-      list.shell.push_back(static_cast<int>(std::lround(std::sqrt(kx * kx + ky * ky))));
-      list.index.push_back(image::storage_index(ky, n) * h + kx);
+      entries.push_back({kx * kx + ky * ky, ky, kx});
     }
   }
+  // By radius, so that the list at a smaller radius is a prefix of this one (coarse passes).
+  std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.r2 < b.r2; });
+  FrequencyList list;
+  list.n = n;
+  list.radius = radius;
+  for (const auto& e : entries) {
+    list.kx.push_back(e.kx);
+    list.ky.push_back(e.ky);
+    list.shell.push_back(static_cast<int>(std::lround(std::sqrt(e.r2))));
+    list.index.push_back(image::storage_index(e.ky, n) * h + e.kx);
+  }
   return list;
+}
+
+std::size_t frequencies_within(const FrequencyList& list, double radius) {
+  std::size_t count = 0;
+  while (count < list.size() &&
+         list.kx[count] * list.kx[count] + list.ky[count] * list.ky[count] <= radius * radius) ++count;
+  return count;
 }
 
 Projector2D::Projector2D(const std::vector<float>& img, int n, int padding)

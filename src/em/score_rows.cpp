@@ -30,16 +30,16 @@ void fill_score_rows(const Complex* x, const float* ctf, const float* inv_sigma2
     const Complex* ramp = ramps + static_cast<std::size_t>(t) * F;
     for (int f = 0; f < F; ++f) {
       const Complex y = std::conj(x[f]) * ramp[f] * (ctf[f] * inv_sigma2[f]);
-      row[f] = y.real();       // Re(Y A) = Re Y Re A - Im Y Im A, so store -Im Y
-      row[F + f] = -y.imag();
+      row[2 * f] = y.real();       // Re(Y A) = Re Y Re A - Im Y Im A, so store -Im Y
+      row[2 * f + 1] = -y.imag();
     }
   }
 }
 
 void store_template_row(const Complex* sample, int F, float* row, float* power) {
   for (int f = 0; f < F; ++f) {
-    row[f] = sample[f].real();
-    row[F + f] = sample[f].imag();
+    row[2 * f] = sample[f].real();
+    row[2 * f + 1] = sample[f].imag();
     if (power) power[f] = std::norm(sample[f]);
   }
 }
@@ -48,7 +48,7 @@ void add_noise_residual(const FrequencyList& list, const Complex* x, const float
                         const float* template_row, double* sum, double* count) {
   const std::size_t F = list.size();
   for (std::size_t f = 0; f < F; ++f) {
-    const Complex model = ctf[f] * ramp[f] * Complex(template_row[f], template_row[F + f]);
+    const Complex model = ctf[f] * ramp[f] * Complex(template_row[2 * f], template_row[2 * f + 1]);
     const auto s = static_cast<std::size_t>(list.shell[f]);
     sum[s] += std::norm(x[f] - model);
     count[s] += 1;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <complex>
 #include <numbers>
 
 namespace emcryo::image {
@@ -79,13 +80,17 @@ std::vector<float> resample_image(const std::vector<float>& image, int n_in, int
 void shift_half_grid_2d(Complex* spectrum, int n, double dx, double dy) {
   const int h = n / 2 + 1;
   const double two_pi_over_n = 2 * std::numbers::pi / n;
+  // The phase ramp is separable, e^{-i(kx dx + ky dy)} = e^{-i kx dx} e^{-i ky dy}: two 1D tables
+  // (h + n sines and cosines) instead of one per coefficient.
+  thread_local std::vector<std::complex<double>> along_x, along_y;
+  along_x.resize(static_cast<std::size_t>(h));
+  along_y.resize(static_cast<std::size_t>(n));
+  for (int kx = 0; kx < h; ++kx) along_x[static_cast<std::size_t>(kx)] = std::polar(1.0, -two_pi_over_n * kx * dx);
+  for (int j = 0; j < n; ++j) along_y[static_cast<std::size_t>(j)] = std::polar(1.0, -two_pi_over_n * wrap_frequency(j, n) * dy);
   for (int j = 0; j < n; ++j) {
-    const int ky = wrap_frequency(j, n);
-    for (int kx = 0; kx < h; ++kx) {
-      const double phase = -two_pi_over_n * (kx * dx + ky * dy);
-      spectrum[static_cast<std::size_t>(j) * h + kx] *=
-          Complex(static_cast<float>(std::cos(phase)), static_cast<float>(std::sin(phase)));
-    }
+    const std::complex<double> y = along_y[static_cast<std::size_t>(j)];
+    Complex* row = spectrum + static_cast<std::size_t>(j) * h;
+    for (int kx = 0; kx < h; ++kx) row[kx] *= Complex(y * along_x[static_cast<std::size_t>(kx)]);
   }
 }
 

@@ -334,6 +334,11 @@ MrcReader::MrcReader(const std::filesystem::path& path) : path_(path) {
     if (header_.nsymbt < 0)
       fail("{}: negative extended header size nsymbt={}", name, header_.nsymbt);
     data_offset_ = kHeaderBytes + header_.nsymbt;
+    // A NaN or infinite cell is a damaged header, and its pixel size would poison every job.
+    for (int axis = 0; axis < 3; ++axis)
+      if (!std::isfinite(header_.cella[axis]))
+        fail("{}: header field cella (cell size) is {} {} {}: not a finite number", name, header_.cella[0],
+             header_.cella[1], header_.cella[2]);
 
     const std::int64_t expected = expected_file_bytes(header_, bytes_per_voxel_);
     // Longer files are accepted: some writers pad the end.
@@ -585,6 +590,8 @@ void MrcStackWriter::close() {
     stats.count = count_ * nx_ * ny_;
     stats.store(header);
     pwrite_fully(fd, &header, sizeof(header), 0, path_);
+    // On disk before the rename, as write_atomically does (a full disk may say so only here).
+    if (::fsync(fd) != 0) fail("{}: write failed: {}", path_.string(), std::strerror(errno));
     closed = true;  // even a failing close() releases the descriptor
     close_written(fd, path_);
     std::error_code ec;

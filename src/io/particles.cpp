@@ -17,6 +17,42 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// A value a job computes with: NaN or Inf would poison maps or index grids, so it is refused
+// where it is read, with its line.
+void require_finite(const StarTable& t, std::size_t row, int column, double value, const fs::path& star) {
+  if (!std::isfinite(value))
+    fail("{}:{}: column {}: '{}' is not a finite number", star.string(), t.line_of(row),
+         t.column_names()[static_cast<std::size_t>(column)], excerpt(t.text(row, column)));
+}
+
+double finite_number(const StarTable& t, std::size_t row, int column, const fs::path& star) {
+  const double value = t.number(row, column);
+  require_finite(t, row, column, value, star);
+  return value;
+}
+
+// Where the stack of "N@path" is: the STAR file's folder first, then the working directory.
+// Errors from the file system (a name too long, a loop of links) count as "not found".
+fs::path resolve_stack(const std::string& file, const fs::path& folder) {
+  std::error_code ec;
+  const fs::path beside_star = fs::path(file).is_absolute() ? fs::path(file) : folder / file;
+  if (fs::exists(beside_star, ec)) return beside_star;
+  if (fs::exists(file, ec)) return file;
+  return beside_star;
+}
+
+// The particles table: data_particles (3.1 and later), else the first loop with rlnImageName
+// (2.x, 3.0 and other writers, also when a data_particles block lacks rlnImageName). One rule
+// for reading and for output_star(), so both always mean the same table.
+template <typename Star>
+auto* particles_block(Star& star) {
+  auto* found = star.find_block("particles");
+  if (found != nullptr && found->table.has("rlnImageName")) return found;
+  for (auto& block : star.blocks)
+    if (block.is_loop && block.table.has("rlnImageName")) return &block;
+  return found;
+}
+
 // The first of the candidate roots under which `blob` exists; the first candidate when none does
 // (the missing stack is then reported by the normal check).
 fs::path guess_cs_root(const fs::path& cs_path, const std::string& blob) {
@@ -49,15 +85,9 @@ ParticleSet ParticleSet::from_star(StarFile star_file, const ParticleReadOptions
   set.star_ = std::move(star_file);
   const StarFile& star = set.star_;
   const fs::path& star_path = set.path_;
-  const StarBlock* particles = star.find_block("particles");
+  const StarBlock* particles = particles_block(star);
   const StarBlock* optics = star.find_block("optics");
-  if (!particles || !particles->table.has("rlnImageName")) {
-    // RELION 3.0 and other writers: the loop that holds rlnImageName, whatever its name.
-    particles = nullptr;
-    for (const auto& block : star.blocks)
-      if (block.is_loop && block.table.has("rlnImageName")) particles = &block;
-  }
-  if (!particles) fail("{}: no particles table (a loop with rlnImageName)", star_path.string());
+  if (!particles) fail("{}: no particles table (data_particles with rlnImageName)", star_path.string());
   set.particles_ = &particles->table;
   const StarTable& t = particles->table;
   if (t.rows() == 0) fail("{}: data_{}: no particles", star_path.string(), particles->name);
@@ -109,11 +139,11 @@ void ParticleSet::read_optics(const StarBlock* optics, std::unordered_map<int, i
       OpticsGroup g;
       g.number = static_cast<int>(o.integer(r, c_num));
       g.name = c_name >= 0 ? std::string(o.text(r, c_name)) : "opticsGroup" + std::to_string(g.number);
-      g.pixel_size = c_pix >= 0 ? o.number(r, c_pix) : 0;
+      g.pixel_size = c_pix >= 0 ? finite_number(o, r, c_pix, path_) : 0;
       g.image_size = c_size >= 0 ? static_cast<int>(o.integer(r, c_size)) : 0;
-      if (c_volt >= 0) g.voltage = o.number(r, c_volt);
-      if (c_cs >= 0) g.cs = o.number(r, c_cs);
-      if (c_q0 >= 0) g.amplitude_contrast = o.number(r, c_q0);
+      if (c_volt >= 0) g.voltage = finite_number(o, r, c_volt, path_);
+      if (c_cs >= 0) g.cs = finite_number(o, r, c_cs, path_);
+      if (c_q0 >= 0) g.amplitude_contrast = finite_number(o, r, c_q0, path_);
       if (c_pre >= 0) g.ctf_premultiplied = o.integer(r, c_pre) != 0;
       if (g.pixel_size <= 0 && c_pix >= 0)
         fail("{}:{}: data_optics: column rlnImagePixelSize: must be positive", file, o.line_of(r));
@@ -128,9 +158,12 @@ void ParticleSet::read_optics(const StarBlock* optics, std::unordered_map<int, i
   if (int c = t.find("rlnImagePixelSize"); c >= 0) g.pixel_size = t.number(0, c);
   else if (t.has("rlnDetectorPixelSize") && t.has("rlnMagnification"))
     g.pixel_size = t.number(0, t.find("rlnDetectorPixelSize")) * 1e4 / t.number(0, t.find("rlnMagnification"));
-  if (int c = t.find("rlnVoltage"); c >= 0) g.voltage = t.number(0, c);
-  if (int c = t.find("rlnSphericalAberration"); c >= 0) g.cs = t.number(0, c);
-  if (int c = t.find("rlnAmplitudeContrast"); c >= 0) g.amplitude_contrast = t.number(0, c);
+  if (!std::isfinite(g.pixel_size) || g.pixel_size < 0)
+    fail("{}:{}: pixel size {} from rlnImagePixelSize or rlnDetectorPixelSize / rlnMagnification is not a "
+         "positive number", file, t.line_of(0), g.pixel_size);
+  if (int c = t.find("rlnVoltage"); c >= 0) g.voltage = finite_number(t, 0, c, path_);
+  if (int c = t.find("rlnSphericalAberration"); c >= 0) g.cs = finite_number(t, 0, c, path_);
+  if (int c = t.find("rlnAmplitudeContrast"); c >= 0) g.amplitude_contrast = finite_number(t, 0, c, path_);
   optics_index_of_number[1] = 0;
   optics_.push_back(g);
 }
@@ -150,19 +183,22 @@ void ParticleSet::resolve_images(const ParticleReadOptions& options) {
     const std::string_view name = t.text(r, c_image_);
     const auto at = name.find('@');
     if (at == std::string_view::npos || at == 0)
-      fail("{}:{}: column rlnImageName: '{}' is not of the form N@stack.mrcs", file, t.line_of(r), name);
+      fail("{}:{}: column rlnImageName: '{}' is not of the form N@stack.mrcs", file, t.line_of(r), excerpt(name));
     std::int64_t index = 0;
     auto [p, ec] = std::from_chars(name.data(), name.data() + at, index);
     if (ec != std::errc() || p != name.data() + at || index < 1)
-      fail("{}:{}: column rlnImageName: '{}' has no valid image number", file, t.line_of(r), name);
+      fail("{}:{}: column rlnImageName: '{}' has no valid image number", file, t.line_of(r), excerpt(name));
     std::string stack(name.substr(at + 1));
+    if (stack.empty())
+      fail("{}:{}: column rlnImageName: '{}' names no stack file after '@'", file, t.line_of(r), excerpt(name));
     auto [it, inserted] = stack_id.try_emplace(stack, static_cast<std::uint32_t>(stacks_.size()));
     if (inserted) {
-      fs::path resolved = fs::path(stack).is_absolute() ? fs::path(stack) : folder / stack;
-      if (!fs::exists(resolved) && fs::exists(stack)) resolved = stack;
-      const bool missing = !fs::exists(resolved);
+      const fs::path resolved = resolve_stack(stack, folder);
+      std::error_code not_found;
+      const bool missing = !fs::exists(resolved, not_found);
       if (missing && !options.allow_missing_stacks)
-        fail("{}:{}: column rlnImageName: stack file '{}' not found", file, t.line_of(r), resolved.string());
+        fail("{}:{}: column rlnImageName: stack file '{}' not found", file, t.line_of(r),
+             excerpt(resolved.string(), 200));
       if (missing) missing_.push_back(resolved);
       stacks_.push_back(resolved);
       stack_missing_.push_back(missing);
@@ -178,7 +214,8 @@ void ParticleSet::resolve_images(const ParticleReadOptions& options) {
   }
   if (!missing_.empty() && !options.quiet) {
     std::string list;
-    for (std::size_t s = 0; s < missing_.size() && s < 5; ++s) list += (s ? ", " : "") + missing_[s].string();
+    for (std::size_t s = 0; s < missing_.size() && s < 5; ++s)
+      list += (s ? ", " : "") + excerpt(missing_[s].string(), 200);
     log::warn("{}: {} of {} stacks not found: {}{}", file, missing_.size(), stacks_.size(), list,
               missing_.size() > 5 ? ", ..." : "");
   }
@@ -190,12 +227,22 @@ void ParticleSet::check_stacks(const std::vector<std::int64_t>& max_index, const
   int first = -1;
   for (std::size_t s = 0; s < stacks_.size(); ++s) {
     if (stack_missing_[s]) continue;
-    const MrcReader& reader = this->reader(s);
+    const MrcReader& reader = [&]() -> const MrcReader& {
+      try {
+        return this->reader(s);
+      } catch (const Error& e) {  // say which row named the stack
+        fail("{}:{}: column rlnImageName: {}", path_.string(), particles_->line_of(row_of_max[s]), e.what());
+      }
+    }();
     if (max_index[s] > reader.nz())
       fail("{}:{}: column rlnImageName: image {} is beyond the end of {} ({} images)", path_.string(),
            particles_->line_of(row_of_max[s]), max_index[s], stacks_[s].string(), reader.nz());
     if (reader.nx() != reader.ny())
       fail("{}: images are {}x{}; square images are required", stacks_[s].string(), reader.nx(), reader.ny());
+    // Every job works on the Fourier half grid of an even box centred at N/2, as RELION does.
+    if (reader.nx() % 2 != 0 || reader.nx() < 8)
+      fail("{}: images are {}x{} px; an even box of at least 8 px is required", stacks_[s].string(), reader.nx(),
+           reader.ny());
     if (first < 0) {
       first = static_cast<int>(s);
       box_ = reader.nx();
@@ -245,9 +292,15 @@ void ParticleSet::find_columns() {
   c_subset_ = t.find("rlnRandomSubset");
   c_class_ = t.find("rlnClassNumber");
   // Parse every numeric column a job will use once now, so a bad value fails before any work.
-  for (int c : {c_du_, c_dv_, c_dang_, c_bfac_, c_scale_, c_phase_, c_rot_, c_tilt_, c_psi_, c_ox_, c_oy_, c_subset_,
-                c_class_})
-    if (c >= 0) (void)t.numbers(c);
+  for (int c : {c_du_, c_dv_, c_dang_, c_bfac_, c_scale_, c_phase_, c_volt_, c_cs_, c_q0_, c_rot_, c_tilt_, c_psi_,
+                c_ox_, c_oy_}) {
+    if (c < 0) continue;
+    const std::vector<double> values = t.numbers(c);
+    for (std::size_t r = 0; r < values.size(); ++r) require_finite(t, r, c, values[r], path_);
+  }
+  for (int c : {c_subset_, c_class_})  // read as integers by random_subset(), class_number()
+    if (c >= 0)
+      for (std::size_t r = 0; r < t.rows(); ++r) (void)t.integer(r, c);
   if (has_ctf_ && c_dv_ < 0) fail("{}: data_particles: rlnDefocusU without rlnDefocusV", path_.string());
 }
 
@@ -343,9 +396,7 @@ std::string ParticleSet::portable_image_name(std::size_t i) const {
 }
 
 StarTable& ParticleSet::particles_table(StarFile& star) {
-  if (StarBlock* block = star.find_block("particles")) return block->table;
-  for (auto& block : star.blocks)
-    if (block.is_loop && block.table.has("rlnImageName")) return block.table;
+  if (StarBlock* block = particles_block(star)) return block->table;
   fail("{}: no particles table", star.path.string());
 }
 

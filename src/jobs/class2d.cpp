@@ -6,7 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <nlohmann/json.hpp>
+#include "emcryo/jobs/checkpoint_json.hpp"
 #include <numeric>
 
 #include "emcryo/core/error.hpp"
@@ -14,12 +14,13 @@
 #include "emcryo/core/log.hpp"
 #include "emcryo/core/progress.hpp"
 #include "emcryo/core/random.hpp"
-#include "emcryo/em/class2d_engine.hpp"
+#include "emcryo/em/model2d.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/particles.hpp"
 #include "emcryo/io/report.hpp"
 #include "emcryo/io/star.hpp"
+#include "job_folder.hpp"
 
 namespace emcryo::jobs {
 
@@ -31,7 +32,7 @@ using json = nlohmann::json;
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Class2DOptions, particles, out_dir, classes, iterations, mask_diameter,
                                                 max_resolution, min_align_resolution, initial_resolution, psi_step,
                                                 offset_range, offset_step, tau2_fudge, uncertainty_factor,
-                                                force_max_poses, hard_classify_last, no_ctf, batch, seed)
+                                                force_max_poses, hard_classify_last, no_ctf, exhaustive, batch, seed)
 
 namespace {
 
@@ -43,10 +44,11 @@ struct IterationRecord {
   double mean_psi_change = 0;   // degrees
   double seconds = 0;
   double gflops = 0;
+  double scoring_gflop = 0;     // floating point operations of the scoring GEMMs (10^9)
   std::vector<double> class_sizes;
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(IterationRecord, iteration, log_likelihood, resolution, class_changes,
-                                                mean_psi_change, seconds, gflops, class_sizes)
+                                                mean_psi_change, seconds, gflops, scoring_gflop, class_sizes)
 
 struct JobState {
   Class2DOptions options;
@@ -186,7 +188,7 @@ void write_posteriors_star(const fs::path& path, const io::ParticleSet& set, con
     const std::size_t row = t.add_row();
     t.set_text(row, c_name, set.image_name(active[r]));
     t.set_number(row, c_pk, results[r].class_posterior_max, 6);
-    t.set_integer(row, c_np, results[r].poses_with_weight);
+    t.set_integer(row, c_np, results[r].significant_samples);
   }
   star.blocks.push_back(std::move(block));
   io::write_star(path, star);
@@ -252,9 +254,8 @@ void write_report(const fs::path& dir, const JobState& state, const io::Particle
   report.write(dir / "report.html");
 }
 
-void save_checkpoint(const fs::path& dir, const JobState& state) {
+void save_checkpoint(const JobFolder& folder, const JobState& state) {
   json j;
-  j["format"] = "emcryo-class2d-checkpoint-1";
   j["options"] = state.options;
   j["iteration"] = state.iteration;
   j["radius"] = state.model.radius;
@@ -266,10 +267,10 @@ void save_checkpoint(const fs::path& dir, const JobState& state) {
   j["previous_class"] = state.previous_class;
   j["previous_psi"] = state.previous_psi;
   j["history"] = state.history;
-  write_text_file(dir / "checkpoint.json", j.dump(1));
+  folder.write_checkpoint(std::move(j), "emcryo-class2d-checkpoint-1");
 }
 
-Class2DResult run_job(JobState state, bool resumed) {
+Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
   const auto job_start = std::chrono::steady_clock::now();
   const Class2DOptions& o = state.options;
   const fs::path dir(o.out_dir);
@@ -297,8 +298,7 @@ Class2DResult run_job(JobState state, bool resumed) {
         fail("{}: optics groups with different pixel sizes ({} and {} Å) are not supported in one class2d job", o.particles, pixel, g.pixel_size);
   }
 
-  fs::create_directories(dir);
-  log::set_file((dir / "run.log").string());
+  folder.open_log();
   const double mask_radius_px = (o.mask_diameter > 0 ? o.mask_diameter / pixel : 0.9 * n) / 2;
   const auto mask = image::soft_round_mask(n, 2, std::max(1.0, mask_radius_px - 3), 5);
 
@@ -332,11 +332,13 @@ Class2DResult run_job(JobState state, bool resumed) {
   const auto search = em::make_class2d_search(o.psi_step, o.offset_range, o.offset_step);
   log::info("class2d: {} particles ({} skipped), {} classes, box {} px, {:.3f} Å/px, psi step {}° ({} angles), "
             "{} shifts within {} px, {} iterations",
-            active.size(), skipped_notes.size(), o.classes, n, pixel, o.psi_step, search.psi.size(), search.shifts.size(),
+            active.size(), skipped_notes.size(), o.classes, n, pixel, o.psi_step, search.psi.size(), search.shifts.fine.size(),
             o.offset_range, o.iterations);
 
+  const auto backend = em::make_cpu_backend();
   em::Class2DSettings settings;
   settings.use_ctf = !o.no_ctf;
+  settings.coarse_to_fine = !o.exhaustive;
   settings.tau2_fudge = o.tau2_fudge;
   settings.batch = o.batch;
   std::vector<em::ParticleResult> results(active.size());
@@ -353,7 +355,7 @@ Class2DResult run_job(JobState state, bool resumed) {
     init.random_assignment = true;
     init.seed = splitmix64(o.seed);
     em::Class2DStats stats;
-    auto initial = em::class2d_iteration(set, active, state.model, search, mask, init, results, stats);
+    auto initial = em::class2d_iteration(set, active, state.model, search, mask, init, *backend, results, stats);
     initial.radius = state.model.radius;
     initial.sigma2 = state.model.sigma2;  // keep the data-based noise estimate
     initial.priors.assign(static_cast<std::size_t>(o.classes), 1.0 / o.classes);
@@ -362,7 +364,7 @@ Class2DResult run_job(JobState state, bool resumed) {
     state.previous_psi.assign(active.size(), 0);
     for (std::size_t a = 0; a < active.size(); ++a) state.previous_class[a] = results[a].best_class, state.previous_psi[a] = results[a].psi;
     write_classes(dir / "classes_it000.mrcs", state.model, pixel);
-    save_checkpoint(dir, state);
+    save_checkpoint(folder, state);
   } else {
     if (state.previous_class.size() != active.size())
       fail("{}: checkpoint holds {} particles but {} are usable now: the input changed", (dir / "checkpoint.json").string(),
@@ -380,7 +382,7 @@ Class2DResult run_job(JobState state, bool resumed) {
     settings.hard_classes = o.hard_classify_last && it == o.iterations;
     settings.seed = splitmix64(o.seed + static_cast<std::uint64_t>(it));
     em::Class2DStats stats;
-    auto next = em::class2d_iteration(set, active, state.model, search, mask, settings, results, stats);
+    auto next = em::class2d_iteration(set, active, state.model, search, mask, settings, *backend, results, stats);
 
     // Re-centre averages on their centre of mass, within the search range.
     for (auto& c : next.classes) {
@@ -450,6 +452,7 @@ Class2DResult run_job(JobState state, bool resumed) {
     record.log_likelihood = ll;
     record.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - it_start).count();
     record.gflops = stats.gemm_seconds > 0 ? stats.flops / stats.gemm_seconds / 1e9 : 0;
+    record.scoring_gflop = stats.flops / 1e9;
     state.model = next;
     state.iteration = it;
     state.history.push_back(record);
@@ -461,11 +464,12 @@ Class2DResult run_job(JobState state, bool resumed) {
     write_particles_star(dir / fmt::format("particles_it{:03}.star", it), set, active, results, pixel);
     write_model_star(dir / fmt::format("model_it{:03}.star", it), state.model, it, pixel, classes_file, record);
     write_posteriors_star(dir / fmt::format("posteriors_it{:03}.star", it), set, active, results);
-    save_checkpoint(dir, state);
+    save_checkpoint(folder, state);
     log::info("iteration {:3}/{}: resolution {:5.1f} Å (limit {:.1f} px), logL {:.6g}, class changes {:4.1f}%, "
-              "psi change {:5.1f}°, {:.1f} s, GEMM {:.0f} GFLOP/s",
+              "psi change {:5.1f}°, {:.1f} s, scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
               it, o.iterations, record.resolution, state.model.radius, record.log_likelihood, 100 * record.class_changes,
-              record.mean_psi_change, record.seconds, record.gflops);
+              record.mean_psi_change, record.seconds, record.scoring_gflop, static_cast<double>(stats.coarse_hypotheses),
+              static_cast<double>(stats.fine_hypotheses));
     out.gflops = record.gflops;
   }
 
@@ -481,7 +485,6 @@ Class2DResult run_job(JobState state, bool resumed) {
   }
   write_report(dir, state, set, skipped_notes, pixel);
   log::info("class2d: done; class averages in {}/classes.mrcs, report in {}/report.html", o.out_dir, o.out_dir);
-  log::set_file("");
 
   out.iterations_done = state.iteration;
   out.class_of_particle.assign(set.size(), -1);
@@ -498,26 +501,17 @@ Class2DResult run_job(JobState state, bool resumed) {
 }  // namespace
 
 Class2DResult run_class2d(const Class2DOptions& options) {
-  const fs::path dir(options.out_dir);
-  if (fs::exists(dir / "checkpoint.json"))
-    fail("{}: already holds a class2d run; use --continue {} to resume it, or choose another --out", options.out_dir,
-         options.out_dir);
+  const JobFolder folder(options.out_dir, "class2d", JobFolder::Mode::start);
   JobState state;
   state.options = options;
-  // The checkpoint keeps an absolute path, so --continue works from any working directory.
-  if (!options.particles.empty()) state.options.particles = fs::absolute(options.particles).lexically_normal().string();
-  return run_job(std::move(state), false);
+  state.options.particles = absolute_path(options.particles);
+  return run_job(folder, std::move(state), false);
 }
 
 Class2DResult continue_class2d(const std::string& out_dir) {
-  const fs::path path = fs::path(out_dir) / "checkpoint.json";
-  if (!fs::exists(path)) fail("{}: no checkpoint.json: nothing to continue", out_dir);
-  json j;
-  try {
-    j = json::parse(read_text_file(path));
-  } catch (const json::exception& e) {
-    fail("{}: damaged checkpoint: {}", path.string(), e.what());
-  }
+  const JobFolder folder(out_dir, "class2d", JobFolder::Mode::resume);
+  const fs::path path = folder.dir() / "checkpoint.json";
+  const json j = folder.read_checkpoint();
   JobState state;
   try {
     state.options = j.at("options").get<Class2DOptions>();
@@ -542,7 +536,7 @@ Class2DResult continue_class2d(const std::string& out_dir) {
   } catch (const json::exception& e) {
     fail("{}: damaged checkpoint: {}", path.string(), e.what());
   }
-  return run_job(std::move(state), true);
+  return run_job(folder, std::move(state), true);
 }
 
 }  // namespace emcryo::jobs

@@ -11,7 +11,8 @@
 #include "emcryo/core/log.hpp"
 #include "emcryo/core/progress.hpp"
 #include "emcryo/core/random.hpp"
-#include "emcryo/em/projector.hpp"
+#include "emcryo/em/model3d.hpp"
+#include "emcryo/em/regularizer.hpp"
 #include "emcryo/geometry/symmetry.hpp"
 #include "emcryo/image/ctf.hpp"
 #include "emcryo/image/fourier.hpp"
@@ -46,62 +47,56 @@ ReconstructResult run_reconstruct(const ReconstructOptions& o) {
   std::iota(all.begin(), all.end(), 0);
   const std::vector<int> half = set.half_sets(all, o.seed);
 
-  const int threads = omp_get_max_threads();
-  std::vector<em::BackProjector> accum;
-  for (int t = 0; t < 2 * threads; ++t) accum.emplace_back(n);
-  std::vector<geometry::Mat3> sym_t;
-  for (const auto& s : group.operators) sym_t.push_back(geometry::transpose(s));
-
+  // Back-projection at the known poses through the engine's 3D configuration: no scoring, flat
+  // noise (the CTF alone weights the data), sums in lanes that do not depend on the thread count.
   ReconstructResult result;
-  std::vector<char> skipped(count, 0);
-  Progress progress("reconstruct", static_cast<std::int64_t>(count));
-  const std::size_t pixels = static_cast<std::size_t>(n) * n;
-  for (std::size_t first = 0; first < count; first += static_cast<std::size_t>(o.batch)) {
-    const std::size_t batch = std::min<std::size_t>(static_cast<std::size_t>(o.batch), count - first);
-    std::vector<float> images(batch * pixels);
-    for (std::size_t b = 0; b < batch; ++b) set.read_image(first + b, images.data() + b * pixels);
-#pragma omp parallel
-    {
-      const int tid = omp_get_thread_num();
-      std::vector<image::Complex> spectrum(image::half_size(n, n));
-      std::vector<float> weight(image::half_size(n, n), 1.0f);
-#pragma omp for schedule(dynamic, 4)
-      for (std::size_t b = 0; b < batch; ++b) {
-        const std::size_t i = first + b;
-        const float* img = images.data() + b * pixels;
-        if (!io::all_finite(img, pixels)) {
-          skipped[i] = 1;
-          continue;
-        }
-        image::fft_forward_2d(img, spectrum.data(), n, n);
-        const io::Pose pose = set.pose(i);
-        image::shift_half_grid_2d(spectrum.data(), n, pose.origin_x / pixel, pose.origin_y / pixel);
-        if (use_ctf) {
-          image::ctf_half_grid(set.ctf(i), n, pixel, weight.data());
-          for (std::size_t j = 0; j < spectrum.size(); ++j) {
-            spectrum[j] *= weight[j];
-            weight[j] *= weight[j];
-          }
-        }
-        const auto a = geometry::euler_to_matrix({pose.rot, pose.tilt, pose.psi});
-        auto& bp = accum[static_cast<std::size_t>(2 * tid + (half[i] - 1))];
-        for (const auto& s : sym_t) bp.insert(a * s, spectrum.data(), weight.data(), n, r_max);
+  std::vector<std::size_t> usable;
+  {
+    std::vector<float> img(static_cast<std::size_t>(n) * n);
+    for (std::size_t i = 0; i < count; ++i) {
+      set.read_image(i, img.data());
+      if (io::all_finite(img.data(), img.size())) {
+        usable.push_back(i);
+      } else {
+        log::warn("{}: particle {} ({}) has NaN/Inf pixels: skipped", o.particles, i + 1, set.image_name(i));
+        ++result.particles_skipped;
       }
     }
-    progress.advance(static_cast<std::int64_t>(batch));
+  }
+  result.particles_used = usable.size();
+  const std::vector<std::vector<double>> flat_noise(set.optics_groups().size(), std::vector<double>(static_cast<std::size_t>(n / 2 + 1), 1.0));
+  const std::vector<float> no_mask(static_cast<std::size_t>(n) * n, 1.0f);
+  const auto list = em::make_frequency_list(n, std::max(1.0, r_max));
+  em::ExpectationSettings settings;
+  settings.use_ctf = use_ctf;
+  settings.known_poses = true;
+  settings.batch = o.batch;
+  settings.insert_radius = r_max;
+  const auto backend = em::make_cpu_backend();
+  std::vector<em::BackProjector> accum;
+  Progress progress("reconstruct", static_cast<std::int64_t>(usable.size()));
+  for (int h = 1; h <= 2; ++h) {
+    std::vector<std::size_t> images;
+    std::vector<em::Pose3D> poses;
+    for (std::size_t i : usable) {
+      if (half[i] != h) continue;
+      const io::Pose pose = set.pose(i);
+      em::Pose3D p;
+      p.rot = pose.rot, p.tilt = pose.tilt, p.psi = pose.psi;
+      // RELION's origin re-centres the particle: the displacement is minus the origin.
+      p.shift_x = -pose.origin_x / pixel, p.shift_y = -pose.origin_y / pixel;
+      images.push_back(i);
+      poses.push_back(p);
+    }
+    em::ReconstructionSums sums(1, n);
+    em::NoiseSums noise(flat_noise.size(), flat_noise.front().size());
+    em::ExpectationStats stats;
+    if (!images.empty())
+      em::expectation_3d(set, images, poses, {nullptr}, list, flat_noise, no_mask, em::PoseSearch{}, group.operators, settings, *backend,
+                         sums, noise, stats, &progress);
+    accum.push_back(std::move(sums.total(0)));
   }
   progress.finish();
-  for (int t = 1; t < threads; ++t) {
-    accum[0].add(accum[static_cast<std::size_t>(2 * t)]);
-    accum[1].add(accum[static_cast<std::size_t>(2 * t + 1)]);
-  }
-  for (std::size_t i = 0; i < count; ++i) {
-    if (skipped[i]) {
-      log::warn("{}: particle {} ({}) has NaN/Inf pixels: skipped", o.particles, i + 1, set.image_name(i));
-      ++result.particles_skipped;
-    }
-  }
-  result.particles_used = count - result.particles_skipped;
 
   result.half1 = accum[0].reconstruct();
   result.half2 = accum[1].reconstruct();
@@ -118,15 +113,8 @@ ReconstructResult run_reconstruct(const ReconstructOptions& o) {
   em::BackProjector full = accum[0];
   full.add(accum[1]);
   result.map_unfiltered = full.reconstruct();
-  // Wiener filter from the half-map FSC: the full set's SSNR is 2 FSC / (1 - FSC), and the
-  // regularisation sigma^2/tau^2 per shell is the mean weight divided by that SSNR.
-  const auto mean_weight = full.mean_weight_per_shell();
-  std::vector<double> regularisation(mean_weight.size());
-  for (std::size_t s = 0; s < regularisation.size(); ++s) {
-    const double f = std::clamp(s < result.fsc.size() ? result.fsc[s] : 0.0, 1e-3, 0.999);
-    regularisation[s] = mean_weight[s] * (1 - f) / (2 * f);
-  }
-  result.map = full.reconstruct(regularisation);
+  // Wiener filter from the half-map FSC (the full set: two halves).
+  result.map = em::GlobalWiener(result.fsc, 2).reconstruct(full);
   result.box = n;
   result.pixel_size = pixel;
 

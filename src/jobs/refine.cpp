@@ -6,15 +6,17 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <nlohmann/json.hpp>
+#include "emcryo/jobs/checkpoint_json.hpp"
 #include <numbers>
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/files.hpp"
+#include "emcryo/core/job_lock.hpp"
 #include "emcryo/core/log.hpp"
 #include "emcryo/core/progress.hpp"
-#include "emcryo/em/class2d_engine.hpp"
-#include "emcryo/em/refine_engine.hpp"
+#include "emcryo/em/expectation.hpp"
+#include "emcryo/em/hypotheses.hpp"
+#include "emcryo/em/model3d.hpp"
 #include "emcryo/geometry/symmetry.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/image/map_tools.hpp"
@@ -26,7 +28,8 @@ namespace emcryo::em {
 // Poses are checkpointed as [rot, tilt, psi, shift_x, shift_y].
 void to_json(nlohmann::json& j, const Pose3D& p) { j = {p.rot, p.tilt, p.psi, p.shift_x, p.shift_y}; }
 void from_json(const nlohmann::json& j, Pose3D& p) {
-  p = Pose3D{j.at(0), j.at(1), j.at(2), j.at(3), j.at(4), 1, 1};
+  p = Pose3D{};
+  p.rot = j.at(0), p.tilt = j.at(1), p.psi = j.at(2), p.shift_x = j.at(3), p.shift_y = j.at(4);
 }
 }  // namespace emcryo::em
 
@@ -37,36 +40,10 @@ using json = nlohmann::json;
 using geometry::Mat3;
 using refine_detail::IterationRecord;
 
-std::vector<EulerTriple> orientation_grid(double step, const std::string& symmetry) {
-  const auto group = geometry::make_symmetry_group(symmetry);
-  const double step_rad = step * std::numbers::pi / 180;
-  const int directions = std::max(12, static_cast<int>(std::lround(4 * std::numbers::pi / (step_rad * step_rad))));
-  const double golden = std::numbers::pi * (3 - std::sqrt(5.0));
-  // A generic direction: keep the grid directions closer to it than any of their symmetry mates
-  // (a Dirichlet cell of the group), which is one asymmetric unit.
-  const geometry::Vec3 u{0.2673, 0.5345, 0.8018};
-  const int psi_count = std::max(1, static_cast<int>(std::lround(360 / step)));
-  std::vector<EulerTriple> grid;
-  for (int i = 0; i < directions; ++i) {
-    const double z = 1 - (2.0 * i + 1) / directions, r = std::sqrt(std::max(0.0, 1 - z * z));
-    const geometry::Vec3 d{r * std::cos(golden * i), r * std::sin(golden * i), z};
-    const double own = d.x * u.x + d.y * u.y + d.z * u.z;
-    bool keep = true;
-    for (std::size_t s = 1; s < group.operators.size() && keep; ++s) {
-      const auto m = group.operators[s] * d;
-      if (m.x * u.x + m.y * u.y + m.z * u.z > own + 1e-9) keep = false;
-    }
-    if (!keep) continue;
-    const double rot = std::atan2(d.y, d.x) * 180 / std::numbers::pi, tilt = std::acos(std::clamp(d.z, -1.0, 1.0)) * 180 / std::numbers::pi;
-    for (int p = 0; p < psi_count; ++p) grid.push_back({rot, tilt, 360.0 * p / psi_count - 180});
-  }
-  return grid;
-}
-
 // Checkpointed options: everything but the output folder, which --continue names.
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RefineOptions, particles, reference, symmetry, mask, initial_lowpass,
                                                 particle_diameter, initial_step, offset_range, offset_step, max_iterations,
-                                                adaptive_marginalization, no_ctf, batch, seed)
+                                                adaptive_marginalization, no_ctf, exhaustive, batch, seed)
 
 namespace refine_detail {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(IterationRecord, iteration, resolution, step, local, changed, seconds)
@@ -258,7 +235,7 @@ RefineResult run(State state, bool resumed) {
   log::info("refine: {} particles ({} skipped) in two half sets, box {} px, {:.3f} Å/px, symmetry {}", in.active.size(), in.skipped.size(), n,
             pixel, group.name);
 
-  const int threads = omp_get_max_threads();
+  const auto backend = em::make_cpu_backend();
   const std::size_t shells = static_cast<std::size_t>(n / 2 + 1);
   bool final_iteration = state.final_next;
   refine_detail::FinalMaps final_maps;
@@ -273,9 +250,9 @@ RefineResult run(State state, bool resumed) {
     em::PoseSearch search;
     search.local = state.local;
     search.step = state.step;
-    if (!state.local) search.grid = orientation_grid(state.step, o.symmetry);
-    search.shifts = em::make_class2d_search(360, state.offset_range, state.offset_step).shifts;
-    search.offset_step = state.offset_step;
+    if (!state.local) search.grid = em::orientation_grid(state.step, o.symmetry);
+    search.shifts = em::make_shift_grid(state.offset_range, state.offset_step);
+    search.coarse_to_fine = !o.exhaustive;
     // After the first global stage, shifts are searched around each particle's current shift.
     search.relative_shifts = state.local || state.second_global;
     em::ExpectationSettings settings;
@@ -297,14 +274,11 @@ RefineResult run(State state, bool resumed) {
       for (std::size_t a = 0; a < in.active.size(); ++a)
         if (in.half[a] == h + 1) members.push_back(a), images.push_back(in.active[a]), poses.push_back(state.poses[a]);
       const em::Projector projector(image::masked(half_maps[static_cast<std::size_t>(h)], in.user_mask.empty() ? in.sphere : in.user_mask), n);
-      std::vector<em::BackProjector> thread_maps(static_cast<std::size_t>(threads), em::BackProjector(n));
-      std::vector<em::NoiseSums> thread_noise(static_cast<std::size_t>(threads), em::NoiseSums(state.sigma2.size(), shells));
-      em::expectation_3d(in.set, images, poses, projector, list, state.sigma2, in.particle_mask, search, group.operators, settings,
-                         thread_maps, thread_noise, stats, &progress);
+      em::ReconstructionSums half_sums(1, n);
+      em::expectation_3d(in.set, images, poses, {&projector}, list, state.sigma2, in.particle_mask, search, group.operators, settings,
+                         *backend, half_sums, noise, stats, &progress);
       for (std::size_t m = 0; m < members.size(); ++m) state.poses[members[m]] = poses[m];
-      for (int t = 1; t < threads; ++t) thread_maps[0].add(thread_maps[static_cast<std::size_t>(t)]);
-      for (const auto& tn : thread_noise) noise.add(tn);
-      sums.push_back(std::move(thread_maps[0]));
+      sums.push_back(std::move(half_sums.total(0)));
     }
     progress.finish();
 
@@ -340,10 +314,11 @@ RefineResult run(State state, bool resumed) {
     state.radius = std::clamp(static_cast<double>(res_shell) + 4, 4.0, nyquist);
     const double changed_fraction = static_cast<double>(stats.changed) / static_cast<double>(in.active.size());
     const double seconds = std::chrono::duration<double>(Clock::now() - it_start).count();
-    log::info("iteration {:3}: resolution {:5.2f} Å, step {:.2f}° ({}), offsets {:.2f} px step, {:.1f}% poses changed (mean {:.2f}°), {:.1f} s{}",
+    log::info("iteration {:3}: resolution {:5.2f} Å, step {:.2f}° ({}), offsets {:.2f} px step, {:.1f}% poses changed (mean {:.2f}°), "
+              "{:.1f} s, scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
               it, resolution, state.step, state.local ? "local" : (state.second_global ? "global, fine" : "global"), state.offset_step,
-              100 * changed_fraction, stats.angle_change / static_cast<double>(in.active.size()), seconds,
-              stats.gemm_seconds > 0 ? fmt::format(", GEMM {:.0f} GFLOP/s", stats.flops / 1e9 / stats.gemm_seconds) : "");
+              100 * changed_fraction, stats.angle_change / static_cast<double>(in.active.size()), seconds, stats.flops / 1e9,
+              static_cast<double>(stats.coarse_hypotheses), static_cast<double>(stats.fine_hypotheses));
     state.history.push_back({it, resolution, state.step, state.local, changed_fraction, seconds});
     if (final_iteration) break;
     final_iteration = advance_schedule(state, resolution, stats.angle_change / static_cast<double>(in.active.size()), in.diameter);
@@ -367,6 +342,7 @@ RefineResult run(State state, bool resumed) {
 }  // namespace
 
 RefineResult run_refine(const RefineOptions& options) {
+  const JobLock lock(options.out_dir);  // held to the end: a second job into this folder refuses
   if (fs::exists(fs::path(options.out_dir) / "checkpoint.json"))
     fail("{}: already holds a refine run; use --continue {} to resume it, or choose another --out", options.out_dir, options.out_dir);
   (void)geometry::make_symmetry_group(options.symmetry);  // an unknown name fails before any work
@@ -381,6 +357,7 @@ RefineResult run_refine(const RefineOptions& options) {
 RefineResult continue_refine(const std::string& out_dir) {
   const fs::path path = fs::path(out_dir) / "checkpoint.json";
   if (!fs::exists(path)) fail("{}: no checkpoint.json: nothing to continue", out_dir);
+  const JobLock lock(out_dir);
   State state;
   try {
     state = json::parse(read_text_file(path)).get<State>();

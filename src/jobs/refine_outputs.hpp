@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "emcryo/em/refine_engine.hpp"
+#include "emcryo/em/model3d.hpp"
 #include "emcryo/io/particles.hpp"
 
 namespace emcryo::jobs::refine_detail {

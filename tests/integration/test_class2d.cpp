@@ -14,6 +14,7 @@
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/star.hpp"
+#include "support/test_mrc.hpp"
 #include "support/test_support.hpp"
 
 namespace fs = std::filesystem;
@@ -230,6 +231,23 @@ TEST_F(Class2DTest, ContinueAfterKillEqualsUninterruptedRun) {
   EXPECT_NE(run(fmt::format("{} class2d --particles {} --classes 8 --out {}", exe(), (dir_ / "data/particles.star").string(),
                             killed.string())),
             0);
+}
+
+TEST_F(Class2DTest, ResultsDoNotDependOnTheThreadCount) {
+  // Each run as `emcryo -j N class2d ...`: the same classes and poses with 1 and 2 threads.
+  const auto run_with = [&](int threads) {
+    const fs::path out = dir_ / fmt::format("threads{}", threads);
+    EXPECT_EQ(run(fmt::format("{} -j {} class2d --particles {} --classes 8 --out {} --iterations 4 --mask-diameter 130 --seed 1", exe(),
+                              threads, (dir_ / "data/particles.star").string(), out.string())),
+              0);
+    return io::read_star(out / "particles.star");
+  };
+  const auto one = run_with(1), two = run_with(2);
+  const auto& a = one.require_block("particles").table;
+  const auto& b = two.require_block("particles").table;
+  ASSERT_EQ(a.rows(), b.rows());
+  for (const char* label : {"rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnMaxValueProbDistribution"})
+    for (std::size_t r = 0; r < a.rows(); ++r) ASSERT_EQ(a.text(r, a.find(label)), b.text(r, b.find(label))) << label << " row " << r;
 }
 
 TEST_F(Class2DTest, RelionReadsOutputs) {

@@ -2,6 +2,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -12,6 +14,7 @@
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/star.hpp"
+#include "support/test_mrc.hpp"
 #include "support/test_support.hpp"
 
 namespace fs = std::filesystem;
@@ -170,24 +173,47 @@ TEST(Refine, ContinuesAfterAKillAndRefusesBadInput) {
                             exe, EMCRYO_SOURCE_DIR, (dir / "data").string())),
             0);
   const std::string common = fmt::format("--particles {} --ref {}", (dir / "data/particles.star").string(), (dir / "data/truth_class001.mrc").string());
+  // An uninterrupted run, then the same run killed mid-way (after its first checkpoint, before its
+  // end) and resumed: the two must end with the same poses and maps.
+  ASSERT_EQ(run(fmt::format("{} refine {} --out {} --max-iterations 6", exe, common, (dir / "whole").string())), 0);
   ASSERT_EQ(test::run(fmt::format("{} refine {} --out {} --max-iterations 6 >/dev/null 2>&1 & echo $! > {}", exe, common,
                                   (dir / "run").string(), (dir / "pid").string())),
             0);
   bool seen = false;
   for (int i = 0; i < 6000 && !seen; ++i) {
     seen = fs::exists(dir / "run/checkpoint.json");
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   const std::string pid = test::read_text(dir / "pid");
-  test::run(fmt::format("kill -9 {} 2>/dev/null", pid.substr(0, pid.find('\n'))));
+  const bool killed_while_running = test::run(fmt::format("kill -9 {} 2>/dev/null", pid.substr(0, pid.find('\n')))) == 0;
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   ASSERT_TRUE(seen);
+  ASSERT_TRUE(killed_while_running) << "the run ended before it could be killed";
+  ASSERT_FALSE(fs::exists(dir / "run/map.mrc")) << "the run was killed after its end";
+  const int checkpoint_iteration = nlohmann::json::parse(test::read_text(dir / "run/checkpoint.json")).at("iteration").get<int>();
+  EXPECT_GE(checkpoint_iteration, 1);
   {
     const auto resumed = test::run_capture(fmt::format("{} refine --continue {}", exe, (dir / "run").string()));
     ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+    EXPECT_NE(resumed.output.find(fmt::format("continuing after iteration {}", checkpoint_iteration)), std::string::npos) << resumed.output;
   }
-  EXPECT_TRUE(fs::exists(dir / "run/map.mrc"));
   EXPECT_TRUE(fs::exists(dir / "run/particles.star"));
+  {
+    const auto whole = io::MrcReader(dir / "whole/map_unfil.mrc").read_all(), resumed = io::MrcReader(dir / "run/map_unfil.mrc").read_all();
+    ASSERT_EQ(whole.size(), resumed.size());
+    double peak = 0;
+    for (float v : whole) peak = std::max(peak, static_cast<double>(std::abs(v)));
+    EXPECT_LE(test::max_abs_diff(whole, resumed), 1e-4 * peak);
+    const auto a = io::read_star(dir / "whole/particles.star"), b = io::read_star(dir / "run/particles.star");
+    const auto& ta = a.require_block("particles").table;
+    const auto& tb = b.require_block("particles").table;
+    ASSERT_EQ(ta.rows(), tb.rows());
+    for (const char* label : {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"}) {
+      const int ca = ta.find(label), cb = tb.find(label);
+      ASSERT_GE(ca, 0);
+      for (std::size_t r = 0; r < ta.rows(); ++r) EXPECT_NEAR(ta.number(r, ca), tb.number(r, cb), 1e-3) << label << " row " << r;
+    }
+  }
   // A reference on another grid (40 px at 3.2 Å/px for particles of 32 px at 4 Å/px) is
   // resampled, with a log line, and the refinement still finds the structure.
   ASSERT_EQ(run(fmt::format("{} simulate --model {}/data/1tii.pdb.gz --out {} --particles 4 --box 40 --pixel-size 3.2 --seed 3", exe,

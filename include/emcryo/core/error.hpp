@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace emcryo {
 
@@ -16,6 +17,16 @@ class Error : public std::runtime_error {
 template <typename... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) {
   throw Error(fmt::format(format, std::forward<Args>(args)...));
+}
+
+/// User text quoted in a message: at most `limit` bytes (then "..."), control bytes shown as '?',
+/// so a 10^6-character line or binary junk still makes one short line on a terminal.
+inline std::string excerpt(std::string_view text, std::size_t limit = 60) {
+  std::string shown(text.substr(0, limit));
+  for (char& c : shown)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  if (text.size() > limit) shown += "...";
+  return shown;
 }
 
 }  // namespace emcryo

@@ -12,6 +12,11 @@ namespace emcryo {
 void write_atomically(const std::filesystem::path& path,
                       const std::function<void(const std::filesystem::path& temp_path)>& write);
 
+/// Removes the temporary files ("<name>.tmp<pid>" or "<name>.tmp<pid>_<n>", as written by
+/// write_atomically and MrcStackWriter) that a killed job left in `dir`, and returns their names.
+/// Only for a folder no other process writes into (hold its JobLock).
+std::vector<std::string> remove_stale_temporaries(const std::filesystem::path& dir);
+
 /// Writes a text file atomically.
 void write_text_file(const std::filesystem::path& path, const std::string& text);
 std::string read_text_file(const std::filesystem::path& path);

@@ -10,7 +10,7 @@ namespace emcryo::em {
 using image::Complex;
 
 /// A list of half-plane frequencies (one per independent complex coefficient: kx > 0, or kx = 0
-/// and ky > 0) up to a radius, in pixels of an n-pixel box.
+/// and ky > 0) up to a radius, in pixels of an n-pixel box, ordered by radius.
 struct FrequencyList {
   int n = 0;
   double radius = 0;
@@ -19,6 +19,8 @@ struct FrequencyList {
   std::size_t size() const { return kx.size(); }
 };
 FrequencyList make_frequency_list(int n, double radius);
+/// How many of the list's first frequencies lie within `radius`: the list at that radius is this prefix.
+std::size_t frequencies_within(const FrequencyList& list, double radius);
 
 /// The in-plane rotation used everywhere in 2D, RELION's: A = [[c, s], [-s, c]] for angle psi.
 /// A template at psi samples the class average's transform at A^T k.

@@ -23,6 +23,7 @@ struct Class2DOptions {
   bool force_max_poses = false;
   bool hard_classify_last = false;
   bool no_ctf = false;
+  bool exhaustive = false;         // score every hypothesis at the full limit (no coarse-to-fine search)
   int batch = 256;
   std::uint64_t seed = 1;
 };
@@ -32,7 +33,7 @@ struct Class2DResult {
   std::vector<int> class_of_particle;    // final best class (0-based) per input particle, -1 = skipped
   std::vector<double> psi_of_particle;
   std::vector<double> class_sizes;
-  double gflops = 0;                     // achieved in the E/M GEMMs
+  double gflops = 0;                     // achieved in the scoring GEMMs
   double seconds = 0;
 };
 

@@ -4,7 +4,6 @@
 #include <string>
 #include <vector>
 
-#include "emcryo/geometry/rotation.hpp"
 
 namespace emcryo::jobs {
 
@@ -19,6 +18,7 @@ struct RefineOptions {
   int max_iterations = 25;
   bool adaptive_marginalization = false;
   bool no_ctf = false;
+  bool exhaustive = false;            // every hypothesis at the full limit (no coarse-to-fine search)
   int batch = 256;
   std::uint64_t seed = 1;
 };
@@ -31,11 +31,5 @@ struct RefineResult {
 
 RefineResult run_refine(const RefineOptions& options);
 RefineResult continue_refine(const std::string& out_dir);
-
-/// Near-uniform viewing directions (Fibonacci sphere) at about `step` degrees, reduced to one
-/// asymmetric unit of the point group, each combined with in-plane angles at the same step.
-/// Returned as RELION Euler angles.
-using EulerTriple = geometry::Euler;
-std::vector<EulerTriple> orientation_grid(double step_degrees, const std::string& symmetry);
 
 }  // namespace emcryo::jobs

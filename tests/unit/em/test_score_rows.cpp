@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "emcryo/em/projector2d.hpp"
-#include "emcryo/em/refine_engine.hpp"
+#include "emcryo/em/model3d.hpp"
 #include "emcryo/em/score_rows.hpp"
 #include "emcryo/geometry/rotation.hpp"
 
@@ -87,10 +87,10 @@ TEST(ScoreRows, NoiseResidualOfTheModelItselfIsZero) {
   for (std::size_t s = 0; s < sum.size(); ++s) EXPECT_NEAR(sum[s], count[s] / 2, 1e-4);
 }
 
-TEST(RefineEngine, LocalOrientationsSurroundTheCentre) {
+TEST(Hypotheses, LocalOrientationsSurroundTheCentre) {
   const emcryo::geometry::Euler centre{40, 70, -20};
   const double step = 4;
-  const auto candidates = em::local_orientations(centre, step);
+  const auto candidates = em::local_orientations(centre, step / 2);
   ASSERT_EQ(candidates.size(), 125u);
   const auto c = emcryo::geometry::euler_to_matrix(centre);
   double largest = 0;
@@ -104,7 +104,7 @@ TEST(RefineEngine, LocalOrientationsSurroundTheCentre) {
   EXPECT_NEAR(largest, step * std::sqrt(12.0) / 2, 1e-6);  // the corners of the 5x5x5 grid
 }
 
-TEST(RefineEngine, NoiseSumsGiveSigma2PerRealAndImaginaryPart) {
+TEST(Hypotheses, NoiseSumsGiveSigma2PerRealAndImaginaryPart) {
   em::NoiseSums a(1, 4), b(1, 4);
   a.sum[0] = {0, 4, 8, 0};
   a.count[0] = {0, 1, 2, 0};

@@ -11,6 +11,7 @@
 #include "emcryo/io/cs.hpp"
 #include "emcryo/io/cs_particles.hpp"
 #include "emcryo/io/particles.hpp"
+#include "support/test_mrc.hpp"
 #include "support/test_support.hpp"
 
 namespace fs = std::filesystem;

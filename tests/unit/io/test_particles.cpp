@@ -6,6 +6,7 @@
 #include "emcryo/core/error.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/particles.hpp"
+#include "support/test_mrc.hpp"
 #include "support/test_support.hpp"
 
 namespace fs = std::filesystem;

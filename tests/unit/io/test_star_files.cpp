@@ -8,6 +8,7 @@
 
 #include "emcryo/io/particles.hpp"
 #include "emcryo/io/star.hpp"
+#include "support/test_mrc.hpp"
 #include "support/test_support.hpp"
 
 namespace fs = std::filesystem;

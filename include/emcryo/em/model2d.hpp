@@ -1,20 +1,16 @@
-// The 2D EM engine: one E-step + M-step over all particles, with the E-step written as dense
-// matrix products (DESIGN §4). Hidden variables: class k, in-plane angle psi, 2D shift t.
+// 2D classification as a configuration of the engine: K in-plane-rotated class averages as
+// templates, class marginalised (tempered, or hard), in-plane angle and shift marginalised (or
+// maximised), coarse-to-fine over angle and shift; the M-step's sums per template (class x fine
+// angle), rotated back into each class once; the SSNR (tau^2) regulariser.
 #pragma once
 #include <cstdint>
 #include <vector>
 
+#include "emcryo/em/expectation.hpp"
 #include "emcryo/em/projector2d.hpp"
 #include "emcryo/io/particles.hpp"
 
 namespace emcryo::em {
-
-struct Class2DSearch {
-  std::vector<double> psi;                 // degrees
-  std::vector<std::pair<float, float>> shifts;  // pixels (displacement of the particle)
-};
-/// psi every `psi_step` degrees; shifts on a square grid of `step` px inside a disc of `range` px.
-Class2DSearch make_class2d_search(double psi_step, double range, double step);
 
 struct Class2DModel {
   int box = 0;
@@ -26,6 +22,13 @@ struct Class2DModel {
   double radius = 0;                           // current frequency limit in pixels of the box
 };
 
+/// The fine sampling the user asks for; the coarse pass uses twice the steps.
+struct Class2DSearch {
+  std::vector<double> psi;   // fine angles, degrees
+  ShiftGrid shifts;
+};
+Class2DSearch make_class2d_search(double psi_step, double range, double step);
+
 struct Class2DSettings {
   bool use_ctf = true;
   bool force_max_poses = false;   // each particle at its best pose/shift per class
@@ -33,6 +36,8 @@ struct Class2DSettings {
   double class_temperature = 1;   // > 1 broadens class posteriors (initial uncertainty)
   double tau2_fudge = 2;          // T in V = sum(w c X)/(sum(w c^2) + 1/(T tau^2))
   int batch = 256;                // particles per E-step batch (bounds memory)
+  bool coarse_to_fine = true;     // off: every hypothesis at the full frequency limit
+  int max_significant = 100000;   // hypotheses per particle entering the M-step (RELION's --maxsig)
   bool random_assignment = false; // initial M-step: random class and angle, no E-step
   std::uint64_t seed = 1;
 };
@@ -42,16 +47,17 @@ struct ParticleResult {
   double psi = 0;                  // degrees
   double shift_x = 0, shift_y = 0; // pixels, displacement of the particle from the centre
   double max_probability = 0;
-  int significant_samples = 0;
+  int significant_samples = 0;     // hypotheses that entered the M-step
   double log_likelihood = 0;
   double class_posterior_max = 0;  // largest class posterior
-  int poses_with_weight = 0;       // hypotheses with non-zero weight
+  std::vector<Hypothesis> top;     // the most probable hypotheses (class, pose, weight), best first
 };
 
 struct Class2DStats {
-  double flops = 0;       // GEMM floating point operations
+  double flops = 0;       // scoring GEMM floating point operations
   double gemm_seconds = 0;
   double seconds = 0;
+  std::int64_t coarse_hypotheses = 0, fine_hypotheses = 0;
 };
 
 /// One EM iteration over the particles `active` (indices into the set). Returns the updated model
@@ -59,11 +65,6 @@ struct Class2DStats {
 Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std::size_t>& active,
                                const Class2DModel& model, const Class2DSearch& search,
                                const std::vector<float>& particle_mask, const Class2DSettings& settings,
-                               std::vector<ParticleResult>& results, Class2DStats& stats);
-
-/// Initial noise model: half the mean power per shell of (masked) particle transforms.
-std::vector<std::vector<double>> estimate_initial_sigma2(const io::ParticleSet& set,
-                                                         const std::vector<std::size_t>& active,
-                                                         const std::vector<float>& particle_mask);
+                               ScoringBackend& backend, std::vector<ParticleResult>& results, Class2DStats& stats);
 
 }  // namespace emcryo::em

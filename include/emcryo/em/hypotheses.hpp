@@ -1,0 +1,49 @@
+// The hypothesis space of an E-step: orientations (2D in-plane angles, 3D grids over the
+// asymmetric unit, local grids around a pose) and shifts, each at a coarse and a fine sampling,
+// with the children that link a coarse hypothesis to the fine ones in its cell, and the log-prior
+// of a pose around a given one (local refinement).
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "emcryo/geometry/rotation.hpp"
+
+namespace emcryo::em {
+
+using Shift = std::pair<float, float>;  // pixels: displacement of the particle from the centre
+
+/// Shifts on a square grid of `step` px inside a disc of `range` px (the fine grid), the subset on
+/// the grid of twice the step (the coarse grid), and for each coarse shift the fine shifts of its
+/// cell (its 3x3 neighbourhood on the fine grid).
+struct ShiftGrid {
+  double step = 1;
+  std::vector<Shift> fine;
+  std::vector<int> coarse;                  // ids into fine
+  std::vector<std::vector<int>> children;   // per coarse shift, ids into fine
+};
+ShiftGrid make_shift_grid(double range, double step);
+
+/// In-plane angles every `step` degrees (0, step, ...), RELION's psi.
+std::vector<double> psi_grid(double step);
+
+/// Near-uniform viewing directions (Fibonacci sphere) at about `step` degrees, reduced to one
+/// asymmetric unit of the point group, each combined with in-plane angles at the same step.
+std::vector<geometry::Euler> orientation_grid(double step, const std::string& symmetry);
+
+/// `centre` turned by rotation vectors on a 5x5x5 grid of `spacing` degrees (+/- 2 spacings).
+std::vector<geometry::Euler> local_orientations(const geometry::Euler& centre, double spacing);
+
+/// The 8 orientations at the centres of the sub-cells of a cell of `cell` degrees around `centre`
+/// (rotation vectors (+-1, +-1, +-1) x cell/4): the fine hypotheses of a coarse 3D orientation.
+void sub_orientations(const geometry::Euler& centre, double cell, geometry::Euler out[8]);
+
+/// Gaussian prior on a pose around a reference pose (local refinement): log-prior of a rotation
+/// `angle` degrees and a shift `distance` px away. A sigma <= 0 leaves that part flat.
+struct PosePrior {
+  double sigma_rotation = 0;  // degrees
+  double sigma_shift = 0;     // pixels
+  double log_prior(double angle, double distance) const;
+};
+
+}  // namespace emcryo::em

@@ -1,0 +1,94 @@
+// 3D jobs as configurations of the engine: K maps (one for refine) as central-slice templates,
+// a global grid over the asymmetric unit, a local grid around each pose, or the fixed input pose;
+// shifts absolute or around the current ones; poses maximised (or marginalised over the
+// hypotheses holding the mass), the class marginalised; coarse-to-fine over orientation and
+// shift. The M-step's sums are padded Fourier volumes per class, filled in a fixed number of
+// lanes so that the sums do not depend on the thread count, and the noise sums per shell.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "emcryo/core/progress.hpp"
+#include "emcryo/em/expectation.hpp"
+#include "emcryo/em/projector.hpp"
+#include "emcryo/geometry/rotation.hpp"
+#include "emcryo/io/particles.hpp"
+
+namespace emcryo::em {
+
+struct Pose3D {
+  double rot = 0, tilt = 0, psi = 0;  // RELION Euler angles, degrees
+  double shift_x = 0, shift_y = 0;    // pixels: displacement of the particle from the centre
+  double max_probability = 1;
+  int significant = 1;                // hypotheses that entered the reconstruction
+  int class_index = 0;                // most probable class (0-based)
+  std::vector<double> class_posterior;  // per class (empty for one class)
+};
+
+/// The hypotheses of one iteration.
+struct PoseSearch {
+  bool local = false;                  // around each particle's pose; else the global grid
+  bool fixed = false;                  // each particle's pose only (no alignment)
+  double step = 15;                    // degrees: grid spacing; a local search spans +/- 2 steps
+  std::vector<geometry::Euler> grid;   // global orientations
+  ShiftGrid shifts;                    // pixels: fine grid; the coarse pass uses every other point
+  bool relative_shifts = false;        // shifts around each particle's current shift
+  bool coarse_to_fine = true;
+};
+
+struct ExpectationSettings {
+  bool use_ctf = true;
+  bool cc_scoring = false;     // normalised cross-correlation: the reference is not on the data's grey scale
+  bool marginalize = false;    // poses: the hypotheses holding 99.9% of the mass (at most 64) enter the
+                               // reconstruction, weighted by their posterior; else the best one
+  bool hard_classes = false;   // class: the most probable only
+  std::vector<double> class_priors;  // pi_k; empty = uniform
+  int batch = 256;             // particles per batch (bounds memory)
+  double insert_radius = 0;    // pixels: back-projection limit
+  bool known_poses = false;    // back-project at the given poses only (reconstruction): no scoring, no noise sums
+};
+
+/// Residual power per optics group and shell, for the noise model.
+struct NoiseSums {
+  std::vector<std::vector<double>> sum, count;
+  NoiseSums() = default;
+  NoiseSums(std::size_t groups, std::size_t shells);
+  void add(const NoiseSums& other);
+  void add(std::size_t group, const std::vector<double>& residual, const std::vector<double>& counts);
+  /// sigma^2 = sum / (2 count) (per real/imaginary part) where a shell has data.
+  void update(std::vector<std::vector<double>>& sigma2) const;
+};
+
+/// Back-projection sums of K classes, each split into lanes: particle p of a call goes to lane
+/// p % lanes, lanes fill in parallel and are summed in order, so the sums do not depend on the
+/// thread count. The lane count depends on the box only (memory).
+class ReconstructionSums {
+ public:
+  ReconstructionSums(int classes, int n);
+  int lanes() const { return static_cast<int>(lanes_.front().size()); }
+  BackProjector& lane(int k, int l) { return lanes_[static_cast<std::size_t>(k)][static_cast<std::size_t>(l)]; }
+  /// Lane 0 of class k after adding the others into it, in order.
+  BackProjector& total(int k);
+
+ private:
+  std::vector<std::vector<BackProjector>> lanes_;
+};
+
+struct ExpectationStats {
+  int changed = 0;            // particles whose orientation moved by more than step/2
+  double angle_change = 0;    // sum over particles, degrees
+  double flops = 0, gemm_seconds = 0;
+  std::int64_t coarse_hypotheses = 0, fine_hypotheses = 0;
+};
+
+/// One half set's (or the whole set's) E-step and back-projection. image_index[p] is particle p's
+/// index in `set`, poses[p] its pose (read for local searches, relative shifts and fixed poses,
+/// then replaced by the best hypothesis). Slices go into `sums` with every operator of
+/// `symmetry`, the best hypothesis's residual into `noise` (not in CC iterations).
+void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& image_index, std::vector<Pose3D>& poses,
+                    const std::vector<const Projector*>& references, const FrequencyList& list,
+                    const std::vector<std::vector<double>>& sigma2, const std::vector<float>& particle_mask, const PoseSearch& search,
+                    const std::vector<geometry::Mat3>& symmetry, const ExpectationSettings& settings, ScoringBackend& backend,
+                    ReconstructionSums& sums, NoiseSums& noise, ExpectationStats& stats, Progress* progress);
+
+}  // namespace emcryo::em

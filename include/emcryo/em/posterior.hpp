@@ -1,0 +1,83 @@
+// The posterior over one particle's hidden variables, reduced from log-scores that arrive in
+// chunks (DESIGN §3): per class a streaming log-sum-exp over its poses (or their maximum), the
+// class posterior from those evidences (tempered, with priors, or hard), and the hypotheses that
+// hold the posterior mass. The same code serves 2D and 3D, coarse and fine passes.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace emcryo::em {
+
+/// What a hidden variable contributes: every hypothesis weighted by its posterior, or only the best.
+enum class Reduce { marginalize, maximize };
+
+struct PosteriorSettings {
+  Reduce classes = Reduce::marginalize;  // maximize = hard classification
+  Reduce poses = Reduce::marginalize;    // orientation and shift within a class
+  double class_temperature = 1;          // > 1 flattens the class posterior (annealing)
+  std::vector<double> log_class_prior;   // log pi_k; empty = uniform
+  double mass = 0.999;                   // the kept hypotheses hold this fraction of the posterior
+  int cap = 64;                          // and are at most this many
+  /// Classes whose (tempered) posterior reaches this keep at least their best hypothesis, so a
+  /// later pass can still weigh them.
+  double class_floor = 1e-4;
+};
+
+/// A hypothesis: its class and an index that the caller maps back to its pose.
+struct WeightedHypothesis {
+  float weight = 0;  // normalised posterior (kept hypotheses sum to 1), or the log-score before finish
+  int k = 0;
+  std::int64_t id = 0;
+};
+
+struct Posterior {
+  std::vector<WeightedHypothesis> kept;  // best first
+  std::vector<double> class_posterior;   // per class, sums to 1
+  std::vector<double> class_log_evidence;  // per class: log-sum-exp (or max) of its scores; -inf if none
+  int best_class = 0;
+  std::int64_t best_id = 0;              // the single most probable hypothesis
+  float best_score = 0;
+  double log_evidence = 0;               // log sum_k pi_k exp(evidence_k), untempered
+  std::int64_t scored = 0;               // hypotheses seen
+};
+
+/// Streams the scores of one particle. Reuse one reducer per thread (reset per particle): it
+/// allocates only while its candidate list grows.
+class PosteriorReducer {
+ public:
+  void reset(const PosteriorSettings& settings, int classes);
+  /// One hypothesis of class k with log-score -D^2 (up to a per-particle constant).
+  void add(int k, std::int64_t id, float log_score) {
+    ClassSum& c = classes_[static_cast<std::size_t>(k)];
+    ++scored_;
+    if (log_score > c.max) {
+      c.sum = c.sum * std::exp(c.max - log_score) + 1.0;
+      c.max = log_score;
+      c.best = id;
+    } else {
+      c.sum += std::exp(log_score - c.max);
+    }
+    if (log_score > c.max - kWindow) {
+      candidates_.push_back({log_score, k, id});
+      if (candidates_.size() >= kPruneAt) prune();
+    }
+  }
+  Posterior finish();
+
+ private:
+  struct ClassSum {
+    float max;
+    double sum;
+    std::int64_t best;
+  };
+  static constexpr float kWindow = 14;  // log-score below the class best that can still matter (e^-14)
+  static constexpr std::size_t kPruneAt = 16384;
+  void prune();
+  PosteriorSettings settings_;
+  std::vector<ClassSum> classes_;
+  std::vector<WeightedHypothesis> candidates_;  // weight holds the log-score until finish()
+  std::int64_t scored_ = 0;
+};
+
+}  // namespace emcryo::em

@@ -1,0 +1,49 @@
+// The scoring seam of the engine (DESIGN §4): prepared particle rows x template rows -> log-scores.
+// The E-step driver (em/expectation) talks to it only; the CPU implementation runs two SGEMMs
+// through OpenBLAS. A CUDA implementation keeps rows, templates and scores in device buffers
+// (its plan() allocates them once per iteration) and fuses the reduction (see docs/design.md).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace emcryo::em {
+
+/// One scoring call. Row r belongs to particle r % particles (rows are shift-major: all particles
+/// at shift 0, then at shift 1, ...). Rows, templates, ctf2 and power may be prefixes of longer
+/// rows (strides in floats), which is how a coarse pass scores at a lower frequency limit.
+struct ScoreRequest {
+  const float* rows = nullptr;   // (Re Y, -Im Y) per frequency
+  int row_count = 0, row_stride = 0;
+  int particles = 1;
+  const float* ctf2 = nullptr;   // per particle: C^2 / sigma^2 per frequency
+  int ctf2_stride = 0;
+  const float* templates = nullptr;  // (Re A, Im A) per frequency
+  const float* power = nullptr;      // |A|^2 per frequency
+  int template_count = 0, template_stride = 0, power_stride = 0;
+  int frequencies = 0;               // F used: the inner dimension is 2F
+  bool cross_correlation = false;    // score = cross / sqrt(norm) instead of cross - norm / 2
+};
+
+struct BackendStats {
+  double flops = 0, seconds = 0;
+};
+
+class ScoringBackend {
+ public:
+  virtual ~ScoringBackend() = default;
+  virtual std::string name() const = 0;
+  /// Sizes the workspaces once per E-step: `slots` concurrent callers (threads), each scoring at
+  /// most `particles` x `templates` at a time.
+  virtual void plan(int slots, int particles, int templates) = 0;
+  /// out[r * template_count + j]: -D^2 up to a per-particle constant (or the cross-correlation).
+  /// Callers on different threads use different slots.
+  virtual void score(const ScoreRequest& request, float* out, int slot) = 0;
+  /// Summed over slots.
+  virtual BackendStats stats() const = 0;
+};
+
+/// OpenBLAS SGEMMs; inside an OpenMP parallel region they run single-threaded, outside on all cores.
+std::unique_ptr<ScoringBackend> make_cpu_backend();
+
+}  // namespace emcryo::em

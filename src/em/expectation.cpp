@@ -1,0 +1,520 @@
+#include "emcryo/em/expectation.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numbers>
+
+#include "emcryo/core/error.hpp"
+#include "emcryo/em/score_rows.hpp"
+#include "emcryo/image/ctf.hpp"
+#include "emcryo/image/fourier.hpp"
+
+namespace emcryo::em {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using geometry::Euler;
+
+std::size_t sz(int v) { return static_cast<std::size_t>(v); }
+
+/// A batch of prepared particles; allocated once per E-step and reused batch after batch.
+struct Batch {
+  int count = 0;
+  std::vector<Complex> x;         // [b][F]
+  std::vector<float> ctf, ctf2;   // [b][F]
+  std::vector<double> half_norm;  // [b]
+  std::vector<float> coarse_rows; // [t][b][2Fc]
+  std::vector<std::vector<Complex>> unmasked;
+  std::vector<std::vector<float>> ctf_grid;
+};
+
+/// What the coarse pass scores: orientations (shared or per particle) x coarse shifts.
+struct CoarseLayout {
+  int orientations = 0;     // per class
+  int classes = 1;
+  int shifts = 0;           // coarse shifts
+  std::vector<int> shift_ids;  // ids into the fine shift grid
+};
+
+/// Per-thread scratch of the fine and local passes.
+struct Scratch {
+  std::vector<Complex> sample, ramps, base_ramp;
+  std::vector<float> rows, templates, power, scores;
+  std::vector<Euler> orientations;
+  std::vector<std::pair<int, Euler>> unique_templates;  // (class, orientation)
+  std::vector<int> unique_shifts;
+  PosteriorReducer reducer;
+};
+
+void prepare_batch(const io::ParticleSet& set, const std::size_t* images, int count, const FrequencyList& list,
+                   const std::vector<std::vector<float>>& inv_sigma2, const std::vector<float>& mask, const EStepSettings& settings,
+                   std::vector<float>& pixels, Batch& batch) {
+  const int n = set.box();
+  const int F = static_cast<int>(list.size());
+  const std::size_t area = sz(n) * sz(n), half = image::half_size(n, n);
+  const double pixel = set.pixel_size();
+  batch.count = count;
+  for (int b = 0; b < count; ++b) set.read_image(images[b], pixels.data() + sz(b) * area);
+#pragma omp parallel
+  {
+    std::vector<Complex> spectrum(half);
+    std::vector<float> ctf_grid(half, 1.0f);
+#pragma omp for schedule(static)
+    for (int b = 0; b < count; ++b) {
+      const std::size_t i = images[b];
+      float* img = pixels.data() + sz(b) * area;
+      // The unmasked transform enters the reconstruction (as RELION: masking would change the
+      // data that enter the map); the masked one is scored.
+      if (settings.full_grids) image::fft_forward_2d(img, batch.unmasked[sz(b)].data(), n, n);
+      image::apply_mask(img, mask);
+      image::fft_forward_2d(img, spectrum.data(), n, n);
+      float* grid = settings.full_grids ? batch.ctf_grid[sz(b)].data() : ctf_grid.data();
+      if (settings.use_ctf) image::ctf_half_grid(set.ctf(i), n, pixel, grid);
+      else std::fill(grid, grid + half, 1.0f);
+      const float* isg = inv_sigma2[sz(set.optics_index(i))].data();
+      Complex* x = batch.x.data() + sz(b) * sz(F);
+      float* c = batch.ctf.data() + sz(b) * sz(F);
+      float* c2 = batch.ctf2.data() + sz(b) * sz(F);
+      double norm = 0;
+      for (int f = 0; f < F; ++f) {
+        const auto k = static_cast<std::size_t>(list.index[sz(f)]);
+        x[f] = spectrum[k];
+        c[f] = grid[k];
+        c2[f] = c[f] * c[f] * isg[f];
+        norm += std::norm(x[f]) * isg[f] / 2;
+      }
+      batch.half_norm[sz(b)] = norm;
+    }
+  }
+}
+
+/// Coarse rows of particle b: (coarse shifts, each moved by the particle's start shift) at Fc.
+void fill_coarse_rows(Batch& batch, int b, int F, int Fc, const CoarseLayout& layout, const std::vector<Complex>& fine_ramps,
+                      const float* isg, const Shift& base, const FrequencyList& list, Scratch& s) {
+  const Complex* x = batch.x.data() + sz(b) * sz(F);
+  const float* c = batch.ctf.data() + sz(b) * sz(F);
+  s.ramps.resize(sz(Fc));
+  s.base_ramp.resize(sz(F));
+  const bool moved = base.first != 0 || base.second != 0;
+  if (moved) shift_ramps(list, {base}, 0, 0, s.base_ramp.data());
+  for (int t = 0; t < layout.shifts; ++t) {
+    const Complex* r = fine_ramps.data() + sz(layout.shift_ids[sz(t)]) * sz(F);
+    for (int f = 0; f < Fc; ++f) s.ramps[sz(f)] = moved ? r[f] * s.base_ramp[sz(f)] : r[f];
+    float* row = batch.coarse_rows.data() + (sz(t) * sz(batch.count) + sz(b)) * 2 * sz(Fc);
+    fill_score_rows(x, c, isg, s.ramps.data(), 1, Fc, row);
+  }
+}
+
+/// The orientations a particle's coarse pass scores (per class): the grid, or its own.
+const std::vector<Euler>& coarse_orientations(const SearchSpace& space, const StartPose& start, Scratch& s) {
+  if (space.orientations == SearchSpace::Orientations::grid) return space.grid;
+  s.orientations.clear();
+  if (space.orientations == SearchSpace::Orientations::local) s.orientations = local_orientations(start.orientation, space.local_spacing);
+  else s.orientations.push_back(start.orientation);
+  return s.orientations;
+}
+
+/// Scores every pair of `orientations` (per class) x `shift_ids` for one particle at the first F
+/// frequencies, into the reducer with ids u_t * J + j (j = class * orientations + o).
+void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, Euler>>& templates, const std::vector<int>& shift_ids,
+                    const std::vector<Complex>& fine_ramps, const Shift& base, const FrequencyList& list, int F, int Ffull,
+                    const TemplateSource& source, bool cc, ScoringBackend& backend, int slot, Scratch& s) {
+  const int J = static_cast<int>(templates.size()), T = static_cast<int>(shift_ids.size());
+  s.sample.resize(sz(F));
+  s.templates.resize(sz(J) * 2 * sz(F));
+  s.power.resize(sz(J) * sz(F));
+  FrequencyList prefix;  // the first F frequencies of the list (sampling reads kx, ky only)
+  const FrequencyList* use = &list;
+  if (F != static_cast<int>(list.size())) {
+    prefix.n = list.n;
+    prefix.radius = list.radius;
+    prefix.kx.assign(list.kx.begin(), list.kx.begin() + F);
+    prefix.ky.assign(list.ky.begin(), list.ky.begin() + F);
+    prefix.shell.assign(list.shell.begin(), list.shell.begin() + F);
+    prefix.index.assign(list.index.begin(), list.index.begin() + F);
+    use = &prefix;
+  }
+  for (int j = 0; j < J; ++j) {
+    source.sample(templates[sz(j)].first, templates[sz(j)].second, *use, s.sample.data());
+    store_template_row(s.sample.data(), F, s.templates.data() + sz(j) * 2 * sz(F), s.power.data() + sz(j) * sz(F));
+  }
+  s.rows.resize(sz(T) * 2 * sz(F));
+  s.ramps.resize(sz(F));
+  s.base_ramp.resize(sz(F));
+  const bool moved = base.first != 0 || base.second != 0;
+  if (moved) shift_ramps(list, {base}, 0, 0, s.base_ramp.data());
+  for (int t = 0; t < T; ++t) {
+    const Complex* r = fine_ramps.data() + sz(shift_ids[sz(t)]) * sz(Ffull);
+    for (int f = 0; f < F; ++f) s.ramps[sz(f)] = moved ? r[f] * s.base_ramp[sz(f)] : r[f];
+    fill_score_rows(p.x, p.ctf, p.inv_sigma2, s.ramps.data(), 1, F, s.rows.data() + sz(t) * 2 * sz(F));
+  }
+  s.scores.resize(sz(T) * sz(J));
+  ScoreRequest q;
+  q.rows = s.rows.data(), q.row_count = T, q.row_stride = 2 * F, q.particles = 1;
+  q.ctf2 = p.ctf2, q.ctf2_stride = F;
+  q.templates = s.templates.data(), q.power = s.power.data(), q.template_count = J, q.template_stride = 2 * F, q.power_stride = F;
+  q.frequencies = F, q.cross_correlation = cc;
+  backend.score(q, s.scores.data(), slot);
+  for (int t = 0; t < T; ++t)
+    for (int j = 0; j < J; ++j)
+      s.reducer.add(templates[sz(j)].first, static_cast<std::int64_t>(t) * J + j, s.scores[sz(t) * sz(J) + sz(j)]);
+}
+
+/// The children of the kept coarse hypotheses: unique (class, orientation) and unique fine shifts.
+void collect_children(const Posterior& coarse, const std::vector<Euler>& orientations, const CoarseLayout& layout,
+                      const SearchSpace& space, Scratch& s) {
+  s.unique_templates.clear();
+  s.unique_shifts.clear();
+  const int J = layout.classes * layout.orientations;
+  std::vector<std::int64_t> seen_templates;
+  for (const auto& h : coarse.kept) {
+    const int j = static_cast<int>(h.id % J), t = static_cast<int>(h.id / J);
+    const int k = j / layout.orientations, o = j % layout.orientations;
+    if (std::find(seen_templates.begin(), seen_templates.end(), j) == seen_templates.end()) {
+      seen_templates.push_back(j);
+      const Euler& centre = orientations[sz(o)];
+      if (space.in_plane) {
+        for (int d = -1; d <= 1; ++d) {
+          Euler e = centre;
+          e.psi = std::fmod(centre.psi + d * space.cell / 2 + 360.0, 360.0);
+          // Neighbouring coarse angles share their boundary child: add it once.
+          const bool dup = std::any_of(s.unique_templates.begin(), s.unique_templates.end(), [&](const auto& u) {
+            return u.first == k && std::abs(std::remainder(u.second.psi - e.psi, 360.0)) < 1e-6;
+          });
+          if (!dup) s.unique_templates.push_back({k, e});
+        }
+      } else {
+        Euler sub[8];
+        sub_orientations(centre, space.cell, sub);
+        for (const auto& e : sub) s.unique_templates.push_back({k, e});
+      }
+    }
+    for (int id : space.shifts.children[sz(t)])
+      if (std::find(s.unique_shifts.begin(), s.unique_shifts.end(), id) == s.unique_shifts.end()) s.unique_shifts.push_back(id);
+  }
+  std::sort(s.unique_shifts.begin(), s.unique_shifts.end());
+}
+
+}  // namespace
+
+void EStepStats::add(const EStepStats& o) {
+  flops += o.flops, gemm_seconds += o.gemm_seconds, seconds += o.seconds;
+  coarse_hypotheses += o.coarse_hypotheses, fine_hypotheses += o.fine_hypotheses;
+}
+
+double coarse_radius_for(double cell_degrees, double coarse_shift_step, int n, double radius) {
+  double reach = 2.0 / (cell_degrees * std::numbers::pi / 180);
+  if (coarse_shift_step > 0) reach = std::min(reach, n / (std::numbers::pi * coarse_shift_step));
+  return std::min(radius, std::max(6.0, reach));
+}
+
+namespace {
+
+/// One E-step: planned once (sizes, coarse templates, buffers), then run batch by batch.
+class EStep {
+ public:
+  EStep(const io::ParticleSet& set, const std::vector<std::size_t>& images, const std::vector<StartPose>& start,
+        const SearchSpace& space, const TemplateSource& source, const FrequencyList& list,
+        const std::vector<std::vector<double>>& sigma2, const std::vector<float>& mask, const EStepSettings& settings,
+        ScoringBackend& backend)
+      : set_(set), images_(images), start_(start), space_(space), source_(source), list_(list), mask_(mask), settings_(settings),
+        backend_(backend) {
+    plan(sigma2);
+  }
+
+  void run(const Consumer& consumer, EStepStats& stats, Progress* progress) {
+    const int P = static_cast<int>(images_.size());
+    for (int first = 0; first < P; first += B_) {
+      const int bc = std::min(B_, P - first);
+      prepare_batch(set_, images_.data() + first, bc, list_, inv_sigma2_, mask_, settings_, pixels_, batch_);
+      scored_.first = sz(first);
+      scored_.particles.resize(sz(bc));
+      scored_.outcomes.assign(sz(bc), ParticleOutcome{});
+      for (int b = 0; b < bc; ++b) scored_.particles[sz(b)] = view(b);
+      if (shared_ && settings_.score) coarse_pass_shared(first, bc);
+      std::int64_t coarse = 0, fine = 0;
+#pragma omp parallel for schedule(dynamic, 2) reduction(+ : coarse, fine)
+      for (int b = 0; b < bc; ++b) {
+        ParticleOutcome& outcome = scored_.outcomes[sz(b)];
+        search_particle(first, b, outcome);
+        coarse += outcome.coarse_scored;
+        fine += outcome.fine_scored;
+      }
+      consumer(scored_);
+      stats.coarse_hypotheses += coarse;
+      stats.fine_hypotheses += fine;
+      if (progress) progress->advance(bc);
+    }
+  }
+
+ private:
+  void plan(const std::vector<std::vector<double>>& sigma2) {
+    const int n = set_.box();
+    F_ = static_cast<int>(list_.size());
+    // Two passes only where the coarse limit is below the full one: at a low working resolution
+    // the coarse sampling already resolves everything the data hold, and its hypotheses are final.
+    const int coarse_F = static_cast<int>(frequencies_within(list_, std::max(1.0, space_.coarse_radius)));
+    two_pass_ = space_.coarse_to_fine && coarse_F < F_;
+    Fc_ = two_pass_ ? coarse_F : F_;
+    if (F_ == 0 || Fc_ == 0 || space_.shifts.fine.empty()) fail("E-step: empty search (F = {}, shifts = {})", F_, space_.shifts.fine.size());
+    if (!settings_.score &&
+        (space_.orientations != SearchSpace::Orientations::fixed || space_.shifts.fine.size() != 1 || !space_.relative_shifts))
+      fail("E-step: an E-step without scoring needs fixed poses (internal error)");
+    K_ = source_.classes();
+    // Noise weights and the phase ramps of the fine shifts, once per E-step.
+    inv_sigma2_.assign(sigma2.size(), std::vector<float>(sz(F_)));
+    for (std::size_t g = 0; g < sigma2.size(); ++g)
+      for (int f = 0; f < F_; ++f) inv_sigma2_[g][sz(f)] = static_cast<float>(1.0 / sigma2[g][sz(list_.shell[sz(f)])]);
+    fine_ramps_ = shift_ramps(list_, space_.shifts.fine);
+    plan_layout();
+    plan_templates();
+    B_ = std::max(1, settings_.batch);
+    const std::size_t half = image::half_size(n, n);
+    batch_.x.resize(sz(B_) * sz(F_));
+    batch_.ctf.resize(sz(B_) * sz(F_));
+    batch_.ctf2.resize(sz(B_) * sz(F_));
+    batch_.half_norm.resize(sz(B_));
+    if (shared_) batch_.coarse_rows.resize(sz(layout_.shifts) * sz(B_) * 2 * sz(Fc_));
+    if (settings_.full_grids) {
+      batch_.unmasked.assign(sz(B_), std::vector<Complex>(half));
+      batch_.ctf_grid.assign(sz(B_), std::vector<float>(half));
+    }
+    pixels_.resize(sz(B_) * sz(n) * sz(n));
+    scores_.resize(shared_ ? sz(B_) * sz(layout_.shifts) * sz(chunk_) : 0);
+    coarse_reducers_.resize(sz(B_));
+    scored_.fine_ramps = fine_ramps_.data();
+    scored_.frequencies = sz(F_);
+    const int threads = omp_get_max_threads();
+    scratch_.resize(sz(threads));
+    backend_.plan(threads, B_, std::max(chunk_, 1));
+    // The coarse pass finds where the mass is: poses and classes marginalised there, with the
+    // job's temperature and priors; a single pass takes the job's choices directly.
+    coarse_settings_ = settings_.coarse;
+    coarse_settings_.poses = coarse_settings_.classes = Reduce::marginalize;
+    coarse_settings_.class_temperature = settings_.fine.class_temperature;
+    coarse_settings_.log_class_prior = settings_.fine.log_class_prior;
+    if (!two_pass_) coarse_settings_ = settings_.fine;
+  }
+
+  void plan_layout() {
+    layout_.classes = K_;
+    if (space_.coarse_to_fine) layout_.shift_ids = space_.shifts.coarse;
+    else for (std::size_t t = 0; t < space_.shifts.fine.size(); ++t) layout_.shift_ids.push_back(static_cast<int>(t));
+    layout_.shifts = static_cast<int>(layout_.shift_ids.size());
+    shared_ = space_.orientations == SearchSpace::Orientations::grid;
+    layout_.orientations =
+        shared_ ? static_cast<int>(space_.grid.size()) : (space_.orientations == SearchSpace::Orientations::local ? 125 : 1);
+    J_ = K_ * layout_.orientations;
+  }
+
+  /// Shared coarse templates in chunks: held whole when they fit the cache budget, else
+  /// recomputed per batch (sampling costs a few percent of the GEMM it feeds).
+  void plan_templates() {
+    if (!shared_) return;
+    constexpr std::size_t kTemplateCacheBytes = std::size_t{192} << 20, kChunkBytes = std::size_t{32} << 20;
+    const std::size_t row_bytes = sz(3 * Fc_) * sizeof(float);
+    const int B = std::max(1, settings_.batch);
+    cache_ = sz(J_) * row_bytes <= kTemplateCacheBytes;
+    chunk_ = std::min<int>(J_, std::max<int>(256, static_cast<int>(kChunkBytes / (sz(B) * sz(layout_.shifts) * sizeof(float)))));
+    if (!cache_) chunk_ = std::min<int>(chunk_, std::max<int>(256, static_cast<int>(kChunkBytes / row_bytes)));
+    const std::size_t held = sz(cache_ ? J_ : chunk_);
+    templates_.resize(held * 2 * sz(Fc_));
+    power_.resize(held * sz(Fc_));
+    coarse_list_ = list_;
+    for (auto* v : {&coarse_list_.kx, &coarse_list_.ky, &coarse_list_.shell, &coarse_list_.index}) v->resize(sz(Fc_));
+    if (cache_ && J_ > 0 && settings_.score) compute_templates(0, J_);
+  }
+
+  void compute_templates(int first, int count) {
+#pragma omp parallel
+    {
+      std::vector<Complex> sample(sz(Fc_));
+#pragma omp for
+      for (int j = 0; j < count; ++j) {
+        const int g = first + j;
+        const std::size_t row = sz(cache_ ? g : j);
+        source_.sample(g / layout_.orientations, space_.grid[sz(g % layout_.orientations)], coarse_list_, sample.data());
+        store_template_row(sample.data(), Fc_, templates_.data() + row * 2 * sz(Fc_), power_.data() + row * sz(Fc_));
+      }
+    }
+  }
+
+  PreparedParticle view(int b) const {
+    PreparedParticle p;
+    p.image = images_[scored_.first + sz(b)];
+    p.group = set_.optics_index(p.image);
+    p.x = batch_.x.data() + sz(b) * sz(F_);
+    p.ctf = batch_.ctf.data() + sz(b) * sz(F_);
+    p.ctf2 = batch_.ctf2.data() + sz(b) * sz(F_);
+    p.inv_sigma2 = inv_sigma2_[sz(p.group)].data();
+    p.half_norm = batch_.half_norm[sz(b)];
+    if (settings_.full_grids) p.unmasked = batch_.unmasked[sz(b)].data(), p.ctf_grid = batch_.ctf_grid[sz(b)].data();
+    return p;
+  }
+
+  Shift base_shift(int first, int b) const {
+    return space_.relative_shifts && !start_.empty() ? start_[sz(first + b)].shift : Shift{0, 0};
+  }
+
+  /// All particles x coarse shifts against all coarse templates, chunk by chunk, into each
+  /// particle's coarse reducer.
+  void coarse_pass_shared(int first, int bc) {
+    for (int b = 0; b < bc; ++b) coarse_reducers_[sz(b)].reset(coarse_settings_, K_);
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < bc; ++b)
+      fill_coarse_rows(batch_, b, F_, Fc_, layout_, fine_ramps_, scored_.particles[sz(b)].inv_sigma2, base_shift(first, b), list_,
+                       scratch_[sz(omp_get_thread_num())]);
+    for (int first_j = 0; first_j < J_; first_j += chunk_) {
+      const int jc = std::min(chunk_, J_ - first_j);
+      if (!cache_) compute_templates(first_j, jc);
+      const std::size_t offset = cache_ ? sz(first_j) : 0;
+      ScoreRequest q;
+      q.rows = batch_.coarse_rows.data(), q.row_count = bc * layout_.shifts, q.row_stride = 2 * Fc_, q.particles = bc;
+      q.ctf2 = batch_.ctf2.data(), q.ctf2_stride = F_;
+      q.templates = templates_.data() + offset * 2 * sz(Fc_), q.power = power_.data() + offset * sz(Fc_);
+      q.template_count = jc, q.template_stride = 2 * Fc_, q.power_stride = Fc_, q.frequencies = Fc_;
+      q.cross_correlation = settings_.cross_correlation;
+      backend_.score(q, scores_.data(), 0);
+#pragma omp parallel for schedule(static)
+      for (int b = 0; b < bc; ++b)
+        for (int t = 0; t < layout_.shifts; ++t) {
+          const float* row = scores_.data() + (sz(t) * sz(bc) + sz(b)) * sz(jc);
+          for (int j = 0; j < jc; ++j) {
+            const int g = first_j + j;
+            coarse_reducers_[sz(b)].add(g / layout_.orientations, static_cast<std::int64_t>(t) * J_ + g, row[j]);
+          }
+        }
+    }
+  }
+
+  /// One particle: its coarse posterior (shared pass, or its own local/fixed grid), then the fine
+  /// pass over the children of the kept hypotheses.
+  void search_particle(int first, int b, ParticleOutcome& outcome) {
+    const int tid = omp_get_thread_num();
+    Scratch& s = scratch_[sz(tid)];
+    const PreparedParticle& p = scored_.particles[sz(b)];
+    const StartPose sp = start_.empty() ? StartPose{} : start_[sz(first + b)];
+    const Shift base = base_shift(first, b);
+    if (!settings_.score) {
+      outcome.kept.push_back({1.0f, 0, sp.orientation, base, 0});
+      outcome.posterior.class_posterior.assign(sz(K_), 0.0);
+      outcome.posterior.class_posterior[0] = 1;
+      return;
+    }
+    const std::vector<Euler>& orientations = coarse_orientations(space_, sp, s);
+    Posterior coarse;
+    if (shared_) {
+      coarse = coarse_reducers_[sz(b)].finish();
+    } else {
+      std::vector<std::pair<int, Euler>> own;
+      for (int k = 0; k < K_; ++k)
+        for (const auto& e : orientations) own.push_back({k, e});
+      s.reducer.reset(coarse_settings_, K_);
+      score_particle(p, own, layout_.shift_ids, fine_ramps_, base, list_, Fc_, F_, source_, settings_.cross_correlation, backend_, tid, s);
+      coarse = s.reducer.finish();
+    }
+    outcome.coarse_scored = coarse.scored;
+    const auto shift_of = [&](int fine_id) {
+      const Shift& g = space_.shifts.fine[sz(fine_id)];
+      return Shift{g.first + base.first, g.second + base.second};
+    };
+    if (!two_pass_) {
+      for (const auto& h : coarse.kept) {
+        const int j = static_cast<int>(h.id % J_), id = layout_.shift_ids[sz(h.id / J_)];
+        outcome.kept.push_back({h.weight, h.k, orientations[sz(j % layout_.orientations)], shift_of(id), id});
+      }
+      outcome.posterior = std::move(coarse);
+      return;
+    }
+    collect_children(coarse, orientations, layout_, space_, s);
+    const auto children = s.unique_templates;
+    const auto shifts = s.unique_shifts;
+    s.reducer.reset(settings_.fine, K_);
+    score_particle(p, children, shifts, fine_ramps_, base, list_, F_, F_, source_, settings_.cross_correlation, backend_, tid, s);
+    outcome.posterior = s.reducer.finish();
+    outcome.fine_scored = outcome.posterior.scored;
+    const int U = static_cast<int>(children.size());
+    for (const auto& h : outcome.posterior.kept) {
+      const int id = shifts[sz(h.id / U)];
+      outcome.kept.push_back({h.weight, h.k, children[sz(h.id % U)].second, shift_of(id), id});
+    }
+  }
+
+  const io::ParticleSet& set_;
+  const std::vector<std::size_t>& images_;
+  const std::vector<StartPose>& start_;
+  const SearchSpace& space_;
+  const TemplateSource& source_;
+  const FrequencyList& list_;
+  const std::vector<float>& mask_;
+  const EStepSettings& settings_;
+  ScoringBackend& backend_;
+  int F_ = 0, Fc_ = 0, K_ = 1, J_ = 0, B_ = 1, chunk_ = 0;
+  bool two_pass_ = false, shared_ = false, cache_ = false;
+  std::vector<std::vector<float>> inv_sigma2_;
+  std::vector<Complex> fine_ramps_;
+  CoarseLayout layout_;
+  FrequencyList coarse_list_;
+  std::vector<float> templates_, power_, pixels_, scores_;
+  Batch batch_;
+  std::vector<PosteriorReducer> coarse_reducers_;
+  std::vector<Scratch> scratch_;
+  PosteriorSettings coarse_settings_;
+  ScoredBatch scored_;
+};
+
+}  // namespace
+
+void run_expectation(const io::ParticleSet& set, const std::vector<std::size_t>& images, const std::vector<StartPose>& start,
+                     const SearchSpace& space, const TemplateSource& source, const FrequencyList& list,
+                     const std::vector<std::vector<double>>& sigma2, const std::vector<float>& mask, const EStepSettings& settings,
+                     ScoringBackend& backend, const Consumer& consumer, EStepStats& stats, Progress* progress) {
+  const auto t0 = Clock::now();
+  const auto before = backend.stats();
+  EStep(set, images, start, space, source, list, sigma2, mask, settings, backend).run(consumer, stats, progress);
+  const auto after = backend.stats();
+  stats.flops += after.flops - before.flops;
+  stats.gemm_seconds += after.seconds - before.seconds;
+  stats.seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::vector<std::vector<double>> estimate_initial_sigma2(const io::ParticleSet& set, const std::vector<std::size_t>& active,
+                                                         const std::vector<float>& mask) {
+  const int n = set.box();
+  const int shells = n / 2 + 1;
+  const std::size_t groups = set.optics_groups().size();
+  std::vector<std::vector<double>> sum(groups, std::vector<double>(sz(shells)));
+  std::vector<std::vector<double>> count = sum;
+  const auto list = make_frequency_list(n, n / 2.0);
+  const std::size_t use = std::min<std::size_t>(active.size(), 1000);
+  std::vector<float> img(sz(n) * sz(n));
+  std::vector<Complex> spectrum(image::half_size(n, n));
+  for (std::size_t a = 0; a < use; ++a) {
+    const std::size_t i = active[a * active.size() / use];
+    set.read_image(i, img.data());
+    image::apply_mask(img.data(), mask);
+    image::fft_forward_2d(img.data(), spectrum.data(), n, n);
+    const auto g = sz(set.optics_index(i));
+    for (std::size_t f = 0; f < list.size(); ++f) {
+      const auto s = sz(list.shell[f]);
+      sum[g][s] += std::norm(spectrum[sz(list.index[f])]);
+      count[g][s] += 1;
+    }
+  }
+  for (std::size_t g = 0; g < groups; ++g) {
+    for (std::size_t s = 0; s < sum[g].size(); ++s) sum[g][s] = count[g][s] > 0 ? sum[g][s] / (2 * count[g][s]) : 0;
+    // Shells without data (or an unused group) borrow their neighbour's value; never zero.
+    for (std::size_t s = 1; s < sum[g].size(); ++s)
+      if (sum[g][s] <= 0) sum[g][s] = sum[g][s - 1];
+    for (std::size_t s = sum[g].size(); s-- > 1;)
+      if (sum[g][s - 1] <= 0) sum[g][s - 1] = sum[g][s];
+    if (sum[g][0] <= 0) sum[g][0] = 1;
+  }
+  return sum;
+}
+
+}  // namespace emcryo::em

@@ -1,0 +1,104 @@
+#include "emcryo/em/posterior.hpp"
+
+#include <algorithm>
+#include <limits>
+
+namespace emcryo::em {
+
+void PosteriorReducer::reset(const PosteriorSettings& settings, int classes) {
+  settings_ = settings;
+  classes_.assign(static_cast<std::size_t>(classes), {-std::numeric_limits<float>::infinity(), 0.0, -1});
+  candidates_.clear();
+  scored_ = 0;
+}
+
+void PosteriorReducer::prune() {
+  // Drop what has fallen out of the window below its class's best so far.
+  std::erase_if(candidates_, [this](const WeightedHypothesis& c) {
+    return c.weight <= classes_[static_cast<std::size_t>(c.k)].max - kWindow;
+  });
+  if (candidates_.size() < kPruneAt / 2) return;
+  // A flat posterior: keep the half most probable within their class. The kept hypotheses are at
+  // most settings_.cap, far fewer, so the mass cut below still sees every hypothesis it keeps.
+  const auto within = [this](const WeightedHypothesis& c) { return c.weight - classes_[static_cast<std::size_t>(c.k)].max; };
+  auto middle = candidates_.begin() + static_cast<std::ptrdiff_t>(kPruneAt / 4);
+  std::nth_element(candidates_.begin(), middle, candidates_.end(),
+                   [&](const WeightedHypothesis& a, const WeightedHypothesis& b) { return within(a) > within(b); });
+  candidates_.erase(middle, candidates_.end());
+}
+
+Posterior PosteriorReducer::finish() {
+  const std::size_t K = classes_.size();
+  Posterior out;
+  out.scored = scored_;
+  out.class_log_evidence.assign(K, -std::numeric_limits<double>::infinity());
+  out.class_posterior.assign(K, 0.0);
+  const bool marginal_poses = settings_.poses == Reduce::marginalize;
+  double top = -std::numeric_limits<double>::infinity(), top_raw = top;
+  std::vector<double> tempered(K, top);
+  for (std::size_t k = 0; k < K; ++k) {
+    const ClassSum& c = classes_[k];
+    if (c.best < 0) continue;
+    out.class_log_evidence[k] = marginal_poses ? c.max + std::log(c.sum) : c.max;
+    const double prior = settings_.log_class_prior.empty() ? 0.0 : settings_.log_class_prior[k];
+    tempered[k] = prior + out.class_log_evidence[k] / settings_.class_temperature;
+    top = std::max(top, tempered[k]);
+    top_raw = std::max(top_raw, prior + out.class_log_evidence[k]);
+  }
+  double norm = 0, evidence = 0;
+  for (std::size_t k = 0; k < K; ++k) {
+    if (classes_[k].best < 0) continue;
+    out.class_posterior[k] = std::exp(tempered[k] - top);
+    norm += out.class_posterior[k];
+    const double prior = settings_.log_class_prior.empty() ? 0.0 : settings_.log_class_prior[k];
+    evidence += std::exp(prior + out.class_log_evidence[k] - top_raw);
+  }
+  out.log_evidence = top_raw + std::log(evidence);
+  for (std::size_t k = 0; k < K; ++k) {
+    out.class_posterior[k] /= norm;
+    if (out.class_posterior[k] > out.class_posterior[static_cast<std::size_t>(out.best_class)]) out.best_class = static_cast<int>(k);
+  }
+  if (settings_.classes == Reduce::maximize)
+    for (std::size_t k = 0; k < K; ++k) out.class_posterior[k] = static_cast<int>(k) == out.best_class ? 1.0 : 0.0;
+
+  // Weights: P(k) P(pose | k). Maximised poses keep only each class's best.
+  std::vector<WeightedHypothesis> weighted;
+  if (marginal_poses) {
+    weighted.reserve(candidates_.size());
+    for (const auto& c : candidates_) {
+      const ClassSum& s = classes_[static_cast<std::size_t>(c.k)];
+      const double w = out.class_posterior[static_cast<std::size_t>(c.k)] * std::exp(static_cast<double>(c.weight) - s.max) / s.sum;
+      weighted.push_back({static_cast<float>(w), c.k, c.id});
+    }
+  } else {
+    for (std::size_t k = 0; k < K; ++k)
+      if (classes_[k].best >= 0) weighted.push_back({static_cast<float>(out.class_posterior[k]), static_cast<int>(k), classes_[k].best});
+  }
+  // Best first; ties by class then id so that the order never depends on arrival.
+  std::sort(weighted.begin(), weighted.end(), [](const WeightedHypothesis& a, const WeightedHypothesis& b) {
+    return a.weight != b.weight ? a.weight > b.weight : (a.k != b.k ? a.k < b.k : a.id < b.id);
+  });
+  const auto best_class = static_cast<std::size_t>(out.best_class);
+  out.best_id = classes_[best_class].best;
+  out.best_score = classes_[best_class].max;
+
+  // The mass cut: the most probable hypotheses holding `mass` of the posterior, at most `cap`,
+  // plus the best of each class that still matters.
+  double cumulative = 0;
+  std::vector<bool> class_seen(K, false);
+  for (const auto& w : weighted) {
+    const bool needed = cumulative < settings_.mass && static_cast<int>(out.kept.size()) < settings_.cap;
+    const bool class_best = !class_seen[static_cast<std::size_t>(w.k)] && w.id == classes_[static_cast<std::size_t>(w.k)].best &&
+                            out.class_posterior[static_cast<std::size_t>(w.k)] >= settings_.class_floor;
+    if (!needed && !class_best) continue;
+    if (w.weight <= 0) continue;
+    cumulative += w.weight;
+    class_seen[static_cast<std::size_t>(w.k)] = true;
+    out.kept.push_back(w);
+  }
+  if (out.kept.empty() && !weighted.empty()) out.kept.push_back(weighted.front()), cumulative = weighted.front().weight;
+  for (auto& w : out.kept) w.weight = static_cast<float>(w.weight / cumulative);
+  return out;
+}
+
+}  // namespace emcryo::em

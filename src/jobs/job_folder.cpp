@@ -1,0 +1,40 @@
+#include "job_folder.hpp"
+
+#include "emcryo/core/error.hpp"
+#include "emcryo/core/files.hpp"
+#include "emcryo/core/log.hpp"
+
+namespace emcryo::jobs {
+
+namespace fs = std::filesystem;
+
+JobFolder::JobFolder(const std::string& dir, std::string_view job, Mode mode) : dir_(dir), lock_(dir) {
+  const bool has_run = fs::exists(dir_ / "checkpoint.json");
+  if (mode == Mode::start && has_run)
+    fail("{}: already holds a {} run; use --continue {} to resume it, or choose another --out", dir, job, dir);
+  if (mode == Mode::resume && !has_run) fail("{}: no checkpoint.json: nothing to continue", dir);
+}
+
+JobFolder::~JobFolder() { log::set_file(""); }
+
+void JobFolder::open_log() const { log::set_file((dir_ / "run.log").string()); }
+
+nlohmann::json JobFolder::read_checkpoint() const {
+  const fs::path path = dir_ / "checkpoint.json";
+  try {
+    return nlohmann::json::parse(read_text_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: damaged checkpoint: {}", path.string(), e.what());
+  }
+}
+
+void JobFolder::write_checkpoint(nlohmann::json state, std::string_view format) const {
+  state["format"] = format;
+  write_text_file(dir_ / "checkpoint.json", state.dump(1));
+}
+
+std::string absolute_path(const std::string& path) {
+  return path.empty() ? path : fs::absolute(path).lexically_normal().string();
+}
+
+}  // namespace emcryo::jobs

@@ -1,0 +1,40 @@
+// The output folder of an iterative job, as every job uses it: claimed for the job's life (a lock
+// a second job cannot take), refused when it already holds a run (unless resuming), run.log, and
+// the checkpoint written last and atomically each iteration, read back by --continue.
+#pragma once
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+#include "emcryo/core/job_lock.hpp"
+
+namespace emcryo::jobs {
+
+class JobFolder {
+ public:
+  enum class Mode { start, resume };
+  /// start: fails when `dir` already holds a checkpoint ("use --continue"); resume: fails when
+  /// it holds none. Either way the folder is locked until this object goes.
+  JobFolder(const std::string& dir, std::string_view job, Mode mode);
+  ~JobFolder();
+  JobFolder(const JobFolder&) = delete;
+  JobFolder& operator=(const JobFolder&) = delete;
+
+  const std::filesystem::path& dir() const { return dir_; }
+  /// Sends log lines to <dir>/run.log as well as the terminal.
+  void open_log() const;
+  /// The checkpoint's JSON; a damaged file fails with its name and the parser's reason.
+  nlohmann::json read_checkpoint() const;
+  /// Writes the checkpoint atomically with its format tag; call it after every file it names.
+  void write_checkpoint(nlohmann::json state, std::string_view format) const;
+
+ private:
+  std::filesystem::path dir_;
+  JobLock lock_;
+};
+
+/// An absolute, normalised path: checkpoints keep these, so --continue works from any directory.
+std::string absolute_path(const std::string& path);
+
+}  // namespace emcryo::jobs

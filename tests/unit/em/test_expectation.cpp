@@ -1,0 +1,179 @@
+// The E-step driver and the 2D configuration on a small synthetic problem with known truth:
+// coarse-to-fine finds what the exhaustive search finds; results do not depend on the thread count.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <random>
+
+#include "emcryo/em/model2d.hpp"
+#include "emcryo/em/score_rows.hpp"
+#include "emcryo/image/fourier.hpp"
+#include "support/test_mrc.hpp"
+#include "support/test_support.hpp"
+
+using namespace emcryo;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kBox = 48, kClasses = 3, kParticles = 240;
+
+/// Smooth random blobs inside a disc: distinct class averages.
+std::vector<std::vector<float>> make_classes(unsigned seed) {
+  std::vector<std::vector<float>> classes;
+  const auto mask = image::soft_round_mask(kBox, 2, kBox * 0.35, 3);
+  for (int k = 0; k < kClasses; ++k) {
+    auto noise = test::random_values(static_cast<std::size_t>(kBox * kBox), seed + static_cast<unsigned>(k));
+    auto spectrum = image::fft_forward_2d(noise, kBox);
+    image::lowpass_half_grid_2d(spectrum.data(), kBox, 5, 2);
+    auto img = image::fft_inverse_2d(spectrum, kBox);
+    image::apply_mask(img.data(), mask);
+    classes.push_back(std::move(img));
+  }
+  return classes;
+}
+
+struct Truth {
+  int k;
+  double psi;
+  em::Shift shift;
+};
+
+/// Particles X = s_t A_k(psi) + noise at the given SNR, written as a stack and a STAR file
+/// without CTF; the model is the engine's own (Projector2D and the shift ramps).
+std::vector<Truth> write_particles(const fs::path& dir, const std::vector<std::vector<float>>& classes, double snr) {
+  std::mt19937 rng(42);
+  const auto psi = em::psi_grid(6);
+  const auto shifts = em::make_shift_grid(3, 1).fine;
+  const auto list = em::make_frequency_list(kBox, kBox / 2.0 - 1);
+  std::vector<em::Projector2D> projectors;
+  for (const auto& c : classes) projectors.emplace_back(c, kBox);
+  std::vector<float> stack;
+  std::vector<Truth> truth;
+  std::vector<em::Complex> sample(list.size()), ramp(list.size());
+  std::normal_distribution<float> normal(0, 1);
+  for (int i = 0; i < kParticles; ++i) {
+    const Truth t{static_cast<int>(rng() % kClasses), psi[rng() % psi.size()], shifts[rng() % shifts.size()]};
+    truth.push_back(t);
+    projectors[static_cast<std::size_t>(t.k)].sample(t.psi, list, sample.data());
+    em::shift_ramps(list, {t.shift}, 0, 0, ramp.data());
+    std::vector<em::Complex> spectrum(image::half_size(kBox, kBox));
+    for (std::size_t f = 0; f < list.size(); ++f) {
+      const auto v = sample[f] * ramp[f];
+      spectrum[static_cast<std::size_t>(list.index[f])] = v;
+      if (list.kx[f] == 0) spectrum[static_cast<std::size_t>(image::storage_index(-list.ky[f], kBox) * (kBox / 2 + 1))] = std::conj(v);
+    }
+    auto img = image::fft_inverse_2d(spectrum, kBox);
+    double mean, sd;
+    image::mean_stddev(img.data(), img.size(), mean, sd);
+    const auto noise_sd = static_cast<float>(sd / std::sqrt(snr));
+    for (auto& v : img) v += noise_sd * normal(rng);
+    stack.insert(stack.end(), img.begin(), img.end());
+  }
+  test::write_mrc_stack(dir / "p.mrcs", stack, kBox, kBox, kParticles, 2.0);
+  std::string star =
+      "# version 30001\ndata_optics\nloop_\n_rlnOpticsGroup #1\n_rlnOpticsGroupName #2\n_rlnImagePixelSize #3\n"
+      "_rlnImageSize #4\n_rlnImageDimensionality #5\n1 g1 2.0 48 2\n\n# version 30001\ndata_particles\nloop_\n"
+      "_rlnImageName #1\n_rlnOpticsGroup #2\n";
+  for (int i = 0; i < kParticles; ++i) star += fmt::format("{:06}@p.mrcs 1\n", i + 1);
+  test::write_text(dir / "p.star", star);
+  return truth;
+}
+
+class TwoDEngine : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    classes_ = make_classes(7);
+    truth_ = write_particles(dir_.path(), classes_, 0.015);
+    set_ = std::make_unique<io::ParticleSet>(io::ParticleSet::read(dir_.path() / "p.star"));
+    for (int i = 0; i < kParticles; ++i) active_.push_back(static_cast<std::size_t>(i));
+    mask_ = image::soft_round_mask(kBox, 2, kBox * 0.42, 3);
+    model_.box = kBox;
+    model_.classes = classes_;
+    model_.priors.assign(kClasses, 1.0 / kClasses);
+    model_.sigma2 = em::estimate_initial_sigma2(*set_, active_, mask_);
+    model_.radius = 16;
+  }
+  std::vector<em::ParticleResult> iterate(const em::Class2DSettings& settings, em::Class2DModel* next = nullptr,
+                                          em::Class2DStats* stats = nullptr) {
+    const auto backend = em::make_cpu_backend();
+    std::vector<em::ParticleResult> results(active_.size());
+    em::Class2DStats local;
+    auto m = em::class2d_iteration(*set_, active_, model_, em::make_class2d_search(6, 3, 1), mask_, settings, *backend, results,
+                                   stats ? *stats : local);
+    if (next) *next = std::move(m);
+    return results;
+  }
+  const test::TempDir dir_{"estep2d"};
+  std::vector<std::vector<float>> classes_;
+  std::vector<Truth> truth_;
+  std::unique_ptr<io::ParticleSet> set_;
+  std::vector<std::size_t> active_;
+  std::vector<float> mask_;
+  em::Class2DModel model_;
+};
+
+}  // namespace
+
+TEST_F(TwoDEngine, CoarseToFineFindsTheExhaustiveBestHypothesis) {
+  em::Class2DSettings fine;
+  fine.use_ctf = false;
+  fine.batch = 64;
+  em::Class2DSettings exhaustive = fine;
+  exhaustive.coarse_to_fine = false;
+  em::Class2DStats c2f_stats, full_stats;
+  const auto a = iterate(fine, nullptr, &c2f_stats);
+  const auto b = iterate(exhaustive, nullptr, &full_stats);
+  int same = 0, right_class = 0;
+  for (int i = 0; i < kParticles; ++i) {
+    const auto& x = a[static_cast<std::size_t>(i)];
+    const auto& y = b[static_cast<std::size_t>(i)];
+    same += x.best_class == y.best_class && std::abs(std::remainder(x.psi - y.psi, 360.0)) < 1e-6 && x.shift_x == y.shift_x &&
+            x.shift_y == y.shift_y;
+    right_class += y.best_class == truth_[static_cast<std::size_t>(i)].k;
+  }
+  // SNR 0.015: the references are the truth, so the exhaustive search is nearly right; coarse-to-fine must
+  // find its best hypothesis in >= 99% of particles with a fraction of the scoring work.
+  std::printf("coarse-to-fine: %d of %d best hypotheses as exhaustive; true class %d; scoring %.3g vs %.3g FLOP\n", same, kParticles,
+              right_class, c2f_stats.flops, full_stats.flops);
+  EXPECT_GE(right_class, kParticles * 95 / 100);
+  EXPECT_GE(same, kParticles * 99 / 100) << same << " of " << kParticles;
+  EXPECT_LT(c2f_stats.flops, 0.25 * full_stats.flops) << c2f_stats.flops << " vs " << full_stats.flops;
+}
+
+TEST_F(TwoDEngine, MaximisedPosesAndHardClassesKeepOneHypothesis) {
+  em::Class2DSettings s;
+  s.use_ctf = false;
+  s.force_max_poses = true;
+  s.hard_classes = true;
+  for (const auto& r : iterate(s)) {
+    EXPECT_EQ(r.significant_samples, 1);
+    EXPECT_DOUBLE_EQ(r.class_posterior_max, 1.0);
+  }
+  s.force_max_poses = s.hard_classes = false;
+  int spread = 0;
+  for (const auto& r : iterate(s)) spread += r.significant_samples > 1;
+  EXPECT_GT(spread, kParticles / 2);  // at SNR 0.05 most posteriors are not single spikes
+}
+
+TEST_F(TwoDEngine, ResultsDoNotDependOnTheThreadCount) {
+  em::Class2DSettings s;
+  s.use_ctf = false;
+  s.batch = 50;  // several batches, the last one partial
+  const int threads = omp_get_max_threads();
+  em::Class2DModel one, two;
+  omp_set_num_threads(1);
+  const auto a = iterate(s, &one);
+  omp_set_num_threads(2);
+  const auto b = iterate(s, &two);
+  omp_set_num_threads(threads);
+  for (int i = 0; i < kParticles; ++i) {
+    EXPECT_EQ(a[static_cast<std::size_t>(i)].best_class, b[static_cast<std::size_t>(i)].best_class);
+    EXPECT_EQ(a[static_cast<std::size_t>(i)].psi, b[static_cast<std::size_t>(i)].psi);
+    EXPECT_EQ(a[static_cast<std::size_t>(i)].significant_samples, b[static_cast<std::size_t>(i)].significant_samples);
+  }
+  for (int k = 0; k < kClasses; ++k)
+    EXPECT_EQ(test::max_abs_diff(one.classes[static_cast<std::size_t>(k)], two.classes[static_cast<std::size_t>(k)]), 0.0);
+  EXPECT_EQ(one.priors, two.priors);
+}

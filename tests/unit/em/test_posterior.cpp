@@ -1,0 +1,175 @@
+// The posterior reducer against a brute-force softmax on tiny problems, per hidden variable.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "emcryo/em/posterior.hpp"
+
+using namespace emcryo;
+using em::PosteriorSettings;
+using em::Reduce;
+
+namespace {
+
+struct Tiny {
+  int K = 3, H = 40;
+  std::vector<std::vector<float>> score;  // [k][h]
+  explicit Tiny(unsigned seed, float spread = 3) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0, spread);
+    score.assign(static_cast<std::size_t>(K), std::vector<float>(static_cast<std::size_t>(H)));
+    for (auto& row : score)
+      for (auto& v : row) v = normal(rng) - 1000;  // far from 0: the reducer must not need small scores
+  }
+  em::Posterior reduce(const PosteriorSettings& s, int chunk = 7) const {
+    em::PosteriorReducer r;
+    r.reset(s, K);
+    // Chunks of hypotheses in an interleaved order, as coarse passes deliver them.
+    for (int first = 0; first < H; first += chunk)
+      for (int k = 0; k < K; ++k)
+        for (int h = first; h < std::min(H, first + chunk); ++h) r.add(k, h, score[static_cast<std::size_t>(k)][static_cast<std::size_t>(h)]);
+    return r.finish();
+  }
+  /// Brute force: the full joint posterior P(k, h) for marginalised classes and poses.
+  std::vector<std::vector<double>> joint(double temperature, const std::vector<double>& prior) const {
+    std::vector<double> evidence(static_cast<std::size_t>(K));
+    for (int k = 0; k < K; ++k) {
+      double s = 0;
+      for (float v : score[static_cast<std::size_t>(k)]) s += std::exp(static_cast<double>(v) + 1000);
+      evidence[static_cast<std::size_t>(k)] = std::log(s) - 1000;
+    }
+    std::vector<double> pk(static_cast<std::size_t>(K));
+    for (int k = 0; k < K; ++k)
+      pk[static_cast<std::size_t>(k)] = std::exp((prior.empty() ? 0 : std::log(prior[static_cast<std::size_t>(k)])) +
+                                                 (evidence[static_cast<std::size_t>(k)] + 1000) / temperature);
+    const double total = std::accumulate(pk.begin(), pk.end(), 0.0);
+    std::vector<std::vector<double>> p(static_cast<std::size_t>(K), std::vector<double>(static_cast<std::size_t>(H)));
+    for (int k = 0; k < K; ++k)
+      for (int h = 0; h < H; ++h)
+        p[static_cast<std::size_t>(k)][static_cast<std::size_t>(h)] =
+            pk[static_cast<std::size_t>(k)] / total *
+            std::exp(static_cast<double>(score[static_cast<std::size_t>(k)][static_cast<std::size_t>(h)]) - evidence[static_cast<std::size_t>(k)]);
+    return p;
+  }
+};
+
+PosteriorSettings keep_all() {
+  PosteriorSettings s;
+  s.mass = 1.0;
+  s.cap = 1 << 20;
+  return s;
+}
+
+}  // namespace
+
+TEST(Posterior, MarginalisedWeightsSumToOneAndMatchBruteForce) {
+  for (unsigned seed = 1; seed <= 5; ++seed) {
+    const Tiny t(seed, 1.0f);
+    const auto p = t.reduce(keep_all());
+    const auto truth = t.joint(1, {});
+    double sum = 0;
+    for (const auto& w : p.kept) {
+      sum += w.weight;
+      EXPECT_NEAR(w.weight, truth[static_cast<std::size_t>(w.k)][static_cast<std::size_t>(w.id)], 1e-5);
+    }
+    EXPECT_NEAR(sum, 1.0, 1e-5);
+    EXPECT_EQ(p.kept.size(), static_cast<std::size_t>(t.K * t.H));
+    EXPECT_NEAR(std::accumulate(p.class_posterior.begin(), p.class_posterior.end(), 0.0), 1.0, 1e-9);
+    EXPECT_EQ(p.scored, t.K * t.H);
+  }
+}
+
+TEST(Posterior, ClassPriorAndTemperatureEnterAsInTheBruteForce) {
+  const Tiny t(11, 0.5f);
+  PosteriorSettings s = keep_all();
+  s.class_temperature = 3;
+  const std::vector<double> prior{0.6, 0.3, 0.1};
+  for (double v : prior) s.log_class_prior.push_back(std::log(v));
+  const auto p = t.reduce(s);
+  const auto truth = t.joint(3, prior);
+  for (int k = 0; k < t.K; ++k) {
+    const double expected = std::accumulate(truth[static_cast<std::size_t>(k)].begin(), truth[static_cast<std::size_t>(k)].end(), 0.0);
+    EXPECT_NEAR(p.class_posterior[static_cast<std::size_t>(k)], expected, 1e-6);
+  }
+  // A higher temperature flattens the class posterior.
+  s.class_temperature = 1;
+  const auto sharp = t.reduce(s);
+  const auto spread = [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); };
+  EXPECT_GE(spread(sharp.class_posterior), spread(p.class_posterior));
+}
+
+TEST(Posterior, MaximisedPosesKeepEachClassBestAndHardClassesKeepOne) {
+  const Tiny t(3);
+  PosteriorSettings s = keep_all();
+  s.poses = Reduce::maximize;
+  const auto p = t.reduce(s);
+  ASSERT_EQ(p.kept.size(), static_cast<std::size_t>(t.K));
+  for (const auto& w : p.kept) {
+    const auto& row = t.score[static_cast<std::size_t>(w.k)];
+    EXPECT_EQ(w.id, std::max_element(row.begin(), row.end()) - row.begin());
+  }
+  // Maximised poses: the class evidence is the best score, not the sum.
+  for (int k = 0; k < t.K; ++k)
+    EXPECT_FLOAT_EQ(static_cast<float>(p.class_log_evidence[static_cast<std::size_t>(k)]),
+                    *std::max_element(t.score[static_cast<std::size_t>(k)].begin(), t.score[static_cast<std::size_t>(k)].end()));
+  s.classes = Reduce::maximize;
+  const auto hard = t.reduce(s);
+  ASSERT_EQ(hard.kept.size(), 1u);
+  EXPECT_EQ(hard.kept.front().k, hard.best_class);
+  EXPECT_FLOAT_EQ(hard.kept.front().weight, 1.0f);
+  EXPECT_DOUBLE_EQ(hard.class_posterior[static_cast<std::size_t>(hard.best_class)], 1.0);
+  // The hard class is the one the marginal posterior prefers.
+  PosteriorSettings marginal = keep_all();
+  marginal.poses = Reduce::maximize;
+  EXPECT_EQ(hard.best_class, t.reduce(marginal).best_class);
+}
+
+TEST(Posterior, TheMassCutKeepsTheMostProbableUpToTheCap) {
+  const Tiny t(5, 4.0f);
+  PosteriorSettings s;
+  s.mass = 0.9;
+  s.cap = 1000;
+  s.class_floor = 2;  // no class kept for its own sake
+  const auto p = t.reduce(s);
+  const auto all = t.reduce(keep_all());
+  // The kept ones are the top of the full list, and hold >= 90% of the mass before renormalising.
+  double held = 0;
+  for (std::size_t i = 0; i < p.kept.size(); ++i) {
+    EXPECT_EQ(p.kept[i].id, all.kept[i].id);
+    EXPECT_EQ(p.kept[i].k, all.kept[i].k);
+    held += all.kept[i].weight;
+  }
+  EXPECT_GE(held, 0.9 - 1e-6);
+  EXPECT_LT(held - all.kept[p.kept.size() - 1].weight, 0.9);  // one fewer would not do
+  double sum = 0;
+  for (const auto& w : p.kept) sum += w.weight;
+  EXPECT_NEAR(sum, 1.0, 1e-5);
+  s.cap = 2;
+  EXPECT_EQ(t.reduce(s).kept.size(), 2u);
+}
+
+TEST(Posterior, ManyFlatHypothesesStayBoundedAndExact) {
+  // More hypotheses than the candidate list holds at once: the pruning must not lose the best ones.
+  em::PosteriorReducer r;
+  PosteriorSettings s;
+  s.cap = 10;
+  s.mass = 1.0;
+  r.reset(s, 1);
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> u(0, 1);
+  std::vector<float> v(100000);
+  for (auto& x : v) x = u(rng);
+  for (std::size_t h = 0; h < v.size(); ++h) r.add(0, static_cast<std::int64_t>(h), v[h]);
+  const auto p = r.finish();
+  std::vector<std::size_t> order(v.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + 10, order.end(), [&](std::size_t a, std::size_t b) { return v[a] > v[b]; });
+  ASSERT_EQ(p.kept.size(), 10u);
+  for (std::size_t i = 0; i < 10; ++i) EXPECT_EQ(p.kept[i].id, static_cast<std::int64_t>(order[i]));
+  double log_sum = 0;
+  for (float x : v) log_sum += std::exp(static_cast<double>(x));
+  EXPECT_NEAR(p.log_evidence, std::log(log_sum), 1e-4);
+}
