@@ -9,7 +9,8 @@ namespace emcryo::app {
 void add_reconstruct_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("reconstruct", "Half maps, full map and FSC from particles with known poses");
   static jobs::ReconstructOptions o;
-  cmd->add_option("--particles", o.particles, "Particles STAR file with poses")->required();
+  cmd->add_option("--particles", o.particles, "Particles STAR or cryoSPARC .cs file with poses")->required();
+  cmd->add_option("--cs-root", o.cs_root, "Folder that .cs blob paths are relative to (the cryoSPARC project)");
   cmd->add_option("--out", o.out_dir, "Output folder")->required();
   cmd->add_option("--sym", o.symmetry, "Point group: C1, Cn, Dn, T, O, I")->capture_default_str();
   cmd->add_flag("--no-ctf", o.no_ctf, "Do not correct for the CTF");

@@ -10,5 +10,6 @@ void add_simulate_command(CLI::App& app);
 void add_reconstruct_command(CLI::App& app);
 void add_class2d_command(CLI::App& app);
 void add_refine_command(CLI::App& app);
+void add_convert_command(CLI::App& app);
 
 }  // namespace emcryo::app

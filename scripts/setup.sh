@@ -5,10 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build_packages=(cmake ninja-build g++ pkg-config libfftw3-dev libopenblas-openmp-dev libcli11-dev
-  nlohmann-json3-dev libfmt-dev libstb-dev libgtest-dev gemmi-dev tao-pegtl-dev zlib1g-dev)
-# Test oracles only, never linked: RELION 3.1.3 and python3-mrcfile check our formats; clang with
-# libFuzzer (and LLVM's OpenMP) builds the fuzz targets in build-fuzz/ (fuzz/run.sh).
-test_packages=(relion python3-mrcfile python3-numpy clang libclang-rt-14-dev libomp-dev)
+  nlohmann-json3-dev libfmt-dev libstb-dev libgtest-dev gemmi-dev tao-pegtl-dev zlib1g-dev
+  libjs-chart.js)  # Chart.js, inlined into report.html when a job writes it (not linked)
+# Test oracles only, never linked: RELION 3.1.3 and python3-mrcfile check our formats; numpy reads
+# our .cs files; headless chromium loads report.html; clang with libFuzzer (and LLVM's OpenMP)
+# builds the fuzz targets in build-fuzz/ (fuzz/run.sh).
+test_packages=(relion python3-mrcfile python3-numpy chromium clang libclang-rt-14-dev libomp-dev)
 
 wanted=("${build_packages[@]}")
 if [[ "${1:-}" == "--with-test-tools" ]]; then wanted+=("${test_packages[@]}"); fi

@@ -89,4 +89,37 @@ Mat3 axis_angle(const Vec3& axis, double degrees) {
   return r;
 }
 
+
+
+Mat3 rotation_from_vector(const Vec3& v) {
+  const double angle = std::sqrt(v.x * v.x + v.y * v.y + v.z * v.z);
+  if (angle == 0) return Mat3::identity();
+  return axis_angle(v, angle / kDeg);
+}
+
+Vec3 rotation_vector(const Mat3& r) {
+  const double c = std::clamp((r(0, 0) + r(1, 1) + r(2, 2) - 1) / 2, -1.0, 1.0);
+  // The antisymmetric part gives 2 sin(angle) * axis: well conditioned away from pi. The angle
+  // from atan2(sin, cos) is accurate everywhere (acos alone loses half the digits near 0 and pi).
+  const Vec3 w{r(2, 1) - r(1, 2), r(0, 2) - r(2, 0), r(1, 0) - r(0, 1)};
+  const double s = std::sqrt(w.x * w.x + w.y * w.y + w.z * w.z);
+  const double angle = std::atan2(s / 2, c);
+  if (angle < 1e-6) return {w.x / 2, w.y / 2, w.z / 2};  // sin(angle) ~ angle
+  if (c > -0.9) {
+    const double f = angle / s;
+    return {w.x * f, w.y * f, w.z * f};
+  }
+  // Near pi the antisymmetric part vanishes: take the axis from the symmetric part,
+  // (R + R^T)/2 - c I = (1 - c) a a^T, using its largest diagonal entry, and the sign from w.
+  const double d[3] = {r(0, 0) - c, r(1, 1) - c, r(2, 2) - c};
+  const int k = static_cast<int>(std::max_element(d, d + 3) - d);
+  double a[3];
+  a[k] = std::sqrt(std::max(d[k], 0.0) / (1 - c));
+  for (int j = 0; j < 3; ++j)
+    if (j != k) a[j] = (r(k, j) + r(j, k)) / (2 * (1 - c) * a[k]);
+  const double dot = a[0] * w.x + a[1] * w.y + a[2] * w.z;
+  const double sign = dot < 0 ? -1.0 : 1.0;
+  return {sign * a[0] * angle, sign * a[1] * angle, sign * a[2] * angle};
+}
+
 }  // namespace emcryo::geometry

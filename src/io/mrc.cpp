@@ -432,10 +432,73 @@ std::vector<float> MrcReader::read_section(std::int64_t index) const {
   return image;
 }
 
+namespace {
+// MAPC/MAPR/MAPS as 0-based axes, or {0, 1, 2} when they are not a permutation (zeroed headers).
+std::array<int, 3> axis_order(const MrcHeader& h) {
+  const std::array<int, 3> order{h.mapc - 1, h.mapr - 1, h.maps - 1};
+  std::array<bool, 3> seen{};
+  for (int a : order) {
+    if (a < 0 || a > 2 || seen[static_cast<std::size_t>(a)]) return {0, 1, 2};
+    seen[static_cast<std::size_t>(a)] = true;
+  }
+  return order;
+}
+}  // namespace
+
+bool MrcReader::axes_permuted() const { return axis_order(header_) != std::array<int, 3>{0, 1, 2}; }
+
+std::array<int, 3> MrcReader::map_size() const {
+  const auto order = axis_order(header_);
+  std::array<int, 3> size{};
+  const int stored[3] = {header_.nx, header_.ny, header_.nz};
+  for (int i = 0; i < 3; ++i) size[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])] = stored[i];
+  return size;
+}
+
 std::vector<float> MrcReader::read_all() const {
   std::vector<float> volume(static_cast<std::size_t>(header_.nx) * header_.ny * header_.nz);
   read_sections(0, header_.nz, volume.data());
-  return volume;
+  if (!axes_permuted()) return volume;
+  // Stored column c, row r, section s is the voxel whose coordinate along axis order[0] is c,
+  // along order[1] is r and along order[2] is s.
+  const auto order = axis_order(header_);
+  const auto size = map_size();
+  std::array<std::size_t, 3> stride{1, static_cast<std::size_t>(size[0]),
+                                    static_cast<std::size_t>(size[0]) * static_cast<std::size_t>(size[1])};
+  const std::size_t sc = stride[static_cast<std::size_t>(order[0])], sr = stride[static_cast<std::size_t>(order[1])],
+                    ss = stride[static_cast<std::size_t>(order[2])];
+  std::vector<float> out(volume.size());
+  std::size_t i = 0;
+  for (int s = 0; s < header_.nz; ++s)
+    for (int r = 0; r < header_.ny; ++r)
+      for (int c = 0; c < header_.nx; ++c) out[c * sc + r * sr + s * ss] = volume[i++];
+  return out;
+}
+
+std::vector<std::string> MrcReader::notes() const {
+  std::vector<std::string> notes;
+  const MrcHeader& h = header_;
+  if (pixel_size() <= 0)
+    notes.emplace_back("cell dimensions are 0: no pixel size in the header (particles take it from the STAR file)");
+  if (std::memcmp(h.map, "MAP", 3) != 0)
+    notes.emplace_back("no 'MAP ' stamp (zeroed or pre-MRC2000 header); read by the header's plausibility");
+  if (h.machst[0] == 0 && h.machst[1] == 0)
+    notes.push_back(fmt::format("machine stamp is zero; byte order inferred ({})", swapped_ ? "swapped" : "native"));
+  if (h.nsymbt > 0) {
+    const std::string type(h.exttyp, strnlen(h.exttyp, 4));
+    notes.push_back(fmt::format("extended header of {} bytes{} skipped", h.nsymbt, type.empty() ? "" : " (" + type + ")"));
+  }
+  if (axes_permuted())
+    notes.push_back(fmt::format("axis order MAPC/MAPR/MAPS = {}/{}/{}: maps are reordered to x fastest ({} x {} x {})",
+                                h.mapc, h.mapr, h.maps, map_size()[0], map_size()[1], map_size()[2]));
+  else if (h.mapc != 1 || h.mapr != 2 || h.maps != 3)
+    notes.push_back(fmt::format("axis order MAPC/MAPR/MAPS = {}/{}/{} is not a permutation: read as 1/2/3", h.mapc,
+                                h.mapr, h.maps));
+  const std::string ext = path_.extension().string();
+  if (h.ispg == 1 && h.nz > 1 && ext == ".mrcs")
+    notes.emplace_back("space group 1 (a volume) on a .mrcs stack: read as a stack of images");
+  if (h.dmax < h.dmin) notes.emplace_back("statistics not set (dmax < dmin)");
+  return notes;
 }
 
 // ---------------------------------------------------------------------------------- writing

@@ -12,6 +12,7 @@
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/files.hpp"
 #include "emcryo/io/star.hpp"
+#include "report_internal.hpp"
 
 namespace emcryo::io {
 
@@ -139,12 +140,12 @@ std::string svg_line_plot(const std::string& title, const std::string& x_label, 
   auto sx = [&](double x) { return L + (x - xmin) / (xmax - xmin) * (W - L - R); };
   auto sy = [&](double y) { return H - B - (y - ymin) / (ymax - ymin) * (H - T - B); };
   std::string svg = fmt::format(
-      "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='12'>"
-      "<rect width='100%' height='100%' fill='white'/><text x='{}' y='18' font-size='14'>{}</text>"
+      "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='12' "
+      "data-chart='{}'><rect width='100%' height='100%' fill='white'/><text x='{}' y='18' font-size='14'>{}</text>"
       "<line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/>"
       "<text x='{}' y='{}' text-anchor='middle'>{}</text>"
       "<text x='14' y='{}' transform='rotate(-90 14 {})' text-anchor='middle'>{}</text>",
-      W, H, L, html_escape(title), L, H - B, W - R, H - B, L, T, L, H - B, (L + W - R) / 2, H - 8,
+      W, H, html_escape(detail::line_chart_data(title, x_label, y_label, series, hlines)), L, html_escape(title), L, H - B, W - R, H - B, L, T, L, H - B, (L + W - R) / 2, H - 8,
       html_escape(x_label), (T + H - B) / 2, (T + H - B) / 2, html_escape(y_label));
   for (int t = 0; t <= 4; ++t) {
     const double xv = xmin + t * (xmax - xmin) / 4, yv = ymin + t * (ymax - ymin) / 4;
@@ -189,9 +190,9 @@ std::string svg_orientation_plot(const std::vector<double>& rot, const std::vect
   }
   const int cell = 12;
   std::string svg = fmt::format(
-      "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='12'>"
-      "<rect width='100%' height='100%' fill='white'/><text x='50' y='16' font-size='14'>{}</text>",
-      bins * cell + 70, bins * cell + 60, html_escape(title));
+      "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='12' "
+      "data-chart='{}'><rect width='100%' height='100%' fill='white'/><text x='50' y='16' font-size='14'>{}</text>",
+      bins * cell + 70, bins * cell + 60, html_escape(detail::orientation_chart_data(rot, tilt, title)), html_escape(title));
   for (int y = 0; y < bins; ++y)
     for (int x = 0; x < bins; ++x) {
       const double v = static_cast<double>(hist[static_cast<std::size_t>(y * bins + x)]) / peak;
@@ -245,12 +246,7 @@ void HtmlReport::add_table(const std::vector<std::string>& header, const std::ve
   body_ += "</table>\n";
 }
 void HtmlReport::write(const std::filesystem::path& path) const {
-  const std::string html =
-      "<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html_escape(title_) +
-      "</title><style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
-      "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}figure{display:inline-block;margin:8px}</style>"
-      "</head><body><h1>" + html_escape(title_) + "</h1>\n" + body_ + "</body></html>\n";
-  write_text_file(path, html);
+  write_text_file(path, detail::page(title_, body_));
 }
 
 std::string base64(const std::string& bytes) {
@@ -281,6 +277,7 @@ std::string html_escape(const std::string& text) {
       case '>': out += "&gt;"; break;
       case '&': out += "&amp;"; break;
       case '\'': out += "&#39;"; break;
+      case '"': out += "&quot;"; break;
       default: out += c;
     }
   }

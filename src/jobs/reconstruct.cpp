@@ -27,7 +27,7 @@ namespace fs = std::filesystem;
 
 ReconstructResult run_reconstruct(const ReconstructOptions& o) {
   const auto group = geometry::make_symmetry_group(o.symmetry);  // fails early on a bad name
-  auto set = io::ParticleSet::read(o.particles);
+  auto set = io::ParticleSet::read(o.particles, {.cs_root = o.cs_root});
   if (!set.has_poses()) fail("{}: no rlnAngleRot/rlnAngleTilt/rlnAnglePsi columns: reconstruct needs poses", o.particles);
   const bool use_ctf = !o.no_ctf;
   if (use_ctf && !set.has_ctf())

@@ -36,3 +36,29 @@ TEST(Info, SummarisesStarAndMrc) {
   EXPECT_NE(bad.find("bad.mrc"), std::string::npos) << bad;
   EXPECT_EQ(std::count(bad.begin(), bad.end(), '\n'), 1) << bad;
 }
+
+// Any STAR file: its blocks, columns and rows; a particle STAR with missing stacks still gets its
+// summary, with a warning that names them. A .cs file lists its fields and its particles.
+TEST(Info, AnyStarFileAndMissingStacks) {
+  const std::string exe = EMCRYO_EXE;
+  const fs::path data = fs::path(EMCRYO_SOURCE_DIR) / "tests/data/star";
+  const auto model = test::run_capture(fmt::format("{} info {}", exe, (data / "model.star").string()));
+  ASSERT_EQ(model.exit_code, 0) << model.output;
+  EXPECT_NE(model.output.find("data_model_general: key-value pairs, 8 keys"), std::string::npos) << model.output;
+  EXPECT_NE(model.output.find("data_model_classes: loop, 2 rows, 5 columns"), std::string::npos) << model.output;
+  EXPECT_NE(model.output.find("rlnClassDistribution"), std::string::npos) << model.output;
+  const auto missing = test::run_capture(fmt::format("{} info {}", exe, (data / "missing_stacks.star").string()));
+  ASSERT_EQ(missing.exit_code, 0) << missing.output;
+  EXPECT_NE(missing.output.find("particles     2"), std::string::npos) << missing.output;
+  EXPECT_NE(missing.output.find("2 of 2 stacks not found"), std::string::npos) << missing.output;
+  EXPECT_NE(missing.output.find("20170629_00022_frameImage.mrcs"), std::string::npos) << missing.output;
+
+  const test::TempDir temp("info_cs");
+  const auto cs = temp / "p.cs";
+  ASSERT_EQ(test::run(fmt::format("{} convert {} {} > /dev/null", exe, (data / "relion31_particles.star").string(),
+                                  cs.string())), 0);
+  const auto cs_info = test::run_capture(fmt::format("{} info {} --cs-root {}", exe, cs.string(), temp.path().string()));
+  ASSERT_EQ(cs_info.exit_code, 0) << cs_info.output;
+  EXPECT_NE(cs_info.output.find("alignments3D/pose"), std::string::npos) << cs_info.output;
+  EXPECT_NE(cs_info.output.find("particles     2"), std::string::npos) << cs_info.output;
+}

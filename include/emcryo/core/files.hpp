@@ -21,4 +21,14 @@ std::vector<std::string> remove_stale_temporaries(const std::filesystem::path& d
 void write_text_file(const std::filesystem::path& path, const std::string& text);
 std::string read_text_file(const std::filesystem::path& path);
 
+/// The iteration number of a per-iteration output ("classes_it007.mrcs", "run_it025_data.star":
+/// "_it" and at least 3 digits, then '.' or '_'), or -1 for any other name.
+int iteration_of_file_name(const std::string& name);
+
+/// Deletes per-iteration outputs in `dir` (not below it) except those of the last `keep_last`
+/// iterations present (at least 1, so --continue always finds the latest) and of every
+/// `keep_every`-th iteration (0: none). Checkpoint files ("checkpoint" in the name) and files
+/// being written (".tmp") are never touched. Returns the names deleted, sorted.
+std::vector<std::string> prune_iteration_files(const std::filesystem::path& dir, int keep_last, int keep_every);
+
 }  // namespace emcryo

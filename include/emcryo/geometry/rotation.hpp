@@ -35,5 +35,10 @@ Euler matrix_to_euler(const Mat3& a);
 double rotation_angle_between(const Mat3& a, const Mat3& b);
 /// Rotation by angle (degrees) about a unit axis (right-handed).
 Mat3 axis_angle(const Vec3& axis, double degrees);
+/// The rotation vector (axis times angle, radians; the exponential map) of a right-handed
+/// rotation; the zero vector gives the identity.
+Mat3 rotation_from_vector(const Vec3& v);
+/// Inverse of rotation_from_vector, angle in [0, pi]; accurate near 0 and near pi.
+Vec3 rotation_vector(const Mat3& r);
 
 }  // namespace emcryo::geometry

@@ -62,8 +62,16 @@ class MrcReader {
   /// Reads sections [first, first+count) as float32 into out (count*nx*ny values).
   void read_sections(std::int64_t first, std::int64_t count, float* out) const;
   std::vector<float> read_section(std::int64_t index) const;
-  /// The whole file (a volume) as float32, x fastest.
+  /// The whole file (a volume) as float32, x fastest: a map stored with another axis order
+  /// (MAPC/MAPR/MAPS a permutation other than 1/2/3) is reordered, with map_size() as its size.
   std::vector<float> read_all() const;
+  /// Size along x, y, z of what read_all() returns (nx, ny, nz unless the axes are permuted).
+  std::array<int, 3> map_size() const;
+  /// True when MAPC/MAPR/MAPS is a permutation other than 1/2/3.
+  bool axes_permuted() const;
+  /// What is unusual in this header and how it was read (cell 0, extended header, permuted axes,
+  /// zeroed stamps, space group 1 on a stack...), one sentence each; empty for a plain file.
+  std::vector<std::string> notes() const;
 
  private:
   std::filesystem::path path_;

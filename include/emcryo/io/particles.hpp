@@ -1,10 +1,12 @@
-// The particle dataset: a RELION particles STAR joined with its optics groups and image stacks.
-// It is the single input of every job; images are read lazily, in batches.
+// The particle dataset: a RELION particles STAR (or a cryoSPARC particles .cs, seen as the STAR it
+// converts to) joined with its optics groups and image stacks. It is the single input of every
+// job; images are read lazily, in batches.
 #pragma once
 #include <filesystem>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "emcryo/image/ctf.hpp"
@@ -29,11 +31,26 @@ struct Pose {
   double origin_x = 0, origin_y = 0;
 };
 
+struct ParticleReadOptions {
+  /// .cs input: the folder blob/path is relative to (the cryoSPARC project folder). Empty: the
+  /// first of the .cs file's parent folder, its own folder and the working directory that holds
+  /// the first particle's stack.
+  std::filesystem::path cs_root;
+  /// Missing stacks are listed in missing_stacks() with a warning instead of failing (for
+  /// summaries and conversions; such a set cannot read those images).
+  bool allow_missing_stacks = false;
+  /// No warning in the log for missing stacks (the caller reports them).
+  bool quiet = false;
+};
+
 class ParticleSet {
  public:
-  /// Reads a STAR file (RELION 3.0 or 3.1) and checks that every stack exists and every image
-  /// index lies inside its stack. Errors name the file, the line and the column.
-  static ParticleSet read(const std::filesystem::path& star_path);
+  /// Reads a STAR file (RELION 2.x to 5) or a cryoSPARC .cs file (by the extension) and checks
+  /// that every stack exists and every image index lies inside its stack. Errors name the file,
+  /// the line (or record) and the column (or field).
+  static ParticleSet read(const std::filesystem::path& path, const ParticleReadOptions& options = {});
+  /// The same from a STAR already in memory; image paths resolve from star.path's folder.
+  static ParticleSet from_star(StarFile star, const ParticleReadOptions& options = {});
 
   std::size_t size() const { return stack_of_.size(); }
   int box() const { return box_; }
@@ -82,9 +99,20 @@ class ParticleSet {
   /// Column labels present (for `emcryo info`).
   std::vector<std::string> metadata_present() const;
   std::size_t stack_count() const { return stacks_.size(); }
+  /// Stacks that do not exist (only with ParticleReadOptions::allow_missing_stacks).
+  const std::vector<std::filesystem::path>& missing_stacks() const { return missing_; }
+  /// False when particle i's stack was not found (see missing_stacks()).
+  bool image_available(std::size_t i) const { return !stack_missing_[stack_of_[i]]; }
+  /// 0-based image index of particle i in its stack.
+  std::int64_t index_in_stack(std::size_t i) const { return index_in_stack_[i]; }
 
  private:
   const MrcReader& reader(std::size_t stack) const;
+  void read_optics(const StarBlock* optics, std::unordered_map<int, int>& index_of_number);
+  void resolve_images(const ParticleReadOptions& options);
+  void check_stacks(const std::vector<std::int64_t>& max_index, const std::vector<std::size_t>& row_of_max);
+  void find_columns();
+  void note_headers_without_pixel_size(const ParticleReadOptions& options) const;
 
   std::filesystem::path path_;
   StarFile star_;
@@ -92,6 +120,8 @@ class ParticleSet {
   std::vector<OpticsGroup> optics_;
   std::vector<int> optics_of_;
   std::vector<std::filesystem::path> stacks_;
+  std::vector<std::filesystem::path> missing_;
+  std::vector<bool> stack_missing_;
   std::vector<std::uint32_t> stack_of_;
   std::vector<std::int64_t> index_in_stack_;  // 0-based
   int box_ = 0;

@@ -7,7 +7,8 @@
 namespace emcryo::jobs {
 
 struct ReconstructOptions {
-  std::string particles;   // STAR file
+  std::string particles;   // STAR or cryoSPARC .cs file
+  std::string cs_root;     // .cs: folder blob paths are relative to (empty: guessed)
   std::string out_dir;
   std::string symmetry = "C1";
   bool no_ctf = false;     // ignore CTF columns

@@ -107,3 +107,34 @@ TEST(CoreProgress, PlainLinesWhenNotATerminal) {
   EXPECT_NE(out.find("ETA"), std::string::npos);
   EXPECT_LE(std::count(out.begin(), out.end(), '\n'), 12);
 }
+
+TEST(Files, IterationNumbersFromFileNames) {
+  EXPECT_EQ(emcryo::iteration_of_file_name("classes_it007.mrcs"), 7);
+  EXPECT_EQ(emcryo::iteration_of_file_name("run_it025_data.star"), 25);
+  EXPECT_EQ(emcryo::iteration_of_file_name("particles_it1234.star"), 1234);
+  EXPECT_EQ(emcryo::iteration_of_file_name("particles.star"), -1);
+  EXPECT_EQ(emcryo::iteration_of_file_name("edit_it.txt"), -1);
+  EXPECT_EQ(emcryo::iteration_of_file_name("x_it12.star"), -1);  // fewer than 3 digits
+}
+
+TEST(Files, PruneKeepsTheLastAndEveryNthAndNeverCheckpoints) {
+  const emcryo::test::TempDir dir("prune");
+  for (int it = 1; it <= 10; ++it)
+    for (const char* pattern : {"classes_it{:03}.mrcs", "particles_it{:03}.star", "model_it{:03}.star"})
+      emcryo::test::write_text(dir / fmt::format(fmt::runtime(pattern), it), "x");
+  for (const char* other : {"checkpoint.json", "checkpoint_it010.json", "particles.star", "run.log",
+                            "particles_it003.star.tmp123"})
+    emcryo::test::write_text(dir / other, "x");
+  const auto deleted = emcryo::prune_iteration_files(dir.path(), 2, 4);
+  // Kept: 9, 10 (last two), 4 and 8 (every 4th). Deleted: 1, 2, 3, 5, 6, 7, three files each.
+  EXPECT_EQ(deleted.size(), 18u);
+  for (int it : {4, 8, 9, 10}) EXPECT_TRUE(fs::exists(dir / fmt::format("model_it{:03}.star", it))) << it;
+  for (int it : {1, 2, 3, 5, 6, 7}) EXPECT_FALSE(fs::exists(dir / fmt::format("classes_it{:03}.mrcs", it))) << it;
+  for (const char* other : {"checkpoint.json", "checkpoint_it010.json", "particles.star", "run.log",
+                            "particles_it003.star.tmp123"})
+    EXPECT_TRUE(fs::exists(dir / other)) << other;
+  // keep_last 0 still keeps the latest iteration (what --continue restarts from).
+  (void)emcryo::prune_iteration_files(dir.path(), 0, 0);
+  EXPECT_TRUE(fs::exists(dir / "classes_it010.mrcs"));
+  EXPECT_FALSE(fs::exists(dir / "classes_it009.mrcs"));
+}

@@ -188,3 +188,17 @@ TEST(EulerAxisAngle, RightHanded) {
 }
 
 }  // namespace
+
+TEST(RotationVector, InvertsTheExponentialNearZeroAndNearPi) {
+  using namespace emcryo::geometry;
+  for (const Vec3 v : {Vec3{0, 0, 0}, Vec3{1e-9, -2e-9, 3e-9}, Vec3{0.3, -1.2, 2.0}, Vec3{3.14159, 0, 0},
+                       Vec3{0, -3.1415926, 0.0000001}, Vec3{1.8, 1.8, 1.8}}) {
+    const Mat3 r = rotation_from_vector(v);
+    const Vec3 w = rotation_vector(r);
+    const Mat3 back = rotation_from_vector(w);
+    for (std::size_t i = 0; i < 9; ++i) EXPECT_NEAR(back.m[i], r.m[i], 1e-9) << v.x << " " << v.y << " " << v.z;
+  }
+  // Right-handed: a quarter turn about z takes x to y.
+  const Vec3 y = rotation_from_vector({0, 0, std::numbers::pi / 2}) * Vec3{1, 0, 0};
+  EXPECT_NEAR(y.y, 1, 1e-12);
+}
