@@ -22,7 +22,11 @@ void add_refine_command(CLI::App& app) {
   cmd->add_option("--offset-range", o.offset_range, "Translation search range, pixels")->capture_default_str();
   cmd->add_option("--offset-step", o.offset_step, "Translation search step, pixels")->capture_default_str();
   cmd->add_option("--max-iterations", o.max_iterations, "Upper bound on iterations (the job stops by itself)")->capture_default_str();
-  cmd->add_flag("--adaptive-marginalization", o.adaptive_marginalization, "Weight every probable pose and shift by its posterior (the fine hypotheses holding 99.9% of the mass, at most 64) instead of keeping only the best");
+  cmd->add_flag("--adaptive-marginalization", o.adaptive_marginalization,
+                "Weight every probable pose and shift by its posterior: the fine hypotheses holding 99.9% of the mass, at most "
+                "300 (the default)");
+  cmd->add_flag("--max-poses{false}", o.adaptive_marginalization,
+                "Each particle enters the map at its most probable pose only (faster; less accurate at low SNR)");
   cmd->add_flag("--no-ctf", o.no_ctf, "Refine without CTF correction");
   cmd->add_flag("--exhaustive", o.exhaustive,
                 "Score every hypothesis at the full frequency limit (default: a coarse pass at a lower limit, then the "

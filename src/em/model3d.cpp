@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <numeric>
 #include <cmath>
 
 #include "emcryo/core/error.hpp"
@@ -27,6 +28,18 @@ class MapTemplates final : public TemplateSource {
  private:
   std::vector<const Projector*> maps_;
 };
+
+bool same_orientation(const Hypothesis& a, const Hypothesis& b) {
+  return a.k == b.k && a.orientation.rot == b.orientation.rot && a.orientation.tilt == b.orientation.tilt &&
+         a.orientation.psi == b.orientation.psi;
+}
+/// Orders hypotheses by class and orientation, so that those sharing one are adjacent.
+bool orientation_order(const Hypothesis& a, const Hypothesis& b) {
+  if (a.k != b.k) return a.k < b.k;
+  if (a.orientation.rot != b.orientation.rot) return a.orientation.rot < b.orientation.rot;
+  if (a.orientation.tilt != b.orientation.tilt) return a.orientation.tilt < b.orientation.tilt;
+  return a.orientation.psi < b.orientation.psi;
+}
 
 /// Lanes that fit in about 1 GB of padded volumes, at most 8.
 int lane_count(int n) {
@@ -110,7 +123,9 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   es.fine.poses = settings.marginalize && !settings.cc_scoring ? Reduce::marginalize : Reduce::maximize;
   es.fine.classes = settings.hard_classes || settings.cc_scoring ? Reduce::maximize : Reduce::marginalize;
   for (double p : settings.class_priors) es.fine.log_class_prior.push_back(std::log(std::max(p, 1e-12)));
-  es.fine.cap = 64;
+  // At most 300 hypotheses per particle enter the reconstruction (RELION's --maxsig 300); 64 cut
+  // the posterior short at low SNR (held-out 2XHE, SNR 0.03: 10.86 vs 10.53 Å at FSC 0.5 to the truth).
+  es.fine.cap = 300;
   es.coarse.cap = settings.cc_scoring ? 16 : 32;
   es.coarse.log_class_prior = es.fine.log_class_prior;
 
@@ -157,25 +172,41 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       if (!residual[sz(b)].empty()) noise.add(sz(batch.particles[sz(b)].group), residual[sz(b)], counts[sz(b)]);
     }
     // Back-projection: the unmasked particle re-centred, weighted by w C / sigma^2, at each kept
-    // pose, lane by lane.
+    // pose, lane by lane. Hypotheses that share an orientation (the fine pass pairs each child
+    // orientation with several shifts) are summed first and inserted once.
 #pragma omp parallel for schedule(static, 1)
     for (int l = 0; l < lanes; ++l) {
-      std::vector<Complex> data(half);
+      std::vector<Complex> data(half), shifted(half);
       std::vector<float> weight(half);
+      std::vector<std::size_t> order;
       for (int b = 0; b < bc; ++b) {
         if (static_cast<int>((batch.first + sz(b)) % sz(lanes)) != l) continue;
         const PreparedParticle& pp = batch.particles[sz(b)];
         const auto& isg = inv_sigma2_grid[sz(pp.group)];
-        for (const auto& h : batch.outcomes[sz(b)].kept) {
-          std::copy(pp.unmasked, pp.unmasked + half, data.begin());
-          image::shift_half_grid_2d(data.data(), n, -h.shift.first, -h.shift.second);
-          for (std::size_t k = 0; k < half; ++k) {
-            const float scale = isg[k] * h.weight;
-            data[k] *= pp.ctf_grid[k] * scale;
-            weight[k] = pp.ctf_grid[k] * pp.ctf_grid[k] * scale;
+        const auto& kept = batch.outcomes[sz(b)].kept;
+        order.resize(kept.size());
+        std::iota(order.begin(), order.end(), std::size_t{0});
+        std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return orientation_order(kept[x], kept[y]); });
+        for (std::size_t first = 0; first < order.size();) {
+          std::size_t last = first + 1;
+          while (last < order.size() && same_orientation(kept[order[first]], kept[order[last]])) ++last;
+          std::fill(data.begin(), data.end(), Complex(0, 0));
+          float total = 0;
+          for (std::size_t i = first; i < last; ++i) {
+            const Hypothesis& h = kept[order[i]];
+            std::copy(pp.unmasked, pp.unmasked + half, shifted.begin());
+            image::shift_half_grid_2d(shifted.data(), n, -h.shift.first, -h.shift.second);
+            for (std::size_t k = 0; k < half; ++k) data[k] += shifted[k] * h.weight;
+            total += h.weight;
           }
+          for (std::size_t k = 0; k < half; ++k) {
+            data[k] *= pp.ctf_grid[k] * isg[k];
+            weight[k] = pp.ctf_grid[k] * pp.ctf_grid[k] * isg[k] * total;
+          }
+          const Hypothesis& h = kept[order[first]];
           const geometry::Mat3 a = geometry::euler_to_matrix(h.orientation);
           for (const auto& st : symmetry_t) sums.lane(h.k, l).insert(a * st, data.data(), weight.data(), n, settings.insert_radius);
+          first = last;
         }
       }
     }

@@ -120,7 +120,7 @@ TEST(Refine, AdaptiveMarginalizationBeatsMaximizationAtLowSignal) {
             0);
   const std::string common = fmt::format("--particles {} --ref {} --max-iterations 14", (dir / "data/particles.star").string(),
                                          (dir / "data/truth_class001.mrc").string());
-  ASSERT_EQ(run(fmt::format("{} refine {} --out {}", exe, common, (dir / "max").string())), 0);
+  ASSERT_EQ(run(fmt::format("{} refine {} --out {} --max-poses", exe, common, (dir / "max").string())), 0);
   ASSERT_EQ(run(fmt::format("{} refine {} --out {} --adaptive-marginalization", exe, common, (dir / "marg").string())), 0);
   const double error_max = median_pose_error(dir / "data/truth.star", dir / "max/particles.star");
   const double error_marg = median_pose_error(dir / "data/truth.star", dir / "marg/particles.star");

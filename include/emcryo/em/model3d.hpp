@@ -39,7 +39,7 @@ struct PoseSearch {
 struct ExpectationSettings {
   bool use_ctf = true;
   bool cc_scoring = false;     // normalised cross-correlation: the reference is not on the data's grey scale
-  bool marginalize = false;    // poses: the hypotheses holding 99.9% of the mass (at most 64) enter the
+  bool marginalize = false;    // poses: the hypotheses holding 99.9% of the mass (at most 300) enter the
                                // reconstruction, weighted by their posterior; else the best one
   bool hard_classes = false;   // class: the most probable only
   std::vector<double> class_priors;  // pi_k; empty = uniform

@@ -16,7 +16,7 @@ struct RefineOptions {
   double initial_step = 15;           // degrees, global search
   double offset_range = 3, offset_step = 1;  // pixels
   int max_iterations = 25;
-  bool adaptive_marginalization = false;
+  bool adaptive_marginalization = true;   // false: each particle at its best pose only
   bool no_ctf = false;
   bool exhaustive = false;            // every hypothesis at the full limit (no coarse-to-fine search)
   int batch = 256;
