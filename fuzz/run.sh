@@ -30,6 +30,6 @@ for t in "${targets[@]}"; do
     exit 1
   fi
   rm -rf "$work"
-  grep -E "^#[0-9]+ *DONE" build-fuzz/fuzz_"$t".log || tail -n 1 build-fuzz/fuzz_"$t".log
+  grep -a -E "^#[0-9]+[[:space:]]+DONE" build-fuzz/fuzz_"$t".log || tail -n 1 build-fuzz/fuzz_"$t".log
   grep -E "stat::number_of_executed_units" build-fuzz/fuzz_"$t".log || true
 done
