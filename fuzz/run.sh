@@ -30,6 +30,11 @@ for t in "${targets[@]}"; do
     exit 1
   fi
   rm -rf "$work"
-  grep -E "^#[0-9]+ *DONE" build-fuzz/fuzz_"$t".log || tail -n 1 build-fuzz/fuzz_"$t".log
+  # A target ended by -max_total_time skips its atexit clean-up: remove scratch folders of
+  # processes that no longer run (fuzz_support.hpp names them emcryo_fuzz_<pid>).
+  for d in /dev/shm/emcryo_fuzz_* /tmp/emcryo_fuzz_*; do
+    [[ -d $d ]] && ! kill -0 "${d##*_}" 2>/dev/null && rm -rf "$d"
+  done
+  grep -a -E "^#[0-9]+[[:space:]]+DONE" build-fuzz/fuzz_"$t".log || tail -n 1 build-fuzz/fuzz_"$t".log
   grep -E "stat::number_of_executed_units" build-fuzz/fuzz_"$t".log || true
 done
