@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""Reproduces a kill-trial finding: refine killed after it has replaced checkpoint_half1.mrc but
-before it has written checkpoint.json resumes from half maps of one iteration with the state of
-the previous one, and ends differently from an uninterrupted run.
+"""Checks a kill-trial finding (fixed): refine killed after it has written an iteration's half maps
+but before checkpoint.json names them must resume from the previous checkpoint, whole, and end
+like an uninterrupted run. (With one fixed name for the half maps it resumed from half maps of one
+iteration with the state of the previous one.)
 
   bench/refine_checkpoint_window.py EXE WORK_DIR
 
@@ -27,8 +28,10 @@ subprocess.run([exe, "-j", "1", "refine", *args, "--out", "ref"], check=True, **
 job = subprocess.Popen([exe, "-j", "1", "refine", *args, "--out", "run"], **quiet)
 windows, start = 0, time.time()
 while job.poll() is None and time.time() - start < 120:
-    try:  # half map newer than the checkpoint that should describe it: inside the window
-        inside = os.stat("run/checkpoint_half1.mrc").st_mtime_ns > os.stat("run/checkpoint.json").st_mtime_ns
+    try:  # a half map newer than the checkpoint: between the maps and the JSON that names them
+        json_time = os.stat("run/checkpoint.json").st_mtime_ns
+        maps = [f for f in os.listdir("run") if f.startswith("checkpoint_it") and f.endswith("_half1.mrc")]
+        inside = any(os.stat(os.path.join("run", f)).st_mtime_ns > json_time for f in maps)
     except FileNotFoundError:
         continue
     windows += inside

@@ -3,7 +3,7 @@
 // the checkpoint written last and atomically each iteration, read back by --continue.
 #pragma once
 #include <filesystem>
-#include <nlohmann/json.hpp>
+#include "emcryo/jobs/checkpoint_json.hpp"  // nlohmann::json with range-checked integers
 #include <string>
 #include <string_view>
 

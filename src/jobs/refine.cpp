@@ -70,17 +70,29 @@ struct State {
   int iterations_without_gain = 0;
   std::vector<IterationRecord> history;
   bool final_next = false;          // the next iteration joins the halves and ends the run
+  std::vector<std::string> half_map_files;  // this iteration's half maps, beside checkpoint.json
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(State, options, iteration, step, offset_step, offset_range, local, second_global,
                                                 radius, sigma2, fsc, poses, best_resolution, iterations_without_gain, history,
-                                                final_next)
+                                                final_next, half_map_files)
 
-void write_checkpoint(const JobFolder& folder, const State& state, const std::vector<std::vector<float>>& half_maps, int n, double pixel) {
+/// The half maps go to files named by the iteration and checkpoint.json, written last, names
+/// them; the previous iteration's are removed only then. A kill at any moment leaves a
+/// checkpoint.json whose half maps are complete and of its own iteration (with fixed names, a
+/// kill between the maps and the JSON paired new maps with the old state: found by the kill
+/// trials, bench/kill_trials.sh).
+void write_checkpoint(const JobFolder& folder, State& state, const std::vector<std::vector<float>>& half_maps, int n, double pixel) {
   const fs::path& dir = folder.dir();
-  refine_detail::write_map(dir / "checkpoint_half1.mrc", half_maps[0], n, pixel);
-  refine_detail::write_map(dir / "checkpoint_half2.mrc", half_maps[1], n, pixel);
-  // Written last: a checkpoint.json always refers to complete half maps.
-  folder.write_checkpoint(state, "emcryo-refine-checkpoint-1");
+  const std::vector<std::string> previous = state.half_map_files;
+  state.half_map_files.clear();
+  for (int h = 0; h < 2; ++h) {
+    state.half_map_files.push_back(fmt::format("checkpoint_it{:03}_half{}.mrc", state.iteration, h + 1));
+    refine_detail::write_map(dir / state.half_map_files.back(), half_maps[static_cast<std::size_t>(h)], n, pixel);
+  }
+  folder.write_checkpoint(state, "emcryo-refine-checkpoint-2");
+  for (const auto& file : previous)
+    if (std::find(state.half_map_files.begin(), state.half_map_files.end(), file) == state.half_map_files.end())
+      fs::remove(dir / file);
 }
 
 /// The sampling schedule after an iteration: from the global stage to a second global pass at
@@ -218,11 +230,13 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     state.sigma2 = em::estimate_initial_sigma2(in.set, in.active, in.particle_mask);
     state.poses.assign(in.active.size(), em::Pose3D{});
   } else {
+    if (state.half_map_files.size() != 2)
+      fail("{}: damaged checkpoint: it names {} half maps, not 2", (dir / "checkpoint.json").string(), state.half_map_files.size());
     if (state.poses.size() != in.active.size())
       fail("{}: checkpoint holds {} particles but {} are usable now: the input changed", (dir / "checkpoint.json").string(),
            state.poses.size(), in.active.size());
     for (int h = 0; h < 2; ++h)
-      half_maps[static_cast<std::size_t>(h)] = io::MrcReader(dir / fmt::format("checkpoint_half{}.mrc", h + 1)).read_all();
+      half_maps[static_cast<std::size_t>(h)] = io::MrcReader(dir / state.half_map_files[static_cast<std::size_t>(h)]).read_all();
     log::info("refine: continuing after iteration {}", state.iteration);
   }
   log::info("refine: {} particles ({} skipped) in two half sets, box {} px, {:.3f} Å/px, symmetry {}", in.active.size(), in.skipped.size(), n,
