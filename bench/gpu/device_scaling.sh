@@ -5,21 +5,12 @@
 # with 1..16 threads. Results in $OUT (scaling.txt, relion5_<SET>.tar.gz).
 set -uo pipefail
 root=$(pwd); OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; SET=${SET:-7DDO}
-cp -r .devinc/* /usr/include/
-( cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DEMCRYO_BUILD_TESTS=OFF -DEMCRYO_BUILD_BENCH=OFF > /tmp/cmake.log 2>&1 &&
-  cmake --build build-dev -j6 --target emcryo > /tmp/build.log 2>&1 ) &
-bash .gpu-carry/relion5-build-cuda.sh .gpu-carry > /tmp/relion_build.log 2>&1 && (cd /tmp/relion5/relion/build && make -j10 refine_mpi >> /tmp/relion_build.log 2>&1)
+source bench/gpu/lib.sh
+build_emcryo 6 &
+build_relion5 10
 wait
 E=$root/build-dev/apps/emcryo R=/tmp/relion5/relion/build/bin/relion_refine_mpi
 [[ -x $E ]] || { tail -20 /tmp/build.log; exit 1; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
-strip_poses() {  # a copy of a particles STAR without rlnAngle*/rlnOrigin* columns
-  awk '/^data_/{blk=$1; n=0; m=0; split("", drop)}
-       blk=="data_particles" && /^_rln/ {n++; if ($1 ~ /^_rlnAngle|^_rlnOrigin/) {drop[n]=1; next} else {m++; print $1 " #" m; next}}
-       blk=="data_particles" && NF>2 && $1 !~ /^_/ && $1 !~ /^#/ {s=""; for(i=1;i<=NF;i++) if(!drop[i]) s=s (s==""?"":" ") $i; print s; next}
-       {print}' "$1" > "$2"
-}
 declare -A model=([2XHE]=2XHE.pdb.gz [7DDO]=7DDO.pdb.gz [6WQA]=6WQA.cif.gz)
 for n in 2XHE $SET; do
   [[ -f /tmp/ho/$n/particles_blind.star ]] && continue

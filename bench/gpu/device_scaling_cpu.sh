@@ -4,12 +4,9 @@
 # particles.star is the same for every thread count. Results in $OUT/scaling_cpu.txt.
 set -uo pipefail
 root=$(pwd); OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-cp -r .devinc/* /usr/include/
-cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DEMCRYO_BUILD_TESTS=OFF -DEMCRYO_BUILD_BENCH=OFF > /tmp/cmake.log 2>&1
-cmake --build build-dev -j16 --target emcryo > /tmp/build.log 2>&1 || { tail -20 /tmp/build.log; exit 1; }
+source bench/gpu/lib.sh
+build_emcryo 16 || { tail -20 /tmp/build.log; exit 1; }
 E=$root/build-dev/apps/emcryo
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
 {
   lscpu | grep "Model name"
   "$E" simulate --model "$root/data/1tii.pdb.gz" --out /tmp/c2d --particles 3000 --box 64 --pixel-size 2.0 --snr 0.05 \

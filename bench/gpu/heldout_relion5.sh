@@ -6,19 +6,12 @@
 #   bench/gpu/heldout_relion5.sh     (repository root; .devinc and .gpu-carry carried)
 set -uo pipefail
 root=$(pwd); OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-cp -r .devinc/* /usr/include/
-( cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DEMCRYO_BUILD_TESTS=OFF -DEMCRYO_BUILD_BENCH=OFF > /tmp/cmake.log 2>&1 &&
-  cmake --build build-dev -j6 --target emcryo > /tmp/build.log 2>&1 ) &
-bash .gpu-carry/relion5-build-cuda.sh .gpu-carry > /tmp/relion_build.log 2>&1 && (cd /tmp/relion5/relion/build && make -j10 refine_mpi >> /tmp/relion_build.log 2>&1)
+source bench/gpu/lib.sh
+build_emcryo 6 &
+build_relion5 10
 wait
 E=$root/build-dev/apps/emcryo R=/tmp/relion5/relion/build/bin/relion_refine_mpi
 [[ -x $E && -x $R ]] || { tail -20 /tmp/build.log /tmp/relion_build.log; exit 1; }
-strip_poses() {  # a copy of a particles STAR without rlnAngle*/rlnOrigin* columns
-  awk '/^data_/{blk=$1; n=0; m=0; split("", drop)}
-       blk=="data_particles" && /^_rln/ {n++; if ($1 ~ /^_rlnAngle|^_rlnOrigin/) {drop[n]=1; next} else {m++; print $1 " #" m; next}}
-       blk=="data_particles" && NF>2 && $1 !~ /^_/ && $1 !~ /^#/ {s=""; for(i=1;i<=NF;i++) if(!drop[i]) s=s (s==""?"":" ") $i; print s; next}
-       {print}' "$1" > "$2"
-}
 for m in 2XHE.pdb.gz 7DDO.pdb.gz 6WQA.cif.gz; do
   n=${m%%.*}; d=/tmp/ho/$n
   "$E" simulate --model "$root/bench/heldout_models/$m" --out $d --particles 2500 --box 64 --pixel-size 2.5 --snr 0.03 --seed 11 > /tmp/ho_$n.sim.log 2>&1
