@@ -27,6 +27,11 @@ void add_class2d_command(CLI::App& app) {
   cmd->add_flag("--force-max-poses", o.force_max_poses, "Each particle contributes only at its best pose and shift");
   cmd->add_flag("--hard-classify-last", o.hard_classify_last, "The final iteration puts each particle in its best class only");
   cmd->add_flag("--no-ctf", o.no_ctf, "Classify without CTF correction");
+  cmd->add_option("--save-posteriors", o.save_posteriors,
+                  "Write each particle's N most probable hypotheses (class, pose, shift, weight) to posteriors.star and .cs");
+  cmd->add_option("--keep-iterations", o.keep_iterations, "Per-iteration outputs kept: the last N")->capture_default_str();
+  cmd->add_option("--keep-every", o.keep_every, "... and every Nth iteration's (0: none)")->capture_default_str();
+  cmd->add_option("--cs-root", o.cs_root, "For a .cs input: the cryoSPARC project folder its blob paths are relative to");
   cmd->add_flag("--exhaustive", o.exhaustive,
                 "Score every hypothesis at the full frequency limit (default: a coarse pass at twice the angle and "
                 "shift steps and a lower limit, then the fine hypotheses around those holding the posterior mass)");

@@ -28,6 +28,9 @@ void add_refine_command(CLI::App& app) {
   cmd->add_flag("--max-poses{false}", o.adaptive_marginalization,
                 "Each particle enters the map at its most probable pose only (faster; less accurate at low SNR)");
   cmd->add_flag("--no-ctf", o.no_ctf, "Refine without CTF correction");
+  cmd->add_option("--save-posteriors", o.save_posteriors,
+                  "Write each particle's N most probable poses (with their posterior weights) to posteriors.star and .cs");
+  cmd->add_option("--cs-root", o.cs_root, "For a .cs input: the cryoSPARC project folder its blob paths are relative to");
   cmd->add_flag("--exhaustive", o.exhaustive,
                 "Score every hypothesis at the full frequency limit (default: a coarse pass at a lower limit, then the "
                 "sub-cells of the orientations and shifts holding the posterior mass)");

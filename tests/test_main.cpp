@@ -5,6 +5,7 @@
 
 int main(int argc, char** argv) {
   emcryo::runtime::ensure_fast_blas(argc, argv);
+  emcryo::runtime::set_threads(0);  // as the program: OpenBLAS single-threaded
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

@@ -302,12 +302,16 @@ class EStep {
 
   void plan_layout() {
     layout_.classes = K_;
-    if (space_.coarse_to_fine) layout_.shift_ids = space_.shifts.coarse;
+    // One pass where the coarse limit covers the working one: over the fine grid when the space has
+    // one (2D), else over the coarse grid (3D sub-cells only refine kept orientations).
+    const bool fine_single = !two_pass_ && !space_.fine_grid.empty();
+    grid_ = fine_single ? &space_.fine_grid : &space_.grid;
+    if (space_.coarse_to_fine && !fine_single) layout_.shift_ids = space_.shifts.coarse;
     else for (std::size_t t = 0; t < space_.shifts.fine.size(); ++t) layout_.shift_ids.push_back(static_cast<int>(t));
     layout_.shifts = static_cast<int>(layout_.shift_ids.size());
     shared_ = space_.orientations == SearchSpace::Orientations::grid;
     layout_.orientations =
-        shared_ ? static_cast<int>(space_.grid.size()) : (space_.orientations == SearchSpace::Orientations::local ? 125 : 1);
+        shared_ ? static_cast<int>(grid_->size()) : (space_.orientations == SearchSpace::Orientations::local ? 125 : 1);
     J_ = K_ * layout_.orientations;
   }
 
@@ -337,7 +341,7 @@ class EStep {
       for (int j = 0; j < count; ++j) {
         const int g = first + j;
         const std::size_t row = sz(cache_ ? g : j);
-        source_.sample(g / layout_.orientations, space_.grid[sz(g % layout_.orientations)], coarse_list_, sample.data());
+        source_.sample(g / layout_.orientations, (*grid_)[sz(g % layout_.orientations)], coarse_list_, sample.data());
         store_template_row(sample.data(), Fc_, templates_.data() + row * 2 * sz(Fc_), power_.data() + row * sz(Fc_));
       }
     }
@@ -405,7 +409,7 @@ class EStep {
       outcome.posterior.class_posterior[0] = 1;
       return;
     }
-    const std::vector<Euler>& orientations = coarse_orientations(space_, sp, s);
+    const std::vector<Euler>& orientations = shared_ ? *grid_ : coarse_orientations(space_, sp, s);
     Posterior coarse;
     if (shared_) {
       coarse = coarse_reducers_[sz(b)].finish();
@@ -455,6 +459,7 @@ class EStep {
   ScoringBackend& backend_;
   int F_ = 0, Fc_ = 0, K_ = 1, J_ = 0, B_ = 1, chunk_ = 0;
   bool two_pass_ = false, shared_ = false, cache_ = false;
+  const std::vector<Euler>* grid_ = nullptr;  // the shared orientations of the (first) pass
   std::vector<std::vector<float>> inv_sigma2_;
   std::vector<Complex> fine_ramps_;
   CoarseLayout layout_;

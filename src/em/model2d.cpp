@@ -118,6 +118,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   space.coarse_to_fine = settings.coarse_to_fine && !settings.random_assignment;
   space.coarse_radius = coarse_radius_for(space.cell, 2 * search.shifts.step, n, model.radius);
   for (int r = 0; r < R; r += space.coarse_to_fine ? 2 : 1) space.grid.push_back({0, 0, search.psi[sz(r)]});
+  for (int r = 0; r < R; ++r) space.fine_grid.push_back({0, 0, search.psi[sz(r)]});
   std::vector<StartPose> start;
   std::vector<int> assigned_class;
   if (settings.random_assignment) {
@@ -172,7 +173,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
       res.significant_samples = static_cast<int>(out.kept.size());
       res.class_posterior_max = settings.random_assignment ? 1.0 : out.posterior.class_posterior[sz(out.posterior.best_class)];
       res.log_likelihood = out.posterior.log_evidence - batch.particles[sz(b)].half_norm;
-      res.top.assign(out.kept.begin(), out.kept.begin() + std::min<std::ptrdiff_t>(8, static_cast<std::ptrdiff_t>(out.kept.size())));
+      res.top.assign(out.kept.begin(), out.kept.begin() + std::min<std::ptrdiff_t>(settings.keep_top, static_cast<std::ptrdiff_t>(out.kept.size())));
       if (settings.random_assignment) continue;
       // Noise: residual |X - C s A|^2 per shell at the best hypothesis.
       const PreparedParticle& p = batch.particles[sz(b)];

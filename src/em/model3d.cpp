@@ -165,6 +165,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       pose.significant = static_cast<int>(out.kept.size());
       pose.class_index = out.posterior.best_class;
       if (K > 1) pose.class_posterior = out.posterior.class_posterior;
+      pose.top.assign(out.kept.begin(), out.kept.begin() + std::min<std::ptrdiff_t>(settings.keep_top, static_cast<std::ptrdiff_t>(out.kept.size())));
     }
     for (int b = 0; b < bc; ++b) {
       angle_change += moved[sz(b)];

@@ -20,7 +20,9 @@
 #include "emcryo/io/particles.hpp"
 #include "emcryo/io/report.hpp"
 #include "emcryo/io/star.hpp"
+#include "emcryo/io/cs_particles.hpp"
 #include "job_folder.hpp"
+#include "posterior_output.hpp"
 
 namespace emcryo::jobs {
 
@@ -32,7 +34,8 @@ using json = nlohmann::json;
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Class2DOptions, particles, out_dir, classes, iterations, mask_diameter,
                                                 max_resolution, min_align_resolution, initial_resolution, psi_step,
                                                 offset_range, offset_step, tau2_fudge, uncertainty_factor,
-                                                force_max_poses, hard_classify_last, no_ctf, exhaustive, batch, seed)
+                                                force_max_poses, hard_classify_last, no_ctf, exhaustive, save_posteriors,
+                                                keep_iterations, keep_every, cs_root, batch, seed)
 
 namespace {
 
@@ -274,7 +277,7 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
   const auto job_start = std::chrono::steady_clock::now();
   const Class2DOptions& o = state.options;
   const fs::path dir(o.out_dir);
-  auto set = io::ParticleSet::read(o.particles);
+  auto set = io::ParticleSet::read(o.particles, {.cs_root = o.cs_root});
   const int n = set.box();
   const double pixel = set.pixel_size();
 
@@ -339,6 +342,7 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
   em::Class2DSettings settings;
   settings.use_ctf = !o.no_ctf;
   settings.coarse_to_fine = !o.exhaustive;
+  settings.keep_top = o.save_posteriors;
   settings.tau2_fudge = o.tau2_fudge;
   settings.batch = o.batch;
   std::vector<em::ParticleResult> results(active.size());
@@ -465,6 +469,8 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
     write_model_star(dir / fmt::format("model_it{:03}.star", it), state.model, it, pixel, classes_file, record);
     write_posteriors_star(dir / fmt::format("posteriors_it{:03}.star", it), set, active, results);
     save_checkpoint(folder, state);
+    // Older per-iteration outputs go once the checkpoint no longer needs them.
+    for (const auto& gone : prune_iteration_files(dir, std::max(1, o.keep_iterations), o.keep_every)) log::info("removed {}", gone);
     log::info("iteration {:3}/{}: resolution {:5.1f} Å (limit {:.1f} px), logL {:.6g}, class changes {:4.1f}%, "
               "psi change {:5.1f}°, {:.1f} s, scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
               it, o.iterations, record.resolution, state.model.radius, record.log_likelihood, 100 * record.class_changes,
@@ -482,6 +488,12 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
     fs::copy_file(dir / fmt::format("model_it{:03}.star", state.iteration), dir / "model.star.tmp_copy",
                   fs::copy_options::overwrite_existing);
     fs::rename(dir / "model.star.tmp_copy", dir / "model.star");
+    io::write_particles_cs(dir / "particles.cs", io::read_star(dir / "particles.star"));
+  }
+  if (o.save_posteriors > 0 && !results.empty() && !results.front().top.empty()) {
+    std::vector<std::vector<em::Hypothesis>> top;
+    for (auto& r : results) top.push_back(std::move(r.top));
+    write_top_hypotheses(dir, set, active, top, o.save_posteriors);
   }
   write_report(dir, state, set, skipped_notes, pixel);
   log::info("class2d: done; class averages in {}/classes.mrcs, report in {}/report.html", o.out_dir, o.out_dir);

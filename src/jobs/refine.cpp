@@ -23,6 +23,7 @@
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/particles.hpp"
 #include "job_folder.hpp"
+#include "posterior_output.hpp"
 #include "refine_outputs.hpp"
 
 namespace emcryo::em {
@@ -44,7 +45,7 @@ using refine_detail::IterationRecord;
 // Checkpointed options: everything but the output folder, which --continue names.
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RefineOptions, particles, reference, symmetry, mask, initial_lowpass,
                                                 particle_diameter, initial_step, offset_range, offset_step, max_iterations,
-                                                adaptive_marginalization, no_ctf, exhaustive, batch, seed)
+                                                adaptive_marginalization, no_ctf, exhaustive, save_posteriors, cs_root, batch, seed)
 
 namespace refine_detail {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(IterationRecord, iteration, resolution, step, local, changed, seconds)
@@ -159,7 +160,7 @@ struct Inputs {
 };
 
 Inputs read_inputs(const RefineOptions& o) {
-  Inputs in{io::ParticleSet::read(o.particles), 0, 0, {}, {}, {}, {}, 0, {}, {}, {}, {}};
+  Inputs in{io::ParticleSet::read(o.particles, {.cs_root = o.cs_root}), 0, 0, {}, {}, {}, {}, 0, {}, {}, {}, {}};
   auto& set = in.set;
   const int n = in.n = set.box();
   const double pixel = in.pixel = set.pixel_size();
@@ -269,6 +270,7 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     settings.batch = o.batch;
     // The last iteration inserts to Nyquist; the others a little beyond the working limit.
     settings.insert_radius = final_iteration ? nyquist : std::min(nyquist, state.radius + 8);
+    settings.keep_top = final_iteration ? o.save_posteriors : 0;
 
     // E-step per half against its own half map, with the M-step's sums per half.
     em::ExpectationStats stats;
@@ -341,6 +343,11 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
   final_maps.half2 = std::move(half_maps[1]);
   const auto final_result = refine_detail::write_refine_outputs(dir, in.set, in.active, in.half, state.poses, final_maps, state.sigma2,
                                                                 group.name, state.history, in.skipped, o.seed);
+  if (o.save_posteriors > 0) {
+    std::vector<std::vector<em::Hypothesis>> top;
+    for (auto& p : state.poses) top.push_back(std::move(p.top));
+    write_top_hypotheses(dir, in.set, in.active, top, o.save_posteriors);
+  }
   result.resolution = final_result.resolution;
   result.bfactor = final_result.bfactor;
   result.iterations = state.iteration;

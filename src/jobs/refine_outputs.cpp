@@ -1,5 +1,7 @@
 #include "refine_outputs.hpp"
 
+#include "emcryo/io/cs_particles.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -121,6 +123,7 @@ FinalResult write_refine_outputs(const fs::path& dir, const io::ParticleSet& set
     rots.push_back(p.rot), tilts.push_back(p.tilt);
   }
   io::write_star(dir / "particles.star", out_star);
+  io::write_particles_cs(dir / "particles.cs", out_star);
   const int iterations = history.empty() ? 0 : history.back().iteration;
   write_model_star(dir / "model.star", result, pixel, n, symmetry, iterations, sigma2);
 

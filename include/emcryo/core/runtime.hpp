@@ -16,7 +16,8 @@ std::string blas_core_name();
 /// Best OpenBLAS core for this CPU from the instruction set, or empty when none is better.
 std::string preferred_blas_core();
 
-/// Threads for OpenMP and BLAS (0 = all cores).
+/// OpenMP threads (0 = all cores); OpenBLAS always runs single-threaded (the engine parallelises
+/// over blocks of GEMM rows itself).
 void set_threads(int threads);
 int threads();
 

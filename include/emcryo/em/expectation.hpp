@@ -33,6 +33,8 @@ struct SearchSpace {
   enum class Orientations { grid, local, fixed };
   Orientations orientations = Orientations::grid;
   std::vector<geometry::Euler> grid;  // global coarse orientations, the same for every class
+  std::vector<geometry::Euler> fine_grid;  // optional: the fine orientations, searched in one pass where
+                                           // the coarse limit already covers the working one
   double local_spacing = 0;           // local: 5^3 rotations this many degrees apart around the start pose
   ShiftGrid shifts;                   // coarse and fine shifts
   bool relative_shifts = false;       // around each particle's start shift

@@ -39,6 +39,7 @@ struct Class2DSettings {
   bool coarse_to_fine = true;     // off: every hypothesis at the full frequency limit
   int max_significant = 100000;   // hypotheses per particle entering the M-step (RELION's --maxsig)
   bool random_assignment = false; // initial M-step: random class and angle, no E-step
+  int keep_top = 0;               // hypotheses per particle kept in ParticleResult::top
   std::uint64_t seed = 1;
 };
 
@@ -50,7 +51,7 @@ struct ParticleResult {
   int significant_samples = 0;     // hypotheses that entered the M-step
   double log_likelihood = 0;
   double class_posterior_max = 0;  // largest class posterior
-  std::vector<Hypothesis> top;     // the most probable hypotheses (class, pose, weight), best first
+  std::vector<Hypothesis> top;     // the keep_top most probable hypotheses (class, pose, weight), best first
 };
 
 struct Class2DStats {

@@ -23,6 +23,7 @@ struct Pose3D {
   int significant = 1;                // hypotheses that entered the reconstruction
   int class_index = 0;                // most probable class (0-based)
   std::vector<double> class_posterior;  // per class (empty for one class)
+  std::vector<Hypothesis> top;          // the keep_top most probable hypotheses, best first (not checkpointed)
 };
 
 /// The hypotheses of one iteration.
@@ -46,6 +47,7 @@ struct ExpectationSettings {
   int batch = 256;             // particles per batch (bounds memory)
   double insert_radius = 0;    // pixels: back-projection limit
   bool known_poses = false;    // back-project at the given poses only (reconstruction): no scoring, no noise sums
+  int keep_top = 0;            // hypotheses per particle kept in Pose3D::top
 };
 
 /// Residual power per optics group and shell, for the noise model.

@@ -24,6 +24,10 @@ struct Class2DOptions {
   bool hard_classify_last = false;
   bool no_ctf = false;
   bool exhaustive = false;         // score every hypothesis at the full limit (no coarse-to-fine search)
+  int save_posteriors = 0;         // write each particle's N most probable hypotheses (posteriors.star/.cs)
+  int keep_iterations = 2;         // per-iteration outputs kept: the last N ...
+  int keep_every = 0;              // ... and every Nth (0: none)
+  std::string cs_root;             // .cs input: the folder blob/path is relative to
   int batch = 256;
   std::uint64_t seed = 1;
 };

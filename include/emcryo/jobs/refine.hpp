@@ -19,6 +19,8 @@ struct RefineOptions {
   bool adaptive_marginalization = true;   // false: each particle at its best pose only
   bool no_ctf = false;
   bool exhaustive = false;            // every hypothesis at the full limit (no coarse-to-fine search)
+  int save_posteriors = 0;            // write each particle's N most probable poses (posteriors.star/.cs)
+  std::string cs_root;                // .cs input: the folder blob/path is relative to
   int batch = 256;
   std::uint64_t seed = 1;
 };
