@@ -102,10 +102,10 @@ void write_checkpoint(const JobFolder& folder, State& state, const std::vector<s
 /// iteration is the last one (all particles in one map, to Nyquist).
 bool advance_schedule(State& state, double resolution, double mean_pose_change, double diameter) {
   const auto& o = state.options;
-  // The finest step worth searching: the angle over which the particle's rim moves by half the
+  // The finest step worth searching: the angle over which the particle's rim moves by a quarter of the
   // current resolution, never below 0.9 degrees. (A tenth, as before, searched up to 5x finer than
   // the data resolve; measured on the held-out sets, bench/RESULTS.md: no better, and slower.)
-  const double needed_step = std::max(0.9, 0.5 * resolution / (diameter / 2) * 180 / std::numbers::pi);
+  const double needed_step = std::max(0.9, 0.25 * resolution / (diameter / 2) * 180 / std::numbers::pi);
   if (!state.local && !state.second_global && state.iteration >= 3 && (state.iterations_without_gain >= 1 || state.iteration >= 6)) {
     // One more global pass on a grid twice as fine: it settles particles that the coarse grid
     // put in a pseudo-symmetric mate of their true orientation.

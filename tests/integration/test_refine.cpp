@@ -79,9 +79,12 @@ TEST(Refine, ApproachesTheTruePoseReconstruction) {
   const double median_error = median_pose_error(dir / "data/truth.star", dir / "refine/particles.star");
   std::printf("true-pose reconstruction %.2f Å, refined %.2f Å (masked, corrected), median pose error %.2f°\n", oracle, refined, median_error);
   // Gold-standard resolution within 10% of the reconstruction from the true poses, and a median
-  // pose error below 3° (measured 2.76°; with maximisation instead it is 2.95°).
+  // pose error below 3.2°. Measured 3.03° (6.74 Å) with today's defaults, 2.76° (6.74 Å) with the
+  // earlier ones: the FSC inside the particle's sphere regularises the half maps more, which the
+  // held-out study at SNR 0.03 needed (bench/RESULTS.md: 1.2-1.6 Å better FSC to the truth there)
+  // and which costs a quarter of a degree of pose precision on this easier 1TII set at SNR 0.1.
   EXPECT_LE(refined, 1.10 * oracle);
-  EXPECT_LT(median_error, 3.0);
+  EXPECT_LT(median_error, 3.2);
   for (const char* f : {"half1_unfil.mrc", "half2_unfil.mrc", "map.mrc", "map_unfil.mrc", "mask.mrc", "fsc.star", "fsc.svg",
                         "orientations.svg", "model.star", "report.html"})
     EXPECT_TRUE(fs::exists(dir / "refine" / f)) << f;
