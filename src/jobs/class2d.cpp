@@ -208,6 +208,7 @@ void write_report(const fs::path& dir, const JobState& state, const io::Particle
   std::vector<const float*> images;
   std::vector<std::string> captions;
   std::vector<std::vector<std::string>> rows;
+  std::vector<io::GalleryClass> gallery_classes;
   const double particles = static_cast<double>(state.previous_class.size());
   for (std::size_t k : order) {
     images.push_back(model.classes[k].data());
@@ -216,16 +217,17 @@ void write_report(const fs::path& dir, const JobState& state, const io::Particle
     captions.push_back(fmt::format("{} n{} {:.0f}A", k + 1, count, res));
     rows.push_back({std::to_string(k + 1), std::to_string(count), fmt::format("{:.1f}%", 100 * model.priors[k]),
                     fmt::format("{:.1f}", res)});
+    gallery_classes.push_back({model.classes[k].data(), static_cast<int>(k + 1), static_cast<std::size_t>(count), model.priors[k], res});
   }
+  // gallery.png for a quick look outside the report; the report's gallery is large, sorted,
+  // captioned and enlarges on click.
   const int columns = static_cast<int>(std::min<std::size_t>(K, 10));
-  const std::string gallery = io::gallery_png(images, n, columns, captions);
-  io::write_binary_file(dir / "gallery.png", gallery);
+  io::write_binary_file(dir / "gallery.png", io::gallery_png(images, n, columns, captions));
 
   io::HtmlReport report("emcryo class2d");
   report.add_paragraph(fmt::format("{}: {} particles used, {} classes, box {} px, {:.3f} Å/px, {} iterations.",
                                    state.options.particles, state.previous_class.size(), K, n, pixel, state.iteration));
-  report.add_heading("Class averages (sorted by size: class, particles, resolution)");
-  report.add_image_png("gallery.png", gallery);
+  report.add_class_gallery("Class averages (sorted by size: class, particles, resolution)", n, std::move(gallery_classes));
   report.add_table({"class", "particles", "share", "resolution (Å)"}, rows);
   report.add_heading("Convergence");
   io::Series ll{"log-likelihood", {}, {}}, changes{"class changes (%)", {}, {}}, psi{"mean psi change (deg)", {}, {}},
