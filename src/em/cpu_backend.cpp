@@ -64,7 +64,7 @@ class CpuBackend final : public ScoringBackend {
   }
 
  private:
-  static constexpr int kBlockRows = 256;
+  static constexpr int kBlockRows = 64;  // enough blocks for 16 threads on a 256-particle batch
   /// Calls f(first, count) over [0, total) in blocks of kBlockRows: across the threads when not
   /// already inside a parallel region, else in this thread. Always inside a parallel region, even
   /// for one block, so that OpenBLAS never runs a multi-threaded SGEMM.

@@ -24,7 +24,10 @@ struct PyValue {
   std::string text;
   long long integer = 0;
   std::vector<PyValue> items;                           // tuple or list
-  std::vector<std::pair<std::string, PyValue>> entries;  // dict
+  // dict: keys[i] -> values[i] (two vectors: a pair holding the still incomplete PyValue is not
+  // allowed, and clang refuses it)
+  std::vector<std::string> keys;
+  std::vector<PyValue> values;
 };
 
 class PyLiteralParser {
@@ -112,7 +115,8 @@ class PyLiteralParser {
       PyValue key = value();
       if (key.type != PyValue::Type::string) bad("dict key is not a string");
       if (!take(':')) bad("expected ':'");
-      v.entries.emplace_back(key.text, value());
+      v.keys.push_back(key.text);
+      v.values.push_back(value());
       if (!take(',')) {
         if (!take('}')) bad("expected ',' or '}'");
         break;
@@ -127,8 +131,8 @@ class PyLiteralParser {
 };
 
 const PyValue* dict_entry(const PyValue& dict, std::string_view key) {
-  for (const auto& [k, v] : dict.entries)
-    if (k == key) return &v;
+  for (std::size_t i = 0; i < dict.keys.size(); ++i)
+    if (dict.keys[i] == key) return &dict.values[i];
   return nullptr;
 }
 
