@@ -168,7 +168,7 @@ TEST_F(Class2DTest, RecoversKnownViews) {
 }
 
 TEST_F(Class2DTest, SwitchesDoWhatTheySay) {
-  const fs::path out = classify("switches", "--force-max-poses --hard-classify-last", 4);
+  const fs::path out = classify("switches", "--force-max-poses --hard-classify-last --keep-iterations 4", 4);
   // With --force-max-poses each particle has one pose per class with weight; classes still spread.
   const auto mid = io::read_star(out / "posteriors_it002.star");
   const auto hyp_mid = column(mid, "posteriors", "emcryoHypothesesWithWeight");
