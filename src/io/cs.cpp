@@ -1,6 +1,7 @@
 #include "emcryo/io/cs.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <bit>
 #include <charconv>
 #include <cstring>
@@ -251,7 +252,14 @@ std::uint64_t CsTable::integer(std::size_t row, int field, std::size_t element) 
   const CsField& f = field_checked(field, element, 'n');
   const unsigned char* p = cell(row, field, element);
   const bool s = f.big_endian;
-  if (f.kind == 'f' || f.kind == 'i') return static_cast<std::uint64_t>(number(row, field, element));
+  if (f.kind == 'f' || f.kind == 'i') {
+    // A float or signed field read as an index or uid: only whole values in range convert (a cast
+    // of anything else is undefined; found by fuzz/fuzz_cs).
+    const double v = number(row, field, element);
+    if (!(v >= 0 && v < 18446744073709551616.0) || v != std::floor(v))
+      fail("{}: record {}: field '{}': {} is not a valid index", source_file, row + 1, f.name, v);
+    return static_cast<std::uint64_t>(v);
+  }
   switch (f.item_bytes) {
     case 1: return *p;
     case 2: return load<std::uint16_t>(p, s);

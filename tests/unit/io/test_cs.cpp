@@ -394,3 +394,15 @@ TEST(CsConventions, PerClassAlignmentsTakeTheMostProbableClass) {
 }
 
 }  // namespace
+
+// fuzz/fuzz_cs found a .cs whose float field was read as an image index: the cast was undefined
+// behaviour (UBSan). It must fail with a clear error instead.
+TEST(CsFuzzRegressions, AFloatFieldReadAsAnIndexFailsCleanly) {
+  const auto path = fs::path(EMCRYO_SOURCE_DIR) / "tests/data/fuzz_regressions/cs_float_index.cs";
+  EXPECT_THROW(
+      {
+        const auto cs = io::read_cs(path);
+        (void)io::star_from_cs(cs, "");
+      },
+      Error);
+}
