@@ -121,25 +121,15 @@ const std::vector<Euler>& coarse_orientations(const SearchSpace& space, const St
 /// Scores every pair of `orientations` (per class) x `shift_ids` for one particle at the first F
 /// frequencies, into the reducer with ids u_t * J + j (j = class * orientations + o).
 void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, Euler>>& templates, const std::vector<int>& shift_ids,
-                    const std::vector<Complex>& fine_ramps, const Shift& base, const FrequencyList& list, int F, int Ffull,
+                    const std::vector<Complex>& fine_ramps, const Shift& base, const FrequencyList& list, int Ffull,
                     const TemplateSource& source, bool cc, ScoringBackend& backend, int slot, Scratch& s) {
   const int J = static_cast<int>(templates.size()), T = static_cast<int>(shift_ids.size());
+  const int F = static_cast<int>(list.size());  // the full list, or the coarse prefix of it
   s.sample.resize(sz(F));
   s.templates.resize(sz(J) * 2 * sz(F));
   s.power.resize(sz(J) * sz(F));
-  FrequencyList prefix;  // the first F frequencies of the list (sampling reads kx, ky only)
-  const FrequencyList* use = &list;
-  if (F != static_cast<int>(list.size())) {
-    prefix.n = list.n;
-    prefix.radius = list.radius;
-    prefix.kx.assign(list.kx.begin(), list.kx.begin() + F);
-    prefix.ky.assign(list.ky.begin(), list.ky.begin() + F);
-    prefix.shell.assign(list.shell.begin(), list.shell.begin() + F);
-    prefix.index.assign(list.index.begin(), list.index.begin() + F);
-    use = &prefix;
-  }
   for (int j = 0; j < J; ++j) {
-    source.sample(templates[sz(j)].first, templates[sz(j)].second, *use, s.sample.data());
+    source.sample(templates[sz(j)].first, templates[sz(j)].second, list, s.sample.data());
     store_template_row(s.sample.data(), F, s.templates.data() + sz(j) * 2 * sz(F), s.power.data() + sz(j) * sz(F));
   }
   s.rows.resize(sz(T) * 2 * sz(F));
@@ -200,11 +190,6 @@ void collect_children(const Posterior& coarse, const std::vector<Euler>& orienta
 }
 
 }  // namespace
-
-void EStepStats::add(const EStepStats& o) {
-  flops += o.flops, gemm_seconds += o.gemm_seconds, seconds += o.seconds;
-  coarse_hypotheses += o.coarse_hypotheses, fine_hypotheses += o.fine_hypotheses;
-}
 
 double coarse_radius_for(double cell_degrees, double coarse_shift_step, int n, double radius) {
   double reach = 2.0 / (cell_degrees * std::numbers::pi / 180);
@@ -270,6 +255,9 @@ class EStep {
     for (std::size_t g = 0; g < sigma2.size(); ++g)
       for (int f = 0; f < F_; ++f) inv_sigma2_[g][sz(f)] = static_cast<float>(1.0 / sigma2[g][sz(list_.shell[sz(f)])]);
     fine_ramps_ = shift_ramps(list_, space_.shifts.fine);
+    // The coarse pass's list: the first Fc frequencies (the list is ordered by radius).
+    coarse_list_ = list_;
+    for (auto* v : {&coarse_list_.kx, &coarse_list_.ky, &coarse_list_.shell, &coarse_list_.index}) v->resize(sz(Fc_));
     plan_layout();
     plan_templates();
     B_ = std::max(1, settings_.batch);
@@ -328,8 +316,6 @@ class EStep {
     const std::size_t held = sz(cache_ ? J_ : chunk_);
     templates_.resize(held * 2 * sz(Fc_));
     power_.resize(held * sz(Fc_));
-    coarse_list_ = list_;
-    for (auto* v : {&coarse_list_.kx, &coarse_list_.ky, &coarse_list_.shell, &coarse_list_.index}) v->resize(sz(Fc_));
     if (cache_ && J_ > 0 && settings_.score) compute_templates(0, J_);
   }
 
@@ -418,7 +404,7 @@ class EStep {
       for (int k = 0; k < K_; ++k)
         for (const auto& e : orientations) own.push_back({k, e});
       s.reducer.reset(coarse_settings_, K_);
-      score_particle(p, own, layout_.shift_ids, fine_ramps_, base, list_, Fc_, F_, source_, settings_.cross_correlation, backend_, tid, s);
+      score_particle(p, own, layout_.shift_ids, fine_ramps_, base, coarse_list_, F_, source_, settings_.cross_correlation, backend_, tid, s);
       coarse = s.reducer.finish();
     }
     outcome.coarse_scored = coarse.scored;
@@ -438,7 +424,7 @@ class EStep {
     const auto children = s.unique_templates;
     const auto shifts = s.unique_shifts;
     s.reducer.reset(settings_.fine, K_);
-    score_particle(p, children, shifts, fine_ramps_, base, list_, F_, F_, source_, settings_.cross_correlation, backend_, tid, s);
+    score_particle(p, children, shifts, fine_ramps_, base, list_, F_, source_, settings_.cross_correlation, backend_, tid, s);
     outcome.posterior = s.reducer.finish();
     outcome.fine_scored = outcome.posterior.scored;
     const int U = static_cast<int>(children.size());

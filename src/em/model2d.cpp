@@ -159,7 +159,11 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
     const int bc = static_cast<int>(batch.particles.size());
     std::vector<Contribution> contributions;
     std::vector<std::vector<double>> noise(sz(bc)), noise_count(sz(bc));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel
+    {
+      std::vector<Complex> sample(sz(F));  // per thread: the best template, for the noise residual
+      std::vector<float> row(2 * sz(F));
+#pragma omp for schedule(static)
     for (int b = 0; b < bc; ++b) {
       const std::size_t a = batch.first + sz(b);
       const ParticleOutcome& out = batch.outcomes[sz(b)];
@@ -177,13 +181,12 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
       if (settings.random_assignment) continue;
       // Noise: residual |X - C s A|^2 per shell at the best hypothesis.
       const PreparedParticle& p = batch.particles[sz(b)];
-      std::vector<Complex> sample(sz(F));
-      std::vector<float> row(2 * sz(F));
       source.sample(best.k, best.orientation, list, sample.data());
       store_template_row(sample.data(), F, row.data(), nullptr);
       noise[sz(b)].assign(sz(shells), 0.0), noise_count[sz(b)].assign(sz(shells), 0.0);
       add_noise_residual(list, p.x, p.ctf, batch.fine_ramps + sz(best.shift_id) * batch.frequencies, row.data(), noise[sz(b)].data(),
                          noise_count[sz(b)].data());
+    }
     }
     for (int b = 0; b < bc; ++b) {
       const std::size_t a = batch.first + sz(b);

@@ -141,7 +141,11 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     std::vector<std::vector<double>> residual(sz(bc)), counts(sz(bc));
     std::vector<double> moved(sz(bc), 0.0);
     // Per particle: the new pose, how far it moved, the residual at the best hypothesis.
-#pragma omp parallel for schedule(dynamic, 2)
+#pragma omp parallel
+    {
+      std::vector<Complex> sample(sz(F)), ramp(sz(F));  // per thread: the best template, for the noise residual
+      std::vector<float> row(2 * sz(F));
+#pragma omp for schedule(dynamic, 2)
     for (int b = 0; b < bc; ++b) {
       const std::size_t p = batch.first + sz(b);
       const ParticleOutcome& out = batch.outcomes[sz(b)];
@@ -151,8 +155,6 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
                                                       geometry::euler_to_matrix(best.orientation));
       if (!settings.cc_scoring && !settings.known_poses) {
         const PreparedParticle& pp = batch.particles[sz(b)];
-        std::vector<Complex> sample(sz(F)), ramp(sz(F));
-        std::vector<float> row(2 * sz(F));
         source.sample(best.k, best.orientation, list, sample.data());
         store_template_row(sample.data(), F, row.data(), nullptr);
         shift_ramps(list, {best.shift}, 0, 0, ramp.data());
@@ -166,6 +168,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       pose.class_index = out.posterior.best_class;
       if (K > 1) pose.class_posterior = out.posterior.class_posterior;
       pose.top.assign(out.kept.begin(), out.kept.begin() + std::min<std::ptrdiff_t>(settings.keep_top, static_cast<std::ptrdiff_t>(out.kept.size())));
+    }
     }
     for (int b = 0; b < bc; ++b) {
       angle_change += moved[sz(b)];

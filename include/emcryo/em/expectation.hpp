@@ -95,7 +95,6 @@ struct ParticleOutcome {
 struct EStepStats {
   double flops = 0, gemm_seconds = 0, seconds = 0;
   std::int64_t coarse_hypotheses = 0, fine_hypotheses = 0;
-  void add(const EStepStats& o);
 };
 
 /// One scored batch, handed to the caller's M-step sums. Calls come in particle order and one at
