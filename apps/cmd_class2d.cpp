@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "emcryo/core/mpi.hpp"
 #include "emcryo/jobs/class2d.hpp"
 
 namespace emcryo::app {
@@ -45,7 +46,8 @@ void add_class2d_command(CLI::App& app) {
       if (o.particles.empty() || o.out_dir.empty()) throw CLI::RequiredError("--particles and --out (or --continue DIR)");
       r = jobs::run_class2d(o);
     }
-    fmt::print("class2d finished {} iterations in {:.1f} s; open {}/report.html\n", r.iterations_done, r.seconds,
+    if (mpi::is_root())
+      fmt::print("class2d finished {} iterations in {:.1f} s; open {}/report.html\n", r.iterations_done, r.seconds,
                continue_dir.empty() ? o.out_dir : continue_dir);
   });
 }

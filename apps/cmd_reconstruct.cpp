@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "emcryo/core/mpi.hpp"
 #include "emcryo/jobs/reconstruct.hpp"
 
 namespace emcryo::app {
@@ -19,7 +20,8 @@ void add_reconstruct_command(CLI::App& app) {
   cmd->add_option("--seed", o.seed, "Seed of the half-set split when rlnRandomSubset is absent")->capture_default_str();
   cmd->callback([] {
     auto r = jobs::run_reconstruct(o);
-    fmt::print("resolution {:.2f} Å (FSC 0.143), {:.2f} Å (FSC 0.5); {}/map.mrc\n", r.resolution_0143, r.resolution_05,
+    if (mpi::is_root())
+      fmt::print("resolution {:.2f} Å (FSC 0.143), {:.2f} Å (FSC 0.5); {}/map.mrc\n", r.resolution_0143, r.resolution_05,
                o.out_dir);
   });
 }

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "emcryo/core/mpi.hpp"
 #include "emcryo/jobs/refine.hpp"
 
 namespace emcryo::app {
@@ -43,7 +44,8 @@ void add_refine_command(CLI::App& app) {
       if (o.particles.empty() || o.reference.empty() || o.out_dir.empty()) throw CLI::RequiredError("--particles, --ref and --out (or --continue DIR)");
       r = jobs::run_refine(o);
     }
-    fmt::print("refine: {:.2f} Å after {} iterations\n", r.resolution, r.iterations);
+    if (mpi::is_root())
+      fmt::print("refine: {:.2f} Å after {} iterations\n", r.resolution, r.iterations);
   });
 }
 

@@ -1,42 +1,77 @@
 // emcryo: single-particle cryo-EM by Expectation-Maximization. Subcommand table and error path.
+#include <omp.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
+#include <string>
+#include <thread>
 
 #include "commands.hpp"
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/log.hpp"
+#include "emcryo/core/mpi.hpp"
+#include "emcryo/core/progress.hpp"
 #include "emcryo/core/runtime.hpp"
+
+namespace {
+
+/// Threads when -j is not given: all cores for a single process; under MPI, this node's cores
+/// shared by its ranks (and never more than the cores mpirun bound the rank to).
+int default_threads() {
+  if (emcryo::mpi::local_size() == 1) return 0;
+  const int node = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, std::min(omp_get_num_procs(), node / emcryo::mpi::local_size()));
+}
+
+/// An error ends the whole job: printed by the rank that met it (naming the rank under MPI), then
+/// every rank is stopped (MPI_Abort), so none waits forever for the one that failed.
+int fail_job(int code, const std::string& message) {
+  if (emcryo::mpi::size() > 1) {
+    emcryo::log::error("rank {} of {}: {}", emcryo::mpi::rank(), emcryo::mpi::size(), message);
+    emcryo::mpi::abort(code);
+  }
+  emcryo::log::error("{}", message);
+  return code;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   emcryo::runtime::ensure_fast_blas(argc, argv);
+  emcryo::mpi::init(argc, argv);
+  if (!emcryo::mpi::is_root()) {
+    // Rank 0 speaks for the job; the others only report their own errors.
+    emcryo::log::set_level(emcryo::log::Level::error);
+    emcryo::Progress::set_shown(false);
+  }
   CLI::App app{"emcryo: 2D classification, 3D refinement and reconstruction for cryo-EM"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "emcryo 0.1.0");
-  int threads = 0;
-  app.add_option("-j,--threads", threads, "Threads (default: all cores)");
+  int threads = -1;
+  app.add_option("-j,--threads", threads, "Threads (per MPI rank; default: all cores, shared by the ranks of a node)");
   emcryo::app::add_info_command(app);
   emcryo::app::add_simulate_command(app);
   emcryo::app::add_reconstruct_command(app);
   emcryo::app::add_class2d_command(app);
   emcryo::app::add_refine_command(app);
   emcryo::app::add_convert_command(app);
-  app.parse_complete_callback([&] { emcryo::runtime::set_threads(threads); });
+  app.parse_complete_callback([&] { emcryo::runtime::set_threads(threads >= 0 ? threads : default_threads()); });
+  int code = 0;
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    code = emcryo::mpi::is_root() ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 1);
   } catch (const emcryo::Error& e) {
-    emcryo::log::error("{}", e.what());
-    return 1;
+    code = fail_job(1, e.what());
   } catch (const std::filesystem::filesystem_error& e) {
     // The file system refused (read-only, no permission, disk full): the user's to fix, and
     // what() names the operation, the reason and the path on one line.
-    emcryo::log::error("{}", e.what());
-    return 1;
+    code = fail_job(1, e.what());
   } catch (const std::exception& e) {
-    emcryo::log::error("internal error: {}", e.what());
-    return 2;
+    code = fail_job(2, std::string("internal error: ") + e.what());
   }
-  return 0;
+  emcryo::mpi::finalize();
+  return code;
 }

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 build_packages=(cmake ninja-build g++ pkg-config libfftw3-dev libopenblas-openmp-dev libcli11-dev
   nlohmann-json3-dev libfmt-dev libstb-dev libgtest-dev gemmi-dev tao-pegtl-dev zlib1g-dev
+  libopenmpi-dev openmpi-bin  # EMCRYO_MPI: mpirun -np N emcryo ... (the build also works without MPI)
   libjs-chart.js)  # Chart.js, inlined into report.html when a job writes it (not linked)
 # Test oracles only, never linked: RELION 3.1.3 and python3-mrcfile check our formats; numpy reads
 # our .cs files; headless chromium loads report.html; clang with libFuzzer (and LLVM's OpenMP)

@@ -3,11 +3,14 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 
 namespace emcryo {
 
 namespace {
+std::atomic<bool> g_shown{true};
+
 std::string format_seconds(double s) {
   if (s < 0 || s > 1e7) return "--:--";
   auto total = static_cast<long>(s + 0.5);
@@ -21,6 +24,8 @@ Progress::Progress(std::string label, std::int64_t total)
       start_(std::chrono::steady_clock::now()), last_draw_(start_) {}
 
 Progress::~Progress() { finish(); }
+
+void Progress::set_shown(bool shown) { g_shown = shown; }
 
 void Progress::advance(std::int64_t count) {
   std::lock_guard lock(mutex_);
@@ -49,6 +54,7 @@ void Progress::finish() {
 }
 
 void Progress::draw(bool final_line) {
+  if (!g_shown) return;
   double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   double fraction = std::min(1.0, static_cast<double>(done_) / static_cast<double>(total_));
   double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;

@@ -508,4 +508,31 @@ std::vector<std::vector<double>> estimate_initial_sigma2(const io::ParticleSet& 
   return sum;
 }
 
+void put_hypotheses(mpi::Message& message, const std::vector<Hypothesis>& hypotheses) {
+  message.put(hypotheses.size());
+  for (const auto& h : hypotheses) {
+    message.put(h.weight), message.put(h.k), message.put(h.orientation);
+    message.put(h.shift.first), message.put(h.shift.second), message.put(h.shift_id);
+  }
+}
+
+std::vector<Hypothesis> get_hypotheses(mpi::Message& message) {
+  std::vector<Hypothesis> hypotheses(message.get<std::size_t>());
+  for (auto& h : hypotheses) {
+    h.weight = message.get<float>(), h.k = message.get<int>(), h.orientation = message.get<geometry::Euler>();
+    h.shift.first = message.get<float>(), h.shift.second = message.get<float>(), h.shift_id = message.get<int>();
+  }
+  return hypotheses;
+}
+
+void put_stats(mpi::Message& message, const EStepStats& stats) {
+  message.put(stats.flops), message.put(stats.gemm_seconds), message.put(stats.seconds);
+  message.put(stats.coarse_hypotheses), message.put(stats.fine_hypotheses);
+}
+
+void add_stats(mpi::Message& message, EStepStats& stats) {
+  stats.flops += message.get<double>(), stats.gemm_seconds += message.get<double>(), stats.seconds += message.get<double>();
+  stats.coarse_hypotheses += message.get<std::int64_t>(), stats.fine_hypotheses += message.get<std::int64_t>();
+}
+
 }  // namespace emcryo::em

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "emcryo/core/error.hpp"
+#include "emcryo/core/mpi.hpp"
 #include "emcryo/core/random.hpp"
 #include "emcryo/em/score_rows.hpp"
 #include "emcryo/image/fourier.hpp"
@@ -92,6 +93,22 @@ void add_batch(const ScoredBatch& batch, const std::vector<Contribution>& contri
   }
 }
 
+/// A particle's results through a chunk's message.
+void put_result(mpi::Message& m, const ParticleResult& r) {
+  m.put(r.best_class), m.put(r.psi), m.put(r.shift_x), m.put(r.shift_y), m.put(r.max_probability);
+  m.put(r.significant_samples), m.put(r.log_likelihood), m.put(r.class_posterior_max);
+  put_hypotheses(m, r.top);
+}
+
+ParticleResult get_result(mpi::Message& m) {
+  ParticleResult r;
+  r.best_class = m.get<int>(), r.psi = m.get<double>(), r.shift_x = m.get<double>(), r.shift_y = m.get<double>();
+  r.max_probability = m.get<double>(), r.significant_samples = m.get<int>(), r.log_likelihood = m.get<double>();
+  r.class_posterior_max = m.get<double>();
+  r.top = get_hypotheses(m);
+  return r;
+}
+
 }  // namespace
 
 Class2DSearch make_class2d_search(double psi_step, double range, double step) {
@@ -148,12 +165,15 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   es.coarse.cap = 1000;
   if (settings.random_assignment) es.fine.log_class_prior.clear();
 
-  TemplateSums sums(K * R, F);
+  // Sums of the whole set (every rank's, folded in chunk order) and of the chunk being computed.
+  TemplateSums sums(K * R, F), part(K * R, F);
   std::vector<std::vector<double>> residual(groups, std::vector<double>(sz(shells), 0.0)), residual_count = residual;
-  std::vector<double> class_mass(sz(K), 0.0);
+  auto part_residual = residual, part_residual_count = residual;
+  std::vector<double> class_mass(sz(K), 0.0), part_class_mass = class_mass;
   const ClassTemplates class_templates(settings.random_assignment ? std::vector<std::vector<float>>{} : model.classes, n);
   const FlatTemplate flat;
   const TemplateSource& source = settings.random_assignment ? static_cast<const TemplateSource&>(flat) : class_templates;
+  std::size_t chunk_first = 0;  // index into `active` of the chunk's first particle
 
   const auto consumer = [&](const ScoredBatch& batch) {
     const int bc = static_cast<int>(batch.particles.size());
@@ -165,7 +185,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
       std::vector<float> row(2 * sz(F));
 #pragma omp for schedule(static)
     for (int b = 0; b < bc; ++b) {
-      const std::size_t a = batch.first + sz(b);
+      const std::size_t a = chunk_first + batch.first + sz(b);
       const ParticleOutcome& out = batch.outcomes[sz(b)];
       ParticleResult& res = results[a];
       res = ParticleResult{};
@@ -189,23 +209,52 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
     }
     }
     for (int b = 0; b < bc; ++b) {
-      const std::size_t a = batch.first + sz(b);
+      const std::size_t a = chunk_first + batch.first + sz(b);
       const ParticleOutcome& out = batch.outcomes[sz(b)];
       for (const auto& h : out.kept) {
         const int k = settings.random_assignment ? assigned_class[a] : h.k;
         contributions.push_back({k * R + fine_index(h.orientation.psi, R), b, h.shift_id, h.weight});
-        class_mass[sz(k)] += h.weight;
+        part_class_mass[sz(k)] += h.weight;
       }
       if (noise[sz(b)].empty()) continue;
       const auto g = sz(batch.particles[sz(b)].group);
-      for (int s = 0; s < shells; ++s) residual[g][sz(s)] += noise[sz(b)][sz(s)], residual_count[g][sz(s)] += noise_count[sz(b)][sz(s)];
+      for (int s = 0; s < shells; ++s)
+        part_residual[g][sz(s)] += noise[sz(b)][sz(s)], part_residual_count[g][sz(s)] += noise_count[sz(b)][sz(s)];
     }
-    add_batch(batch, contributions, sums);
+    add_batch(batch, contributions, part);
   };
 
+  // The E-step chunk by chunk (each on its rank), every chunk's sums from zero, folded in chunk
+  // order on every rank: the same sums with any number of ranks and threads.
+  const mpi::Chunks chunks(active.size());
   EStepStats es_stats;
-  Progress progress(settings.random_assignment ? "initial classes" : "E-step", static_cast<std::int64_t>(active.size()));
-  run_expectation(set, active, start, space, source, list, model.sigma2, mask, es, backend, consumer, es_stats, &progress);
+  Progress progress(settings.random_assignment ? "initial classes" : "E-step", static_cast<std::int64_t>(chunks.owned_items()));
+  const auto compute = [&](int c, mpi::Message& message) {
+    chunk_first = chunks.begin(c);
+    const std::vector<std::size_t> images(active.begin() + static_cast<std::ptrdiff_t>(chunks.begin(c)),
+                                          active.begin() + static_cast<std::ptrdiff_t>(chunks.end(c)));
+    std::vector<StartPose> chunk_start;
+    if (!start.empty())
+      chunk_start.assign(start.begin() + static_cast<std::ptrdiff_t>(chunks.begin(c)), start.begin() + static_cast<std::ptrdiff_t>(chunks.end(c)));
+    std::fill(part.data.begin(), part.data.end(), Complex(0, 0));
+    std::fill(part.weight.begin(), part.weight.end(), 0.0f);
+    for (std::size_t g = 0; g < groups; ++g)
+      std::fill(part_residual[g].begin(), part_residual[g].end(), 0.0), std::fill(part_residual_count[g].begin(), part_residual_count[g].end(), 0.0);
+    std::fill(part_class_mass.begin(), part_class_mass.end(), 0.0);
+    EStepStats chunk_stats;
+    run_expectation(set, images, chunk_start, space, source, list, model.sigma2, mask, es, backend, consumer, chunk_stats, &progress);
+    for (std::size_t a = chunks.begin(c); a < chunks.end(c); ++a) put_result(message, results[a]);
+    message.put(part.data), message.put(part.weight), message.put(part_class_mass);
+    for (std::size_t g = 0; g < groups; ++g) message.put(part_residual[g]), message.put(part_residual_count[g]);
+    put_stats(message, chunk_stats);
+  };
+  const auto fold = [&](int c, mpi::Message& message) {
+    for (std::size_t a = chunks.begin(c); a < chunks.end(c); ++a) results[a] = get_result(message);
+    message.add_into(sums.data), message.add_into(sums.weight), message.add_into(class_mass);
+    for (std::size_t g = 0; g < groups; ++g) message.add_into(residual[g]), message.add_into(residual_count[g]);
+    add_stats(message, es_stats);
+  };
+  mpi::reduce_in_chunk_order(chunks, compute, fold);
   progress.finish();
   stats.flops += es_stats.flops;
   stats.gemm_seconds += es_stats.gemm_seconds;

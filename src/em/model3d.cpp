@@ -47,6 +47,22 @@ int lane_count(int n) {
   return std::clamp(static_cast<int>(1e9 / bytes), 1, 8);
 }
 
+/// A particle's pose through a chunk's message.
+void put_pose(mpi::Message& m, const Pose3D& p) {
+  m.put(p.rot), m.put(p.tilt), m.put(p.psi), m.put(p.shift_x), m.put(p.shift_y), m.put(p.max_probability);
+  m.put(p.significant), m.put(p.class_index), m.put(p.class_posterior);
+  put_hypotheses(m, p.top);
+}
+
+Pose3D get_pose(mpi::Message& m) {
+  Pose3D p;
+  p.rot = m.get<double>(), p.tilt = m.get<double>(), p.psi = m.get<double>(), p.shift_x = m.get<double>(), p.shift_y = m.get<double>();
+  p.max_probability = m.get<double>(), p.significant = m.get<int>(), p.class_index = m.get<int>();
+  p.class_posterior = m.get_vector<double>();
+  p.top = get_hypotheses(m);
+  return p;
+}
+
 }  // namespace
 
 NoiseSums::NoiseSums(std::size_t groups, std::size_t shells)
@@ -67,12 +83,17 @@ void NoiseSums::update(std::vector<std::vector<double>>& sigma2) const {
 }
 
 ReconstructionSums::ReconstructionSums(int classes, int n)
-    : lanes_(sz(classes), std::vector<BackProjector>(sz(lane_count(n)), BackProjector(n))) {}
+    : lanes_(sz(classes), std::vector<BackProjector>(sz(lane_count(n)), BackProjector(n))), totals_(sz(classes), BackProjector(n)) {}
 
-BackProjector& ReconstructionSums::total(int k) {
+BackProjector& ReconstructionSums::fold_lanes(int k) {
   auto& lanes = lanes_[sz(k)];
   for (std::size_t l = 1; l < lanes.size(); ++l) lanes[0].add(lanes[l]), lanes[l].clear();
   return lanes[0];
+}
+
+void ReconstructionSums::clear_lanes() {
+  for (auto& lanes : lanes_)
+    for (auto& lane : lanes) lane.clear();
 }
 
 void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& image_index, std::vector<Pose3D>& poses,
@@ -133,8 +154,10 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   for (std::size_t p = 0; p < poses.size(); ++p) start[p] = {{poses[p].rot, poses[p].tilt, poses[p].psi}, {static_cast<float>(poses[p].shift_x), static_cast<float>(poses[p].shift_y)}};
   const MapTemplates source(references);
   const int lanes = sums.lanes();
-  int changed = 0;
+  int changed = 0;            // of the chunk being computed
   double angle_change = 0;
+  NoiseSums part_noise(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
+  std::size_t chunk_first = 0;  // index into image_index of the chunk's first particle
 
   const auto consumer = [&](const ScoredBatch& batch) {
     const int bc = static_cast<int>(batch.particles.size());
@@ -147,7 +170,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       std::vector<float> row(2 * sz(F));
 #pragma omp for schedule(dynamic, 2)
     for (int b = 0; b < bc; ++b) {
-      const std::size_t p = batch.first + sz(b);
+      const std::size_t p = chunk_first + batch.first + sz(b);
       const ParticleOutcome& out = batch.outcomes[sz(b)];
       const Hypothesis& best = out.kept.front();
       Pose3D& pose = poses[p];
@@ -173,7 +196,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     for (int b = 0; b < bc; ++b) {
       angle_change += moved[sz(b)];
       changed += moved[sz(b)] > search.step / 2;
-      if (!residual[sz(b)].empty()) noise.add(sz(batch.particles[sz(b)].group), residual[sz(b)], counts[sz(b)]);
+      if (!residual[sz(b)].empty()) part_noise.add(sz(batch.particles[sz(b)].group), residual[sz(b)], counts[sz(b)]);
     }
     // Back-projection: the unmasked particle re-centred, weighted by w C / sigma^2, at each kept
     // pose, lane by lane. Hypotheses that share an orientation (the fine pass pairs each child
@@ -216,14 +239,40 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     }
   };
 
-  EStepStats es_stats;
-  run_expectation(set, image_index, start, space, source, list, sigma2, particle_mask, es, backend, consumer, es_stats, progress);
-  stats.changed += changed;
-  stats.angle_change += angle_change;
-  stats.flops += es_stats.flops;
-  stats.gemm_seconds += es_stats.gemm_seconds;
-  stats.coarse_hypotheses += es_stats.coarse_hypotheses;
-  stats.fine_hypotheses += es_stats.fine_hypotheses;
+  // The E-step chunk by chunk (each on its rank), every chunk's sums from zero, folded in chunk
+  // order on every rank: the same sums and poses with any number of ranks and threads.
+  const mpi::Chunks chunks(image_index.size());
+  const auto compute = [&](int c, mpi::Message& message) {
+    chunk_first = chunks.begin(c);
+    const auto first = static_cast<std::ptrdiff_t>(chunks.begin(c)), last = static_cast<std::ptrdiff_t>(chunks.end(c));
+    const std::vector<std::size_t> images(image_index.begin() + first, image_index.begin() + last);
+    const std::vector<StartPose> chunk_start(start.begin() + first, start.begin() + last);
+    sums.clear_lanes();
+    part_noise = NoiseSums(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
+    changed = 0, angle_change = 0;
+    EStepStats es_stats;
+    run_expectation(set, images, chunk_start, space, source, list, sigma2, particle_mask, es, backend, consumer, es_stats, progress);
+    for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) put_pose(message, poses[p]);
+    for (int k = 0; k < K; ++k) sums.fold_lanes(k).put(message);
+    for (std::size_t g = 0; g < part_noise.sum.size(); ++g) message.put(part_noise.sum[g]), message.put(part_noise.count[g]);
+    message.put(changed), message.put(angle_change);
+    put_stats(message, es_stats);
+  };
+  const auto fold = [&](int c, mpi::Message& message) {
+    for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) poses[p] = get_pose(message);
+    for (int k = 0; k < K; ++k) sums.total(k).add_from(message);
+    for (std::size_t g = 0; g < noise.sum.size(); ++g) message.add_into(noise.sum[g]), message.add_into(noise.count[g]);
+    stats.changed += message.get<int>();
+    stats.angle_change += message.get<double>();
+    EStepStats es_stats;
+    add_stats(message, es_stats);
+    stats.flops += es_stats.flops;
+    stats.gemm_seconds += es_stats.gemm_seconds;
+    stats.coarse_hypotheses += es_stats.coarse_hypotheses;
+    stats.fine_hypotheses += es_stats.fine_hypotheses;
+  };
+  mpi::reduce_in_chunk_order(chunks, compute, fold);
+  sums.clear_lanes();
 }
 
 }  // namespace emcryo::em

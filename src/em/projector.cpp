@@ -124,6 +124,10 @@ void BackProjector::clear() {
   std::fill(weight_.begin(), weight_.end(), 0.0f);
 }
 
+void BackProjector::put(mpi::Message& message) const { message.put(data_), message.put(weight_); }
+
+void BackProjector::add_from(mpi::Message& message) { message.add_into(data_), message.add_into(weight_); }
+
 void BackProjector::add(const BackProjector& other) {
   for (std::size_t i = 0; i < data_.size(); ++i) {
     data_[i] += other.data_[i];

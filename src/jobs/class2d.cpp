@@ -275,6 +275,27 @@ void save_checkpoint(const JobFolder& folder, const JobState& state) {
   folder.write_checkpoint(std::move(j), "emcryo-class2d-checkpoint-1");
 }
 
+/// classes.mrcs, particles.star/.cs and model.star of the last iteration, posteriors, report.
+void write_final_outputs(const fs::path& dir, const JobState& state, const io::ParticleSet& set, const std::vector<std::size_t>& active,
+                         std::vector<em::ParticleResult>& results, const std::vector<std::string>& skipped_notes, double pixel) {
+  write_classes(dir / "classes.mrcs", state.model, pixel);
+  if (state.iteration > 0) {
+    fs::copy_file(dir / fmt::format("particles_it{:03}.star", state.iteration), dir / "particles.star.tmp_copy",
+                  fs::copy_options::overwrite_existing);
+    fs::rename(dir / "particles.star.tmp_copy", dir / "particles.star");
+    fs::copy_file(dir / fmt::format("model_it{:03}.star", state.iteration), dir / "model.star.tmp_copy",
+                  fs::copy_options::overwrite_existing);
+    fs::rename(dir / "model.star.tmp_copy", dir / "model.star");
+    io::write_particles_cs(dir / "particles.cs", io::read_star(dir / "particles.star"));
+  }
+  if (state.options.save_posteriors > 0 && !results.empty() && !results.front().top.empty()) {
+    std::vector<std::vector<em::Hypothesis>> top;
+    for (auto& r : results) top.push_back(std::move(r.top));
+    write_top_hypotheses(dir, set, active, top, state.options.save_posteriors);
+  }
+  write_report(dir, state, set, skipped_notes, pixel);
+}
+
 Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
   const auto job_start = std::chrono::steady_clock::now();
   const Class2DOptions& o = state.options;
@@ -369,8 +390,7 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
     state.previous_class.assign(active.size(), -1);
     state.previous_psi.assign(active.size(), 0);
     for (std::size_t a = 0; a < active.size(); ++a) state.previous_class[a] = results[a].best_class, state.previous_psi[a] = results[a].psi;
-    write_classes(dir / "classes_it000.mrcs", state.model, pixel);
-    save_checkpoint(folder, state);
+    if (folder.writes()) write_classes(dir / "classes_it000.mrcs", state.model, pixel), save_checkpoint(folder, state);
   } else {
     if (state.previous_class.size() != active.size())
       fail("{}: checkpoint holds {} particles but {} are usable now: the input changed", (dir / "checkpoint.json").string(),
@@ -463,16 +483,18 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
     state.iteration = it;
     state.history.push_back(record);
 
-    // Outputs of the iteration, each written under a temporary name and renamed; the checkpoint
-    // goes last so it only ever points at complete files.
-    const std::string classes_file = fmt::format("classes_it{:03}.mrcs", it);
-    write_classes(dir / classes_file, state.model, pixel);
-    write_particles_star(dir / fmt::format("particles_it{:03}.star", it), set, active, results, pixel);
-    write_model_star(dir / fmt::format("model_it{:03}.star", it), state.model, it, pixel, classes_file, record);
-    write_posteriors_star(dir / fmt::format("posteriors_it{:03}.star", it), set, active, results);
-    save_checkpoint(folder, state);
-    // Older per-iteration outputs go once the checkpoint no longer needs them.
-    for (const auto& gone : prune_iteration_files(dir, std::max(1, o.keep_iterations), o.keep_every)) log::info("removed {}", gone);
+    // Outputs of the iteration (rank 0's alone under MPI), each written under a temporary name and
+    // renamed; the checkpoint goes last so it only ever points at complete files.
+    if (folder.writes()) {
+      const std::string classes_file = fmt::format("classes_it{:03}.mrcs", it);
+      write_classes(dir / classes_file, state.model, pixel);
+      write_particles_star(dir / fmt::format("particles_it{:03}.star", it), set, active, results, pixel);
+      write_model_star(dir / fmt::format("model_it{:03}.star", it), state.model, it, pixel, classes_file, record);
+      write_posteriors_star(dir / fmt::format("posteriors_it{:03}.star", it), set, active, results);
+      save_checkpoint(folder, state);
+      // Older per-iteration outputs go once the checkpoint no longer needs them.
+      for (const auto& gone : prune_iteration_files(dir, std::max(1, o.keep_iterations), o.keep_every)) log::info("removed {}", gone);
+    }
     log::info("iteration {:3}/{}: resolution {:5.1f} Å (limit {:.1f} px), logL {:.6g}, class changes {:4.1f}%, "
               "psi change {:5.1f}°, {:.1f} s, scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
               it, o.iterations, record.resolution, state.model.radius, record.log_likelihood, 100 * record.class_changes,
@@ -481,23 +503,8 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
     out.gflops = record.gflops;
   }
 
-  // Final outputs.
-  write_classes(dir / "classes.mrcs", state.model, pixel);
-  if (state.iteration > 0) {
-    fs::copy_file(dir / fmt::format("particles_it{:03}.star", state.iteration), dir / "particles.star.tmp_copy",
-                  fs::copy_options::overwrite_existing);
-    fs::rename(dir / "particles.star.tmp_copy", dir / "particles.star");
-    fs::copy_file(dir / fmt::format("model_it{:03}.star", state.iteration), dir / "model.star.tmp_copy",
-                  fs::copy_options::overwrite_existing);
-    fs::rename(dir / "model.star.tmp_copy", dir / "model.star");
-    io::write_particles_cs(dir / "particles.cs", io::read_star(dir / "particles.star"));
-  }
-  if (o.save_posteriors > 0 && !results.empty() && !results.front().top.empty()) {
-    std::vector<std::vector<em::Hypothesis>> top;
-    for (auto& r : results) top.push_back(std::move(r.top));
-    write_top_hypotheses(dir, set, active, top, o.save_posteriors);
-  }
-  write_report(dir, state, set, skipped_notes, pixel);
+  // Final outputs (rank 0's).
+  if (folder.writes()) write_final_outputs(dir, state, set, active, results, skipped_notes, pixel);
   log::info("class2d: done; class averages in {}/classes.mrcs, report in {}/report.html", o.out_dir, o.out_dir);
 
   out.iterations_done = state.iteration;

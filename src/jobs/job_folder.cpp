@@ -3,12 +3,17 @@
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/files.hpp"
 #include "emcryo/core/log.hpp"
+#include "emcryo/core/mpi.hpp"
 
 namespace emcryo::jobs {
 
 namespace fs = std::filesystem;
 
-JobFolder::JobFolder(const std::string& dir, std::string_view job, Mode mode) : dir_(dir), lock_(dir) {
+JobFolder::JobFolder(const std::string& dir, std::string_view job, Mode mode) : dir_(dir), writer_(mpi::is_root()) {
+  // The other ranks of an MPI job neither claim the folder (the lock is rank 0's) nor judge it:
+  // rank 0's refusal stops them all.
+  if (!writer_) return;
+  lock_.emplace(dir);
   const bool has_run = fs::exists(dir_ / "checkpoint.json");
   if (mode == Mode::start && has_run)
     fail("{}: already holds a {} run; use --continue {} to resume it, or choose another --out", dir, job, dir);
@@ -17,7 +22,9 @@ JobFolder::JobFolder(const std::string& dir, std::string_view job, Mode mode) : 
 
 JobFolder::~JobFolder() { log::set_file(""); }
 
-void JobFolder::open_log() const { log::set_file((dir_ / "run.log").string()); }
+void JobFolder::open_log() const {
+  if (writer_) log::set_file((dir_ / "run.log").string());
+}
 
 nlohmann::json JobFolder::read_checkpoint() const {
   const fs::path path = dir_ / "checkpoint.json";
@@ -29,6 +36,7 @@ nlohmann::json JobFolder::read_checkpoint() const {
 }
 
 void JobFolder::write_checkpoint(nlohmann::json state, std::string_view format) const {
+  if (!writer_) return;
   state["format"] = format;
   write_text_file(dir_ / "checkpoint.json", state.dump(1));
 }

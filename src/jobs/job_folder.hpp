@@ -1,8 +1,10 @@
 // The output folder of an iterative job, as every job uses it: claimed for the job's life (a lock
 // a second job cannot take), refused when it already holds a run (unless resuming), run.log, and
-// the checkpoint written last and atomically each iteration, read back by --continue.
+// the checkpoint written last and atomically each iteration, read back by --continue. Under MPI
+// the folder is rank 0's: it alone claims it, logs to run.log and writes; the other ranks read.
 #pragma once
 #include <filesystem>
+#include <optional>
 #include "emcryo/jobs/checkpoint_json.hpp"  // nlohmann::json with range-checked integers
 #include <string>
 #include <string_view>
@@ -22,16 +24,20 @@ class JobFolder {
   JobFolder& operator=(const JobFolder&) = delete;
 
   const std::filesystem::path& dir() const { return dir_; }
-  /// Sends log lines to <dir>/run.log as well as the terminal.
+  /// Whether this process writes the job's files (rank 0 of an MPI job; a single process).
+  bool writes() const { return writer_; }
+  /// Sends log lines to <dir>/run.log as well as the terminal (the writer only).
   void open_log() const;
   /// The checkpoint's JSON; a damaged file fails with its name and the parser's reason.
   nlohmann::json read_checkpoint() const;
   /// Writes the checkpoint atomically with its format tag; call it after every file it names.
+  /// Only the writer writes; on other ranks this does nothing.
   void write_checkpoint(nlohmann::json state, std::string_view format) const;
 
  private:
   std::filesystem::path dir_;
-  JobLock lock_;
+  bool writer_;
+  std::optional<JobLock> lock_;
 };
 
 /// An absolute, normalised path: checkpoints keep these, so --continue works from any directory.

@@ -9,6 +9,7 @@
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/files.hpp"
 #include "emcryo/core/log.hpp"
+#include "emcryo/core/mpi.hpp"
 #include "emcryo/core/progress.hpp"
 #include "emcryo/core/random.hpp"
 #include "emcryo/em/model3d.hpp"
@@ -34,7 +35,7 @@ ReconstructResult run_reconstruct(const ReconstructOptions& o) {
     fail("{}: no CTF columns (rlnDefocusU/V); pass --no-ctf to reconstruct without CTF correction", o.particles);
   fs::create_directories(o.out_dir);
   const fs::path out(o.out_dir);
-  log::set_file((out / "run.log").string());
+  if (mpi::is_root()) log::set_file((out / "run.log").string());
   const int n = set.box();
   const double pixel = set.pixel_size();
   double r_max = n / 2.0 - 1;
@@ -118,6 +119,8 @@ ReconstructResult run_reconstruct(const ReconstructOptions& o) {
   result.box = n;
   result.pixel_size = pixel;
 
+  // Under MPI every rank holds the same maps; rank 0 writes them.
+  if (!mpi::is_root()) return result;
   io::MrcWriteOptions w;
   w.pixel_size = pixel;
   io::write_mrc(out / "half1_unfil.mrc", result.half1, n, n, n, w);

@@ -12,6 +12,7 @@
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/files.hpp"
 #include "emcryo/core/log.hpp"
+#include "emcryo/core/mpi.hpp"
 #include "emcryo/core/progress.hpp"
 #include "emcryo/em/expectation.hpp"
 #include "emcryo/em/hypotheses.hpp"
@@ -276,7 +277,10 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     em::ExpectationStats stats;
     em::NoiseSums noise(state.sigma2.size(), shells);
     std::vector<em::BackProjector> sums;
-    Progress progress(fmt::format("iteration {}", it), static_cast<std::int64_t>(in.active.size()));
+    // The bar counts this rank's share (rank 0's is the one shown): each half's chunks (mpi::Chunks).
+    std::size_t own_share = 0;
+    for (int h = 1; h <= 2; ++h) own_share += mpi::Chunks(static_cast<std::size_t>(std::count(in.half.begin(), in.half.end(), h))).owned_items();
+    Progress progress(fmt::format("iteration {}", it), static_cast<std::int64_t>(own_share));
     for (int h = 0; h < 2; ++h) {
       std::vector<std::size_t> members, images;
       std::vector<em::Pose3D> poses;
@@ -335,10 +339,12 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     if (final_iteration) break;
     final_iteration = advance_schedule(state, resolution, stats.angle_change / static_cast<double>(in.active.size()), in.diameter);
     state.final_next = final_iteration;
-    write_checkpoint(folder, state, half_maps, n, pixel);
+    if (folder.writes()) write_checkpoint(folder, state, half_maps, n, pixel);
   }
 
   // Final outputs: half maps, full map (unfiltered and sharpened), FSC curves, particles, report.
+  // (Rank 0's alone under MPI; the other ranks return no figures.)
+  if (!folder.writes()) return result;
   final_maps.half1 = std::move(half_maps[0]);
   final_maps.half2 = std::move(half_maps[1]);
   const auto final_result = refine_detail::write_refine_outputs(dir, in.set, in.active, in.half, state.poses, final_maps, state.sigma2,

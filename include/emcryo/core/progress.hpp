@@ -13,6 +13,8 @@ class Progress {
   ~Progress();
   Progress(const Progress&) = delete;
   Progress& operator=(const Progress&) = delete;
+  /// Off: no bar is drawn in this process (the ranks of an MPI job other than rank 0).
+  static void set_shown(bool shown);
   /// Thread-safe; cheap enough to call per particle batch.
   void advance(std::int64_t count = 1);
   void finish();

@@ -10,6 +10,7 @@
 #include <functional>
 #include <vector>
 
+#include "emcryo/core/mpi.hpp"
 #include "emcryo/core/progress.hpp"
 #include "emcryo/em/hypotheses.hpp"
 #include "emcryo/em/posterior.hpp"
@@ -96,6 +97,12 @@ struct EStepStats {
   double flops = 0, gemm_seconds = 0, seconds = 0;
   std::int64_t coarse_hypotheses = 0, fine_hypotheses = 0;
 };
+
+/// A chunk's hypotheses and E-step figures to every rank (mpi::reduce_in_chunk_order).
+void put_hypotheses(mpi::Message& message, const std::vector<Hypothesis>& hypotheses);
+std::vector<Hypothesis> get_hypotheses(mpi::Message& message);
+void put_stats(mpi::Message& message, const EStepStats& stats);
+void add_stats(mpi::Message& message, EStepStats& stats);
 
 /// One scored batch, handed to the caller's M-step sums. Calls come in particle order and one at
 /// a time, so sums that follow the batch order do not depend on the thread count.

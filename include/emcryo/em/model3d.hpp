@@ -61,19 +61,26 @@ struct NoiseSums {
   void update(std::vector<std::vector<double>>& sigma2) const;
 };
 
-/// Back-projection sums of K classes, each split into lanes: particle p of a call goes to lane
-/// p % lanes, lanes fill in parallel and are summed in order, so the sums do not depend on the
-/// thread count. The lane count depends on the box only (memory).
+/// Back-projection sums of K classes. expectation_3d splits the particles into chunks (mpi::Chunks,
+/// spread over the ranks); within a chunk, particle p goes to lane p % lanes, lanes fill in
+/// parallel and are summed in order; chunks are added into the totals in chunk order. So the sums
+/// depend neither on the thread count nor on the rank count. The lane count depends on the box
+/// only (memory).
 class ReconstructionSums {
  public:
   ReconstructionSums(int classes, int n);
+  int classes() const { return static_cast<int>(lanes_.size()); }
   int lanes() const { return static_cast<int>(lanes_.front().size()); }
   BackProjector& lane(int k, int l) { return lanes_[static_cast<std::size_t>(k)][static_cast<std::size_t>(l)]; }
-  /// Lane 0 of class k after adding the others into it, in order.
-  BackProjector& total(int k);
+  /// Lane 0 of class k after adding the others into it, in order (a chunk's sums); clears the others.
+  BackProjector& fold_lanes(int k);
+  void clear_lanes();
+  /// Everything added to class k: the chunks' sums, in chunk order.
+  BackProjector& total(int k) { return totals_[static_cast<std::size_t>(k)]; }
 
  private:
   std::vector<std::vector<BackProjector>> lanes_;
+  std::vector<BackProjector> totals_;
 };
 
 struct ExpectationStats {
@@ -83,7 +90,8 @@ struct ExpectationStats {
   std::int64_t coarse_hypotheses = 0, fine_hypotheses = 0;
 };
 
-/// One half set's (or the whole set's) E-step and back-projection. image_index[p] is particle p's
+/// One half set's (or the whole set's) E-step and back-projection, spread over the ranks of an
+/// MPI job (mpi::Chunks); on return every rank holds every particle's pose and the same sums. image_index[p] is particle p's
 /// index in `set`, poses[p] its pose (read for local searches, relative shifts and fixed poses,
 /// then replaced by the best hypothesis). Slices go into `sums` with every operator of
 /// `symmetry`, the best hypothesis's residual into `noise` (not in CC iterations).

@@ -2,6 +2,7 @@
 #pragma once
 #include <vector>
 
+#include "emcryo/core/mpi.hpp"
 #include "emcryo/em/projector2d.hpp"
 #include "emcryo/geometry/rotation.hpp"
 #include "emcryo/image/fft.hpp"
@@ -42,6 +43,10 @@ class BackProjector {
               double max_radius);
   void add(const BackProjector& other);
   void clear();
+  /// The sums through a message (a chunk's share of a reconstruction, to every rank).
+  void put(mpi::Message& message) const;
+  /// Adds the sums put() wrote, in the same order as add().
+  void add_from(mpi::Message& message);
 
   /// The map. `regularisation_per_shell` (size >= n/2+1, indexed by shell of the n grid, may be
   /// empty) is added to the weights; weights are also floored at 1/1000 of their shell mean.

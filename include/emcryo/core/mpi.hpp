@@ -1,0 +1,129 @@
+// The processes of one job under `mpirun` (OpenMPI), and the one reduction every iterative job
+// uses across them. Built without MPI (EMCRYO_MPI off, or no MPI found), the same interface
+// describes a single process, so callers never test for MPI themselves.
+//
+// Determinism: the work of an E-step is split into chunks whose number depends on the particle
+// count only, never on the rank count. Each chunk's sums start from zero and are added into the
+// total in chunk order, on every rank, from the same bytes: the result is bitwise the same with
+// 1 or N ranks (and, since each chunk's own sums follow the particle order, with any threads).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace emcryo::mpi {
+
+/// Starts MPI when the program was started by mpirun/srun (a PMI/PMIx environment); a plain
+/// start stays a single process with no MPI start-up. Call first thing in main().
+void init(int& argc, char**& argv);
+/// Ends MPI (after every rank is done); a no-op where init() did not start it.
+void finalize();
+
+bool built_with_mpi();
+int rank();
+int size();
+bool is_root();
+/// Ranks on this node and this rank's place among them (threads per rank, a GPU per rank).
+int local_rank();
+int local_size();
+
+/// Stops every rank of the job with `code` (MPI_Abort), or exits this process when alone.
+/// Print the reason first: the other ranks die without a word.
+[[noreturn]] void abort(int code);
+
+/// Elementwise sums over all ranks, in place (MPI_Allreduce), the same on every rank.
+void sum(std::span<double> values);
+void sum(std::span<std::int64_t> values);
+/// Rank `root`'s bytes to every rank (resized on the others).
+void broadcast(std::vector<std::byte>& bytes, int root);
+void barrier();
+
+/// A flat message: values appended in order, read back in the same order.
+class Message {
+ public:
+  template <typename T>
+  void put(const T* values, std::size_t count) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    put_count(count);
+    append(values, count * sizeof(T));
+  }
+  template <typename T>
+  void put(const std::vector<T>& values) { put(values.data(), values.size()); }
+  template <typename T>
+  void put(const T& value) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    append(&value, sizeof(T));
+  }
+
+  void clear() { bytes_.clear(), read_ = 0; }
+  std::vector<std::byte>& bytes() { return bytes_; }
+
+  /// Readers mirror the writers above; a read past the end is an internal error (thrown).
+  template <typename T>
+  T get() {
+    T value;
+    take(&value, sizeof(T));
+    return value;
+  }
+  template <typename T>
+  std::vector<T> get_vector() {
+    std::vector<T> values(get_count());
+    take(values.data(), values.size() * sizeof(T));
+    return values;
+  }
+  /// Adds the next array (written by put(values, count)) into `into`, elementwise: the fold of a
+  /// chunk's sums, without a copy.
+  template <typename T>
+  void add_into(T* into, std::size_t count) {
+    if (get_count() != count) mismatch();
+    const std::byte* from = span_of(count * sizeof(T));
+    for (std::size_t i = 0; i < count; ++i) {
+      T v;
+      std::memcpy(&v, from + i * sizeof(T), sizeof(T));
+      into[i] += v;
+    }
+  }
+  template <typename T>
+  void add_into(std::vector<T>& into) { add_into(into.data(), into.size()); }
+
+ private:
+  void put_count(std::size_t count) { append(&count, sizeof count); }
+  std::size_t get_count() { return get<std::size_t>(); }
+  void append(const void* data, std::size_t n);
+  void take(void* out, std::size_t n);
+  const std::byte* span_of(std::size_t n);
+  [[noreturn]] void mismatch();
+  std::vector<std::byte> bytes_;
+  std::size_t read_ = 0;
+};
+
+/// `count` items (particles of one half set, say) in contiguous chunks: at most 32 chunks of at
+/// least 32 items, so the number depends on `count` only. Chunk c belongs to rank c % size().
+class Chunks {
+ public:
+  explicit Chunks(std::size_t count);
+  int count() const { return static_cast<int>(starts_.size()) - 1; }
+  std::size_t begin(int c) const { return starts_[static_cast<std::size_t>(c)]; }
+  std::size_t end(int c) const { return starts_[static_cast<std::size_t>(c) + 1]; }
+  int owner(int c) const { return c % size(); }
+  /// Items in this rank's chunks (its share of the work: the progress bar's total).
+  std::size_t owned_items() const;
+
+ private:
+  std::vector<std::size_t> starts_;
+};
+
+/// The reduction of one E-step over `chunks`, in rounds of size() chunks (one per rank):
+/// `compute(c, message)` runs on chunk c's owner and writes the chunk's results and sums (each
+/// from zero) into the message; then every rank receives every chunk's message of the round, in
+/// chunk order, and `fold(c, message)` adds it into its totals. Every rank ends with the same
+/// totals, bitwise equal to a single process's. Memory: one chunk's sums at a time.
+void reduce_in_chunk_order(const Chunks& chunks, const std::function<void(int, Message&)>& compute,
+                           const std::function<void(int, Message&)>& fold);
+
+}  // namespace emcryo::mpi
