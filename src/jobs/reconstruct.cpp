@@ -75,7 +75,12 @@ ReconstructResult run_reconstruct(const ReconstructOptions& o) {
   settings.insert_radius = r_max;
   const auto backend = em::make_cpu_backend();
   std::vector<em::BackProjector> accum;
-  Progress progress("reconstruct", static_cast<std::int64_t>(usable.size()));
+  // The bar counts this rank's share of each half set (all of it in one process).
+  std::size_t own_share = 0;
+  for (int h = 1; h <= 2; ++h)
+    own_share += mpi::Chunks(static_cast<std::size_t>(std::count_if(usable.begin(), usable.end(), [&](std::size_t i) { return half[i] == h; })))
+                     .owned_items();
+  Progress progress("reconstruct", static_cast<std::int64_t>(own_share));
   for (int h = 1; h <= 2; ++h) {
     std::vector<std::size_t> images;
     std::vector<em::Pose3D> poses;
