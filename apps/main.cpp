@@ -7,6 +7,7 @@
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/log.hpp"
 #include "emcryo/core/runtime.hpp"
+#include "emcryo/gpu/backend.hpp"
 
 int main(int argc, char** argv) {
   emcryo::runtime::ensure_fast_blas(argc, argv);
@@ -15,13 +16,20 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "emcryo 0.1.0");
   int threads = 0;
   app.add_option("-j,--threads", threads, "Threads (default: all cores)");
+  std::string gpus;
+  bool cpu = false;
+  auto* gpu_option = app.add_option("--gpu,--device", gpus, "CUDA devices to score on, e.g. 0 or 0,1 (default: every GPU present, else the CPU)");
+  app.add_flag("--cpu", cpu, "Score on the CPU even where a GPU is present")->excludes(gpu_option);
   emcryo::app::add_info_command(app);
   emcryo::app::add_simulate_command(app);
   emcryo::app::add_reconstruct_command(app);
   emcryo::app::add_class2d_command(app);
   emcryo::app::add_refine_command(app);
   emcryo::app::add_convert_command(app);
-  app.parse_complete_callback([&] { emcryo::runtime::set_threads(threads); });
+  app.parse_complete_callback([&] {
+    emcryo::runtime::set_threads(threads);
+    emcryo::gpu::set_device_choice({cpu, gpus.empty() ? std::vector<int>{} : emcryo::gpu::parse_device_list(gpus)});
+  });
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
