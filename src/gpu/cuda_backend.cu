@@ -48,8 +48,9 @@ class DeviceBuffer {
     check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
     if (bytes + (std::size_t{64} << 20) > free)
       fail("GPU {}: scoring needs {:.0f} MiB more but {:.0f} of {:.0f} MiB are free; use a smaller --batch, a lower "
-           "resolution limit or another GPU (memory per thread slot = 4 bytes x (rows x 2F x 2 + particles x F + "
-           "(rows + particles) x templates), plus the resident coarse templates: 4 bytes x J x 5Fc)",
+           "resolution limit or another GPU (per thread slot, 4 bytes x: 4 x piece rows x 2F + 2 x piece rows x "
+           "templates + particles x (F + templates) + templates x 5F, pieces within 8 Mi floats; plus the resident "
+           "coarse templates x 5Fc; docs/design.md)",
            device, mib(bytes), mib(free), mib(total));
     check(cudaMalloc(&data_, bytes), "cudaMalloc");
     capacity_ = floats;
@@ -380,9 +381,13 @@ std::string no_device_reason() {
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
     cudaGetLastError();
+    if (e == cudaErrorInsufficientDriver)
+      return fmt::format("no NVIDIA driver, or one too old for this build's CUDA runtime {}.{} ({})", CUDART_VERSION / 1000,
+                         CUDART_VERSION % 1000 / 10, cudaGetErrorString(e));
+    if (e == cudaErrorNoDevice) return "the NVIDIA driver reports no CUDA device";
     return cudaGetErrorString(e);
   }
-  return count == 0 ? "the CUDA driver reports no device" : "";
+  return count == 0 ? "the NVIDIA driver reports no CUDA device" : "";
 }
 
 std::unique_ptr<em::ScoringBackend> make_cuda_backend(const CudaOptions& options) { return std::make_unique<CudaBackend>(options); }
