@@ -66,6 +66,7 @@ if has class2d; then
   strip_poses $c2d/particles.star $c2d/blind.star
   say "class2d data: $C2D_N particles, box $C2D_BOX, $C2D_K views, simulated in $(since $s) s"
   for prec in ${C2D_PRECISIONS:-split-tf32}; do
+    rm -rf $c2d/gpu_$prec  # a warm machine keeps the last call's /tmp: a job refuses a used folder
     start_memory; s=$(now)
     EMCRYO_GPU_PRECISION=$prec timeout ${C2D_TIMEOUT:-300} "$E" class2d --particles $c2d/blind.star --classes $C2D_K --out $c2d/gpu_$prec \
       --iterations $C2D_IT --mask-diameter $(awk -v b=$C2D_BOX -v p=$C2D_PIX 'BEGIN{print int(0.8*b*p)}') > /dev/null 2>&1
@@ -76,7 +77,7 @@ if has class2d; then
   done
   if has relion && [[ -x $R ]]; then
     D=$(awk -v b=$C2D_BOX -v p=$C2D_PIX 'BEGIN{print int(0.8*b*p)}')
-    mkdir -p $c2d/relion; start_memory; s=$(now)
+    rm -rf $c2d/relion; mkdir -p $c2d/relion; start_memory; s=$(now)
     (cd $c2d && timeout ${REL_C2D_TIMEOUT:-150} mpirun --allow-run-as-root --oversubscribe -np 3 "$R" --i blind.star --o relion/run \
        --K $C2D_K --iter ${REL_C2D_IT:-2} --tau2_fudge 2 --particle_diameter $D --ctf --psi_step 6 --offset_range 3 --offset_step 1 \
        --flatten_solvent --zero_mask --norm --scale --dont_combine_weights_via_disc --pool 30 --pad 2 --j 4 --gpu --oversampling 1 \
@@ -94,7 +95,7 @@ if has refine; then
     --seed 11 > "$OUT/ref_simulate.log" 2>&1
   strip_poses $ref/particles.star $ref/blind.star
   say "refine data: $REF_N particles, box $REF_BOX, simulated in $(since $s) s"
-  start_memory; s=$(now)
+  rm -rf $ref/gpu; start_memory; s=$(now)
   timeout ${REF_TIMEOUT:-300} "$E" refine --particles $ref/blind.star --ref $ref/truth_class001.mrc --ini-high 30 --out $ref/gpu > /dev/null 2>&1
   rc=$?; t=$(since $s); mem=$(stop_memory)
   say "emcryo refine GPU: exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py refine $ref/truth.star $ref/gpu/particles.star 2>&1)"
@@ -108,7 +109,7 @@ if has relion_refine && [[ -x $R ]]; then
     strip_poses $ref/particles.star $ref/blind.star
   fi
   D=$(awk -v b=$REF_BOX -v p=$REF_PIX 'BEGIN{print int(0.8*b*p)}')
-  mkdir -p $ref/relion; start_memory; s=$(now)
+  rm -rf $ref/relion; mkdir -p $ref/relion; start_memory; s=$(now)
   (cd $ref && timeout ${REL_REF_TIMEOUT:-120} mpirun --allow-run-as-root --oversubscribe -np 3 "$R" --o relion/run --auto_refine \
      --split_random_halves --i blind.star --ref truth_class001.mrc --firstiter_cc --ini_high 30 --particle_diameter $D \
      --healpix_order 2 --auto_local_healpix_order 4 --low_resol_join_halves 40 --sym C1 --j 4 --ctf --flatten_solvent --zero_mask \
