@@ -1,9 +1,11 @@
-// `emcryo info FILE`: what a STAR, .cs or MRC file holds.
+// `emcryo info FILE`: what a STAR, .cs or MRC file holds; `emcryo info --devices`: the GPUs.
 #include <fmt/format.h>
 
 #include <filesystem>
 
 #include "commands.hpp"
+#include "emcryo/core/error.hpp"
+#include "emcryo/gpu/backend.hpp"
 #include "emcryo/io/cs.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/particles.hpp"
@@ -93,14 +95,29 @@ void print_cs(const std::string& path, const std::string& cs_root) {
     print_particles(io::ParticleSet::read(path, summary_options(cs_root)));
   }
 }
+void print_devices() {
+  const auto list = gpu::devices();
+  if (list.empty()) {
+    fmt::print("no CUDA device: {}\nscoring runs on the CPU\n", gpu::no_device_reason());
+    return;
+  }
+  for (const auto& d : list)
+    fmt::print("GPU {}: {}, {:.1f} GiB ({:.1f} GiB free), compute capability {}.{}, {} multiprocessors\n", d.id, d.name,
+               static_cast<double>(d.memory) / (1u << 30), static_cast<double>(d.free_memory) / (1u << 30), d.major, d.minor,
+               d.multiprocessors);
+}
 }  // namespace
 
 void add_info_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("info", "Summarise a STAR file (any), a cryoSPARC .cs file or an MRC map/stack");
   static std::string file, cs_root;
-  cmd->add_option("file", file, "STAR, .cs or MRC/MRCS file")->required();
+  static bool list_devices = false;
+  cmd->add_option("file", file, "STAR, .cs or MRC/MRCS file");
   cmd->add_option("--cs-root", cs_root, "Folder that .cs blob paths are relative to (the cryoSPARC project)");
+  cmd->add_flag("--devices", list_devices, "List the CUDA devices (name, memory, compute capability)");
   cmd->callback([] {
+    if (list_devices) return print_devices();
+    if (file.empty()) fail("info: name a file (STAR, .cs or MRC), or ask for --devices");
     const auto ext = std::filesystem::path(file).extension().string();
     if (ext == ".star") print_star(file);
     else if (ext == ".cs" || ext == ".npy") print_cs(file, cs_root);

@@ -14,6 +14,7 @@
 #include "emcryo/core/mpi.hpp"
 #include "emcryo/core/progress.hpp"
 #include "emcryo/core/runtime.hpp"
+#include "emcryo/gpu/backend.hpp"
 
 namespace {
 
@@ -51,13 +52,20 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "emcryo 0.1.0");
   int threads = -1;
   app.add_option("-j,--threads", threads, "Threads (per MPI rank; default: all cores, shared by the ranks of a node)");
+  std::string gpus;
+  bool cpu = false;
+  auto* gpu_option = app.add_option("--gpu,--device", gpus, "CUDA devices to score on, e.g. 0 or 0,1 (default: every GPU present, else the CPU)");
+  app.add_flag("--cpu", cpu, "Score on the CPU even where a GPU is present")->excludes(gpu_option);
   emcryo::app::add_info_command(app);
   emcryo::app::add_simulate_command(app);
   emcryo::app::add_reconstruct_command(app);
   emcryo::app::add_class2d_command(app);
   emcryo::app::add_refine_command(app);
   emcryo::app::add_convert_command(app);
-  app.parse_complete_callback([&] { emcryo::runtime::set_threads(threads >= 0 ? threads : default_threads()); });
+  app.parse_complete_callback([&] {
+    emcryo::runtime::set_threads(threads >= 0 ? threads : default_threads());
+    emcryo::gpu::set_device_choice({cpu, gpus.empty() ? std::vector<int>{} : emcryo::gpu::parse_device_list(gpus)});
+  });
   int code = 0;
   try {
     app.parse(argc, argv);

@@ -14,9 +14,9 @@
 ##SBATCH --ntasks-per-node=8
 ##SBATCH --cpus-per-task=4
 #
-# GPUs (with the CUDA backend, another branch): one rank per GPU, each rank sees its own (SLURM
+# GPUs (with the CUDA backend): one rank per GPU, each rank sees its own (SLURM
 # sets CUDA_VISIBLE_DEVICES per task with --gpus-per-task; where a rank sees all of a node's GPUs,
-# the backend is to take GPU mpi::local_rank() % count), and the node's cores are shared by its
+# each rank takes GPU local rank % count unless --gpu says otherwise), and the node's cores are shared by its
 # ranks. E.g. 2 nodes x 4 GPUs x 8 threads:
 ##SBATCH --nodes=2
 ##SBATCH --ntasks-per-node=4

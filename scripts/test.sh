@@ -9,7 +9,7 @@ scripts/setup.sh --with-test-tools
 
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DEMCRYO_SANITIZE=ON \
   -DEMCRYO_BUILD_BENCH=OFF >/dev/null
-cmake --build build-asan -j"$(nproc)" --target test_core test_io test_image test_geometry test_em test_jobs
+cmake --build build-asan -j"$(nproc)" --target test_core test_io test_image test_geometry test_em test_gpu test_jobs
 # FFTW plans live for the whole process by design, so leak checking is off; ASan + UBSan check the rest.
 (cd build-asan && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --output-on-failure -j2 -L unit --timeout 600)

@@ -368,6 +368,7 @@ class EStep {
       q.templates = templates_.data() + offset * 2 * sz(Fc_), q.power = power_.data() + offset * sz(Fc_);
       q.template_count = jc, q.template_stride = 2 * Fc_, q.power_stride = Fc_, q.frequencies = Fc_;
       q.cross_correlation = settings_.cross_correlation;
+      q.templates_resident = cache_;  // computed once in plan(), unchanged until the next E-step
       backend_.score(q, scores_.data(), 0);
 #pragma omp parallel for schedule(static)
       for (int b = 0; b < bc; ++b)

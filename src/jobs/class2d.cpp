@@ -15,6 +15,7 @@
 #include "emcryo/core/progress.hpp"
 #include "emcryo/core/random.hpp"
 #include "emcryo/em/model2d.hpp"
+#include "emcryo/gpu/backend.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/particles.hpp"
@@ -361,7 +362,8 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
             active.size(), skipped_notes.size(), o.classes, n, pixel, o.psi_step, search.psi.size(), search.shifts.fine.size(),
             o.offset_range, o.iterations);
 
-  const auto backend = em::make_cpu_backend();
+  const auto backend = gpu::make_backend();
+  log::info("class2d: scoring on {}", backend->name());
   em::Class2DSettings settings;
   settings.use_ctf = !o.no_ctf;
   settings.coarse_to_fine = !o.exhaustive;

@@ -18,6 +18,7 @@
 #include "emcryo/em/hypotheses.hpp"
 #include "emcryo/em/model3d.hpp"
 #include "emcryo/em/regularizer.hpp"
+#include "emcryo/gpu/backend.hpp"
 #include "emcryo/geometry/symmetry.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/image/map_tools.hpp"
@@ -244,7 +245,8 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
   log::info("refine: {} particles ({} skipped) in two half sets, box {} px, {:.3f} Å/px, symmetry {}", in.active.size(), in.skipped.size(), n,
             pixel, group.name);
 
-  const auto backend = em::make_cpu_backend();
+  const auto backend = gpu::make_backend();
+  log::info("refine: scoring on {}", backend->name());
   const std::size_t shells = static_cast<std::size_t>(n / 2 + 1);
   bool final_iteration = state.final_next;
   refine_detail::FinalMaps final_maps;

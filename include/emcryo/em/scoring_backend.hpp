@@ -1,7 +1,7 @@
 // The scoring seam of the engine (DESIGN §4): prepared particle rows x template rows -> log-scores.
 // The E-step driver (em/expectation) talks to it only; the CPU implementation runs two SGEMMs
-// through OpenBLAS. A CUDA implementation keeps rows, templates and scores in device buffers
-// (its plan() allocates them once per iteration) and fuses the reduction (see docs/design.md).
+// through OpenBLAS; the CUDA one (src/gpu, emcryo/gpu/backend.hpp) runs them through cuBLAS and
+// keeps resident templates on the device from plan() to plan() (see docs/design.md).
 #pragma once
 #include <memory>
 #include <string>
@@ -23,6 +23,9 @@ struct ScoreRequest {
   int template_count = 0, template_stride = 0, power_stride = 0;
   int frequencies = 0;               // F used: the inner dimension is 2F
   bool cross_correlation = false;    // score = cross / sqrt(norm) instead of cross - norm / 2
+  /// The caller promises that templates and power at these addresses stay unchanged until the
+  /// next plan(): a device backend may keep them on the device (uploaded once per E-step).
+  bool templates_resident = false;
 };
 
 struct BackendStats {

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Accuracy of a class2d or refine run against emcryo simulate's truth.star (numpy only; the device
+host has no mrcfile). class2d: adjusted Rand index of rlnClassNumber against emcryoTrueView.
+refine: median angle between estimated and true orientations (degrees), and the fraction within 5°.
+Also compares two runs: `compare A.star B.star STEP` gives the ARI between their classes or the
+fraction of poses within STEP degrees.
+  accuracy.py class2d truth.star particles.star
+  accuracy.py refine truth.star particles.star
+  accuracy.py compare a.star b.star [step]"""
+import sys
+from collections import Counter
+
+import numpy as np
+
+
+def read_particles(path):
+    labels, rows, block, in_loop = [], [], None, False
+    for line in open(path):
+        s = line.strip()
+        if s.startswith("data_"):
+            block, labels, in_loop = s, [], False
+            continue
+        if block != "data_particles":
+            continue
+        if s.startswith("loop_"):
+            in_loop = True
+        elif s.startswith("_rln") or s.startswith("_emcryo"):
+            labels.append(s.split()[0][1:])
+        elif in_loop and s and not s.startswith("#") and labels:
+            rows.append(s.split())
+    return {l: [r[i] for r in rows] for i, l in enumerate(labels)}
+
+
+def ari(a, b):
+    pairs = lambda x: x * (x - 1) / 2
+    joint = Counter(zip(a, b))
+    s = sum(pairs(v) for v in joint.values())
+    sa = sum(pairs(v) for v in Counter(a).values())
+    sb = sum(pairs(v) for v in Counter(b).values())
+    expected = sa * sb / pairs(len(a))
+    return (s - expected) / ((sa + sb) / 2 - expected)
+
+
+def matrices(t):
+    rot, tilt, psi = (np.radians(np.array(t[k], dtype=float)) for k in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
+    def rz(a):
+        c, s = np.cos(a), np.sin(a)
+        m = np.zeros((len(a), 3, 3)); m[:, 0, 0] = c; m[:, 0, 1] = s; m[:, 1, 0] = -s; m[:, 1, 1] = c; m[:, 2, 2] = 1
+        return m
+    def ry(a):
+        c, s = np.cos(a), np.sin(a)
+        m = np.zeros((len(a), 3, 3)); m[:, 0, 0] = c; m[:, 0, 2] = -s; m[:, 2, 0] = s; m[:, 2, 2] = c; m[:, 1, 1] = 1
+        return m
+    return rz(psi) @ ry(tilt) @ rz(rot)
+
+
+def angles_between(a, b):
+    r = np.einsum("nij,nkj->nik", matrices(a), matrices(b))
+    return np.degrees(np.arccos(np.clip((np.trace(r, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+
+
+def main():
+    mode, a, b = sys.argv[1], read_particles(sys.argv[2]), read_particles(sys.argv[3])
+    if mode == "class2d":
+        print(f"ARI {ari(a['emcryoTrueView'], b['rlnClassNumber']):.4f}")
+    elif mode == "refine":
+        d = angles_between(a, b)
+        print(f"median pose error {np.median(d):.2f} deg, within 5 deg {100 * np.mean(d <= 5):.1f}%")
+    else:
+        if "rlnAngleRot" in a and "rlnAngleRot" in b and len(sys.argv) > 4:
+            d = angles_between(a, b)
+            step = float(sys.argv[4])
+            print(f"poses within {step} deg: {100 * np.mean(d <= step * 1.001):.2f}%")
+        print(f"ARI between runs {ari(a['rlnClassNumber'], b['rlnClassNumber']):.4f}")
+
+
+main()

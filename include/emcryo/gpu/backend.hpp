@@ -1,0 +1,63 @@
+// Which scoring backend a job runs on (CPU or CUDA GPUs), the GPUs this machine has, and the
+// CUDA backend itself (src/gpu). Jobs ask make_backend(); the CLI sets the choice once
+// (--gpu LIST, --cpu). Built without CUDA (EMCRYO_CUDA off), the device list is empty and the
+// CUDA backend cannot be made: the CPU backend is used, and an explicit --gpu is an error.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "emcryo/em/scoring_backend.hpp"
+
+namespace emcryo::gpu {
+
+struct DeviceInfo {
+  int id = 0;
+  std::string name;
+  std::size_t memory = 0, free_memory = 0;  // bytes
+  int major = 0, minor = 0;                 // compute capability
+  int multiprocessors = 0;
+};
+
+/// Whether this build holds the CUDA backend.
+bool built_with_cuda();
+/// The CUDA devices present (empty without CUDA, driver or device; never throws).
+std::vector<DeviceInfo> devices();
+/// Why devices() is empty ("built without CUDA", the driver's message, ...); empty when it is not.
+std::string no_device_reason();
+
+/// How the cross term x = rows . templates^T is computed on the GPU. fp32: cuBLAS SGEMM.
+/// tf32: one TF32 tensor-core GEMM (10-bit mantissas). split_tf32: each operand split into a
+/// TF32 head and a TF32 tail, three TF32 GEMMs (head.head + head.tail + tail.head) that recover
+/// close to FP32 accuracy at tensor-core speed. The norm term is always FP32.
+enum class Precision { fp32, tf32, split_tf32 };
+Precision parse_precision(const std::string& text);  // "fp32", "tf32", "split-tf32"
+std::string precision_name(Precision p);
+
+struct CudaOptions {
+  std::vector<int> devices{0};    // the calling threads' slots are spread over these
+  Precision precision = Precision::split_tf32;
+  /// Requests of fewer FLOPs than this are scored on the CPU: a GPU round trip (~20 us) costs
+  /// more than the arithmetic of a tiny per-particle fine pass. 0: everything on the GPU.
+  double cpu_below_flops = 0;
+};
+
+/// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.
+std::unique_ptr<em::ScoringBackend> make_cuda_backend(const CudaOptions& options);
+
+/// The process-wide choice the CLI makes. Default: the GPUs when any is present, else the CPU.
+struct DeviceChoice {
+  bool force_cpu = false;
+  std::vector<int> gpus;  // empty: every GPU present
+};
+void set_device_choice(const DeviceChoice& choice);
+DeviceChoice device_choice();
+/// "0,1" -> {0, 1}; fails with a one-line message on anything else.
+std::vector<int> parse_device_list(const std::string& text);
+
+/// The backend a job runs on, per the choice (logged once per call). The GEMM precision and the
+/// CPU threshold can be overridden by EMCRYO_GPU_PRECISION and EMCRYO_GPU_CPU_BELOW_FLOPS.
+std::unique_ptr<em::ScoringBackend> make_backend();
+
+}  // namespace emcryo::gpu

@@ -1,0 +1,395 @@
+// The CUDA scoring backend (DESIGN §4, docs/design.md "GPU"): the same scores as the CPU backend,
+// s(r, j) = x(r, j) - n(r % P, j) / 2 (or x / sqrt(n) for cross-correlation), with
+//   x = rows . templates^T  (cuBLAS, FP32 / TF32 / split-TF32) and
+//   n = ctf2 . power^T      (cuBLAS, always FP32),
+// and the combination as a kernel. Templates the caller marks resident stay on the device from
+// one call to the next until the next plan() (the coarse pass's templates: uploaded once per
+// E-step). Rows go up in pieces through pinned buffers on two streams, so the copies of one piece
+// overlap the GEMM of the other.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+#include "emcryo/core/error.hpp"
+#include "emcryo/gpu/backend.hpp"
+
+namespace emcryo::gpu {
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA: {} failed: {}", what, cudaGetErrorString(e));
+}
+void check(cublasStatus_t e, const char* what) {
+  if (e != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: {} failed: {}", what, cublasGetStatusString(e));
+}
+
+std::size_t sz(int v) { return static_cast<std::size_t>(v); }
+double mib(std::size_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
+
+/// A device allocation that grows on demand, checked against the free memory first.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { release(); }
+  float* reserve(std::size_t floats, int device) {
+    if (floats <= capacity_) return data_;
+    release();
+    const std::size_t bytes = floats * sizeof(float);
+    std::size_t free = 0, total = 0;
+    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    if (bytes + (std::size_t{64} << 20) > free)
+      fail("GPU {}: scoring needs {:.0f} MiB more but {:.0f} of {:.0f} MiB are free; use a smaller --batch, a lower "
+           "resolution limit or another GPU (per thread slot, 4 bytes x: 4 x piece rows x 2F + 2 x piece rows x "
+           "templates + particles x (F + templates) + templates x 5F, pieces within 8 Mi floats; plus the resident "
+           "coarse templates x 5Fc; docs/design.md)",
+           device, mib(bytes), mib(free), mib(total));
+    check(cudaMalloc(&data_, bytes), "cudaMalloc");
+    capacity_ = floats;
+    return data_;
+  }
+  float* data() const { return data_; }
+  void release() {
+    if (data_) cudaFree(data_);
+    data_ = nullptr, capacity_ = 0;
+  }
+
+ private:
+  float* data_ = nullptr;
+  std::size_t capacity_ = 0;
+};
+
+/// Page-locked host memory (copies to and from it run asynchronously at full bus speed).
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() {
+    if (data_) cudaFreeHost(data_);
+  }
+  float* reserve(std::size_t floats) {
+    if (floats <= capacity_) return data_;
+    if (data_) cudaFreeHost(data_);
+    data_ = nullptr;
+    check(cudaMallocHost(&data_, floats * sizeof(float)), "cudaMallocHost");
+    capacity_ = floats;
+    return data_;
+  }
+  float* data() const { return data_; }
+
+ private:
+  float* data_ = nullptr;
+  std::size_t capacity_ = 0;
+};
+
+// TF32 keeps 10 of FP32's 23 mantissa bits: round to nearest there (ties away from zero).
+__device__ inline float tf32_head(float v) {
+  unsigned u = __float_as_uint(v);
+  u = (u + 0x1000u) & 0xffffe000u;
+  return __uint_as_float(u);
+}
+
+/// Splits count rows of `width` floats (stride `stride`) into head and tail (head + tail = v exactly).
+__global__ void split_tf32_kernel(float* head, float* tail, int rows, int width, int stride) {
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i >= static_cast<long long>(rows) * width) return;
+  const long long at = (i / width) * stride + i % width;
+  const float v = head[at], h = tf32_head(v);
+  head[at] = h;
+  tail[at] = v - h;
+}
+
+/// out[r][j] = x - n[r % P][j] / 2, or x / sqrt(n) for cross-correlation.
+__global__ void combine_kernel(float* out, const float* norms, int rows, int templates, int particles, int first_row,
+                               bool cross_correlation) {
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i >= static_cast<long long>(rows) * templates) return;
+  const int r = static_cast<int>(i / templates) + first_row, j = static_cast<int>(i % templates);
+  const float n = norms[static_cast<long long>(r % particles) * templates + j];
+  out[i] = cross_correlation ? out[i] * rsqrtf(fmaxf(n, 1e-30f)) : out[i] - 0.5f * n;
+}
+
+unsigned blocks_for(long long count, int threads) { return static_cast<unsigned>((count + threads - 1) / threads); }
+
+/// Templates (and their powers) on one device: uploaded once while the caller says they are resident.
+struct ResidentTemplates {
+  DeviceBuffer head, tail, power;
+};
+
+struct DeviceState {
+  int id = 0;
+  std::mutex mutex;
+  std::unordered_map<const float*, std::unique_ptr<ResidentTemplates>> resident;
+};
+
+/// One calling thread's stream pair, cuBLAS handle and buffers.
+struct Slot {
+  int device = 0;
+  cudaStream_t stream[2] = {nullptr, nullptr};
+  cudaEvent_t ready = nullptr, done[2] = {nullptr, nullptr};
+  cublasHandle_t handle = nullptr;
+  DeviceBuffer rows_head, rows_tail, ctf2, templates_head, templates_tail, power, norms, scores;
+  PinnedBuffer staging_rows[2], staging_scores[2];
+  em::BackendStats stats;
+};
+
+class CudaBackend final : public em::ScoringBackend {
+ public:
+  explicit CudaBackend(const CudaOptions& options) : options_(options), cpu_(em::make_cpu_backend()) {
+    if (options_.devices.empty()) fail("CUDA backend: no device chosen");
+    int count = 0;
+    check(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
+    for (int id : options_.devices) {
+      if (id < 0 || id >= count) fail("--gpu {}: no such CUDA device (this machine has {})", id, count);
+      auto state = std::make_unique<DeviceState>();
+      state->id = id;
+      devices_.push_back(std::move(state));
+    }
+  }
+
+  ~CudaBackend() override {
+    for (auto& s : slots_) {
+      cudaSetDevice(s->device);
+      for (int i = 0; i < 2; ++i) {
+        if (s->stream[i]) cudaStreamDestroy(s->stream[i]);
+        if (s->done[i]) cudaEventDestroy(s->done[i]);
+      }
+      if (s->ready) cudaEventDestroy(s->ready);
+      if (s->handle) cublasDestroy(s->handle);
+    }
+  }
+
+  std::string name() const override {
+    std::string ids;
+    for (const auto& d : devices_) ids += (ids.empty() ? "" : ",") + std::to_string(d->id);
+    cudaDeviceProp prop{};
+    cudaGetDeviceProperties(&prop, devices_.front()->id);
+    return fmt::format("CUDA (GPU {}: {}, {} GEMM)", ids, prop.name, precision_name(options_.precision));
+  }
+
+  void plan(int slots, int particles, int templates) override {
+    cpu_->plan(slots, particles, templates);
+    // New E-step, new templates: what was resident is stale.
+    for (auto& d : devices_) {
+      std::lock_guard lock(d->mutex);
+      d->resident.clear();
+    }
+    while (static_cast<int>(slots_.size()) < std::max(1, slots)) {
+      auto s = std::make_unique<Slot>();
+      s->device = devices_[slots_.size() % devices_.size()]->id;
+      check(cudaSetDevice(s->device), "cudaSetDevice");
+      for (int i = 0; i < 2; ++i) {
+        check(cudaStreamCreateWithFlags(&s->stream[i], cudaStreamNonBlocking), "cudaStreamCreate");
+        check(cudaEventCreateWithFlags(&s->done[i], cudaEventDisableTiming), "cudaEventCreate");
+      }
+      check(cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming), "cudaEventCreate");
+      check(cublasCreate(&s->handle), "cublasCreate");
+      slots_.push_back(std::move(s));
+    }
+  }
+
+  void score(const em::ScoreRequest& q, float* out, int slot) override {
+    const double flops = 2.0 * q.row_count * q.template_count * 2 * q.frequencies + 2.0 * q.particles * q.template_count * q.frequencies;
+    if (flops < options_.cpu_below_flops) return cpu_->score(q, out, slot);
+    if (slot < 0 || static_cast<std::size_t>(slot) >= slots_.size()) fail("scoring: slot {} outside the plan ({} slots)", slot, slots_.size());
+    if (q.row_count == 0 || q.template_count == 0) return;
+    Slot& s = *slots_[static_cast<std::size_t>(slot)];
+    const auto start = std::chrono::steady_clock::now();
+    check(cudaSetDevice(s.device), "cudaSetDevice");
+    const Templates t = templates_on_device(q, s);
+    const float* norms = norms_on_device(q, s, t);
+    check(cudaEventRecord(s.ready, s.stream[0]), "cudaEventRecord");
+    check(cudaStreamWaitEvent(s.stream[1], s.ready, 0), "cudaStreamWaitEvent");
+    score_rows_in_pieces(q, out, s, t, norms);
+    s.stats.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    s.stats.flops += flops;
+  }
+
+  em::BackendStats stats() const override {
+    em::BackendStats total = cpu_->stats();
+    for (const auto& s : slots_) total.flops += s->stats.flops, total.seconds += s->stats.seconds;
+    return total;
+  }
+
+ private:
+  bool split() const { return options_.precision == Precision::split_tf32; }
+
+  struct Templates {
+    const float* head = nullptr;
+    const float* tail = nullptr;  // split-TF32 only
+    const float* power = nullptr;
+  };
+
+  /// Copies `rows` rows of `width` floats at `stride` (the last row only up to its width).
+  static void upload_rows(float* device, const float* host, int rows, int width, int stride, cudaStream_t stream) {
+    const std::size_t floats = sz(rows - 1) * sz(stride) + sz(width);
+    check(cudaMemcpyAsync(device, host, floats * sizeof(float), cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync (to GPU)");
+  }
+
+  void split_on_device(float* head, float* tail, int rows, int width, int stride, cudaStream_t stream) {
+    const long long count = static_cast<long long>(rows) * width;
+    split_tf32_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(head, tail, rows, width, stride);
+    check(cudaGetLastError(), "split kernel");
+  }
+
+  /// The request's templates on the slot's device: resident ones looked up (uploaded on first use),
+  /// others uploaded now on stream 0.
+  Templates templates_on_device(const em::ScoreRequest& q, Slot& s) {
+    const int K = 2 * q.frequencies, J = q.template_count;
+    const std::size_t template_floats = sz(J - 1) * sz(q.template_stride) + sz(K);
+    const std::size_t power_floats = sz(J - 1) * sz(q.power_stride) + sz(q.frequencies);
+    const auto upload = [&](DeviceBuffer& head, DeviceBuffer& tail, DeviceBuffer& power) {
+      float* h = head.reserve(template_floats, s.device);
+      upload_rows(h, q.templates, J, K, q.template_stride, s.stream[0]);
+      upload_rows(power.reserve(power_floats, s.device), q.power, J, q.frequencies, q.power_stride, s.stream[0]);
+      if (split()) split_on_device(h, tail.reserve(template_floats, s.device), J, K, q.template_stride, s.stream[0]);
+      return Templates{head.data(), split() ? tail.data() : nullptr, power.data()};
+    };
+    if (!q.templates_resident) return upload(s.templates_head, s.templates_tail, s.power);
+    DeviceState& d = device_state(s.device);
+    std::lock_guard lock(d.mutex);
+    auto& entry = d.resident[q.templates];
+    if (!entry) {
+      entry = std::make_unique<ResidentTemplates>();
+      const Templates t = upload(entry->head, entry->tail, entry->power);
+      check(cudaStreamSynchronize(s.stream[0]), "cudaStreamSynchronize");  // other slots may use it next
+      return t;
+    }
+    return Templates{entry->head.data(), split() ? entry->tail.data() : nullptr, entry->power.data()};
+  }
+
+  DeviceState& device_state(int id) {
+    for (auto& d : devices_)
+      if (d->id == id) return *d;
+    fail("CUDA backend: device {} not planned (internal error)", id);
+  }
+
+  /// n = ctf2 . power^T in FP32 on stream 0: [particles][templates].
+  const float* norms_on_device(const em::ScoreRequest& q, Slot& s, const Templates& t) {
+    float* ctf2 = s.ctf2.reserve(sz(q.particles - 1) * sz(q.ctf2_stride) + sz(q.frequencies), s.device);
+    upload_rows(ctf2, q.ctf2, q.particles, q.frequencies, q.ctf2_stride, s.stream[0]);
+    float* norms = s.norms.reserve(sz(q.particles) * sz(q.template_count), s.device);
+    gemm(s, s.stream[0], CUBLAS_COMPUTE_32F, q.template_count, q.particles, q.frequencies, t.power, q.power_stride, ctf2,
+         q.ctf2_stride, 0.0f, norms);
+    return norms;
+  }
+
+  /// Row-major C[m_rows][n_cols] (ld n_cols) = beta C + A[m_rows][k] . B[n_cols][k]^T, as the
+  /// column-major product C^T = B . A^T that cuBLAS computes.
+  static void gemm(Slot& s, cudaStream_t stream, cublasComputeType_t compute, int n_cols, int m_rows, int k, const float* b,
+                   int ldb, const float* a, int lda, float beta, float* c) {
+    check(cublasSetStream(s.handle, stream), "cublasSetStream");
+    const float alpha = 1.0f;
+    check(cublasGemmEx(s.handle, CUBLAS_OP_T, CUBLAS_OP_N, n_cols, m_rows, k, &alpha, b, CUDA_R_32F, ldb, a, CUDA_R_32F, lda,
+                       &beta, c, CUDA_R_32F, n_cols, compute, CUBLAS_GEMM_DEFAULT),
+          "cublasGemmEx");
+  }
+
+  /// Rows in pieces, alternating between the two streams and their pinned buffers: the host copy
+  /// into one piece's buffer and its transfers overlap the other piece's GEMM.
+  void score_rows_in_pieces(const em::ScoreRequest& q, float* out, Slot& s, const Templates& t, const float* norms) {
+    const int K = 2 * q.frequencies, J = q.template_count;
+    constexpr std::size_t kPieceFloats = std::size_t{8} << 20;  // 32 MiB of rows or scores per piece
+    const int piece_rows = std::max(1, static_cast<int>(std::min(kPieceFloats / sz(q.row_stride), kPieceFloats / sz(J))));
+    const int pieces = (q.row_count + piece_rows - 1) / piece_rows;
+    const int held_rows = std::min(piece_rows, q.row_count);
+    float* rows_head = s.rows_head.reserve(2 * sz(held_rows) * sz(q.row_stride), s.device);
+    float* rows_tail = split() ? s.rows_tail.reserve(2 * sz(held_rows) * sz(q.row_stride), s.device) : nullptr;
+    float* scores = s.scores.reserve(2 * sz(held_rows) * sz(J), s.device);
+    for (int i = 0; i < 2; ++i) {
+      s.staging_rows[i].reserve(sz(held_rows) * sz(q.row_stride));
+      s.staging_scores[i].reserve(sz(held_rows) * sz(J));
+    }
+    const auto rows_of = [&](int p) { return std::min(piece_rows, q.row_count - p * piece_rows); };
+    const auto drain = [&](int p) {  // piece p's scores, back on the host, into `out`
+      const int i = p % 2;
+      check(cudaEventSynchronize(s.done[i]), "cudaEventSynchronize");
+      std::memcpy(out + sz(p) * sz(piece_rows) * sz(J), s.staging_scores[i].data(), sz(rows_of(p)) * sz(J) * sizeof(float));
+    };
+    for (int p = 0; p < pieces; ++p) {
+      const int i = p % 2, first = p * piece_rows, n = rows_of(p);
+      if (p >= 2) drain(p - 2);
+      cudaStream_t stream = s.stream[i];
+      float* staged = s.staging_rows[i].data();
+      const std::size_t floats = sz(n - 1) * sz(q.row_stride) + sz(K);
+      std::memcpy(staged, q.rows + sz(first) * sz(q.row_stride), floats * sizeof(float));
+      float* head = rows_head + sz(i) * sz(held_rows) * sz(q.row_stride);
+      float* piece_scores = scores + sz(i) * sz(held_rows) * sz(J);
+      upload_rows(head, staged, n, K, q.row_stride, stream);
+      if (split()) {
+        float* tail = rows_tail + sz(i) * sz(held_rows) * sz(q.row_stride);
+        split_on_device(head, tail, n, K, q.row_stride, stream);
+        // Smallest terms first: tail . head, head . tail, then head . head.
+        gemm(s, stream, CUBLAS_COMPUTE_32F_FAST_TF32, J, n, K, t.head, q.template_stride, tail, q.row_stride, 0.0f, piece_scores);
+        gemm(s, stream, CUBLAS_COMPUTE_32F_FAST_TF32, J, n, K, t.tail, q.template_stride, head, q.row_stride, 1.0f, piece_scores);
+        gemm(s, stream, CUBLAS_COMPUTE_32F_FAST_TF32, J, n, K, t.head, q.template_stride, head, q.row_stride, 1.0f, piece_scores);
+      } else {
+        const auto compute = options_.precision == Precision::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+        gemm(s, stream, compute, J, n, K, t.head, q.template_stride, head, q.row_stride, 0.0f, piece_scores);
+      }
+      const long long count = static_cast<long long>(n) * J;
+      combine_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(piece_scores, norms, n, J, q.particles, first, q.cross_correlation);
+      check(cudaGetLastError(), "combine kernel");
+      check(cudaMemcpyAsync(s.staging_scores[i].data(), piece_scores, sz(count) * sizeof(float), cudaMemcpyDeviceToHost, stream),
+            "cudaMemcpyAsync (from GPU)");
+      check(cudaEventRecord(s.done[i], stream), "cudaEventRecord");
+    }
+    for (int p = std::max(0, pieces - 2); p < pieces; ++p) drain(p);
+  }
+
+  CudaOptions options_;
+  std::unique_ptr<em::ScoringBackend> cpu_;  // tiny requests
+  std::vector<std::unique_ptr<DeviceState>> devices_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+};
+
+}  // namespace
+
+bool built_with_cuda() { return true; }
+
+std::vector<DeviceInfo> devices() {
+  std::vector<DeviceInfo> list;
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" state
+    return list;
+  }
+  for (int id = 0; id < count; ++id) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, id) != cudaSuccess) continue;
+    DeviceInfo d;
+    d.id = id, d.name = prop.name, d.memory = prop.totalGlobalMem, d.major = prop.major, d.minor = prop.minor;
+    d.multiprocessors = prop.multiProcessorCount;
+    std::size_t free = 0, total = 0;
+    if (cudaSetDevice(id) == cudaSuccess && cudaMemGetInfo(&free, &total) == cudaSuccess) d.free_memory = free;
+    list.push_back(d);
+  }
+  return list;
+}
+
+std::string no_device_reason() {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    if (e == cudaErrorInsufficientDriver)
+      return fmt::format("no NVIDIA driver, or one too old for this build's CUDA runtime {}.{} ({})", CUDART_VERSION / 1000,
+                         CUDART_VERSION % 1000 / 10, cudaGetErrorString(e));
+    if (e == cudaErrorNoDevice) return "the NVIDIA driver reports no CUDA device";
+    return cudaGetErrorString(e);
+  }
+  return count == 0 ? "the NVIDIA driver reports no CUDA device" : "";
+}
+
+std::unique_ptr<em::ScoringBackend> make_cuda_backend(const CudaOptions& options) { return std::make_unique<CudaBackend>(options); }
+
+}  // namespace emcryo::gpu

@@ -1,0 +1,218 @@
+// The CUDA scoring backend against the CPU one on a problem of real size and structure, the
+// device choice and its errors. Tests that need a GPU skip, saying why, where there is none.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <complex>
+#include <random>
+
+#include "emcryo/core/error.hpp"
+#include "emcryo/em/score_rows.hpp"
+#include "emcryo/gpu/backend.hpp"
+
+using namespace emcryo;
+
+namespace {
+
+#define REQUIRE_GPU()                                                        \
+  do {                                                                       \
+    if (gpu::devices().empty()) GTEST_SKIP() << "no CUDA device: " << gpu::no_device_reason(); \
+  } while (0)
+
+/// P particles x T shifts against J templates at F frequencies, built as the E-step builds them:
+/// templates are near-copies of a few views (neighbouring poses score almost alike, which is what
+/// makes the best pose a close call), particles are CTF-modulated, shifted views plus unit noise.
+struct Problem {
+  int P = 64, T = 9, J = 640, F = 3000;
+  std::vector<float> rows, ctf2, templates, power;
+  em::ScoreRequest request() const {
+    em::ScoreRequest q;
+    q.rows = rows.data(), q.row_count = P * T, q.row_stride = 2 * F, q.particles = P;
+    q.ctf2 = ctf2.data(), q.ctf2_stride = F;
+    q.templates = templates.data(), q.power = power.data(), q.template_count = J, q.template_stride = 2 * F, q.power_stride = F;
+    q.frequencies = F;
+    return q;
+  }
+};
+
+Problem make_problem(unsigned seed) {
+  Problem pr;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<float> uniform(0, 1);
+  const int views = 16;
+  std::vector<std::vector<em::Complex>> view(views, std::vector<em::Complex>(static_cast<std::size_t>(pr.F)));
+  for (auto& v : view)
+    for (int f = 0; f < pr.F; ++f) v[static_cast<std::size_t>(f)] = em::Complex(normal(rng), normal(rng)) * (2.0f / (1.0f + f / 300.0f));
+  std::vector<std::vector<em::Complex>> tmpl(static_cast<std::size_t>(pr.J), std::vector<em::Complex>(static_cast<std::size_t>(pr.F)));
+  pr.templates.resize(static_cast<std::size_t>(pr.J) * 2 * pr.F);
+  pr.power.resize(static_cast<std::size_t>(pr.J) * pr.F);
+  for (int j = 0; j < pr.J; ++j) {
+    auto& t = tmpl[static_cast<std::size_t>(j)];
+    for (int f = 0; f < pr.F; ++f)
+      t[static_cast<std::size_t>(f)] = view[static_cast<std::size_t>(j % views)][static_cast<std::size_t>(f)] +
+                                        0.15f * em::Complex(normal(rng), normal(rng)) / (1.0f + f / 300.0f);
+    em::store_template_row(t.data(), pr.F, pr.templates.data() + static_cast<std::size_t>(j) * 2 * pr.F,
+                           pr.power.data() + static_cast<std::size_t>(j) * pr.F);
+  }
+  std::vector<em::Complex> ramps(static_cast<std::size_t>(pr.T) * pr.F);
+  for (auto& r : ramps) r = std::polar(1.0f, 6.2831853f * uniform(rng));
+  std::vector<float> isg(static_cast<std::size_t>(pr.F), 1.0f), particle_rows(static_cast<std::size_t>(pr.T) * 2 * pr.F);
+  pr.rows.resize(static_cast<std::size_t>(pr.P) * pr.T * 2 * pr.F);
+  pr.ctf2.resize(static_cast<std::size_t>(pr.P) * pr.F);
+  std::vector<em::Complex> x(static_cast<std::size_t>(pr.F));
+  std::vector<float> ctf(static_cast<std::size_t>(pr.F));
+  for (int p = 0; p < pr.P; ++p) {
+    const auto& truth = tmpl[static_cast<std::size_t>(rng() % static_cast<unsigned>(pr.J))];
+    const float phase = 6.28f * uniform(rng);
+    const auto& ramp = ramps[static_cast<std::size_t>(rng() % static_cast<unsigned>(pr.T)) * static_cast<std::size_t>(pr.F)];
+    for (int f = 0; f < pr.F; ++f) {
+      const auto fi = static_cast<std::size_t>(f);
+      ctf[fi] = std::sin(0.004f * f + phase);
+      x[fi] = ctf[fi] * truth[fi] * std::conj((&ramp)[fi]) + em::Complex(normal(rng), normal(rng));
+      pr.ctf2[static_cast<std::size_t>(p) * pr.F + fi] = ctf[fi] * ctf[fi];
+    }
+    em::fill_score_rows(x.data(), ctf.data(), isg.data(), ramps.data(), pr.T, pr.F, particle_rows.data());
+    for (int t = 0; t < pr.T; ++t)  // shift-major: row t * P + p
+      std::copy_n(particle_rows.data() + static_cast<std::size_t>(t) * 2 * pr.F, 2 * pr.F,
+                  pr.rows.data() + (static_cast<std::size_t>(t) * pr.P + p) * 2 * pr.F);
+  }
+  return pr;
+}
+
+std::vector<float> scores(em::ScoringBackend& backend, const em::ScoreRequest& q) {
+  backend.plan(1, q.particles, q.template_count);
+  std::vector<float> out(static_cast<std::size_t>(q.row_count) * q.template_count, std::nanf(""));
+  backend.score(q, out.data(), 0);
+  return out;
+}
+
+struct Agreement {
+  double max_error = 0;       // log-likelihood units
+  double worst_best_loss = 0; // CPU score of the CPU's best minus CPU score of the GPU's best, per particle
+  int best_differs = 0;       // particles whose best hypothesis differs
+};
+
+Agreement compare(const Problem& pr, const std::vector<float>& cpu, const std::vector<float>& gpu) {
+  Agreement a;
+  for (std::size_t i = 0; i < cpu.size(); ++i) a.max_error = std::max(a.max_error, static_cast<double>(std::abs(cpu[i] - gpu[i])));
+  for (int p = 0; p < pr.P; ++p) {
+    std::size_t best_cpu = 0, best_gpu = 0;
+    bool first = true;
+    for (int t = 0; t < pr.T; ++t)
+      for (int j = 0; j < pr.J; ++j) {
+        const std::size_t i = (static_cast<std::size_t>(t) * pr.P + p) * pr.J + j;
+        if (first || cpu[i] > cpu[best_cpu]) best_cpu = i;
+        if (first || gpu[i] > gpu[best_gpu]) best_gpu = i;
+        first = false;
+      }
+    a.best_differs += best_cpu != best_gpu;
+    a.worst_best_loss = std::max(a.worst_best_loss, static_cast<double>(cpu[best_cpu] - cpu[best_gpu]));
+  }
+  return a;
+}
+
+}  // namespace
+
+TEST(DeviceChoice, ParsesDeviceListsAndPrecisions) {
+  EXPECT_EQ(gpu::parse_device_list("0"), std::vector<int>{0});
+  EXPECT_EQ(gpu::parse_device_list("1,0,3"), (std::vector<int>{1, 0, 3}));
+  for (const char* bad : {"", "a", "0,", "-1", "0,0", "1.5"}) EXPECT_THROW(gpu::parse_device_list(bad), Error) << bad;
+  EXPECT_EQ(gpu::parse_precision("split-tf32"), gpu::Precision::split_tf32);
+  EXPECT_EQ(gpu::precision_name(gpu::parse_precision("tf32")), "tf32");
+  EXPECT_THROW(gpu::parse_precision("fp16"), Error);
+}
+
+TEST(DeviceChoice, CpuWhenForcedOrWithoutDevice) {
+  gpu::set_device_choice({true, {}});
+  EXPECT_EQ(gpu::make_backend()->name(), "CPU (OpenBLAS)");
+  gpu::set_device_choice({});
+  if (gpu::devices().empty()) {
+    EXPECT_FALSE(gpu::no_device_reason().empty());
+    EXPECT_EQ(gpu::make_backend()->name(), "CPU (OpenBLAS)");
+    gpu::set_device_choice({false, {0}});  // asked for a GPU that is not there: an error, not the CPU
+    try {
+      gpu::make_backend();
+      ADD_FAILURE() << "expected an error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("no CUDA device"), std::string::npos) << e.what();
+    }
+  } else {
+    EXPECT_NE(gpu::make_backend()->name().find("CUDA"), std::string::npos);
+    gpu::set_device_choice({false, {static_cast<int>(gpu::devices().size())}});
+    EXPECT_THROW(gpu::make_backend(), Error);
+  }
+  gpu::set_device_choice({});
+}
+
+TEST(CudaBackend, ScoresMatchTheCpuBackendAtEveryPrecision) {
+  REQUIRE_GPU();
+  const Problem pr = make_problem(7);
+  const auto cpu = scores(*em::make_cpu_backend(), pr.request());
+  for (const auto precision : {gpu::Precision::fp32, gpu::Precision::split_tf32, gpu::Precision::tf32}) {
+    gpu::CudaOptions options;
+    options.precision = precision;
+    const auto backend = gpu::make_cuda_backend(options);
+    const auto out = scores(*backend, pr.request());
+    for (float v : out) ASSERT_TRUE(std::isfinite(v)) << "an unwritten or broken score";
+    const Agreement a = compare(pr, cpu, out);
+    std::printf("%-10s max |GPU - CPU| %.4g, best pose differs for %d of %d particles, worst loss %.4g\n",
+                gpu::precision_name(precision).c_str(), a.max_error, a.best_differs, pr.P, a.worst_best_loss);
+    if (precision == gpu::Precision::tf32) {
+      EXPECT_LT(a.max_error, 50.0);  // TF32 alone: coarse, measured and reported, not the default
+    } else {
+      // FP32 and split-TF32: the same best pose, scores within a small fraction of one log unit.
+      EXPECT_LT(a.max_error, 0.05);
+      EXPECT_EQ(a.best_differs, 0);
+    }
+  }
+}
+
+TEST(CudaBackend, ResidentTemplatesStayUntilTheNextPlanAndCrossCorrelationMatches) {
+  REQUIRE_GPU();
+  Problem pr = make_problem(11);
+  pr.T = 2, pr.rows.resize(static_cast<std::size_t>(pr.P) * pr.T * 2 * pr.F);
+  const auto backend = gpu::make_cuda_backend({});
+  auto q = pr.request();
+  q.templates_resident = true;
+  const auto first = scores(*backend, q);
+  backend->plan(1, pr.P, pr.J);
+  std::vector<float> again(first.size());
+  backend->score(q, again.data(), 0);
+  EXPECT_EQ(first, again);
+  // New templates after a plan(): the backend must not use the stale copy.
+  for (auto& v : pr.templates) v *= 0.5f;
+  for (auto& v : pr.power) v *= 0.25f;
+  const auto cpu = scores(*em::make_cpu_backend(), pr.request());
+  const auto changed = scores(*backend, q);
+  EXPECT_LT(compare(pr, cpu, changed).max_error, 0.05);
+  q.cross_correlation = true;
+  auto cq = pr.request();
+  cq.cross_correlation = true;
+  const auto cc_cpu = scores(*em::make_cpu_backend(), cq);
+  const auto cc_gpu = scores(*backend, q);
+  double worst = 0;
+  for (std::size_t i = 0; i < cc_cpu.size(); ++i) worst = std::max(worst, static_cast<double>(std::abs(cc_cpu[i] - cc_gpu[i])));
+  EXPECT_LT(worst, 1e-4);
+}
+
+TEST(CudaBackend, SmallRequestsGoToTheCpuAndOversizedOnesFailClearly) {
+  REQUIRE_GPU();
+  const Problem pr = make_problem(3);
+  gpu::CudaOptions options;
+  options.cpu_below_flops = 1e12;  // everything to the CPU: bit-identical to the CPU backend
+  EXPECT_EQ(scores(*gpu::make_cuda_backend(options), pr.request()), scores(*em::make_cpu_backend(), pr.request()));
+  // Templates that cannot fit the card: a one-line error before anything is read or allocated.
+  auto q = pr.request();
+  q.template_count = 1 << 26;
+  const auto backend = gpu::make_cuda_backend({});
+  backend->plan(1, q.particles, 1);
+  std::vector<float> out(1);
+  try {
+    backend->score(q, out.data(), 0);
+    ADD_FAILURE() << "expected an out-of-memory error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("MiB are free"), std::string::npos) << e.what();
+  }
+}
