@@ -16,7 +16,7 @@
 namespace emcryo::mpi {
 
 namespace {
-bool g_started = false;  // init() started MPI (the program runs under mpirun/srun)
+[[maybe_unused]] bool g_started = false;  // init() started MPI (the program runs under mpirun/srun)
 int g_rank = 0, g_size = 1, g_local_rank = 0, g_local_size = 1;
 
 /// mpirun (OpenMPI, MPICH's hydra) and srun set one of these in every rank's environment.

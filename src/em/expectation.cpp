@@ -197,7 +197,7 @@ double coarse_radius_for(double cell_degrees, double coarse_shift_step, int n, d
   return std::min(radius, std::max(6.0, reach));
 }
 
-namespace {
+namespace detail {
 
 /// One E-step: planned once (sizes, coarse templates, buffers), then run batch by batch.
 class EStep {
@@ -211,9 +211,10 @@ class EStep {
     plan(sigma2);
   }
 
-  void run(const Consumer& consumer, EStepStats& stats, Progress* progress) {
-    const int P = static_cast<int>(images_.size());
-    for (int first = 0; first < P; first += B_) {
+  /// Particles [begin, end) of images_, in batches from `begin`.
+  void run(int begin, int end, const Consumer& consumer, EStepStats& stats, Progress* progress) {
+    const int P = end;
+    for (int first = begin; first < P; first += B_) {
       const int bc = std::min(B_, P - first);
       prepare_batch(set_, images_.data() + first, bc, list_, inv_sigma2_, mask_, settings_, pixels_, batch_);
       scored_.first = sz(first);
@@ -459,19 +460,40 @@ class EStep {
   ScoredBatch scored_;
 };
 
-}  // namespace
+}  // namespace detail
+
+ExpectationRun::ExpectationRun(const io::ParticleSet& set, const std::vector<std::size_t>& images, const std::vector<StartPose>& start,
+                               const SearchSpace& space, const TemplateSource& source, const FrequencyList& list,
+                               const std::vector<std::vector<double>>& sigma2, const std::vector<float>& mask,
+                               const EStepSettings& settings, ScoringBackend& backend)
+    : backend_(backend) {
+  const auto t0 = Clock::now();
+  const auto before = backend.stats();
+  step_ = std::make_unique<detail::EStep>(set, images, start, space, source, list, sigma2, mask, settings, backend);
+  const auto after = backend.stats();
+  plan_stats_.flops = after.flops - before.flops;
+  plan_stats_.gemm_seconds = after.seconds - before.seconds;
+  plan_stats_.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+ExpectationRun::~ExpectationRun() = default;
+
+void ExpectationRun::run(std::size_t begin, std::size_t end, const Consumer& consumer, EStepStats& stats, Progress* progress) {
+  const auto t0 = Clock::now();
+  const auto before = backend_.stats();
+  step_->run(static_cast<int>(begin), static_cast<int>(end), consumer, stats, progress);
+  const auto after = backend_.stats();
+  stats.flops += after.flops - before.flops + plan_stats_.flops;
+  stats.gemm_seconds += after.seconds - before.seconds + plan_stats_.gemm_seconds;
+  stats.seconds += std::chrono::duration<double>(Clock::now() - t0).count() + plan_stats_.seconds;
+  plan_stats_ = EStepStats{};  // the planning counts once, with the first run
+}
 
 void run_expectation(const io::ParticleSet& set, const std::vector<std::size_t>& images, const std::vector<StartPose>& start,
                      const SearchSpace& space, const TemplateSource& source, const FrequencyList& list,
                      const std::vector<std::vector<double>>& sigma2, const std::vector<float>& mask, const EStepSettings& settings,
                      ScoringBackend& backend, const Consumer& consumer, EStepStats& stats, Progress* progress) {
-  const auto t0 = Clock::now();
-  const auto before = backend.stats();
-  EStep(set, images, start, space, source, list, sigma2, mask, settings, backend).run(consumer, stats, progress);
-  const auto after = backend.stats();
-  stats.flops += after.flops - before.flops;
-  stats.gemm_seconds += after.seconds - before.seconds;
-  stats.seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  ExpectationRun(set, images, start, space, source, list, sigma2, mask, settings, backend).run(0, images.size(), consumer, stats, progress);
 }
 
 std::vector<std::vector<double>> estimate_initial_sigma2(const io::ParticleSet& set, const std::vector<std::size_t>& active,

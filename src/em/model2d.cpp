@@ -173,7 +173,6 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   const ClassTemplates class_templates(settings.random_assignment ? std::vector<std::vector<float>>{} : model.classes, n);
   const FlatTemplate flat;
   const TemplateSource& source = settings.random_assignment ? static_cast<const TemplateSource&>(flat) : class_templates;
-  std::size_t chunk_first = 0;  // index into `active` of the chunk's first particle
 
   const auto consumer = [&](const ScoredBatch& batch) {
     const int bc = static_cast<int>(batch.particles.size());
@@ -185,7 +184,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
       std::vector<float> row(2 * sz(F));
 #pragma omp for schedule(static)
     for (int b = 0; b < bc; ++b) {
-      const std::size_t a = chunk_first + batch.first + sz(b);
+      const std::size_t a = batch.first + sz(b);
       const ParticleOutcome& out = batch.outcomes[sz(b)];
       ParticleResult& res = results[a];
       res = ParticleResult{};
@@ -209,7 +208,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
     }
     }
     for (int b = 0; b < bc; ++b) {
-      const std::size_t a = chunk_first + batch.first + sz(b);
+      const std::size_t a = batch.first + sz(b);
       const ParticleOutcome& out = batch.outcomes[sz(b)];
       for (const auto& h : out.kept) {
         const int k = settings.random_assignment ? assigned_class[a] : h.k;
@@ -229,20 +228,15 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   const mpi::Chunks chunks(active.size());
   EStepStats es_stats;
   Progress progress(settings.random_assignment ? "initial classes" : "E-step", static_cast<std::int64_t>(chunks.owned_items()));
+  ExpectationRun estep(set, active, start, space, source, list, model.sigma2, mask, es, backend);
   const auto compute = [&](int c, mpi::Message& message) {
-    chunk_first = chunks.begin(c);
-    const std::vector<std::size_t> images(active.begin() + static_cast<std::ptrdiff_t>(chunks.begin(c)),
-                                          active.begin() + static_cast<std::ptrdiff_t>(chunks.end(c)));
-    std::vector<StartPose> chunk_start;
-    if (!start.empty())
-      chunk_start.assign(start.begin() + static_cast<std::ptrdiff_t>(chunks.begin(c)), start.begin() + static_cast<std::ptrdiff_t>(chunks.end(c)));
     std::fill(part.data.begin(), part.data.end(), Complex(0, 0));
     std::fill(part.weight.begin(), part.weight.end(), 0.0f);
     for (std::size_t g = 0; g < groups; ++g)
       std::fill(part_residual[g].begin(), part_residual[g].end(), 0.0), std::fill(part_residual_count[g].begin(), part_residual_count[g].end(), 0.0);
     std::fill(part_class_mass.begin(), part_class_mass.end(), 0.0);
     EStepStats chunk_stats;
-    run_expectation(set, images, chunk_start, space, source, list, model.sigma2, mask, es, backend, consumer, chunk_stats, &progress);
+    estep.run(chunks.begin(c), chunks.end(c), consumer, chunk_stats, &progress);
     for (std::size_t a = chunks.begin(c); a < chunks.end(c); ++a) put_result(message, results[a]);
     message.put(part.data), message.put(part.weight), message.put(part_class_mass);
     for (std::size_t g = 0; g < groups; ++g) message.put(part_residual[g]), message.put(part_residual_count[g]);

@@ -157,7 +157,6 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   int changed = 0;            // of the chunk being computed
   double angle_change = 0;
   NoiseSums part_noise(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
-  std::size_t chunk_first = 0;  // index into image_index of the chunk's first particle
 
   const auto consumer = [&](const ScoredBatch& batch) {
     const int bc = static_cast<int>(batch.particles.size());
@@ -170,7 +169,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       std::vector<float> row(2 * sz(F));
 #pragma omp for schedule(dynamic, 2)
     for (int b = 0; b < bc; ++b) {
-      const std::size_t p = chunk_first + batch.first + sz(b);
+      const std::size_t p = batch.first + sz(b);
       const ParticleOutcome& out = batch.outcomes[sz(b)];
       const Hypothesis& best = out.kept.front();
       Pose3D& pose = poses[p];
@@ -242,16 +241,13 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   // The E-step chunk by chunk (each on its rank), every chunk's sums from zero, folded in chunk
   // order on every rank: the same sums and poses with any number of ranks and threads.
   const mpi::Chunks chunks(image_index.size());
+  ExpectationRun estep(set, image_index, start, space, source, list, sigma2, particle_mask, es, backend);
   const auto compute = [&](int c, mpi::Message& message) {
-    chunk_first = chunks.begin(c);
-    const auto first = static_cast<std::ptrdiff_t>(chunks.begin(c)), last = static_cast<std::ptrdiff_t>(chunks.end(c));
-    const std::vector<std::size_t> images(image_index.begin() + first, image_index.begin() + last);
-    const std::vector<StartPose> chunk_start(start.begin() + first, start.begin() + last);
     sums.clear_lanes();
     part_noise = NoiseSums(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
     changed = 0, angle_change = 0;
     EStepStats es_stats;
-    run_expectation(set, images, chunk_start, space, source, list, sigma2, particle_mask, es, backend, consumer, es_stats, progress);
+    estep.run(chunks.begin(c), chunks.end(c), consumer, es_stats, progress);
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) put_pose(message, poses[p]);
     for (int k = 0; k < K; ++k) sums.fold_lanes(k).put(message);
     for (std::size_t g = 0; g < part_noise.sum.size(); ++g) message.put(part_noise.sum[g]), message.put(part_noise.count[g]);

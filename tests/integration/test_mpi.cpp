@@ -38,8 +38,9 @@ class MpiJobs : public ::testing::Test {
   }
   static fs::path data() { return data_->path(); }
   static std::string mpirun(int ranks) { return fmt::format("timeout 120 mpirun -np {} --oversubscribe {}", ranks, kExe); }
-  static std::string class2d_args(const fs::path& out) {
-    return fmt::format("-j 1 class2d --particles {}/particles.star --classes 3 --iterations 3 --out {}", data().string(), out.string());
+  static std::string class2d_args(const fs::path& out, int iterations = 3) {
+    return fmt::format("-j 1 class2d --particles {}/particles.star --classes 3 --iterations {} --out {}", data().string(), iterations,
+                       out.string());
   }
   static std::string refine_args(const fs::path& out) {
     return fmt::format("-j 1 refine --particles {0}/particles.star --ref {0}/truth_class001.mrc --max-iterations 3 --out {1}",
@@ -94,11 +95,12 @@ TEST_F(MpiJobs, RefineTwoRanksGiveTheSingleProcessResult) {
 TEST_F(MpiJobs, KilledRankEndsTheJobAndContinueWithOtherRanksFinishes) {
   test::TempDir work("mpi_kill");
   const fs::path ref = work.path() / "ref", out = work.path() / "out", log = work.path() / "run.log";
-  ASSERT_EQ(test::run(fmt::format("{} {} >/dev/null 2>&1", kExe, class2d_args(ref))), 0);
+  // Six iterations: time enough to kill a rank after the first checkpoint, even on a busy machine.
+  ASSERT_EQ(test::run(fmt::format("{} {} >/dev/null 2>&1", kExe, class2d_args(ref, 6))), 0);
   // mpirun in the background (no `timeout` in between: the ranks must be its children); its pid,
   // then its exit status, go to files. Should it not end, the test kills it below.
   test::run(fmt::format("( mpirun -np 2 --oversubscribe {} {} >{} 2>&1 & echo $! >{}/pid; wait $!; echo $? >{}/rc ) &", kExe,
-                        class2d_args(out), log.string(), work.path().string(), work.path().string()));
+                        class2d_args(out, 6), log.string(), work.path().string(), work.path().string()));
   struct KillLeftovers {  // what still runs when the test leaves (no rc yet): mpirun's ranks, then mpirun
     std::string dir;
     ~KillLeftovers() { test::run(fmt::format("cd {} && [ ! -f rc ] && p=$(cat pid) && {{ kill -KILL $(pgrep -P $p) $p; }} 2>/dev/null", dir)); }

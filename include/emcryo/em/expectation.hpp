@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "emcryo/core/mpi.hpp"
@@ -115,7 +116,30 @@ struct ScoredBatch {
 };
 using Consumer = std::function<void(const ScoredBatch&)>;
 
-/// The E-step over `images` (indices into `set`); start[p] is read as described above.
+namespace detail {
+class EStep;
+}
+
+/// The E-step over `images` (indices into `set`; start[p] is read as described above), planned
+/// once (sizes, coarse templates, buffers) and run over any ranges of `images` — the chunks of an
+/// MPI job (mpi::Chunks) — in batches from the range's start. ScoredBatch::first counts from the
+/// start of `images`. The references must outlive the object.
+class ExpectationRun {
+ public:
+  ExpectationRun(const io::ParticleSet& set, const std::vector<std::size_t>& images, const std::vector<StartPose>& start,
+                 const SearchSpace& space, const TemplateSource& templates, const FrequencyList& list,
+                 const std::vector<std::vector<double>>& sigma2, const std::vector<float>& particle_mask,
+                 const EStepSettings& settings, ScoringBackend& backend);
+  ~ExpectationRun();
+  void run(std::size_t begin, std::size_t end, const Consumer& consumer, EStepStats& stats, Progress* progress);
+
+ private:
+  ScoringBackend& backend_;
+  std::unique_ptr<detail::EStep> step_;
+  EStepStats plan_stats_;  // template sampling at planning: counted with the first run
+};
+
+/// The E-step over all of `images` at once.
 void run_expectation(const io::ParticleSet& set, const std::vector<std::size_t>& images, const std::vector<StartPose>& start,
                      const SearchSpace& space, const TemplateSource& templates, const FrequencyList& list,
                      const std::vector<std::vector<double>>& sigma2, const std::vector<float>& particle_mask,

@@ -62,7 +62,7 @@ struct NoiseSums {
 };
 
 /// Back-projection sums of K classes. expectation_3d splits the particles into chunks (mpi::Chunks,
-/// spread over the ranks); within a chunk, particle p goes to lane p % lanes, lanes fill in
+/// spread over the ranks); within a chunk, particle p (of the call) goes to lane p % lanes, lanes fill in
 /// parallel and are summed in order; chunks are added into the totals in chunk order. So the sums
 /// depend neither on the thread count nor on the rank count. The lane count depends on the box
 /// only (memory).
