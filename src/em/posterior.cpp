@@ -18,12 +18,25 @@ void PosteriorReducer::prune() {
     return c.weight <= classes_[static_cast<std::size_t>(c.k)].max - kWindow;
   });
   if (candidates_.size() < kPruneAt / 2) return;
-  // A flat posterior: keep the half most probable within their class. The kept hypotheses are at
-  // most settings_.cap, far fewer, so the mass cut below still sees every hypothesis it keeps.
-  const auto within = [this](const WeightedHypothesis& c) { return c.weight - classes_[static_cast<std::size_t>(c.k)].max; };
-  auto middle = candidates_.begin() + static_cast<std::ptrdiff_t>(kPruneAt / 4);
-  std::nth_element(candidates_.begin(), middle, candidates_.end(),
-                   [&](const WeightedHypothesis& a, const WeightedHypothesis& b) { return within(a) > within(b); });
+  // A flat posterior: keep the most probable quarter, ranked by their share of the whole
+  // posterior as it stands. Ranking within each class alone fails where some classes are flat (an
+  // empty class average scores every pose alike): their thousands of ties would push out the
+  // hypotheses of the class that holds the mass. Each class's best stays whatever its rank: the
+  // class posterior and the mass cut need it.
+  std::vector<double> class_key(classes_.size());
+  for (std::size_t k = 0; k < classes_.size(); ++k) {
+    const ClassSum& c = classes_[k];
+    const double prior = settings_.log_class_prior.empty() ? 0.0 : settings_.log_class_prior[k];
+    const double evidence = c.max + std::log(std::max(c.sum, 1.0));
+    class_key[k] = (prior + evidence) / settings_.class_temperature - evidence;
+  }
+  const auto is_best = [this](const WeightedHypothesis& c) { return c.id == classes_[static_cast<std::size_t>(c.k)].best; };
+  const auto key = [&](const WeightedHypothesis& c) { return class_key[static_cast<std::size_t>(c.k)] + c.weight; };
+  const auto rest = std::partition(candidates_.begin(), candidates_.end(), is_best);
+  const auto keep = std::max<std::ptrdiff_t>(rest - candidates_.begin(), static_cast<std::ptrdiff_t>(kPruneAt / 4));
+  const auto middle = candidates_.begin() + keep;
+  if (middle >= candidates_.end()) return;
+  std::nth_element(rest, middle, candidates_.end(), [&](const WeightedHypothesis& a, const WeightedHypothesis& b) { return key(a) > key(b); });
   candidates_.erase(middle, candidates_.end());
 }
 
@@ -96,7 +109,12 @@ Posterior PosteriorReducer::finish() {
     class_seen[static_cast<std::size_t>(w.k)] = true;
     out.kept.push_back(w);
   }
-  if (out.kept.empty() && !weighted.empty()) out.kept.push_back(weighted.front()), cumulative = weighted.front().weight;
+  if (out.kept.empty() && !weighted.empty()) {
+    // Every weight underflowed in float: the most probable hypothesis alone carries the particle.
+    out.kept.push_back(weighted.front());
+    out.kept.front().weight = 1;
+    cumulative = 1;
+  }
   for (auto& w : out.kept) w.weight = static_cast<float>(w.weight / cumulative);
   return out;
 }

@@ -173,3 +173,38 @@ TEST(Posterior, ManyFlatHypothesesStayBoundedAndExact) {
   for (float x : v) log_sum += std::exp(static_cast<double>(x));
   EXPECT_NEAR(p.log_evidence, std::log(log_sum), 1e-4);
 }
+
+TEST(Posterior, FlatClassesDoNotPushOutTheClassThatHoldsTheMass) {
+  // Empty class averages score every pose alike: thousands of ties per class, far below the class
+  // that holds the mass. Pruning the candidate list must keep that class's hypotheses, so the
+  // kept weights stay finite and follow the brute-force posterior (a regression: class2d with
+  // K = 100 went NaN once classes emptied).
+  const int flat_classes = 20, flat_poses = 2000, poses = 200;
+  std::vector<float> informative(poses);
+  for (int h = 0; h < poses; ++h) informative[static_cast<std::size_t>(h)] = -0.05f * static_cast<float>(h);
+  PosteriorSettings s;
+  s.mass = 0.99;
+  s.cap = 1000;
+  em::PosteriorReducer r;
+  r.reset(s, 1 + flat_classes);
+  for (int h = 0; h < poses; ++h) r.add(0, h, informative[static_cast<std::size_t>(h)]);
+  for (int k = 1; k <= flat_classes; ++k)
+    for (int h = 0; h < flat_poses; ++h) r.add(k, h, -30.0f);
+  const auto p = r.finish();
+  ASSERT_FALSE(p.kept.empty());
+  EXPECT_EQ(p.kept.front().k, 0);
+  EXPECT_EQ(p.kept.front().id, 0);
+  double total = 0;
+  for (const auto& w : p.kept) {
+    ASSERT_TRUE(std::isfinite(w.weight));
+    EXPECT_EQ(w.k, 0);
+    total += w.weight;
+  }
+  EXPECT_NEAR(total, 1.0, 1e-5);
+  // Brute force: 99% of exp(-0.05 h) lies in the first ~92 poses.
+  double z = 0, cumulative = 0;
+  for (float v : informative) z += std::exp(static_cast<double>(v));
+  std::size_t needed = 0;
+  while (cumulative < 0.99 * z) cumulative += std::exp(static_cast<double>(informative[needed++]));
+  EXPECT_EQ(p.kept.size(), needed);
+}
