@@ -97,3 +97,44 @@ void remove_stale_maps(const fs::path& dir, const std::vector<std::string>& prev
 }
 
 }  // namespace emcryo::jobs
+
+namespace emcryo::jobs {
+
+std::vector<std::vector<em::BackProjector>> back_project_classes(const io::ParticleSet& set, const std::vector<std::vector<std::size_t>>& images,
+                                                                 std::vector<std::vector<em::Pose3D>>& poses, int K,
+                                                                 const std::vector<geometry::Mat3>& symmetry, bool use_ctf, double radius,
+                                                                 int batch, Progress* progress) {
+  const int n = set.box();
+  const std::vector<std::vector<double>> flat_noise(set.optics_groups().size(), std::vector<double>(static_cast<std::size_t>(n / 2 + 1), 1.0));
+  const std::vector<float> no_mask(static_cast<std::size_t>(n) * n, 1.0f);
+  const auto list = em::make_frequency_list(n, std::max(1.0, radius));
+  em::ExpectationSettings settings;
+  settings.use_ctf = use_ctf;
+  settings.known_poses = true;
+  settings.batch = batch;
+  settings.insert_radius = radius;
+  const auto backend = em::make_cpu_backend();
+  const std::vector<const em::Projector*> no_references(static_cast<std::size_t>(K), nullptr);
+  std::vector<std::vector<em::BackProjector>> out;
+  for (std::size_t h = 0; h < images.size(); ++h) {
+    em::ReconstructionSums sums(K, n);
+    em::NoiseSums noise(flat_noise.size(), flat_noise.front().size());
+    em::ExpectationStats stats;
+    if (!images[h].empty())
+      em::expectation_3d(set, images[h], poses[h], no_references, list, flat_noise, no_mask, em::PoseSearch{}, symmetry, settings, *backend,
+                         sums, noise, stats, progress);
+    out.emplace_back();
+    for (int k = 0; k < K; ++k) out.back().push_back(std::move(sums.total(k)));
+  }
+  return out;
+}
+
+em::Pose3D input_pose(const io::ParticleSet& set, std::size_t i) {
+  const io::Pose pose = set.pose(i);
+  em::Pose3D p;
+  p.rot = pose.rot, p.tilt = pose.tilt, p.psi = pose.psi;
+  p.shift_x = -pose.origin_x / set.pixel_size(), p.shift_y = -pose.origin_y / set.pixel_size();
+  return p;
+}
+
+}  // namespace emcryo::jobs
