@@ -63,6 +63,8 @@ void add_hetero_commands(CLI::App& app) {
     cmd->add_option("--mask", o.mask, "Solvent mask (MRC); default: a soft sphere of the particle diameter");
     cmd->add_option("--class-similarity", o.class_similarity,
                     "Initial class similarity in [0, 1), annealed to 0 (a temperature 1/(1-s) on the class posterior)")->default_str("0");
+    cmd->add_flag("--marginalize-poses", o.marginalize_poses,
+                  "Weight every probable pose of each class by its posterior (default: the best pose per class)");
     cmd->add_option("--initial-step", o.initial_step, "Angular step of the global search, degrees")->capture_default_str();
     cmd->add_option("--offset-range", o.offset_range, "Translation search range, pixels")->capture_default_str();
     cmd->add_option("--offset-step", o.offset_step, "Translation search step, pixels")->capture_default_str();

@@ -36,7 +36,7 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(HeteroOptions, align, particles, references, classes, symmetry, mask, initial_lowpass,
-                                                particle_diameter, initial_step, offset_range, offset_step, max_iterations, force_hard,
+                                                particle_diameter, initial_step, offset_range, offset_step, max_iterations, force_hard, marginalize_poses,
                                                 class_similarity, similarity_end, target_resolution, no_ctf, cs_root, batch, seed)
 
 namespace {
@@ -329,7 +329,7 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
     em::ExpectationSettings settings;
     settings.use_ctf = !o.no_ctf;
     settings.cc_scoring = it == 1 && cc_first;
-    settings.marginalize = false;  // the best pose per class
+    settings.marginalize = o.marginalize_poses;
     settings.hard_classes = o.force_hard;
     settings.class_temperature = 1 / (1 - std::min(similarity, 0.99));
     for (int k : live) settings.class_priors.push_back(state.class_priors[sz(k)]);

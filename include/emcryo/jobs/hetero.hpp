@@ -22,6 +22,7 @@ struct HeteroOptions {
   double offset_range = 3, offset_step = 1;  // pixels
   int max_iterations = 0;             // 0: 8 for hetero-refine, 15 for class3d
   bool force_hard = false;            // each particle in its most probable class only
+  bool marginalize_poses = false;     // every probable pose per class weighted by its posterior (else the best one)
   double class_similarity = -1;       // initial, annealed to 0 by similarity_end; < 0: 0.5 for class3d, 0 for hetero-refine
   int similarity_end = 10;            // iteration by which the class similarity reaches 0
   double target_resolution = 0;       // Å: the working limit of the class comparison (0: from the best class FSC)
