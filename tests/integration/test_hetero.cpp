@@ -204,7 +204,7 @@ TEST(Class3D, ResumesAfterAKillAndForceHardChangesTheResult) {
   EXPECT_GT(soft_between, 0);
   EXPECT_EQ(hard_between, 0);
   EXPECT_GT(test::max_abs_diff(io::MrcReader(dir / "whole/class_001.mrc").read_all(), io::MrcReader(dir / "hard/class_001.mrc").read_all()), 0);
-  // Bad input: a STAR without poses, more references than classes.
+  // Bad input: a missing STAR; two references for --classes 3.
   const auto no_poses = test::run_capture(fmt::format("{} class3d --particles {} --classes 2 --out {}", exe,
                                                       (dir / "data/particles.star").string() + ".missing", (dir / "bad").string()));
   EXPECT_NE(no_poses.exit_code, 0);
