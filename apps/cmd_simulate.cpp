@@ -29,6 +29,8 @@ void add_simulate_command(CLI::App& app) {
   cmd->add_option("--bfactor", o.bfactor, "CTF B-factor in Å^2")->capture_default_str();
   cmd->add_option("--sym", o.symmetry, "Point group imposed on the true maps")->capture_default_str();
   cmd->add_flag("--no-ctf", o.no_ctf, "No CTF in the images and no CTF columns");
+  cmd->add_flag("--common-centre", o.common_centre,
+                "Centre every atomic model on the first one's centre of mass (a sub-complex keeps the complex's frame)");
   cmd->add_flag("--float16", o.float16, "Write the stack in mode 12 (float16)");
   cmd->add_option("--seed", o.seed, "Random seed")->capture_default_str();
   cmd->callback([] {

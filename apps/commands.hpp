@@ -11,5 +11,6 @@ void add_reconstruct_command(CLI::App& app);
 void add_class2d_command(CLI::App& app);
 void add_refine_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
+void add_hetero_commands(CLI::App& app);
 
 }  // namespace emcryo::app

@@ -147,12 +147,27 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   // At most 300 hypotheses per particle enter the reconstruction (RELION's --maxsig 300); 64 cut
   // the posterior short at low SNR (held-out 2XHE, SNR 0.03: 10.86 vs 10.53 Å at FSC 0.5 to the truth).
   es.fine.cap = 300;
+  es.fine.class_temperature = settings.class_temperature;
   es.coarse.cap = settings.cc_scoring ? 16 : 32;
   es.coarse.log_class_prior = es.fine.log_class_prior;
 
   std::vector<StartPose> start(poses.size());
   for (std::size_t p = 0; p < poses.size(); ++p) start[p] = {{poses[p].rot, poses[p].tilt, poses[p].psi}, {static_cast<float>(poses[p].shift_x), static_cast<float>(poses[p].shift_y)}};
   const MapTemplates source(references);
+  // Known poses with given class weights: the one hypothesis, once per class that has weight.
+  const auto known_class_weights = [&](const std::vector<Hypothesis>& kept, const Pose3D& pose,
+                                       std::vector<Hypothesis>& expanded) -> const std::vector<Hypothesis>& {
+    if (!settings.known_poses || pose.class_posterior.empty()) return kept;
+    expanded.clear();
+    for (std::size_t k = 0; k < pose.class_posterior.size() && k < sz(K); ++k)
+      if (pose.class_posterior[k] > 0) {
+        Hypothesis h = kept.front();
+        h.k = static_cast<int>(k);
+        h.weight = static_cast<float>(pose.class_posterior[k]);
+        expanded.push_back(h);
+      }
+    return expanded;
+  };
   const int lanes = sums.lanes();
   int changed = 0;            // of the chunk being computed
   double angle_change = 0;
@@ -187,8 +202,10 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       pose.shift_x = best.shift.first, pose.shift_y = best.shift.second;
       pose.max_probability = best.weight;
       pose.significant = static_cast<int>(out.kept.size());
-      pose.class_index = out.posterior.best_class;
-      if (K > 1) pose.class_posterior = out.posterior.class_posterior;
+      if (!settings.known_poses) {
+        pose.class_index = out.posterior.best_class;
+        if (K > 1) pose.class_posterior = out.posterior.class_posterior;
+      }
       pose.top.assign(out.kept.begin(), out.kept.begin() + std::min<std::ptrdiff_t>(settings.keep_top, static_cast<std::ptrdiff_t>(out.kept.size())));
     }
     }
@@ -205,11 +222,12 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       std::vector<Complex> data(half), shifted(half);
       std::vector<float> weight(half);
       std::vector<std::size_t> order;
+      std::vector<Hypothesis> expanded;
       for (int b = 0; b < bc; ++b) {
         if (static_cast<int>((batch.first + sz(b)) % sz(lanes)) != l) continue;
         const PreparedParticle& pp = batch.particles[sz(b)];
         const auto& isg = inv_sigma2_grid[sz(pp.group)];
-        const auto& kept = batch.outcomes[sz(b)].kept;
+        const auto& kept = known_class_weights(batch.outcomes[sz(b)].kept, poses[batch.first + sz(b)], expanded);
         order.resize(kept.size());
         std::iota(order.begin(), order.end(), std::size_t{0});
         std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return orientation_order(kept[x], kept[y]); });

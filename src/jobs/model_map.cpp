@@ -12,7 +12,8 @@
 
 namespace emcryo::jobs {
 
-std::vector<float> model_to_map(const std::string& model_path, int n, double pixel_size) {
+std::vector<float> model_to_map(const std::string& model_path, int n, double pixel_size, const std::array<double, 3>* centre,
+                                std::array<double, 3>* centre_used) {
   const std::string lower = [&] {
     std::string s = model_path;
     for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -50,6 +51,8 @@ std::vector<float> model_to_map(const std::string& model_path, int n, double pix
       }
   if (atoms.empty() || total <= 0) fail("{}: the model has no atoms", model_path);
   cx /= total, cy /= total, cz /= total;
+  if (centre) cx = (*centre)[0], cy = (*centre)[1], cz = (*centre)[2];
+  if (centre_used) *centre_used = {cx, cy, cz};
 
   // Each atom as a Gaussian of 1 pixel (at least 1 Å) standard deviation: band-limited enough for
   // the pixel size, sharp enough for every resolution the box can hold.

@@ -25,17 +25,9 @@
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/particles.hpp"
 #include "job_folder.hpp"
+#include "map_job.hpp"
 #include "posterior_output.hpp"
 #include "refine_outputs.hpp"
-
-namespace emcryo::em {
-// Poses are checkpointed as [rot, tilt, psi, shift_x, shift_y].
-void to_json(nlohmann::json& j, const Pose3D& p) { j = {p.rot, p.tilt, p.psi, p.shift_x, p.shift_y}; }
-void from_json(const nlohmann::json& j, Pose3D& p) {
-  p = Pose3D{};
-  p.rot = j.at(0), p.tilt = j.at(1), p.psi = j.at(2), p.shift_x = j.at(3), p.shift_y = j.at(4);
-}
-}  // namespace emcryo::em
 
 namespace emcryo::jobs {
 
@@ -85,17 +77,10 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(State, options, iteration, step,
 /// kill between the maps and the JSON paired new maps with the old state: found by the kill
 /// trials, bench/kill_trials.sh).
 void write_checkpoint(const JobFolder& folder, State& state, const std::vector<std::vector<float>>& half_maps, int n, double pixel) {
-  const fs::path& dir = folder.dir();
   const std::vector<std::string> previous = state.half_map_files;
-  state.half_map_files.clear();
-  for (int h = 0; h < 2; ++h) {
-    state.half_map_files.push_back(fmt::format("checkpoint_it{:03}_half{}.mrc", state.iteration, h + 1));
-    refine_detail::write_map(dir / state.half_map_files.back(), half_maps[static_cast<std::size_t>(h)], n, pixel);
-  }
+  state.half_map_files = write_iteration_maps(folder.dir(), state.iteration, {"half1", "half2"}, half_maps, n, pixel);
   folder.write_checkpoint(state, "emcryo-refine-checkpoint-2");
-  for (const auto& file : previous)
-    if (std::find(state.half_map_files.begin(), state.half_map_files.end(), file) == state.half_map_files.end())
-      fs::remove(dir / file);
+  remove_stale_maps(folder.dir(), previous, state.half_map_files);
 }
 
 /// The sampling schedule after an iteration: from the global stage to a second global pass at
@@ -139,77 +124,16 @@ bool advance_schedule(State& state, double resolution, double mean_pose_change, 
   return false;
 }
 
-/// The regulariser of a half map: Wiener from the previous half-map FSC; before any FSC exists,
-/// one that keeps what the initial low-pass kept.
-em::GlobalWiener half_map_regularizer(const std::vector<double>& fsc, int n, double pixel, double initial_lowpass) {
-  if (!fsc.empty()) return em::GlobalWiener(fsc, 1);
-  std::vector<double> start(static_cast<std::size_t>(n / 2 + 1));
-  for (std::size_t s = 0; s < start.size(); ++s) start[s] = static_cast<double>(s) <= n * pixel / initial_lowpass ? 0.9 : 0.01;
-  return em::GlobalWiener(start, 1);
-}
-
 /// The data a run reads once: particles, masks, reference.
-struct Inputs {
-  io::ParticleSet set;
-  int n = 0;
-  double pixel = 0;
-  std::vector<float> user_mask, reference, particle_mask, sphere;
-  double diameter = 0;
-  std::vector<std::size_t> active;  // usable particles (indices into set)
-  std::vector<int> half;            // 1 or 2 per usable particle
-  std::vector<std::string> skipped; // bad particles, for the log and the report
-  std::string reference_note;       // how the reference was resampled, if it was
+struct Inputs : MapJobInputs {
+  std::vector<float> reference;
+  std::string reference_note;  // how the reference was resampled, if it was
 };
 
 Inputs read_inputs(const RefineOptions& o) {
-  Inputs in{io::ParticleSet::read(o.particles, {.cs_root = o.cs_root}), 0, 0, {}, {}, {}, {}, 0, {}, {}, {}, {}};
-  auto& set = in.set;
-  const int n = in.n = set.box();
-  const double pixel = in.pixel = set.pixel_size();
-  if (!o.no_ctf && !set.has_ctf())
-    fail("{}: no CTF columns (rlnDefocusU/V): add them, or pass --no-ctf to refine without CTF correction", o.particles);
-  set.check_pixel_size_against_stacks();
-  if (!o.mask.empty()) {
-    io::MrcReader m(o.mask);
-    if (m.nx() != n || m.ny() != n || m.nz() != n) fail("{}: mask is {}x{}x{}, the particles' box is {}", o.mask, m.nx(), m.ny(), m.nz(), n);
-    in.user_mask = m.read_all();
-  }
-  // Reference: resampled to the particles' pixel size and box when they differ.
-  io::MrcReader ref_file(o.reference);
-  if (ref_file.nx() != ref_file.ny() || ref_file.ny() != ref_file.nz())
-    fail("{}: the reference must be a cubic map (it is {}x{}x{})", o.reference, ref_file.nx(), ref_file.ny(), ref_file.nz());
-  in.reference = ref_file.read_all();
-  const double ref_pixel = ref_file.pixel_size() > 0 ? ref_file.pixel_size() : pixel;
-  if (ref_file.nx() != n || std::abs(ref_pixel - pixel) > 1e-3 * pixel) {
-    in.reference_note = fmt::format("refine: reference {} ({} px, {:.3f} Å/px) resampled to {} px at {:.3f} Å/px", o.reference, ref_file.nx(),
-                                    ref_pixel, n, pixel);
-    in.reference = image::rescale_volume(in.reference, ref_file.nx(), ref_pixel, n, pixel);
-  }
-  in.diameter = o.particle_diameter > 0 ? o.particle_diameter : 0.9 * n * pixel;
-  if (in.diameter > n * pixel) fail("refine: --particle-diameter {} Å is wider than the box ({:.1f} Å)", in.diameter, n * pixel);
-  in.particle_mask = image::soft_round_mask(n, 2, in.diameter / pixel / 2 - 2, 5);
-  in.sphere = image::soft_round_mask(n, 3, in.diameter / pixel / 2, 5);
+  Inputs in{read_map_job_inputs({"refine", o.particles, o.cs_root, o.mask, o.no_ctf, o.particle_diameter}), {}, {}};
+  in.reference = read_reference(o.reference, in.n, in.pixel, "refine", in.reference_note);
   return in;
-}
-
-/// Usable particles (bad ones skipped, logged and kept for the report) and their half sets.
-void select_particles(Inputs& in, std::uint64_t seed) {
-  const auto& set = in.set;
-  const int n = in.n;
-  std::vector<float> img(static_cast<std::size_t>(n) * n);
-  for (std::size_t i = 0; i < set.size(); ++i) {
-    set.read_image(i, img.data());
-    double mean, sd;
-    image::mean_stddev(img.data(), img.size(), mean, sd);
-    if (!io::all_finite(img.data(), img.size()) || sd == 0) {
-      in.skipped.push_back(fmt::format("particle {} ({}): {}", i + 1, set.image_name(i),
-                                       io::all_finite(img.data(), img.size()) ? "constant image" : "NaN or Inf pixels"));
-      log::warn("skipped {}", in.skipped.back());
-      continue;
-    }
-    in.active.push_back(i);
-  }
-  in.half = set.half_sets(in.active, seed);
 }
 
 RefineResult run(const JobFolder& folder, State state, bool resumed) {

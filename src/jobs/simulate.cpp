@@ -114,8 +114,9 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
 
   std::vector<std::vector<float>> maps;
   std::vector<em::Projector> projectors;
+  std::array<double, 3> first_centre{};
   for (std::size_t k = 0; k < o.models.size(); ++k) {
-    auto map = model_to_map(o.models[k], n, o.pixel_size);
+    auto map = model_to_map(o.models[k], n, o.pixel_size, o.common_centre && k > 0 ? &first_centre : nullptr, k == 0 ? &first_centre : nullptr);
     map = symmetrize_map(map, n, o.symmetry);
     io::MrcWriteOptions w;
     w.pixel_size = o.pixel_size;

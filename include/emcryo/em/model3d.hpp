@@ -22,7 +22,8 @@ struct Pose3D {
   double max_probability = 1;
   int significant = 1;                // hypotheses that entered the reconstruction
   int class_index = 0;                // most probable class (0-based)
-  std::vector<double> class_posterior;  // per class (empty for one class)
+  std::vector<double> class_posterior;  // per class (empty for one class); with known poses, read: the
+                                        // weight of the particle in each class's back-projection
   std::vector<Hypothesis> top;          // the keep_top most probable hypotheses, best first (not checkpointed)
 };
 
@@ -44,9 +45,11 @@ struct ExpectationSettings {
                                // reconstruction, weighted by their posterior; else the best one
   bool hard_classes = false;   // class: the most probable only
   std::vector<double> class_priors;  // pi_k; empty = uniform
+  double class_temperature = 1; // > 1 flattens the class posterior (class similarity, annealed to 1)
   int batch = 256;             // particles per batch (bounds memory)
   double insert_radius = 0;    // pixels: back-projection limit
-  bool known_poses = false;    // back-project at the given poses only (reconstruction): no scoring, no noise sums
+  bool known_poses = false;    // back-project at the given poses only (reconstruction): no scoring, no noise sums;
+                               // into each class k by Pose3D::class_posterior[k] when given, else into class 0
   int keep_top = 0;            // hypotheses per particle kept in Pose3D::top
 };
 

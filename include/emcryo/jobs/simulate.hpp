@@ -1,5 +1,6 @@
 // `emcryo simulate`: particle images with known truth from atomic models or maps.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -23,6 +24,8 @@ struct SimulateOptions {
   double voltage = 300, cs = 2.7, amplitude_contrast = 0.1, bfactor = 0;
   std::string symmetry = "C1";           // imposed on the true map (for symmetric test sets)
   bool no_ctf = false;                   // images without CTF, STAR without CTF columns
+  bool common_centre = false;            // atomic models all centred on the first one's centre of mass
+                                         // (a sub-complex keeps the complex's frame)
   bool float16 = false;
   std::uint64_t seed = 1;
 };
@@ -38,8 +41,10 @@ struct SimulateSummary {
 SimulateSummary run_simulate(const SimulateOptions& options);
 
 /// A density map of an atomic model (Gaussian atoms weighted by atomic number), centred on the
-/// model's centre of mass, box n, pixel size in Å.
-std::vector<float> model_to_map(const std::string& model_path, int n, double pixel_size);
+/// model's centre of mass (or on `centre`, Å in the model's coordinates, when given), box n, pixel
+/// size in Å. `centre_used` (if given) receives the centre applied. Maps are read as they are.
+std::vector<float> model_to_map(const std::string& model_path, int n, double pixel_size, const std::array<double, 3>* centre = nullptr,
+                                std::array<double, 3>* centre_used = nullptr);
 /// Imposes a point-group symmetry on a map (average of rotated copies).
 std::vector<float> symmetrize_map(const std::vector<float>& map, int n, const std::string& symmetry);
 

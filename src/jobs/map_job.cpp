@@ -1,0 +1,140 @@
+#include "map_job.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "emcryo/core/error.hpp"
+#include "emcryo/core/log.hpp"
+#include "emcryo/image/fourier.hpp"
+#include "emcryo/image/map_tools.hpp"
+#include "emcryo/io/mrc.hpp"
+#include "refine_outputs.hpp"
+
+namespace emcryo::em {
+void to_json(nlohmann::json& j, const Pose3D& p) { j = {p.rot, p.tilt, p.psi, p.shift_x, p.shift_y}; }
+void from_json(const nlohmann::json& j, Pose3D& p) {
+  p = Pose3D{};
+  p.rot = j.at(0), p.tilt = j.at(1), p.psi = j.at(2), p.shift_x = j.at(3), p.shift_y = j.at(4);
+}
+}  // namespace emcryo::em
+
+namespace emcryo::jobs {
+
+namespace fs = std::filesystem;
+
+MapJobInputs read_map_job_inputs(const MapJobInputOptions& o) {
+  MapJobInputs in{io::ParticleSet::read(o.particles, {.cs_root = o.cs_root}), 0, 0, {}, {}, {}, 0, {}, {}, {}};
+  auto& set = in.set;
+  const int n = in.n = set.box();
+  const double pixel = in.pixel = set.pixel_size();
+  if (!o.no_ctf && !set.has_ctf())
+    fail("{}: no CTF columns (rlnDefocusU/V): add them, or pass --no-ctf to {} without CTF correction", o.particles, o.job);
+  set.check_pixel_size_against_stacks();
+  if (!o.mask.empty()) {
+    io::MrcReader m(o.mask);
+    if (m.nx() != n || m.ny() != n || m.nz() != n) fail("{}: mask is {}x{}x{}, the particles' box is {}", o.mask, m.nx(), m.ny(), m.nz(), n);
+    in.user_mask = m.read_all();
+  }
+  in.diameter = o.particle_diameter > 0 ? o.particle_diameter : 0.9 * n * pixel;
+  if (in.diameter > n * pixel) fail("{}: --particle-diameter {} Å is wider than the box ({:.1f} Å)", o.job, in.diameter, n * pixel);
+  in.particle_mask = image::soft_round_mask(n, 2, in.diameter / pixel / 2 - 2, 5);
+  in.sphere = image::soft_round_mask(n, 3, in.diameter / pixel / 2, 5);
+  return in;
+}
+
+void select_particles(MapJobInputs& in, std::uint64_t seed) {
+  const auto& set = in.set;
+  const int n = in.n;
+  std::vector<float> img(static_cast<std::size_t>(n) * n);
+  for (std::size_t i = 0; i < set.size(); ++i) {
+    set.read_image(i, img.data());
+    double mean, sd;
+    image::mean_stddev(img.data(), img.size(), mean, sd);
+    if (!io::all_finite(img.data(), img.size()) || sd == 0) {
+      in.skipped.push_back(fmt::format("particle {} ({}): {}", i + 1, set.image_name(i),
+                                       io::all_finite(img.data(), img.size()) ? "constant image" : "NaN or Inf pixels"));
+      log::warn("skipped {}", in.skipped.back());
+      continue;
+    }
+    in.active.push_back(i);
+  }
+  in.half = set.half_sets(in.active, seed);
+}
+
+std::vector<float> read_reference(const std::string& path, int n, double pixel, const std::string& job, std::string& note) {
+  io::MrcReader ref_file(path);
+  if (ref_file.nx() != ref_file.ny() || ref_file.ny() != ref_file.nz())
+    fail("{}: the reference must be a cubic map (it is {}x{}x{})", path, ref_file.nx(), ref_file.ny(), ref_file.nz());
+  auto map = ref_file.read_all();
+  const double ref_pixel = ref_file.pixel_size() > 0 ? ref_file.pixel_size() : pixel;
+  if (ref_file.nx() != n || std::abs(ref_pixel - pixel) > 1e-3 * pixel) {
+    note = fmt::format("{}: reference {} ({} px, {:.3f} Å/px) resampled to {} px at {:.3f} Å/px", job, path, ref_file.nx(), ref_pixel, n, pixel);
+    map = image::rescale_volume(map, ref_file.nx(), ref_pixel, n, pixel);
+  }
+  return map;
+}
+
+em::GlobalWiener half_map_regularizer(const std::vector<double>& fsc, int n, double pixel, double initial_lowpass) {
+  if (!fsc.empty()) return em::GlobalWiener(fsc, 1);
+  std::vector<double> start(static_cast<std::size_t>(n / 2 + 1));
+  for (std::size_t s = 0; s < start.size(); ++s) start[s] = static_cast<double>(s) <= n * pixel / initial_lowpass ? 0.9 : 0.01;
+  return em::GlobalWiener(start, 1);
+}
+
+std::vector<std::string> write_iteration_maps(const fs::path& dir, int iteration, const std::vector<std::string>& labels,
+                                              const std::vector<std::vector<float>>& maps, int n, double pixel) {
+  std::vector<std::string> names;
+  for (std::size_t m = 0; m < maps.size(); ++m) {
+    names.push_back(fmt::format("checkpoint_it{:03}_{}.mrc", iteration, labels[m]));
+    refine_detail::write_map(dir / names.back(), maps[m], n, pixel);
+  }
+  return names;
+}
+
+void remove_stale_maps(const fs::path& dir, const std::vector<std::string>& previous, const std::vector<std::string>& current) {
+  for (const auto& file : previous)
+    if (std::find(current.begin(), current.end(), file) == current.end()) fs::remove(dir / file);
+}
+
+}  // namespace emcryo::jobs
+
+namespace emcryo::jobs {
+
+std::vector<std::vector<em::BackProjector>> back_project_classes(const io::ParticleSet& set, const std::vector<std::vector<std::size_t>>& images,
+                                                                 std::vector<std::vector<em::Pose3D>>& poses, int K,
+                                                                 const std::vector<geometry::Mat3>& symmetry, bool use_ctf, double radius,
+                                                                 int batch, Progress* progress) {
+  const int n = set.box();
+  const std::vector<std::vector<double>> flat_noise(set.optics_groups().size(), std::vector<double>(static_cast<std::size_t>(n / 2 + 1), 1.0));
+  const std::vector<float> no_mask(static_cast<std::size_t>(n) * n, 1.0f);
+  const auto list = em::make_frequency_list(n, std::max(1.0, radius));
+  em::ExpectationSettings settings;
+  settings.use_ctf = use_ctf;
+  settings.known_poses = true;
+  settings.batch = batch;
+  settings.insert_radius = radius;
+  const auto backend = em::make_cpu_backend();
+  const std::vector<const em::Projector*> no_references(static_cast<std::size_t>(K), nullptr);
+  std::vector<std::vector<em::BackProjector>> out;
+  for (std::size_t h = 0; h < images.size(); ++h) {
+    em::ReconstructionSums sums(K, n);
+    em::NoiseSums noise(flat_noise.size(), flat_noise.front().size());
+    em::ExpectationStats stats;
+    if (!images[h].empty())
+      em::expectation_3d(set, images[h], poses[h], no_references, list, flat_noise, no_mask, em::PoseSearch{}, symmetry, settings, *backend,
+                         sums, noise, stats, progress);
+    out.emplace_back();
+    for (int k = 0; k < K; ++k) out.back().push_back(std::move(sums.total(k)));
+  }
+  return out;
+}
+
+em::Pose3D input_pose(const io::ParticleSet& set, std::size_t i) {
+  const io::Pose pose = set.pose(i);
+  em::Pose3D p;
+  p.rot = pose.rot, p.tilt = pose.tilt, p.psi = pose.psi;
+  p.shift_x = -pose.origin_x / set.pixel_size(), p.shift_y = -pose.origin_y / set.pixel_size();
+  return p;
+}
+
+}  // namespace emcryo::jobs

@@ -1,0 +1,77 @@
+// What the 3D map jobs (refine, hetero-refine, class3d) share: reading the particles, masks and
+// references once; choosing the usable particles and their half sets; the half-map regulariser;
+// per-iteration maps beside the checkpoint; poses in the checkpoint (private to jobs).
+#pragma once
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "emcryo/em/model3d.hpp"
+#include "emcryo/em/regularizer.hpp"
+#include "emcryo/io/particles.hpp"
+#include "emcryo/jobs/checkpoint_json.hpp"
+
+namespace emcryo::em {
+// Poses are checkpointed as [rot, tilt, psi, shift_x, shift_y].
+void to_json(nlohmann::json& j, const Pose3D& p);
+void from_json(const nlohmann::json& j, Pose3D& p);
+}  // namespace emcryo::em
+
+namespace emcryo::jobs {
+
+/// The data a 3D job reads once.
+struct MapJobInputs {
+  io::ParticleSet set;
+  int n = 0;
+  double pixel = 0;
+  std::vector<float> user_mask, particle_mask, sphere;
+  double diameter = 0;               // Å
+  std::vector<std::size_t> active;   // usable particles (indices into set)
+  std::vector<int> half;             // 1 or 2 per usable particle
+  std::vector<std::string> skipped;  // bad particles, for the log and the report
+};
+
+struct MapJobInputOptions {
+  std::string job;           // for messages: "refine", "hetero-refine"...
+  std::string particles, cs_root, mask;
+  bool no_ctf = false;
+  double particle_diameter = 0;  // Å; 0 = 90% of the box
+};
+
+/// Reads the particles and the mask; checks CTF columns, pixel sizes and the mask's box.
+MapJobInputs read_map_job_inputs(const MapJobInputOptions& o);
+
+/// Usable particles (bad ones skipped, logged and kept for the report) and their half sets.
+void select_particles(MapJobInputs& in, std::uint64_t seed);
+
+/// A cubic reference map resampled to the particles' box and pixel size when they differ (`note`
+/// then says how, for the log).
+std::vector<float> read_reference(const std::string& path, int n, double pixel, const std::string& job, std::string& note);
+
+/// The regulariser of a half map: Wiener from the previous half-map FSC; before any FSC exists,
+/// one that keeps what the initial low-pass kept.
+em::GlobalWiener half_map_regularizer(const std::vector<double>& fsc, int n, double pixel, double initial_lowpass);
+
+/// Writes `maps` as checkpoint_itNNN_<label>.mrc in dir and returns the names (for the
+/// checkpoint, written after them).
+std::vector<std::string> write_iteration_maps(const std::filesystem::path& dir, int iteration, const std::vector<std::string>& labels,
+                                              const std::vector<std::vector<float>>& maps, int n, double pixel);
+/// Removes the files of `previous` that `current` does not name (after the new checkpoint).
+void remove_stale_maps(const std::filesystem::path& dir, const std::vector<std::string>& previous, const std::vector<std::string>& current);
+
+}  // namespace emcryo::jobs
+
+namespace emcryo::jobs {
+
+/// Back-projection at known poses into K classes, each particle weighted by its
+/// Pose3D::class_posterior (flat noise: the CTF alone weights the data): sums[h][k] for the particles
+/// of half h+1 (images[h], poses[h]).
+std::vector<std::vector<em::BackProjector>> back_project_classes(const io::ParticleSet& set, const std::vector<std::vector<std::size_t>>& images,
+                                                                 std::vector<std::vector<em::Pose3D>>& poses, int K,
+                                                                 const std::vector<geometry::Mat3>& symmetry, bool use_ctf, double radius,
+                                                                 int batch, Progress* progress);
+
+/// Particle i's pose as the STAR gives it (the displacement is minus RELION's origin).
+em::Pose3D input_pose(const io::ParticleSet& set, std::size_t i);
+
+}  // namespace emcryo::jobs
