@@ -11,5 +11,7 @@ void add_reconstruct_command(CLI::App& app);
 void add_class2d_command(CLI::App& app);
 void add_refine_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
+void add_abinitio_command(CLI::App& app);
+void add_align_map_command(CLI::App& app);
 
 }  // namespace emcryo::app

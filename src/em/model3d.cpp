@@ -128,6 +128,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   es.fine.cap = 300;
   es.coarse.cap = settings.cc_scoring ? 16 : 32;
   es.coarse.log_class_prior = es.fine.log_class_prior;
+  es.fine.class_temperature = es.coarse.class_temperature = settings.class_temperature;
 
   std::vector<StartPose> start(poses.size());
   for (std::size_t p = 0; p < poses.size(); ++p) start[p] = {{poses[p].rot, poses[p].tilt, poses[p].psi}, {static_cast<float>(poses[p].shift_x), static_cast<float>(poses[p].shift_y)}};

@@ -44,6 +44,7 @@ struct ExpectationSettings {
                                // reconstruction, weighted by their posterior; else the best one
   bool hard_classes = false;   // class: the most probable only
   std::vector<double> class_priors;  // pi_k; empty = uniform
+  double class_temperature = 1;      // > 1 flattens the class posterior (class-similarity annealing)
   int batch = 256;             // particles per batch (bounds memory)
   double insert_radius = 0;    // pixels: back-projection limit
   bool known_poses = false;    // back-project at the given poses only (reconstruction): no scoring, no noise sums
