@@ -19,7 +19,7 @@ void add_abinitio_command(CLI::App& app) {
   cmd->add_option("--max-res", o.max_resolution, "Final working resolution, Å")->capture_default_str();
   cmd->add_option("--init-res", o.initial_resolution, "Initial working resolution, Å")->capture_default_str();
   cmd->add_option("--particle-diameter", o.particle_diameter, "Window diameter in Å (default 90% of the box)");
-  cmd->add_option("--iterations", o.iterations, "SGD iterations (default: about three passes over the data, 60 to 300)");
+  cmd->add_option("--iterations", o.iterations, "SGD iterations (default: about two passes over the data, 30 to 300)");
   cmd->add_option("--initial-batch", o.initial_batch, "Particles per minibatch for the first third (default 100 per class)");
   cmd->add_option("--final-batch", o.final_batch, "Particles per minibatch afterwards (default 300 per class)");
   cmd->add_option("--learning-rate", o.learning_rate, "Step along the preconditioned gradient")->capture_default_str();

@@ -1,6 +1,9 @@
 #include "emcryo/em/sgd_map.hpp"
 
 #include <algorithm>
+#include <cmath>
+
+#include "emcryo/image/map_align.hpp"
 
 namespace emcryo::em {
 
@@ -16,6 +19,14 @@ void SgdMap::step(const BackProjector& batch, double ridge, double rate, double 
 
 void SgdMap::constrain(const std::vector<float>& window) {
   for (std::size_t i = 0; i < map_.size(); ++i) map_[i] = std::max(0.0f, map_[i]) * window[i];
+}
+
+void SgdMap::centre(double tolerance) {
+  const auto com = image::centre_of_mass(map_, n_);
+  const double c = n_ / 2, dx = c - com.x, dy = c - com.y, dz = c - com.z;
+  if (std::sqrt(dx * dx + dy * dy + dz * dz) <= tolerance) return;
+  map_ = image::shift_volume(map_, n_, dx, dy, dz);
+  velocity_ = image::shift_volume(velocity_, n_, dx, dy, dz);
 }
 
 }  // namespace emcryo::em

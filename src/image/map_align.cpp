@@ -21,7 +21,8 @@ Vec3 add(const Vec3& a, const Vec3& b) { return {a.x + b.x, a.y + b.y, a.z + b.z
 Vec3 sub(const Vec3& a, const Vec3& b) { return {a.x - b.x, a.y - b.y, a.z - b.z}; }
 Vec3 scale(const Vec3& a, double f) { return {a.x * f, a.y * f, a.z * f}; }
 
-/// Centre of mass of the positive density.
+}  // namespace
+
 Vec3 centre_of_mass(const std::vector<float>& map, int n) {
   double sx = 0, sy = 0, sz = 0, total = 0;
   for (int z = 0; z < n; ++z)
@@ -33,6 +34,25 @@ Vec3 centre_of_mass(const std::vector<float>& map, int n) {
   if (total <= 0) return {n / 2.0, n / 2.0, n / 2.0};
   return {sx / total, sy / total, sz / total};
 }
+
+std::vector<float> shift_volume(const std::vector<float>& map, int n, double dx, double dy, double dz) {
+  auto spectrum = fft_forward_3d(map, n);
+  const int h = n / 2 + 1;
+  std::size_t idx = 0;
+  for (int z = 0; z < n; ++z) {
+    const double kz = wrap_frequency(z, n);
+    for (int y = 0; y < n; ++y) {
+      const double ky = wrap_frequency(y, n);
+      for (int x = 0; x < h; ++x, ++idx) {
+        const double phase = -2 * std::numbers::pi * (x * dx + ky * dy + kz * dz) / n;
+        spectrum[idx] *= Complex(static_cast<float>(std::cos(phase)), static_cast<float>(std::sin(phase)));
+      }
+    }
+  }
+  return fft_inverse_3d(spectrum, n);
+}
+
+namespace {
 
 /// The reference's voxels inside a sphere about the box centre, as points with values.
 struct Points {

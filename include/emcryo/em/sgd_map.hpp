@@ -21,6 +21,9 @@ class SgdMap {
   void step(const BackProjector& batch, double ridge, double rate, double momentum);
   /// Non-negativity (density is positive) and a soft window: V = max(V, 0) * window.
   void constrain(const std::vector<float>& window);
+  /// Moves the map (and its velocity) so that its centre of mass is at the box centre, when it
+  /// is more than `tolerance` voxels away; a map drifting off centre would leave the window.
+  void centre(double tolerance);
 
   const std::vector<float>& map() const { return map_; }
   const std::vector<float>& velocity() const { return velocity_; }

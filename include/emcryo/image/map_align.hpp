@@ -11,6 +11,11 @@ namespace emcryo::image {
 /// Trilinear value of an n^3 volume at voxel coordinates (x, y, z); zero outside.
 double sample_trilinear(const std::vector<float>& volume, int n, double x, double y, double z);
 
+/// Centre of mass of the positive density, voxel coordinates (the box centre n/2 when there is none).
+geometry::Vec3 centre_of_mass(const std::vector<float>& map, int n);
+/// The map moved by (dx, dy, dz) voxels (a Fourier phase ramp: sub-voxel, periodic).
+std::vector<float> shift_volume(const std::vector<float>& map, int n, double dx, double dy, double dz);
+
 /// The mirror image of a map through the plane z = n/2 (the other hand).
 std::vector<float> flip_hand(const std::vector<float>& map, int n);
 
