@@ -39,14 +39,16 @@ TEST(MapAlign, FindsRotationShiftAndHand) {
   const auto found = image::align_map(moved, truth, n, 4.0, 15);
   EXPECT_TRUE(found.flipped);
   const auto aligned = image::apply_alignment(moved, n, found);
-  EXPECT_GT(image::correlation(aligned.data(), truth.data(), truth.size()), 0.98);
-  const auto fsc = image::fsc_3d(aligned, truth, n);
-  EXPECT_GT(image::resolution_at(fsc, 0.5, n, 4.0), 0.0);
-  EXPECT_LT(image::resolution_at(fsc, 0.5, n, 4.0), 10.0);
+  EXPECT_GT(image::correlation(aligned.data(), truth.data(), truth.size()), 0.99);
+  // The blobs hold little beyond 12 Å (sigma >= 1.5 voxels of 4 Å), where interpolation errors then dominate.
+  EXPECT_LT(image::resolution_at(image::fsc_3d(aligned, truth, n), 0.5, n, 4.0), 12.0);
+  auto other_hand = found;
+  other_hand.flipped = false;
+  EXPECT_LT(image::correlation(image::apply_alignment(moved, n, other_hand).data(), truth.data(), truth.size()), 0.9);
 }
 
 TEST(MapAlign, ShiftVolumeMovesTheCentreOfMass) {
-  const int n = 24;
+  const int n = 32;
   const auto v = blobs(n);
   const auto before = image::centre_of_mass(v, n);
   const auto after = image::centre_of_mass(image::shift_volume(v, n, 1.5, -2, 0.25), n);
