@@ -4,7 +4,7 @@
 #
 # Usage: bench/abinitio.sh [WORKDIR] [PART...]   (default /tmp/emcryo_abinitio_bench, all parts)
 # Parts: main (1TII, default settings, timed), seeds (1TII, seeds 1..10: success = FSC 0.5 to
-# the truth <= 15 Å after superposition), momentum0 (seeds 1..5 with cryoSPARC's momentum 0),
+# the truth <= 15 Å after superposition), momentum0 (seeds 1..3 with cryoSPARC's momentum 0),
 # other (2XHE), mix (K = 2 on the mixture), refine (refine from the ab-initio map vs from the
 # true map, both low-passed to 30 Å), relion (relion_refine --denovo_3dref --sgd, RELION 3.1.3).
 # Every heavy run takes /tmp/emcryo-cpu.lock (the machine is shared); emcryo runs with -j 2,
@@ -56,7 +56,7 @@ res = [json.load(open(r))["classes"][0]["fsc05_A"] for r in runs]
 print(f"seeds: {sum(r <= 15 for r in res)}/{len(res)} reach FSC 0.5 <= 15 Å; FSC 0.5 (Å): {res}")
 PY
            ;;
-    momentum0) for s in 1 2 3 4 5; do abinitio "ab_m0_seed$s" sim1tii --seed "$s" --momentum 0; done ;;
+    momentum0) for s in 1 2 3; do abinitio "ab_m0_seed$s" sim1tii --seed "$s" --momentum 0; done ;;
     other) simulate sim2xhe 12 "$T2"; abinitio ab_2xhe sim2xhe ;;
     mix) simulate simmix 13 "$T1" "$T2"; abinitio ab_mix simmix --classes 2 ;;
     refine)
