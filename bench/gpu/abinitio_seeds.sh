@@ -21,11 +21,11 @@ run() {  # run NAME DATA ARGS...
   [[ $data == simmix ]] && cp "$W/$name/particles.star" "$OUT/$name/"
   true
 }
-jobs=()
-for s in 1 2 3 4 5 6 7 8 9 10; do jobs+=("ab_seed$s sim1tii --seed $s"); done
-for s in 1 2 3; do jobs+=("ab_m0_seed$s sim1tii --seed $s --momentum 0"); done
-jobs+=("ab_2xhe sim2xhe" "ab_mix simmix --classes 2")
-for j in "${jobs[@]}"; do
+queue=()
+for s in 1 2 3 4 5 6 7 8 9 10; do queue+=("ab_seed$s sim1tii --seed $s"); done
+for s in 1 2 3; do queue+=("ab_m0_seed$s sim1tii --seed $s --momentum 0"); done
+queue+=("ab_2xhe sim2xhe" "ab_mix simmix --classes 2")
+for j in "${queue[@]}"; do
   while (( $(jobs -rp | wc -l) >= 8 )); do sleep 1; done
   # shellcheck disable=SC2086
   run $j &
