@@ -72,14 +72,14 @@ PY
       done ;;
     relion)
       R=$W/relion
-      rm -rf "$R"; mkdir -p "$R"
+      rm -rf "$R"; mkdir -p "$R"  # RELION reads the images relative to its working folder: it runs in the set's
       $PY "$here/eval_class2d.py" --strip "$W/sim1tii/particles.star" "$W/sim1tii/particles_blind.star"
       cmd=(relion_refine --o "$R/run" --i "$W/sim1tii/particles_blind.star" --denovo_3dref --sgd --K 1 --sym C1
            --particle_diameter 115 --ctf --zero_mask --flatten_solvent --healpix_order 1 --offset_range 6 --offset_step 2
            --sgd_ini_iter 50 --sgd_inbetween_iter 200 --sgd_fin_iter 50 --sgd_ini_resol 35 --sgd_fin_resol 12
            --sgd_ini_subset 100 --sgd_fin_subset 500 --sgd_write_iter 50 --pad 1 --dont_combine_weights_via_disc --pool 3 --j 2)
       echo "${cmd[*]}" > "$R.cmd"
-      (cd "$R" && flock $LOCK /usr/bin/time -v -o "$R.time" "${cmd[@]}" > "$R.log" 2>&1)
+      (cd "$W/sim1tii" && flock $LOCK /usr/bin/time -v -o "$R.time" "${cmd[@]}" > "$R.log" 2>&1)
       wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$R.time")
       last=$(ls "$R"/run_it*_class001.mrc | sort | tail -n 1)
       score=$("$EMCRYO" align-map --map "$last" --ref "$W/sim1tii/truth_class001.mrc" | tr '\n' ' ')
