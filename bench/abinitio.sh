@@ -7,7 +7,8 @@
 # the truth <= 15 Å after superposition), momentum0 (seeds 1..3 with cryoSPARC's momentum 0),
 # other (2XHE), mix (K = 2 on the mixture), refine (refine from the ab-initio map vs from the
 # true map, both low-passed to 30 Å), relion (relion_refine --denovo_3dref --sgd, RELION 3.1.3;
-# RELION_ITERS="initial in-between final" SGD iterations, default RELION's 50 200 50).
+# RELION_ITERS="initial in-between final" SGD iterations, default RELION's 50 200 50;
+# RELION_SUBSETS="initial final" minibatch sizes, default 100 500).
 # Every heavy run takes /tmp/emcryo-cpu.lock (the machine is shared); emcryo runs with -j 2,
 # RELION with --j 2. Scores: bench/eval_abinitio.py (emcryo align-map against each truth).
 set -euo pipefail
@@ -76,10 +77,11 @@ PY
       rm -rf "$R"; mkdir -p "$R"  # RELION reads the images relative to its working folder: it runs in the set's
       $PY "$here/eval_class2d.py" --strip "$W/sim1tii/particles.star" "$W/sim1tii/particles_blind.star"
       read -r ini mid fin <<< "${RELION_ITERS:-50 200 50}"
+      read -r sub0 sub1 <<< "${RELION_SUBSETS:-100 500}"
       cmd=(relion_refine --o "$R/run" --i "$W/sim1tii/particles_blind.star" --denovo_3dref --sgd --K 1 --sym C1
            --particle_diameter 115 --ctf --zero_mask --flatten_solvent --healpix_order 1 --offset_range 6 --offset_step 2
            --sgd_ini_iter $ini --sgd_inbetween_iter $mid --sgd_fin_iter $fin --sgd_ini_resol 35 --sgd_fin_resol 12
-           --sgd_ini_subset 100 --sgd_fin_subset 500 --sgd_write_iter $((ini + mid + fin)) --pad 1 --dont_combine_weights_via_disc --pool 3 --j 2)
+           --sgd_ini_subset $sub0 --sgd_fin_subset $sub1 --sgd_write_iter $((ini + mid + fin)) --pad 1 --dont_combine_weights_via_disc --pool 3 --j 2)
       echo "${cmd[*]}" > "$R.cmd"
       (cd "$W/sim1tii" && flock $LOCK /usr/bin/time -v -o "$R.time" "${cmd[@]}" > "$R.log" 2>&1)
       wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$R.time")
