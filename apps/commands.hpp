@@ -12,5 +12,7 @@ void add_class2d_command(CLI::App& app);
 void add_refine_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_hetero_commands(CLI::App& app);
+void add_abinitio_command(CLI::App& app);
+void add_align_map_command(CLI::App& app);
 
 }  // namespace emcryo::app

@@ -5,14 +5,14 @@
 # uninterrupted one: the same classes and poses in particles.star, maps equal to float tolerance,
 # the same output files, and no temporary file left.
 #
-#   bench/kill_trials.sh [-e EXE] [-j "class2d refine"] [-s small|tiny] N
+#   bench/kill_trials.sh [-e EXE] [-j "class2d refine abinitio"] [-s small|tiny] N
 #
 # -s tiny is for the test suite (seconds per run); small is the benchmark size. Prints one line
 # per trial and "kill trials <job>: K/N identical"; exits 1 when any trial differs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 exe="$here/../build/apps/emcryo"
-jobs="class2d refine"
+jobs="class2d refine abinitio"
 size=small
 while getopts "e:j:s:" opt; do
   case $opt in
@@ -32,10 +32,12 @@ if [[ $size == tiny ]]; then
   sim=(--particles 60 --box 24 --pixel-size 6 --snr 0.5)
   class2d_args=(--classes 3 --iterations 3)
   refine_args=(--max-iterations 3)
+  abinitio_args=(--iterations 6 --initial-batch 20 --final-batch 30)
 else
   sim=(--particles 300 --box 32 --pixel-size 4 --snr 0.3)
   class2d_args=(--classes 6 --iterations 6)
   refine_args=(--max-iterations 6)
+  abinitio_args=(--iterations 12 --initial-batch 60 --final-batch 100)
 fi
 # One thread: the same sums in the same order whatever the moment of the kill.
 em=("$exe" -j 1)
@@ -45,6 +47,7 @@ command_for() {  # job out
   case $1 in
     class2d) echo "class2d --particles $work/data/particles.star --out $2 ${class2d_args[*]}" ;;
     refine) echo "refine --particles $work/data/particles.star --ref $work/data/truth_class001.mrc --out $2 ${refine_args[*]}" ;;
+    abinitio) echo "abinitio --particles $work/data/particles.star --out $2 ${abinitio_args[*]}" ;;
   esac
 }
 

@@ -147,9 +147,9 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   // At most 300 hypotheses per particle enter the reconstruction (RELION's --maxsig 300); 64 cut
   // the posterior short at low SNR (held-out 2XHE, SNR 0.03: 10.86 vs 10.53 Å at FSC 0.5 to the truth).
   es.fine.cap = 300;
-  es.fine.class_temperature = settings.class_temperature;
   es.coarse.cap = settings.cc_scoring ? 16 : 32;
   es.coarse.log_class_prior = es.fine.log_class_prior;
+  es.fine.class_temperature = es.coarse.class_temperature = settings.class_temperature;
 
   std::vector<StartPose> start(poses.size());
   for (std::size_t p = 0; p < poses.size(); ++p) start[p] = {{poses[p].rot, poses[p].tilt, poses[p].psi}, {static_cast<float>(poses[p].shift_x), static_cast<float>(poses[p].shift_y)}};

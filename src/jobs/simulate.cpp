@@ -14,6 +14,7 @@
 #include "emcryo/geometry/symmetry.hpp"
 #include "emcryo/image/ctf.hpp"
 #include "emcryo/image/fourier.hpp"
+#include "emcryo/image/map_align.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/star.hpp"
 
@@ -23,21 +24,6 @@ namespace fs = std::filesystem;
 using geometry::Mat3;
 
 namespace {
-
-double sample_trilinear(const std::vector<float>& v, int n, double x, double y, double z) {
-  const int x0 = static_cast<int>(std::floor(x)), y0 = static_cast<int>(std::floor(y)),
-            z0 = static_cast<int>(std::floor(z));
-  double sum = 0;
-  for (int dz = 0; dz < 2; ++dz)
-    for (int dy = 0; dy < 2; ++dy)
-      for (int dx = 0; dx < 2; ++dx) {
-        const int xi = x0 + dx, yi = y0 + dy, zi = z0 + dz;
-        if (xi < 0 || yi < 0 || zi < 0 || xi >= n || yi >= n || zi >= n) continue;
-        const double w = (dx ? x - x0 : 1 - (x - x0)) * (dy ? y - y0 : 1 - (y - y0)) * (dz ? z - z0 : 1 - (z - z0));
-        sum += w * v[(static_cast<std::size_t>(zi) * n + yi) * n + xi];
-      }
-  return sum;
-}
 
 Mat3 random_rotation(std::mt19937_64& rng) {
   // Uniform on SO(3) from a uniformly distributed unit quaternion.
@@ -79,7 +65,7 @@ std::vector<float> symmetrize_map(const std::vector<float>& map, int n, const st
         for (int x = 0; x < n; ++x) {
           const geometry::Vec3 p = r * geometry::Vec3{x - c, y - c, z - c};
           out[(static_cast<std::size_t>(z) * n + y) * n + x] +=
-              static_cast<float>(sample_trilinear(map, n, p.x + c, p.y + c, p.z + c));
+              static_cast<float>(image::sample_trilinear(map, n, p.x + c, p.y + c, p.z + c));
         }
   }
   const float inv = 1.0f / static_cast<float>(group.operators.size());
