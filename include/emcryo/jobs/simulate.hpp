@@ -25,6 +25,17 @@ struct SimulateOptions {
   bool no_ctf = false;                   // images without CTF, STAR without CTF columns
   bool float16 = false;
   std::uint64_t seed = 1;
+  // A flexible domain: the chains of body 2 (the rest of the model is body 1) turned per particle
+  // about a hinge by a Gaussian angle (random axis); truth.star keeps each particle's turn.
+  std::vector<std::string> body2_chains;
+  double flex_sigma = 5;                 // degrees
+  std::vector<double> hinge;             // Å from the box centre; default: midway between the bodies' centres
+  // Disordered density: the chains of a region turned about its own centre, displaced and scaled
+  // per particle, so that its average density is blurred while the rest stays sharp.
+  std::vector<std::string> disorder_chains;
+  double disorder_sigma = 10;            // degrees
+  double disorder_shift = 3;             // Å, standard deviation per axis
+  double disorder_min_occupancy = 0.3;   // occupancy uniform in [min, 1]
 };
 
 struct SimulateSummary {
@@ -40,6 +51,10 @@ SimulateSummary run_simulate(const SimulateOptions& options);
 /// A density map of an atomic model (Gaussian atoms weighted by atomic number), centred on the
 /// model's centre of mass, box n, pixel size in Å.
 std::vector<float> model_to_map(const std::string& model_path, int n, double pixel_size);
+/// The same for a subset of the chains (or, with `exclude`, all but them), still centred on the
+/// whole model's centre of mass so that the parts add up to the whole.
+std::vector<float> model_to_map(const std::string& model_path, int n, double pixel_size, const std::vector<std::string>& chains,
+                                bool exclude);
 /// Imposes a point-group symmetry on a map (average of rotated copies).
 std::vector<float> symmetrize_map(const std::vector<float>& map, int n, const std::string& symmetry);
 
