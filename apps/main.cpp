@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   emcryo::app::add_reconstruct_command(app);
   emcryo::app::add_class2d_command(app);
   emcryo::app::add_refine_command(app);
+  emcryo::app::add_nu_refine_command(app);
+  emcryo::app::add_local_refine_command(app);
   emcryo::app::add_convert_command(app);
   app.parse_complete_callback([&] { emcryo::runtime::set_threads(threads); });
   try {

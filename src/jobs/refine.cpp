@@ -45,10 +45,13 @@ using refine_detail::IterationRecord;
 // Checkpointed options: everything but the output folder, which --continue names.
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RefineOptions, particles, reference, symmetry, mask, initial_lowpass,
                                                 particle_diameter, initial_step, offset_range, offset_step, max_iterations,
-                                                adaptive_marginalization, no_ctf, exhaustive, save_posteriors, cs_root, batch, seed)
+                                                adaptive_marginalization, no_ctf, exhaustive, save_posteriors, cs_root, batch, seed, nonuniform,
+                                                window_factor, local_refine, rotation_extent, shift_extent, fulcrum, pose_prior,
+                                                prior_sigma_rotation, prior_sigma_shift, subtract)
 
 namespace refine_detail {
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(IterationRecord, iteration, resolution, step, local, changed, seconds)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(IterationRecord, iteration, resolution, step, local, changed, seconds,
+                                                regularization_seconds)
 }  // namespace refine_detail
 
 namespace {
@@ -144,6 +147,13 @@ em::GlobalWiener half_map_regularizer(const std::vector<double>& fsc, int n, dou
   std::vector<double> start(static_cast<std::size_t>(n / 2 + 1));
   for (std::size_t s = 0; s < start.size(); ++s) start[s] = static_cast<double>(s) <= n * pixel / initial_lowpass ? 0.9 : 0.01;
   return em::GlobalWiener(start, 1);
+}
+
+em::LocalFilterSettings local_filter_settings(const RefineOptions& o, double pixel) {
+  em::LocalFilterSettings s;
+  s.pixel_size = pixel;
+  s.window_factor = o.window_factor;
+  return s;
 }
 
 /// The data a run reads once: particles, masks, reference.
@@ -291,12 +301,20 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     }
     progress.finish();
 
-    // M-step: each half regularised by the previous FSC; the last iteration's half maps are
-    // left unregularised (as their names, _unfil, say) and joined into the full map.
-    for (int h = 0; h < 2; ++h)
-      half_maps[static_cast<std::size_t>(h)] =
-          final_iteration ? sums[static_cast<std::size_t>(h)].reconstruct()
-                          : half_map_regularizer(state.fsc, n, pixel, o.initial_lowpass).reconstruct(sums[static_cast<std::size_t>(h)]);
+    // M-step: each half regularised by the previous FSC (or, non-uniform, filtered voxel by voxel
+    // where the halves cross-validate); the last iteration's half maps are left unregularised (as
+    // their names, _unfil, say) and joined into the full map.
+    const auto m_start = Clock::now();
+    if (o.nonuniform && !final_iteration && !state.fsc.empty()) {
+      auto filtered = em::reconstruct_nonuniform(sums[0], sums[1], local_filter_settings(o, pixel));
+      half_maps[0] = std::move(filtered.half1), half_maps[1] = std::move(filtered.half2);
+    } else {
+      for (int h = 0; h < 2; ++h)
+        half_maps[static_cast<std::size_t>(h)] =
+            final_iteration ? sums[static_cast<std::size_t>(h)].reconstruct()
+                            : half_map_regularizer(state.fsc, n, pixel, o.initial_lowpass).reconstruct(sums[static_cast<std::size_t>(h)]);
+    }
+    const double m_seconds = std::chrono::duration<double>(Clock::now() - m_start).count();
     if (final_iteration) {
       sums[0].add(sums[1]);
       final_maps.full = sums[0].reconstruct();
@@ -327,11 +345,11 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     const double changed_fraction = static_cast<double>(stats.changed) / static_cast<double>(in.active.size());
     const double seconds = std::chrono::duration<double>(Clock::now() - it_start).count();
     log::info("iteration {:3}: resolution {:5.2f} Å, step {:.2f}° ({}), offsets {:.2f} px step, {:.1f}% poses changed (mean {:.2f}°), "
-              "{:.1f} s, scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
+              "{:.1f} s (M-step regularisation {:.2f} s), scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
               it, resolution, state.step, state.local ? "local" : (state.second_global ? "global, fine" : "global"), state.offset_step,
-              100 * changed_fraction, stats.angle_change / static_cast<double>(in.active.size()), seconds, stats.flops / 1e9,
+              100 * changed_fraction, stats.angle_change / static_cast<double>(in.active.size()), seconds, m_seconds, stats.flops / 1e9,
               static_cast<double>(stats.coarse_hypotheses), static_cast<double>(stats.fine_hypotheses));
-    state.history.push_back({it, resolution, state.step, state.local, changed_fraction, seconds});
+    state.history.push_back({it, resolution, state.step, state.local, changed_fraction, seconds, m_seconds});
     if (final_iteration) break;
     final_iteration = advance_schedule(state, resolution, stats.angle_change / static_cast<double>(in.active.size()), in.diameter);
     state.final_next = final_iteration;
@@ -339,6 +357,14 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
   }
 
   // Final outputs: half maps, full map (unfiltered and sharpened), FSC curves, particles, report.
+  if (o.nonuniform) {
+    // The local resolution of the final, unregularised half maps.
+    auto local = em::local_cross_validated_filter(half_maps[0], half_maps[1], n, local_filter_settings(o, pixel));
+    final_maps.local_resolution = std::move(local.local_resolution);
+    final_maps.locally_filtered.resize(local.half1.size());
+    for (std::size_t v = 0; v < local.half1.size(); ++v) final_maps.locally_filtered[v] = (local.half1[v] + local.half2[v]) / 2;
+    final_maps.job = "nu-refine";
+  }
   final_maps.half1 = std::move(half_maps[0]);
   final_maps.half2 = std::move(half_maps[1]);
   const auto final_result = refine_detail::write_refine_outputs(dir, in.set, in.active, in.half, state.poses, final_maps, state.sigma2,
