@@ -60,6 +60,30 @@ std::vector<Complex> window_transform(int n, double radius) {
 
 }  // namespace
 
+namespace {
+
+/// A map averaged over a spherical window (periodic convolution through the FFT).
+std::vector<float> window_average(const std::vector<float>& map, int n, double radius) {
+  auto spectrum = image::fft_forward_3d(map, n);
+  const auto window = window_transform(n, radius);
+  for (std::size_t k = 0; k < spectrum.size(); ++k) spectrum[k] *= window[k];
+  return image::fft_inverse_3d(spectrum, n);
+}
+
+/// Both halves low-passed by the Butterworth filter of `cutoff` px.
+void butterworth_pair(const std::vector<Complex>& f1, const std::vector<Complex>& f2, const std::vector<float>& radius, double cutoff, int order,
+                      int n, std::vector<float>& a, std::vector<float>& b) {
+  std::vector<Complex> g1(f1.size()), g2(f2.size());
+#pragma omp parallel for schedule(static)
+  for (std::size_t k = 0; k < f1.size(); ++k) {
+    const float h = static_cast<float>(1 / std::sqrt(1 + std::pow(radius[k] / cutoff, 2 * order)));
+    g1[k] = f1[k] * h, g2[k] = f2[k] * h;
+  }
+  a = image::fft_inverse_3d(g1, n), b = image::fft_inverse_3d(g2, n);
+}
+
+}  // namespace
+
 LocalFilterResult local_cross_validated_filter(const std::vector<float>& half1, const std::vector<float>& half2, int n,
                                                const LocalFilterSettings& settings) {
   const std::size_t voxels = half1.size();
@@ -68,36 +92,42 @@ LocalFilterResult local_cross_validated_filter(const std::vector<float>& half1, 
   const double nyquist = n / 2.0;
   const int count = std::max(2, settings.cutoffs);
   const double lowest = std::clamp(settings.lowest_shell, 1.0, nyquist);
-  LocalFilterResult out;
-  out.half1.assign(voxels, 0.0f), out.half2.assign(voxels, 0.0f), out.local_resolution.assign(voxels, 0.0f);
-  std::vector<float> best(voxels, std::numeric_limits<float>::max());
-  std::vector<Complex> g1(f1.size()), g2(f2.size());
+  // Candidate cut-offs on a geometric ladder: equal steps in log-resolution.
+  const auto cutoff_of = [&](double c) { return lowest * std::pow(nyquist / lowest, c / (count - 1)); };
+  // Pass 1: per voxel, the cut-off whose windowed cross-validation error is lowest.
+  std::vector<float> best(voxels, std::numeric_limits<float>::max()), choice(voxels, 0.0f), a, b;
   for (int c = 0; c < count; ++c) {
-    // Candidate cut-offs on a geometric ladder: equal steps in log-resolution.
-    const double cutoff = lowest * std::pow(nyquist / lowest, static_cast<double>(c) / (count - 1));
-    const double resolution_px = n / cutoff;
-#pragma omp parallel for schedule(static)
-    for (std::size_t k = 0; k < f1.size(); ++k) {
-      const float h = static_cast<float>(1 / std::sqrt(1 + std::pow(radius[k] / cutoff, 2 * settings.order)));
-      g1[k] = f1[k] * h, g2[k] = f2[k] * h;
-    }
-    const auto a = image::fft_inverse_3d(g1, n), b = image::fft_inverse_3d(g2, n);
-    // Cross-validation error of each filtered half against the other, unfiltered half.
+    const double cutoff = cutoff_of(c);
+    butterworth_pair(f1, f2, radius, cutoff, settings.order, n, a, b);
+    // Each filtered half against the other, unfiltered and independent, half.
     std::vector<float> error(voxels);
 #pragma omp parallel for schedule(static)
     for (std::size_t v = 0; v < voxels; ++v) {
       const float e1 = a[v] - half2[v], e2 = b[v] - half1[v];
       error[v] = e1 * e1 + e2 * e2;
     }
-    auto spectrum = image::fft_forward_3d(error, n);
-    const auto window = window_transform(n, std::max(2.0, settings.window_factor * resolution_px / 2));
-    for (std::size_t k = 0; k < spectrum.size(); ++k) spectrum[k] *= window[k];
-    const auto local_error = image::fft_inverse_3d(spectrum, n);
-    const float resolution = static_cast<float>(resolution_px * settings.pixel_size);
+    const auto local_error = window_average(error, n, std::max(2.0, settings.window_factor * (n / cutoff) / 2));
 #pragma omp parallel for schedule(static)
     for (std::size_t v = 0; v < voxels; ++v)
-      if (local_error[v] < best[v]) best[v] = local_error[v], out.half1[v] = a[v], out.half2[v] = b[v], out.local_resolution[v] = resolution;
+      if (local_error[v] < best[v]) best[v] = local_error[v], choice[v] = static_cast<float>(c);
   }
+  // The choice smoothed over a few voxels: switching cut-offs voxel by voxel would put the same
+  // sharp seams into both halves, high-frequency content that they share and the FSC would count.
+  choice = window_average(choice, n, 2.0);
+  // Pass 2: each voxel interpolated between the two cut-offs around its (fractional) choice.
+  LocalFilterResult out;
+  out.half1.assign(voxels, 0.0f), out.half2.assign(voxels, 0.0f), out.local_resolution.assign(voxels, 0.0f);
+  for (int c = 0; c < count; ++c) {
+    butterworth_pair(f1, f2, radius, cutoff_of(c), settings.order, n, a, b);
+#pragma omp parallel for schedule(static)
+    for (std::size_t v = 0; v < voxels; ++v) {
+      const float w = std::max(0.0f, 1 - std::abs(choice[v] - static_cast<float>(c)));
+      if (w > 0) out.half1[v] += w * a[v], out.half2[v] += w * b[v];
+    }
+  }
+#pragma omp parallel for schedule(static)
+  for (std::size_t v = 0; v < voxels; ++v)
+    out.local_resolution[v] = static_cast<float>(n / cutoff_of(std::clamp<double>(choice[v], 0, count - 1)) * settings.pixel_size);
   return out;
 }
 
@@ -107,7 +137,10 @@ LocalFilterResult reconstruct_nonuniform(const BackProjector& half1, const BackP
     for (auto& r : reg) r *= 0.1;
     return sums.reconstruct(reg);
   };
-  return local_cross_validated_filter(light(half1), light(half2), half1.box(), settings);
+  auto raw1 = light(half1), raw2 = light(half2);
+  auto out = local_cross_validated_filter(raw1, raw2, half1.box(), settings);
+  out.raw1 = std::move(raw1), out.raw2 = std::move(raw2);
+  return out;
 }
 
 }  // namespace emcryo::em

@@ -94,15 +94,22 @@ PartState draw_part_state(const MovingPart& part, std::mt19937_64& rng) {
 /// Adds the projection at rotation `a` of a part turned and moved by `st`. The moved part is
 /// V'(x) = V(T^T (x - h - t) + h) = V(T^T x + d) with d = h - T^T (h + t); its projection at A is
 /// the projection of V at M = A T, moved in the image by -(M d)_xy.
-void add_part_projection(const em::Projector& projector, const MovingPart& part, const PartState& st, const Mat3& a, int n,
-                         std::vector<image::Complex>& scratch, std::vector<image::Complex>& spectrum) {
+/// The pose of a moved part as a particle of its own: rotation M = A T and the image displacement
+/// (px) added to the particle's.
+std::pair<Mat3, geometry::Vec3> part_pose(const MovingPart& part, const PartState& st, const Mat3& a) {
   const Mat3 m = a * st.turn;
   const geometry::Vec3 ht{part.pivot.x + st.shift.x, part.pivot.y + st.shift.y, part.pivot.z + st.shift.z};
   const geometry::Vec3 back = geometry::transpose(st.turn) * ht;
   const geometry::Vec3 d{part.pivot.x - back.x, part.pivot.y - back.y, part.pivot.z - back.z};
   const geometry::Vec3 s = m * d;
+  return {m, {-s.x, -s.y, 0}};
+}
+
+void add_part_projection(const em::Projector& projector, const MovingPart& part, const PartState& st, const Mat3& a, int n,
+                         std::vector<image::Complex>& scratch, std::vector<image::Complex>& spectrum) {
+  const auto [m, moved] = part_pose(part, st, a);
   projector.project(m, scratch.data(), n, n / 2.0 - 1);
-  image::shift_half_grid_2d(scratch.data(), n, -s.x, -s.y);
+  image::shift_half_grid_2d(scratch.data(), n, moved.x, moved.y);
   for (std::size_t j = 0; j < spectrum.size(); ++j) spectrum[j] += scratch[j] * static_cast<float>(st.occupancy);
 }
 
@@ -411,12 +418,23 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
   if (flexible) {
     const int c_rot2 = truth_table.add_column("emcryoBody2Rot"), c_tilt2 = truth_table.add_column("emcryoBody2Tilt"),
               c_psi2 = truth_table.add_column("emcryoBody2Psi"), c_angle2 = truth_table.add_column("emcryoBody2Angle");
+    // Body 2's own pose, as a particle of it alone would have (RELION's names with a prefix).
+    const int c_brot = truth_table.add_column("emcryoBody2AngleRot"), c_btilt = truth_table.add_column("emcryoBody2AngleTilt"),
+              c_bpsi = truth_table.add_column("emcryoBody2AnglePsi"), c_box = truth_table.add_column("emcryoBody2OriginXAngst"),
+              c_boy = truth_table.add_column("emcryoBody2OriginYAngst");
     for (int i = 0; i < o.particles; ++i) {
-      const auto& b = truth[static_cast<std::size_t>(i)].body2;
+      const TruePose& tp = truth[static_cast<std::size_t>(i)];
+      const auto& b = tp.body2;
       const auto e = geometry::matrix_to_euler(b.turn);
       const auto r = static_cast<std::size_t>(i);
       truth_table.set_number(r, c_rot2, e.rot, 4), truth_table.set_number(r, c_tilt2, e.tilt, 4);
       truth_table.set_number(r, c_psi2, e.psi, 4), truth_table.set_number(r, c_angle2, std::abs(b.angle), 4);
+      const auto [m, moved] = part_pose(parts.front(), b, geometry::euler_to_matrix(tp.angles));
+      const auto pose = geometry::matrix_to_euler(m);
+      truth_table.set_number(r, c_brot, pose.rot, 4), truth_table.set_number(r, c_btilt, pose.tilt, 4);
+      truth_table.set_number(r, c_bpsi, pose.psi, 4);
+      truth_table.set_number(r, c_box, -(tp.shift_x + moved.x * o.pixel_size), 4);
+      truth_table.set_number(r, c_boy, -(tp.shift_y + moved.y * o.pixel_size), 4);
     }
   }
   if (disordered) {

@@ -52,6 +52,7 @@ struct LocalFilterSettings {
 struct LocalFilterResult {
   std::vector<float> half1, half2;     // each half filtered voxel by voxel
   std::vector<float> local_resolution; // Å per voxel: the chosen cut-off
+  std::vector<float> raw1, raw2;       // reconstruct_nonuniform: the halves before the local filter
 };
 
 LocalFilterResult local_cross_validated_filter(const std::vector<float>& half1, const std::vector<float>& half2, int n,
@@ -60,6 +61,10 @@ LocalFilterResult local_cross_validated_filter(const std::vector<float>& half1, 
 /// The non-uniform M-step: each half reconstructed with a light, uniform regularisation (SSNR 10
 /// in every shell: it only keeps the division by small weights stable) and then filtered locally
 /// by local_cross_validated_filter. Both halves are needed at once (the cross-validation pairs them).
+/// The FSC belongs to the halves before filtering (raw1, raw2): the filtered ones share the
+/// cut-off map chosen from both, and with their noise removed, the high-frequency content that
+/// this and the mask's edge put into both halves alike makes their FSC reach Nyquist (measured:
+/// 5.1 Å at 2.5 Å/px on data that resolve 11 Å).
 LocalFilterResult reconstruct_nonuniform(const BackProjector& half1, const BackProjector& half2, const LocalFilterSettings& settings);
 
 }  // namespace emcryo::em
