@@ -304,7 +304,10 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     search.relative_shifts = state.local || state.second_global;
     em::ExpectationSettings settings;
     settings.use_ctf = !o.no_ctf;
-    settings.cc_scoring = it == 1;
+    // The first iteration scores by cross-correlation: the reference need not be on the data's grey scale.
+    // local-refine's reference is (a refinement of the same particles), and a local search
+    // around the input poses must not be thrown off by a first pass without the likelihood's prior and extents.
+    settings.cc_scoring = it == 1 && !o.local_refine;
     settings.marginalize = o.adaptive_marginalization;
     settings.batch = o.batch;
     // The last iteration inserts to Nyquist; the others a little beyond the working limit.
