@@ -114,7 +114,9 @@ TEST(LocalRefine, SharpensTheFlexibleBodyAndItsSwitchesActAsExpected) {
   EXPECT_NE(test::read_text(dir / "loc/report.html").find("How far poses moved"), std::string::npos);
 
   // Maximisation instead of marginalisation, and a tight pose prior: the prior keeps poses nearer
-  // their input (smaller moves), maximisation fits noise more (a worse map).
+  // their input (smaller moves); maximisation back-projects one pose per particle. At this SNR the
+  // posteriors are sharp and the two maps are equal (measured: mean FSC 0.439 vs 0.438), so the
+  // test holds maximisation to "not better by more than noise" and checks that it took effect.
   ASSERT_EQ(local("max", "--no-marginalization"), 0);
   ASSERT_EQ(local("prior", "--pose-prior --prior-sigma-rot 3 --prior-sigma-shift 2"), 0);
   const auto maximised = masked_fsc(dir / "max/map_unfil.mrc", truth, mask);
@@ -122,7 +124,18 @@ TEST(LocalRefine, SharpensTheFlexibleBodyAndItsSwitchesActAsExpected) {
   const double moved_prior = mean_rotation_between(dir / "data/particles.star", dir / "prior/particles.star");
   std::printf("maximised: mean FSC %.3f (marginalised %.3f); mean rotation from the input %.2f deg, with a 3-deg prior %.2f deg\n",
               maximised.mean, refined.mean, moved, moved_prior);
-  EXPECT_LT(maximised.mean, refined.mean);
+  EXPECT_LT(maximised.mean, refined.mean + 0.01);
+  const auto significant = [&](const std::string& name) {
+    const auto star = io::read_star(dir / name / "particles.star");
+    const auto& t = star.require_block("particles").table;
+    const auto v = t.numbers(t.require("rlnNrOfSignificantSamples"));
+    double sum = 0;
+    for (double x : v) sum += x;
+    return sum / static_cast<double>(v.size());
+  };
+  std::printf("hypotheses back-projected per particle: marginalised %.1f, maximised %.1f\n", significant("loc"), significant("max"));
+  EXPECT_EQ(significant("max"), 1.0);
+  EXPECT_GT(significant("loc"), 1.5);
   EXPECT_LT(moved_prior, 0.7 * moved);
 }
 
