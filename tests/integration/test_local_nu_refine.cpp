@@ -180,8 +180,9 @@ TEST(NuRefine, BetterOrderedPartOnDisorderedDataAndItsLocalResolutionSeesTheDiso
   const auto local = masked_fsc(dir / "nu/map_unfil.mrc", truth, mask);
   std::printf("ordered part, FSC to truth in its mask: refine %.2f / %.2f Å (0.5 / 0.143, mean %.3f), nu-refine %.2f / %.2f Å (mean %.3f)\n",
               global.at_half, global.at_0143, global.mean, local.at_half, local.at_0143, local.mean);
-  // Measured (box 48, 1000 particles, SNR 0.05; /tmp runs of 2026-12-01): mean FSC 0.406 vs 0.404,
-  // 13.33 Å at 0.5 both: nu-refine is as good, not clearly better, on this data (see the closing note).
+  // Measured on this test's data (2026-12-01): refine 15.65 / 11.77 Å (mean 0.363), nu-refine
+  // 15.47 / 11.92 Å (mean 0.360); on a larger set (box 48, 1000 particles) 13.33 Å at 0.5 both.
+  // nu-refine is as good, not clearly better, on this data: the test holds it to "not worse".
   EXPECT_GT(local.mean, global.mean - 0.02);
   EXPECT_LE(local.at_half, global.at_half + 1.0);
 
@@ -194,6 +195,6 @@ TEST(NuRefine, BetterOrderedPartOnDisorderedDataAndItsLocalResolutionSeesTheDiso
   for (std::size_t i = 0; i < core.size(); ++i) core[i] = ordered[i] && !near_disordered[i], region[i] = disordered[i] && !near_ordered[i];
   const double core_res = median_where(resolution, core), region_res = median_where(resolution, region);
   std::printf("local resolution (median): ordered core %.2f Å, disordered region %.2f Å\n", core_res, region_res);
-  EXPECT_LT(core_res, region_res);
+  EXPECT_LT(core_res, region_res);  // measured: 20.04 vs 23.84 Å
   EXPECT_NE(test::read_text(dir / "nu/report.html").find("Local resolution"), std::string::npos);
 }
