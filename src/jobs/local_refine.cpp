@@ -2,7 +2,9 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numbers>
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/log.hpp"
