@@ -33,6 +33,15 @@ void add_simulate_command(CLI::App& app) {
                 "Centre every atomic model on the first one's centre of mass (a sub-complex keeps the complex's frame)");
   cmd->add_flag("--float16", o.float16, "Write the stack in mode 12 (float16)");
   cmd->add_option("--seed", o.seed, "Random seed")->capture_default_str();
+  cmd->add_option("--body2-chains", o.body2_chains, "Flexible domain: chains of body 2 (the rest is body 1), e.g. A,C")->delimiter(',');
+  cmd->add_option("--flex-sigma", o.flex_sigma, "Body 2's turn about the hinge per particle, degrees (sd)")->capture_default_str();
+  cmd->add_option("--hinge", o.hinge, "Hinge x,y,z in Å from the box centre (default: midway between the bodies' centres)")
+      ->delimiter(',')->expected(3);
+  cmd->add_option("--disorder-chains", o.disorder_chains, "Disordered density: chains whose density varies per particle")->delimiter(',');
+  cmd->add_option("--disorder-sigma", o.disorder_sigma, "Turn of the disordered region about its centre, degrees (sd)")->capture_default_str();
+  cmd->add_option("--disorder-shift", o.disorder_shift, "Displacement of the disordered region per axis, Å (sd)")->capture_default_str();
+  cmd->add_option("--disorder-min-occupancy", o.disorder_min_occupancy, "Disordered region's occupancy is uniform in [this, 1]")
+      ->capture_default_str();
   cmd->callback([] {
     auto s = jobs::run_simulate(o);
     fmt::print("simulated {} particles ({} px, {:.3f} Å/px) in {}; class counts:", s.particles, s.box, s.pixel_size, o.out_dir);

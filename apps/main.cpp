@@ -64,6 +64,8 @@ int main(int argc, char** argv) {
   emcryo::app::add_hetero_commands(app);
   emcryo::app::add_abinitio_command(app);
   emcryo::app::add_align_map_command(app);
+  emcryo::app::add_nu_refine_command(app);
+  emcryo::app::add_local_refine_command(app);
   emcryo::app::add_convert_command(app);
   app.parse_complete_callback([&] {
     emcryo::runtime::set_threads(threads >= 0 ? threads : default_threads());

@@ -43,7 +43,7 @@ struct CoarseLayout {
 /// Per-thread scratch of the fine and local passes.
 struct Scratch {
   std::vector<Complex> sample, ramps, base_ramp;
-  std::vector<float> rows, templates, power, scores;
+  std::vector<float> rows, templates, power, scores, prior_template, prior_shift;
   std::vector<Euler> orientations;
   std::vector<std::pair<int, Euler>> unique_templates;  // (class, orientation)
   std::vector<int> unique_shifts;
@@ -120,9 +120,32 @@ const std::vector<Euler>& coarse_orientations(const SearchSpace& space, const St
 
 /// Scores every pair of `orientations` (per class) x `shift_ids` for one particle at the first F
 /// frequencies, into the reducer with ids u_t * J + j (j = class * orientations + o).
+/// The pose prior around a particle's input pose, when the search has one.
+struct PriorTerm {
+  const PosePrior* prior = nullptr;
+  const StartPose* centre = nullptr;
+  const std::vector<Shift>* fine_shifts = nullptr;
+};
+
+/// Log-priors of templates (rotation part) and shifts (shift part): they add up.
+void prior_terms(const PriorTerm& term, const std::vector<std::pair<int, Euler>>& templates, const std::vector<int>& shift_ids,
+                 const Shift& base, std::vector<float>& of_template, std::vector<float>& of_shift) {
+  const geometry::Mat3 centre = geometry::euler_to_matrix(term.centre->orientation);
+  of_template.resize(templates.size());
+  for (std::size_t j = 0; j < templates.size(); ++j)
+    of_template[j] = static_cast<float>(
+        term.prior->log_prior(geometry::rotation_angle_between(centre, geometry::euler_to_matrix(templates[j].second)), 0));
+  of_shift.resize(shift_ids.size());
+  for (std::size_t t = 0; t < shift_ids.size(); ++t) {
+    const Shift& g = (*term.fine_shifts)[sz(shift_ids[t])];
+    const double dx = g.first + base.first - term.centre->shift.first, dy = g.second + base.second - term.centre->shift.second;
+    of_shift[t] = static_cast<float>(term.prior->log_prior(0, std::sqrt(dx * dx + dy * dy)));
+  }
+}
+
 void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, Euler>>& templates, const std::vector<int>& shift_ids,
                     const std::vector<Complex>& fine_ramps, const Shift& base, const FrequencyList& list, int Ffull,
-                    const TemplateSource& source, bool cc, ScoringBackend& backend, int slot, Scratch& s) {
+                    const TemplateSource& source, bool cc, ScoringBackend& backend, int slot, Scratch& s, const PriorTerm& term = {}) {
   const int J = static_cast<int>(templates.size()), T = static_cast<int>(shift_ids.size());
   const int F = static_cast<int>(list.size());  // the full list, or the coarse prefix of it
   s.sample.resize(sz(F));
@@ -149,6 +172,11 @@ void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, 
   q.templates = s.templates.data(), q.power = s.power.data(), q.template_count = J, q.template_stride = 2 * F, q.power_stride = F;
   q.frequencies = F, q.cross_correlation = cc;
   backend.score(q, s.scores.data(), slot);
+  if (term.prior) {
+    prior_terms(term, templates, shift_ids, base, s.prior_template, s.prior_shift);
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < J; ++j) s.scores[sz(t) * sz(J) + sz(j)] += s.prior_template[sz(j)] + s.prior_shift[sz(t)];
+  }
   for (int t = 0; t < T; ++t)
     for (int j = 0; j < J; ++j)
       s.reducer.add(templates[sz(j)].first, static_cast<std::int64_t>(t) * J + j, s.scores[sz(t) * sz(J) + sz(j)]);
@@ -251,6 +279,8 @@ class EStep {
         (space_.orientations != SearchSpace::Orientations::fixed || space_.shifts.fine.size() != 1 || !space_.relative_shifts))
       fail("E-step: an E-step without scoring needs fixed poses (internal error)");
     K_ = source_.classes();
+    if (space_.prior_centres && (space_.orientations == SearchSpace::Orientations::grid || space_.prior_centres->size() != images_.size()))
+      fail("E-step: a pose prior needs a local or fixed search and one centre per particle (internal error)");
     // Noise weights and the phase ramps of the fine shifts, once per E-step.
     inv_sigma2_.assign(sigma2.size(), std::vector<float>(sz(F_)));
     for (std::size_t g = 0; g < sigma2.size(); ++g)
@@ -391,6 +421,10 @@ class EStep {
     const PreparedParticle& p = scored_.particles[sz(b)];
     const StartPose sp = start_.empty() ? StartPose{} : start_[sz(first + b)];
     const Shift base = base_shift(first, b);
+    PriorTerm term;
+    // A prior weighs log-likelihoods; cross-correlation scores are on another scale.
+    if (space_.prior_centres && !settings_.cross_correlation)
+      term = {&space_.prior, &(*space_.prior_centres)[sz(first + b)], &space_.shifts.fine};
     if (!settings_.score) {
       outcome.kept.push_back({1.0f, 0, sp.orientation, base, 0});
       outcome.posterior.class_posterior.assign(sz(K_), 0.0);
@@ -406,7 +440,8 @@ class EStep {
       for (int k = 0; k < K_; ++k)
         for (const auto& e : orientations) own.push_back({k, e});
       s.reducer.reset(coarse_settings_, K_);
-      score_particle(p, own, layout_.shift_ids, fine_ramps_, base, coarse_list_, F_, source_, settings_.cross_correlation, backend_, tid, s);
+      score_particle(p, own, layout_.shift_ids, fine_ramps_, base, coarse_list_, F_, source_, settings_.cross_correlation, backend_, tid, s,
+                     term);
       coarse = s.reducer.finish();
     }
     outcome.coarse_scored = coarse.scored;
@@ -426,7 +461,7 @@ class EStep {
     const auto children = s.unique_templates;
     const auto shifts = s.unique_shifts;
     s.reducer.reset(settings_.fine, K_);
-    score_particle(p, children, shifts, fine_ramps_, base, list_, F_, source_, settings_.cross_correlation, backend_, tid, s);
+    score_particle(p, children, shifts, fine_ramps_, base, list_, F_, source_, settings_.cross_correlation, backend_, tid, s, term);
     outcome.posterior = s.reducer.finish();
     outcome.fine_scored = outcome.posterior.scored;
     const int U = static_cast<int>(children.size());

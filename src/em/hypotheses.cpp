@@ -93,6 +93,7 @@ double PosePrior::log_prior(double angle, double distance) const {
   double lp = 0;
   if (sigma_rotation > 0) lp -= angle * angle / (2 * sigma_rotation * sigma_rotation);
   if (sigma_shift > 0) lp -= distance * distance / (2 * sigma_shift * sigma_shift);
+  if ((max_rotation > 0 && angle > max_rotation + 1e-6) || (max_shift > 0 && distance > max_shift + 1e-6)) lp += kExcluded;
   return lp;
 }
 

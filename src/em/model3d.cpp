@@ -151,8 +151,16 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   es.coarse.log_class_prior = es.fine.log_class_prior;
   es.fine.class_temperature = es.coarse.class_temperature = settings.class_temperature;
 
-  std::vector<StartPose> start(poses.size());
-  for (std::size_t p = 0; p < poses.size(); ++p) start[p] = {{poses[p].rot, poses[p].tilt, poses[p].psi}, {static_cast<float>(poses[p].shift_x), static_cast<float>(poses[p].shift_y)}};
+  const auto start_of = [](const Pose3D& pose) {
+    return StartPose{{pose.rot, pose.tilt, pose.psi}, {static_cast<float>(pose.shift_x), static_cast<float>(pose.shift_y)}};
+  };
+  std::vector<StartPose> start(poses.size()), centres;
+  for (std::size_t p = 0; p < poses.size(); ++p) start[p] = start_of(poses[p]);
+  if (search.prior_centres) {
+    for (const auto& c : *search.prior_centres) centres.push_back(start_of(c));
+    space.prior_centres = &centres;
+    space.prior = search.prior;
+  }
   const MapTemplates source(references);
   // Known poses with given class weights: the one hypothesis, once per class that has weight.
   const auto known_class_weights = [&](const std::vector<Hypothesis>& kept, const Pose3D& pose,

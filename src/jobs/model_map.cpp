@@ -2,6 +2,7 @@
 #include <gemmi/gz.hpp>
 #include <gemmi/mmread.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -12,14 +13,18 @@
 
 namespace emcryo::jobs {
 
-std::vector<float> model_to_map(const std::string& model_path, int n, double pixel_size, const std::array<double, 3>* centre,
-                                std::array<double, 3>* centre_used) {
+std::vector<float> model_to_map(const std::string& model_path, int n, double pixel_size, const ModelMapOptions& options) {
+  const auto& chains = options.chains;
+  const bool exclude = options.exclude;
+  const std::array<double, 3>* centre = options.centre;
+  std::array<double, 3>* centre_used = options.centre_used;
   const std::string lower = [&] {
     std::string s = model_path;
     for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     return s;
   }();
   if (lower.ends_with(".mrc") || lower.ends_with(".map")) {
+    if (!chains.empty()) fail("{}: chains can be chosen only in an atomic model (PDB/mmCIF), not in a map", model_path);
     io::MrcReader reader(model_path);
     if (reader.nx() != reader.ny() || reader.ny() != reader.nz())
       fail("{}: the map must be a cube (it is {}x{}x{})", model_path, reader.nx(), reader.ny(), reader.nz());
@@ -42,14 +47,21 @@ std::vector<float> model_to_map(const std::string& model_path, int n, double pix
   struct Atom { double x, y, z, weight; };
   std::vector<Atom> atoms;
   double cx = 0, cy = 0, cz = 0, total = 0;
-  for (const auto& chain : structure.models.front().chains)
+  for (const auto& name : chains)
+    if (std::none_of(structure.models.front().chains.begin(), structure.models.front().chains.end(),
+                     [&](const auto& c) { return c.name == name; }))
+      fail("{}: no chain '{}' in the model", model_path, excerpt(name));
+  for (const auto& chain : structure.models.front().chains) {
+    const bool listed = std::find(chains.begin(), chains.end(), chain.name) != chains.end();
+    const bool wanted = chains.empty() || (exclude ? !listed : listed);
     for (const auto& residue : chain.residues)
       for (const auto& atom : residue.atoms) {
         const double w = atom.element.atomic_number() * atom.occ;
-        atoms.push_back({atom.pos.x, atom.pos.y, atom.pos.z, w});
+        if (wanted) atoms.push_back({atom.pos.x, atom.pos.y, atom.pos.z, w});
         cx += w * atom.pos.x, cy += w * atom.pos.y, cz += w * atom.pos.z, total += w;
       }
-  if (atoms.empty() || total <= 0) fail("{}: the model has no atoms", model_path);
+  }
+  if (atoms.empty() || total <= 0) fail("{}: the model has no atoms{}", model_path, chains.empty() ? "" : " in the chosen chains");
   cx /= total, cy /= total, cz /= total;
   if (centre) cx = (*centre)[0], cy = (*centre)[1], cz = (*centre)[2];
   if (centre_used) *centre_used = {cx, cy, cz};

@@ -26,6 +26,7 @@
 #include "emcryo/io/particles.hpp"
 #include "job_folder.hpp"
 #include "map_job.hpp"
+#include "local_refine.hpp"
 #include "posterior_output.hpp"
 #include "refine_outputs.hpp"
 
@@ -39,10 +40,13 @@ using refine_detail::IterationRecord;
 // Checkpointed options: everything but the output folder, which --continue names.
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RefineOptions, particles, reference, symmetry, mask, initial_lowpass,
                                                 particle_diameter, initial_step, offset_range, offset_step, max_iterations,
-                                                adaptive_marginalization, no_ctf, exhaustive, save_posteriors, cs_root, batch, seed)
+                                                adaptive_marginalization, no_ctf, exhaustive, save_posteriors, cs_root, batch, seed, nonuniform,
+                                                window_factor, local_refine, rotation_extent, shift_extent, fulcrum, pose_prior,
+                                                prior_sigma_rotation, prior_sigma_shift, subtract)
 
 namespace refine_detail {
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(IterationRecord, iteration, resolution, step, local, changed, seconds)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(IterationRecord, iteration, resolution, step, local, changed, seconds,
+                                                regularization_seconds)
 }  // namespace refine_detail
 
 namespace {
@@ -66,10 +70,11 @@ struct State {
   std::vector<IterationRecord> history;
   bool final_next = false;          // the next iteration joins the halves and ends the run
   std::vector<std::string> half_map_files;  // this iteration's half maps, beside checkpoint.json
+  std::vector<em::Pose3D> input_poses;      // local-refine: the input poses (fulcrum frame), the prior's centres
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(State, options, iteration, step, offset_step, offset_range, local, second_global,
                                                 radius, sigma2, fsc, poses, best_resolution, iterations_without_gain, history,
-                                                final_next, half_map_files)
+                                                final_next, half_map_files, input_poses)
 
 /// The half maps go to files named by the iteration and checkpoint.json, written last, names
 /// them; the previous iteration's are removed only then. A kill at any moment leaves a
@@ -124,6 +129,13 @@ bool advance_schedule(State& state, double resolution, double mean_pose_change, 
   return false;
 }
 
+em::LocalFilterSettings local_filter_settings(const RefineOptions& o, double pixel) {
+  em::LocalFilterSettings s;
+  s.pixel_size = pixel;
+  s.window_factor = o.window_factor;
+  return s;
+}
+
 /// The data a run reads once: particles, masks, reference.
 struct Inputs : MapJobInputs {
   std::vector<float> reference;
@@ -131,7 +143,10 @@ struct Inputs : MapJobInputs {
 };
 
 Inputs read_inputs(const RefineOptions& o) {
-  Inputs in{read_map_job_inputs({"refine", o.particles, o.cs_root, o.mask, o.no_ctf, o.particle_diameter}), {}, {}};
+  // local-refine --subtract aligns the particles its first run wrote with the rest of the map subtracted.
+  const fs::path subtracted = fs::path(o.out_dir) / "subtracted.star";
+  const std::string particles = o.local_refine && o.subtract && fs::exists(subtracted) ? subtracted.string() : o.particles;
+  Inputs in{read_map_job_inputs({"refine", particles, o.cs_root, o.mask, o.no_ctf, o.particle_diameter}), {}, {}};
   in.reference = read_reference(o.reference, in.n, in.pixel, "refine", in.reference_note);
   return in;
 }
@@ -145,7 +160,20 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
   const double pixel = in.pixel;
   folder.open_log();
   if (!in.reference_note.empty()) log::info("{}", in.reference_note);
+  if (o.local_refine && o.subtract && !resumed) {
+    in.set = io::ParticleSet::read(local_refine::subtract_outside_mask(in.set, in.reference, in.user_mask, !o.no_ctf, dir).string());
+  }
   select_particles(in, o.seed);
+  // local-refine works on the map moved so that the fulcrum is at the origin (local_refine::Frame).
+  local_refine::Frame frame;
+  const std::vector<float> region_mask = in.user_mask;
+  if (o.local_refine) {
+    frame = local_refine::make_frame(o.fulcrum, in.user_mask, n, pixel);
+    log::info("local-refine: fulcrum at ({:.1f}, {:.1f}, {:.1f}) Å from the box centre", frame.fulcrum.x * pixel, frame.fulcrum.y * pixel,
+              frame.fulcrum.z * pixel);
+    in.reference = frame.move(in.reference, n, -1);
+    in.user_mask = frame.move(in.user_mask, n, -1);
+  }
   const double nyquist = n / 2.0 - 1;
   std::vector<std::vector<float>> half_maps(2);
   if (!resumed) {
@@ -156,6 +184,17 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     state.radius = std::min(nyquist, n * pixel / o.initial_lowpass + 2);
     state.sigma2 = em::estimate_initial_sigma2(in.set, in.active, in.particle_mask);
     state.poses.assign(in.active.size(), em::Pose3D{});
+    if (o.local_refine) {
+      // Around the input poses from the start: a local grid spanning the rotation extent, shifts
+      // spanning the shift extent; the schedule refines both as the resolution improves.
+      state.input_poses = local_refine::input_poses(in.set, in.active, o.particles);
+      for (auto& p : state.input_poses) p = frame.to_fulcrum(p);
+      state.poses = state.input_poses;
+      state.local = true;
+      state.step = o.rotation_extent / 2;
+      state.offset_range = o.shift_extent / pixel;
+      state.offset_step = std::max(0.5, state.offset_range / 4);
+    }
   } else {
     if (state.half_map_files.size() != 2)
       fail("{}: damaged checkpoint: it names {} half maps, not 2", (dir / "checkpoint.json").string(), state.half_map_files.size());
@@ -192,7 +231,10 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     search.relative_shifts = state.local || state.second_global;
     em::ExpectationSettings settings;
     settings.use_ctf = !o.no_ctf;
-    settings.cc_scoring = it == 1;
+    // The first iteration scores by cross-correlation: the reference need not be on the data's grey scale.
+    // local-refine's reference is (a refinement of the same particles), and a local search
+    // around the input poses must not be thrown off by a first pass without the likelihood's prior and extents.
+    settings.cc_scoring = it == 1 && !o.local_refine;
     settings.marginalize = o.adaptive_marginalization;
     settings.batch = o.batch;
     // The last iteration inserts to Nyquist; the others a little beyond the working limit.
@@ -207,11 +249,22 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     std::size_t own_share = 0;
     for (int h = 1; h <= 2; ++h) own_share += mpi::Chunks(static_cast<std::size_t>(std::count(in.half.begin(), in.half.end(), h))).owned_items();
     Progress progress(fmt::format("iteration {}", it), static_cast<std::int64_t>(own_share));
+    if (o.local_refine) {
+      // The prior (with --pose-prior) and the extents, around each particle's input pose.
+      search.prior.sigma_rotation = o.pose_prior ? o.prior_sigma_rotation : 0;
+      search.prior.sigma_shift = o.pose_prior ? o.prior_sigma_shift / pixel : 0;
+      search.prior.max_rotation = o.rotation_extent;
+      search.prior.max_shift = o.shift_extent / pixel;
+    }
     for (int h = 0; h < 2; ++h) {
       std::vector<std::size_t> members, images;
-      std::vector<em::Pose3D> poses;
+      std::vector<em::Pose3D> poses, centres;
       for (std::size_t a = 0; a < in.active.size(); ++a)
-        if (in.half[a] == h + 1) members.push_back(a), images.push_back(in.active[a]), poses.push_back(state.poses[a]);
+        if (in.half[a] == h + 1) {
+          members.push_back(a), images.push_back(in.active[a]), poses.push_back(state.poses[a]);
+          if (o.local_refine) centres.push_back(state.input_poses[a]);
+        }
+      search.prior_centres = o.local_refine ? &centres : nullptr;
       const em::Projector projector(image::masked(half_maps[static_cast<std::size_t>(h)], in.user_mask.empty() ? in.sphere : in.user_mask), n);
       em::ReconstructionSums half_sums(1, n);
       em::expectation_3d(in.set, images, poses, {&projector}, list, state.sigma2, in.particle_mask, search, group.operators, settings,
@@ -221,12 +274,22 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     }
     progress.finish();
 
-    // M-step: each half regularised by the previous FSC; the last iteration's half maps are
-    // left unregularised (as their names, _unfil, say) and joined into the full map.
-    for (int h = 0; h < 2; ++h)
-      half_maps[static_cast<std::size_t>(h)] =
-          final_iteration ? sums[static_cast<std::size_t>(h)].reconstruct()
-                          : half_map_regularizer(state.fsc, n, pixel, o.initial_lowpass).reconstruct(sums[static_cast<std::size_t>(h)]);
+    // M-step: each half regularised by the previous FSC (or, non-uniform, filtered voxel by voxel
+    // where the halves cross-validate); the last iteration's half maps are left unregularised (as
+    // their names, _unfil, say) and joined into the full map.
+    const auto m_start = Clock::now();
+    std::vector<std::vector<float>> unfiltered;  // non-uniform: the halves the FSC is taken from
+    if (o.nonuniform && !final_iteration && !state.fsc.empty()) {
+      auto filtered = em::reconstruct_nonuniform(sums[0], sums[1], local_filter_settings(o, pixel));
+      half_maps[0] = std::move(filtered.half1), half_maps[1] = std::move(filtered.half2);
+      unfiltered = {std::move(filtered.raw1), std::move(filtered.raw2)};
+    } else {
+      for (int h = 0; h < 2; ++h)
+        half_maps[static_cast<std::size_t>(h)] =
+            final_iteration ? sums[static_cast<std::size_t>(h)].reconstruct()
+                            : half_map_regularizer(state.fsc, n, pixel, o.initial_lowpass).reconstruct(sums[static_cast<std::size_t>(h)]);
+    }
+    const double m_seconds = std::chrono::duration<double>(Clock::now() - m_start).count();
     if (final_iteration) {
       sums[0].add(sums[1]);
       final_maps.full = sums[0].reconstruct();
@@ -240,7 +303,8 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     // bench/RESULTS.md: 10.66 vs 11.26 Å at FSC 0.5 to the truth on 2XHE). The final, reported FSC
     // is the masked and corrected one (refine_outputs).
     const std::vector<float>& mask = !in.user_mask.empty() ? in.user_mask : in.sphere;
-    state.fsc = image::fsc_3d(image::masked(half_maps[0], mask), image::masked(half_maps[1], mask), n);
+    const auto& fsc_maps = unfiltered.empty() ? half_maps : unfiltered;
+    state.fsc = image::fsc_3d(image::masked(fsc_maps[0], mask), image::masked(fsc_maps[1], mask), n);
     // Shells beyond what was back-projected hold only interpolation leakage shared by both halves.
     for (std::size_t s = static_cast<std::size_t>(settings.insert_radius) + 1; s < state.fsc.size(); ++s) state.fsc[s] = 0;
     const double resolution = image::resolution_at(state.fsc, 0.143, n, pixel);
@@ -257,11 +321,11 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     const double changed_fraction = static_cast<double>(stats.changed) / static_cast<double>(in.active.size());
     const double seconds = std::chrono::duration<double>(Clock::now() - it_start).count();
     log::info("iteration {:3}: resolution {:5.2f} Å, step {:.2f}° ({}), offsets {:.2f} px step, {:.1f}% poses changed (mean {:.2f}°), "
-              "{:.1f} s, scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
+              "{:.1f} s (M-step regularisation {:.2f} s), scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
               it, resolution, state.step, state.local ? "local" : (state.second_global ? "global, fine" : "global"), state.offset_step,
-              100 * changed_fraction, stats.angle_change / static_cast<double>(in.active.size()), seconds, stats.flops / 1e9,
+              100 * changed_fraction, stats.angle_change / static_cast<double>(in.active.size()), seconds, m_seconds, stats.flops / 1e9,
               static_cast<double>(stats.coarse_hypotheses), static_cast<double>(stats.fine_hypotheses));
-    state.history.push_back({it, resolution, state.step, state.local, changed_fraction, seconds});
+    state.history.push_back({it, resolution, state.step, state.local, changed_fraction, seconds, m_seconds});
     if (final_iteration) break;
     final_iteration = advance_schedule(state, resolution, stats.angle_change / static_cast<double>(in.active.size()), in.diameter);
     state.final_next = final_iteration;
@@ -271,8 +335,27 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
   // Final outputs: half maps, full map (unfiltered and sharpened), FSC curves, particles, report.
   // (Rank 0's alone under MPI; the other ranks return no figures.)
   if (!folder.writes()) return result;
+  if (o.nonuniform) {
+    // The local resolution of the final, unregularised half maps.
+    auto local = em::local_cross_validated_filter(half_maps[0], half_maps[1], n, local_filter_settings(o, pixel));
+    final_maps.local_resolution = std::move(local.local_resolution);
+    final_maps.locally_filtered.resize(local.half1.size());
+    for (std::size_t v = 0; v < local.half1.size(); ++v) final_maps.locally_filtered[v] = (local.half1[v] + local.half2[v]) / 2;
+    final_maps.job = "nu-refine";
+  }
   final_maps.half1 = std::move(half_maps[0]);
   final_maps.half2 = std::move(half_maps[1]);
+  if (o.local_refine) {
+    // Back from the fulcrum frame: maps, mask, poses; and how far each pose moved.
+    for (auto* map : {&final_maps.half1, &final_maps.half2, &final_maps.full, &final_maps.local_resolution, &final_maps.locally_filtered})
+      if (!map->empty()) *map = frame.move(*map, n, +1);
+    final_maps.user_mask = region_mask;
+    for (auto& p : state.poses) p = frame.from_fulcrum(p);
+    std::vector<em::Pose3D> input = state.input_poses;
+    for (auto& p : input) p = frame.from_fulcrum(p);
+    local_refine::pose_movement(input, state.poses, pixel, final_maps.rotation_moved, final_maps.shift_moved);
+    final_maps.job = "local-refine";
+  }
   const auto final_result = refine_detail::write_refine_outputs(dir, in.set, in.active, in.half, state.poses, final_maps, state.sigma2,
                                                                 group.name, state.history, in.skipped, o.seed);
   if (o.save_posteriors > 0) {
@@ -290,6 +373,14 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
 }  // namespace
 
 RefineResult run_refine(const RefineOptions& options) {
+  if (options.window_factor <= 0) fail("nu-refine: --window-factor must be positive");
+  if (options.local_refine) {
+    if (options.mask.empty()) fail("local-refine: --mask (the region to refine) is required");
+    if (options.rotation_extent <= 0 || options.shift_extent <= 0) fail("local-refine: --rotation-extent and --shift-extent must be positive");
+    if (options.pose_prior && (options.prior_sigma_rotation <= 0 || options.prior_sigma_shift <= 0))
+      fail("local-refine: --prior-sigma-rot and --prior-sigma-shift must be positive");
+    if (!options.fulcrum.empty() && options.fulcrum.size() != 3) fail("local-refine: --fulcrum takes x,y,z in Å");
+  }
   const JobFolder folder(options.out_dir, "refine", JobFolder::Mode::start);
   (void)geometry::make_symmetry_group(options.symmetry);  // an unknown name fails before any work
   State state;

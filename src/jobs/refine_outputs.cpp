@@ -74,6 +74,46 @@ void write_model_star(const fs::path& path, const FinalResult& result, double pi
 
 }  // namespace
 
+namespace {
+
+/// Counts of `values` in `bins` equal bins from their minimum to their maximum, as a series.
+io::Series histogram(const std::string& name, const std::vector<double>& values, int bins) {
+  io::Series s{name, {}, {}};
+  if (values.empty()) return s;
+  const auto [lo_it, hi_it] = std::minmax_element(values.begin(), values.end());
+  const double lo = *lo_it, width = std::max(1e-9, (*hi_it - lo) / bins);
+  std::vector<double> counts(static_cast<std::size_t>(bins), 0.0);
+  for (double v : values) counts[static_cast<std::size_t>(std::clamp(static_cast<int>((v - lo) / width), 0, bins - 1))] += 1;
+  for (int b = 0; b < bins; ++b) s.x.push_back(lo + (b + 0.5) * width), s.y.push_back(counts[static_cast<std::size_t>(b)]);
+  return s;
+}
+
+/// localres.mrc, map_locfilt.mrc, and in the report the local resolution's histogram inside the
+/// mask and its central sections.
+void add_local_resolution(io::HtmlReport& report, const std::filesystem::path& dir, const FinalMaps& maps, const std::vector<float>& mask, int n,
+                          double pixel) {
+  write_map(dir / "localres.mrc", maps.local_resolution, n, pixel);
+  if (!maps.locally_filtered.empty()) write_map(dir / "map_locfilt.mrc", maps.locally_filtered, n, pixel);
+  std::vector<double> inside;
+  for (std::size_t v = 0; v < mask.size(); ++v)
+    if (mask[v] > 0.5f) inside.push_back(maps.local_resolution[v]);
+  report.add_heading("Local resolution");
+  if (!inside.empty()) {
+    std::vector<double> sorted = inside;
+    std::sort(sorted.begin(), sorted.end());
+    report.add_paragraph(fmt::format("Inside the mask: median {:.2f} Å, 10% of voxels better than {:.2f} Å, 10% worse than {:.2f} Å (localres.mrc; "
+                                     "map_locfilt.mrc is the map filtered voxel by voxel to it).",
+                                     sorted[sorted.size() / 2], sorted[sorted.size() / 10], sorted[sorted.size() * 9 / 10]));
+    report.add_line_chart("Local resolution inside the mask", "local resolution (Å)", "voxels", {histogram("voxels", inside, 30)});
+  }
+  // Sections with the mask applied, so that the solvent's (lowest) resolution does not set the contrast.
+  std::vector<float> shown = maps.local_resolution;
+  for (std::size_t v = 0; v < shown.size(); ++v) shown[v] = mask[v] > 0.5f ? shown[v] : 0.0f;
+  report.add_image_png("Central sections of localres.mrc inside the mask (brighter: lower resolution)", io::volume_sections_png(shown, n));
+}
+
+}  // namespace
+
 FinalResult write_refine_outputs(const fs::path& dir, const io::ParticleSet& set, const std::vector<std::size_t>& active,
                                  const std::vector<int>& half, const std::vector<em::Pose3D>& poses, const FinalMaps& maps,
                                  const std::vector<std::vector<double>>& sigma2, const std::string& symmetry,
@@ -139,7 +179,7 @@ FinalResult write_refine_outputs(const fs::path& dir, const io::ParticleSet& set
   write_text_file(dir / "fsc.svg", plot);
   const std::string orientations = io::svg_orientation_plot(rots, tilts, "Viewing directions");
   write_text_file(dir / "orientations.svg", orientations);
-  io::HtmlReport report("emcryo refine");
+  io::HtmlReport report("emcryo " + maps.job);
   report.add_paragraph(fmt::format("{} particles, box {} px, {:.3f} Å/px, symmetry {}, {} iterations.", active.size(), n, pixel, symmetry,
                                    iterations));
   report.add_paragraph(fmt::format(
@@ -148,11 +188,19 @@ FinalResult write_refine_outputs(const fs::path& dir, const io::ParticleSet& set
   report.add_raw(plot);
   report.add_raw(orientations);
   report.add_image_png("Central sections of map.mrc (sharpened)", io::volume_sections_png(io::MrcReader(dir / "map.mrc").read_all(), n));
+  if (!maps.local_resolution.empty()) add_local_resolution(report, dir, maps, mask, n, pixel);
+  if (!maps.rotation_moved.empty()) {
+    report.add_heading("How far poses moved from their input");
+    report.add_line_chart("Rotation from the input pose", "degrees", "particles", {histogram("particles", maps.rotation_moved, 30)});
+    report.add_line_chart("Shift from the input pose", "Å", "particles", {histogram("particles", maps.shift_moved, 30)});
+  }
   std::vector<std::vector<std::string>> rows;
   for (const auto& h : history)
     rows.push_back({std::to_string(h.iteration), fmt::format("{:.2f}", h.resolution), fmt::format("{:.2f}", h.step), h.local ? "local" : "global",
-                    fmt::format("{:.1f}", 100 * h.changed), fmt::format("{:.1f}", h.seconds)});
-  report.add_table({"iteration", "resolution (Å)", "angular step (°)", "search", "poses changed (%)", "seconds"}, rows);
+                    fmt::format("{:.1f}", 100 * h.changed), fmt::format("{:.1f}", h.seconds),
+                    fmt::format("{:.2f} ({:.0f}%)", h.regularization_seconds, h.seconds > 0 ? 100 * h.regularization_seconds / h.seconds : 0.0)});
+  report.add_table({"iteration", "resolution (Å)", "angular step (°)", "search", "poses changed (%)", "seconds", "M-step regularisation s (share)"},
+                   rows);
   report.add_heading("Skipped particles");
   if (skipped.empty()) report.add_paragraph("None.");
   for (const auto& s : skipped) report.add_paragraph(s);

@@ -14,12 +14,17 @@ struct IterationRecord {
   double resolution = 0, step = 0;
   bool local = false;
   double changed = 0, seconds = 0;
+  double regularization_seconds = 0;  // the M-step's reconstruction and filtering
 };
 
 struct FinalMaps {
   std::vector<float> half1, half2;  // unregularised half maps
   std::vector<float> full;          // both halves together, unregularised
   std::vector<float> user_mask;     // empty: automatic
+  std::string job = "refine";       // the report's title: emcryo <job>
+  std::vector<float> local_resolution;  // Å per voxel (nu-refine): localres.mrc, its histogram and sections
+  std::vector<float> locally_filtered;  // the full map filtered voxel by voxel (nu-refine): map_locfilt.mrc
+  std::vector<double> rotation_moved, shift_moved;  // per particle, degrees and Å from the input pose (local-refine)
 };
 
 struct FinalResult {

@@ -2,9 +2,12 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <numbers>
+
+#include <fmt/ranges.h>
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/log.hpp"
@@ -15,6 +18,7 @@
 #include "emcryo/image/ctf.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/image/map_align.hpp"
+#include "emcryo/image/map_tools.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/star.hpp"
 
@@ -43,8 +47,82 @@ Mat3 random_rotation(std::mt19937_64& rng) {
   return r;
 }
 
+/// A part of the model that moves per particle: its own map, turned about `pivot` (px from the
+/// box centre) and displaced. Body 2 of a flexible model turns about the hinge; a disordered
+/// region turns about its centre, moves and changes occupancy.
+/// The listed chains of a model (or, with `exclude`, all the others), on the whole model's centre.
+ModelMapOptions chain_subset(const std::vector<std::string>& chains, bool exclude) {
+  ModelMapOptions options;
+  options.chains = chains;
+  options.exclude = exclude;
+  return options;
+}
+
+struct MovingPart {
+  std::vector<float> map;
+  geometry::Vec3 pivot;
+  double sigma_degrees = 0, sigma_shift = 0, min_occupancy = 1;  // shift in px
+};
+
+/// One particle's state of a moving part.
+struct PartState {
+  Mat3 turn = Mat3::identity();
+  double angle = 0;             // degrees
+  geometry::Vec3 shift{0, 0, 0};  // px
+  double occupancy = 1;
+};
+
+PartState draw_part_state(const MovingPart& part, std::mt19937_64& rng) {
+  PartState st;
+  std::normal_distribution<double> g(0, 1);
+  std::uniform_real_distribution<double> u(0, 1);
+  geometry::Vec3 axis{g(rng), g(rng), g(rng)};
+  st.angle = part.sigma_degrees * g(rng);
+  if (part.sigma_degrees > 0) st.turn = geometry::axis_angle(axis, st.angle);
+  const geometry::Vec3 d{g(rng), g(rng), g(rng)};
+  st.shift = {part.sigma_shift * d.x, part.sigma_shift * d.y, part.sigma_shift * d.z};
+  st.occupancy = part.min_occupancy + (1 - part.min_occupancy) * u(rng);
+  return st;
+}
+
+/// Adds the projection at rotation `a` of a part turned and moved by `st`. The moved part is
+/// V'(x) = V(T^T (x - h - t) + h) = V(T^T x + d) with d = h - T^T (h + t); its projection at A is
+/// the projection of V at M = A T, moved in the image by -(M d)_xy.
+/// The pose of a moved part as a particle of its own: rotation M = A T and the image displacement
+/// (px) added to the particle's.
+std::pair<Mat3, geometry::Vec3> part_pose(const MovingPart& part, const PartState& st, const Mat3& a) {
+  const Mat3 m = a * st.turn;
+  const geometry::Vec3 ht{part.pivot.x + st.shift.x, part.pivot.y + st.shift.y, part.pivot.z + st.shift.z};
+  const geometry::Vec3 back = geometry::transpose(st.turn) * ht;
+  const geometry::Vec3 d{part.pivot.x - back.x, part.pivot.y - back.y, part.pivot.z - back.z};
+  const geometry::Vec3 s = m * d;
+  return {m, {-s.x, -s.y, 0}};
+}
+
+void add_part_projection(const em::Projector& projector, const MovingPart& part, const PartState& st, const Mat3& a, int n,
+                         std::vector<image::Complex>& scratch, std::vector<image::Complex>& spectrum) {
+  const auto [m, moved] = part_pose(part, st, a);
+  projector.project(m, scratch.data(), n, n / 2.0 - 1);
+  image::shift_half_grid_2d(scratch.data(), n, moved.x, moved.y);
+  for (std::size_t j = 0; j < spectrum.size(); ++j) spectrum[j] += scratch[j] * static_cast<float>(st.occupancy);
+}
+
+/// Centre of mass of a map, px from the box centre.
+geometry::Vec3 centre_of_mass(const std::vector<float>& map, int n) {
+  double sx = 0, sy = 0, sz = 0, total = 0;
+  for (int z = 0; z < n; ++z)
+    for (int y = 0; y < n; ++y)
+      for (int x = 0; x < n; ++x) {
+        const double v = std::max(0.0f, map[(static_cast<std::size_t>(z) * n + y) * n + x]);
+        sx += v * x, sy += v * y, sz += v * z, total += v;
+      }
+  if (total <= 0) return {0, 0, 0};
+  return {sx / total - n / 2, sy / total - n / 2, sz / total - n / 2};
+}
+
 struct TruePose {
   geometry::Euler angles;
+  PartState body2, disorder;
   double shift_x = 0, shift_y = 0;  // Å, displacement of the particle from the box centre
   int class_index = 0;
   int view = 0;
@@ -98,17 +176,68 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
   const int n = o.box;
   const fs::path out(o.out_dir);
 
+  const bool flexible = !o.body2_chains.empty(), disordered = !o.disorder_chains.empty();
+  if ((flexible || disordered) && o.models.size() != 1)
+    fail("simulate: --body2-chains and --disorder-chains take one --model (an atomic model split by chains)");
+  if ((flexible || disordered) && o.symmetry != "C1") fail("simulate: moving parts need --sym C1");
+  if (!o.hinge.empty() && o.hinge.size() != 3) fail("simulate: --hinge takes x,y,z in Å (3 numbers, not {})", o.hinge.size());
+  if (o.flex_sigma < 0 || o.disorder_sigma < 0 || o.disorder_shift < 0) fail("simulate: --flex-sigma, --disorder-sigma and --disorder-shift must not be negative");
+  if (o.disorder_min_occupancy < 0 || o.disorder_min_occupancy > 1) fail("simulate: --disorder-min-occupancy must lie in [0, 1]");
+  for (const auto& c : o.body2_chains)
+    if (std::find(o.disorder_chains.begin(), o.disorder_chains.end(), c) != o.disorder_chains.end())
+      fail("simulate: chain '{}' is in both --body2-chains and --disorder-chains", excerpt(c));
+  io::MrcWriteOptions map_options;
+  map_options.pixel_size = o.pixel_size;
+  const auto write_truth = [&](const std::string& name, const std::vector<float>& map) { io::write_mrc(out / name, map, n, n, n, map_options); };
+
   std::vector<std::vector<float>> maps;
   std::vector<em::Projector> projectors;
   std::array<double, 3> first_centre{};
   for (std::size_t k = 0; k < o.models.size(); ++k) {
-    auto map = model_to_map(o.models[k], n, o.pixel_size, o.common_centre && k > 0 ? &first_centre : nullptr, k == 0 ? &first_centre : nullptr);
+    auto map = model_to_map(o.models[k], n, o.pixel_size, {.chains = {}, .exclude = false, .centre = o.common_centre && k > 0 ? &first_centre : nullptr, .centre_used = k == 0 ? &first_centre : nullptr});
     map = symmetrize_map(map, n, o.symmetry);
-    io::MrcWriteOptions w;
-    w.pixel_size = o.pixel_size;
-    io::write_mrc(out / fmt::format("truth_class{:03}.mrc", k + 1), map, n, n, n, w);
-    projectors.emplace_back(map, n);
+    write_truth(fmt::format("truth_class{:03}.mrc", k + 1), map);
+    if (!flexible && !disordered) projectors.emplace_back(map, n);
     maps.push_back(std::move(map));
+  }
+  // Moving parts: the static rest of the model is projected as class 1, each part on its own.
+  std::vector<MovingPart> parts;  // [0] body 2 if flexible, then the disordered region
+  std::vector<em::Projector> part_projectors;
+  if (flexible || disordered) {
+    std::vector<std::string> moving = o.body2_chains;
+    moving.insert(moving.end(), o.disorder_chains.begin(), o.disorder_chains.end());
+    const auto rest = model_to_map(o.models[0], n, o.pixel_size, chain_subset(moving, true));
+    projectors.emplace_back(rest, n);
+    if (flexible) {
+      MovingPart body;
+      body.map = model_to_map(o.models[0], n, o.pixel_size, chain_subset(o.body2_chains, false));
+      const auto body1 = model_to_map(o.models[0], n, o.pixel_size, chain_subset(o.body2_chains, true));
+      const auto c1 = centre_of_mass(body1, n), c2 = centre_of_mass(body.map, n);
+      body.pivot = o.hinge.empty() ? geometry::Vec3{(c1.x + c2.x) / 2, (c1.y + c2.y) / 2, (c1.z + c2.z) / 2}
+                                   : geometry::Vec3{o.hinge[0] / o.pixel_size, o.hinge[1] / o.pixel_size, o.hinge[2] / o.pixel_size};
+      body.sigma_degrees = o.flex_sigma;
+      write_truth("truth_body1.mrc", body1);
+      write_truth("truth_body2.mrc", body.map);
+      write_truth("truth_body2_mask.mrc", image::solvent_mask(body.map, n, o.pixel_size));
+      log::info("simulate: body 2 (chains {}) turns about the hinge at ({:.1f}, {:.1f}, {:.1f}) Å by {}° (sd)", fmt::join(o.body2_chains, ","),
+                body.pivot.x * o.pixel_size, body.pivot.y * o.pixel_size, body.pivot.z * o.pixel_size, o.flex_sigma);
+      parts.push_back(std::move(body));
+    }
+    if (disordered) {
+      MovingPart region;
+      region.map = model_to_map(o.models[0], n, o.pixel_size, chain_subset(o.disorder_chains, false));
+      region.pivot = centre_of_mass(region.map, n);
+      region.sigma_degrees = o.disorder_sigma;
+      region.sigma_shift = o.disorder_shift / o.pixel_size;
+      region.min_occupancy = o.disorder_min_occupancy;
+      const auto ordered = model_to_map(o.models[0], n, o.pixel_size, chain_subset(o.disorder_chains, true));
+      write_truth("truth_ordered.mrc", ordered);
+      write_truth("truth_disordered.mrc", region.map);
+      write_truth("truth_ordered_mask.mrc", image::solvent_mask(ordered, n, o.pixel_size));
+      write_truth("truth_disordered_mask.mrc", image::solvent_mask(region.map, n, o.pixel_size));
+      parts.push_back(std::move(region));
+    }
+    for (const auto& p : parts) part_projectors.emplace_back(p.map, n);
   }
 
   // Draw every particle's truth first, serially, so the data set depends only on the seed.
@@ -139,6 +268,8 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
       r = random_rotation(rng);
     }
     t.angles = geometry::matrix_to_euler(r);
+    if (flexible) t.body2 = draw_part_state(parts.front(), rng);
+    if (disordered) t.disorder = draw_part_state(parts.back(), rng);
     const double radius = o.max_shift * std::sqrt(u(rng)), phi = 2 * std::numbers::pi * u(rng);
     t.shift_x = radius * std::cos(phi);
     t.shift_y = radius * std::sin(phi);
@@ -156,8 +287,13 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
   const std::size_t pixels = static_cast<std::size_t>(n) * n;
   auto noiseless = [&](int i, std::vector<image::Complex>& spectrum, std::vector<float>& image) {
     const TruePose& t = truth[static_cast<std::size_t>(i)];
-    projectors[static_cast<std::size_t>(t.class_index)].project(geometry::euler_to_matrix(t.angles),
-                                                                spectrum.data(), n, n / 2.0 - 1);
+    const Mat3 a = geometry::euler_to_matrix(t.angles);
+    projectors[static_cast<std::size_t>(t.class_index)].project(a, spectrum.data(), n, n / 2.0 - 1);
+    if (!parts.empty()) {
+      std::vector<image::Complex> scratch(spectrum.size());
+      if (flexible) add_part_projection(part_projectors.front(), parts.front(), t.body2, a, n, scratch, spectrum);
+      if (disordered) add_part_projection(part_projectors.back(), parts.back(), t.disorder, a, n, scratch, spectrum);
+    }
     if (!o.no_ctf) {
       const auto ctf = image::ctf_half_grid(t.ctf, n, o.pixel_size);
       for (std::size_t j = 0; j < spectrum.size(); ++j) spectrum[j] *= ctf[j];
@@ -274,6 +410,40 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
   auto& truth_table = star.blocks.back().table;
   const int c_class = truth_table.add_column("rlnClassNumber");
   const int c_view = truth_table.add_column("emcryoTrueView");
+  if (flexible) {
+    const int c_rot2 = truth_table.add_column("emcryoBody2Rot"), c_tilt2 = truth_table.add_column("emcryoBody2Tilt"),
+              c_psi2 = truth_table.add_column("emcryoBody2Psi"), c_angle2 = truth_table.add_column("emcryoBody2Angle");
+    // Body 2's own pose, as a particle of it alone would have (RELION's names with a prefix).
+    const int c_brot = truth_table.add_column("emcryoBody2AngleRot"), c_btilt = truth_table.add_column("emcryoBody2AngleTilt"),
+              c_bpsi = truth_table.add_column("emcryoBody2AnglePsi"), c_box = truth_table.add_column("emcryoBody2OriginXAngst"),
+              c_boy = truth_table.add_column("emcryoBody2OriginYAngst");
+    for (int i = 0; i < o.particles; ++i) {
+      const TruePose& tp = truth[static_cast<std::size_t>(i)];
+      const auto& b = tp.body2;
+      const auto e = geometry::matrix_to_euler(b.turn);
+      const auto r = static_cast<std::size_t>(i);
+      truth_table.set_number(r, c_rot2, e.rot, 4), truth_table.set_number(r, c_tilt2, e.tilt, 4);
+      truth_table.set_number(r, c_psi2, e.psi, 4), truth_table.set_number(r, c_angle2, std::abs(b.angle), 4);
+      const auto [m, moved] = part_pose(parts.front(), b, geometry::euler_to_matrix(tp.angles));
+      const auto pose = geometry::matrix_to_euler(m);
+      truth_table.set_number(r, c_brot, pose.rot, 4), truth_table.set_number(r, c_btilt, pose.tilt, 4);
+      truth_table.set_number(r, c_bpsi, pose.psi, 4);
+      truth_table.set_number(r, c_box, -(tp.shift_x + moved.x * o.pixel_size), 4);
+      truth_table.set_number(r, c_boy, -(tp.shift_y + moved.y * o.pixel_size), 4);
+    }
+  }
+  if (disordered) {
+    const int c_angle = truth_table.add_column("emcryoDisorderAngle"), c_dx = truth_table.add_column("emcryoDisorderShiftX"),
+              c_dy = truth_table.add_column("emcryoDisorderShiftY"), c_dz = truth_table.add_column("emcryoDisorderShiftZ"),
+              c_occ = truth_table.add_column("emcryoDisorderOccupancy");
+    for (int i = 0; i < o.particles; ++i) {
+      const auto& d = truth[static_cast<std::size_t>(i)].disorder;
+      const auto r = static_cast<std::size_t>(i);
+      truth_table.set_number(r, c_angle, std::abs(d.angle), 4);
+      truth_table.set_number(r, c_dx, d.shift.x * o.pixel_size, 4), truth_table.set_number(r, c_dy, d.shift.y * o.pixel_size, 4);
+      truth_table.set_number(r, c_dz, d.shift.z * o.pixel_size, 4), truth_table.set_number(r, c_occ, d.occupancy, 4);
+    }
+  }
   SimulateSummary summary;
   summary.class_counts.assign(o.models.size(), 0);
   for (int i = 0; i < o.particles; ++i) {

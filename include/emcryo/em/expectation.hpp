@@ -30,6 +30,12 @@ class TemplateSource {
   virtual void sample(int k, const geometry::Euler& orientation, const FrequencyList& list, Complex* out) const = 0;
 };
 
+/// Where a particle starts: read by local searches, relative shifts and fixed poses.
+struct StartPose {
+  geometry::Euler orientation;
+  Shift shift{0, 0};
+};
+
 /// The hypotheses of one E-step.
 struct SearchSpace {
   enum class Orientations { grid, local, fixed };
@@ -48,12 +54,11 @@ struct SearchSpace {
   double coarse_radius = 0;           // pixels
   bool in_plane = false;              // 2D: children are in-plane angles
   double cell = 0;                    // degrees: spacing of the coarse orientations
-};
-
-/// Where a particle starts: read by local searches, relative shifts and fixed poses.
-struct StartPose {
-  geometry::Euler orientation;
-  Shift shift{0, 0};
+  /// Local refinement: every hypothesis's log-score gains prior.log_prior of its distance from the
+  /// particle's input pose, prior_centres[p] (which stays put while the search centre, the start
+  /// pose, follows the particle). Local and fixed searches only.
+  const std::vector<StartPose>* prior_centres = nullptr;
+  PosePrior prior;
 };
 
 struct EStepSettings {

@@ -39,11 +39,17 @@ std::vector<geometry::Euler> local_orientations(const geometry::Euler& centre, d
 void sub_orientations(const geometry::Euler& centre, double cell, geometry::Euler out[8]);
 
 /// Gaussian prior on a pose around a reference pose (local refinement): log-prior of a rotation
-/// `angle` degrees and a shift `distance` px away. A sigma <= 0 leaves that part flat.
+/// `angle` degrees and a shift `distance` px away. A sigma <= 0 leaves that part flat; poses
+/// beyond an extent (> 0) are excluded (a log-prior of kExcluded: finite, so that a particle whose
+/// every hypothesis lies outside still has a posterior).
 struct PosePrior {
   double sigma_rotation = 0;  // degrees
   double sigma_shift = 0;     // pixels
+  double max_rotation = 0;    // degrees; 0: no limit
+  double max_shift = 0;       // pixels; 0: no limit
+  static constexpr double kExcluded = -1e4;
   double log_prior(double angle, double distance) const;
+  bool active() const { return sigma_rotation > 0 || sigma_shift > 0 || max_rotation > 0 || max_shift > 0; }
 };
 
 }  // namespace emcryo::em

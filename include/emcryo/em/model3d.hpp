@@ -36,6 +36,9 @@ struct PoseSearch {
   ShiftGrid shifts;                    // pixels: fine grid; the coarse pass uses every other point
   bool relative_shifts = false;        // shifts around each particle's current shift
   bool coarse_to_fine = true;
+  /// Local refinement: a prior (and extents) around each particle's input pose; see SearchSpace.
+  const std::vector<Pose3D>* prior_centres = nullptr;
+  PosePrior prior;
 };
 
 struct ExpectationSettings {

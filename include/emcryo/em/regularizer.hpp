@@ -3,6 +3,7 @@
 // so non-uniform refinement's local, cross-validated filtering replaces the global one behind the
 // same call.
 #pragma once
+#include <utility>
 #include <vector>
 
 #include "emcryo/em/projector.hpp"
@@ -32,5 +33,38 @@ class GlobalWiener final : public MapRegularizer {
   std::vector<double> fsc_;
   double halves_;
 };
+
+/// Non-uniform refinement's regulariser (Punjani, Zhang & Fleet 2020): instead of one filter for
+/// the whole map, each voxel gets the low-pass (Butterworth) whose cut-off minimises a local
+/// cross-validation error between the half maps: the squared difference between one half,
+/// filtered, and the other, unfiltered and independent, averaged in a window whose size is
+/// `window_factor` times the cut-off's resolution. Where a region holds only low-resolution
+/// signal (flexible or disordered parts, solvent), the error is lowest at a low cut-off and its
+/// noise is removed; where it is ordered, the cut-off stays high.
+struct LocalFilterSettings {
+  double pixel_size = 1;      // Å
+  double window_factor = 3;   // window diameter = window_factor x the cut-off's resolution
+  int order = 8;              // Butterworth order
+  int cutoffs = 12;           // candidate cut-offs, geometric from `lowest_shell` to Nyquist
+  double lowest_shell = 3;
+};
+
+struct LocalFilterResult {
+  std::vector<float> half1, half2;     // each half filtered voxel by voxel
+  std::vector<float> local_resolution; // Å per voxel: the chosen cut-off
+  std::vector<float> raw1, raw2;       // reconstruct_nonuniform: the halves before the local filter
+};
+
+LocalFilterResult local_cross_validated_filter(const std::vector<float>& half1, const std::vector<float>& half2, int n,
+                                               const LocalFilterSettings& settings);
+
+/// The non-uniform M-step: each half reconstructed with a light, uniform regularisation (SSNR 10
+/// in every shell: it only keeps the division by small weights stable) and then filtered locally
+/// by local_cross_validated_filter. Both halves are needed at once (the cross-validation pairs them).
+/// The FSC belongs to the halves before filtering (raw1, raw2): the filtered ones share the
+/// cut-off map chosen from both, and with their noise removed, the high-frequency content that
+/// this and the mask's edge put into both halves alike makes their FSC reach Nyquist (measured:
+/// 5.1 Å at 2.5 Å/px on data that resolve 11 Å).
+LocalFilterResult reconstruct_nonuniform(const BackProjector& half1, const BackProjector& half2, const LocalFilterSettings& settings);
 
 }  // namespace emcryo::em

@@ -23,6 +23,21 @@ struct RefineOptions {
   std::string cs_root;                // .cs input: the folder blob/path is relative to
   int batch = 256;
   std::uint64_t seed = 1;
+  // Non-uniform refinement (`emcryo nu-refine`): the M-step filters each voxel by the cut-off that
+  // cross-validates best between the half maps (em::reconstruct_nonuniform), and a local-resolution
+  // map is written.
+  bool nonuniform = false;
+  double window_factor = 3;           // adaptive window factor: window diameter / local resolution
+  // Local refinement (`emcryo local-refine`): a masked region, searched only near each particle's
+  // input pose, rotations about a fulcrum.
+  bool local_refine = false;
+  double rotation_extent = 20;        // degrees from the input orientation
+  double shift_extent = 10;           // Å from the input shift
+  std::vector<double> fulcrum;        // Å from the box centre; empty: the mask's centre of mass
+  bool pose_prior = false;            // Gaussian prior around the input pose (rotation extent 3 sigma)
+  double prior_sigma_rotation = 15;   // degrees
+  double prior_sigma_shift = 7;       // Å
+  bool subtract = false;              // subtract the projection of the map outside the mask first
 };
 
 struct RefineResult {

@@ -28,6 +28,17 @@ struct SimulateOptions {
                                          // (a sub-complex keeps the complex's frame)
   bool float16 = false;
   std::uint64_t seed = 1;
+  // A flexible domain: the chains of body 2 (the rest of the model is body 1) turned per particle
+  // about a hinge by a Gaussian angle (random axis); truth.star keeps each particle's turn.
+  std::vector<std::string> body2_chains;
+  double flex_sigma = 5;                 // degrees
+  std::vector<double> hinge;             // Å from the box centre; default: midway between the bodies' centres
+  // Disordered density: the chains of a region turned about its own centre, displaced and scaled
+  // per particle, so that its average density is blurred while the rest stays sharp.
+  std::vector<std::string> disorder_chains;
+  double disorder_sigma = 10;            // degrees
+  double disorder_shift = 3;             // Å, standard deviation per axis
+  double disorder_min_occupancy = 0.3;   // occupancy uniform in [min, 1]
 };
 
 struct SimulateSummary {
@@ -40,11 +51,19 @@ struct SimulateSummary {
 
 SimulateSummary run_simulate(const SimulateOptions& options);
 
+/// Which atoms of an atomic model make a map, and where the map's centre goes.
+struct ModelMapOptions {
+  std::vector<std::string> chains;  // empty: every chain
+  bool exclude = false;             // the listed chains are left out instead of kept
+  /// Å in the model's coordinates; default: the whole model's centre of mass (all chains, so that
+  /// the parts of a split model add up to the whole).
+  const std::array<double, 3>* centre = nullptr;
+  std::array<double, 3>* centre_used = nullptr;  // receives the centre applied
+};
+
 /// A density map of an atomic model (Gaussian atoms weighted by atomic number), centred on the
-/// model's centre of mass (or on `centre`, Å in the model's coordinates, when given), box n, pixel
-/// size in Å. `centre_used` (if given) receives the centre applied. Maps are read as they are.
-std::vector<float> model_to_map(const std::string& model_path, int n, double pixel_size, const std::array<double, 3>* centre = nullptr,
-                                std::array<double, 3>* centre_used = nullptr);
+/// model's centre of mass (or on `centre`), box n, pixel size in Å. Maps are read as they are.
+std::vector<float> model_to_map(const std::string& model_path, int n, double pixel_size, const ModelMapOptions& options = {});
 /// Imposes a point-group symmetry on a map (average of rotated copies).
 std::vector<float> symmetrize_map(const std::vector<float>& map, int n, const std::string& symmetry);
 
