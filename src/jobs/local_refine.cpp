@@ -39,6 +39,12 @@ em::Pose3D Frame::from_fulcrum(em::Pose3D pose) const {
   return pose;
 }
 
+em::Hypothesis Frame::from_fulcrum(em::Hypothesis hypothesis) const {
+  const geometry::Vec3 af = geometry::euler_to_matrix(hypothesis.orientation) * fulcrum;
+  hypothesis.shift.first -= static_cast<float>(af.x), hypothesis.shift.second -= static_cast<float>(af.y);
+  return hypothesis;
+}
+
 std::vector<float> Frame::move(const std::vector<float>& map, int n, int sign) const {
   auto spectrum = image::fft_forward_3d(map, n);
   const int h = n / 2 + 1;

@@ -19,6 +19,8 @@ struct Frame {
   geometry::Vec3 fulcrum{0, 0, 0};  // px
   em::Pose3D to_fulcrum(em::Pose3D pose) const;
   em::Pose3D from_fulcrum(em::Pose3D pose) const;
+  /// A hypothesis kept for --save-posteriors, back in the input frame like its pose.
+  em::Hypothesis from_fulcrum(em::Hypothesis hypothesis) const;
   /// V_f from V (sign -1) or V from V_f (sign +1): the map moved by sign * f (Fourier shift).
   std::vector<float> move(const std::vector<float>& map, int n, int sign) const;
 };

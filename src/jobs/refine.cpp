@@ -350,7 +350,10 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     for (auto* map : {&final_maps.half1, &final_maps.half2, &final_maps.full, &final_maps.local_resolution, &final_maps.locally_filtered})
       if (!map->empty()) *map = frame.move(*map, n, +1);
     final_maps.user_mask = region_mask;
-    for (auto& p : state.poses) p = frame.from_fulcrum(p);
+    for (auto& p : state.poses) {
+      p = frame.from_fulcrum(p);
+      for (auto& h : p.top) h = frame.from_fulcrum(h);
+    }
     std::vector<em::Pose3D> input = state.input_poses;
     for (auto& p : input) p = frame.from_fulcrum(p);
     local_refine::pose_movement(input, state.poses, pixel, final_maps.rotation_moved, final_maps.shift_moved);

@@ -118,7 +118,7 @@ TEST(LocalRefine, SharpensTheFlexibleBodyAndItsSwitchesActAsExpected) {
   // their input (smaller moves); maximisation back-projects one pose per particle. At this SNR the
   // posteriors are sharp and the two maps are equal (measured: mean FSC 0.439 vs 0.438), so the
   // test holds maximisation to "not better by more than noise" and checks that it took effect.
-  ASSERT_EQ(local("max", "--no-marginalization"), 0);
+  ASSERT_EQ(local("max", "--no-marginalization --save-posteriors 1"), 0);
   ASSERT_EQ(local("prior", "--pose-prior --prior-sigma-rot 3 --prior-sigma-shift 2"), 0);
   const auto maximised = masked_fsc(dir / "max/map_unfil.mrc", truth, mask);
   const double moved = mean_rotation_between(dir / "data/particles.star", dir / "loc/particles.star");
@@ -136,6 +136,20 @@ TEST(LocalRefine, SharpensTheFlexibleBodyAndItsSwitchesActAsExpected) {
   };
   std::printf("hypotheses back-projected per particle: marginalised %.1f, maximised %.1f\n", significant("loc"), significant("max"));
   EXPECT_EQ(significant("max"), 1.0);
+  // With one pose per particle, the saved most probable hypothesis is the pose of particles.star:
+  // both are written back in the input frame (the search ran about the fulcrum).
+  {
+    const auto posteriors = io::read_star(dir / "max/posteriors.star"), particles = io::read_star(dir / "max/particles.star");
+    const auto& h = posteriors.require_block("posteriors").table;
+    const auto& p = particles.require_block("particles").table;
+    const auto hx = h.numbers(h.require("rlnOriginXAngst")), hy = h.numbers(h.require("rlnOriginYAngst"));
+    const auto px = p.numbers(p.require("rlnOriginXAngst")), py = p.numbers(p.require("rlnOriginYAngst"));
+    ASSERT_EQ(hx.size(), px.size());
+    for (std::size_t i = 0; i < hx.size(); ++i) {
+      EXPECT_NEAR(hx[i], px[i], 0.01) << "particle " << i;
+      EXPECT_NEAR(hy[i], py[i], 0.01) << "particle " << i;
+    }
+  }
   EXPECT_GT(significant("loc"), 1.5);
   EXPECT_LT(moved_prior, 0.7 * moved);
 }
