@@ -557,12 +557,7 @@ AbinitioResult run_abinitio(const AbinitioOptions& options) {
 
 AbinitioResult continue_abinitio(const std::string& out_dir) {
   const JobFolder folder(out_dir, "abinitio", JobFolder::Mode::resume);
-  State s;
-  try {
-    s = folder.read_checkpoint().get<State>();
-  } catch (const json::exception& e) {
-    fail("{}: damaged checkpoint: {}", (folder.dir() / "checkpoint.json").string(), e.what());
-  }
+  State s = folder.read_checkpoint_as<State>();
   s.options.out_dir = out_dir;
   return run(folder, std::move(s), true);
 }

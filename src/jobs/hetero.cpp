@@ -515,12 +515,7 @@ HeteroResult run_hetero(const HeteroOptions& options) {
 
 HeteroResult continue_hetero(const std::string& out_dir) {
   const JobFolder folder(out_dir, "3D classification", JobFolder::Mode::resume);
-  State state;
-  try {
-    state = folder.read_checkpoint().get<State>();
-  } catch (const json::exception& e) {
-    fail("{}: damaged checkpoint: {}", (folder.dir() / "checkpoint.json").string(), e.what());
-  }
+  State state = folder.read_checkpoint_as<State>();
   state.options.out_dir = out_dir;
   return run(folder, std::move(state), true);
 }

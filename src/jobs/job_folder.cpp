@@ -31,8 +31,12 @@ nlohmann::json JobFolder::read_checkpoint() const {
   try {
     return nlohmann::json::parse(read_text_file(path));
   } catch (const nlohmann::json::exception& e) {
-    fail("{}: damaged checkpoint: {}", path.string(), e.what());
+    damaged_checkpoint(e.what());
   }
+}
+
+void JobFolder::damaged_checkpoint(const std::string& reason) const {
+  fail("{}: damaged checkpoint: {}", (dir_ / "checkpoint.json").string(), reason);
 }
 
 void JobFolder::write_checkpoint(nlohmann::json state, std::string_view format) const {

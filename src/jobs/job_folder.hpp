@@ -30,11 +30,23 @@ class JobFolder {
   void open_log() const;
   /// The checkpoint's JSON; a damaged file fails with its name and the parser's reason.
   nlohmann::json read_checkpoint() const;
+  /// The checkpoint as a job's state (its from_json); a field missing or of the wrong type fails
+  /// with the file's name and the reason, like a file that does not parse.
+  template <typename State>
+  State read_checkpoint_as() const {
+    const auto j = read_checkpoint();
+    try {
+      return j.get<State>();
+    } catch (const nlohmann::json::exception& e) {
+      damaged_checkpoint(e.what());
+    }
+  }
   /// Writes the checkpoint atomically with its format tag; call it after every file it names.
   /// Only the writer writes; on other ranks this does nothing.
   void write_checkpoint(nlohmann::json state, std::string_view format) const;
 
  private:
+  [[noreturn]] void damaged_checkpoint(const std::string& reason) const;
   std::filesystem::path dir_;
   bool writer_;
   std::optional<JobLock> lock_;

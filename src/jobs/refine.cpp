@@ -394,12 +394,7 @@ RefineResult run_refine(const RefineOptions& options) {
 
 RefineResult continue_refine(const std::string& out_dir) {
   const JobFolder folder(out_dir, "refine", JobFolder::Mode::resume);
-  State state;
-  try {
-    state = folder.read_checkpoint().get<State>();
-  } catch (const json::exception& e) {
-    fail("{}: damaged checkpoint: {}", (folder.dir() / "checkpoint.json").string(), e.what());
-  }
+  State state = folder.read_checkpoint_as<State>();
   state.options.out_dir = out_dir;
   return run(folder, std::move(state), true);
 }
