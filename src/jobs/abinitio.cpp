@@ -273,6 +273,27 @@ struct StepOutcome {
   std::vector<double> class_fractions;
 };
 
+/// The K maps as central-slice references for expectation_3d (which takes pointers to them).
+struct SliceReferences {
+  std::vector<em::Projector> projectors;
+  std::vector<const em::Projector*> pointers;
+  SliceReferences(const std::vector<em::SgdMap>& maps, int n) {
+    for (const auto& m : maps) projectors.emplace_back(m.map(), n);
+    for (const auto& p : projectors) pointers.push_back(&p);
+  }
+  SliceReferences(const SliceReferences&) = delete;  // the pointers point into this object
+};
+
+/// Poses and classes marginalised, back-projection up to `radius` (pixels).
+em::ExpectationSettings marginal_settings(const AbinitioOptions& o, double radius) {
+  em::ExpectationSettings settings;
+  settings.use_ctf = !o.no_ctf;
+  settings.marginalize = true;
+  settings.batch = o.batch;
+  settings.insert_radius = radius;
+  return settings;
+}
+
 /// One SGD iteration: E-step on the minibatch against the current maps (poses and classes
 /// marginalised), a gradient step per class, the constraints, the noise model, the class temperature.
 StepOutcome sgd_iteration(const Engine& e, State& s, std::vector<em::SgdMap>& maps) {
@@ -286,15 +307,9 @@ StepOutcome sgd_iteration(const Engine& e, State& s, std::vector<em::SgdMap>& ma
   for (std::size_t m : members) images.push_back(e.in.active[m]);
   std::vector<em::Pose3D> poses(images.size());
 
-  std::vector<em::Projector> projectors;
-  for (const auto& m : maps) projectors.emplace_back(m.map(), n);
-  std::vector<const em::Projector*> refs;
-  for (const auto& p : projectors) refs.push_back(&p);
-  em::ExpectationSettings settings;
-  settings.use_ctf = !o.no_ctf;
-  settings.marginalize = true;
-  settings.batch = o.batch;
-  settings.insert_radius = radius;
+  const SliceReferences references(maps, n);
+  const auto& refs = references.pointers;
+  em::ExpectationSettings settings = marginal_settings(o, radius);
   settings.class_temperature = s.class_temperature;
   em::ReconstructionSums sums(K, n);
   em::NoiseSums noise(s.sigma2_initial.size(), sz(n / 2 + 1));
@@ -371,15 +386,9 @@ FinalPass final_pass(const Engine& e, const State& s, const std::vector<em::SgdM
   const auto& o = s.options;
   const int n = e.in.n, K = o.classes;
   const double radius = std::min(n / 2.0 - 1, n * e.in.pixel / o.max_resolution);
-  std::vector<em::Projector> projectors;
-  for (const auto& m : maps) projectors.emplace_back(m.map(), n);
-  std::vector<const em::Projector*> refs;
-  for (const auto& p : projectors) refs.push_back(&p);
-  em::ExpectationSettings settings;
-  settings.use_ctf = !o.no_ctf;
-  settings.marginalize = true;
-  settings.batch = o.batch;
-  settings.insert_radius = radius;
+  const SliceReferences references(maps, n);
+  const auto& refs = references.pointers;
+  em::ExpectationSettings settings = marginal_settings(o, radius);
   FinalPass out;
   out.poses.resize(e.in.active.size());
   em::ReconstructionSums sums(K, n);
