@@ -12,11 +12,11 @@
 #include <utility>
 #include <vector>
 
+#include "emcryo/em/hypotheses.hpp"  // Shift
 #include "emcryo/em/projector2d.hpp"
 
 namespace emcryo::em {
 
-using Shift = std::pair<float, float>;  // pixels: displacement of the particle from the centre
 
 /// e^{-2 pi i k.(s + base)/n} at the listed frequencies, one row of list.size() per shift.
 std::vector<Complex> shift_ramps(const FrequencyList& list, const std::vector<Shift>& shifts, double base_x = 0,
