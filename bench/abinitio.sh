@@ -5,8 +5,10 @@
 # Usage: bench/abinitio.sh [WORKDIR] [PART...]   (default /tmp/emcryo_abinitio_bench, all parts)
 # Parts: main (1TII, default settings, timed), seeds (1TII, seeds 1..10: success = FSC 0.5 to
 # the truth <= 15 Å after superposition), momentum0 (seeds 1..3 with cryoSPARC's momentum 0),
-# other (2XHE), mix (K = 2 on the mixture), refine (refine from the ab-initio map vs from the
-# true map, both low-passed to 30 Å), relion (relion_refine --denovo_3dref --sgd, RELION 3.1.3;
+# momentum (1TII and 2XHE, seeds 1..3, momentum 0.5 and 0), other (2XHE), mix (K = 2 on the
+# mixture), refine (1TII), refine2xhe (2XHE): `emcryo refine --ini-high 30` from the ab-initio map
+# and from the true map, both low-passed to 30 Å by --ini-high, each map_unfil.mrc scored against
+# the truth after superposition; relion (relion_refine --denovo_3dref --sgd, RELION 3.1.3;
 # RELION_ITERS="initial in-between final" SGD iterations, default RELION's 50 200 50;
 # RELION_SUBSETS="initial final" minibatch sizes, default 100 500).
 # Every heavy run takes /tmp/emcryo-cpu.lock (the machine is shared); emcryo runs with -j 2,
@@ -59,18 +61,31 @@ print(f"seeds: {sum(r <= 15 for r in res)}/{len(res)} reach FSC 0.5 <= 15 Å; FS
 PY
            ;;
     momentum0) for s in 1 2 3; do abinitio "ab_m0_seed$s" sim1tii --seed "$s" --momentum 0; done ;;
+    momentum)  # seed 1 at momentum 0.5 is ab_main / ab_2xhe (the default seed)
+      simulate sim2xhe 12 "$T2"
+      [[ -f $W/ab_main.json ]] || abinitio ab_main sim1tii
+      [[ -f $W/ab_2xhe.json ]] || abinitio ab_2xhe sim2xhe
+      for s in 1 2 3; do
+        ((s > 1)) && abinitio "ab_m05_seed$s" sim1tii --seed "$s" && abinitio "ab_2xhe_m05_seed$s" sim2xhe --seed "$s"
+        abinitio "ab_m0_seed$s" sim1tii --seed "$s" --momentum 0
+        abinitio "ab_2xhe_m0_seed$s" sim2xhe --seed "$s" --momentum 0
+      done ;;
     other) simulate sim2xhe 12 "$T2"; abinitio ab_2xhe sim2xhe ;;
     mix) simulate simmix 13 "$T1" "$T2"; abinitio ab_mix simmix --classes 2 ;;
-    refine)
-      [[ -f $W/ab_main/class_001.mrc ]] || abinitio ab_main sim1tii
+    refine|refine2xhe)
+      if [[ $part == refine ]]; then data=sim1tii ab=ab_main tag=""; else simulate sim2xhe 12 "$T2"; data=sim2xhe ab=ab_2xhe tag=_2xhe; fi
+      [[ -f $W/$ab/class_001.mrc ]] || abinitio "$ab" "$data"
       for from in ab truth; do
-        ref=$W/ab_main/class_001.mrc; [[ $from == truth ]] && ref=$W/sim1tii/truth_class001.mrc
-        rm -rf "${W:?}/refine_from_$from"
-        flock $LOCK /usr/bin/time -v -o "$W/refine_from_$from.time" "$EMCRYO" -j 2 refine --particles "$W/sim1tii/particles.star" --ref "$ref" \
-          --ini-high 30 --out "$W/refine_from_$from" > "$W/refine_from_$from.log" 2>&1
-        gold=$(tail -n 1 "$W/refine_from_$from.log")
-        truth=$("$EMCRYO" align-map --map "$W/refine_from_$from/map_unfil.mrc" --ref "$W/sim1tii/truth_class001.mrc" | tail -n 1)
-        echo "refine from $from (30 Å): $gold; to the truth after superposition: $truth" | tee -a "$W/summary.txt"
+        ref=$W/$ab/class_001.mrc; [[ $from == truth ]] && ref=$W/$data/truth_class001.mrc
+        out=refine${tag}_from_$from
+        rm -rf "${W:?}/$out"
+        echo "emcryo -j 2 refine --particles $data/particles.star --ref $ref --ini-high 30 --out $out" > "$W/$out.cmd"
+        flock $LOCK /usr/bin/time -v -o "$W/$out.time" "$EMCRYO" -j 2 refine --particles "$W/$data/particles.star" --ref "$ref" \
+          --ini-high 30 --out "$W/$out" > "$W/$out.log" 2>&1
+        wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$W/$out.time")
+        gold=$(tail -n 1 "$W/$out.log")
+        truth=$("$EMCRYO" align-map --map "$W/$out/map_unfil.mrc" --ref "$W/$data/truth_class001.mrc" | tr '\n' ' ')
+        echo "$data: refine from $from (30 Å): wall $wall; $gold; to the truth after superposition: $truth" | tee -a "$W/summary.txt"
       done ;;
     relion)
       R=$W/relion

@@ -481,11 +481,10 @@ void write_report(const fs::path& dir, const State& s, const Inputs& in, const F
   report.write(dir / "report.html");
 }
 
-AbinitioResult run(const JobFolder& folder, State s, bool resumed) {
+AbinitioResult run(const JobFolder& folder, State s, const Inputs& in, bool resumed) {
   const auto& o = s.options;
   const fs::path dir = folder.dir();
   const auto group = geometry::make_symmetry_group(o.symmetry);
-  const Inputs in = read_inputs(o);
   folder.open_log();
   const int n = in.n, K = o.classes;
   const Engine e{in, group};
@@ -553,7 +552,6 @@ AbinitioResult run_abinitio(const AbinitioOptions& options) {
   if (options.learning_rate <= 0 || options.learning_rate > 1) fail("abinitio: --learning-rate must be in (0, 1]");
   if (options.momentum < 0 || options.momentum >= 1) fail("abinitio: --momentum must be in [0, 1)");
   (void)geometry::make_symmetry_group(options.symmetry);
-  const JobFolder folder(options.out_dir, "abinitio", JobFolder::Mode::start);
   State s;
   s.options = options;
   s.options.particles = absolute_path(s.options.particles);
@@ -561,14 +559,18 @@ AbinitioResult run_abinitio(const AbinitioOptions& options) {
   // gradient rests on about as many particles.
   if (s.options.initial_batch <= 0) s.options.initial_batch = 100 * options.classes;
   if (s.options.final_batch <= 0) s.options.final_batch = 300 * options.classes;
-  return run(folder, std::move(s), false);
+  // The inputs are judged before the output folder is made: a bad input leaves no empty folder.
+  const Inputs in = read_inputs(s.options);
+  const JobFolder folder(options.out_dir, "abinitio", JobFolder::Mode::start);
+  return run(folder, std::move(s), in, false);
 }
 
 AbinitioResult continue_abinitio(const std::string& out_dir) {
   const JobFolder folder(out_dir, "abinitio", JobFolder::Mode::resume);
   State s = folder.read_checkpoint_as<State>();
   s.options.out_dir = out_dir;
-  return run(folder, std::move(s), true);
+  const Inputs in = read_inputs(s.options);
+  return run(folder, std::move(s), in, true);
 }
 
 }  // namespace emcryo::jobs

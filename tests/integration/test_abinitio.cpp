@@ -96,6 +96,22 @@ TEST_F(AbinitioSingle, RefineFromItMatchesRefineFromTheTruth) {
   EXPECT_LE(from_ab.resolution_0143, 1.10 * from_truth.resolution_0143) << "from truth: " << from_truth.resolution_0143;
 }
 
+// A bad input fails with a message naming it and leaves no output folder behind (the inputs are
+// judged before the folder is made): a missing particles file, and --max-res beyond Nyquist.
+TEST_F(AbinitioSingle, BadInputLeavesNoOutputFolder) {
+  const std::string exe = EMCRYO_EXE;
+  const auto missing = test::run_capture(fmt::format("{} abinitio --particles {} --out {}", exe, (dir() / "nothing.star").string(),
+                                                     (dir() / "bad_missing").string()));
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.output.find("nothing.star"), std::string::npos) << missing.output;
+  EXPECT_FALSE(fs::exists(dir() / "bad_missing"));
+  const auto beyond = test::run_capture(fmt::format("{} abinitio --particles {} --out {} --max-res 5", exe,
+                                                    (dir() / "data/particles.star").string(), (dir() / "bad_nyquist").string()));
+  EXPECT_NE(beyond.exit_code, 0);
+  EXPECT_NE(beyond.output.find("Nyquist"), std::string::npos) << beyond.output;
+  EXPECT_FALSE(fs::exists(dir() / "bad_nyquist"));
+}
+
 TEST(Abinitio, TwoClassMixtureSeparates) {
   const test::TempDir temp("abinitio_mix", true);
   const fs::path& dir = temp.path();
