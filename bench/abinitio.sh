@@ -11,6 +11,7 @@
 # the truth after superposition; relion (relion_refine --denovo_3dref --sgd, RELION 3.1.3;
 # RELION_ITERS="initial in-between final" SGD iterations, default RELION's 50 200 50;
 # RELION_SUBSETS="initial final" minibatch sizes, default 100 500).
+# RELION on a 16-core host, beside emcryo on the same cores: bench/abinitio_device.sh.
 # Every heavy run takes /tmp/emcryo-cpu.lock (the machine is shared); emcryo runs with -j 2,
 # RELION with --j 2. Scores: bench/eval_abinitio.py (emcryo align-map against each truth).
 set -euo pipefail
