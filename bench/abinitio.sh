@@ -66,10 +66,12 @@ PY
       simulate sim2xhe 12 "$T2"
       [[ -f $W/ab_main.json ]] || abinitio ab_main sim1tii
       [[ -f $W/ab_2xhe.json ]] || abinitio ab_2xhe sim2xhe
-      for s in 1 2 3; do
-        ((s > 1)) && abinitio "ab_m05_seed$s" sim1tii --seed "$s" && abinitio "ab_2xhe_m05_seed$s" sim2xhe --seed "$s"
-        abinitio "ab_m0_seed$s" sim1tii --seed "$s" --momentum 0
-        abinitio "ab_2xhe_m0_seed$s" sim2xhe --seed "$s" --momentum 0
+      for s in ${MOMENTUM_SEEDS:-1 2 3}; do  # MOMENTUM_SETS="1tii" leaves 2XHE out
+        for set in ${MOMENTUM_SETS:-1tii 2xhe}; do
+          tag=$([[ $set == 1tii ]] || echo "_$set")
+          [[ -f $W/ab${tag}_m0_seed$s.json ]] || abinitio "ab${tag}_m0_seed$s" "sim$set" --seed "$s" --momentum 0
+          ((s > 1)) && { [[ -f $W/ab${tag}_m05_seed$s.json ]] || abinitio "ab${tag}_m05_seed$s" "sim$set" --seed "$s"; }
+        done
       done ;;
     other) simulate sim2xhe 12 "$T2"; abinitio ab_2xhe sim2xhe ;;
     mix) simulate simmix 13 "$T1" "$T2"; abinitio ab_mix simmix --classes 2 ;;
