@@ -16,7 +16,7 @@ sets=${*:-flex lowsnr dis uni}
 mkdir -p "$W" && cd "$W" || exit 1
 sim() { local out=$1; shift; [ -f $out/particles.star ] || "$E" -j $J simulate --model "$root/data/1tii.pdb.gz" --out $out "$@" > $out.sim.log 2>&1; }
 # Sum of the per-iteration seconds the job logs, and of its M-step regularisation.
-times() { grep -h "^iteration .*: resolution" $1/run.log | sed -E 's/.*, ([0-9.]+) s \(M-step regularisation ([0-9.]+) s\).*/\1 \2/' |
+times() { grep -hE "iteration +[0-9]+: resolution" $1/run.log | sed -E 's/.*, ([0-9.]+) s \(M-step regularisation ([0-9.]+) s\).*/\1 \2/' |
           awk -v n=$1 '{t+=$1; r+=$2} END {printf "%s: %d iterations, %.1f s, regularisation %.2f s (%.1f%%)\n", n, NR, t, r, 100*r/t}'; }
 local_refine() {  # DATA NAME ARGS...
   local d=$1 name=$2; shift 2
