@@ -1,40 +1,72 @@
 #!/usr/bin/env bash
-# local-refine and nu-refine on simulated data with known truth (issue 11), run on the device
-# tool's 16-core host (CPU only), four jobs at a time with -j 4 each. Results: $OUT/results.tgz
-# (maps, logs, STAR files; evaluate with bench/masked_fsc.py and bench/pose_error.py) and
-# $OUT/times.txt. Usage (repository root, .devinc carried): bash bench/local_nu_refine.sh
+# local-refine and nu-refine on simulated data with known truth (issue 11), sized for the 2-core
+# machine (about 4 min of CPU for flex+lowsnr+dis; uni adds about 10 min). Run from the repository
+# root after building build/apps/emcryo; on the shared machine under the lock:
+#   flock /tmp/emcryo-cpu.lock bash bench/local_nu_refine.sh [flex] [lowsnr] [dis] [uni]   (default: all)
+# Work folder: $W (default /tmp/lnr). Prints, per run: FSC to truth inside the truth's mask (0.5 /
+# 0.143 Å and mean FSC, bench/masked_fsc.py), body-2 pose error (bench/pose_error.py) and the sum of
+# the job's own iteration times with the M-step regularisation's share.
 set -uo pipefail
-root=$(pwd); OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-source bench/gpu/lib.sh
-build_emcryo 16 || { tail -20 /tmp/build.log; exit 1; }
-E=$root/build-dev/apps/emcryo
-W=/tmp/lnr; rm -rf $W; mkdir -p $W; cd $W
-timed() { local name=$1; shift; local s=$(now); "$E" -j 4 "$@" > $name.log 2>&1; echo "$name: $(since $s) s (rc $?)" >> times.txt; }
-{
-  lscpu | grep "Model name"
-  # Flexible domain: body 2 = chain A, 12 degrees (sd) about the hinge.
-  "$E" simulate --model "$root/data/1tii.pdb.gz" --out flex --particles 1000 --box 40 --pixel-size 3 --snr 0.2 --body2-chains A \
-    --flex-sigma 12 --seed 4 > /dev/null 2>&1
-  "$E" reconstruct --particles flex/particles.star --out cons > /dev/null 2>&1
-  L="local-refine --particles flex/particles.star --ref cons/map_unfil.mrc --mask flex/truth_body2_mask.mrc --max-iterations 6"
-  timed loc_sub $L --out loc_sub --subtract &
-  timed loc_nosub $L --out loc_nosub &
-  timed loc_max $L --out loc_max --subtract --no-marginalization &
-  timed loc_prior $L --out loc_prior --subtract --pose-prior --prior-sigma-rot 3 --prior-sigma-shift 2 &
-  wait
-  timed loc_prior15 $L --out loc_prior15 --subtract --pose-prior &
-  # Disordered density (chain A) and uniform data: refine vs nu-refine.
-  "$E" simulate --model "$root/data/1tii.pdb.gz" --out dis --particles 1000 --box 48 --pixel-size 2.5 --snr 0.05 --disorder-chains A \
-    --disorder-sigma 15 --disorder-shift 4 --seed 3 > /dev/null 2>&1
-  "$E" simulate --model "$root/data/1tii.pdb.gz" --out uni --particles 1000 --box 48 --pixel-size 2.5 --snr 0.05 --seed 3 > /dev/null 2>&1
-  timed dis_refine refine --particles dis/particles.star --ref dis/truth_class001.mrc --ini-high 30 --out dis_refine &
-  timed dis_nu nu-refine --particles dis/particles.star --ref dis/truth_class001.mrc --ini-high 30 --out dis_nu &
-  timed uni_refine refine --particles uni/particles.star --ref uni/truth_class001.mrc --ini-high 30 --out uni_refine &
-  wait
-  timed uni_nu nu-refine --particles uni/particles.star --ref uni/truth_class001.mrc --ini-high 30 --out uni_nu &
-  timed dis_local_nu local-refine --particles dis_refine/particles.star --ref dis_refine/map_unfil.mrc --mask dis/truth_ordered_mask.mrc --nu --max-iterations 4 --out dis_local_nu &
-  wait
-  cat times.txt
-} 2>&1 | tee "$OUT/times.txt"
-tar czf "$OUT/results.tgz" --exclude='*.mrcs' --exclude='checkpoint*' --exclude='particles.cs' .
-ls -la "$OUT"
+root=$(pwd)
+E=${E:-$root/build/apps/emcryo}
+J=${J:-2}
+W=${W:-/tmp/lnr}
+PY=/usr/bin/python3
+sets=${*:-flex lowsnr dis uni}
+mkdir -p "$W" && cd "$W" || exit 1
+sim() { local out=$1; shift; [ -f $out/particles.star ] || "$E" -j $J simulate --model "$root/data/1tii.pdb.gz" --out $out "$@" > $out.sim.log 2>&1; }
+# Sum of the per-iteration seconds the job logs, and of its M-step regularisation.
+times() { grep -hE "iteration +[0-9]+: resolution" $1/run.log | sed -E 's/.*, ([0-9.]+) s \(M-step regularisation ([0-9.]+) s\).*/\1 \2/' |
+          awk -v n=$1 '{t+=$1; r+=$2} END {printf "%s: %d iterations, %.1f s, regularisation %.2f s (%.1f%%)\n", n, NR, t, r, 100*r/t}'; }
+local_refine() {  # DATA NAME ARGS...
+  local d=$1 name=$2; shift 2
+  "$E" -j $J local-refine --particles $d/particles.star --ref $d.cons/map_unfil.mrc --mask $d/truth_body2_mask.mrc --out $name \
+    --max-iterations 6 "$@" > $name.log 2>&1 || echo "$name failed"
+  $PY "$root/bench/masked_fsc.py" $d/truth_body2.mrc $d/truth_body2_mask.mrc $name/map_unfil.mrc
+  $PY "$root/bench/pose_error.py" $d/truth.star $name/particles.star emcryoBody2
+  times $name
+}
+flexible() {  # DATA SIMULATE-ARGS...
+  local d=$1; shift
+  sim $d --box 40 --pixel-size 3 --body2-chains A --flex-sigma 12 "$@"
+  [ -f $d.cons/map_unfil.mrc ] || "$E" -j $J reconstruct --particles $d/particles.star --out $d.cons > /dev/null 2>&1
+  echo "== $d: consensus (reconstruction at body 1's true poses), body 2 in its mask"
+  $PY "$root/bench/masked_fsc.py" $d/truth_body2.mrc $d/truth_body2_mask.mrc $d.cons/map_unfil.mrc
+  $PY "$root/bench/pose_error.py" $d/truth.star $d/particles.star emcryoBody2
+}
+refine_pair() {  # DATA TRUTH MASK
+  local d=$1 truth=$2 mask=$3
+  for job in refine nu-refine; do
+    "$E" -j $J $job --particles $d/particles.star --ref $d/truth_class001.mrc --ini-high 30 --out $d.$job > $d.$job.log 2>&1 || echo "$d.$job failed"
+    times $d.$job
+  done
+  [ -n "$mask" ] || mask=$d.refine/mask.mrc
+  $PY "$root/bench/masked_fsc.py" $truth $mask $d.refine/map_unfil.mrc $d.nu-refine/map_unfil.mrc
+}
+for s in $sets; do
+  case $s in
+    flex)  # SNR 1: local-refine with and without --subtract; maximisation
+      flexible flex1 --particles 600 --snr 1 --seed 4
+      local_refine flex1 flex1.sub --subtract
+      local_refine flex1 flex1.nosub
+      local_refine flex1 flex1.max --subtract --no-marginalization ;;
+    lowsnr)  # SNR 0.15: marginalisation against maximisation; the pose prior at the same 20-degree extent
+      for seed in 4 5; do
+        flexible low$seed --particles 800 --snr 0.15 --seed $seed
+        local_refine low$seed low$seed.marg --subtract --rotation-extent 20
+        local_refine low$seed low$seed.max --subtract --rotation-extent 20 --no-marginalization
+        local_refine low$seed low$seed.prior --subtract --rotation-extent 20 --pose-prior --prior-sigma-rot 8 --prior-sigma-shift 3
+        local_refine low$seed low$seed.nosub --rotation-extent 20
+      done ;;
+    dis)  # chains A, D, E (55% of the mass) disordered, SNR 2: refine against nu-refine on the ordered part
+      for seed in 3 5; do
+        sim dis$seed --particles 800 --box 40 --pixel-size 3 --snr 2 --disorder-chains A,D,E --disorder-sigma 20 --disorder-shift 5 --seed $seed
+        echo "== dis$seed: ordered part in its mask"
+        refine_pair dis$seed dis$seed/truth_ordered.mrc dis$seed/truth_ordered_mask.mrc
+      done ;;
+    uni)  # uniform 1TII: nu-refine must be no worse (mask: refine's automatic one)
+      sim uni --particles 2000 --box 64 --pixel-size 2.5 --snr 0.05 --seed 3
+      echo "== uni: whole particle in refine's mask"
+      refine_pair uni uni/truth_class001.mrc "" ;;
+  esac
+done
