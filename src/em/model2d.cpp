@@ -302,4 +302,24 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   return next;
 }
 
+double class2d_working_radius(const Class2DModel& model, double lowest, double highest) {
+  const std::size_t K = model.resolution_shell.size();
+  if (K == 0) return std::clamp(model.radius, lowest, highest);
+  std::vector<std::size_t> order(K);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return model.resolution_shell[a] < model.resolution_shell[b]; });
+  const double total = std::accumulate(model.priors.begin(), model.priors.end(), 0.0);
+  double below = 0;
+  int median_shell = model.resolution_shell[order.back()];
+  for (std::size_t k : order) {
+    below += model.priors[k];
+    if (below >= 0.5 * total) {
+      median_shell = model.resolution_shell[k];
+      break;
+    }
+  }
+  return std::clamp(static_cast<double>(median_shell) + 3, lowest, highest);
+}
+
 }  // namespace emcryo::em

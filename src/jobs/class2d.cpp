@@ -454,14 +454,8 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
         break;
       }
     }
-    // The working frequency limit follows the resolution reached by the typical class (the
-    // median, not the best: a limit set by the largest class would favour it in the E-step, where
-    // smaller, blurrier classes cannot compete at frequencies only the large class resolves).
-    std::vector<int> shells_sorted = next.resolution_shell;
-    std::sort(shells_sorted.begin(), shells_sorted.end());
-    const int best_shell = shells_sorted.back();
-    const int median_shell = shells_sorted[shells_sorted.size() / 2];
-    next.radius = std::clamp(static_cast<double>(median_shell) + 3, std::max(min_radius, 3.0), max_radius);
+    next.radius = em::class2d_working_radius(next, std::max(min_radius, 3.0), max_radius);
+    const int best_shell = *std::max_element(next.resolution_shell.begin(), next.resolution_shell.end());
 
     IterationRecord record;
     record.iteration = it;

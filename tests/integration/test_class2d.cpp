@@ -115,7 +115,9 @@ TEST_F(Class2DTest, RecoversKnownViews) {
   const double ari = adjusted_rand_index(a, b);
   const double psi_error = median_psi_error(a, psi, true_psi);
   std::printf("adjusted Rand index %.3f, median in-plane error %.2f deg\n", ari, psi_error);
-  EXPECT_GE(ari, 0.8);
+  // Measured 0.930 (seed 1). The issue asks 0.99 on the 12-view bench set, where it is out of
+  // reach (bench/RESULTS.md: two of its views are 7 degrees apart); here 0.9 guards the figure.
+  EXPECT_GE(ari, 0.9);
   EXPECT_LE(psi_error, 5.0);
 
   // Every true view is matched by a class average: NCC >= 0.8 with its CTF-free projection after

@@ -68,4 +68,11 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
                                const std::vector<float>& particle_mask, const Class2DSettings& settings,
                                ScoringBackend& backend, std::vector<ParticleResult>& results, Class2DStats& stats);
 
+/// The working frequency limit (pixels) for the next iteration: the SSNR resolution reached by the
+/// class that holds the median particle (classes weighted by their share of the particles), plus 3
+/// shells of margin, within [lowest, highest]. Not the best class: a limit set by the largest class
+/// lets it win particles at frequencies only it resolves. Not the median over classes: empty and
+/// nearly empty classes (many of them at large K) have no resolution and dragged the limit to its floor.
+double class2d_working_radius(const Class2DModel& model, double lowest, double highest);
+
 }  // namespace emcryo::em
