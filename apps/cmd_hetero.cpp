@@ -29,6 +29,10 @@ void add_common(CLI::App* cmd, jobs::HeteroOptions& o, std::string& continue_dir
   cmd->add_flag("--force-hard", o.force_hard,
                 "Each particle enters its most probable class only (default: every class, weighted by its posterior)");
   cmd->add_option("--class-similarity-end", o.similarity_end, "Iteration by which the class similarity has fallen to 0")->capture_default_str();
+  cmd->add_option("--cross-half-iterations", o.cross_half_iterations,
+                  "For this many iterations each half's particles are compared with the other half's class maps (not with "
+                  "maps holding their own noise); 0: never")
+      ->capture_default_str();
   cmd->add_option("--target-resolution", o.target_resolution,
                   "Compare classes up to this resolution, Å (default: where the best class's half-map FSC falls to 0.143)");
   cmd->add_flag("--no-ctf", o.no_ctf, "Without CTF correction");

@@ -25,6 +25,7 @@ struct HeteroOptions {
   bool marginalize_poses = false;     // every probable pose per class weighted by its posterior (else the best one)
   double class_similarity = -1;       // initial, annealed to 0 by similarity_end; < 0: 0.5 for class3d, 0 for hetero-refine
   int similarity_end = 10;            // iteration by which the class similarity reaches 0
+  int cross_half_iterations = 10;     // iterations whose particles are scored against the other half's class maps
   double target_resolution = 0;       // Å: the working limit of the class comparison (0: from the best class FSC)
   bool no_ctf = false;
   std::string cs_root;                // .cs input: the folder blob/path is relative to
