@@ -4,7 +4,8 @@
 # a check that every run's answer (particles.star, and the maps' data bytes) equals 1x1's.
 #   bench/mpi_scaling.sh [-e EXE] WORKDIR
 # Prints a table to stdout (and WORKDIR/mpi_scaling.txt). Needs mpirun (OpenMPI).
-# Environment: JOBS ("class2d refine"), COMBOS, RUN_LIMIT (s per run), C2D_PARTICLES,
+# Environment: SCORING (global options; default "--cpu": CPU scaling even where a GPU is present,
+# "" lets every rank score on the GPU), JOBS ("class2d refine"), COMBOS, RUN_LIMIT (s per run), C2D_PARTICLES,
 # C2D_ITERATIONS, REF_PARTICLES, REF_ITERATIONS. Each run's log (with rank 0's "chunk reduction"
 # lines: time computing, folding, waiting; bytes moved) is kept as WORKDIR/JOB-RxT.log.
 set -uo pipefail
@@ -61,9 +62,9 @@ for job in ${JOBS:-class2d refine}; do
     rm -rf "$out"
     start=$(now)
     if ((ranks == 1)); then
-      timeout "$limit" "$exe" -j "$threads" "${args[@]}" --out "$out" > "$out.log" 2>&1
+      timeout "$limit" "$exe" ${SCORING---cpu} -j "$threads" "${args[@]}" --out "$out" > "$out.log" 2>&1
     else
-      timeout "$limit" mpirun -np "$ranks" --bind-to none "$exe" -j "$threads" "${args[@]}" --out "$out" > "$out.log" 2>&1
+      timeout "$limit" mpirun -np "$ranks" --bind-to none "$exe" ${SCORING---cpu} -j "$threads" "${args[@]}" --out "$out" > "$out.log" 2>&1
     fi
     rc=$? wall=$(since "$start")
     if ((rc != 0)); then echo "| $job | $combo | failed (rc $rc) | | | $(tail -1 "$out.log") |" | tee -a "$report"; continue; fi
