@@ -4,6 +4,10 @@
 # a check that every run's answer (particles.star, and the maps' data bytes) equals 1x1's.
 #   bench/mpi_scaling.sh [-e EXE] WORKDIR
 # Prints a table to stdout (and WORKDIR/mpi_scaling.txt). Needs mpirun (OpenMPI).
+# Environment: SCORING (global options; default "--cpu": CPU scaling even where a GPU is present,
+# "" lets every rank score on the GPU), JOBS ("class2d refine"), COMBOS, RUN_LIMIT (s per run), C2D_PARTICLES,
+# C2D_ITERATIONS, REF_PARTICLES, REF_ITERATIONS. Each run's log (with rank 0's "chunk reduction"
+# lines: time computing, folding, waiting; bytes moved) is kept as WORKDIR/JOB-RxT.log.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 exe="$here/../build/apps/emcryo"
@@ -19,9 +23,9 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
 
 {
   echo "host: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(mpirun --version 2>&1 | head -1); $(date -u +%F)"
-  "$exe" simulate --model "$here/../data/1tii.pdb.gz" --out "$work/c2d" --particles ${C2D_PARTICLES:-3000} --box 64 --pixel-size 2.0 --snr 0.05 \
+  [[ " ${JOBS:-class2d refine} " == *" class2d "* ]] && "$exe" simulate --model "$here/../data/1tii.pdb.gz" --out "$work/c2d" --particles ${C2D_PARTICLES:-3000} --box 64 --pixel-size 2.0 --snr 0.05 \
     --orientations views --views 12 --seed 7 > /dev/null 2>&1
-  "$exe" simulate --model "$here/heldout_models/2XHE.pdb.gz" --out "$work/ref" --particles ${REF_PARTICLES:-3000} --box 64 --pixel-size 2.5 --snr 0.03 \
+  [[ " ${JOBS:-class2d refine} " == *" refine "* ]] && "$exe" simulate --model "$here/heldout_models/2XHE.pdb.gz" --out "$work/ref" --particles ${REF_PARTICLES:-3000} --box 64 --pixel-size 2.5 --snr 0.03 \
     --seed 11 > /dev/null 2>&1
 } | tee "$report"
 
@@ -38,11 +42,19 @@ same_answer() {  # reference_dir dir: particles.star without comments, then ever
   done
   echo "identical to 1x1"
 }
+# Seconds of the iterations (run.log's "iteration ..., X s" figures) and of rank 0's reductions.
+phases() {
+  local it red
+  it=$(grep -o "iteration .*" "$1/run.log" 2>/dev/null | grep -o ", [0-9.]* s" | grep -o "[0-9.]*" | awk '{s += $1} END {printf "%.1f", s}')
+  red=$(grep -o "rank 0: [0-9.]* s computing, [0-9.]* s folding, [0-9.]* s waiting" "$1/run.log" 2>/dev/null |
+    awk '{c += $3; f += $6; w += $9} END {printf "%.1f / %.1f / %.1f", c, f, w}')
+  echo "$it | $red"
+}
 
-for job in class2d refine; do
+for job in ${JOBS:-class2d refine}; do
   unset -n args 2>/dev/null; declare -n args=$job
-  echo "| $job | ranks x threads | wall (s) | speed-up | efficiency | answer |" | tee -a "$report"
-  echo "|---|---|---|---|---|---|" | tee -a "$report"
+  echo "| $job | ranks x threads | wall (s) | speed-up | efficiency | answer | iterations (s) | rank 0 computing / folding / waiting (s) |" | tee -a "$report"
+  echo "|---|---|---|---|---|---|---|---|" | tee -a "$report"
   base=""
   for combo in $combos; do
     ranks=${combo%x*} threads=${combo#*x}
@@ -50,15 +62,15 @@ for job in class2d refine; do
     rm -rf "$out"
     start=$(now)
     if ((ranks == 1)); then
-      timeout "$limit" "$exe" -j "$threads" "${args[@]}" --out "$out" > "$out.log" 2>&1
+      timeout "$limit" "$exe" ${SCORING---cpu} -j "$threads" "${args[@]}" --out "$out" > "$out.log" 2>&1
     else
-      timeout "$limit" mpirun -np "$ranks" --bind-to none "$exe" -j "$threads" "${args[@]}" --out "$out" > "$out.log" 2>&1
+      timeout "$limit" mpirun -np "$ranks" --bind-to none "$exe" ${SCORING---cpu} -j "$threads" "${args[@]}" --out "$out" > "$out.log" 2>&1
     fi
     rc=$? wall=$(since "$start")
     if ((rc != 0)); then echo "| $job | $combo | failed (rc $rc) | | | $(tail -1 "$out.log") |" | tee -a "$report"; continue; fi
     [[ -z $base ]] && base=$wall base_dir=$out
     speedup=$(awk -v a="$base" -v b="$wall" 'BEGIN {printf "%.2f", a / b}')
     eff=$(awk -v a="$base" -v b="$wall" -v p=$((ranks * threads)) 'BEGIN {printf "%.0f%%", 100 * a / b / p}')
-    echo "| $job | $combo | $wall | $speedup | $eff | $(same_answer "$base_dir" "$out") |" | tee -a "$report"
+    echo "| $job | $combo | $wall | $speedup | $eff | $(same_answer "$base_dir" "$out") | $(phases "$out") |" | tee -a "$report"
   done
 done

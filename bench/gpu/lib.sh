@@ -2,7 +2,7 @@
 
 # The headers the host lacks (carried in .devinc), then emcryo in Release into build-dev/.
 build_emcryo() {
-  cp -r .devinc/* /usr/include/
+  [[ -d .devinc ]] && cp -r .devinc/* /usr/include/
   cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DEMCRYO_BUILD_TESTS=OFF -DEMCRYO_BUILD_BENCH=OFF > /tmp/cmake.log 2>&1 &&
     cmake --build build-dev -j"${1:-16}" --target emcryo > /tmp/build.log 2>&1
 }

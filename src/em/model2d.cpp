@@ -224,7 +224,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   };
 
   // The E-step chunk by chunk (each on its rank), every chunk's sums from zero, folded in chunk
-  // order on every rank: the same sums with any number of ranks and threads.
+  // order on rank 0 and shared from there: the same sums with any number of ranks and threads.
   const mpi::Chunks chunks(active.size());
   EStepStats es_stats;
   Progress progress(settings.random_assignment ? "initial classes" : "E-step", static_cast<std::int64_t>(chunks.owned_items()));
@@ -248,7 +248,20 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
     for (std::size_t g = 0; g < groups; ++g) message.add_into(residual[g]), message.add_into(residual_count[g]);
     add_stats(message, es_stats);
   };
-  mpi::reduce_in_chunk_order(chunks, compute, fold);
+  // What every rank needs next: every particle's result (convergence figures, next E-step) and the totals.
+  const auto share = [&](mpi::Message& message) {
+    for (const auto& r : results) put_result(message, r);
+    message.put(sums.data), message.put(sums.weight), message.put(class_mass);
+    for (std::size_t g = 0; g < groups; ++g) message.put(residual[g]), message.put(residual_count[g]);
+    message.put(es_stats);
+  };
+  const auto take = [&](mpi::Message& message) {
+    for (auto& r : results) r = get_result(message);
+    message.get_into(sums.data), message.get_into(sums.weight), message.get_into(class_mass);
+    for (std::size_t g = 0; g < groups; ++g) message.get_into(residual[g]), message.get_into(residual_count[g]);
+    es_stats = message.get<EStepStats>();
+  };
+  mpi::reduce_in_chunk_order(chunks, {compute, fold, share, take});
   progress.finish();
   stats.flops += es_stats.flops;
   stats.gemm_seconds += es_stats.gemm_seconds;

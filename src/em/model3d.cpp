@@ -265,7 +265,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   };
 
   // The E-step chunk by chunk (each on its rank), every chunk's sums from zero, folded in chunk
-  // order on every rank: the same sums and poses with any number of ranks and threads.
+  // order on rank 0 and shared from there: the same sums and poses with any number of ranks and threads.
   const mpi::Chunks chunks(image_index.size());
   ExpectationRun estep(set, image_index, start, space, source, list, sigma2, particle_mask, es, backend);
   const auto compute = [&](int c, mpi::Message& message) {
@@ -293,7 +293,20 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     stats.coarse_hypotheses += es_stats.coarse_hypotheses;
     stats.fine_hypotheses += es_stats.fine_hypotheses;
   };
-  mpi::reduce_in_chunk_order(chunks, compute, fold);
+  // What every rank needs next: every pose (the next E-step, the outputs) and the totals as folded.
+  const auto share = [&](mpi::Message& message) {
+    for (const auto& pose : poses) put_pose(message, pose);
+    for (int k = 0; k < K; ++k) sums.total(k).put(message);
+    for (std::size_t g = 0; g < noise.sum.size(); ++g) message.put(noise.sum[g]), message.put(noise.count[g]);
+    message.put(stats);
+  };
+  const auto take = [&](mpi::Message& message) {
+    for (auto& pose : poses) pose = get_pose(message);
+    for (int k = 0; k < K; ++k) sums.total(k).take_from(message);
+    for (std::size_t g = 0; g < noise.sum.size(); ++g) message.get_into(noise.sum[g]), message.get_into(noise.count[g]);
+    stats = message.get<ExpectationStats>();
+  };
+  mpi::reduce_in_chunk_order(chunks, {compute, fold, share, take});
   sums.clear_lanes();
 }
 

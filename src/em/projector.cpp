@@ -128,6 +128,8 @@ void BackProjector::put(mpi::Message& message) const { message.put(data_), messa
 
 void BackProjector::add_from(mpi::Message& message) { message.add_into(data_), message.add_into(weight_); }
 
+void BackProjector::take_from(mpi::Message& message) { message.get_into(data_), message.get_into(weight_); }
+
 void BackProjector::add(const BackProjector& other) {
   for (std::size_t i = 0; i < data_.size(); ++i) {
     data_[i] += other.data_[i];

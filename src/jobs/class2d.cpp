@@ -23,6 +23,7 @@
 #include "emcryo/io/star.hpp"
 #include "emcryo/io/cs_particles.hpp"
 #include "job_folder.hpp"
+#include "map_job.hpp"
 #include "posterior_output.hpp"
 
 namespace emcryo::jobs {
@@ -331,24 +332,7 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
 
   // Bad particles: NaN/Inf or constant pixels are skipped and listed; the run goes on.
   std::vector<std::size_t> active;
-  std::vector<std::string> skipped_notes;
-  {
-    Progress progress("checking particles", static_cast<std::int64_t>(set.size()));
-    std::vector<float> img(static_cast<std::size_t>(n) * n);
-    for (std::size_t i = 0; i < set.size(); ++i) {
-      set.read_image(i, img.data());
-      double mean, sd;
-      if (!io::all_finite(img.data(), img.size())) {
-        skipped_notes.push_back(fmt::format("particle {} ({}): NaN or Inf pixels", i + 1, set.image_name(i)));
-      } else if (image::mean_stddev(img.data(), img.size(), mean, sd), sd == 0) {
-        skipped_notes.push_back(fmt::format("particle {} ({}): constant image", i + 1, set.image_name(i)));
-      } else {
-        active.push_back(i);
-      }
-      if (i % 256 == 255) progress.advance(256);
-    }
-    progress.finish();
-  }
+  const std::vector<std::string> skipped_notes = check_particles(set, active);
   for (const auto& s : skipped_notes) log::warn("skipped {}", s);
   if (active.size() < static_cast<std::size_t>(o.classes))
     fail("class2d: only {} usable particles for {} classes", active.size(), o.classes);

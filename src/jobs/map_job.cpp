@@ -5,6 +5,8 @@
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/log.hpp"
+#include "emcryo/core/mpi.hpp"
+#include "emcryo/core/progress.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/image/map_tools.hpp"
 #include "emcryo/io/mrc.hpp"
@@ -42,23 +44,41 @@ MapJobInputs read_map_job_inputs(const MapJobInputOptions& o) {
   return in;
 }
 
-void select_particles(MapJobInputs& in, std::uint64_t seed) {
-  const auto& set = in.set;
-  const int n = in.n;
-  std::vector<float> img(static_cast<std::size_t>(n) * n);
-  for (std::size_t i = 0; i < set.size(); ++i) {
-    set.read_image(i, img.data());
-    double mean, sd;
-    image::mean_stddev(img.data(), img.size(), mean, sd);
-    if (!io::all_finite(img.data(), img.size()) || sd == 0) {
-      in.skipped.push_back(fmt::format("particle {} ({}): {}", i + 1, set.image_name(i),
-                                       io::all_finite(img.data(), img.size()) ? "constant image" : "NaN or Inf pixels"));
-      log::warn("skipped {}", in.skipped.back());
-      continue;
+std::vector<std::string> check_particles(const io::ParticleSet& set, std::vector<std::size_t>& active) {
+  enum Verdict : std::int64_t { usable = 0, not_finite = 1, constant = 2 };
+  const mpi::Chunks chunks(set.size());
+  std::vector<std::int64_t> verdict(set.size(), usable);  // zero where another rank checks
+  Progress progress("checking particles", static_cast<std::int64_t>(chunks.owned_items()));
+  std::vector<float> img(static_cast<std::size_t>(set.box()) * static_cast<std::size_t>(set.box()));
+  for (int c = 0; c < chunks.count(); ++c) {
+    if (chunks.owner(c) != mpi::rank()) continue;
+    for (std::size_t i = chunks.begin(c); i < chunks.end(c); ++i) {
+      set.read_image(i, img.data());
+      double mean, sd;
+      if (!io::all_finite(img.data(), img.size()))
+        verdict[i] = not_finite;
+      else if (image::mean_stddev(img.data(), img.size(), mean, sd), sd == 0)
+        verdict[i] = constant;
     }
-    in.active.push_back(i);
+    progress.advance(static_cast<std::int64_t>(chunks.end(c) - chunks.begin(c)));
   }
-  in.half = set.half_sets(in.active, seed);
+  progress.finish();
+  mpi::sum(verdict);
+  std::vector<std::string> notes;
+  active.clear();
+  for (std::size_t i = 0; i < set.size(); ++i) {
+    if (verdict[i] == usable)
+      active.push_back(i);
+    else
+      notes.push_back(fmt::format("particle {} ({}): {}", i + 1, set.image_name(i), verdict[i] == constant ? "constant image" : "NaN or Inf pixels"));
+  }
+  return notes;
+}
+
+void select_particles(MapJobInputs& in, std::uint64_t seed) {
+  in.skipped = check_particles(in.set, in.active);
+  for (const auto& s : in.skipped) log::warn("skipped {}", s);
+  in.half = in.set.half_sets(in.active, seed);
 }
 
 std::vector<float> read_reference(const std::string& path, int n, double pixel, const std::string& job, std::string& note) {

@@ -41,6 +41,10 @@ struct MapJobInputOptions {
 /// Reads the particles and the mask; checks CTF columns, pixel sizes and the mask's box.
 MapJobInputs read_map_job_inputs(const MapJobInputOptions& o);
 
+/// Every particle of `set` read and checked, the work spread over the ranks of an MPI job (each
+/// reads its chunks, mpi::Chunks; the verdicts are summed): usable ones into `active`, in order,
+/// and a note ("particle 3 (1@stack.mrcs): NaN or Inf pixels") for each bad one, on every rank.
+std::vector<std::string> check_particles(const io::ParticleSet& set, std::vector<std::size_t>& active);
 /// Usable particles (bad ones skipped, logged and kept for the report) and their half sets.
 void select_particles(MapJobInputs& in, std::uint64_t seed);
 

@@ -80,6 +80,18 @@ TEST_F(MpiJobs, Class2DTwoRanksGiveTheSingleProcessResult) {
   EXPECT_EQ(done_lines, 1u) << two.output;
 }
 
+// The reduction itself across 3 ranks, each with several chunks (so several messages in flight):
+// core's unit test, run under mpirun, checks the fold order and every rank's totals bit for bit.
+TEST_F(MpiJobs, ReductionOnThreeRanksGivesTheSingleProcessTotalsOnEveryRank) {
+  const auto three = test::run_capture(fmt::format("timeout 120 mpirun -np 3 --oversubscribe {}/tests/test_core "
+                                                   "--gtest_filter='MpiReduce.*' --gtest_color=no 2>&1",
+                                                   EMCRYO_BINARY_DIR));
+  EXPECT_EQ(three.exit_code, 0) << three.output;
+  std::size_t passed = 0;
+  for (auto at = three.output.find("[  PASSED  ] 1 test"); at != std::string::npos; at = three.output.find("[  PASSED  ] 1 test", at + 1)) ++passed;
+  EXPECT_EQ(passed, 3u) << three.output;  // once per rank
+}
+
 TEST_F(MpiJobs, RefineTwoRanksGiveTheSingleProcessResult) {
   test::TempDir work("mpi_refine");
   ASSERT_EQ(test::run(fmt::format("{} {} >{}/one.log 2>&1", kExe, refine_args(work.path() / "one"), work.path().string())), 0);

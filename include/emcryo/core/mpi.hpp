@@ -4,8 +4,9 @@
 //
 // Determinism: the work of an E-step is split into chunks whose number depends on the particle
 // count only, never on the rank count. Each chunk's sums start from zero and are added into the
-// total in chunk order, on every rank, from the same bytes: the result is bitwise the same with
-// 1 or N ranks (and, since each chunk's own sums follow the particle order, with any threads).
+// total in chunk order by rank 0 (a single process adds them in the same order as it computes
+// them), and every other rank receives rank 0's totals as bytes: the result is bitwise the same
+// with 1 or N ranks (and, since each chunk's own sums follow the particle order, with any threads).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -61,6 +62,8 @@ class Message {
   }
 
   void clear() { bytes_.clear(), read_ = 0; }
+  /// Rewinds to the first value (to read a message again).
+  void rewind() { read_ = 0; }
   std::vector<std::byte>& bytes() { return bytes_; }
 
   /// Readers mirror the writers above; a read past the end is an internal error (thrown).
@@ -90,6 +93,12 @@ class Message {
   }
   template <typename T>
   void add_into(std::vector<T>& into) { add_into(into.data(), into.size()); }
+  /// Copies the next array (written by put(values, count)) over `into`: a total as it was sent.
+  template <typename T>
+  void get_into(std::vector<T>& into) {
+    if (get_count() != into.size()) mismatch();
+    take(into.data(), into.size() * sizeof(T));
+  }
 
  private:
   void put_count(std::size_t count) { append(&count, sizeof count); }
@@ -118,12 +127,24 @@ class Chunks {
   std::vector<std::size_t> starts_;
 };
 
-/// The reduction of one E-step over `chunks`, in rounds of size() chunks (one per rank):
-/// `compute(c, message)` runs on chunk c's owner and writes the chunk's results and sums (each
-/// from zero) into the message; then every rank receives every chunk's message of the round, in
-/// chunk order, and `fold(c, message)` adds it into its totals. Every rank ends with the same
-/// totals, bitwise equal to a single process's. Memory: one chunk's sums at a time.
-void reduce_in_chunk_order(const Chunks& chunks, const std::function<void(int, Message&)>& compute,
-                           const std::function<void(int, Message&)>& fold);
+/// The reduction of one E-step over `chunks`. `compute(c, message)` runs on chunk c's owner and
+/// writes the chunk's results and sums (each from zero) into the message; the owners send their
+/// messages to rank 0, which calls `fold(c, message)` for c = 0, 1, ... in chunk order (its totals
+/// start where a single process's do, so they are bitwise a single process's). Then rank 0 writes
+/// what every rank needs next (`share`: the folded totals, the per-item results) into one message
+/// that is broadcast once and read by `take` on every other rank. One process folds as it computes.
+/// Memory: a rank holds at most three chunk messages (two in flight, one being computed).
+struct ChunkReduction {
+  std::function<void(int, Message&)> compute, fold;
+  std::function<void(Message&)> share, take;
+};
+void reduce_in_chunk_order(const Chunks& chunks, const ChunkReduction& reduction);
+
+/// Bytes this rank sent and received through reduce_in_chunk_order since the start (the
+/// reduction's message volume, for logs and benchmarks).
+struct Traffic {
+  std::uint64_t sent = 0, received = 0;
+};
+Traffic traffic();
 
 }  // namespace emcryo::mpi

@@ -47,6 +47,8 @@ class BackProjector {
   void put(mpi::Message& message) const;
   /// Adds the sums put() wrote, in the same order as add().
   void add_from(mpi::Message& message);
+  /// Replaces the sums with those put() wrote (a total shared by rank 0).
+  void take_from(mpi::Message& message);
 
   /// The map. `regularisation_per_shell` (size >= n/2+1, indexed by shell of the n grid, may be
   /// empty) is added to the weights; weights are also floored at 1/1000 of their shell mean.

@@ -3,7 +3,9 @@
 // tests/integration/test_mpi.cpp).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <complex>
+#include <cstring>
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/mpi.hpp"
@@ -48,25 +50,64 @@ TEST(MpiMessage, AnArrayOfAnotherLengthIsRefused) {
   EXPECT_THROW(m.add_into(two), Error);
 }
 
-TEST(MpiReduce, FoldsEveryChunkOnceInChunkOrder) {
+/// Chunk c's sums: values of very different sizes and signs, so that adding the chunks in
+/// another order changes the total's bits.
+std::vector<double> chunk_values(int c) {
+  std::vector<double> v(64);
+  for (std::size_t j = 0; j < v.size(); ++j) {
+    const auto h = (static_cast<std::uint64_t>(c) * 2654435761u + j * 40503u) % 1000003u;
+    v[j] = std::ldexp((h % 2 ? -1.0 : 1.0) * (1.0 + static_cast<double>(h % 997) / 997.0), static_cast<int>(h % 61) - 30);
+  }
+  return v;
+}
+
+// Also run under mpirun (tests/integration/test_mpi.cpp: MpiJobs.ReductionOnThreeRanks): rank 0
+// alone folds, in chunk order, messages that the owners computed and sent (several in flight per
+// rank), and every rank ends with rank 0's totals, bitwise those of one process.
+TEST(MpiReduce, RankZeroFoldsInChunkOrderAndEveryRankGetsTheSingleProcessTotals) {
   const mpi::Chunks chunks(1000);
-  std::vector<int> computed, folded;
-  double total = 0;
-  mpi::reduce_in_chunk_order(
-      chunks,
-      [&](int c, mpi::Message& m) {
-        computed.push_back(c);
-        m.put(static_cast<double>(chunks.end(c) - chunks.begin(c)));
-      },
-      [&](int c, mpi::Message& m) {
-        folded.push_back(c);
-        total += m.get<double>();
-      });
-  std::vector<int> order(static_cast<std::size_t>(chunks.count()));
-  for (int c = 0; c < chunks.count(); ++c) order[static_cast<std::size_t>(c)] = c;
-  EXPECT_EQ(computed, order);
-  EXPECT_EQ(folded, order);
-  EXPECT_EQ(total, 1000.0);
+  std::vector<double> expected(64, 0.0), reversed(64, 0.0);
+  for (int c = 0; c < chunks.count(); ++c)
+    for (std::size_t j = 0; j < expected.size(); ++j) expected[j] += chunk_values(c)[j];
+  for (int c = chunks.count(); c-- > 0;)
+    for (std::size_t j = 0; j < reversed.size(); ++j) reversed[j] += chunk_values(c)[j];
+  ASSERT_NE(expected, reversed) << "the values must make the order visible";
+
+  std::vector<int> computed, folded, owned, order;
+  std::vector<int> results(1000, -1);
+  std::vector<double> total(64, 0.0);
+  for (int c = 0; c < chunks.count(); ++c) {
+    order.push_back(c);
+    if (chunks.owner(c) == mpi::rank()) owned.push_back(c);
+  }
+  mpi::ChunkReduction reduction;
+  reduction.compute = [&](int c, mpi::Message& m) {
+    computed.push_back(c);
+    for (std::size_t i = chunks.begin(c); i < chunks.end(c); ++i) m.put(static_cast<int>(7 * i));
+    m.put(chunk_values(c));
+  };
+  reduction.fold = [&](int c, mpi::Message& m) {
+    folded.push_back(c);
+    for (std::size_t i = chunks.begin(c); i < chunks.end(c); ++i) results[i] = m.get<int>();
+    m.add_into(total);
+  };
+  reduction.share = [&](mpi::Message& m) { m.put(results), m.put(total); };
+  reduction.take = [&](mpi::Message& m) { m.get_into(results), m.get_into(total); };
+  mpi::reduce_in_chunk_order(chunks, reduction);
+
+  EXPECT_EQ(computed, owned);
+  EXPECT_EQ(folded, mpi::is_root() ? order : std::vector<int>{});
+  EXPECT_EQ(std::memcmp(total.data(), expected.data(), total.size() * sizeof(double)), 0) << "rank " << mpi::rank();
+  for (std::size_t i = 0; i < results.size(); ++i) ASSERT_EQ(results[i], static_cast<int>(7 * i)) << "item " << i << ", rank " << mpi::rank();
+}
+
+TEST(MpiMessage, GetIntoReplacesAnArray) {
+  mpi::Message m;
+  m.put(std::vector<float>{-0.0f, 2});
+  std::vector<float> into{5, 5};
+  m.get_into(into);
+  EXPECT_TRUE(std::signbit(into[0]));  // copied, not added: -0 stays -0
+  EXPECT_EQ(into[1], 2.0f);
 }
 
 }  // namespace
