@@ -53,6 +53,7 @@ bool still_named(int fd, const fs::path& path) {
 
 JobLock::JobLock(const fs::path& dir) : path_(dir / ".emcryo.lock") {
   std::error_code ec;
+  created_folder_ = !fs::exists(dir, ec);
   fs::create_directories(dir, ec);
   if (ec) fail("{}: cannot create the output folder: {}", dir.string(), ec.message());
   for (;;) {
@@ -94,6 +95,8 @@ JobLock::~JobLock() {
   // Removed while still locked, so no other job can lock this inode and believe it holds the folder.
   ::unlink(path_.c_str());
   ::close(fd_);
+  std::error_code ec;
+  if (created_folder_ && fs::is_empty(path_.parent_path(), ec)) fs::remove(path_.parent_path(), ec);
 }
 
 }  // namespace emcryo

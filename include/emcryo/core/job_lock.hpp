@@ -14,6 +14,8 @@ namespace emcryo {
 /// - A lock file left by a job that was killed (its flock was freed when it died) is taken over,
 ///   with a warning line naming the old pid and host.
 /// - Temporary files a killed job left half-written are removed (remove_stale_temporaries).
+/// - A folder this lock created and that is still empty when the lock goes (a job refused for
+///   bad input before it wrote anything) is removed with it: a failed start leaves no trace.
 ///
 /// flock works across NFS on Linux >= 2.6.12 (emulated with fcntl locks by the client).
 class JobLock {
@@ -28,6 +30,7 @@ class JobLock {
  private:
   std::filesystem::path path_;
   int fd_ = -1;
+  bool created_folder_ = false;
 };
 
 }  // namespace emcryo

@@ -28,6 +28,22 @@ TEST(JobLock, SecondClaimOfAFolderRefusesAndReleaseRemovesTheFile) {
   EXPECT_NO_THROW(const JobLock again(dir));
 }
 
+TEST(JobLock, AFolderItCreatedIsRemovedWhenNothingWasWrittenThere) {
+  const test::TempDir scratch("job_lock_empty");
+  const fs::path unused = scratch.path() / "refused";
+  { const JobLock lock(unused); }
+  EXPECT_FALSE(fs::exists(unused));  // a job refused before writing leaves no empty folder behind
+  const fs::path used = scratch.path() / "used";
+  {
+    const JobLock lock(used);
+    test::write_text(used / "run.log", "iteration 1\n");
+  }
+  EXPECT_TRUE(fs::exists(used / "run.log"));
+  fs::remove(used / "run.log");
+  { const JobLock lock(used); }  // the folder existed before this lock: it stays, empty or not
+  EXPECT_TRUE(fs::exists(used));
+}
+
 TEST(JobLock, LockLeftByADeadJobIsTakenOver) {
   const test::TempDir scratch("job_lock_stale");
   test::write_text(scratch.path() / ".emcryo.lock", "999999 some-other-host\n");  // nobody holds its flock
