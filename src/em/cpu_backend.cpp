@@ -23,6 +23,7 @@ class CpuBackend final : public ScoringBackend {
 
   void score(const ScoreRequest& q, float* out, int slot) override {
     if (slot < 0 || static_cast<std::size_t>(slot) >= slots_.size()) fail("scoring: slot {} outside the plan ({} slots)", slot, slots_.size());
+    if (q.sampled.source) fail("scoring: the CPU backend samples no templates (internal error)");
     Slot& s = slots_[static_cast<std::size_t>(slot)];
     const std::size_t need = static_cast<std::size_t>(q.particles) * static_cast<std::size_t>(q.template_count);
     if (s.norms.size() < need) s.norms.resize(need);  // a call larger than planned still works

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <numbers>
+#include <optional>
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/em/score_rows.hpp"
@@ -48,6 +49,7 @@ struct Scratch {
   std::vector<std::pair<int, Euler>> unique_templates;  // (class, orientation)
   std::vector<int> unique_shifts;
   PosteriorReducer reducer;
+  StageTimes times;  // this thread's share of the per-particle loop
 };
 
 void prepare_batch(const io::ParticleSet& set, const std::size_t* images, int count, const FrequencyList& list,
@@ -145,16 +147,21 @@ void prior_terms(const PriorTerm& term, const std::vector<std::pair<int, Euler>>
 
 void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, Euler>>& templates, const std::vector<int>& shift_ids,
                     const std::vector<Complex>& fine_ramps, const Shift& base, const FrequencyList& list, int Ffull,
-                    const TemplateSource& source, bool cc, ScoringBackend& backend, int slot, Scratch& s, const PriorTerm& term = {}) {
+                    const TemplateSource& source, bool device_templates, bool cc, ScoringBackend& backend, int slot, Scratch& s,
+                    const PriorTerm& term = {}) {
   const int J = static_cast<int>(templates.size()), T = static_cast<int>(shift_ids.size());
   const int F = static_cast<int>(list.size());  // the full list, or the coarse prefix of it
-  s.sample.resize(sz(F));
-  s.templates.resize(sz(J) * 2 * sz(F));
-  s.power.resize(sz(J) * sz(F));
-  for (int j = 0; j < J; ++j) {
-    source.sample(templates[sz(j)].first, templates[sz(j)].second, list, s.sample.data());
-    store_template_row(s.sample.data(), F, s.templates.data() + sz(j) * 2 * sz(F), s.power.data() + sz(j) * sz(F));
+  if (!device_templates) {
+    const StageClock clock(s.times, StageTimes::search_templates);
+    s.sample.resize(sz(F));
+    s.templates.resize(sz(J) * 2 * sz(F));
+    s.power.resize(sz(J) * sz(F));
+    for (int j = 0; j < J; ++j) {
+      source.sample(templates[sz(j)].first, templates[sz(j)].second, list, s.sample.data());
+      store_template_row(s.sample.data(), F, s.templates.data() + sz(j) * 2 * sz(F), s.power.data() + sz(j) * sz(F));
+    }
   }
+  auto rows_clock = std::make_optional<StageClock>(s.times, StageTimes::search_rows);
   s.rows.resize(sz(T) * 2 * sz(F));
   s.ramps.resize(sz(F));
   s.base_ramp.resize(sz(F));
@@ -166,12 +173,19 @@ void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, 
     fill_score_rows(p.x, p.ctf, p.inv_sigma2, s.ramps.data(), 1, F, s.rows.data() + sz(t) * 2 * sz(F));
   }
   s.scores.resize(sz(T) * sz(J));
+  rows_clock.reset();
   ScoreRequest q;
   q.rows = s.rows.data(), q.row_count = T, q.row_stride = 2 * F, q.particles = 1;
   q.ctf2 = p.ctf2, q.ctf2_stride = F;
-  q.templates = s.templates.data(), q.power = s.power.data(), q.template_count = J, q.template_stride = 2 * F, q.power_stride = F;
+  q.template_count = J, q.template_stride = 2 * F, q.power_stride = F;
+  if (device_templates) q.sampled = {&source, templates.data(), &list};
+  else q.templates = s.templates.data(), q.power = s.power.data();
   q.frequencies = F, q.cross_correlation = cc;
-  backend.score(q, s.scores.data(), slot);
+  {
+    const StageClock clock(s.times, StageTimes::search_score);
+    backend.score(q, s.scores.data(), slot);
+  }
+  const StageClock clock(s.times, StageTimes::search_reduce);
   if (term.prior) {
     prior_terms(term, templates, shift_ids, base, s.prior_template, s.prior_shift);
     for (int t = 0; t < T; ++t)
@@ -244,13 +258,18 @@ class EStep {
     const int P = end;
     for (int first = begin; first < P; first += B_) {
       const int bc = std::min(B_, P - first);
-      prepare_batch(set_, images_.data() + first, bc, list_, inv_sigma2_, mask_, settings_, pixels_, batch_);
+      {
+        const StageClock clock(times_, StageTimes::prepare);
+        prepare_batch(set_, images_.data() + first, bc, list_, inv_sigma2_, mask_, settings_, pixels_, batch_);
+      }
       scored_.first = sz(first);
       scored_.particles.resize(sz(bc));
       scored_.outcomes.assign(sz(bc), ParticleOutcome{});
       for (int b = 0; b < bc; ++b) scored_.particles[sz(b)] = view(b);
       if (shared_ && settings_.score) coarse_pass_shared(first, bc);
       std::int64_t coarse = 0, fine = 0;
+      for (auto& s : scratch_) s.times = StageTimes{};
+      const auto loop_start = Clock::now();
 #pragma omp parallel for schedule(dynamic, 2) reduction(+ : coarse, fine)
       for (int b = 0; b < bc; ++b) {
         ParticleOutcome& outcome = scored_.outcomes[sz(b)];
@@ -258,14 +277,29 @@ class EStep {
         coarse += outcome.coarse_scored;
         fine += outcome.fine_scored;
       }
-      consumer(scored_);
+      share_loop_time(std::chrono::duration<double>(Clock::now() - loop_start).count());
+      {
+        const StageClock clock(times_, StageTimes::consume);
+        consumer(scored_);
+      }
       stats.coarse_hypotheses += coarse;
       stats.fine_hypotheses += fine;
       if (progress) progress->advance(bc);
     }
+    stats.stages += times_;
+    times_ = StageTimes{};
   }
 
  private:
+  /// The per-particle loop's wall time, split over its stages by the threads' summed times.
+  void share_loop_time(double wall) {
+    StageTimes threads;
+    for (const auto& s : scratch_) threads += s.times;
+    const double total = threads.total();
+    if (total <= 0) return;
+    for (int i = 0; i < StageTimes::count; ++i) times_.seconds[sz(i)] += wall * threads.seconds[sz(i)] / total;
+  }
+
   void plan(const std::vector<std::vector<double>>& sigma2) {
     const int n = set_.box();
     F_ = static_cast<int>(list_.size());
@@ -310,6 +344,7 @@ class EStep {
     const int threads = omp_get_max_threads();
     scratch_.resize(sz(threads));
     backend_.plan(threads, B_, std::max(chunk_, 1));
+    device_templates_ = backend_.samples_templates(source_);
     // The coarse pass finds where the mass is: poses and classes marginalised there, with the
     // job's temperature and priors; a single pass takes the job's choices directly.
     coarse_settings_ = settings_.coarse;
@@ -347,7 +382,10 @@ class EStep {
     const std::size_t held = sz(cache_ ? J_ : chunk_);
     templates_.resize(held * 2 * sz(Fc_));
     power_.resize(held * sz(Fc_));
-    if (cache_ && J_ > 0 && settings_.score) compute_templates(0, J_);
+    if (cache_ && J_ > 0 && settings_.score) {
+      const StageClock clock(times_, StageTimes::coarse_templates);
+      compute_templates(0, J_);
+    }
   }
 
   void compute_templates(int first, int count) {
@@ -385,13 +423,19 @@ class EStep {
   /// particle's coarse reducer.
   void coarse_pass_shared(int first, int bc) {
     for (int b = 0; b < bc; ++b) coarse_reducers_[sz(b)].reset(coarse_settings_, K_);
+    {
+      const StageClock clock(times_, StageTimes::coarse_rows);
 #pragma omp parallel for schedule(static)
-    for (int b = 0; b < bc; ++b)
-      fill_coarse_rows(batch_, b, F_, Fc_, layout_, fine_ramps_, scored_.particles[sz(b)].inv_sigma2, base_shift(first, b), list_,
-                       scratch_[sz(omp_get_thread_num())]);
+      for (int b = 0; b < bc; ++b)
+        fill_coarse_rows(batch_, b, F_, Fc_, layout_, fine_ramps_, scored_.particles[sz(b)].inv_sigma2, base_shift(first, b), list_,
+                         scratch_[sz(omp_get_thread_num())]);
+    }
     for (int first_j = 0; first_j < J_; first_j += chunk_) {
       const int jc = std::min(chunk_, J_ - first_j);
-      if (!cache_) compute_templates(first_j, jc);
+      if (!cache_) {
+        const StageClock clock(times_, StageTimes::coarse_templates);
+        compute_templates(first_j, jc);
+      }
       const std::size_t offset = cache_ ? sz(first_j) : 0;
       ScoreRequest q;
       q.rows = batch_.coarse_rows.data(), q.row_count = bc * layout_.shifts, q.row_stride = 2 * Fc_, q.particles = bc;
@@ -400,7 +444,11 @@ class EStep {
       q.template_count = jc, q.template_stride = 2 * Fc_, q.power_stride = Fc_, q.frequencies = Fc_;
       q.cross_correlation = settings_.cross_correlation;
       q.templates_resident = cache_;  // computed once in plan(), unchanged until the next E-step
-      backend_.score(q, scores_.data(), 0);
+      {
+        const StageClock clock(times_, StageTimes::coarse_score);
+        backend_.score(q, scores_.data(), 0);
+      }
+      const StageClock clock(times_, StageTimes::coarse_reduce);
 #pragma omp parallel for schedule(static)
       for (int b = 0; b < bc; ++b)
         for (int t = 0; t < layout_.shifts; ++t) {
@@ -434,14 +482,16 @@ class EStep {
     const std::vector<Euler>& orientations = shared_ ? *grid_ : coarse_orientations(space_, sp, s);
     Posterior coarse;
     if (shared_) {
+      const StageClock clock(s.times, StageTimes::search_reduce);
       coarse = coarse_reducers_[sz(b)].finish();
     } else {
       std::vector<std::pair<int, Euler>> own;
       for (int k = 0; k < K_; ++k)
         for (const auto& e : orientations) own.push_back({k, e});
       s.reducer.reset(coarse_settings_, K_);
-      score_particle(p, own, layout_.shift_ids, fine_ramps_, base, coarse_list_, F_, source_, settings_.cross_correlation, backend_, tid, s,
-                     term);
+      score_particle(p, own, layout_.shift_ids, fine_ramps_, base, coarse_list_, F_, source_, device_templates_, settings_.cross_correlation,
+                     backend_, tid, s, term);
+      const StageClock clock(s.times, StageTimes::search_reduce);
       coarse = s.reducer.finish();
     }
     outcome.coarse_scored = coarse.scored;
@@ -457,11 +507,15 @@ class EStep {
       outcome.posterior = std::move(coarse);
       return;
     }
+    auto reduce_clock = std::make_optional<StageClock>(s.times, StageTimes::search_reduce);
     collect_children(coarse, orientations, layout_, space_, s);
     const auto children = s.unique_templates;
     const auto shifts = s.unique_shifts;
     s.reducer.reset(settings_.fine, K_);
-    score_particle(p, children, shifts, fine_ramps_, base, list_, F_, source_, settings_.cross_correlation, backend_, tid, s, term);
+    reduce_clock.reset();
+    score_particle(p, children, shifts, fine_ramps_, base, list_, F_, source_, device_templates_, settings_.cross_correlation, backend_, tid,
+                   s, term);
+    const StageClock clock(s.times, StageTimes::search_reduce);
     outcome.posterior = s.reducer.finish();
     outcome.fine_scored = outcome.posterior.scored;
     const int U = static_cast<int>(children.size());
@@ -482,6 +536,8 @@ class EStep {
   ScoringBackend& backend_;
   int F_ = 0, Fc_ = 0, K_ = 1, J_ = 0, B_ = 1, chunk_ = 0;
   bool two_pass_ = false, shared_ = false, cache_ = false;
+  bool device_templates_ = false;  // the backend samples the per-particle templates itself
+  StageTimes times_;               // this run's wall time per stage (planning counts with the first run)
   const std::vector<Euler>* grid_ = nullptr;  // the shared orientations of the (first) pass
   std::vector<std::vector<float>> inv_sigma2_;
   std::vector<Complex> fine_ramps_;
@@ -586,11 +642,13 @@ std::vector<Hypothesis> get_hypotheses(mpi::Message& message) {
 void put_stats(mpi::Message& message, const EStepStats& stats) {
   message.put(stats.flops), message.put(stats.gemm_seconds), message.put(stats.seconds);
   message.put(stats.coarse_hypotheses), message.put(stats.fine_hypotheses);
+  message.put(stats.stages.seconds.data(), stats.stages.seconds.size());
 }
 
 void add_stats(mpi::Message& message, EStepStats& stats) {
   stats.flops += message.get<double>(), stats.gemm_seconds += message.get<double>(), stats.seconds += message.get<double>();
   stats.coarse_hypotheses += message.get<std::int64_t>(), stats.fine_hypotheses += message.get<std::int64_t>();
+  message.add_into(stats.stages.seconds.data(), stats.stages.seconds.size());
 }
 
 }  // namespace emcryo::em

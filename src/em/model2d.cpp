@@ -28,6 +28,13 @@ class ClassTemplates final : public TemplateSource {
   void sample(int k, const geometry::Euler& o, const FrequencyList& list, Complex* out) const override {
     projectors_[sz(k)].sample(o.psi, list, out);
   }
+  ReferenceGrids grids() const override {
+    ReferenceGrids g;
+    if (projectors_.empty()) return g;
+    g.dimensions = 2, g.padding = projectors_.front().padding(), g.m = g.padding * projectors_.front().box(), g.hm = g.m / 2 + 1;
+    for (const auto& p : projectors_) g.classes.push_back(p.grid().data());
+    return g;
+  }
 
  private:
   std::vector<Projector2D> projectors_;
@@ -268,6 +275,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   stats.seconds += es_stats.seconds;
   stats.coarse_hypotheses += es_stats.coarse_hypotheses;
   stats.fine_hypotheses += es_stats.fine_hypotheses;
+  stats.stages += es_stats.stages;
 
   // M-step: rotate each template's sums back into its class, then the regularised average.
   Class2DModel next = model;

@@ -24,6 +24,16 @@ class MapTemplates final : public TemplateSource {
   void sample(int k, const geometry::Euler& o, const FrequencyList& list, Complex* out) const override {
     maps_[sz(k)]->sample(geometry::euler_to_matrix(o), list, out);
   }
+  ReferenceGrids grids() const override {
+    ReferenceGrids g;
+    if (maps_.empty()) return g;
+    g.dimensions = 3, g.padding = maps_.front()->padding(), g.m = g.padding * maps_.front()->box(), g.hm = g.m / 2 + 1;
+    for (const Projector* p : maps_) {
+      if (p->padding() != g.padding || p->box() != maps_.front()->box()) return {};  // mixed grids: sampled on the host
+      g.classes.push_back(p->grid().data());
+    }
+    return g;
+  }
 
  private:
   std::vector<const Projector*> maps_;
@@ -292,6 +302,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     stats.gemm_seconds += es_stats.gemm_seconds;
     stats.coarse_hypotheses += es_stats.coarse_hypotheses;
     stats.fine_hypotheses += es_stats.fine_hypotheses;
+    stats.stages += es_stats.stages;
   };
   // What every rank needs next: every pose (the next E-step, the outputs) and the totals as folded.
   const auto share = [&](mpi::Message& message) {

@@ -86,6 +86,7 @@ std::unique_ptr<em::ScoringBackend> make_backend() {
       fail("--gpu {}: no such CUDA device (this machine has {}: 0 to {})", id, present.size(), present.size() - 1);
   if (const char* p = std::getenv("EMCRYO_GPU_PRECISION"); p && *p) options.precision = parse_precision(p);
   if (const char* t = std::getenv("EMCRYO_GPU_CPU_BELOW_FLOPS"); t && *t) options.cpu_below_flops = std::atof(t);
+  if (const char* g = std::getenv("EMCRYO_GPU_SAMPLE"); g && *g) options.sample_templates = std::string(g) != "0";
   return make_cuda_backend(options);
 }
 

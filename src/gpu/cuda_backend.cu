@@ -18,6 +18,7 @@
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/gpu/backend.hpp"
+#include "sampling.hpp"
 
 namespace emcryo::gpu {
 
@@ -49,8 +50,9 @@ class DeviceBuffer {
     if (bytes + (std::size_t{64} << 20) > free)
       fail("GPU {}: scoring needs {:.0f} MiB more but {:.0f} of {:.0f} MiB are free; use a smaller --batch, a lower "
            "resolution limit or another GPU (per thread slot, 4 bytes x: 4 x piece rows x 2F + 2 x piece rows x "
-           "templates + particles x (F + templates) + templates x 5F, pieces within 8 Mi floats; plus the resident "
-           "coarse templates x 5Fc; docs/design.md)",
+           "templates + particles x (F + templates) + templates x (5F + 14), pieces within 8 Mi floats; plus "
+           "the resident coarse templates x 5Fc; plus the references sampled on the GPU, classes x m^(d-1) x (m/2+1) "
+           "x 8 bytes, m = 2 x box, d = 2 or 3; docs/design.md)",
            device, mib(bytes), mib(free), mib(total));
     check(cudaMalloc(&data_, bytes), "cudaMalloc");
     capacity_ = floats;
@@ -118,6 +120,38 @@ __global__ void combine_kernel(float* out, const float* norms, int rows, int tem
   out[i] = cross_correlation ? out[i] * rsqrtf(fmaxf(n, 1e-30f)) : out[i] - 0.5f * n;
 }
 
+/// Template rows on the device, exactly as TemplateSource::sample then store_template_row: head
+/// (Re A, Im A) per frequency at `stride`, |A|^2 at `power_stride`. One block row per template.
+/// grids: per class m^(d-1) x hm complex values; kxy: (kx, ky) per frequency.
+__global__ void sample_templates_kernel(float* head, float* power, const float2* grids, const TemplatePose* poses,
+                                        const int2* kxy, int frequencies, int stride, int power_stride, int dimensions, int m,
+                                        int hm) {
+  const int f = blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
+  if (f >= frequencies) return;
+  const TemplatePose p = poses[j];
+  const int kx = kxy[f].x, ky = kxy[f].y;
+  double px = p.ax * kx + p.bx * ky, py = p.ay * kx + p.by * ky, pz = dimensions == 3 ? p.az * kx + p.bz * ky : 0.0;
+  const bool conjugate = px < 0;
+  if (conjugate) px = -px, py = -py, pz = -pz;
+  const int x0 = static_cast<int>(floor(px)), y0 = static_cast<int>(floor(py)), z0 = static_cast<int>(floor(pz));
+  const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
+  const auto wrap = [m](int k) { return k >= 0 ? k : k + m; };
+  const long long plane = static_cast<long long>(m) * hm;
+  const float2* g = grids + static_cast<long long>(p.k) * (dimensions == 3 ? plane * m : plane);
+  const auto lerp = [](float2 a, float2 b, float t) { return make_float2(a.x + t * (b.x - a.x), a.y + t * (b.y - a.y)); };
+  // Bilinear in one z plane: the 2D sample, or one of the two planes of the trilinear one.
+  const auto bilinear = [&](long long z) {
+    const float2* r0 = g + z * plane + static_cast<long long>(wrap(y0)) * hm + x0;
+    const float2* r1 = g + z * plane + static_cast<long long>(wrap(y0 + 1)) * hm + x0;
+    return lerp(lerp(r0[0], r0[1], fx), lerp(r1[0], r1[1], fx), fy);
+  };
+  float2 v = dimensions == 3 ? lerp(bilinear(wrap(z0)), bilinear(wrap(z0 + 1)), fz) : bilinear(0);
+  if (conjugate) v.y = -v.y;
+  float* row = head + static_cast<long long>(j) * stride + 2 * f;
+  row[0] = v.x, row[1] = v.y;
+  power[static_cast<long long>(j) * power_stride + f] = v.x * v.x + v.y * v.y;
+}
+
 unsigned blocks_for(long long count, int threads) { return static_cast<unsigned>((count + threads - 1) / threads); }
 
 /// Templates (and their powers) on one device: uploaded once while the caller says they are resident.
@@ -125,10 +159,18 @@ struct ResidentTemplates {
   DeviceBuffer head, tail, power;
 };
 
+/// A template source's padded Fourier grids on one device (uploaded once per E-step).
+struct ResidentReferences {
+  DeviceBuffer grids;  // classes x m^(d-1) x hm complex values
+  HostReferences host;
+};
+
 struct DeviceState {
   int id = 0;
   std::mutex mutex;
   std::unordered_map<const float*, std::unique_ptr<ResidentTemplates>> resident;
+  std::unordered_map<const void*, std::unique_ptr<ResidentReferences>> references;  // by TemplateSource
+  std::unordered_map<const void*, std::unique_ptr<DeviceBuffer>> lists;               // (kx, ky) by FrequencyList
 };
 
 /// One calling thread's stream pair, cuBLAS handle and buffers.
@@ -137,8 +179,8 @@ struct Slot {
   cudaStream_t stream[2] = {nullptr, nullptr};
   cudaEvent_t ready = nullptr, done[2] = {nullptr, nullptr};
   cublasHandle_t handle = nullptr;
-  DeviceBuffer rows_head, rows_tail, ctf2, templates_head, templates_tail, power, norms, scores;
-  PinnedBuffer staging_rows[2], staging_scores[2];
+  DeviceBuffer rows_head, rows_tail, ctf2, templates_head, templates_tail, power, norms, scores, poses;
+  PinnedBuffer staging_rows[2], staging_scores[2], staging_poses;
   em::BackendStats stats;
 };
 
@@ -173,15 +215,18 @@ class CudaBackend final : public em::ScoringBackend {
     for (const auto& d : devices_) ids += (ids.empty() ? "" : ",") + std::to_string(d->id);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, devices_.front()->id);
-    return fmt::format("CUDA (GPU {}: {}, {} GEMM)", ids, prop.name, precision_name(options_.precision));
+    return fmt::format("CUDA (GPU {}: {}, {} GEMM{})", ids, prop.name, precision_name(options_.precision),
+                       options_.sample_templates ? ", per-particle templates sampled on the GPU" : "");
   }
 
   void plan(int slots, int particles, int templates) override {
     cpu_->plan(slots, particles, templates);
-    // New E-step, new templates: what was resident is stale.
+    // New E-step, new templates and references: what was resident is stale.
     for (auto& d : devices_) {
       std::lock_guard lock(d->mutex);
       d->resident.clear();
+      d->references.clear();
+      d->lists.clear();
     }
     while (static_cast<int>(slots_.size()) < std::max(1, slots)) {
       auto s = std::make_unique<Slot>();
@@ -199,7 +244,8 @@ class CudaBackend final : public em::ScoringBackend {
 
   void score(const em::ScoreRequest& q, float* out, int slot) override {
     const double flops = 2.0 * q.row_count * q.template_count * 2 * q.frequencies + 2.0 * q.particles * q.template_count * q.frequencies;
-    if (flops < options_.cpu_below_flops) return cpu_->score(q, out, slot);
+    // Requests whose templates the GPU samples itself stay on the GPU (the CPU has no templates to score).
+    if (flops < options_.cpu_below_flops && !q.sampled.source) return cpu_->score(q, out, slot);
     if (slot < 0 || static_cast<std::size_t>(slot) >= slots_.size()) fail("scoring: slot {} outside the plan ({} slots)", slot, slots_.size());
     if (q.row_count == 0 || q.template_count == 0) return;
     Slot& s = *slots_[static_cast<std::size_t>(slot)];
@@ -212,6 +258,10 @@ class CudaBackend final : public em::ScoringBackend {
     score_rows_in_pieces(q, out, s, t, norms);
     s.stats.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     s.stats.flops += flops;
+  }
+
+  bool samples_templates(const em::TemplateSource& source) const override {
+    return options_.sample_templates && host_references(source).dimensions != 0;
   }
 
   em::BackendStats stats() const override {
@@ -244,6 +294,7 @@ class CudaBackend final : public em::ScoringBackend {
   /// The request's templates on the slot's device: resident ones looked up (uploaded on first use),
   /// others uploaded now on stream 0.
   Templates templates_on_device(const em::ScoreRequest& q, Slot& s) {
+    if (q.sampled.source) return sample_on_device(q, s);
     const int K = 2 * q.frequencies, J = q.template_count;
     const std::size_t template_floats = sz(J - 1) * sz(q.template_stride) + sz(K);
     const std::size_t power_floats = sz(J - 1) * sz(q.power_stride) + sz(q.frequencies);
@@ -265,6 +316,62 @@ class CudaBackend final : public em::ScoringBackend {
       return t;
     }
     return Templates{entry->head.data(), split() ? entry->tail.data() : nullptr, entry->power.data()};
+  }
+
+  /// The request's templates sampled on the device from the resident references (stream 0):
+  /// only the J poses cross the bus, never the J x 3F template values.
+  Templates sample_on_device(const em::ScoreRequest& q, Slot& s) {
+    const ResidentReferences& r = references_on_device(*q.sampled.source, s.device);
+    const int2* kxy = list_on_device(*q.sampled.list, s.device);
+    const int J = q.template_count, F = q.frequencies;
+    if (sz(F) > frequency_count(*q.sampled.list))
+      fail("GPU template sampling: {} frequencies of a list of {} (internal error)", F, frequency_count(*q.sampled.list));
+    const std::size_t pose_floats = sz(J) * sizeof(TemplatePose) / sizeof(float);
+    auto* host = reinterpret_cast<TemplatePose*>(s.staging_poses.reserve(pose_floats));
+    template_poses(q.sampled, J, r.host, host);
+    auto* poses = reinterpret_cast<TemplatePose*>(s.poses.reserve(pose_floats, s.device));
+    check(cudaMemcpyAsync(poses, host, sz(J) * sizeof(TemplatePose), cudaMemcpyHostToDevice, s.stream[0]), "cudaMemcpyAsync (poses)");
+    float* head = s.templates_head.reserve(sz(J) * sz(q.template_stride), s.device);
+    float* power = s.power.reserve(sz(J) * sz(q.power_stride), s.device);
+    const dim3 blocks((F + 127) / 128, static_cast<unsigned>(J));
+    sample_templates_kernel<<<blocks, 128, 0, s.stream[0]>>>(head, power, reinterpret_cast<const float2*>(r.grids.data()), poses, kxy, F,
+                                                            q.template_stride, q.power_stride, r.host.dimensions, r.host.m, r.host.hm);
+    check(cudaGetLastError(), "template sampling kernel");
+    if (!split()) return Templates{head, nullptr, power};
+    float* tail = s.templates_tail.reserve(sz(J) * sz(q.template_stride), s.device);
+    split_on_device(head, tail, J, 2 * F, q.template_stride, s.stream[0]);
+    return Templates{head, tail, power};
+  }
+
+  /// The source's grids on this device: uploaded by the first caller of the E-step, then shared.
+  const ResidentReferences& references_on_device(const em::TemplateSource& source, int device) {
+    DeviceState& d = device_state(device);
+    std::lock_guard lock(d.mutex);
+    auto& entry = d.references[&source];
+    if (entry) return *entry;
+    auto r = std::make_unique<ResidentReferences>();
+    r->host = host_references(source);
+    const std::size_t cells = r->host.cells(), bytes = cells * 2 * sizeof(float);
+    float* grids = r->grids.reserve(2 * cells * r->host.classes.size(), device);
+    for (std::size_t k = 0; k < r->host.classes.size(); ++k)
+      check(cudaMemcpy(grids + 2 * cells * k, r->host.classes[k], bytes, cudaMemcpyHostToDevice), "cudaMemcpy (references)");
+    entry = std::move(r);
+    return *entry;
+  }
+
+  /// The list's (kx, ky) on this device, uploaded once per E-step.
+  const int2* list_on_device(const em::FrequencyList& list, int device) {
+    DeviceState& d = device_state(device);
+    std::lock_guard lock(d.mutex);
+    auto& entry = d.lists[&list];
+    if (!entry) {
+      const std::vector<int> pairs = frequency_pairs(list);  // (kx, ky): the layout of int2
+      auto buffer = std::make_unique<DeviceBuffer>();
+      float* data = buffer->reserve(std::max<std::size_t>(2, pairs.size()), device);
+      check(cudaMemcpy(data, pairs.data(), pairs.size() * sizeof(int), cudaMemcpyHostToDevice), "cudaMemcpy (frequencies)");
+      entry = std::move(buffer);
+    }
+    return reinterpret_cast<const int2*>(entry->data());
   }
 
   DeviceState& device_state(int id) {

@@ -480,6 +480,7 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
               it, o.iterations, record.resolution, state.model.radius, record.log_likelihood, 100 * record.class_changes,
               record.mean_psi_change, record.seconds, record.scoring_gflop, static_cast<double>(stats.coarse_hypotheses),
               static_cast<double>(stats.fine_hypotheses));
+    log::info("iteration {:3}/{}: E-step {:.1f} s, stages (wall): {}", it, o.iterations, stats.seconds, stats.stages.summary());
     out.gflops = record.gflops;
   }
 

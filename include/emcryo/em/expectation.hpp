@@ -17,9 +17,19 @@
 #include "emcryo/em/posterior.hpp"
 #include "emcryo/em/projector2d.hpp"
 #include "emcryo/em/scoring_backend.hpp"
+#include "emcryo/em/stage_times.hpp"
 #include "emcryo/io/particles.hpp"
 
 namespace emcryo::em {
+
+/// The padded Fourier grids that templates are interpolated from (bilinearly in 2D as
+/// Projector2D::sample, trilinearly in 3D as Projector::sample): what a device backend uploads
+/// to sample templates itself. dimensions 0: no grids (the backend cannot sample).
+struct ReferenceGrids {
+  int dimensions = 0;  // 2: in-plane rotations of 2D classes; 3: central slices of 3D maps
+  int padding = 2, m = 0, hm = 0;       // padded box and its half (m / 2 + 1)
+  std::vector<const Complex*> classes;  // per class: m^(dimensions - 1) x hm values
+};
 
 /// Templates of K references at any orientation: in-plane rotated 2D classes (only psi is read)
 /// or central slices of 3D maps.
@@ -28,6 +38,7 @@ class TemplateSource {
   virtual ~TemplateSource() = default;
   virtual int classes() const = 0;
   virtual void sample(int k, const geometry::Euler& orientation, const FrequencyList& list, Complex* out) const = 0;
+  virtual ReferenceGrids grids() const { return {}; }
 };
 
 /// Where a particle starts: read by local searches, relative shifts and fixed poses.
@@ -102,6 +113,7 @@ struct ParticleOutcome {
 struct EStepStats {
   double flops = 0, gemm_seconds = 0, seconds = 0;
   std::int64_t coarse_hypotheses = 0, fine_hypotheses = 0;
+  StageTimes stages;  // wall time per stage (the consumer's sums included)
 };
 
 /// A chunk's hypotheses and E-step figures to every rank (mpi::reduce_in_chunk_order).

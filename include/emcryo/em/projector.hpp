@@ -24,6 +24,9 @@ class Projector {
   void project(const geometry::Mat3& a, Complex* out, int out_n, double max_radius) const;
   /// The central slice at rotation `a` sampled at the listed frequencies only.
   void sample(const geometry::Mat3& a, const FrequencyList& list, Complex* out) const;
+  /// The padded transform sample() interpolates (m x m x hm, m = padding() x box()).
+  const std::vector<Complex>& grid() const { return grid_; }
+  int padding() const { return pad_; }
 
  private:
   int n_, pad_, m_, hm_;

@@ -29,6 +29,10 @@ class Projector2D {
   Projector2D(const std::vector<float>& image, int n, int padding = 2);
   /// Samples the rotated transform at the frequencies in `list` into out (list.size() values).
   void sample(double psi_degrees, const FrequencyList& list, Complex* out) const;
+  /// The padded transform sample() interpolates (m x hm, m = padding() x n).
+  const std::vector<Complex>& grid() const { return grid_; }
+  int padding() const { return pad_; }
+  int box() const { return n_; }
 
  private:
   int n_, pad_, m_, hm_;

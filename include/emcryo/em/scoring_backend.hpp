@@ -5,9 +5,25 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "emcryo/geometry/rotation.hpp"
+
 namespace emcryo::em {
+
+class TemplateSource;  // em/expectation.hpp
+struct FrequencyList;  // em/projector2d.hpp
+
+/// Templates a device backend samples itself from the references' padded Fourier grids
+/// (TemplateSource::grids()), so that they never cross the bus: template j is class poses[j].first
+/// at orientation poses[j].second, sampled at the first `frequencies` entries of `list`, exactly
+/// as TemplateSource::sample would.
+struct SampledTemplates {
+  const TemplateSource* source = nullptr;
+  const std::pair<int, geometry::Euler>* poses = nullptr;
+  const FrequencyList* list = nullptr;
+};
 
 /// One scoring call. Row r belongs to particle r % particles (rows are shift-major: all particles
 /// at shift 0, then at shift 1, ...). Rows, templates, ctf2 and power may be prefixes of longer
@@ -26,6 +42,8 @@ struct ScoreRequest {
   /// The caller promises that templates and power at these addresses stay unchanged until the
   /// next plan(): a device backend may keep them on the device (uploaded once per E-step).
   bool templates_resident = false;
+  /// Set (only where samples_templates() said yes) instead of templates and power.
+  SampledTemplates sampled;
 };
 
 struct BackendStats {
@@ -42,6 +60,8 @@ class ScoringBackend {
   /// out[r * template_count + j]: -D^2 up to a per-particle constant (or the cross-correlation).
   /// Callers on different threads use different slots.
   virtual void score(const ScoreRequest& request, float* out, int slot) = 0;
+  /// Whether score() can take SampledTemplates of this source instead of sampled templates.
+  virtual bool samples_templates(const TemplateSource&) const { return false; }
   /// Summed over slots.
   virtual BackendStats stats() const = 0;
 };

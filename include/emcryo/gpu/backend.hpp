@@ -41,6 +41,10 @@ struct CudaOptions {
   /// Requests of fewer FLOPs than this are scored on the CPU: a GPU round trip (~20 us) costs
   /// more than the arithmetic of a tiny per-particle fine pass. 0: everything on the GPU.
   double cpu_below_flops = 0;
+  /// Per-particle templates (fine passes, local searches) sampled on the GPU from the references'
+  /// padded Fourier grids, resident there for the E-step, instead of on the CPU and sent over the
+  /// bus. EMCRYO_GPU_SAMPLE=0 turns it off (to compare).
+  bool sample_templates = true;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.
@@ -56,8 +60,9 @@ DeviceChoice device_choice();
 /// "0,1" -> {0, 1}; fails with a one-line message on anything else.
 std::vector<int> parse_device_list(const std::string& text);
 
-/// The backend a job runs on, per the choice (logged once per call). The GEMM precision and the
-/// CPU threshold can be overridden by EMCRYO_GPU_PRECISION and EMCRYO_GPU_CPU_BELOW_FLOPS.
+/// The backend a job runs on, per the choice (logged once per call). The GEMM precision, the
+/// CPU threshold and GPU template sampling can be overridden by EMCRYO_GPU_PRECISION,
+/// EMCRYO_GPU_CPU_BELOW_FLOPS and EMCRYO_GPU_SAMPLE (0: off).
 std::unique_ptr<em::ScoringBackend> make_backend();
 
 }  // namespace emcryo::gpu

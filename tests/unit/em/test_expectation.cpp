@@ -140,6 +140,16 @@ TEST_F(TwoDEngine, CoarseToFineFindsTheExhaustiveBestHypothesis) {
   EXPECT_GE(right_class, kParticles * 95 / 100);
   EXPECT_GE(same, kParticles * 99 / 100) << same << " of " << kParticles;
   EXPECT_LT(c2f_stats.flops, 0.25 * full_stats.flops) << c2f_stats.flops << " vs " << full_stats.flops;
+  // The stages account for the E-step's wall time (what is left out is bookkeeping), and each of
+  // the coarse-to-fine E-step's stages was timed.
+  const auto& st = c2f_stats.stages;
+  std::printf("E-step %.3f s, stages %.3f s: %s\n", c2f_stats.seconds, st.total(), st.summary().c_str());
+  EXPECT_LE(st.total(), c2f_stats.seconds * 1.001 + 1e-4);
+  EXPECT_GT(st.total(), 0.8 * c2f_stats.seconds);
+  for (auto stage : {em::StageTimes::prepare, em::StageTimes::coarse_templates, em::StageTimes::coarse_score, em::StageTimes::coarse_reduce,
+                     em::StageTimes::search_templates, em::StageTimes::search_rows, em::StageTimes::search_score,
+                     em::StageTimes::search_reduce, em::StageTimes::consume})
+    EXPECT_GT(st.seconds[stage], 0.0) << "stage " << stage;
 }
 
 TEST_F(TwoDEngine, MaximisedPosesAndHardClassesKeepOneHypothesis) {
