@@ -120,22 +120,16 @@ __global__ void combine_kernel(float* out, const float* norms, int rows, int tem
   out[i] = cross_correlation ? out[i] * rsqrtf(fmaxf(n, 1e-30f)) : out[i] - 0.5f * n;
 }
 
-/// Template rows on the device, exactly as TemplateSource::sample then store_template_row: head
-/// (Re A, Im A) per frequency at `stride`, |A|^2 at `power_stride`. One block row per template.
-/// grids: per class m^(d-1) x hm complex values; kxy: (kx, ky) per frequency.
-__global__ void sample_templates_kernel(float* head, float* power, const float2* grids, const TemplatePose* poses,
-                                        const int2* kxy, int frequencies, int stride, int power_stride, int dimensions, int m,
-                                        int hm) {
-  const int f = blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
-  if (f >= frequencies) return;
-  const TemplatePose p = poses[j];
-  const int kx = kxy[f].x, ky = kxy[f].y;
+/// Template j at frequency f: the bilinear (2D) or trilinear (3D) sample, as the host computes it.
+__device__ void sample_one(float* head, float* power, const float2* grids, const TemplatePose& p, int j, int2 k, int f, int stride,
+                           int power_stride, int dimensions, int m, int hm) {
+  const int kx = k.x, ky = k.y;
   double px = p.ax * kx + p.bx * ky, py = p.ay * kx + p.by * ky, pz = dimensions == 3 ? p.az * kx + p.bz * ky : 0.0;
   const bool conjugate = px < 0;
   if (conjugate) px = -px, py = -py, pz = -pz;
   const int x0 = static_cast<int>(floor(px)), y0 = static_cast<int>(floor(py)), z0 = static_cast<int>(floor(pz));
   const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
-  const auto wrap = [m](int k) { return k >= 0 ? k : k + m; };
+  const auto wrap = [m](int i) { return i >= 0 ? i : i + m; };
   const long long plane = static_cast<long long>(m) * hm;
   const float2* g = grids + static_cast<long long>(p.k) * (dimensions == 3 ? plane * m : plane);
   const auto lerp = [](float2 a, float2 b, float t) { return make_float2(a.x + t * (b.x - a.x), a.y + t * (b.y - a.y)); };
@@ -152,6 +146,17 @@ __global__ void sample_templates_kernel(float* head, float* power, const float2*
   power[static_cast<long long>(j) * power_stride + f] = v.x * v.x + v.y * v.y;
 }
 
+/// Template rows on the device, exactly as TemplateSource::sample then store_template_row: head
+/// (Re A, Im A) per frequency at `stride`, |A|^2 at `power_stride`. Block rows stride over the
+/// templates. grids: per class m^(d-1) x hm complex values; kxy: (kx, ky) per frequency.
+__global__ void sample_templates_kernel(float* head, float* power, const float2* grids, const TemplatePose* poses, int templates,
+                                        const int2* kxy, int frequencies, int stride, int power_stride, int dimensions, int m,
+                                        int hm) {
+  const int f = blockIdx.x * blockDim.x + threadIdx.x;
+  if (f >= frequencies) return;
+  for (int j = blockIdx.y; j < templates; j += gridDim.y) sample_one(head, power, grids, poses[j], j, kxy[f], f, stride, power_stride,
+                                                                     dimensions, m, hm);
+}
 unsigned blocks_for(long long count, int threads) { return static_cast<unsigned>((count + threads - 1) / threads); }
 
 /// Templates (and their powers) on one device: uploaded once while the caller says they are resident.
@@ -333,8 +338,8 @@ class CudaBackend final : public em::ScoringBackend {
     check(cudaMemcpyAsync(poses, host, sz(J) * sizeof(TemplatePose), cudaMemcpyHostToDevice, s.stream[0]), "cudaMemcpyAsync (poses)");
     float* head = s.templates_head.reserve(sz(J) * sz(q.template_stride), s.device);
     float* power = s.power.reserve(sz(J) * sz(q.power_stride), s.device);
-    const dim3 blocks((F + 127) / 128, static_cast<unsigned>(J));
-    sample_templates_kernel<<<blocks, 128, 0, s.stream[0]>>>(head, power, reinterpret_cast<const float2*>(r.grids.data()), poses, kxy, F,
+    const dim3 blocks(static_cast<unsigned>((F + 127) / 128), static_cast<unsigned>(std::min(J, 65535)));
+    sample_templates_kernel<<<blocks, 128, 0, s.stream[0]>>>(head, power, reinterpret_cast<const float2*>(r.grids.data()), poses, J, kxy, F,
                                                             q.template_stride, q.power_stride, r.host.dimensions, r.host.m, r.host.hm);
     check(cudaGetLastError(), "template sampling kernel");
     if (!split()) return Templates{head, nullptr, power};
