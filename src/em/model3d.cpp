@@ -279,20 +279,29 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   const mpi::Chunks chunks(image_index.size());
   ExpectationRun estep(set, image_index, start, space, source, list, sigma2, particle_mask, es, backend);
   const auto compute = [&](int c, mpi::Message& message) {
-    sums.clear_lanes();
+    EStepStats es_stats;
+    {
+      const StageClock clock(es_stats.stages, StageTimes::chunk_sums);
+      sums.clear_lanes();
+    }
     part_noise = NoiseSums(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
     changed = 0, angle_change = 0;
-    EStepStats es_stats;
     estep.run(chunks.begin(c), chunks.end(c), consumer, es_stats, progress);
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) put_pose(message, poses[p]);
-    for (int k = 0; k < K; ++k) sums.fold_lanes(k).put(message);
+    {
+      const StageClock clock(es_stats.stages, StageTimes::chunk_sums);
+      for (int k = 0; k < K; ++k) sums.fold_lanes(k).put(message);
+    }
     for (std::size_t g = 0; g < part_noise.sum.size(); ++g) message.put(part_noise.sum[g]), message.put(part_noise.count[g]);
     message.put(changed), message.put(angle_change);
     put_stats(message, es_stats);
   };
   const auto fold = [&](int c, mpi::Message& message) {
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) poses[p] = get_pose(message);
-    for (int k = 0; k < K; ++k) sums.total(k).add_from(message);
+    {
+      const StageClock clock(stats.stages, StageTimes::chunk_sums);
+      for (int k = 0; k < K; ++k) sums.total(k).add_from(message);
+    }
     for (std::size_t g = 0; g < noise.sum.size(); ++g) message.add_into(noise.sum[g]), message.add_into(noise.count[g]);
     stats.changed += message.get<int>();
     stats.angle_change += message.get<double>();

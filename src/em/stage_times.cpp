@@ -7,7 +7,7 @@ namespace emcryo::em {
 std::string StageTimes::summary() const {
   static constexpr const char* names[count] = {"prepare",         "coarse templates", "coarse rows",   "coarse score",
                                                "coarse reduce",   "search templates", "search rows",   "search score",
-                                               "search reduce",   "M-step sums"};
+                                               "search reduce",   "M-step sums",      "chunk sums"};
   std::string text;
   for (int i = 0; i < count; ++i) {
     if (seconds[i] <= 0) continue;

@@ -24,6 +24,7 @@ struct StageTimes {
     search_score,      // per particle: the backend's score() calls
     search_reduce,     // per particle: priors, reducer, children, kept hypotheses
     consume,           // the caller's M-step sums (2D template sums, 3D back-projection, noise)
+    chunk_sums,        // 3D: clearing, folding and sending each chunk's back-projector sums (mpi::Chunks)
     count
   };
   std::array<double, count> seconds{};
