@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
+#include <future>
 #include <numbers>
 #include <optional>
 
@@ -52,15 +54,21 @@ struct Scratch {
   StageTimes times;  // this thread's share of the per-particle loop
 };
 
+/// The images of a batch, read from disk into `pixels` (count x n x n).
+void read_batch(const io::ParticleSet& set, const std::size_t* images, int count, float* pixels) {
+  const std::size_t area = sz(set.box()) * sz(set.box());
+  for (int b = 0; b < count; ++b) set.read_image(images[b], pixels + sz(b) * area);
+}
+
+/// Prepares a batch from its images (read_batch), which it overwrites (masking).
 void prepare_batch(const io::ParticleSet& set, const std::size_t* images, int count, const FrequencyList& list,
                    const std::vector<std::vector<float>>& inv_sigma2, const std::vector<float>& mask, const EStepSettings& settings,
-                   std::vector<float>& pixels, Batch& batch) {
+                   float* pixels_in, Batch& batch) {
   const int n = set.box();
   const int F = static_cast<int>(list.size());
   const std::size_t area = sz(n) * sz(n), half = image::half_size(n, n);
   const double pixel = set.pixel_size();
   batch.count = count;
-  for (int b = 0; b < count; ++b) set.read_image(images[b], pixels.data() + sz(b) * area);
 #pragma omp parallel
   {
     std::vector<Complex> spectrum(half);
@@ -68,7 +76,7 @@ void prepare_batch(const io::ParticleSet& set, const std::size_t* images, int co
 #pragma omp for schedule(static)
     for (int b = 0; b < count; ++b) {
       const std::size_t i = images[b];
-      float* img = pixels.data() + sz(b) * area;
+      float* img = pixels_in + sz(b) * area;
       // The unmasked transform enters the reconstruction (as RELION: masking would change the
       // data that enter the map); the masked one is scored.
       if (settings.full_grids) image::fft_forward_2d(img, batch.unmasked[sz(b)].data(), n, n);
@@ -256,11 +264,29 @@ class EStep {
   /// Particles [begin, end) of images_, in batches from `begin`.
   void run(int begin, int end, const Consumer& consumer, EStepStats& stats, Progress* progress) {
     const int P = end;
+    const std::size_t area = sz(set_.box()) * sz(set_.box());
+    // Double-buffered reading: batch i + 1 is read from disk by another thread while batch i is
+    // searched; only the wait for it is on the clock ("read").
+    std::future<void> next;
+    int buffer = 0;
+    if (begin < P) {
+      const StageClock clock(times_, StageTimes::read);
+      read_batch(set_, images_.data() + begin, std::min(B_, P - begin), pixels_.data());
+    }
     for (int first = begin; first < P; first += B_) {
       const int bc = std::min(B_, P - first);
+      if (next.valid()) {
+        const StageClock clock(times_, StageTimes::read);
+        next.get();
+      }
+      float* pixels = pixels_.data() + sz(buffer) * sz(B_) * area;
+      if (const int following = first + B_; following < P)
+        next = std::async(std::launch::async, read_batch, std::cref(set_), images_.data() + following, std::min(B_, P - following),
+                          pixels_.data() + sz(1 - buffer) * sz(B_) * area);
+      buffer = 1 - buffer;
       {
         const StageClock clock(times_, StageTimes::prepare);
-        prepare_batch(set_, images_.data() + first, bc, list_, inv_sigma2_, mask_, settings_, pixels_, batch_);
+        prepare_batch(set_, images_.data() + first, bc, list_, inv_sigma2_, mask_, settings_, pixels, batch_);
       }
       scored_.first = sz(first);
       scored_.particles.resize(sz(bc));
@@ -336,7 +362,7 @@ class EStep {
       batch_.unmasked.assign(sz(B_), std::vector<Complex>(half));
       batch_.ctf_grid.assign(sz(B_), std::vector<float>(half));
     }
-    pixels_.resize(sz(B_) * sz(n) * sz(n));
+    pixels_.resize(2 * sz(B_) * sz(n) * sz(n));  // two batches: one searched, the next being read
     scores_.resize(shared_ ? sz(B_) * sz(layout_.shifts) * sz(chunk_) : 0);
     coarse_reducers_.resize(sz(B_));
     scored_.fine_ramps = fine_ramps_.data();

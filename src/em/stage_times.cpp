@@ -5,7 +5,7 @@
 namespace emcryo::em {
 
 std::string StageTimes::summary() const {
-  static constexpr const char* names[count] = {"prepare",         "coarse templates", "coarse rows",   "coarse score",
+  static constexpr const char* names[count] = {"read", "prepare",         "coarse templates", "coarse rows",   "coarse score",
                                                "coarse reduce",   "search templates", "search rows",   "search score",
                                                "search reduce",   "M-step sums",      "chunk sums"};
   std::string text;

@@ -14,7 +14,8 @@ namespace emcryo::em {
 
 struct StageTimes {
   enum Stage {
-    prepare,           // read, mask, FFT, CTF, gather (per batch)
+    read,              // waiting for a batch's images from disk (read ahead by another thread)
+    prepare,           // mask, FFT, CTF, gather (per batch)
     coarse_templates,  // shared coarse pass: template sampling (per E-step or per chunk)
     coarse_rows,       // shared coarse pass: particle rows x coarse shifts
     coarse_score,      // shared coarse pass: the backend's score() calls
