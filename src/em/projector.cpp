@@ -157,12 +157,13 @@ void BackProjector::put(mpi::Message& message) const {
   const Rows rows = rows_within(reach_);
   std::vector<Complex> data(static_cast<std::size_t>(rows.planes) * static_cast<std::size_t>(rows.planes) * rows.length);
   std::vector<float> weight(data.size());
-  std::size_t at = 0;
+#pragma omp parallel for schedule(static) if (data.size() > (std::size_t{1} << 16))
   for (int zi = 0; zi < rows.planes; ++zi)
-    for (int yi = 0; yi < rows.planes; ++yi, at += rows.length) {
+    for (int yi = 0; yi < rows.planes; ++yi) {
       const std::size_t first = row_start(rows, zi, yi);
-      std::copy_n(data_.begin() + static_cast<std::ptrdiff_t>(first), rows.length, data.begin() + static_cast<std::ptrdiff_t>(at));
-      std::copy_n(weight_.begin() + static_cast<std::ptrdiff_t>(first), rows.length, weight.begin() + static_cast<std::ptrdiff_t>(at));
+      const auto at = static_cast<std::ptrdiff_t>((static_cast<std::size_t>(zi) * static_cast<std::size_t>(rows.planes) + static_cast<std::size_t>(yi)) * rows.length);
+      std::copy_n(data_.begin() + static_cast<std::ptrdiff_t>(first), rows.length, data.begin() + at);
+      std::copy_n(weight_.begin() + static_cast<std::ptrdiff_t>(first), rows.length, weight.begin() + at);
     }
   message.put(reach_), message.put(data), message.put(weight);
 }
@@ -175,11 +176,12 @@ void BackProjector::scatter(mpi::Message& message, Op op) {
   const Rows rows = rows_within(reach);
   if (data.size() != static_cast<std::size_t>(rows.planes) * static_cast<std::size_t>(rows.planes) * rows.length || weight.size() != data.size())
     fail("back-projector sums: a message of {} values for reach {} (internal error)", data.size(), reach);
-  std::size_t at = 0;
+#pragma omp parallel for schedule(static) if (data.size() > (std::size_t{1} << 16))
   for (int zi = 0; zi < rows.planes; ++zi)
     for (int yi = 0; yi < rows.planes; ++yi) {
       const std::size_t first = row_start(rows, zi, yi);
-      for (std::size_t x = 0; x < rows.length; ++x, ++at) op(data_[first + x], weight_[first + x], data[at], weight[at]);
+      const std::size_t at = (static_cast<std::size_t>(zi) * static_cast<std::size_t>(rows.planes) + static_cast<std::size_t>(yi)) * rows.length;
+      for (std::size_t x = 0; x < rows.length; ++x) op(data_[first + x], weight_[first + x], data[at + x], weight[at + x]);
     }
   reach_ = std::max(reach_, reach);
 }
