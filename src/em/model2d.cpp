@@ -100,6 +100,30 @@ void add_batch(const ScoredBatch& batch, const std::vector<Contribution>& contri
   }
 }
 
+/// The same sums as add_batch, by a backend that keeps them on its device (ScoringBackend::
+/// sums_templates): the batch's arrays and its kept hypotheses go up, nothing comes back until
+/// the chunk's end (end_template_sums).
+void add_batch_on_device(const ScoredBatch& batch, const std::vector<Contribution>& contributions, int shifts, ScoringBackend& backend,
+                         std::vector<float>& ctf_isg, std::vector<SumTerm>& terms) {
+  const int bc = static_cast<int>(batch.particles.size()), F = static_cast<int>(batch.frequencies);
+  ctf_isg.resize(sz(bc) * sz(F));
+  for (int b = 0; b < bc; ++b) {
+    const PreparedParticle& p = batch.particles[sz(b)];
+    // The E-step's batch arrays are [particle][F], one block: the device reads them as such.
+    if (p.x != batch.particles[0].x + sz(b) * sz(F) || p.ctf2 != batch.particles[0].ctf2 + sz(b) * sz(F))
+      fail("class2d: device sums need the batch's particles in one block (internal error)");
+    for (int f = 0; f < F; ++f) ctf_isg[sz(b) * sz(F) + sz(f)] = p.ctf[f] * p.inv_sigma2[f];
+  }
+  terms.resize(contributions.size());
+  for (std::size_t i = 0; i < contributions.size(); ++i)
+    terms[i] = {contributions[i].j, contributions[i].b, contributions[i].shift_id, contributions[i].weight};
+  TemplateSumsBatch q;
+  q.particles = bc, q.shifts = shifts, q.frequencies = F;
+  q.x = reinterpret_cast<const float*>(batch.particles[0].x), q.ctf_isg = ctf_isg.data(), q.ctf2 = batch.particles[0].ctf2;
+  q.ramps = reinterpret_cast<const float*>(batch.fine_ramps), q.terms = terms.data(), q.term_count = terms.size();
+  backend.add_template_sums(q);
+}
+
 /// A particle's results through a chunk's message.
 void put_result(mpi::Message& m, const ParticleResult& r) {
   m.put(r.best_class), m.put(r.psi), m.put(r.shift_x), m.put(r.shift_y), m.put(r.max_probability);
@@ -181,6 +205,11 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   const FlatTemplate flat;
   const TemplateSource& source = settings.random_assignment ? static_cast<const TemplateSource&>(flat) : class_templates;
 
+  // A device backend keeps the M-step sums on the card (the sums of wide early posteriors are most
+  // of an iteration's CPU time).
+  const bool device_sums = backend.sums_templates();
+  std::vector<float> ctf_isg;
+  std::vector<SumTerm> terms;
   const auto consumer = [&](const ScoredBatch& batch) {
     const int bc = static_cast<int>(batch.particles.size());
     std::vector<Contribution> contributions;
@@ -227,7 +256,8 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
       for (int s = 0; s < shells; ++s)
         part_residual[g][sz(s)] += noise[sz(b)][sz(s)], part_residual_count[g][sz(s)] += noise_count[sz(b)][sz(s)];
     }
-    add_batch(batch, contributions, part);
+    if (device_sums) add_batch_on_device(batch, contributions, static_cast<int>(space.shifts.fine.size()), backend, ctf_isg, terms);
+    else add_batch(batch, contributions, part);
   };
 
   // The E-step chunk by chunk (each on its rank), every chunk's sums from zero, folded in chunk
@@ -243,7 +273,9 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
       std::fill(part_residual[g].begin(), part_residual[g].end(), 0.0), std::fill(part_residual_count[g].begin(), part_residual_count[g].end(), 0.0);
     std::fill(part_class_mass.begin(), part_class_mass.end(), 0.0);
     EStepStats chunk_stats;
+    if (device_sums) backend.begin_template_sums(K * R, F);
     estep.run(chunks.begin(c), chunks.end(c), consumer, chunk_stats, &progress);
+    if (device_sums) backend.end_template_sums(reinterpret_cast<float*>(part.data.data()), part.weight.data());
     for (std::size_t a = chunks.begin(c); a < chunks.end(c); ++a) put_result(message, results[a]);
     message.put(part.data), message.put(part.weight), message.put(part_class_mass);
     for (std::size_t g = 0; g < groups; ++g) message.put(part_residual[g]), message.put(part_residual_count[g]);

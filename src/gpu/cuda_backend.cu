@@ -157,6 +157,45 @@ __global__ void sample_templates_kernel(float* head, float* power, const float2*
   for (int j = blockIdx.y; j < templates; j += gridDim.y) sample_one(head, power, grids, poses[j], j, kxy[f], f, stride, power_stride,
                                                                      dimensions, m, hm);
 }
+/// em::SumTerm's layout, for device code.
+struct SumTermDevice {
+  int j, b, t;
+  float w;
+};
+static_assert(sizeof(SumTermDevice) == sizeof(em::SumTerm), "SumTerm layout");
+
+/// The M-step's data rows of particles [b0, b0 + bk) at every fine shift: row t * bk + (b - b0) holds
+/// X_b conj(ramp_t) C_b / sigma_b^2 per frequency (complex, interleaved).
+__global__ void sum_rows_kernel(float* rows, const float2* x, const float* ctf_isg, const float2* ramps, int b0, int bk, int shifts,
+                                int frequencies) {
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i >= static_cast<long long>(shifts) * bk * frequencies) return;
+  const int f = static_cast<int>(i % frequencies), r = static_cast<int>(i / frequencies), t = r / bk, b = b0 + r % bk;
+  const long long at = static_cast<long long>(b) * frequencies + f;
+  const float2 v = x[at], ramp = ramps[static_cast<long long>(t) * frequencies + f];
+  const float scale = ctf_isg[at];
+  rows[2 * i] = (v.x * ramp.x + v.y * ramp.y) * scale;  // X conj(ramp)
+  rows[2 * i + 1] = (v.y * ramp.x - v.x * ramp.y) * scale;
+}
+
+/// The kept hypotheses of particles [b0, b0 + bk) as a dense weight matrix W[j][t * bk + b - b0].
+__global__ void sum_weights_kernel(float* w, const SumTermDevice* terms, int count, int b0, int bk, int shifts) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const SumTermDevice term = terms[i];
+  atomicAdd(w + static_cast<long long>(term.j) * shifts * bk + static_cast<long long>(term.t) * bk + (term.b - b0), term.w);
+}
+
+/// Per template and particle, the weight summed over shifts (in shift order): Wb[j][b].
+__global__ void sum_over_shifts_kernel(float* wb, const float* w, int templates, int bk, int shifts) {
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i >= static_cast<long long>(templates) * bk) return;
+  const long long j = i / bk, b = i % bk;
+  float sum = 0;
+  for (int t = 0; t < shifts; ++t) sum += w[(j * shifts + t) * bk + b];
+  wb[i] = sum;
+}
+
 unsigned blocks_for(long long count, int threads) { return static_cast<unsigned>((count + threads - 1) / threads); }
 
 /// Templates (and their powers) on one device: uploaded once while the caller says they are resident.
@@ -185,6 +224,8 @@ struct Slot {
   cudaEvent_t ready = nullptr, done[2] = {nullptr, nullptr};
   cublasHandle_t handle = nullptr;
   DeviceBuffer rows_head, rows_tail, ctf2, templates_head, templates_tail, power, norms, scores, poses;
+  // 2D M-step sums (slot 0 only): the sums, the batch's inputs, its data rows and weight matrices.
+  DeviceBuffer sum_data, sum_weight, sum_x, sum_ctf_isg, sum_ctf2, sum_ramps, sum_terms, sum_rows, sum_w, sum_wb;
   PinnedBuffer staging_rows[2], staging_scores[2], staging_poses;
   em::BackendStats stats;
 };
@@ -267,6 +308,82 @@ class CudaBackend final : public em::ScoringBackend {
 
   bool samples_templates(const em::TemplateSource& source) const override {
     return options_.sample_templates && host_references(source).dimensions != 0;
+  }
+
+  bool sums_templates() const override { return options_.template_sums; }
+
+  void begin_template_sums(int templates, int frequencies) override {
+    Slot& s = sums_slot();
+    sums_templates_ = templates, sums_frequencies_ = frequencies;
+    const std::size_t data = sz(templates) * 2 * sz(frequencies), weight = sz(templates) * sz(frequencies);
+    check(cudaMemsetAsync(s.sum_data.reserve(data, s.device), 0, data * sizeof(float), s.stream[0]), "cudaMemsetAsync");
+    check(cudaMemsetAsync(s.sum_weight.reserve(weight, s.device), 0, weight * sizeof(float), s.stream[0]), "cudaMemsetAsync");
+  }
+
+  /// data += W . rows (one GEMM over every particle x shift of the batch), weight += Wb . C^2/sigma^2,
+  /// with the dense weights W built from the kept hypotheses on the device.
+  void add_template_sums(const em::TemplateSumsBatch& q) override {
+    Slot& s = sums_slot();
+    const int B = q.particles, T = q.shifts, F = q.frequencies, J = sums_templates_;
+    if (F != sums_frequencies_) fail("GPU M-step sums: {} frequencies, begun with {} (internal error)", F, sums_frequencies_);
+    if (B == 0 || q.term_count == 0) return;
+    cudaStream_t stream = s.stream[0];
+    const auto up = [&](DeviceBuffer& buffer, const void* host, std::size_t floats) {
+      float* d = buffer.reserve(std::max<std::size_t>(1, floats), s.device);
+      check(cudaMemcpyAsync(d, host, floats * sizeof(float), cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync (sums)");
+      return d;
+    };
+    const auto* x = reinterpret_cast<const float2*>(up(s.sum_x, q.x, sz(B) * 2 * sz(F)));
+    const float* ctf_isg = up(s.sum_ctf_isg, q.ctf_isg, sz(B) * sz(F));
+    const float* ctf2 = up(s.sum_ctf2, q.ctf2, sz(B) * sz(F));
+    const auto* ramps = reinterpret_cast<const float2*>(up(s.sum_ramps, q.ramps, sz(T) * 2 * sz(F)));
+    const auto* terms = reinterpret_cast<const SumTermDevice*>(up(s.sum_terms, q.terms, q.term_count * sizeof(em::SumTerm) / sizeof(float)));
+    // Particles in blocks whose weight matrix stays within 64 Mi floats.
+    const int bk_max = std::max(1, std::min(B, static_cast<int>((std::size_t{1} << 26) / std::max<std::size_t>(1, sz(J) * sz(T)))));
+    check(cublasSetStream(s.handle, stream), "cublasSetStream");
+    std::size_t first_term = 0;
+    for (int b0 = 0; b0 < B; b0 += bk_max) {
+      const int bk = std::min(bk_max, B - b0);
+      std::size_t end_term = first_term;
+      while (end_term < q.term_count && q.terms[end_term].b < b0 + bk) {
+        if (q.terms[end_term].b < b0) fail("GPU M-step sums: terms out of particle order (internal error)");
+        ++end_term;
+      }
+      const long long rows = static_cast<long long>(T) * bk;
+      float* data_rows = s.sum_rows.reserve(sz(T) * sz(bk) * 2 * sz(F), s.device);
+      sum_rows_kernel<<<blocks_for(rows * F, 256), 256, 0, stream>>>(data_rows, x, ctf_isg, ramps, b0, bk, T, F);
+      float* w = s.sum_w.reserve(sz(J) * sz(T) * sz(bk), s.device);
+      check(cudaMemsetAsync(w, 0, sz(J) * sz(T) * sz(bk) * sizeof(float), stream), "cudaMemsetAsync");
+      const int count = static_cast<int>(end_term - first_term);
+      if (count > 0) sum_weights_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(w, terms + first_term, count, b0, bk, T);
+      float* wb = s.sum_wb.reserve(sz(J) * sz(bk), s.device);
+      sum_over_shifts_kernel<<<blocks_for(static_cast<long long>(J) * bk, 256), 256, 0, stream>>>(wb, w, J, bk, T);
+      check(cudaGetLastError(), "M-step sum kernels");
+      const float one = 1.0f;
+      // Column-major: data^T (2F x J) += rows^T (2F x T bk) . W^T (T bk x J); weight^T (F x J) += C2^T (F x bk) . Wb^T.
+      check(cublasGemmEx(s.handle, CUBLAS_OP_N, CUBLAS_OP_N, 2 * F, J, static_cast<int>(rows), &one, data_rows, CUDA_R_32F, 2 * F, w,
+                         CUDA_R_32F, static_cast<int>(rows), &one, s.sum_data.data(), CUDA_R_32F, 2 * F, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT),
+            "cublasGemmEx (M-step data)");
+      check(cublasGemmEx(s.handle, CUBLAS_OP_N, CUBLAS_OP_N, F, J, bk, &one, ctf2 + sz(b0) * sz(F), CUDA_R_32F, F, wb, CUDA_R_32F, bk, &one,
+                         s.sum_weight.data(), CUDA_R_32F, F, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmEx (M-step weight)");
+      first_term = end_term;
+    }
+    if (first_term != q.term_count) fail("GPU M-step sums: a term's particle is outside the batch (internal error)");
+    // The host's arrays are reused for the next batch only after their copies have been read.
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  }
+
+  void end_template_sums(float* data, float* weight) override {
+    Slot& s = sums_slot();
+    const std::size_t nd = sz(sums_templates_) * 2 * sz(sums_frequencies_), nw = sz(sums_templates_) * sz(sums_frequencies_);
+    std::vector<float> d(nd), w(nw);
+    check(cudaMemcpyAsync(d.data(), s.sum_data.data(), nd * sizeof(float), cudaMemcpyDeviceToHost, s.stream[0]), "cudaMemcpyAsync");
+    check(cudaMemcpyAsync(w.data(), s.sum_weight.data(), nw * sizeof(float), cudaMemcpyDeviceToHost, s.stream[0]), "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(s.stream[0]), "cudaStreamSynchronize");
+    for (std::size_t i = 0; i < nd; ++i) data[i] += d[i];
+    for (std::size_t i = 0; i < nw; ++i) weight[i] += w[i];
   }
 
   em::BackendStats stats() const override {
@@ -379,6 +496,12 @@ class CudaBackend final : public em::ScoringBackend {
     return reinterpret_cast<const int2*>(entry->data());
   }
 
+  Slot& sums_slot() {
+    if (slots_.empty()) fail("GPU M-step sums before plan() (internal error)");
+    check(cudaSetDevice(slots_.front()->device), "cudaSetDevice");
+    return *slots_.front();
+  }
+
   DeviceState& device_state(int id) {
     for (auto& d : devices_)
       if (d->id == id) return *d;
@@ -459,6 +582,7 @@ class CudaBackend final : public em::ScoringBackend {
   }
 
   CudaOptions options_;
+  int sums_templates_ = 0, sums_frequencies_ = 0;  // the 2D M-step sums begun
   std::unique_ptr<em::ScoringBackend> cpu_;  // tiny requests
   std::vector<std::unique_ptr<DeviceState>> devices_;
   std::vector<std::unique_ptr<Slot>> slots_;

@@ -46,6 +46,27 @@ struct ScoreRequest {
   SampledTemplates sampled;
 };
 
+/// One kept hypothesis entering the 2D M-step sums: template j (class x fine angle), particle b of
+/// the batch, fine shift t, posterior weight w.
+struct SumTerm {
+  int j = 0, b = 0, t = 0;
+  float w = 0;
+};
+
+/// One batch of the 2D M-step sums (class2d), for a device backend:
+///   data[j]   += sum over terms  w x X_b conj(ramp_t) C_b / sigma_b^2   (complex, per frequency)
+///   weight[j] += sum over terms  w x C_b^2 / sigma_b^2.
+/// Arrays are [particle][F] (x and ramps complex, interleaved re, im); terms are in particle order.
+struct TemplateSumsBatch {
+  int particles = 0, shifts = 0, frequencies = 0;
+  const float* x = nullptr;        // X_b
+  const float* ctf_isg = nullptr;  // C_b / sigma_b^2
+  const float* ctf2 = nullptr;     // C_b^2 / sigma_b^2
+  const float* ramps = nullptr;    // [t][F]: the fine shifts' phase ramps
+  const SumTerm* terms = nullptr;
+  std::size_t term_count = 0;
+};
+
 struct BackendStats {
   double flops = 0, seconds = 0;
 };
@@ -62,6 +83,13 @@ class ScoringBackend {
   virtual void score(const ScoreRequest& request, float* out, int slot) = 0;
   /// Whether score() can take SampledTemplates of this source instead of sampled templates.
   virtual bool samples_templates(const TemplateSource&) const { return false; }
+  /// Whether the backend keeps the 2D M-step sums itself (begin/add/end below, from one thread).
+  virtual bool sums_templates() const { return false; }
+  /// Zeroes device sums of `templates` x `frequencies`.
+  virtual void begin_template_sums(int templates, int frequencies);
+  virtual void add_template_sums(const TemplateSumsBatch& batch);
+  /// Adds the sums into data (templates x 2F floats: complex) and weight (templates x F).
+  virtual void end_template_sums(float* data, float* weight);
   /// Summed over slots.
   virtual BackendStats stats() const = 0;
 };

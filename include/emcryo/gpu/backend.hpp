@@ -45,6 +45,9 @@ struct CudaOptions {
   /// padded Fourier grids, resident there for the E-step, instead of on the CPU and sent over the
   /// bus. EMCRYO_GPU_SAMPLE=0 turns it off (to compare).
   bool sample_templates = true;
+  /// class2d's M-step sums kept on the GPU (one GEMM per batch from the kept hypotheses) instead
+  /// of summed on the CPU. EMCRYO_GPU_SUMS=0 turns it off (to compare).
+  bool template_sums = true;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.
@@ -61,8 +64,8 @@ DeviceChoice device_choice();
 std::vector<int> parse_device_list(const std::string& text);
 
 /// The backend a job runs on, per the choice (logged once per call). The GEMM precision, the
-/// CPU threshold and GPU template sampling can be overridden by EMCRYO_GPU_PRECISION,
-/// EMCRYO_GPU_CPU_BELOW_FLOPS and EMCRYO_GPU_SAMPLE (0: off).
+/// CPU threshold, GPU template sampling and GPU M-step sums can be overridden by
+/// EMCRYO_GPU_PRECISION, EMCRYO_GPU_CPU_BELOW_FLOPS, EMCRYO_GPU_SAMPLE and EMCRYO_GPU_SUMS (0: off).
 std::unique_ptr<em::ScoringBackend> make_backend();
 
 }  // namespace emcryo::gpu

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <complex>
 #include <random>
+#include <tuple>
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/em/expectation.hpp"
@@ -339,4 +340,64 @@ TEST(CudaBackend, TemplatesSampledOnTheGpuScoreAsTheHostSampledOnes) {
   gpu::CudaOptions off;
   off.sample_templates = false;
   EXPECT_FALSE(gpu::make_cuda_backend(off)->samples_templates(classes));
+}
+
+// class2d's M-step sums kept on the GPU (dense weights and a GEMM per batch) against the sums
+// written out term by term, over two batches, added into what the arrays held.
+TEST(CudaBackend, TemplateSumsOnTheGpuEqualTheTermByTermSums) {
+  REQUIRE_GPU();
+  const int B = 40, T = 5, F = 300, J = 70;
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<float> uniform(0, 1);
+  std::vector<em::Complex> x(static_cast<std::size_t>(B) * F), ramps(static_cast<std::size_t>(T) * F);
+  std::vector<float> ctf_isg(x.size()), ctf2(x.size());
+  for (auto& v : x) v = em::Complex(normal(rng), normal(rng));
+  for (auto& r : ramps) r = std::polar(1.0f, 6.2831853f * uniform(rng));
+  for (std::size_t i = 0; i < ctf_isg.size(); ++i) ctf_isg[i] = normal(rng), ctf2[i] = ctf_isg[i] * ctf_isg[i] * 2;
+  std::vector<em::SumTerm> terms;
+  for (int b = 0; b < B; ++b)
+    for (int i = 0; i < 30; ++i) terms.push_back({static_cast<int>(rng() % J), b, (b + i) % T, uniform(rng)});
+  // Distinct (j, t) per particle, as the E-step's kept hypotheses are.
+  std::sort(terms.begin(), terms.end(), [](const auto& a, const auto& c) { return std::tie(a.b, a.j, a.t) < std::tie(c.b, c.j, c.t); });
+  terms.erase(std::unique(terms.begin(), terms.end(), [](const auto& a, const auto& c) { return a.b == c.b && a.j == c.j && a.t == c.t; }),
+              terms.end());
+  std::vector<std::complex<double>> data(static_cast<std::size_t>(J) * F, 1.0);
+  std::vector<double> weight(data.size(), 1.0);
+  for (const auto& t : terms)
+    for (int f = 0; f < F; ++f) {
+      const std::size_t at = static_cast<std::size_t>(t.b) * F + f, to = static_cast<std::size_t>(t.j) * F + f;
+      data[to] += std::complex<double>(x[at] * std::conj(ramps[static_cast<std::size_t>(t.t) * F + f])) * static_cast<double>(t.w * ctf_isg[at]);
+      weight[to] += static_cast<double>(t.w) * ctf2[at];
+    }
+  const auto backend = gpu::make_cuda_backend({});
+  ASSERT_TRUE(backend->sums_templates());
+  backend->plan(1, B, J);
+  backend->begin_template_sums(J, F);
+  const int split = 25;  // two batches: particles [0, 25) and [25, 40), each with its own indices
+  for (const auto [first, count] : {std::pair{0, split}, std::pair{split, B - split}}) {
+    std::vector<em::SumTerm> own;
+    for (auto t : terms)
+      if (t.b >= first && t.b < first + count) t.b -= first, own.push_back(t);
+    em::TemplateSumsBatch q;
+    q.particles = count, q.shifts = T, q.frequencies = F;
+    const std::size_t offset = static_cast<std::size_t>(first) * F;
+    q.x = reinterpret_cast<const float*>(x.data() + offset), q.ctf_isg = ctf_isg.data() + offset, q.ctf2 = ctf2.data() + offset;
+    q.ramps = reinterpret_cast<const float*>(ramps.data()), q.terms = own.data(), q.term_count = own.size();
+    backend->add_template_sums(q);
+  }
+  std::vector<float> gpu_data(2 * data.size(), 1.0f), gpu_weight(weight.size(), 1.0f);
+  for (std::size_t i = 0; i < data.size(); ++i) gpu_data[2 * i + 1] = 0.0f;  // the arrays held 1 + 0i and 1
+  backend->end_template_sums(gpu_data.data(), gpu_weight.data());
+  double worst = 0, largest = 0;
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    worst = std::max({worst, std::abs(gpu_data[2 * i] - data[i].real()), std::abs(gpu_data[2 * i + 1] - data[i].imag()),
+                      std::abs(gpu_weight[i] - weight[i])});
+    largest = std::max({largest, std::abs(data[i]), weight[i]});
+  }
+  std::printf("GPU M-step sums: %zu terms, max |GPU - reference| %.3g of max %.3g\n", terms.size(), worst, largest);
+  EXPECT_LT(worst, 1e-5 * largest);
+  gpu::CudaOptions off;
+  off.template_sums = false;
+  EXPECT_FALSE(gpu::make_cuda_backend(off)->sums_templates());
 }
