@@ -370,12 +370,14 @@ TEST(CudaBackend, TemplateSumsOnTheGpuEqualTheTermByTermSums) {
       data[to] += std::complex<double>(x[at] * std::conj(ramps[static_cast<std::size_t>(t.t) * F + f])) * static_cast<double>(t.w * ctf_isg[at]);
       weight[to] += static_cast<double>(t.w) * ctf2[at];
     }
-  const auto backend = gpu::make_cuda_backend({});
+  gpu::CudaOptions on;
+  on.template_sums = true;
+  const auto backend = gpu::make_cuda_backend(on);
   ASSERT_TRUE(backend->sums_templates());
   backend->plan(1, B, J);
   backend->begin_template_sums(J, F);
   const int split = 25;  // two batches: particles [0, 25) and [25, 40), each with its own indices
-  for (const auto [first, count] : {std::pair{0, split}, std::pair{split, B - split}}) {
+  for (const auto& [first, count] : {std::pair{0, split}, std::pair{split, B - split}}) {
     std::vector<em::SumTerm> own;
     for (auto t : terms)
       if (t.b >= first && t.b < first + count) t.b -= first, own.push_back(t);
@@ -397,7 +399,5 @@ TEST(CudaBackend, TemplateSumsOnTheGpuEqualTheTermByTermSums) {
   }
   std::printf("GPU M-step sums: %zu terms, max |GPU - reference| %.3g of max %.3g\n", terms.size(), worst, largest);
   EXPECT_LT(worst, 1e-5 * largest);
-  gpu::CudaOptions off;
-  off.template_sums = false;
-  EXPECT_FALSE(gpu::make_cuda_backend(off)->sums_templates());
+  EXPECT_FALSE(gpu::make_cuda_backend({})->sums_templates());  // off by default (see CudaOptions)
 }
