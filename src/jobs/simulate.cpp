@@ -483,13 +483,13 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
     }
   }
   if (belt) {
-    const int c_tilt = truth_table.add_column("emcryoBeltTilt"), c_bx = truth_table.add_column("emcryoBeltShiftX"),
+    const int c_btilt = truth_table.add_column("emcryoBeltTilt"), c_bx = truth_table.add_column("emcryoBeltShiftX"),
               c_by = truth_table.add_column("emcryoBeltShiftY"), c_bz = truth_table.add_column("emcryoBeltShiftZ"),
               c_sq = truth_table.add_column("emcryoBeltSquash"), c_den = truth_table.add_column("emcryoBeltDensity");
     for (int i = 0; i < o.particles; ++i) {
       const auto& b = truth[static_cast<std::size_t>(i)].belt;
       const auto r = static_cast<std::size_t>(i);
-      truth_table.set_number(r, c_tilt, std::abs(b.tilt), 4);
+      truth_table.set_number(r, c_btilt, std::abs(b.tilt), 4);
       truth_table.set_number(r, c_bx, b.shift.x * o.pixel_size, 4), truth_table.set_number(r, c_by, b.shift.y * o.pixel_size, 4);
       truth_table.set_number(r, c_bz, b.shift.z * o.pixel_size, 4), truth_table.set_number(r, c_sq, b.squash, 4);
       truth_table.set_number(r, c_den, b.density, 4);
