@@ -325,3 +325,38 @@ TEST(NuRefine, NoWorseOnUniformData) {
   EXPECT_GT(local.mean, global.mean - 0.01);
   EXPECT_LE(local.at_0143, global.at_0143 + 0.6);
 }
+
+// simulate --belt: the truth records each particle's belt, the mean belt carries the mass asked
+// for, and the belt draws from its own stream (the same seed gives the same poses without it).
+TEST(Simulate, BeltIsRecordedAndLeavesThePosesAlone) {
+  const test::TempDir temp("simulate_belt", true);
+  const fs::path& dir = temp.path();
+  const auto simulate = [&](const std::string& name, const std::string& extra) {
+    return run(fmt::format("{} simulate --model {} --out {} --particles 200 --box 40 --pixel-size 3 --snr 1 --seed 2 {}", exe, model(),
+                           (dir / name).string(), extra));
+  };
+  ASSERT_EQ(simulate("belt", "--belt --belt-height 24 --belt-width 14 --belt-mass 0.3 --belt-density-sd 0.25"), 0);
+  ASSERT_EQ(simulate("plain", ""), 0);
+  const auto belt_truth = io::read_star(dir / "belt/truth.star"), plain_truth = io::read_star(dir / "plain/truth.star");
+  const auto& bt = belt_truth.require_block("particles").table;
+  const auto& pt = plain_truth.require_block("particles").table;
+  for (const char* column : {"rlnAngleRot", "rlnAngleTilt", "rlnOriginXAngst", "rlnDefocusU"})
+    EXPECT_EQ(bt.numbers(bt.require(column)), pt.numbers(pt.require(column))) << column;
+  const auto density = bt.numbers(bt.require("emcryoBeltDensity")), tilt = bt.numbers(bt.require("emcryoBeltTilt"));
+  double mean_density = 0, spread = 0;
+  for (double d : density) mean_density += d / static_cast<double>(density.size());
+  for (double d : density) spread += (d - mean_density) * (d - mean_density) / static_cast<double>(density.size());
+  EXPECT_NEAR(mean_density, 1.0, 0.06);
+  EXPECT_NEAR(std::sqrt(spread), 0.25, 0.05);
+  EXPECT_GT(*std::max_element(tilt.begin(), tilt.end()), 8.0);  // 8 degrees sd by default
+  // The mean belt weighs 0.3 x the particle (x its particles' mean density).
+  const auto sum = [](const fs::path& path) {
+    const auto map = io::MrcReader(path).read_all();
+    double s = 0;
+    for (float v : map) s += std::max(0.0f, v);
+    return s;
+  };
+  EXPECT_NEAR(sum(dir / "belt/truth_belt.mrc") / sum(dir / "belt/truth_ordered.mrc"), 0.3 * mean_density, 0.01);
+  EXPECT_TRUE(fs::exists(dir / "belt/truth_belt_mask.mrc"));
+  EXPECT_TRUE(fs::exists(dir / "belt/truth_ordered_mask.mrc"));
+}
