@@ -42,6 +42,23 @@ void add_simulate_command(CLI::App& app) {
   cmd->add_option("--disorder-shift", o.disorder_shift, "Displacement of the disordered region per axis, Å (sd)")->capture_default_str();
   cmd->add_option("--disorder-min-occupancy", o.disorder_min_occupancy, "Disordered region's occupancy is uniform in [this, 1]")
       ->capture_default_str();
+  auto& b = o.belt;
+  cmd->add_flag("--belt", b.enabled,
+                "Detergent-belt-like shell: a ring of blobs around the particle, drawn anew per particle (density, place, tilt and "
+                "shape vary); truth_belt.mrc is its mean, truth_ordered.mrc the particle without it");
+  cmd->add_option("--belt-radius", b.radius, "Ring radius to the tube's middle, Å (0: the particle's girth + half the width)")->capture_default_str();
+  cmd->add_option("--belt-height", b.height, "Tube extent along the ring's axis, Å")->capture_default_str();
+  cmd->add_option("--belt-width", b.width, "Tube extent across (radially), Å")->capture_default_str();
+  cmd->add_option("--belt-offset", b.offset, "Ring centre along its axis from the particle's centre of mass, Å")->capture_default_str();
+  cmd->add_option("--belt-axis", b.axis, "Ring axis x,y,z in the model's frame (default: the particle's most distinct principal axis: the long axis of an elongated particle, the normal of a flat one)")
+      ->delimiter(',')->expected(3);
+  cmd->add_option("--belt-mass", b.mass, "Mean belt's integrated density over the particle's")->capture_default_str();
+  cmd->add_option("--belt-density-sd", b.density_sd, "Per-particle relative spread of the belt's density (sd)")->capture_default_str();
+  cmd->add_option("--belt-shift", b.shift, "Per-particle displacement of the ring per axis, Å (sd)")->capture_default_str();
+  cmd->add_option("--belt-tilt", b.tilt, "Per-particle turn of the ring about its centre, degrees (sd)")->capture_default_str();
+  cmd->add_option("--belt-squash", b.squash, "Per-particle elliptic deformation of the ring (relative radius change, sd)")->capture_default_str();
+  cmd->add_option("--belt-blobs", b.blobs, "Blobs (detergent molecules) per belt, placed at random in the ring per particle")->capture_default_str();
+  cmd->add_option("--belt-blob-size", b.blob_size, "Each blob's Gaussian sd, Å")->capture_default_str();
   cmd->callback([] {
     auto s = jobs::run_simulate(o);
     fmt::print("simulated {} particles ({} px, {:.3f} Å/px) in {}; class counts:", s.particles, s.box, s.pixel_size, o.out_dir);

@@ -2,7 +2,8 @@
 # local-refine and nu-refine on simulated data with known truth (issue 11), sized for the 2-core
 # machine (about 4 min of CPU for flex+lowsnr+dis; uni adds about 10 min). Run from the repository
 # root after building build/apps/emcryo; on the shared machine under the lock:
-#   flock /tmp/emcryo-cpu.lock bash bench/local_nu_refine.sh [flex] [lowsnr] [dis] [uni]   (default: all)
+#   flock /tmp/emcryo-cpu.lock bash bench/local_nu_refine.sh [flex] [lowsnr] [dis] [belt] [unismall] [uni]   (default: all)
+# belt: BELT_SEEDS, BELT_SNR and BELT_ARGS (extra --belt-* options) choose the belt sets.
 # Work folder: $W (default /tmp/lnr). Prints, per run: FSC to truth inside the truth's mask (0.5 /
 # 0.143 Å and mean FSC, bench/masked_fsc.py), body-2 pose error (bench/pose_error.py) and the sum of
 # the job's own iteration times with the M-step regularisation's share.
@@ -12,7 +13,7 @@ E=${E:-$root/build/apps/emcryo}
 J=${J:-2}
 W=${W:-/tmp/lnr}
 PY=/usr/bin/python3
-sets=${*:-flex lowsnr dis uni}
+sets=${*:-flex lowsnr dis belt unismall uni}
 mkdir -p "$W" && cd "$W" || exit 1
 sim() { local out=$1; shift; [ -f $out/particles.star ] || "$E" -j $J simulate --model "$root/data/1tii.pdb.gz" --out $out "$@" > $out.sim.log 2>&1; }
 # Sum of the per-iteration seconds the job logs, and of its M-step regularisation.
@@ -63,6 +64,19 @@ for s in $sets; do
         sim dis$seed --particles 800 --box 40 --pixel-size 3 --snr 2 --disorder-chains A,D,E --disorder-sigma 20 --disorder-shift 5 --seed $seed
         echo "== dis$seed: ordered part in its mask"
         refine_pair dis$seed dis$seed/truth_ordered.mrc dis$seed/truth_ordered_mask.mrc
+      done ;;
+    belt)  # a detergent-belt-like ring of random blobs around 1TII (simulate --belt): ordered part, seeds $BELT_SEEDS
+      for seed in ${BELT_SEEDS:-1 2 3}; do
+        sim belt$seed --particles 800 --box 40 --pixel-size 3 --snr ${BELT_SNR:-1} --belt $BELT_ARGS --seed $seed
+        echo "== belt$seed: ordered part (the particle without its belt) in its mask"
+        refine_pair belt$seed belt$seed/truth_ordered.mrc belt$seed/truth_ordered_mask.mrc
+        $PY "$root/bench/localres_regions.py" belt$seed.nu-refine/localres.mrc belt$seed/truth_ordered.mrc belt$seed/truth_belt.mrc
+      done ;;
+    unismall)  # uniform 1TII at the tests' size: nu-refine must be no worse, seeds $UNI_SEEDS
+      for seed in ${UNI_SEEDS:-1 2 3}; do
+        sim unis$seed --particles 800 --box 40 --pixel-size 3 --snr ${UNI_SNR:-0.5} --seed $seed
+        echo "== unis$seed: whole particle in refine's mask"
+        refine_pair unis$seed unis$seed/truth_class001.mrc ""
       done ;;
     uni)  # uniform 1TII: nu-refine must be no worse (mask: refine's automatic one)
       sim uni --particles 2000 --box 64 --pixel-size 2.5 --snr 0.05 --seed 3

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <numbers>
+#include <optional>
 
 #include <fmt/ranges.h>
 
@@ -21,6 +22,7 @@
 #include "emcryo/image/map_tools.hpp"
 #include "emcryo/io/mrc.hpp"
 #include "emcryo/io/star.hpp"
+#include "emcryo/jobs/belt.hpp"
 
 namespace emcryo::jobs {
 
@@ -123,11 +125,23 @@ geometry::Vec3 centre_of_mass(const std::vector<float>& map, int n) {
 struct TruePose {
   geometry::Euler angles;
   PartState body2, disorder;
+  BeltState belt;
   double shift_x = 0, shift_y = 0;  // Å, displacement of the particle from the box centre
   int class_index = 0;
   int view = 0;
   image::CtfParams ctf;
 };
+
+/// The belt of the truth: the mean over (up to) 500 particles' belts, and its mask.
+template <class Write>
+void write_mean_belt(const Belt& belt, const std::vector<TruePose>& truth, int n, Write&& write, double pixel_size) {
+  std::vector<float> mean(static_cast<std::size_t>(n) * n * n, 0.0f);
+  const std::size_t count = std::min<std::size_t>(truth.size(), 500);
+  for (std::size_t i = 0; i < count; ++i) add_belt_density(belt, belt_blobs(belt, truth[i].belt), truth[i].belt.density, n, mean);
+  for (auto& v : mean) v /= static_cast<float>(count);
+  write("truth_belt.mrc", mean);
+  write("truth_belt_mask.mrc", image::solvent_mask(mean, n, pixel_size));
+}
 
 }  // namespace
 
@@ -239,6 +253,16 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
     }
     for (const auto& p : parts) part_projectors.emplace_back(p.map, n);
   }
+  // The belt wraps the first model (without its disordered chains: the ordered part is what it hides).
+  std::optional<Belt> belt;
+  if (o.belt.enabled) {
+    const auto ordered = disordered ? model_to_map(o.models[0], n, o.pixel_size, chain_subset(o.disorder_chains, true)) : maps[0];
+    belt = make_belt(o.belt, ordered, n, o.pixel_size);
+    if (!disordered) {
+      write_truth("truth_ordered.mrc", ordered);
+      write_truth("truth_ordered_mask.mrc", image::solvent_mask(ordered, n, o.pixel_size));
+    }
+  }
 
   // Draw every particle's truth first, serially, so the data set depends only on the seed.
   std::vector<TruePose> truth(static_cast<std::size_t>(o.particles));
@@ -282,7 +306,13 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
     t.ctf.cs = o.cs;
     t.ctf.amplitude_contrast = o.amplitude_contrast;
     t.ctf.bfactor = o.bfactor;
+    // The belt from its own stream: the same seed gives the same poses with or without a belt.
+    if (belt) {
+      auto belt_rng = item_rng(o.seed ^ 0xbe17be17ULL, static_cast<std::uint64_t>(i));
+      t.belt = draw_belt_state(*belt, belt_rng);
+    }
   }
+  if (belt) write_mean_belt(*belt, truth, n, [&](const std::string& name, const std::vector<float>& map) { write_truth(name, map); }, o.pixel_size);
 
   const std::size_t pixels = static_cast<std::size_t>(n) * n;
   auto noiseless = [&](int i, std::vector<image::Complex>& spectrum, std::vector<float>& image) {
@@ -293,6 +323,14 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
       std::vector<image::Complex> scratch(spectrum.size());
       if (flexible) add_part_projection(part_projectors.front(), parts.front(), t.body2, a, n, scratch, spectrum);
       if (disordered) add_part_projection(part_projectors.back(), parts.back(), t.disorder, a, n, scratch, spectrum);
+    }
+    if (belt) {
+      // Blobs project to 2D Gaussians: drawn in real space, added to the spectrum before the CTF.
+      std::fill(image.begin(), image.end(), 0.0f);
+      add_belt_projection(*belt, belt_blobs(*belt, t.belt), t.belt.density, a, n, image.data());
+      std::vector<image::Complex> belt_spectrum(spectrum.size());
+      image::fft_forward_2d(image.data(), belt_spectrum.data(), n, n);
+      for (std::size_t j = 0; j < spectrum.size(); ++j) spectrum[j] += belt_spectrum[j];
     }
     if (!o.no_ctf) {
       const auto ctf = image::ctf_half_grid(t.ctf, n, o.pixel_size);
@@ -442,6 +480,19 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
       truth_table.set_number(r, c_angle, std::abs(d.angle), 4);
       truth_table.set_number(r, c_dx, d.shift.x * o.pixel_size, 4), truth_table.set_number(r, c_dy, d.shift.y * o.pixel_size, 4);
       truth_table.set_number(r, c_dz, d.shift.z * o.pixel_size, 4), truth_table.set_number(r, c_occ, d.occupancy, 4);
+    }
+  }
+  if (belt) {
+    const int c_btilt = truth_table.add_column("emcryoBeltTilt"), c_bx = truth_table.add_column("emcryoBeltShiftX"),
+              c_by = truth_table.add_column("emcryoBeltShiftY"), c_bz = truth_table.add_column("emcryoBeltShiftZ"),
+              c_sq = truth_table.add_column("emcryoBeltSquash"), c_den = truth_table.add_column("emcryoBeltDensity");
+    for (int i = 0; i < o.particles; ++i) {
+      const auto& b = truth[static_cast<std::size_t>(i)].belt;
+      const auto r = static_cast<std::size_t>(i);
+      truth_table.set_number(r, c_btilt, std::abs(b.tilt), 4);
+      truth_table.set_number(r, c_bx, b.shift.x * o.pixel_size, 4), truth_table.set_number(r, c_by, b.shift.y * o.pixel_size, 4);
+      truth_table.set_number(r, c_bz, b.shift.z * o.pixel_size, 4), truth_table.set_number(r, c_sq, b.squash, 4);
+      truth_table.set_number(r, c_den, b.density, 4);
     }
   }
   SimulateSummary summary;

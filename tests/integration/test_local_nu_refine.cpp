@@ -77,6 +77,24 @@ double median_body2_error(const fs::path& truth_star, const fs::path& refined_st
   return errors[errors.size() / 2];
 }
 
+/// Flexible-domain data in dir/data (body 2 = chain A of 1TII, a quarter of the mass, turned by 12
+/// degrees (sd) about the hinge; box 40, 3 Å/px, seed 4) and its consensus in dir/cons: the
+/// reconstruction at the particles' (body 1's) true poses, in which body 2 is blurred. 0 if both ran.
+int make_flexible_set(const fs::path& dir, int particles, double snr) {
+  if (const int rc = run(fmt::format("{} simulate --model {} --out {} --particles {} --box 40 --pixel-size 3 --snr {} --body2-chains A "
+                                     "--flex-sigma 12 --seed 4",
+                                     exe, model(), (dir / "data").string(), particles, snr)))
+    return rc;
+  return run(fmt::format("{} reconstruct --particles {} --out {}", exe, (dir / "data/particles.star").string(), (dir / "cons").string()));
+}
+
+/// local-refine of body 2 (its true mask) from the consensus of make_flexible_set, 6 iterations, into dir/name.
+int local_refine_body2(const fs::path& dir, const std::string& name, const std::string& extra) {
+  return run(fmt::format("{} local-refine --particles {} --ref {} --mask {} --out {} --max-iterations 6 {}", exe,
+                         (dir / "data/particles.star").string(), (dir / "cons/map_unfil.mrc").string(),
+                         (dir / "data/truth_body2_mask.mrc").string(), (dir / name).string(), extra));
+}
+
 }  // namespace
 
 // Body 2 (chain A of 1TII, a quarter of the mass) turns by 12 degrees (sd) about the hinge. The
@@ -87,16 +105,8 @@ double median_body2_error(const fs::path& truth_star, const fs::path& refined_st
 TEST(LocalRefine, SharpensTheFlexibleBodyAndSubtractionHelps) {
   const test::TempDir temp("local_refine", true);
   const fs::path& dir = temp.path();
-  ASSERT_EQ(run(fmt::format("{} simulate --model {} --out {} --particles 600 --box 40 --pixel-size 3 --snr 1 --body2-chains A "
-                            "--flex-sigma 12 --seed 4",
-                            exe, model(), (dir / "data").string())),
-            0);
-  ASSERT_EQ(run(fmt::format("{} reconstruct --particles {} --out {}", exe, (dir / "data/particles.star").string(), (dir / "cons").string())), 0);
-  const auto local = [&](const std::string& name, const std::string& extra) {
-    return run(fmt::format("{} local-refine --particles {} --ref {} --mask {} --out {} --max-iterations 6 {}", exe,
-                           (dir / "data/particles.star").string(), (dir / "cons/map_unfil.mrc").string(),
-                           (dir / "data/truth_body2_mask.mrc").string(), (dir / name).string(), extra));
-  };
+  ASSERT_EQ(make_flexible_set(dir, 600, 1.0), 0);
+  const auto local = [&](const std::string& name, const std::string& extra) { return local_refine_body2(dir, name, extra); };
   ASSERT_EQ(local("loc", "--subtract"), 0);
   const fs::path truth = dir / "data/truth_body2.mrc", mask = dir / "data/truth_body2_mask.mrc";
   const auto consensus = masked_fsc(dir / "cons/map_unfil.mrc", truth, mask);
@@ -161,15 +171,9 @@ TEST(LocalRefine, SharpensTheFlexibleBodyAndSubtractionHelps) {
 TEST(LocalRefine, AtLowSnrMarginalisationAndThePosePriorHelp) {
   const test::TempDir temp("local_refine_low_snr", true);
   const fs::path& dir = temp.path();
-  ASSERT_EQ(run(fmt::format("{} simulate --model {} --out {} --particles 800 --box 40 --pixel-size 3 --snr 0.15 --body2-chains A "
-                            "--flex-sigma 12 --seed 4",
-                            exe, model(), (dir / "data").string())),
-            0);
-  ASSERT_EQ(run(fmt::format("{} reconstruct --particles {} --out {}", exe, (dir / "data/particles.star").string(), (dir / "cons").string())), 0);
+  ASSERT_EQ(make_flexible_set(dir, 800, 0.15), 0);
   const auto local = [&](const std::string& name, const std::string& extra) {
-    return run(fmt::format("{} local-refine --particles {} --ref {} --mask {} --out {} --subtract --rotation-extent 20 --max-iterations 6 {}",
-                           exe, (dir / "data/particles.star").string(), (dir / "cons/map_unfil.mrc").string(),
-                           (dir / "data/truth_body2_mask.mrc").string(), (dir / name).string(), extra));
+    return local_refine_body2(dir, name, "--subtract --rotation-extent 20 " + extra);
   };
   ASSERT_EQ(local("marg", ""), 0);
   ASSERT_EQ(local("max", "--no-marginalization"), 0);
@@ -209,12 +213,48 @@ double median_where(const std::vector<float>& map, const std::vector<bool>& wher
   return v[v.size() / 2];
 }
 
-/// Voxels where a true map is above 15% of its peak.
+/// Voxels where a true map is above `fraction` of its peak.
 std::vector<bool> above(const std::vector<float>& map, double fraction) {
   const float peak = *std::max_element(map.begin(), map.end());
   std::vector<bool> out(map.size());
   for (std::size_t i = 0; i < map.size(); ++i) out[i] = map[i] > fraction * peak;
   return out;
+}
+
+/// refine and nu-refine at the same settings (from dir/data's true map low-passed to 30 Å, at most
+/// 10 iterations) into dir/refine and dir/nu; 0 if both ran.
+int refine_and_nu_refine(const fs::path& dir) {
+  for (const auto& [command, name] : {std::pair{"refine", "refine"}, std::pair{"nu-refine", "nu"}})
+    if (const int rc = run(fmt::format("{} {} --particles {} --ref {} --ini-high 30 --max-iterations 10 --out {}", exe, command,
+                                       (dir / "data/particles.star").string(), (dir / "data/truth_class001.mrc").string(), (dir / name).string())))
+      return rc;
+  return 0;
+}
+
+struct RefineAndNu {
+  MaskedFsc global, local;  // refine, nu-refine
+};
+
+/// Both maps' FSC to `truth` inside `mask`, printed with a label.
+RefineAndNu compare(const fs::path& dir, const fs::path& truth, const fs::path& mask, const char* label) {
+  const RefineAndNu r{masked_fsc(dir / "refine/map_unfil.mrc", truth, mask), masked_fsc(dir / "nu/map_unfil.mrc", truth, mask)};
+  std::printf("%s, FSC to truth in its mask: refine %.2f / %.2f Å (0.5 / 0.143, mean %.4f), nu-refine %.2f / %.2f Å (mean %.4f)\n", label,
+              r.global.at_half, r.global.at_0143, r.global.mean, r.local.at_half, r.local.at_0143, r.local.mean);
+  return r;
+}
+
+/// nu-refine's median local resolution (Å) in the ordered core (ordered density above 15% of its
+/// peak, away from the disordered density) and in the disordered region's own voxels.
+std::pair<double, double> core_and_disorder_resolution(const fs::path& localres, const fs::path& ordered_truth, const fs::path& disordered_truth) {
+  const auto resolution = io::MrcReader(localres).read_all();
+  const auto ordered_map = io::MrcReader(ordered_truth).read_all(), disordered_map = io::MrcReader(disordered_truth).read_all();
+  const auto ordered = above(ordered_map, 0.15), disordered = above(disordered_map, 0.15);
+  const auto near_ordered = above(ordered_map, 0.02), near_disordered = above(disordered_map, 0.02);
+  std::vector<bool> core(resolution.size()), region(resolution.size());
+  for (std::size_t i = 0; i < core.size(); ++i) core[i] = ordered[i] && !near_disordered[i], region[i] = disordered[i] && !near_ordered[i];
+  const std::pair r{median_where(resolution, core), median_where(resolution, region)};
+  std::printf("local resolution (median): ordered core %.2f Å, disordered region %.2f Å\n", r.first, r.second);
+  return r;
 }
 }  // namespace
 
@@ -232,32 +272,91 @@ TEST(NuRefine, BetterOrderedPartOnDisorderedDataAndItsLocalResolutionSeesTheDiso
                             "--disorder-sigma 20 --disorder-shift 5 --seed 3",
                             exe, model(), (dir / "data").string())),
             0);
-  const auto job = [&](const std::string& command, const std::string& name) {
-    return run(fmt::format("{} {} --particles {} --ref {} --ini-high 30 --max-iterations 10 --out {}", exe, command,
-                           (dir / "data/particles.star").string(), (dir / "data/truth_class001.mrc").string(), (dir / name).string()));
-  };
-  ASSERT_EQ(job("refine", "refine"), 0);
-  ASSERT_EQ(job("nu-refine", "nu"), 0);
-  const fs::path truth = dir / "data/truth_ordered.mrc", mask = dir / "data/truth_ordered_mask.mrc";
-  const auto global = masked_fsc(dir / "refine/map_unfil.mrc", truth, mask);
-  const auto local = masked_fsc(dir / "nu/map_unfil.mrc", truth, mask);
-  std::printf("ordered part, FSC to truth in its mask: refine %.2f / %.2f Å (0.5 / 0.143, mean %.4f), nu-refine %.2f / %.2f Å (mean %.4f)\n",
-              global.at_half, global.at_0143, global.mean, local.at_half, local.at_0143, local.mean);
+  ASSERT_EQ(refine_and_nu_refine(dir), 0);
+  const auto [global, local] = compare(dir, dir / "data/truth_ordered.mrc", dir / "data/truth_ordered_mask.mrc", "ordered part");
   // Measured (2026-12-01): refine 11.46 / 8.11 Å (mean 0.4716), nu-refine 10.57 / 7.77 Å (mean
   // 0.4998); with --seed 5: mean 0.4869 -> 0.5066.
   EXPECT_GT(local.mean, global.mean + 0.015);
   EXPECT_LE(local.at_0143, global.at_0143);
   EXPECT_LE(local.at_half, global.at_half);
-
-  // Local resolution: the ordered core (ordered density, no disordered density) against the
-  // disordered region's own voxels.
-  const auto resolution = io::MrcReader(dir / "nu/localres.mrc").read_all();
-  const auto ordered = above(io::MrcReader(truth).read_all(), 0.15), disordered = above(io::MrcReader(dir / "data/truth_disordered.mrc").read_all(), 0.15);
-  const auto near_ordered = above(io::MrcReader(truth).read_all(), 0.02), near_disordered = above(io::MrcReader(dir / "data/truth_disordered.mrc").read_all(), 0.02);
-  std::vector<bool> core(resolution.size()), region(resolution.size());
-  for (std::size_t i = 0; i < core.size(); ++i) core[i] = ordered[i] && !near_disordered[i], region[i] = disordered[i] && !near_ordered[i];
-  const double core_res = median_where(resolution, core), region_res = median_where(resolution, region);
-  std::printf("local resolution (median): ordered core %.2f Å, disordered region %.2f Å\n", core_res, region_res);
-  EXPECT_LT(core_res, region_res);  // measured: 11.96 vs 14.18 Å
+  const auto [core, region] = core_and_disorder_resolution(dir / "nu/localres.mrc", dir / "data/truth_ordered.mrc", dir / "data/truth_disordered.mrc");
+  EXPECT_LT(core, region);  // measured: 11.96 vs 14.18 Å
   EXPECT_NE(test::read_text(dir / "nu/report.html").find("Local resolution"), std::string::npos);
+}
+
+// A detergent-belt-like shell (simulate --belt): a ring of random blobs round 1TII's waist, drawn
+// anew for every particle (its mass, place, tilt and shape vary), 0.3 times the particle's mass.
+// nu-refine's local-resolution map must see the belt: clearly coarser there than in the ordered
+// core. Its map of the particle without the belt must be at least as good as refine's. It is not
+// clearly better on this data (bench/RESULTS.md, 2026-12-06): both refine to the same FSC to the
+// truth; a heavier belt (0.5) takes over the alignment of both (pose errors 16-21 deg).
+TEST(NuRefine, ItsLocalResolutionSeesADisorderedBeltAndTheCoreIsNoWorse) {
+  const test::TempDir temp("nu_refine_belt", true);
+  const fs::path& dir = temp.path();
+  ASSERT_EQ(run(fmt::format("{} simulate --model {} --out {} --particles 800 --box 40 --pixel-size 3 --snr 1 --belt --belt-height 24 "
+                            "--belt-width 14 --belt-mass 0.3 --seed 1",
+                            exe, model(), (dir / "data").string())),
+            0);
+  ASSERT_EQ(refine_and_nu_refine(dir), 0);
+  const auto [global, local] = compare(dir, dir / "data/truth_ordered.mrc", dir / "data/truth_ordered_mask.mrc", "particle without its belt");
+  // Measured (2026-12-06, bench/local_nu_refine.sh belt, mass 0.3, seeds 1 / 2 at SNR 1, 1 / 2 at
+  // SNR 3): refine mean FSC 0.6024, 0.6192, 0.6588, 0.6832; nu-refine 0.6024, 0.6165, 0.6595,
+  // 0.6796 (0.143: 8.00 / 7.50, 8.00 / 8.00, 7.50 / 7.50 Å, 7.06 / 7.50). Local resolution, core
+  // against belt: 11.66 / 14.42, 11.76 / 14.26, 10.07 / 13.15, 10.07 / 12.93 Å.
+  EXPECT_GT(local.mean, global.mean - 0.01);
+  EXPECT_LE(local.at_0143, global.at_0143 + 0.6);
+  const auto [core, belt] = core_and_disorder_resolution(dir / "nu/localres.mrc", dir / "data/truth_ordered.mrc", dir / "data/truth_belt.mrc");
+  EXPECT_LT(core, belt - 2.0);
+}
+
+// Uniform 1TII (no disorder): the local filter must cost nothing against refine's global one.
+TEST(NuRefine, NoWorseOnUniformData) {
+  const test::TempDir temp("nu_refine_uniform", true);
+  const fs::path& dir = temp.path();
+  ASSERT_EQ(run(fmt::format("{} simulate --model {} --out {} --particles 800 --box 40 --pixel-size 3 --snr 0.5 --seed 1", exe, model(),
+                            (dir / "data").string())),
+            0);
+  ASSERT_EQ(refine_and_nu_refine(dir), 0);
+  const auto [global, local] = compare(dir, dir / "data/truth_class001.mrc", dir / "refine/mask.mrc", "uniform 1TII");
+  // Measured (2026-12-06, bench/local_nu_refine.sh unismall, masked_fsc.py, seeds 1 / 2 / 3): refine
+  // 9.23 / 7.50, 10.00 / 8.00, 9.23 / 8.00 Å (mean 0.6562, 0.6479, 0.6650); nu-refine 9.23 / 7.50,
+  // 9.23 / 8.00, 9.23 / 8.00 Å (mean 0.6540, 0.6467, 0.6641): mean FSC within 0.0022, the same
+  // 0.143 shell on every seed. Allowed: 0.01 in mean FSC (4x the largest loss), one shell at 0.143.
+  EXPECT_GT(local.mean, global.mean - 0.01);
+  EXPECT_LE(local.at_0143, global.at_0143 + 0.6);
+}
+
+// simulate --belt: the truth records each particle's belt, the mean belt carries the mass asked
+// for, and the belt draws from its own stream (the same seed gives the same poses without it).
+TEST(Simulate, BeltIsRecordedAndLeavesThePosesAlone) {
+  const test::TempDir temp("simulate_belt", true);
+  const fs::path& dir = temp.path();
+  const auto simulate = [&](const std::string& name, const std::string& extra) {
+    return run(fmt::format("{} simulate --model {} --out {} --particles 200 --box 40 --pixel-size 3 --snr 1 --seed 2 {}", exe, model(),
+                           (dir / name).string(), extra));
+  };
+  ASSERT_EQ(simulate("belt", "--belt --belt-height 24 --belt-width 14 --belt-mass 0.3 --belt-density-sd 0.25"), 0);
+  ASSERT_EQ(simulate("plain", ""), 0);
+  const auto belt_truth = io::read_star(dir / "belt/truth.star"), plain_truth = io::read_star(dir / "plain/truth.star");
+  const auto& bt = belt_truth.require_block("particles").table;
+  const auto& pt = plain_truth.require_block("particles").table;
+  for (const char* column : {"rlnAngleRot", "rlnAngleTilt", "rlnOriginXAngst", "rlnDefocusU"})
+    EXPECT_EQ(bt.numbers(bt.require(column)), pt.numbers(pt.require(column))) << column;
+  const auto density = bt.numbers(bt.require("emcryoBeltDensity")), tilt = bt.numbers(bt.require("emcryoBeltTilt"));
+  double mean_density = 0, spread = 0;
+  for (double d : density) mean_density += d / static_cast<double>(density.size());
+  for (double d : density) spread += (d - mean_density) * (d - mean_density) / static_cast<double>(density.size());
+  EXPECT_NEAR(mean_density, 1.0, 0.06);
+  EXPECT_NEAR(std::sqrt(spread), 0.25, 0.05);
+  EXPECT_GT(*std::max_element(tilt.begin(), tilt.end()), 8.0);  // 8 degrees sd by default
+  // The mean belt weighs 0.3 x the particle (x its particles' mean density).
+  const auto sum = [](const fs::path& path) {
+    const auto map = io::MrcReader(path).read_all();
+    double s = 0;
+    for (float v : map) s += std::max(0.0f, v);
+    return s;
+  };
+  EXPECT_NEAR(sum(dir / "belt/truth_belt.mrc") / sum(dir / "belt/truth_ordered.mrc"), 0.3 * mean_density, 0.01);
+  EXPECT_TRUE(fs::exists(dir / "belt/truth_belt_mask.mrc"));
+  EXPECT_TRUE(fs::exists(dir / "belt/truth_ordered_mask.mrc"));
 }

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "emcryo/jobs/belt.hpp"
+
 namespace emcryo::jobs {
 
 struct SimulateOptions {
@@ -39,6 +41,8 @@ struct SimulateOptions {
   double disorder_sigma = 10;            // degrees
   double disorder_shift = 3;             // Å, standard deviation per axis
   double disorder_min_occupancy = 0.3;   // occupancy uniform in [min, 1]
+  // A detergent-belt-like shell around every particle, drawn anew per particle (belt.hpp).
+  BeltOptions belt;
 };
 
 struct SimulateSummary {
