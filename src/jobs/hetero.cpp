@@ -37,7 +37,7 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(HeteroOptions, align, particles, references, classes, symmetry, mask, initial_lowpass,
-                                                particle_diameter, initial_step, offset_range, offset_step, max_iterations, force_hard, marginalize_poses,
+                                                particle_diameter, initial_step, offset_range, offset_step, global_iterations, max_iterations, force_hard, marginalize_poses,
                                                 class_similarity, similarity_end, cross_half_iterations, target_resolution, no_ctf, cs_root, batch, seed)
 
 namespace {
@@ -83,8 +83,8 @@ double class_similarity_at(const HeteroOptions& o, int it) {
   return start * std::clamp(static_cast<double>(o.similarity_end - it) / (o.similarity_end - 1), 0.0, 1.0);
 }
 
-/// The pose hypotheses of iteration `it`. hetero-refine: three global iterations at the initial
-/// step with absolute shifts, one at half the step around the current shifts, then local searches
+/// The pose hypotheses of iteration `it`. hetero-refine: `global_iterations` global iterations at the
+/// initial step with absolute shifts, one at half the step around the current shifts, then local searches
 /// at a quarter of it; class3d: the input pose only.
 em::PoseSearch pose_search(const HeteroOptions& o, int it, std::string& label) {
   em::PoseSearch s;
@@ -96,11 +96,11 @@ em::PoseSearch pose_search(const HeteroOptions& o, int it, std::string& label) {
     label = "fixed poses";
     return s;
   }
-  if (it <= 3) {
+  if (it <= o.global_iterations) {
     s.step = o.initial_step;
     s.shifts = em::make_shift_grid(o.offset_range, o.offset_step);
     label = "global";
-  } else if (it == 4) {
+  } else if (it == o.global_iterations + 1) {
     s.step = o.initial_step / 2;
     s.shifts = em::make_shift_grid(1, 1);
     s.relative_shifts = true;
