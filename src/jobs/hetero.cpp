@@ -73,7 +73,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(State, options, K, iteration, ra
                                                 emptied_at, history, final_next, map_files)
 
 const char* job_name(const HeteroOptions& o) { return o.align ? "hetero-refine" : "class3d"; }
-int iteration_count(const HeteroOptions& o) { return o.max_iterations > 0 ? o.max_iterations : (o.align ? 8 : 15); }
+int iteration_count(const HeteroOptions& o) { return o.max_iterations > 0 ? o.max_iterations : (o.align ? 12 : 15); }
 
 /// The class similarity of iteration `it`: the initial value at iteration 1, falling linearly to 0
 /// at `similarity_end` (cryoSPARC's annealing).
@@ -84,7 +84,10 @@ double class_similarity_at(const HeteroOptions& o, int it) {
 }
 
 /// The pose hypotheses of iteration `it`. hetero-refine: `global_iterations` global iterations at the
-/// initial step with absolute shifts, one at half the step around the current shifts, then local searches
+/// initial step with absolute shifts (six by default: the classes sort themselves out over the first
+/// five or so, and a particle's pose in its class must still be free to jump then; measured, 1000
+/// particles, 1TII against itself without chain H: accuracy 0.947 with three, 0.981 with six;
+/// without chain A: 0.981 and 0.993; a global iteration costs about what a local one does), one at half the step around the current shifts, then local searches
 /// at a quarter of it; class3d: the input pose only.
 em::PoseSearch pose_search(const HeteroOptions& o, int it, std::string& label) {
   em::PoseSearch s;
