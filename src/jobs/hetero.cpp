@@ -84,11 +84,12 @@ double class_similarity_at(const HeteroOptions& o, int it) {
 }
 
 /// The pose hypotheses of iteration `it`. hetero-refine: `global_iterations` global iterations at the
-/// initial step with absolute shifts (six by default: the classes sort themselves out over the first
-/// five or so, and a particle's pose in its class must still be free to jump then; measured, 1000
-/// particles, 1TII against itself without chain H: accuracy 0.947 with three, 0.981 with six;
-/// without chain A: 0.981 and 0.993; a global iteration costs about what a local one does), one at half the step around the current shifts, then local searches
-/// at a quarter of it; class3d: the input pose only.
+/// initial step with absolute shifts, one at half the step around the current shifts, then local
+/// searches at a quarter of it; class3d: the input pose only. Six global iterations by default: the
+/// classes sort themselves out over the first five or so, and a particle's pose in the class it
+/// moves to must still be free to jump then (measured, 1000 particles, 12 iterations: 1TII against
+/// itself without chain H, accuracy 0.947 with three, 0.981 with six; without chain A, 0.981 and
+/// 0.993). A global iteration costs about what a local one does at this size.
 em::PoseSearch pose_search(const HeteroOptions& o, int it, std::string& label) {
   em::PoseSearch s;
   if (!o.align) {
