@@ -72,8 +72,9 @@ void add_hetero_commands(CLI::App& app) {
     cmd->add_option("--initial-step", o.initial_step, "Angular step of the global search, degrees")->capture_default_str();
     cmd->add_option("--offset-range", o.offset_range, "Translation search range, pixels")->capture_default_str();
     cmd->add_option("--offset-step", o.offset_step, "Translation search step, pixels")->capture_default_str();
+    cmd->add_option("--global-iterations", o.global_iterations, "Global searches at --initial-step before the finer ones")->capture_default_str();
     cmd->add_option("--max-iterations", o.max_iterations,
-                    "Iterations: 3 global at --initial-step, 1 global at half of it, then local at a quarter (default 8)");
+                    "Iterations: --global-iterations global at --initial-step, 1 global at half of it, then local at a quarter (default 12)");
     cmd->callback([] {
       o.align = true;
       run_or_continue("hetero-refine", o, continue_dir);

@@ -59,7 +59,7 @@ wall_s() { awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, p, ":"); s = 0; f
 
 if [[ -z ${SKIP_EMCRYO:-} ]]; then
   rm -rf "$W/emcryo"
-  timed emcryo "emcryo hetero-refine" "$EMCRYO" -j 2 hetero-refine --particles "$D/particles_blind.star" --ref "$D/truth_class001.mrc" \
+  timed emcryo "hetero-refine --particles" "$EMCRYO" -j 2 hetero-refine --particles "$D/particles_blind.star" --ref "$D/truth_class001.mrc" \
     --classes 2 --ini-high 30 --initial-step 15 --offset-range 3 --offset-step 1 --particle-diameter 115 --max-iterations 12 --out "$W/emcryo"
 fi
 

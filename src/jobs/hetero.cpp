@@ -37,7 +37,7 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(HeteroOptions, align, particles, references, classes, symmetry, mask, initial_lowpass,
-                                                particle_diameter, initial_step, offset_range, offset_step, max_iterations, force_hard, marginalize_poses,
+                                                particle_diameter, initial_step, offset_range, offset_step, global_iterations, max_iterations, force_hard, marginalize_poses,
                                                 class_similarity, similarity_end, cross_half_iterations, target_resolution, no_ctf, cs_root, batch, seed)
 
 namespace {
@@ -73,7 +73,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(State, options, K, iteration, ra
                                                 emptied_at, history, final_next, map_files)
 
 const char* job_name(const HeteroOptions& o) { return o.align ? "hetero-refine" : "class3d"; }
-int iteration_count(const HeteroOptions& o) { return o.max_iterations > 0 ? o.max_iterations : (o.align ? 8 : 15); }
+int iteration_count(const HeteroOptions& o) { return o.max_iterations > 0 ? o.max_iterations : (o.align ? 12 : 15); }
 
 /// The class similarity of iteration `it`: the initial value at iteration 1, falling linearly to 0
 /// at `similarity_end` (cryoSPARC's annealing).
@@ -83,9 +83,13 @@ double class_similarity_at(const HeteroOptions& o, int it) {
   return start * std::clamp(static_cast<double>(o.similarity_end - it) / (o.similarity_end - 1), 0.0, 1.0);
 }
 
-/// The pose hypotheses of iteration `it`. hetero-refine: three global iterations at the initial
-/// step with absolute shifts, one at half the step around the current shifts, then local searches
-/// at a quarter of it; class3d: the input pose only.
+/// The pose hypotheses of iteration `it`. hetero-refine: `global_iterations` global iterations at the
+/// initial step with absolute shifts, one at half the step around the current shifts, then local
+/// searches at a quarter of it; class3d: the input pose only. Six global iterations by default: the
+/// classes sort themselves out over the first five or so, and a particle's pose in the class it
+/// moves to must still be free to jump then (measured, 1000 particles, 12 iterations: 1TII against
+/// itself without chain H, accuracy 0.947 with three, 0.981 with six; without chain A, 0.981 and
+/// 0.993). A global iteration costs about what a local one does at this size.
 em::PoseSearch pose_search(const HeteroOptions& o, int it, std::string& label) {
   em::PoseSearch s;
   if (!o.align) {
@@ -96,11 +100,11 @@ em::PoseSearch pose_search(const HeteroOptions& o, int it, std::string& label) {
     label = "fixed poses";
     return s;
   }
-  if (it <= 3) {
+  if (it <= o.global_iterations) {
     s.step = o.initial_step;
     s.shifts = em::make_shift_grid(o.offset_range, o.offset_step);
     label = "global";
-  } else if (it == 4) {
+  } else if (it == o.global_iterations + 1) {
     s.step = o.initial_step / 2;
     s.shifts = em::make_shift_grid(1, 1);
     s.relative_shifts = true;

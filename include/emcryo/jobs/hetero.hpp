@@ -20,7 +20,8 @@ struct HeteroOptions {
   double particle_diameter = 0;       // Å; 0 = 90% of the box
   double initial_step = 15;           // degrees, global search
   double offset_range = 3, offset_step = 1;  // pixels
-  int max_iterations = 0;             // 0: 8 for hetero-refine, 15 for class3d
+  int global_iterations = 6;          // hetero-refine: global searches at initial_step, then one at half of it, then local
+  int max_iterations = 0;             // 0: 12 for hetero-refine, 15 for class3d
   bool force_hard = false;            // each particle in its most probable class only
   bool marginalize_poses = false;     // every probable pose per class weighted by its posterior (else the best one)
   double class_similarity = -1;       // initial, annealed to 0 by similarity_end; < 0: 0.5 for class3d, 0 for hetero-refine
