@@ -45,6 +45,11 @@ Projector::Projector(const std::vector<float>& volume, int n, int padding)
   grid_ = image::fft_forward_3d(padded, m_);
 }
 
+Projector::Projector(std::vector<Complex> grid, int n, int padding)
+    : n_(n), pad_(padding), m_(n * padding), hm_(n * padding / 2 + 1), grid_(std::move(grid)) {
+  if (grid_.size() != image::half_size(m_, m_, m_)) fail("projector: a transform of {} values is not that of a {}^3 box padded x{}", grid_.size(), n, padding);
+}
+
 void Projector::project(const geometry::Mat3& a, Complex* out, int out_n, double max_radius) const {
   const int h = out_n / 2 + 1;
   const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
@@ -119,22 +124,70 @@ BackProjector::BackProjector(int n, int padding)
     : n_(n), pad_(padding), m_(n * padding), hm_(n * padding / 2 + 1),
       data_(image::half_size(m_, m_, m_)), weight_(image::half_size(m_, m_, m_)) {}
 
-void BackProjector::clear() {
-  std::fill(data_.begin(), data_.end(), Complex{});
-  std::fill(weight_.begin(), weight_.end(), 0.0f);
+template <class F>
+void BackProjector::for_each_reached_row(int reach, F row) const {
+  if (reach < 0) return;
+  const auto count = static_cast<std::size_t>(std::min(reach, hm_ - 1) + 1);
+  const auto run = [&](int z, int y) { row((static_cast<std::size_t>(z) * m_ + static_cast<std::size_t>(y)) * hm_, count); };
+  if (2 * reach + 1 >= m_) {
+    for (int z = 0; z < m_; ++z)
+      for (int y = 0; y < m_; ++y) run(z, y);
+    return;
+  }
+  for (int kz = -reach; kz <= reach; ++kz)
+    for (int ky = -reach; ky <= reach; ++ky) run(image::storage_index(kz, m_), image::storage_index(ky, m_));
 }
 
-void BackProjector::put(mpi::Message& message) const { message.put(data_), message.put(weight_); }
+void BackProjector::clear() {
+  for_each_reached_row(reach_, [&](std::size_t first, std::size_t count) {
+    std::fill_n(data_.begin() + static_cast<std::ptrdiff_t>(first), count, Complex{});
+    std::fill_n(weight_.begin() + static_cast<std::ptrdiff_t>(first), count, 0.0f);
+  });
+  reach_ = -1;
+}
 
-void BackProjector::add_from(mpi::Message& message) { message.add_into(data_), message.add_into(weight_); }
+void BackProjector::put(mpi::Message& message) const {
+  std::vector<Complex> data;
+  std::vector<float> weight;
+  for_each_reached_row(reach_, [&](std::size_t first, std::size_t count) {
+    data.insert(data.end(), data_.begin() + static_cast<std::ptrdiff_t>(first), data_.begin() + static_cast<std::ptrdiff_t>(first + count));
+    weight.insert(weight.end(), weight_.begin() + static_cast<std::ptrdiff_t>(first),
+                  weight_.begin() + static_cast<std::ptrdiff_t>(first + count));
+  });
+  message.put(reach_), message.put(data), message.put(weight);
+}
 
-void BackProjector::take_from(mpi::Message& message) { message.get_into(data_), message.get_into(weight_); }
+void BackProjector::read_reached(mpi::Message& message, bool add) {
+  const int reach = message.get<int>();
+  const auto data = message.get_vector<Complex>();
+  const auto weight = message.get_vector<float>();
+  std::size_t at = 0;
+  for_each_reached_row(reach, [&](std::size_t first, std::size_t count) {
+    if (at + count > data.size() || data.size() != weight.size()) fail("internal error: back-projection sums of another size");
+    for (std::size_t i = 0; i < count; ++i) {
+      data_[first + i] = add ? data_[first + i] + data[at + i] : data[at + i];
+      weight_[first + i] = add ? weight_[first + i] + weight[at + i] : weight[at + i];
+    }
+    at += count;
+  });
+  reach_ = std::max(reach_, reach);
+}
+
+void BackProjector::add_from(mpi::Message& message) { read_reached(message, true); }
+
+void BackProjector::take_from(mpi::Message& message) {
+  clear();
+  read_reached(message, false);
+}
 
 void BackProjector::add(const BackProjector& other) {
-  for (std::size_t i = 0; i < data_.size(); ++i) {
-    data_[i] += other.data_[i];
-    weight_[i] += other.weight_[i];
-  }
+  for_each_reached_row(other.reach_, [&](std::size_t first, std::size_t count) {
+    for (std::size_t i = first; i < first + count; ++i) {
+      data_[i] += other.data_[i];
+      weight_[i] += other.weight_[i];
+    }
+  });
+  reach_ = std::max(reach_, other.reach_);
 }
 
 void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const float* weight, int in_n,
@@ -145,6 +198,8 @@ void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const f
   const double ax = a(0, 0) * pad_, ay = a(0, 1) * pad_, az = a(0, 2) * pad_;
   const double bx = a(1, 0) * pad_, by = a(1, 1) * pad_, bz = a(1, 2) * pad_;
   const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
+  // Trilinear weights reach one voxel past the padded radius.
+  reach_ = std::max(reach_, static_cast<int>(std::ceil(r_max * pad_)) + 1);
   for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
     const std::size_t row = static_cast<std::size_t>(image::storage_index(ky, in_n)) * h;
     for (int kx = 0; kx < h; ++kx) {

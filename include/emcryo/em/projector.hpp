@@ -16,7 +16,10 @@ using image::Complex;
 class Projector {
  public:
   Projector(const std::vector<float>& volume, int n, int padding = 2);
+  /// A projector from the transform another one holds (grid()), e.g. made on another rank.
+  Projector(std::vector<Complex> grid, int n, int padding = 2);
   int box() const { return n_; }
+  const std::vector<Complex>& grid() const { return grid_; }
 
   /// The 2D half grid (out_n/2+1 by out_n) of the projection at rotation `a` (RELION's matrix),
   /// frequencies up to `max_radius` (pixels of the n-box grid; out_n may be smaller than n for a
@@ -43,7 +46,10 @@ class BackProjector {
               double max_radius);
   void add(const BackProjector& other);
   void clear();
-  /// The sums through a message (a chunk's share of a reconstruction, to every rank).
+  /// The sums through a message (a chunk's share of a reconstruction, to every rank): only the
+  /// part that inserts so far can have touched (the cube of frequencies within their reach), so
+  /// a chunk inserted to a low working limit moves and folds a small part of the volume. The rest
+  /// holds exact zeros, so the fold is bitwise the same as over the whole volume.
   void put(mpi::Message& message) const;
   /// Adds the sums put() wrote, in the same order as add().
   void add_from(mpi::Message& message);
@@ -58,7 +64,14 @@ class BackProjector {
 
  private:
   void enforce_hermitian(std::vector<Complex>& data, std::vector<float>& weight) const;
+  /// The reached part put() wrote, added to the sums or copied over them.
+  void read_reached(mpi::Message& message, bool add);
+  /// Calls row(first, count) for each run of voxels with |kx|, |ky|, |kz| <= reach (all of them
+  /// where the reach spans the grid; none where it is negative).
+  template <class F>
+  void for_each_reached_row(int reach, F row) const;
   int n_, pad_, m_, hm_;
+  int reach_ = -1;  // padded-grid frequency beyond which every voxel is zero; -1: all are
   std::vector<Complex> data_;
   std::vector<float> weight_;
 };
