@@ -158,8 +158,7 @@ class Chunks {
 /// in chunk order (its totals start where a single process's do, so they are bitwise a single
 /// process's). Then it writes what every rank needs next (`share`: the folded totals, the per-item
 /// results) into one message that is broadcast once and read by `take` on every other rank. One
-/// process folds as it computes. Memory: a rank holds at most three chunk messages (two in
-/// flight, one being computed).
+/// process folds as it computes. Memory: a rank holds one chunk message at a time.
 struct ChunkReduction {
   std::function<void(int, Message&)> compute, fold;
   std::function<void(Message&)> share, take;
