@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 
@@ -310,6 +311,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   stats.stages += es_stats.stages;
 
   // M-step: rotate each template's sums back into its class, then the regularised average.
+  const auto m_start = std::chrono::steady_clock::now();
   Class2DModel next = model;
   next.tau2.assign(sz(K), std::vector<double>(sz(shells), 0.0));
   next.resolution_shell.assign(sz(K), 0);
@@ -352,6 +354,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   for (std::size_t g = 0; g < groups; ++g)
     for (int s = 1; s < shells; ++s)
       if (residual_count[g][sz(s)] > 0) next.sigma2[g][sz(s)] = std::max(1e-12, residual[g][sz(s)] / (2 * residual_count[g][sz(s)]));
+  stats.m_step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - m_start).count();
   return next;
 }
 

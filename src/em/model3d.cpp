@@ -275,7 +275,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   };
 
   // The E-step chunk by chunk (each on its rank), every chunk's sums from zero, folded in chunk
-  // order on rank 0 and shared from there: the same sums and poses with any number of ranks and threads.
+  // order on one rank (settings.fold_rank) and shared from there: the same sums and poses with any number of ranks and threads.
   const mpi::Chunks chunks(image_index.size());
   ExpectationRun estep(set, image_index, start, space, source, list, sigma2, particle_mask, es, backend);
   const auto compute = [&](int c, mpi::Message& message) {
@@ -326,7 +326,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     for (std::size_t g = 0; g < noise.sum.size(); ++g) message.get_into(noise.sum[g]), message.get_into(noise.count[g]);
     stats = message.get<ExpectationStats>();
   };
-  mpi::reduce_in_chunk_order(chunks, {compute, fold, share, take});
+  mpi::reduce_in_chunk_order(chunks, {compute, fold, share, take}, settings.fold_rank);
   sums.clear_lanes();
 }
 

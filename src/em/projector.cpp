@@ -45,6 +45,11 @@ Projector::Projector(const std::vector<float>& volume, int n, int padding)
   grid_ = image::fft_forward_3d(padded, m_);
 }
 
+Projector::Projector(std::vector<Complex> grid, int n, int padding)
+    : n_(n), pad_(padding), m_(n * padding), hm_(n * padding / 2 + 1), grid_(std::move(grid)) {
+  if (grid_.size() != image::half_size(m_, m_, m_)) fail("projector: a transform of {} values is not that of a {}^3 box padded x{}", grid_.size(), n, padding);
+}
+
 void Projector::project(const geometry::Mat3& a, Complex* out, int out_n, double max_radius) const {
   const int h = out_n / 2 + 1;
   const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
@@ -119,86 +124,64 @@ BackProjector::BackProjector(int n, int padding)
     : n_(n), pad_(padding), m_(n * padding), hm_(n * padding / 2 + 1),
       data_(image::half_size(m_, m_, m_)), weight_(image::half_size(m_, m_, m_)) {}
 
-BackProjector::Rows BackProjector::rows_within(int reach) const {
-  Rows rows;
-  if (reach < 0) return rows;
-  rows.whole = reach >= m_ / 2 - 1 || reach >= hm_ - 1;
-  rows.reach = rows.whole ? 0 : reach;
-  rows.planes = rows.whole ? m_ : 2 * reach + 1;
-  rows.length = static_cast<std::size_t>(rows.whole ? hm_ : reach + 1);
-  return rows;
-}
-
-std::size_t BackProjector::row_start(const Rows& rows, int zi, int yi) const {
-  const auto storage = [&](int i) { return static_cast<std::size_t>(rows.whole ? i : image::storage_index(i - rows.reach, m_)); };
-  return (storage(zi) * static_cast<std::size_t>(m_) + storage(yi)) * static_cast<std::size_t>(hm_);
-}
-
 template <class F>
-void BackProjector::for_each_row(int reach, F f) const {
-  const Rows rows = rows_within(reach);
-  const std::size_t work = static_cast<std::size_t>(rows.planes) * static_cast<std::size_t>(rows.planes) * rows.length;
-#pragma omp parallel for schedule(static) if (work > (std::size_t{1} << 16))
-  for (int zi = 0; zi < rows.planes; ++zi)
-    for (int yi = 0; yi < rows.planes; ++yi) f(row_start(rows, zi, yi), rows.length);
+void BackProjector::for_each_reached_row(int reach, F row) const {
+  if (reach < 0) return;
+  const auto count = static_cast<std::size_t>(std::min(reach, hm_ - 1) + 1);
+  const auto run = [&](int z, int y) { row((static_cast<std::size_t>(z) * m_ + static_cast<std::size_t>(y)) * hm_, count); };
+  if (2 * reach + 1 >= m_) {
+    for (int z = 0; z < m_; ++z)
+      for (int y = 0; y < m_; ++y) run(z, y);
+    return;
+  }
+  for (int kz = -reach; kz <= reach; ++kz)
+    for (int ky = -reach; ky <= reach; ++ky) run(image::storage_index(kz, m_), image::storage_index(ky, m_));
 }
 
 void BackProjector::clear() {
-  for_each_row(reach_, [&](std::size_t first, std::size_t count) {
+  for_each_reached_row(reach_, [&](std::size_t first, std::size_t count) {
     std::fill_n(data_.begin() + static_cast<std::ptrdiff_t>(first), count, Complex{});
     std::fill_n(weight_.begin() + static_cast<std::ptrdiff_t>(first), count, 0.0f);
   });
   reach_ = -1;
 }
 
-// The sums go as their reach and the rows within it, planes and rows in order (the same on every
-// rank, so the fold in chunk order stays bitwise that of one process).
 void BackProjector::put(mpi::Message& message) const {
-  const Rows rows = rows_within(reach_);
-  std::vector<Complex> data(static_cast<std::size_t>(rows.planes) * static_cast<std::size_t>(rows.planes) * rows.length);
-  std::vector<float> weight(data.size());
-#pragma omp parallel for schedule(static) if (data.size() > (std::size_t{1} << 16))
-  for (int zi = 0; zi < rows.planes; ++zi)
-    for (int yi = 0; yi < rows.planes; ++yi) {
-      const std::size_t first = row_start(rows, zi, yi);
-      const auto at = static_cast<std::ptrdiff_t>((static_cast<std::size_t>(zi) * static_cast<std::size_t>(rows.planes) + static_cast<std::size_t>(yi)) * rows.length);
-      std::copy_n(data_.begin() + static_cast<std::ptrdiff_t>(first), rows.length, data.begin() + at);
-      std::copy_n(weight_.begin() + static_cast<std::ptrdiff_t>(first), rows.length, weight.begin() + at);
-    }
+  std::vector<Complex> data;
+  std::vector<float> weight;
+  for_each_reached_row(reach_, [&](std::size_t first, std::size_t count) {
+    data.insert(data.end(), data_.begin() + static_cast<std::ptrdiff_t>(first), data_.begin() + static_cast<std::ptrdiff_t>(first + count));
+    weight.insert(weight.end(), weight_.begin() + static_cast<std::ptrdiff_t>(first),
+                  weight_.begin() + static_cast<std::ptrdiff_t>(first + count));
+  });
   message.put(reach_), message.put(data), message.put(weight);
 }
 
-template <class Op>
-void BackProjector::scatter(mpi::Message& message, Op op) {
+void BackProjector::read_reached(mpi::Message& message, bool add) {
   const int reach = message.get<int>();
   const auto data = message.get_vector<Complex>();
   const auto weight = message.get_vector<float>();
-  const Rows rows = rows_within(reach);
-  if (data.size() != static_cast<std::size_t>(rows.planes) * static_cast<std::size_t>(rows.planes) * rows.length || weight.size() != data.size())
-    fail("back-projector sums: a message of {} values for reach {} (internal error)", data.size(), reach);
-#pragma omp parallel for schedule(static) if (data.size() > (std::size_t{1} << 16))
-  for (int zi = 0; zi < rows.planes; ++zi)
-    for (int yi = 0; yi < rows.planes; ++yi) {
-      const std::size_t first = row_start(rows, zi, yi);
-      const std::size_t at = (static_cast<std::size_t>(zi) * static_cast<std::size_t>(rows.planes) + static_cast<std::size_t>(yi)) * rows.length;
-      for (std::size_t x = 0; x < rows.length; ++x) op(data_[first + x], weight_[first + x], data[at + x], weight[at + x]);
+  std::size_t at = 0;
+  for_each_reached_row(reach, [&](std::size_t first, std::size_t count) {
+    if (at + count > data.size() || data.size() != weight.size()) fail("internal error: back-projection sums of another size");
+    for (std::size_t i = 0; i < count; ++i) {
+      data_[first + i] = add ? data_[first + i] + data[at + i] : data[at + i];
+      weight_[first + i] = add ? weight_[first + i] + weight[at + i] : weight[at + i];
     }
+    at += count;
+  });
   reach_ = std::max(reach_, reach);
 }
 
-void BackProjector::add_from(mpi::Message& message) {
-  scatter(message, [](Complex& d, float& w, const Complex& sd, float sw) { d += sd, w += sw; });
-}
+void BackProjector::add_from(mpi::Message& message) { read_reached(message, true); }
 
 void BackProjector::take_from(mpi::Message& message) {
-  std::fill(data_.begin(), data_.end(), Complex{});
-  std::fill(weight_.begin(), weight_.end(), 0.0f);
-  reach_ = -1;
-  scatter(message, [](Complex& d, float& w, const Complex& sd, float sw) { d = sd, w = sw; });
+  clear();
+  read_reached(message, false);
 }
 
 void BackProjector::add(const BackProjector& other) {
-  for_each_row(other.reach_, [&](std::size_t first, std::size_t count) {
+  for_each_reached_row(other.reach_, [&](std::size_t first, std::size_t count) {
     for (std::size_t i = first; i < first + count; ++i) {
       data_[i] += other.data_[i];
       weight_[i] += other.weight_[i];
@@ -215,7 +198,7 @@ void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const f
   const double ax = a(0, 0) * pad_, ay = a(0, 1) * pad_, az = a(0, 2) * pad_;
   const double bx = a(1, 0) * pad_, by = a(1, 1) * pad_, bz = a(1, 2) * pad_;
   const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
-  // A sample at padded radius <= r_max x pad spreads to the voxels around it: one further.
+  // Trilinear weights reach one voxel past the padded radius.
   reach_ = std::max(reach_, static_cast<int>(std::ceil(r_max * pad_)) + 1);
   for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
     const std::size_t row = static_cast<std::size_t>(image::storage_index(ky, in_n)) * h;

@@ -465,6 +465,7 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
 
     // Outputs of the iteration (rank 0's alone under MPI), each written under a temporary name and
     // renamed; the checkpoint goes last so it only ever points at complete files.
+    const auto out_start = std::chrono::steady_clock::now();
     if (folder.writes()) {
       const std::string classes_file = fmt::format("classes_it{:03}.mrcs", it);
       write_classes(dir / classes_file, state.model, pixel);
@@ -475,11 +476,12 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
       // Older per-iteration outputs go once the checkpoint no longer needs them.
       for (const auto& gone : prune_iteration_files(dir, std::max(1, o.keep_iterations), o.keep_every)) log::info("removed {}", gone);
     }
+    const double out_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - out_start).count();
     log::info("iteration {:3}/{}: resolution {:5.1f} Å (limit {:.1f} px), logL {:.6g}, class changes {:4.1f}%, "
-              "psi change {:5.1f}°, {:.1f} s, scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
+              "psi change {:5.1f}°, {:.1f} s (M-step {:.2f} s, then outputs {:.2f} s), scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
               it, o.iterations, record.resolution, state.model.radius, record.log_likelihood, 100 * record.class_changes,
-              record.mean_psi_change, record.seconds, record.scoring_gflop, static_cast<double>(stats.coarse_hypotheses),
-              static_cast<double>(stats.fine_hypotheses));
+              record.mean_psi_change, record.seconds, stats.m_step_seconds, out_seconds, record.scoring_gflop,
+              static_cast<double>(stats.coarse_hypotheses), static_cast<double>(stats.fine_hypotheses));
     log::info("iteration {:3}/{}: E-step {:.1f} s, stages (wall): {}", it, o.iterations, stats.seconds, stats.stages.summary());
     out.gflops = record.gflops;
   }

@@ -256,6 +256,12 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
       search.prior.max_rotation = o.rotation_extent;
       search.prior.max_shift = o.shift_extent / pixel;
     }
+    // The two halves' projectors, each made once (under MPI on rank 0 and rank 1) and shared.
+    const auto p_start = Clock::now();
+    auto grids = mpi::made_once<em::Complex>(2, [&](int h) {
+      return em::Projector(image::masked(half_maps[static_cast<std::size_t>(h)], in.user_mask.empty() ? in.sphere : in.user_mask), n).grid();
+    });
+    const double p_seconds = std::chrono::duration<double>(Clock::now() - p_start).count();
     for (int h = 0; h < 2; ++h) {
       std::vector<std::size_t> members, images;
       std::vector<em::Pose3D> poses, centres;
@@ -265,7 +271,8 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
           if (o.local_refine) centres.push_back(state.input_poses[a]);
         }
       search.prior_centres = o.local_refine ? &centres : nullptr;
-      const em::Projector projector(image::masked(half_maps[static_cast<std::size_t>(h)], in.user_mask.empty() ? in.sphere : in.user_mask), n);
+      settings.fold_rank = h;  // under MPI, half 1's sums fold on rank 0 and half 2's on rank 1
+      const em::Projector projector(std::move(grids[static_cast<std::size_t>(h)]), n);
       em::ReconstructionSums half_sums(1, n);
       em::expectation_3d(in.set, images, poses, {&projector}, list, state.sigma2, in.particle_mask, search, group.operators, settings,
                          *backend, half_sums, noise, stats, &progress);
@@ -284,16 +291,21 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
       half_maps[0] = std::move(filtered.half1), half_maps[1] = std::move(filtered.half2);
       unfiltered = {std::move(filtered.raw1), std::move(filtered.raw2)};
     } else {
-      for (int h = 0; h < 2; ++h)
-        half_maps[static_cast<std::size_t>(h)] =
-            final_iteration ? sums[static_cast<std::size_t>(h)].reconstruct()
-                            : half_map_regularizer(state.fsc, n, pixel, o.initial_lowpass).reconstruct(sums[static_cast<std::size_t>(h)]);
+      // Each half (and, at the end, the full map) is reconstructed once, under MPI on its own
+      // rank (half 1 on rank 0, half 2 on rank 1, the full map on rank 2), and shared.
+      auto made = mpi::made_once<float>(final_iteration ? 3 : 2, [&](int piece) {
+        if (piece == 2) {
+          em::BackProjector full = sums[0];
+          full.add(sums[1]);
+          return full.reconstruct();
+        }
+        const auto& half = sums[static_cast<std::size_t>(piece)];
+        return final_iteration ? half.reconstruct() : half_map_regularizer(state.fsc, n, pixel, o.initial_lowpass).reconstruct(half);
+      });
+      half_maps[0] = std::move(made[0]), half_maps[1] = std::move(made[1]);
+      if (final_iteration) final_maps.full = std::move(made[2]);
     }
     const double m_seconds = std::chrono::duration<double>(Clock::now() - m_start).count();
-    if (final_iteration) {
-      sums[0].add(sums[1]);
-      final_maps.full = sums[0].reconstruct();
-    }
     if (!settings.cc_scoring) noise.update(state.sigma2);
 
     // Masks and FSC.
@@ -321,9 +333,9 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     const double changed_fraction = static_cast<double>(stats.changed) / static_cast<double>(in.active.size());
     const double seconds = std::chrono::duration<double>(Clock::now() - it_start).count();
     log::info("iteration {:3}: resolution {:5.2f} Å, step {:.2f}° ({}), offsets {:.2f} px step, {:.1f}% poses changed (mean {:.2f}°), "
-              "{:.1f} s (M-step regularisation {:.2f} s), scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
+              "{:.1f} s (M-step regularisation {:.2f} s), projectors {:.2f} s, scoring {:.1f} GFLOP ({:.2g} coarse + {:.2g} fine hypotheses)",
               it, resolution, state.step, state.local ? "local" : (state.second_global ? "global, fine" : "global"), state.offset_step,
-              100 * changed_fraction, stats.angle_change / static_cast<double>(in.active.size()), seconds, m_seconds, stats.flops / 1e9,
+              100 * changed_fraction, stats.angle_change / static_cast<double>(in.active.size()), seconds, m_seconds, p_seconds, stats.flops / 1e9,
               static_cast<double>(stats.coarse_hypotheses), static_cast<double>(stats.fine_hypotheses));
     log::info("iteration {:3}: E-step stages (both halves, wall): {}", it, stats.stages.summary());
     state.history.push_back({it, resolution, state.step, state.local, changed_fraction, seconds, m_seconds});

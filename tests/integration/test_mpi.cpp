@@ -81,14 +81,15 @@ TEST_F(MpiJobs, Class2DTwoRanksGiveTheSingleProcessResult) {
 }
 
 // The reduction itself across 3 ranks, each with several chunks (so several messages in flight):
-// core's unit test, run under mpirun, checks the fold order and every rank's totals bit for bit.
+// core's unit tests, run under mpirun, check the fold order (folded on rank 0, then rank 1) and
+// every rank's totals bit for bit, and pieces made once on one rank each.
 TEST_F(MpiJobs, ReductionOnThreeRanksGivesTheSingleProcessTotalsOnEveryRank) {
   const auto three = test::run_capture(fmt::format("timeout 120 mpirun -np 3 --oversubscribe {}/tests/test_core "
                                                    "--gtest_filter='MpiReduce.*' --gtest_color=no 2>&1",
                                                    EMCRYO_BINARY_DIR));
   EXPECT_EQ(three.exit_code, 0) << three.output;
   std::size_t passed = 0;
-  for (auto at = three.output.find("[  PASSED  ] 1 test"); at != std::string::npos; at = three.output.find("[  PASSED  ] 1 test", at + 1)) ++passed;
+  for (auto at = three.output.find("[  PASSED  ] 2 tests"); at != std::string::npos; at = three.output.find("[  PASSED  ] 2 tests", at + 1)) ++passed;
   EXPECT_EQ(passed, 3u) << three.output;  // once per rank
 }
 

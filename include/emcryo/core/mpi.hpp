@@ -4,9 +4,10 @@
 //
 // Determinism: the work of an E-step is split into chunks whose number depends on the particle
 // count only, never on the rank count. Each chunk's sums start from zero and are added into the
-// total in chunk order by rank 0 (a single process adds them in the same order as it computes
-// them), and every other rank receives rank 0's totals as bytes: the result is bitwise the same
-// with 1 or N ranks (and, since each chunk's own sums follow the particle order, with any threads).
+// total in chunk order by one rank (rank 0 unless the caller names another; a single process
+// adds them in the same order as it computes them), and every other rank receives its totals as
+// bytes: the result is bitwise the same with 1 or N ranks (and, since each chunk's own sums
+// follow the particle order, with any threads).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -42,6 +43,30 @@ void sum(std::span<double> values);
 void sum(std::span<std::int64_t> values);
 /// Rank `root`'s bytes to every rank (resized on the others).
 void broadcast(std::vector<std::byte>& bytes, int root);
+/// Rank `root`'s values to every rank (resized on the others).
+template <typename T>
+void broadcast(std::vector<T>& values, int root) {
+  static_assert(std::is_trivially_copyable_v<T>);
+  if (size() == 1) return;
+  std::vector<std::byte> bytes(values.size() * sizeof(T));
+  if (rank() == root) std::memcpy(bytes.data(), values.data(), bytes.size());
+  broadcast(bytes, root);
+  values.resize(bytes.size() / sizeof(T));
+  if (rank() != root) std::memcpy(values.data(), bytes.data(), bytes.size());
+}
+/// Pieces of work every rank needs the results of, each done once rather than by every rank:
+/// `make(i)` for piece i = 0 .. pieces-1 runs on rank i % size() (the ranks make theirs at the
+/// same time), then each piece is broadcast from its maker.
+template <typename T, typename Make>
+std::vector<std::vector<T>> made_once(int pieces, Make make) {
+  std::vector<std::vector<T>> made(static_cast<std::size_t>(pieces));
+  for (int i = 0; i < pieces; ++i)
+    if (i % size() == rank()) made[static_cast<std::size_t>(i)] = make(i);
+  for (int i = 0; i < pieces; ++i) broadcast(made[static_cast<std::size_t>(i)], i % size());
+  return made;
+}
+/// Every rank's `value` on rank 0, in rank order (empty on the other ranks).
+std::vector<double> gather(double value);
 void barrier();
 
 /// A flat message: values appended in order, read back in the same order.
@@ -129,16 +154,16 @@ class Chunks {
 
 /// The reduction of one E-step over `chunks`. `compute(c, message)` runs on chunk c's owner and
 /// writes the chunk's results and sums (each from zero) into the message; the owners send their
-/// messages to rank 0, which calls `fold(c, message)` for c = 0, 1, ... in chunk order (its totals
-/// start where a single process's do, so they are bitwise a single process's). Then rank 0 writes
-/// what every rank needs next (`share`: the folded totals, the per-item results) into one message
-/// that is broadcast once and read by `take` on every other rank. One process folds as it computes.
-/// Memory: a rank holds at most three chunk messages (two in flight, one being computed).
+/// messages to the folding rank (`root % size()`), which calls `fold(c, message)` for c = 0, 1, ...
+/// in chunk order (its totals start where a single process's do, so they are bitwise a single
+/// process's). Then it writes what every rank needs next (`share`: the folded totals, the per-item
+/// results) into one message that is broadcast once and read by `take` on every other rank. One
+/// process folds as it computes. Memory: a rank holds one chunk message at a time.
 struct ChunkReduction {
   std::function<void(int, Message&)> compute, fold;
   std::function<void(Message&)> share, take;
 };
-void reduce_in_chunk_order(const Chunks& chunks, const ChunkReduction& reduction);
+void reduce_in_chunk_order(const Chunks& chunks, const ChunkReduction& reduction, int root = 0);
 
 /// Bytes this rank sent and received through reduce_in_chunk_order since the start (the
 /// reduction's message volume, for logs and benchmarks).

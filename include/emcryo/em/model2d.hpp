@@ -60,6 +60,7 @@ struct Class2DStats {
   double seconds = 0;
   std::int64_t coarse_hypotheses = 0, fine_hypotheses = 0;
   StageTimes stages;      // the E-step's wall time per stage
+  double m_step_seconds = 0;  // wall time of the M-step (every rank makes every class)
 };
 
 /// One EM iteration over the particles `active` (indices into the set). Returns the updated model

@@ -54,6 +54,8 @@ struct ExpectationSettings {
   bool known_poses = false;    // back-project at the given poses only (reconstruction): no scoring, no noise sums;
                                // into each class k by Pose3D::class_posterior[k] when given, else into class 0
   int keep_top = 0;            // hypotheses per particle kept in Pose3D::top
+  int fold_rank = 0;           // MPI: the rank that folds the chunks' sums (mpi::reduce_in_chunk_order);
+                               // refine's two halves fold on two ranks at once
 };
 
 /// Residual power per optics group and shell, for the noise model.

@@ -16,6 +16,8 @@ using image::Complex;
 class Projector {
  public:
   Projector(const std::vector<float>& volume, int n, int padding = 2);
+  /// A projector from the transform another one holds (grid()), e.g. made on another rank.
+  Projector(std::vector<Complex> grid, int n, int padding = 2);
   int box() const { return n_; }
 
   /// The 2D half grid (out_n/2+1 by out_n) of the projection at rotation `a` (RELION's matrix),
@@ -46,7 +48,10 @@ class BackProjector {
               double max_radius);
   void add(const BackProjector& other);
   void clear();
-  /// The sums through a message (a chunk's share of a reconstruction, to every rank).
+  /// The sums through a message (a chunk's share of a reconstruction, to every rank): only the
+  /// part that inserts so far can have touched (the cube of frequencies within their reach), so
+  /// a chunk inserted to a low working limit moves and folds a small part of the volume. The rest
+  /// holds exact zeros, so the fold is bitwise the same as over the whole volume.
   void put(mpi::Message& message) const;
   /// Adds the sums put() wrote, in the same order as add().
   void add_from(mpi::Message& message);
@@ -61,26 +66,14 @@ class BackProjector {
 
  private:
   void enforce_hermitian(std::vector<Complex>& data, std::vector<float>& weight) const;
-  /// The x-rows of the part of the grid within `reach` voxels of the origin (|kz|, |ky|, kx <=
-  /// reach; the whole grid when reach covers it): planes x planes rows of `length` values.
-  struct Rows {
-    bool whole = false;
-    int reach = 0, planes = 0;
-    std::size_t length = 0;
-  };
-  Rows rows_within(int reach) const;
-  std::size_t row_start(const Rows& rows, int zi, int yi) const;
-  /// f(first index, count) for each of those rows, planes in parallel.
+  /// The reached part put() wrote, added to the sums or copied over them.
+  void read_reached(mpi::Message& message, bool add);
+  /// Calls row(first, count) for each run of voxels with |kx|, |ky|, |kz| <= reach (all of them
+  /// where the reach spans the grid; none where it is negative).
   template <class F>
-  void for_each_row(int reach, F f) const;
-  /// Reads put()'s message and applies op(data, weight, sent data, sent weight) to each value sent.
-  template <class Op>
-  void scatter(mpi::Message& message, Op op);
+  void for_each_reached_row(int reach, F row) const;
   int n_, pad_, m_, hm_;
-  /// Nothing was added beyond this many padded voxels from the origin (-1: all zero). Clearing,
-  /// adding and sending the sums touch only that part: a chunk's sums at a 30 Å limit fill a few
-  /// thousandths of the grid, and a refinement folds 2 x 32 chunks of up to 8 lanes per iteration.
-  int reach_ = -1;
+  int reach_ = -1;  // padded-grid frequency beyond which every voxel is zero; -1: all are
   std::vector<Complex> data_;
   std::vector<float> weight_;
 };

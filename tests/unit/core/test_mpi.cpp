@@ -64,7 +64,7 @@ std::vector<double> chunk_values(int c) {
 // Also run under mpirun (tests/integration/test_mpi.cpp: MpiJobs.ReductionOnThreeRanks): rank 0
 // alone folds, in chunk order, messages that the owners computed and sent (several in flight per
 // rank), and every rank ends with rank 0's totals, bitwise those of one process.
-TEST(MpiReduce, RankZeroFoldsInChunkOrderAndEveryRankGetsTheSingleProcessTotals) {
+TEST(MpiReduce, TheFoldingRankFoldsInChunkOrderAndEveryRankGetsTheSingleProcessTotals) {
   const mpi::Chunks chunks(1000);
   std::vector<double> expected(64, 0.0), reversed(64, 0.0);
   for (int c = 0; c < chunks.count(); ++c)
@@ -73,32 +73,55 @@ TEST(MpiReduce, RankZeroFoldsInChunkOrderAndEveryRankGetsTheSingleProcessTotals)
     for (std::size_t j = 0; j < reversed.size(); ++j) reversed[j] += chunk_values(c)[j];
   ASSERT_NE(expected, reversed) << "the values must make the order visible";
 
-  std::vector<int> computed, folded, owned, order;
-  std::vector<int> results(1000, -1);
-  std::vector<double> total(64, 0.0);
-  for (int c = 0; c < chunks.count(); ++c) {
-    order.push_back(c);
-    if (chunks.owner(c) == mpi::rank()) owned.push_back(c);
-  }
-  mpi::ChunkReduction reduction;
-  reduction.compute = [&](int c, mpi::Message& m) {
-    computed.push_back(c);
-    for (std::size_t i = chunks.begin(c); i < chunks.end(c); ++i) m.put(static_cast<int>(7 * i));
-    m.put(chunk_values(c));
-  };
-  reduction.fold = [&](int c, mpi::Message& m) {
-    folded.push_back(c);
-    for (std::size_t i = chunks.begin(c); i < chunks.end(c); ++i) results[i] = m.get<int>();
-    m.add_into(total);
-  };
-  reduction.share = [&](mpi::Message& m) { m.put(results), m.put(total); };
-  reduction.take = [&](mpi::Message& m) { m.get_into(results), m.get_into(total); };
-  mpi::reduce_in_chunk_order(chunks, reduction);
+  // Folded on rank 0, then on rank 1 (refine folds its second half there).
+  for (int root : {0, 1}) {
+    std::vector<int> computed, folded, owned, order;
+    std::vector<int> results(1000, -1);
+    std::vector<double> total(64, 0.0);
+    for (int c = 0; c < chunks.count(); ++c) {
+      order.push_back(c);
+      if (chunks.owner(c) == mpi::rank()) owned.push_back(c);
+    }
+    mpi::ChunkReduction reduction;
+    reduction.compute = [&](int c, mpi::Message& m) {
+      computed.push_back(c);
+      for (std::size_t i = chunks.begin(c); i < chunks.end(c); ++i) m.put(static_cast<int>(7 * i));
+      m.put(chunk_values(c));
+    };
+    reduction.fold = [&](int c, mpi::Message& m) {
+      folded.push_back(c);
+      for (std::size_t i = chunks.begin(c); i < chunks.end(c); ++i) results[i] = m.get<int>();
+      m.add_into(total);
+    };
+    reduction.share = [&](mpi::Message& m) { m.put(results), m.put(total); };
+    reduction.take = [&](mpi::Message& m) { m.get_into(results), m.get_into(total); };
+    mpi::reduce_in_chunk_order(chunks, reduction, root);
 
-  EXPECT_EQ(computed, owned);
-  EXPECT_EQ(folded, mpi::is_root() ? order : std::vector<int>{});
-  EXPECT_EQ(std::memcmp(total.data(), expected.data(), total.size() * sizeof(double)), 0) << "rank " << mpi::rank();
-  for (std::size_t i = 0; i < results.size(); ++i) ASSERT_EQ(results[i], static_cast<int>(7 * i)) << "item " << i << ", rank " << mpi::rank();
+    EXPECT_EQ(computed, owned);
+    EXPECT_EQ(folded, mpi::rank() == root % mpi::size() ? order : std::vector<int>{}) << "root " << root;
+    EXPECT_EQ(std::memcmp(total.data(), expected.data(), total.size() * sizeof(double)), 0) << "rank " << mpi::rank() << ", root " << root;
+    for (std::size_t i = 0; i < results.size(); ++i)
+      ASSERT_EQ(results[i], static_cast<int>(7 * i)) << "item " << i << ", rank " << mpi::rank() << ", root " << root;
+  }
+}
+
+TEST(MpiReduce, PiecesMadeOnceReachEveryRankAndGatherListsEveryRank) {
+  // Piece i is made on rank i % size() alone; every rank ends with every piece.
+  std::vector<int> made_here;
+  const auto pieces = mpi::made_once<float>(5, [&](int i) {
+    made_here.push_back(i);
+    return std::vector<float>(static_cast<std::size_t>(i + 1), 0.5f * static_cast<float>(i));
+  });
+  for (int i : made_here) EXPECT_EQ(i % mpi::size(), mpi::rank());
+  ASSERT_EQ(pieces.size(), 5u);
+  for (std::size_t i = 0; i < pieces.size(); ++i) EXPECT_EQ(pieces[i], std::vector<float>(i + 1, 0.5f * static_cast<float>(i))) << i;
+  const auto all = mpi::gather(10.0 + mpi::rank());
+  if (!mpi::is_root()) {
+    EXPECT_TRUE(all.empty());
+    return;
+  }
+  ASSERT_EQ(all.size(), static_cast<std::size_t>(mpi::size()));
+  for (std::size_t r = 0; r < all.size(); ++r) EXPECT_EQ(all[r], 10.0 + static_cast<double>(r));
 }
 
 TEST(MpiMessage, GetIntoReplacesAnArray) {

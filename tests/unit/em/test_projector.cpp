@@ -444,6 +444,45 @@ TEST(Projector, SumsWithinTheReachedRadiusAddSendAndClearExactly) {
   insert_slices(reused, projector, n, 5, 6, 1);
   EXPECT_EQ(reused.reconstruct(), low.reconstruct());
   EXPECT_EQ(reused.mean_weight_per_shell(), low.mean_weight_per_shell());
+TEST(Projector, SumsThroughAMessageCarryOnlyTheReachedPartAndFoldLikeAdd) {
+  // A chunk's sums inserted to a low limit: the message holds the small cube they reach (not the
+  // whole padded volume), and folding messages gives bitwise what add() and a copy give.
+  const int n = 32;
+  const Projector projector(noise_volume(n, 21), n);
+  std::mt19937 rng(22);
+  const auto sums_of = [&](int slices, double radius) {
+    BackProjector bp(n);
+    std::vector<Complex> slice(img::half_size(n, n));
+    const std::vector<float> weight(slice.size(), 0.5f);
+    for (int i = 0; i < slices; ++i) {
+      const Mat3 a = random_rotation(rng);
+      projector.project(a, slice.data(), n, radius);
+      bp.insert(a, slice.data(), weight.data(), n, radius);
+    }
+    return bp;
+  };
+  const BackProjector low = sums_of(40, 5.0), wide = sums_of(40, n / 2.0 - 1);
+  emcryo::mpi::Message small, full;
+  low.put(small), wide.put(full);
+  // Reach 2 x 5 + 1 = 11: 23 x 23 x 12 voxels of the 64 x 64 x 33 padded half volume, 12 bytes
+  // each (and three counts); to Nyquist, reach 31: 63 x 63 x 32.
+  EXPECT_EQ(small.bytes().size(), 23u * 23 * 12 * 12 + 4 + 16);
+  EXPECT_EQ(full.bytes().size(), 63u * 63 * 32 * 12 + 4 + 16);
+
+  BackProjector folded(n), added(n), copied(n);
+  for (auto* m : {&full, &small}) m->rewind(), folded.add_from(*m);
+  added.add(wide), added.add(low);
+  small.rewind(), copied.add(wide), copied.take_from(small);  // a copy replaces everything
+  const auto a = folded.reconstruct(), b = added.reconstruct(), c = copied.reconstruct(), d = low.reconstruct();
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << i;
+  for (std::size_t i = 0; i < c.size(); ++i) ASSERT_EQ(c[i], d[i]) << i;
+  // Clearing what was reached empties it; a cleared accumulator sends nothing.
+  folded.clear();
+  for (double w : folded.mean_weight_per_shell()) EXPECT_EQ(w, 0.0);
+  emcryo::mpi::Message empty;
+  folded.put(empty);
+  EXPECT_LT(empty.bytes().size(), 64u);
 }
 
 }  // namespace
