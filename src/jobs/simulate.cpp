@@ -14,6 +14,7 @@
 #include "emcryo/core/progress.hpp"
 #include "emcryo/core/random.hpp"
 #include "emcryo/em/projector.hpp"
+#include "emcryo/geometry/directions.hpp"
 #include "emcryo/geometry/symmetry.hpp"
 #include "emcryo/image/ctf.hpp"
 #include "emcryo/image/fourier.hpp"
@@ -26,26 +27,9 @@ namespace emcryo::jobs {
 
 namespace fs = std::filesystem;
 using geometry::Mat3;
+using geometry::random_rotation;
 
 namespace {
-
-Mat3 random_rotation(std::mt19937_64& rng) {
-  // Uniform on SO(3) from a uniformly distributed unit quaternion.
-  std::normal_distribution<double> g;
-  double q[4];
-  double norm = 0;
-  do {
-    norm = 0;
-    for (double& c : q) c = g(rng), norm += c * c;
-  } while (norm < 1e-12);
-  norm = std::sqrt(norm);
-  const double w = q[0] / norm, x = q[1] / norm, y = q[2] / norm, z = q[3] / norm;
-  Mat3 r;
-  r(0, 0) = 1 - 2 * (y * y + z * z), r(0, 1) = 2 * (x * y - z * w), r(0, 2) = 2 * (x * z + y * w);
-  r(1, 0) = 2 * (x * y + z * w), r(1, 1) = 1 - 2 * (x * x + z * z), r(1, 2) = 2 * (y * z - x * w);
-  r(2, 0) = 2 * (x * z - y * w), r(2, 1) = 2 * (y * z + x * w), r(2, 2) = 1 - 2 * (x * x + y * y);
-  return r;
-}
 
 /// A part of the model that moves per particle: its own map, turned about `pivot` (px from the
 /// box centre) and displaced. Body 2 of a flexible model turns about the hinge; a disordered
@@ -159,6 +143,7 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
   if (o.snr <= 0) fail("simulate: --snr must be positive");
   if (o.orientations != "uniform" && o.orientations != "views" && o.orientations != "preferred")
     fail("simulate: --orientations '{}' must be uniform, views or preferred", o.orientations);
+  if (o.orientations == "views" && o.views < 1) fail("simulate: --views must be at least 1");
   if (o.defocus_min <= 0 || o.defocus_max < o.defocus_min)
     fail("simulate: defocus range {}..{} Å is invalid", o.defocus_min, o.defocus_max);
   std::vector<double> fractions = o.class_fractions;
@@ -243,9 +228,16 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
   // Draw every particle's truth first, serially, so the data set depends only on the seed.
   std::vector<TruePose> truth(static_cast<std::size_t>(o.particles));
   std::vector<Mat3> view_rotations;
-  {
-    auto rng = item_rng(o.seed, 0xfeed);
-    for (int v = 0; v < o.views; ++v) view_rotations.push_back(random_rotation(rng));
+  if (o.orientations == "views") {
+    // Distinct views: directions as far apart as they can be (not independent random draws, which
+    // put two of 12 views 7 degrees apart on seed 7 and made them inseparable); the seed turns the
+    // set as a whole. Each particle then gets its own in-plane angle.
+    const auto directions = geometry::spread_directions(o.views, o.seed);
+    for (const auto& d : directions) view_rotations.push_back(geometry::euler_to_matrix(geometry::direction_to_euler(d)));
+    double closest = 180;
+    for (std::size_t a = 0; a < directions.size(); ++a)
+      for (std::size_t b = a + 1; b < directions.size(); ++b) closest = std::min(closest, geometry::angle_between(directions[a], directions[b]));
+    if (directions.size() > 1) log::info("simulate: {} views, the closest two {:.1f}° apart", directions.size(), closest);
   }
   for (int i = 0; i < o.particles; ++i) {
     auto rng = item_rng(o.seed, static_cast<std::uint64_t>(i));
