@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <numbers>
 
 #include <fmt/ranges.h>
@@ -135,6 +136,44 @@ std::vector<float> symmetrize_map(const std::vector<float>& map, int n, const st
   return out;
 }
 
+namespace {
+
+/// How different the two most alike views look: over pairs of directions, the smallest squared
+/// difference of their CTF-free projections (to n/6 px, 1/3 of Nyquist), after the best in-plane
+/// rotation (5 degree steps), relative to the mean power of the two.
+double most_alike_views_difference(const em::Projector& projector, const std::vector<geometry::Vec3>& directions, int n) {
+  const int m = n / 2, angles = 72;
+  const std::size_t size = image::half_size(m, m), views = directions.size();
+  std::vector<std::vector<image::Complex>> spectra(views * angles, std::vector<image::Complex>(size));
+#pragma omp parallel for schedule(dynamic)
+  for (std::size_t j = 0; j < spectra.size(); ++j) {
+    auto e = geometry::direction_to_euler(directions[j / angles]);
+    e.psi = 360.0 * static_cast<double>(j % angles) / angles;
+    projector.project(geometry::euler_to_matrix(e), spectra[j].data(), m, n / 6.0);
+  }
+  const auto power = [&](std::size_t j) {
+    double s = 0;
+    for (const auto& c : spectra[j]) s += std::norm(c);
+    return s;
+  };
+  double smallest = std::numeric_limits<double>::infinity();
+#pragma omp parallel for schedule(dynamic) reduction(min : smallest)
+  for (std::size_t a = 0; a < views; ++a)
+    for (std::size_t b = a + 1; b < views; ++b) {
+      const auto& first = spectra[a * angles];
+      const double mean_power = 0.5 * (power(a * angles) + power(b * angles));
+      for (std::size_t r = 0; r < static_cast<std::size_t>(angles); ++r) {
+        const auto& second = spectra[b * angles + r];
+        double d = 0;
+        for (std::size_t f = 0; f < size; ++f) d += std::norm(first[f] - second[f]);
+        smallest = std::min(smallest, d / std::max(mean_power, 1e-30));
+      }
+    }
+  return smallest;
+}
+
+}  // namespace
+
 SimulateSummary run_simulate(const SimulateOptions& o) {
   if (o.models.empty()) fail("simulate: give at least one --model (PDB/mmCIF or MRC map)");
   if (o.box < 16 || o.box % 2) fail("simulate: --box {} must be even and at least 16", o.box);
@@ -229,15 +268,25 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
   std::vector<TruePose> truth(static_cast<std::size_t>(o.particles));
   std::vector<Mat3> view_rotations;
   if (o.orientations == "views") {
-    // Distinct views: directions as far apart as they can be (not independent random draws, which
-    // put two of 12 views 7 degrees apart on seed 7 and made them inseparable); the seed turns the
-    // set as a whole. Each particle then gets its own in-plane angle.
-    const auto directions = geometry::spread_directions(o.views, o.seed);
+    // Distinct views: directions as far apart as they can be (independent random draws put two of
+    // 12 views 7 degrees apart on seed 7, inseparable at SNR 0.05), and of several turns of that
+    // set, the one whose two most alike projections differ most (an angle alone does not make
+    // views look different: 1TII's B pentamer is nearly 5-fold symmetric).
+    const int turns = o.views <= 30 ? 16 : 4;
+    std::vector<geometry::Vec3> directions;
+    double best = -1;
+    for (int c = 0; c < turns; ++c) {
+      auto candidate = geometry::spread_directions(o.views, splitmix64(o.seed + static_cast<std::uint64_t>(c)));
+      const double difference = most_alike_views_difference(projectors.front(), candidate, n);
+      if (difference > best) best = difference, directions = std::move(candidate);
+    }
     for (const auto& d : directions) view_rotations.push_back(geometry::euler_to_matrix(geometry::direction_to_euler(d)));
     double closest = 180;
     for (std::size_t a = 0; a < directions.size(); ++a)
       for (std::size_t b = a + 1; b < directions.size(); ++b) closest = std::min(closest, geometry::angle_between(directions[a], directions[b]));
-    if (directions.size() > 1) log::info("simulate: {} views, the closest two {:.1f}° apart", directions.size(), closest);
+    if (directions.size() > 1)
+      log::info("simulate: {} views, the closest two {:.1f}° apart; the two most alike projections differ by {:.0f}% of their power",
+                directions.size(), closest, 100 * best);
   }
   for (int i = 0; i < o.particles; ++i) {
     auto rng = item_rng(o.seed, static_cast<std::uint64_t>(i));
