@@ -346,7 +346,8 @@ std::vector<double> class2d_removal_costs(const Class2DModel& model, const Class
   return cost;
 }
 
-int class2d_redundant_class(const Class2DModel& model, const Class2DStats& stats, double particles, const RedundancyRule& rule, int except) {
+int class2d_redundant_class(const Class2DModel& model, const Class2DStats& stats, double particles, const RedundancyRule& rule,
+                            const std::vector<bool>& skip) {
   const auto cost = class2d_removal_costs(model, stats, particles);
   if (cost.empty()) return -1;
   auto sorted = cost;
@@ -354,7 +355,7 @@ int class2d_redundant_class(const Class2DModel& model, const Class2DStats& stats
   int chosen = -1;
   double lowest = std::max(rule.nats, rule.fraction_of_median * sorted[sorted.size() / 2]);
   for (std::size_t k = 0; k < cost.size(); ++k)
-    if (static_cast<int>(k) != except && cost[k] < lowest) lowest = cost[k], chosen = static_cast<int>(k);
+    if (!(k < skip.size() && skip[k]) && cost[k] < lowest) lowest = cost[k], chosen = static_cast<int>(k);
   return chosen;
 }
 

@@ -62,6 +62,7 @@ struct JobState {
   std::vector<IterationRecord> history;
   std::vector<int> previous_class;     // per active particle
   std::vector<double> previous_psi;
+  std::vector<int> reseeded_at;        // per class: the iteration of its last re-seed or split (0: none)
 };
 
 /// Each class's particles and removal cost per particle (how far each class is from redundant).
@@ -281,6 +282,7 @@ void save_checkpoint(const JobFolder& folder, const JobState& state) {
   j["classes_file"] = fmt::format("classes_it{:03}.mrcs", state.iteration);
   j["previous_class"] = state.previous_class;
   j["previous_psi"] = state.previous_psi;
+  j["reseeded_at"] = state.reseeded_at;
   j["history"] = state.history;
   folder.write_checkpoint(std::move(j), "emcryo-class2d-checkpoint-1");
 }
@@ -419,8 +421,12 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
     // At most one class per iteration, and not late in the run, so that classes settle.
     log_removal_costs(it, state.model, stats, static_cast<double>(active.size()));
     if (3 * it <= 2 * o.iterations) {
-      const int redundant = em::class2d_redundant_class(state.model, stats, static_cast<double>(active.size()), em::RedundancyRule{},
-                                                        static_cast<int>(largest));
+      // Not the largest class, nor one re-seeded or split in the last two iterations: the two halves
+      // of a split look redundant until they have drifted apart.
+      state.reseeded_at.resize(K, 0);
+      std::vector<bool> skip(K, false);
+      for (std::size_t k = 0; k < K; ++k) skip[k] = k == largest || (state.reseeded_at[k] > 0 && it - state.reseeded_at[k] <= 2);
+      const int redundant = em::class2d_redundant_class(state.model, stats, static_cast<double>(active.size()), em::RedundancyRule{}, skip);
       for (std::size_t k = 0; k < K; ++k) {
         if (k == largest || (next.priors[k] >= 0.2 / static_cast<double>(K) && static_cast<int>(k) != redundant)) continue;
         // Split the largest class: two copies pushed apart by the same smooth random field, with
@@ -447,6 +453,7 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
         next.tau2[k] = next.tau2[largest];
         const double share = (next.priors[largest] + next.priors[k]) / 2;
         next.priors[largest] = next.priors[k] = share;
+        state.reseeded_at[k] = state.reseeded_at[largest] = it;
         log::info("iteration {}: class {} was {}; re-seeded from class {}", it, k + 1,
                   static_cast<int>(k) == redundant ? "redundant" : "nearly empty", largest + 1);
         break;
@@ -539,6 +546,7 @@ Class2DResult continue_class2d(const std::string& out_dir) {
     state.model.resolution_shell = j.at("resolution_shell").get<std::vector<int>>();
     state.previous_class = j.at("previous_class").get<std::vector<int>>();
     state.previous_psi = j.at("previous_psi").get<std::vector<double>>();
+    state.reseeded_at = j.value("reseeded_at", std::vector<int>{});  // absent in older checkpoints
     state.history = j.at("history").get<std::vector<IterationRecord>>();
     const std::string classes_file = j.at("classes_file");
     const int K = state.options.classes;

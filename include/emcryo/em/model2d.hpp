@@ -91,8 +91,9 @@ struct RedundancyRule {
 
 /// The class that costs the least log-likelihood to remove, per particle it holds, when it is
 /// redundant by `rule` (a class whose particles another class explains almost as well: a view split
-/// in two, a class still empty); -1 when every class earns its place. `except` is skipped.
-int class2d_redundant_class(const Class2DModel& model, const Class2DStats& stats, double particles, const RedundancyRule& rule, int except);
+/// in two, a class still empty); -1 when every class earns its place. Classes with skip[k] are not candidates.
+int class2d_redundant_class(const Class2DModel& model, const Class2DStats& stats, double particles, const RedundancyRule& rule,
+                            const std::vector<bool>& skip);
 
 double class2d_working_radius(const Class2DModel& model, double lowest, double highest);
 
