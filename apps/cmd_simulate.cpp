@@ -17,7 +17,7 @@ void add_simulate_command(CLI::App& app) {
   cmd->add_option("--pixel-size", o.pixel_size, "Pixel size in Å")->capture_default_str();
   cmd->add_option("--snr", o.snr, "Signal-to-noise ratio (variance ratio)")->capture_default_str();
   cmd->add_option("--orientations", o.orientations, "uniform | views | preferred")->capture_default_str();
-  cmd->add_option("--views", o.views, "Number of distinct views (with --orientations views)")->capture_default_str();
+  cmd->add_option("--views", o.views, "Number of distinct views, their directions spread as far apart as possible (with --orientations views)")->capture_default_str();
   cmd->add_option("--preferred-fraction", o.preferred_fraction, "Share of particles near the top view")->capture_default_str();
   cmd->add_option("--max-shift", o.max_shift, "Largest particle displacement in Å")->capture_default_str();
   cmd->add_option("--defocus-min", o.defocus_min, "Å")->capture_default_str();

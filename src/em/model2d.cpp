@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "emcryo/core/error.hpp"
@@ -125,6 +126,23 @@ void add_batch_on_device(const ScoredBatch& batch, const std::vector<Contributio
   backend.add_template_sums(q);
 }
 
+/// Adds -log(1 - p_k) per class, p_k the untempered class posterior from the class evidences and
+/// log priors (empty: uniform); 1 - p_k is floored at 1e-8 (a class the particle cannot do without).
+void add_removal_cost(const Posterior& posterior, const std::vector<double>& log_prior, std::vector<double>& cost) {
+  const auto& evidence = posterior.class_log_evidence;
+  std::vector<double> log_p(evidence.size(), -std::numeric_limits<double>::infinity());
+  double top = -std::numeric_limits<double>::infinity();
+  for (std::size_t k = 0; k < evidence.size(); ++k)
+    if (std::isfinite(evidence[k])) top = std::max(top, log_p[k] = evidence[k] + (log_prior.empty() ? 0.0 : log_prior[k]));
+  if (!std::isfinite(top)) return;
+  double sum = 0;
+  for (double v : log_p) sum += std::exp(v - top);
+  for (std::size_t k = 0; k < evidence.size(); ++k) {
+    const double p = std::exp(log_p[k] - top) / sum;
+    cost[k] -= std::log(std::max(1 - p, 1e-8));
+  }
+}
+
 /// A particle's results through a chunk's message.
 void put_result(mpi::Message& m, const ParticleResult& r) {
   m.put(r.best_class), m.put(r.psi), m.put(r.shift_x), m.put(r.shift_y), m.put(r.max_probability);
@@ -202,6 +220,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   std::vector<std::vector<double>> residual(groups, std::vector<double>(sz(shells), 0.0)), residual_count = residual;
   auto part_residual = residual, part_residual_count = residual;
   std::vector<double> class_mass(sz(K), 0.0), part_class_mass = class_mass;
+  std::vector<double> removal_cost(sz(K), 0.0), part_removal_cost = removal_cost;
   const ClassTemplates class_templates(settings.random_assignment ? std::vector<std::vector<float>>{} : model.classes, n);
   const FlatTemplate flat;
   const TemplateSource& source = settings.random_assignment ? static_cast<const TemplateSource&>(flat) : class_templates;
@@ -252,6 +271,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
         contributions.push_back({k * R + fine_index(h.orientation.psi, R), b, h.shift_id, h.weight});
         part_class_mass[sz(k)] += h.weight;
       }
+      if (!settings.random_assignment) add_removal_cost(out.posterior, es.fine.log_class_prior, part_removal_cost);
       if (noise[sz(b)].empty()) continue;
       const auto g = sz(batch.particles[sz(b)].group);
       for (int s = 0; s < shells; ++s)
@@ -273,31 +293,32 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
     for (std::size_t g = 0; g < groups; ++g)
       std::fill(part_residual[g].begin(), part_residual[g].end(), 0.0), std::fill(part_residual_count[g].begin(), part_residual_count[g].end(), 0.0);
     std::fill(part_class_mass.begin(), part_class_mass.end(), 0.0);
+    std::fill(part_removal_cost.begin(), part_removal_cost.end(), 0.0);
     EStepStats chunk_stats;
     if (device_sums) backend.begin_template_sums(K * R, F);
     estep.run(chunks.begin(c), chunks.end(c), consumer, chunk_stats, &progress);
     if (device_sums) backend.end_template_sums(reinterpret_cast<float*>(part.data.data()), part.weight.data());
     for (std::size_t a = chunks.begin(c); a < chunks.end(c); ++a) put_result(message, results[a]);
-    message.put(part.data), message.put(part.weight), message.put(part_class_mass);
+    message.put(part.data), message.put(part.weight), message.put(part_class_mass), message.put(part_removal_cost);
     for (std::size_t g = 0; g < groups; ++g) message.put(part_residual[g]), message.put(part_residual_count[g]);
     put_stats(message, chunk_stats);
   };
   const auto fold = [&](int c, mpi::Message& message) {
     for (std::size_t a = chunks.begin(c); a < chunks.end(c); ++a) results[a] = get_result(message);
-    message.add_into(sums.data), message.add_into(sums.weight), message.add_into(class_mass);
+    message.add_into(sums.data), message.add_into(sums.weight), message.add_into(class_mass), message.add_into(removal_cost);
     for (std::size_t g = 0; g < groups; ++g) message.add_into(residual[g]), message.add_into(residual_count[g]);
     add_stats(message, es_stats);
   };
   // What every rank needs next: every particle's result (convergence figures, next E-step) and the totals.
   const auto share = [&](mpi::Message& message) {
     for (const auto& r : results) put_result(message, r);
-    message.put(sums.data), message.put(sums.weight), message.put(class_mass);
+    message.put(sums.data), message.put(sums.weight), message.put(class_mass), message.put(removal_cost);
     for (std::size_t g = 0; g < groups; ++g) message.put(residual[g]), message.put(residual_count[g]);
     message.put(es_stats);
   };
   const auto take = [&](mpi::Message& message) {
     for (auto& r : results) r = get_result(message);
-    message.get_into(sums.data), message.get_into(sums.weight), message.get_into(class_mass);
+    message.get_into(sums.data), message.get_into(sums.weight), message.get_into(class_mass), message.get_into(removal_cost);
     for (std::size_t g = 0; g < groups; ++g) message.get_into(residual[g]), message.get_into(residual_count[g]);
     es_stats = message.get<EStepStats>();
   };
@@ -309,6 +330,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   stats.coarse_hypotheses += es_stats.coarse_hypotheses;
   stats.fine_hypotheses += es_stats.fine_hypotheses;
   stats.stages += es_stats.stages;
+  stats.removal_cost = removal_cost;
 
   // M-step: rotate each template's sums back into its class, then the regularised average.
   const auto m_start = std::chrono::steady_clock::now();
@@ -356,6 +378,28 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
       if (residual_count[g][sz(s)] > 0) next.sigma2[g][sz(s)] = std::max(1e-12, residual[g][sz(s)] / (2 * residual_count[g][sz(s)]));
   stats.m_step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - m_start).count();
   return next;
+}
+
+std::vector<double> class2d_removal_costs(const Class2DModel& model, const Class2DStats& stats, double particles) {
+  std::vector<double> cost(std::min(stats.removal_cost.size(), model.priors.size()), 0.0);
+  for (std::size_t k = 0; k < cost.size(); ++k) {
+    const double prior = std::min(model.priors[k], 1 - 1e-12);
+    cost[k] = (stats.removal_cost[k] + particles * std::log1p(-prior)) / std::max(prior * particles, 1.0);
+  }
+  return cost;
+}
+
+int class2d_redundant_class(const Class2DModel& model, const Class2DStats& stats, double particles, const RedundancyRule& rule,
+                            const std::vector<bool>& skip) {
+  const auto cost = class2d_removal_costs(model, stats, particles);
+  if (cost.empty()) return -1;
+  auto sorted = cost;
+  std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() / 2), sorted.end());
+  int chosen = -1;
+  double lowest = std::max(rule.nats, rule.fraction_of_median * sorted[sorted.size() / 2]);
+  for (std::size_t k = 0; k < cost.size(); ++k)
+    if (!(k < skip.size() && skip[k]) && cost[k] < lowest) lowest = cost[k], chosen = static_cast<int>(k);
+  return chosen;
 }
 
 double class2d_working_radius(const Class2DModel& model, double lowest, double highest) {

@@ -122,4 +122,21 @@ Vec3 rotation_vector(const Mat3& r) {
   return {sign * a[0] * angle, sign * a[1] * angle, sign * a[2] * angle};
 }
 
+Mat3 random_rotation(std::mt19937_64& rng) {
+  std::normal_distribution<double> g;
+  double q[4];
+  double norm = 0;
+  do {
+    norm = 0;
+    for (double& c : q) c = g(rng), norm += c * c;
+  } while (norm < 1e-12);
+  norm = std::sqrt(norm);
+  const double w = q[0] / norm, x = q[1] / norm, y = q[2] / norm, z = q[3] / norm;
+  Mat3 r;
+  r(0, 0) = 1 - 2 * (y * y + z * z), r(0, 1) = 2 * (x * y - z * w), r(0, 2) = 2 * (x * z + y * w);
+  r(1, 0) = 2 * (x * y + z * w), r(1, 1) = 1 - 2 * (x * x + z * z), r(1, 2) = 2 * (y * z - x * w);
+  r(2, 0) = 2 * (x * z - y * w), r(2, 1) = 2 * (y * z + x * w), r(2, 2) = 1 - 2 * (x * x + y * y);
+  return r;
+}
+
 }  // namespace emcryo::geometry

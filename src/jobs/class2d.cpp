@@ -62,7 +62,16 @@ struct JobState {
   std::vector<IterationRecord> history;
   std::vector<int> previous_class;     // per active particle
   std::vector<double> previous_psi;
+  std::vector<int> reseeded_at;        // per class: the iteration of its last re-seed or split (0: none)
 };
+
+/// Each class's particles and removal cost per particle (how far each class is from redundant).
+void log_removal_costs(int it, const em::Class2DModel& model, const em::Class2DStats& stats, double particles) {
+  const auto cost = em::class2d_removal_costs(model, stats, particles);
+  std::string line;
+  for (std::size_t k = 0; k < cost.size(); ++k) line += fmt::format(" {}:{:.0f}/{:.2f}", k + 1, model.priors[k] * particles, cost[k]);
+  log::info("iteration {}: particles/removal cost (nats per particle) by class:{}", it, line);
+}
 
 double circular_difference(double a, double b) {
   double d = std::fmod(std::abs(a - b), 360.0);
@@ -273,6 +282,7 @@ void save_checkpoint(const JobFolder& folder, const JobState& state) {
   j["classes_file"] = fmt::format("classes_it{:03}.mrcs", state.iteration);
   j["previous_class"] = state.previous_class;
   j["previous_psi"] = state.previous_psi;
+  j["reseeded_at"] = state.reseeded_at;
   j["history"] = state.history;
   folder.write_checkpoint(std::move(j), "emcryo-class2d-checkpoint-1");
 }
@@ -403,13 +413,22 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
       if (len > o.offset_range && len > 0) cx *= o.offset_range / len, cy *= o.offset_range / len;
       if (len > 0.5) c = shift_image(c, n, -cx, -cy);
     }
-    // Empty or tiny classes are re-seeded from the largest one plus noise, so they can split it.
+    // Split and merge: a class that is empty, tiny, or redundant (its particles fit another class
+    // almost as well: one view split in two while two others share a class) is re-seeded from the
+    // largest class plus noise, so that it can split it.
     const std::size_t K = next.classes.size();
     const std::size_t largest = static_cast<std::size_t>(std::max_element(next.priors.begin(), next.priors.end()) - next.priors.begin());
     // At most one class per iteration, and not late in the run, so that classes settle.
+    log_removal_costs(it, state.model, stats, static_cast<double>(active.size()));
     if (3 * it <= 2 * o.iterations) {
+      // Not the largest class, nor one re-seeded or split in the last two iterations: the two halves
+      // of a split look redundant until they have drifted apart.
+      state.reseeded_at.resize(K, 0);
+      std::vector<bool> skip(K, false);
+      for (std::size_t k = 0; k < K; ++k) skip[k] = k == largest || (state.reseeded_at[k] > 0 && it - state.reseeded_at[k] <= 2);
+      const int redundant = em::class2d_redundant_class(state.model, stats, static_cast<double>(active.size()), em::RedundancyRule{}, skip);
       for (std::size_t k = 0; k < K; ++k) {
-        if (k == largest || next.priors[k] >= 0.2 / static_cast<double>(K)) continue;
+        if (k == largest || (next.priors[k] >= 0.2 / static_cast<double>(K) && static_cast<int>(k) != redundant)) continue;
         // Split the largest class: two copies pushed apart by the same smooth random field, with
         // opposite signs, so neither starts with an advantage.
         auto rng = item_rng(settings.seed, k + 1000);
@@ -434,7 +453,9 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
         next.tau2[k] = next.tau2[largest];
         const double share = (next.priors[largest] + next.priors[k]) / 2;
         next.priors[largest] = next.priors[k] = share;
-        log::info("iteration {}: class {} was nearly empty; re-seeded from class {}", it, k + 1, largest + 1);
+        state.reseeded_at[k] = state.reseeded_at[largest] = it;
+        log::info("iteration {}: class {} was {}; re-seeded from class {}", it, k + 1,
+                  static_cast<int>(k) == redundant ? "redundant" : "nearly empty", largest + 1);
         break;
       }
     }
@@ -528,6 +549,7 @@ Class2DResult continue_class2d(const std::string& out_dir) {
     state.model.resolution_shell = j.at("resolution_shell").get<std::vector<int>>();
     state.previous_class = j.at("previous_class").get<std::vector<int>>();
     state.previous_psi = j.at("previous_psi").get<std::vector<double>>();
+    state.reseeded_at = j.value("reseeded_at", std::vector<int>{});  // absent in older checkpoints
     state.history = j.at("history").get<std::vector<IterationRecord>>();
     const std::string classes_file = j.at("classes_file");
     const int K = state.options.classes;

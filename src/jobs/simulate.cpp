@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <numbers>
 #include <optional>
 
@@ -15,6 +16,7 @@
 #include "emcryo/core/progress.hpp"
 #include "emcryo/core/random.hpp"
 #include "emcryo/em/projector.hpp"
+#include "emcryo/geometry/directions.hpp"
 #include "emcryo/geometry/symmetry.hpp"
 #include "emcryo/image/ctf.hpp"
 #include "emcryo/image/fourier.hpp"
@@ -28,26 +30,9 @@ namespace emcryo::jobs {
 
 namespace fs = std::filesystem;
 using geometry::Mat3;
+using geometry::random_rotation;
 
 namespace {
-
-Mat3 random_rotation(std::mt19937_64& rng) {
-  // Uniform on SO(3) from a uniformly distributed unit quaternion.
-  std::normal_distribution<double> g;
-  double q[4];
-  double norm = 0;
-  do {
-    norm = 0;
-    for (double& c : q) c = g(rng), norm += c * c;
-  } while (norm < 1e-12);
-  norm = std::sqrt(norm);
-  const double w = q[0] / norm, x = q[1] / norm, y = q[2] / norm, z = q[3] / norm;
-  Mat3 r;
-  r(0, 0) = 1 - 2 * (y * y + z * z), r(0, 1) = 2 * (x * y - z * w), r(0, 2) = 2 * (x * z + y * w);
-  r(1, 0) = 2 * (x * y + z * w), r(1, 1) = 1 - 2 * (x * x + z * z), r(1, 2) = 2 * (y * z - x * w);
-  r(2, 0) = 2 * (x * z - y * w), r(2, 1) = 2 * (y * z + x * w), r(2, 2) = 1 - 2 * (x * x + y * y);
-  return r;
-}
 
 /// A part of the model that moves per particle: its own map, turned about `pivot` (px from the
 /// box centre) and displaced. Body 2 of a flexible model turns about the hinge; a disordered
@@ -165,6 +150,44 @@ std::vector<float> symmetrize_map(const std::vector<float>& map, int n, const st
   return out;
 }
 
+namespace {
+
+/// How different the two most alike views look: over pairs of directions, the smallest squared
+/// difference of their CTF-free projections (to n/6 px, 1/3 of Nyquist), after the best in-plane
+/// rotation (5 degree steps), relative to the mean power of the two.
+double most_alike_views_difference(const em::Projector& projector, const std::vector<geometry::Vec3>& directions, int n) {
+  const int m = n / 2, angles = 72;
+  const std::size_t size = image::half_size(m, m), views = directions.size();
+  std::vector<std::vector<image::Complex>> spectra(views * angles, std::vector<image::Complex>(size));
+#pragma omp parallel for schedule(dynamic)
+  for (std::size_t j = 0; j < spectra.size(); ++j) {
+    auto e = geometry::direction_to_euler(directions[j / angles]);
+    e.psi = 360.0 * static_cast<double>(j % angles) / angles;
+    projector.project(geometry::euler_to_matrix(e), spectra[j].data(), m, n / 6.0);
+  }
+  const auto power = [&](std::size_t j) {
+    double s = 0;
+    for (const auto& c : spectra[j]) s += std::norm(c);
+    return s;
+  };
+  double smallest = std::numeric_limits<double>::infinity();
+#pragma omp parallel for schedule(dynamic) reduction(min : smallest)
+  for (std::size_t a = 0; a < views; ++a)
+    for (std::size_t b = a + 1; b < views; ++b) {
+      const auto& first = spectra[a * angles];
+      const double mean_power = 0.5 * (power(a * angles) + power(b * angles));
+      for (std::size_t r = 0; r < static_cast<std::size_t>(angles); ++r) {
+        const auto& second = spectra[b * angles + r];
+        double d = 0;
+        for (std::size_t f = 0; f < size; ++f) d += std::norm(first[f] - second[f]);
+        smallest = std::min(smallest, d / std::max(mean_power, 1e-30));
+      }
+    }
+  return smallest;
+}
+
+}  // namespace
+
 SimulateSummary run_simulate(const SimulateOptions& o) {
   if (o.models.empty()) fail("simulate: give at least one --model (PDB/mmCIF or MRC map)");
   if (o.box < 16 || o.box % 2) fail("simulate: --box {} must be even and at least 16", o.box);
@@ -173,6 +196,7 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
   if (o.snr <= 0) fail("simulate: --snr must be positive");
   if (o.orientations != "uniform" && o.orientations != "views" && o.orientations != "preferred")
     fail("simulate: --orientations '{}' must be uniform, views or preferred", o.orientations);
+  if (o.orientations == "views" && o.views < 1) fail("simulate: --views must be at least 1");
   if (o.defocus_min <= 0 || o.defocus_max < o.defocus_min)
     fail("simulate: defocus range {}..{} Å is invalid", o.defocus_min, o.defocus_max);
   std::vector<double> fractions = o.class_fractions;
@@ -267,9 +291,26 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
   // Draw every particle's truth first, serially, so the data set depends only on the seed.
   std::vector<TruePose> truth(static_cast<std::size_t>(o.particles));
   std::vector<Mat3> view_rotations;
-  {
-    auto rng = item_rng(o.seed, 0xfeed);
-    for (int v = 0; v < o.views; ++v) view_rotations.push_back(random_rotation(rng));
+  if (o.orientations == "views") {
+    // Distinct views: directions as far apart as they can be (independent random draws put two of
+    // 12 views 7 degrees apart on seed 7, inseparable at SNR 0.05), and of several turns of that
+    // set, the one whose two most alike projections differ most (an angle alone does not make
+    // views look different: 1TII's B pentamer is nearly 5-fold symmetric).
+    const int turns = o.views <= 30 ? 16 : 4;
+    std::vector<geometry::Vec3> directions;
+    double best = -1;
+    for (int c = 0; c < turns; ++c) {
+      auto candidate = geometry::spread_directions(o.views, splitmix64(o.seed + static_cast<std::uint64_t>(c)));
+      const double difference = most_alike_views_difference(projectors.front(), candidate, n);
+      if (difference > best) best = difference, directions = std::move(candidate);
+    }
+    for (const auto& d : directions) view_rotations.push_back(geometry::euler_to_matrix(geometry::direction_to_euler(d)));
+    double closest = 180;
+    for (std::size_t a = 0; a < directions.size(); ++a)
+      for (std::size_t b = a + 1; b < directions.size(); ++b) closest = std::min(closest, geometry::angle_between(directions[a], directions[b]));
+    if (directions.size() > 1)
+      log::info("simulate: {} views, the closest two {:.1f}° apart; the two most alike projections differ by {:.0f}% of their power",
+                directions.size(), closest, 100 * best);
   }
   for (int i = 0; i < o.particles; ++i) {
     auto rng = item_rng(o.seed, static_cast<std::uint64_t>(i));

@@ -102,6 +102,95 @@ class Class2DTest : public ::testing::Test {
 };
 fs::path Class2DTest::dir_;
 
+/// Per true view: the best NCC of any class average with the view's CTF-free projection, after the
+/// best in-plane rotation (3 degree steps) and shift (+-2 px), inside the mask, both low-passed to
+/// `resolution` Å.
+std::map<int, double> view_match(const fs::path& data, const fs::path& out, double mask_diameter, double resolution) {
+  const auto truth = io::read_star(data / "truth.star");
+  const auto true_view = column(truth, "particles", "emcryoTrueView");
+  io::MrcReader classes_file(out / "classes.mrcs");
+  const int n = classes_file.nx();
+  const int K = classes_file.nz();
+  const double pixel = classes_file.pixel_size();
+  io::MrcReader truth_map(data / "truth_class001.mrc");
+  const em::Projector projector(truth_map.read_all(), n);
+  const auto views_rot = column(truth, "particles", "rlnAngleRot");
+  const auto views_tilt = column(truth, "particles", "rlnAngleTilt");
+  const auto mask = image::soft_round_mask(n, 2, mask_diameter / pixel / 2 - 3, 5);
+  const double radius = n * pixel / resolution;
+  const auto list = em::make_frequency_list(n, radius);
+  std::map<int, std::pair<double, double>> view_angles;
+  for (std::size_t i = 0; i < true_view.size(); ++i)
+    view_angles[static_cast<int>(true_view[i])] = {views_rot[i], views_tilt[i]};
+  // The true projections at psi = 0, low-passed to the comparison resolution.
+  std::map<int, std::vector<float>> truth_images;
+  std::map<int, double> best;
+  for (auto& [view, angles] : view_angles) {
+    std::vector<image::Complex> spectrum(image::half_size(n, n));
+    projector.project(geometry::euler_to_matrix({angles.first, angles.second, 0}), spectrum.data(), n, radius);
+    truth_images[view] = image::fft_inverse_2d(spectrum, n);
+    image::apply_mask(truth_images[view].data(), mask);
+    best[view] = -1;
+  }
+  // Every class average at every tried rotation and shift against every view.
+  for (int k = 0; k < K; ++k) {
+    const em::Projector2D rotator(classes_file.read_section(k), n);
+    std::vector<image::Complex> sample(list.size());
+    for (double psi_try = 0; psi_try < 360; psi_try += 3) {
+      rotator.sample(psi_try, list, sample.data());
+      std::vector<image::Complex> full(image::half_size(n, n));
+      for (std::size_t f = 0; f < list.size(); ++f) full[static_cast<std::size_t>(list.index[f])] = sample[f];
+      // Restore the kx = 0 column's negative half from Hermitian symmetry.
+      for (int ky = 1; ky < n / 2; ++ky)
+        full[static_cast<std::size_t>(n - ky) * (n / 2 + 1)] = std::conj(full[static_cast<std::size_t>(ky) * (n / 2 + 1)]);
+      for (int sy = -2; sy <= 2; ++sy)
+        for (int sx = -2; sx <= 2; ++sx) {
+          auto shifted = full;
+          image::shift_half_grid_2d(shifted.data(), n, sx, sy);
+          auto img = image::fft_inverse_2d(shifted, n);
+          image::apply_mask(img.data(), mask);
+          for (auto& [view, t] : truth_images) best[view] = std::max(best[view], image::correlation(img.data(), t.data(), img.size()));
+        }
+    }
+  }
+  return best;
+}
+
+double ari_against_truth(const fs::path& data, const fs::path& out) {
+  const auto true_view = column(io::read_star(data / "truth.star"), "particles", "emcryoTrueView");
+  const auto cls = column(io::read_star(out / "particles.star"), "particles", "rlnClassNumber");
+  EXPECT_EQ(cls.size(), true_view.size());
+  return adjusted_rand_index(std::vector<int>(cls.begin(), cls.end()), std::vector<int>(true_view.begin(), true_view.end()));
+}
+
+TEST(Class2D, RecoversTwelveViewsAtSnr005) {
+  // The issue's set (bench/class2d_vs_relion.sh): 12 distinct views of 1TII, 3000 particles, 64 px,
+  // 2 Å/px, SNR 0.05. Views are spread at least 60 degrees apart, so the true projections
+  // themselves put 2998 of 3000 particles in their own view (ARI 0.999, bench/class2d_ceiling).
+  const fs::path dir = test::make_temp_dir("class2d12");
+  ASSERT_EQ(run(fmt::format("{} simulate --model {}/data/1tii.pdb.gz --out {} --particles 3000 --box 64 --pixel-size 2 "
+                            "--snr 0.05 --orientations views --views 12 --seed 7",
+                            exe(), EMCRYO_SOURCE_DIR, (dir / "data").string())),
+            0);
+  const fs::path out = dir / "c2d";
+  ASSERT_EQ(run(fmt::format("{} class2d --particles {} --classes 12 --out {} --iterations 15 --psi-step 5 --offset-range 5 "
+                            "--mask-diameter 120",
+                            exe(),
+                            (dir / "data/particles.star").string(), out.string())),
+            0);
+  const double ari = ari_against_truth(dir / "data", out);
+  std::printf("adjusted Rand index %.4f\n", ari);
+  // Measured 0.999 (seed 1). Seeds 1-5 (bench/RESULTS.md, 2026-12-06): 0.997-0.999 for four; seed 4
+  // still ends in the split-and-merge local optimum (0.892).
+  EXPECT_GE(ari, 0.99);
+  // Every true view is matched by a class average: NCC >= 0.8 at 12 Å.
+  for (const auto& [view, ncc] : view_match(dir / "data", out, 120, 12)) {
+    std::printf("view %d: best NCC %.3f\n", view, ncc);
+    EXPECT_GE(ncc, 0.8) << "view " << view;
+  }
+  fs::remove_all(dir);
+}
+
 TEST_F(Class2DTest, RecoversKnownViews) {
   const fs::path out = classify("full", "");
   const auto truth = io::read_star(dir_ / "data/truth.star");
@@ -115,57 +204,12 @@ TEST_F(Class2DTest, RecoversKnownViews) {
   const double ari = adjusted_rand_index(a, b);
   const double psi_error = median_psi_error(a, psi, true_psi);
   std::printf("adjusted Rand index %.3f, median in-plane error %.2f deg\n", ari, psi_error);
-  // Measured 0.930 (seed 1). The issue asks 0.99 on the 12-view bench set, where it is out of
-  // reach (bench/RESULTS.md: two of its views are 7 degrees apart); here 0.9 guards the figure.
+  // 8 views at SNR 0.1 in a 48 px box.
   EXPECT_GE(ari, 0.9);
   EXPECT_LE(psi_error, 5.0);
-
-  // Every true view is matched by a class average: NCC >= 0.8 with its CTF-free projection after
-  // the best in-plane rotation and shift (inside the mask, both at the classes' resolution).
-  io::MrcReader classes_file(out / "classes.mrcs");
-  const int n = classes_file.nx();
-  const int K = classes_file.nz();
-  io::MrcReader truth_map(dir_ / "data/truth_class001.mrc");
-  const em::Projector projector(truth_map.read_all(), n);
-  const auto views_rot = column(truth, "particles", "rlnAngleRot");
-  const auto views_tilt = column(truth, "particles", "rlnAngleTilt");
-  const auto mask = image::soft_round_mask(n, 2, 130.0 / 3 / 2 - 3, 5);
-  const double radius = 48 * 3 / 12.0;  // compare at 12 Å
-  const auto list = em::make_frequency_list(n, radius);
-  std::map<int, std::pair<double, double>> view_angles;
-  for (std::size_t i = 0; i < true_view.size(); ++i)
-    view_angles[static_cast<int>(true_view[i])] = {views_rot[i], views_tilt[i]};
-  std::vector<std::vector<float>> class_images;
-  for (int k = 0; k < K; ++k) class_images.push_back(classes_file.read_section(k));
-  for (auto& [view, angles] : view_angles) {
-    // The true projection at psi = 0, low-passed to the comparison resolution.
-    std::vector<image::Complex> spectrum(image::half_size(n, n));
-    projector.project(geometry::euler_to_matrix({angles.first, angles.second, 0}), spectrum.data(), n, radius);
-    auto truth_image = image::fft_inverse_2d(spectrum, n);
-    image::apply_mask(truth_image.data(), mask);
-    double best = -1;
-    for (int k = 0; k < K; ++k) {
-      const em::Projector2D rotator(class_images[static_cast<std::size_t>(k)], n);
-      std::vector<image::Complex> sample(list.size());
-      for (double psi_try = 0; psi_try < 360; psi_try += 3) {
-        rotator.sample(psi_try, list, sample.data());
-        std::vector<image::Complex> full(image::half_size(n, n));
-        for (std::size_t f = 0; f < list.size(); ++f) full[static_cast<std::size_t>(list.index[f])] = sample[f];
-        // Restore the kx = 0 column's negative half from Hermitian symmetry.
-        for (int ky = 1; ky < n / 2; ++ky)
-          full[static_cast<std::size_t>(n - ky) * (n / 2 + 1)] = std::conj(full[static_cast<std::size_t>(ky) * (n / 2 + 1)]);
-        for (int sy = -2; sy <= 2; ++sy)
-          for (int sx = -2; sx <= 2; ++sx) {
-            auto shifted = full;
-            image::shift_half_grid_2d(shifted.data(), n, sx, sy);
-            auto img = image::fft_inverse_2d(shifted, n);
-            image::apply_mask(img.data(), mask);
-            best = std::max(best, image::correlation(img.data(), truth_image.data(), img.size()));
-          }
-      }
-    }
-    std::printf("view %d: best NCC %.3f\n", view, best);
-    EXPECT_GE(best, 0.8) << "view " << view;
+  for (const auto& [view, ncc] : view_match(dir_ / "data", out, 130, 12)) {
+    std::printf("view %d: best NCC %.3f\n", view, ncc);
+    EXPECT_GE(ncc, 0.8) << "view " << view;
   }
 }
 

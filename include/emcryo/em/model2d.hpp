@@ -61,6 +61,10 @@ struct Class2DStats {
   std::int64_t coarse_hypotheses = 0, fine_hypotheses = 0;
   StageTimes stages;      // the E-step's wall time per stage
   double m_step_seconds = 0;  // wall time of the M-step (every rank makes every class)
+  /// Per class: sum over particles of -log(1 - p_ik), with p_ik the untempered class posterior.
+  /// Removing class k (its prior shared out among the others) lowers the log-likelihood by this
+  /// plus N log(1 - pi_k): near zero or below for a class that duplicates another (class2d_redundant_class).
+  std::vector<double> removal_cost;
 };
 
 /// One EM iteration over the particles `active` (indices into the set). Returns the updated model
@@ -75,6 +79,24 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
 /// shells of margin, within [lowest, highest]. Not the best class: a limit set by the largest class
 /// lets it win particles at frequencies only it resolves. Not the median over classes: empty and
 /// nearly empty classes (many of them at large K) have no resolution and dragged the limit to its floor.
+/// Per class: the log-likelihood (nats) lost by removing it, per particle it holds (stats of an
+/// iteration run on `model`; `particles` in that E-step).
+std::vector<double> class2d_removal_costs(const Class2DModel& model, const Class2DStats& stats, double particles);
+
+/// When a class is redundant: its removal cost per particle is below `nats` or below
+/// `fraction_of_median` times the median class's (a scale-free test: how much worse than a typical
+/// class it explains its particles, whatever the SNR).
+struct RedundancyRule {
+  double nats = 1;
+  double fraction_of_median = 0.5;
+};
+
+/// The class that costs the least log-likelihood to remove, per particle it holds, when it is
+/// redundant by `rule` (a class whose particles another class explains almost as well: a view split
+/// in two, a class still empty); -1 when every class earns its place. Classes with skip[k] are not candidates.
+int class2d_redundant_class(const Class2DModel& model, const Class2DStats& stats, double particles, const RedundancyRule& rule,
+                            const std::vector<bool>& skip);
+
 double class2d_working_radius(const Class2DModel& model, double lowest, double highest);
 
 }  // namespace emcryo::em

@@ -2,6 +2,7 @@
 #pragma once
 #include <array>
 #include <cmath>
+#include <random>
 
 namespace emcryo::geometry {
 
@@ -40,5 +41,7 @@ Mat3 axis_angle(const Vec3& axis, double degrees);
 Mat3 rotation_from_vector(const Vec3& v);
 /// Inverse of rotation_from_vector, angle in [0, pi]; accurate near 0 and near pi.
 Vec3 rotation_vector(const Mat3& r);
+/// A rotation drawn uniformly over SO(3) (a uniformly distributed unit quaternion) from `rng`.
+Mat3 random_rotation(std::mt19937_64& rng);
 
 }  // namespace emcryo::geometry
