@@ -19,6 +19,20 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using geometry::Euler;
 
+/// Seconds since the last lap (or the start).
+class Stopwatch {
+ public:
+  double lap() {
+    const auto now = Clock::now();
+    const double s = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    return s;
+  }
+
+ private:
+  Clock::time_point last_ = Clock::now();
+};
+
 std::size_t sz(int v) { return static_cast<std::size_t>(v); }
 
 /// A batch of prepared particles; allocated once per E-step and reused batch after batch.
@@ -47,7 +61,9 @@ struct Scratch {
   std::vector<Euler> orientations;
   std::vector<std::pair<int, Euler>> unique_templates;  // (class, orientation)
   std::vector<int> unique_shifts;
+  std::vector<int> class_runs;  // template indices where the class changes, and the end
   PosteriorReducer reducer;
+  StageSeconds stages;  // this thread's seconds in the per-particle passes
 };
 
 void prepare_batch(const io::ParticleSet& set, const std::size_t* images, int count, const FrequencyList& list,
@@ -148,6 +164,7 @@ void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, 
                     const TemplateSource& source, bool cc, ScoringBackend& backend, int slot, Scratch& s, const PriorTerm& term = {}) {
   const int J = static_cast<int>(templates.size()), T = static_cast<int>(shift_ids.size());
   const int F = static_cast<int>(list.size());  // the full list, or the coarse prefix of it
+  Stopwatch watch;
   s.sample.resize(sz(F));
   s.templates.resize(sz(J) * 2 * sz(F));
   s.power.resize(sz(J) * sz(F));
@@ -155,6 +172,7 @@ void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, 
     source.sample(templates[sz(j)].first, templates[sz(j)].second, list, s.sample.data());
     store_template_row(s.sample.data(), F, s.templates.data() + sz(j) * 2 * sz(F), s.power.data() + sz(j) * sz(F));
   }
+  s.stages.templates += watch.lap();
   s.rows.resize(sz(T) * 2 * sz(F));
   s.ramps.resize(sz(F));
   s.base_ramp.resize(sz(F));
@@ -171,15 +189,25 @@ void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, 
   q.ctf2 = p.ctf2, q.ctf2_stride = F;
   q.templates = s.templates.data(), q.power = s.power.data(), q.template_count = J, q.template_stride = 2 * F, q.power_stride = F;
   q.frequencies = F, q.cross_correlation = cc;
+  s.stages.prepare += watch.lap();
   backend.score(q, s.scores.data(), slot);
+  s.stages.gemm += watch.lap();
   if (term.prior) {
     prior_terms(term, templates, shift_ids, base, s.prior_template, s.prior_shift);
     for (int t = 0; t < T; ++t)
       for (int j = 0; j < J; ++j) s.scores[sz(t) * sz(J) + sz(j)] += s.prior_template[sz(j)] + s.prior_shift[sz(t)];
   }
+  // Runs of templates of one class, each streamed into the reducer at once.
+  s.class_runs.clear();
+  for (int j = 0; j < J; ++j)
+    if (j == 0 || templates[sz(j)].first != templates[sz(j - 1)].first) s.class_runs.push_back(j);
+  s.class_runs.push_back(J);
   for (int t = 0; t < T; ++t)
-    for (int j = 0; j < J; ++j)
-      s.reducer.add(templates[sz(j)].first, static_cast<std::int64_t>(t) * J + j, s.scores[sz(t) * sz(J) + sz(j)]);
+    for (std::size_t r = 0; r + 1 < s.class_runs.size(); ++r) {
+      const int j0 = s.class_runs[r], j1 = s.class_runs[r + 1];
+      s.reducer.add_run(templates[sz(j0)].first, static_cast<std::int64_t>(t) * J + j0, s.scores.data() + sz(t) * sz(J) + sz(j0), j1 - j0);
+    }
+  s.stages.posterior += watch.lap();
 }
 
 /// The children of the kept coarse hypotheses: unique (class, orientation) and unique fine shifts.
@@ -244,12 +272,16 @@ class EStep {
     const int P = end;
     for (int first = begin; first < P; first += B_) {
       const int bc = std::min(B_, P - first);
+      Stopwatch watch;
       prepare_batch(set_, images_.data() + first, bc, list_, inv_sigma2_, mask_, settings_, pixels_, batch_);
+      stats.stages.prepare += watch.lap();
       scored_.first = sz(first);
       scored_.particles.resize(sz(bc));
       scored_.outcomes.assign(sz(bc), ParticleOutcome{});
       for (int b = 0; b < bc; ++b) scored_.particles[sz(b)] = view(b);
-      if (shared_ && settings_.score) coarse_pass_shared(first, bc);
+      if (shared_ && settings_.score) coarse_pass_shared(first, bc, stats.stages);
+      for (auto& s : scratch_) s.stages = StageSeconds{};
+      watch.lap();
       std::int64_t coarse = 0, fine = 0;
 #pragma omp parallel for schedule(dynamic, 2) reduction(+ : coarse, fine)
       for (int b = 0; b < bc; ++b) {
@@ -258,7 +290,18 @@ class EStep {
         coarse += outcome.coarse_scored;
         fine += outcome.fine_scored;
       }
+      // The per-particle passes: each stage's share of the loop's wall time, by its thread-seconds.
+      const double loop = watch.lap();
+      StageSeconds threads;
+      for (const auto& s : scratch_) threads += s.stages;
+      const double busy = threads.prepare + threads.templates + threads.gemm + threads.posterior;
+      if (busy > 0) {
+        const double scale = loop / busy;
+        stats.stages.prepare += threads.prepare * scale, stats.stages.templates += threads.templates * scale;
+        stats.stages.gemm += threads.gemm * scale, stats.stages.posterior += threads.posterior * scale;
+      }
       consumer(scored_);
+      stats.stages.mstep += watch.lap();
       stats.coarse_hypotheses += coarse;
       stats.fine_hypotheses += fine;
       if (progress) progress->advance(bc);
@@ -383,15 +426,18 @@ class EStep {
 
   /// All particles x coarse shifts against all coarse templates, chunk by chunk, into each
   /// particle's coarse reducer.
-  void coarse_pass_shared(int first, int bc) {
+  void coarse_pass_shared(int first, int bc, StageSeconds& stages) {
+    Stopwatch watch;
     for (int b = 0; b < bc; ++b) coarse_reducers_[sz(b)].reset(coarse_settings_, K_);
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < bc; ++b)
       fill_coarse_rows(batch_, b, F_, Fc_, layout_, fine_ramps_, scored_.particles[sz(b)].inv_sigma2, base_shift(first, b), list_,
                        scratch_[sz(omp_get_thread_num())]);
+    stages.prepare += watch.lap();
     for (int first_j = 0; first_j < J_; first_j += chunk_) {
       const int jc = std::min(chunk_, J_ - first_j);
       if (!cache_) compute_templates(first_j, jc);
+      stages.templates += watch.lap();
       const std::size_t offset = cache_ ? sz(first_j) : 0;
       ScoreRequest q;
       q.rows = batch_.coarse_rows.data(), q.row_count = bc * layout_.shifts, q.row_stride = 2 * Fc_, q.particles = bc;
@@ -401,15 +447,20 @@ class EStep {
       q.cross_correlation = settings_.cross_correlation;
       q.templates_resident = cache_;  // computed once in plan(), unchanged until the next E-step
       backend_.score(q, scores_.data(), 0);
+      stages.gemm += watch.lap();
+      // Each row in runs of one class (the templates of a class are consecutive).
+      const int O = layout_.orientations;
 #pragma omp parallel for schedule(static)
       for (int b = 0; b < bc; ++b)
         for (int t = 0; t < layout_.shifts; ++t) {
           const float* row = scores_.data() + (sz(t) * sz(bc) + sz(b)) * sz(jc);
-          for (int j = 0; j < jc; ++j) {
-            const int g = first_j + j;
-            coarse_reducers_[sz(b)].add(g / layout_.orientations, static_cast<std::int64_t>(t) * J_ + g, row[j]);
+          for (int j = 0; j < jc;) {
+            const int k = (first_j + j) / O, end = std::min(jc, (k + 1) * O - first_j);
+            coarse_reducers_[sz(b)].add_run(k, static_cast<std::int64_t>(t) * J_ + first_j + j, row + j, end - j);
+            j = end;
           }
         }
+      stages.posterior += watch.lap();
     }
   }
 
@@ -434,7 +485,9 @@ class EStep {
     const std::vector<Euler>& orientations = shared_ ? *grid_ : coarse_orientations(space_, sp, s);
     Posterior coarse;
     if (shared_) {
+      Stopwatch watch;
       coarse = coarse_reducers_[sz(b)].finish();
+      s.stages.posterior += watch.lap();
     } else {
       std::vector<std::pair<int, Euler>> own;
       for (int k = 0; k < K_; ++k)
@@ -442,7 +495,9 @@ class EStep {
       s.reducer.reset(coarse_settings_, K_);
       score_particle(p, own, layout_.shift_ids, fine_ramps_, base, coarse_list_, F_, source_, settings_.cross_correlation, backend_, tid, s,
                      term);
+      Stopwatch watch;
       coarse = s.reducer.finish();
+      s.stages.posterior += watch.lap();
     }
     outcome.coarse_scored = coarse.scored;
     const auto shift_of = [&](int fine_id) {
@@ -462,7 +517,9 @@ class EStep {
     const auto shifts = s.unique_shifts;
     s.reducer.reset(settings_.fine, K_);
     score_particle(p, children, shifts, fine_ramps_, base, list_, F_, source_, settings_.cross_correlation, backend_, tid, s, term);
+    Stopwatch watch;
     outcome.posterior = s.reducer.finish();
+    s.stages.posterior += watch.lap();
     outcome.fine_scored = outcome.posterior.scored;
     const int U = static_cast<int>(children.size());
     for (const auto& h : outcome.posterior.kept) {
@@ -521,6 +578,7 @@ void ExpectationRun::run(std::size_t begin, std::size_t end, const Consumer& con
   stats.flops += after.flops - before.flops + plan_stats_.flops;
   stats.gemm_seconds += after.seconds - before.seconds + plan_stats_.gemm_seconds;
   stats.seconds += std::chrono::duration<double>(Clock::now() - t0).count() + plan_stats_.seconds;
+  stats.stages.templates += plan_stats_.seconds;  // planning is sampling the resident coarse templates
   plan_stats_ = EStepStats{};  // the planning counts once, with the first run
 }
 
@@ -586,11 +644,13 @@ std::vector<Hypothesis> get_hypotheses(mpi::Message& message) {
 void put_stats(mpi::Message& message, const EStepStats& stats) {
   message.put(stats.flops), message.put(stats.gemm_seconds), message.put(stats.seconds);
   message.put(stats.coarse_hypotheses), message.put(stats.fine_hypotheses);
+  message.put(stats.stages);
 }
 
 void add_stats(mpi::Message& message, EStepStats& stats) {
   stats.flops += message.get<double>(), stats.gemm_seconds += message.get<double>(), stats.seconds += message.get<double>();
   stats.coarse_hypotheses += message.get<std::int64_t>(), stats.fine_hypotheses += message.get<std::int64_t>();
+  stats.stages += message.get<StageSeconds>();
 }
 
 }  // namespace emcryo::em

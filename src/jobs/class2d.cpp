@@ -480,6 +480,10 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
               it, o.iterations, record.resolution, state.model.radius, record.log_likelihood, 100 * record.class_changes,
               record.mean_psi_change, record.seconds, record.scoring_gflop, static_cast<double>(stats.coarse_hypotheses),
               static_cast<double>(stats.fine_hypotheses));
+    const auto& st = stats.stages;
+    log::info("iteration {:3}/{}: stages (s): prepare {:.2f}, templates {:.2f}, scoring GEMM {:.2f}, posterior {:.2f}, "
+              "M-step sums {:.2f}, regularise {:.2f}",
+              it, o.iterations, st.prepare, st.templates, st.gemm, st.posterior, st.mstep, st.regularise);
     out.gflops = record.gflops;
   }
 

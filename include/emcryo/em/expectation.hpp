@@ -99,9 +99,26 @@ struct ParticleOutcome {
   std::int64_t coarse_scored = 0, fine_scored = 0;
 };
 
+/// Where an iteration's time went, stage by stage, in seconds of wall time. Work spread over the
+/// particles of a batch (the fine pass) counts as its thread-seconds divided by the threads.
+struct StageSeconds {
+  double prepare = 0;     // reading, masking, FFT, CTF and noise weighting of the particles
+  double templates = 0;   // sampling templates (rotated classes, central slices)
+  double gemm = 0;        // the scoring GEMMs
+  double posterior = 0;   // log-sum-exp, candidates, mass cut
+  double mstep = 0;       // the consumer: M-step sums and noise residuals
+  double regularise = 0;  // the job's: reconstruction from the sums and its regulariser
+  StageSeconds& operator+=(const StageSeconds& o) {
+    prepare += o.prepare, templates += o.templates, gemm += o.gemm, posterior += o.posterior, mstep += o.mstep;
+    regularise += o.regularise;
+    return *this;
+  }
+};
+
 struct EStepStats {
   double flops = 0, gemm_seconds = 0, seconds = 0;
   std::int64_t coarse_hypotheses = 0, fine_hypotheses = 0;
+  StageSeconds stages;
 };
 
 /// A chunk's hypotheses and E-step figures to every rank (mpi::reduce_in_chunk_order).

@@ -59,6 +59,7 @@ struct Class2DStats {
   double gemm_seconds = 0;
   double seconds = 0;
   std::int64_t coarse_hypotheses = 0, fine_hypotheses = 0;
+  StageSeconds stages;
 };
 
 /// One EM iteration over the particles `active` (indices into the set). Returns the updated model
