@@ -292,6 +292,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     stats.gemm_seconds += es_stats.gemm_seconds;
     stats.coarse_hypotheses += es_stats.coarse_hypotheses;
     stats.fine_hypotheses += es_stats.fine_hypotheses;
+    stats.stages += es_stats.stages;
   };
   // What every rank needs next: every pose (the next E-step, the outputs) and the totals as folded.
   const auto share = [&](mpi::Message& message) {

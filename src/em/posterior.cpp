@@ -1,6 +1,7 @@
 #include "emcryo/em/posterior.hpp"
 
 #include <algorithm>
+#include <array>
 #include <functional>
 #include <bit>
 #include <cstdint>
@@ -60,19 +61,28 @@ void PosteriorReducer::add_run(int k, std::int64_t first_id, const float* s, int
 }
 
 void PosteriorReducer::sort_best_first(std::vector<WeightedHypothesis>& weighted) {
-  // Best first; ties by class then id so that the order never depends on arrival. Sorted as
-  // packed integer keys (weights are >= 0, so their bits order as they do), which is several
-  // times faster than sorting the records: early class2d iterations keep ~10^4 per particle.
-  keys_.resize(weighted.size());
-  for (std::size_t i = 0; i < weighted.size(); ++i)
-    keys_[i] = static_cast<std::uint64_t>(std::bit_cast<std::uint32_t>(weighted[i].weight)) << 32 | i;
-  std::sort(keys_.begin(), keys_.end(), std::greater<>());
-  sorted_.resize(weighted.size());
-  for (std::size_t i = 0; i < weighted.size(); ++i) sorted_[i] = weighted[keys_[i] & 0xffffffffu];
+  // Best first; ties by class then id so that the order never depends on arrival. Early class2d
+  // iterations keep ~10^4 hypotheses per particle, where a comparison sort of the records took a
+  // fifth of the iteration: a stable LSD radix sort on the weights' bits (weights are >= 0, so
+  // their bits order as they do; complemented for descending order), 3 passes of 11 bits.
+  const std::size_t n = weighted.size();
+  order_.resize(n), spare_.resize(n), bits_.resize(n);
+  for (std::size_t i = 0; i < n; ++i) order_[i] = static_cast<std::uint32_t>(i), bits_[i] = ~std::bit_cast<std::uint32_t>(weighted[i].weight);
+  constexpr int kDigit = 11;
+  std::array<std::uint32_t, (1u << kDigit) + 1> count{};
+  for (int shift = 0; shift < 32; shift += kDigit) {
+    count.fill(0);
+    for (std::size_t i = 0; i < n; ++i) ++count[((bits_[order_[i]] >> shift) & ((1u << kDigit) - 1)) + 1];
+    for (std::size_t d = 1; d < count.size(); ++d) count[d] += count[d - 1];
+    for (std::size_t i = 0; i < n; ++i) spare_[count[(bits_[order_[i]] >> shift) & ((1u << kDigit) - 1)]++] = order_[i];
+    order_.swap(spare_);
+  }
+  sorted_.resize(n);
+  for (std::size_t i = 0; i < n; ++i) sorted_[i] = weighted[order_[i]];
   const auto tie = [](const WeightedHypothesis& a, const WeightedHypothesis& b) { return a.k != b.k ? a.k < b.k : a.id < b.id; };
-  for (std::size_t i = 0; i < sorted_.size();) {
+  for (std::size_t i = 0; i < n;) {
     std::size_t end = i + 1;
-    while (end < sorted_.size() && sorted_[end].weight == sorted_[i].weight) ++end;
+    while (end < n && sorted_[end].weight == sorted_[i].weight) ++end;
     if (end - i > 1) std::sort(sorted_.begin() + static_cast<std::ptrdiff_t>(i), sorted_.begin() + static_cast<std::ptrdiff_t>(end), tie);
     i = end;
   }

@@ -325,6 +325,10 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
               it, resolution, state.step, state.local ? "local" : (state.second_global ? "global, fine" : "global"), state.offset_step,
               100 * changed_fraction, stats.angle_change / static_cast<double>(in.active.size()), seconds, m_seconds, stats.flops / 1e9,
               static_cast<double>(stats.coarse_hypotheses), static_cast<double>(stats.fine_hypotheses));
+    const auto& st = stats.stages;
+    log::info("iteration {:3}: stages (s): prepare {:.2f}, templates {:.2f}, scoring GEMM {:.2f}, posterior {:.2f}, "
+              "back-projection {:.2f}, regularise {:.2f}",
+              it, st.prepare, st.templates, st.gemm, st.posterior, st.mstep, m_seconds);
     state.history.push_back({it, resolution, state.step, state.local, changed_fraction, seconds, m_seconds});
     if (final_iteration) break;
     final_iteration = advance_schedule(state, resolution, stats.angle_change / static_cast<double>(in.active.size()), in.diameter);

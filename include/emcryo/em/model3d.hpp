@@ -94,6 +94,7 @@ struct ExpectationStats {
   double angle_change = 0;    // sum over particles, degrees
   double flops = 0, gemm_seconds = 0;
   std::int64_t coarse_hypotheses = 0, fine_hypotheses = 0;
+  StageSeconds stages;  // the E-step's; mstep here is the back-projection of the kept poses
 };
 
 /// One half set's (or the whole set's) E-step and back-projection, spread over the ranks of an

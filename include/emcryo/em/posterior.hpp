@@ -82,7 +82,7 @@ class PosteriorReducer {
   std::vector<ClassSum> classes_;
   std::vector<WeightedHypothesis> candidates_;  // weight holds the log-score until finish()
   std::int64_t scored_ = 0;
-  std::vector<std::uint64_t> keys_;            // finish()'s scratch, kept between particles
+  std::vector<std::uint32_t> order_, spare_, bits_;  // finish()'s scratch, kept between particles
   std::vector<WeightedHypothesis> sorted_;
 };
 
