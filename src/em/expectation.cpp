@@ -50,6 +50,7 @@ struct Scratch {
   std::vector<Euler> orientations;
   std::vector<std::pair<int, Euler>> unique_templates;  // (class, orientation)
   std::vector<int> unique_shifts;
+  std::vector<int> class_runs;  // template indices where the class changes, and the end
   PosteriorReducer reducer;
   StageTimes times;  // this thread's share of the per-particle loop
 };
@@ -199,9 +200,16 @@ void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, 
     for (int t = 0; t < T; ++t)
       for (int j = 0; j < J; ++j) s.scores[sz(t) * sz(J) + sz(j)] += s.prior_template[sz(j)] + s.prior_shift[sz(t)];
   }
+  // Runs of templates of one class, each streamed into the reducer at once.
+  s.class_runs.clear();
+  for (int j = 0; j < J; ++j)
+    if (j == 0 || templates[sz(j)].first != templates[sz(j - 1)].first) s.class_runs.push_back(j);
+  s.class_runs.push_back(J);
   for (int t = 0; t < T; ++t)
-    for (int j = 0; j < J; ++j)
-      s.reducer.add(templates[sz(j)].first, static_cast<std::int64_t>(t) * J + j, s.scores[sz(t) * sz(J) + sz(j)]);
+    for (std::size_t r = 0; r + 1 < s.class_runs.size(); ++r) {
+      const int j0 = s.class_runs[r], j1 = s.class_runs[r + 1];
+      s.reducer.add_run(templates[sz(j0)].first, static_cast<std::int64_t>(t) * J + j0, s.scores.data() + sz(t) * sz(J) + sz(j0), j1 - j0);
+    }
 }
 
 /// The children of the kept coarse hypotheses: unique (class, orientation) and unique fine shifts.
@@ -475,13 +483,16 @@ class EStep {
         backend_.score(q, scores_.data(), 0);
       }
       const StageClock clock(times_, StageTimes::coarse_reduce);
+      const int O = layout_.orientations;
 #pragma omp parallel for schedule(static)
       for (int b = 0; b < bc; ++b)
         for (int t = 0; t < layout_.shifts; ++t) {
           const float* row = scores_.data() + (sz(t) * sz(bc) + sz(b)) * sz(jc);
-          for (int j = 0; j < jc; ++j) {
-            const int g = first_j + j;
-            coarse_reducers_[sz(b)].add(g / layout_.orientations, static_cast<std::int64_t>(t) * J_ + g, row[j]);
+          // In runs of one class (the templates of a class are consecutive).
+          for (int j = 0; j < jc;) {
+            const int k = (first_j + j) / O, end = std::min(jc, (k + 1) * O - first_j);
+            coarse_reducers_[sz(b)].add_run(k, static_cast<std::int64_t>(t) * J_ + first_j + j, row + j, end - j);
+            j = end;
           }
         }
     }

@@ -1,5 +1,6 @@
 #include "emcryo/em/model2d.hpp"
 
+#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -72,33 +73,100 @@ struct Contribution {
   float weight;
 };
 
-/// Adds one batch's kept hypotheses, template by template in particle order, so the sums do not
-/// depend on the thread count.
-void add_batch(const ScoredBatch& batch, const std::vector<Contribution>& contributions, TemplateSums& sums) {
-  std::vector<std::size_t> order(contributions.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return contributions[a].j < contributions[b].j; });
-  std::vector<std::size_t> starts;
-  for (std::size_t i = 0; i < order.size(); ++i)
-    if (i == 0 || contributions[order[i]].j != contributions[order[i - 1]].j) starts.push_back(i);
-  starts.push_back(order.size());
-  const int F = sums.F;
-  const std::size_t groups = starts.size() - 1;
-#pragma omp parallel for schedule(dynamic, 4)
-  for (std::size_t s = 0; s < groups; ++s) {
-    const int j = contributions[order[starts[s]]].j;
-    Complex* data = sums.data.data() + sz(j) * sz(F);
-    float* weight = sums.weight.data() + sz(j) * sz(F);
-    for (std::size_t i = starts[s]; i < starts[s + 1]; ++i) {
-      const Contribution& c = contributions[order[i]];
-      const PreparedParticle& p = batch.particles[sz(c.b)];
-      const Complex* ramp = batch.fine_ramps + sz(c.shift_id) * batch.frequencies;
+/// Reused buffers of the M-step GEMMs (one set per class2d iteration).
+struct MStepScratch {
+  std::vector<int> row_of, rows, col_of, col_particle, col_shift;
+  std::vector<float> W, V, Y, C2, data, weight;
+};
+
+/// out (M x N) = A (M x K) B^T (B is N x K), in fixed blocks of 64 rows of A, one single-threaded
+/// SGEMM each, spread over the threads: the same blocks and so the same sums for any thread count
+/// (as the scoring backend's GEMMs).
+void gemm_in_row_blocks(int M, int N, int K, const float* A, const float* B, float* out) {
+  constexpr int kBlock = 64;
+  const int blocks = (M + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int i = 0; i < blocks; ++i) {
+    const int first = i * kBlock, count = std::min(kBlock, M - first);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, count, N, K, 1.0f, A + sz(first) * sz(K), K, B, N, 0.0f,
+                out + sz(first) * sz(N), N);
+  }
+}
+
+/// Adds one batch's kept hypotheses to the sums, in blocks of particles, as two GEMMs per block:
+/// data (templates x 2F) += W (templates x columns) Y (columns x 2F), where a column is a
+/// (particle, shift) pair that some kept hypothesis uses, Y its transform X conj(ramp) C / sigma^2
+/// and W the kept weights; weight (templates x F) += V (templates x particles) C^2 / sigma^2, V
+/// the weights summed over shifts. Only the templates and columns in use enter: sharp posteriors
+/// (a few hypotheses per particle) cost little, and broad ones (~10^4 per particle in early
+/// iterations, where a scatter per hypothesis took most of the iteration) run at the GEMM rate.
+/// Blocks go in particle order and each GEMM in fixed row blocks: the sums do not depend on the
+/// thread count.
+void add_batch(const ScoredBatch& batch, const std::vector<Contribution>& contributions, int shifts, TemplateSums& sums, MStepScratch& m) {
+  constexpr int kParticles = 32;
+  const int F = sums.F, J = static_cast<int>(sums.weight.size() / sz(F));
+  const int bc = static_cast<int>(batch.particles.size());
+  m.row_of.assign(sz(J), -1);
+  std::size_t next = 0;  // contributions are in particle order
+  for (int b0 = 0; b0 < bc; b0 += kParticles) {
+    const int pc = std::min(kParticles, bc - b0);
+    const std::size_t first = next;
+    while (next < contributions.size() && contributions[next].b < b0 + pc) ++next;
+    if (next == first) continue;
+    // The templates (rows) and (particle, shift) pairs (columns) in use, in ascending order.
+    m.rows.clear();
+    m.col_of.assign(sz(pc) * sz(shifts), -1);
+    for (std::size_t i = first; i < next; ++i) {
+      const Contribution& c = contributions[i];
+      if (m.row_of[sz(c.j)] < 0) m.row_of[sz(c.j)] = 0, m.rows.push_back(c.j);
+      m.col_of[sz(c.b - b0) * sz(shifts) + sz(c.shift_id)] = 0;
+    }
+    std::sort(m.rows.begin(), m.rows.end());
+    for (std::size_t r = 0; r < m.rows.size(); ++r) m.row_of[sz(m.rows[r])] = static_cast<int>(r);
+    m.col_particle.clear(), m.col_shift.clear();
+    for (std::size_t i = 0; i < m.col_of.size(); ++i)
+      if (m.col_of[i] == 0) {
+        m.col_of[i] = static_cast<int>(m.col_particle.size());
+        m.col_particle.push_back(b0 + static_cast<int>(i / sz(shifts)));
+        m.col_shift.push_back(static_cast<int>(i % sz(shifts)));
+      }
+    const int R = static_cast<int>(m.rows.size()), C = static_cast<int>(m.col_particle.size());
+    m.W.assign(sz(R) * sz(C), 0.0f);
+    m.V.assign(sz(R) * sz(pc), 0.0f);
+    for (std::size_t i = first; i < next; ++i) {
+      const Contribution& c = contributions[i];
+      const int r = m.row_of[sz(c.j)];
+      m.W[sz(r) * sz(C) + sz(m.col_of[sz(c.b - b0) * sz(shifts) + sz(c.shift_id)])] += c.weight;
+      m.V[sz(r) * sz(pc) + sz(c.b - b0)] += c.weight;
+    }
+    m.Y.resize(sz(C) * 2 * sz(F));
+    m.C2.resize(sz(pc) * sz(F));
+#pragma omp parallel for schedule(static)
+    for (int col = 0; col < C; ++col) {
+      const PreparedParticle& p = batch.particles[sz(m.col_particle[sz(col)])];
+      const Complex* ramp = batch.fine_ramps + sz(m.col_shift[sz(col)]) * batch.frequencies;
+      float* y = m.Y.data() + sz(col) * 2 * sz(F);
       for (int f = 0; f < F; ++f) {
-        const float scale = c.weight * p.ctf[f] * p.inv_sigma2[f];
-        data[f] += p.x[f] * std::conj(ramp[f]) * scale;
-        weight[f] += c.weight * p.ctf2[f];
+        const Complex v = p.x[f] * std::conj(ramp[f]) * (p.ctf[f] * p.inv_sigma2[f]);
+        y[2 * f] = v.real(), y[2 * f + 1] = v.imag();
       }
     }
+    for (int b = 0; b < pc; ++b) std::copy_n(batch.particles[sz(b0 + b)].ctf2, F, m.C2.data() + sz(b) * sz(F));
+    m.data.resize(sz(R) * 2 * sz(F));
+    m.weight.resize(sz(R) * sz(F));
+    gemm_in_row_blocks(R, 2 * F, C, m.W.data(), m.Y.data(), m.data.data());
+    gemm_in_row_blocks(R, F, pc, m.V.data(), m.C2.data(), m.weight.data());
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < R; ++r) {
+      const int j = m.rows[sz(r)];
+      float* data = reinterpret_cast<float*>(sums.data.data() + sz(j) * sz(F));
+      float* weight = sums.weight.data() + sz(j) * sz(F);
+      const float* d = m.data.data() + sz(r) * 2 * sz(F);
+      const float* w = m.weight.data() + sz(r) * sz(F);
+      for (int f = 0; f < 2 * F; ++f) data[f] += d[f];
+      for (int f = 0; f < F; ++f) weight[f] += w[f];
+    }
+    for (int j : m.rows) m.row_of[sz(j)] = -1;
   }
 }
 
@@ -230,6 +298,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   const bool device_sums = backend.sums_templates();
   std::vector<float> ctf_isg;
   std::vector<SumTerm> terms;
+  MStepScratch mstep_scratch;
   const auto consumer = [&](const ScoredBatch& batch) {
     const int bc = static_cast<int>(batch.particles.size());
     std::vector<Contribution> contributions;
@@ -278,7 +347,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
         part_residual[g][sz(s)] += noise[sz(b)][sz(s)], part_residual_count[g][sz(s)] += noise_count[sz(b)][sz(s)];
     }
     if (device_sums) add_batch_on_device(batch, contributions, static_cast<int>(space.shifts.fine.size()), backend, ctf_isg, terms);
-    else add_batch(batch, contributions, part);
+    else add_batch(batch, contributions, static_cast<int>(space.shifts.fine.size()), part, mstep_scratch);
   };
 
   // The E-step chunk by chunk (each on its rank), every chunk's sums from zero, folded in chunk

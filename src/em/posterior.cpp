@@ -1,9 +1,93 @@
 #include "emcryo/em/posterior.hpp"
 
 #include <algorithm>
+#include <array>
+#include <functional>
+#include <bit>
+#include <cstdint>
 #include <limits>
 
 namespace emcryo::em {
+
+namespace {
+
+/// exp(x) for x <= 0 in float, in a form the compiler vectorises: 2^(x log2 e) split into an
+/// integer power of two and exp(r) for |r| <= ln2/2 (a degree-6 Taylor polynomial, relative
+/// error below 2e-7). Below -87 it returns 0 (where expf underflows too).
+inline float exp_nonpositive(float x) {
+  const float clamped = std::max(x, -87.0f);
+  const float n = std::floor(clamped * 1.44269504f + 0.5f);
+  const float r = (clamped - n * 0.693145752f) - n * 1.42860677e-6f;  // ln2 as hi + lo (Cody-Waite)
+  float p = 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const float scale = std::bit_cast<float>((static_cast<std::int32_t>(n) + 127) << 23);
+  return x < -87.0f ? 0.0f : p * scale;
+}
+
+}  // namespace
+
+float fast_exp_nonpositive(float x) { return exp_nonpositive(x); }
+
+void PosteriorReducer::add_run(int k, std::int64_t first_id, const float* s, int count) {
+  if (count <= 0) return;
+  ClassSum& c = classes_[static_cast<std::size_t>(k)];
+  scored_ += count;
+  float top = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : top)
+  for (int i = 0; i < count; ++i) top = std::max(top, s[i]);
+  if (top > c.max) {
+    int first = 0;  // the first of the run at its maximum, as add() would keep
+    while (s[first] != top) ++first;
+    c.sum = c.best < 0 ? 0.0 : c.sum * std::exp(static_cast<double>(c.max) - top);
+    c.max = top;
+    c.best = first_id + first;
+  }
+  const float max = c.max;
+  float partial = 0;
+#pragma omp simd reduction(+ : partial)
+  for (int i = 0; i < count; ++i) partial += exp_nonpositive(s[i] - max);
+  c.sum += partial;
+  const float floor = max - kWindow;
+  for (int i = 0; i < count; ++i) {
+    if (!(s[i] > floor)) continue;
+    candidates_.push_back({s[i], k, first_id + i});
+    if (candidates_.size() >= kPruneAt) prune();
+  }
+}
+
+void PosteriorReducer::sort_best_first(std::vector<WeightedHypothesis>& weighted) {
+  // Best first; ties by class then id so that the order never depends on arrival. Early class2d
+  // iterations keep ~10^4 hypotheses per particle, where a comparison sort of the records took a
+  // fifth of the iteration: a stable LSD radix sort on the weights' bits (weights are >= 0, so
+  // their bits order as they do; complemented for descending order), 3 passes of 11 bits.
+  const std::size_t n = weighted.size();
+  order_.resize(n), spare_.resize(n), bits_.resize(n);
+  for (std::size_t i = 0; i < n; ++i) order_[i] = static_cast<std::uint32_t>(i), bits_[i] = ~std::bit_cast<std::uint32_t>(weighted[i].weight);
+  constexpr int kDigit = 11;
+  std::array<std::uint32_t, (1u << kDigit) + 1> count{};
+  for (int shift = 0; shift < 32; shift += kDigit) {
+    count.fill(0);
+    for (std::size_t i = 0; i < n; ++i) ++count[((bits_[order_[i]] >> shift) & ((1u << kDigit) - 1)) + 1];
+    for (std::size_t d = 1; d < count.size(); ++d) count[d] += count[d - 1];
+    for (std::size_t i = 0; i < n; ++i) spare_[count[(bits_[order_[i]] >> shift) & ((1u << kDigit) - 1)]++] = order_[i];
+    order_.swap(spare_);
+  }
+  sorted_.resize(n);
+  for (std::size_t i = 0; i < n; ++i) sorted_[i] = weighted[order_[i]];
+  const auto tie = [](const WeightedHypothesis& a, const WeightedHypothesis& b) { return a.k != b.k ? a.k < b.k : a.id < b.id; };
+  for (std::size_t i = 0; i < n;) {
+    std::size_t end = i + 1;
+    while (end < n && sorted_[end].weight == sorted_[i].weight) ++end;
+    if (end - i > 1) std::sort(sorted_.begin() + static_cast<std::ptrdiff_t>(i), sorted_.begin() + static_cast<std::ptrdiff_t>(end), tie);
+    i = end;
+  }
+  weighted.swap(sorted_);
+}
 
 void PosteriorReducer::reset(const PosteriorSettings& settings, int classes) {
   settings_ = settings;
@@ -87,10 +171,7 @@ Posterior PosteriorReducer::finish() {
     for (std::size_t k = 0; k < K; ++k)
       if (classes_[k].best >= 0) weighted.push_back({static_cast<float>(out.class_posterior[k]), static_cast<int>(k), classes_[k].best});
   }
-  // Best first; ties by class then id so that the order never depends on arrival.
-  std::sort(weighted.begin(), weighted.end(), [](const WeightedHypothesis& a, const WeightedHypothesis& b) {
-    return a.weight != b.weight ? a.weight > b.weight : (a.k != b.k ? a.k < b.k : a.id < b.id);
-  });
+  sort_best_first(weighted);
   const auto best_class = static_cast<std::size_t>(out.best_class);
   out.best_id = classes_[best_class].best;
   out.best_score = classes_[best_class].max;

@@ -63,6 +63,9 @@ class PosteriorReducer {
       if (candidates_.size() >= kPruneAt) prune();
     }
   }
+  /// Hypotheses first_id, first_id + 1, ... of class k with these log-scores: the same as add()
+  /// for each, in one vectorised pass (the class's maximum first, then the sum of exponentials).
+  void add_run(int k, std::int64_t first_id, const float* log_scores, int count);
   Posterior finish();
 
  private:
@@ -74,10 +77,16 @@ class PosteriorReducer {
   static constexpr float kWindow = 14;  // log-score below the class best that can still matter (e^-14)
   static constexpr std::size_t kPruneAt = 16384;
   void prune();
+  void sort_best_first(std::vector<WeightedHypothesis>& weighted);
   PosteriorSettings settings_;
   std::vector<ClassSum> classes_;
   std::vector<WeightedHypothesis> candidates_;  // weight holds the log-score until finish()
   std::int64_t scored_ = 0;
+  std::vector<std::uint32_t> order_, spare_, bits_;  // finish()'s scratch, kept between particles
+  std::vector<WeightedHypothesis> sorted_;
 };
+
+/// The reducer's exp for x <= 0 (float, vectorisable; relative error below 3e-7). For its test.
+float fast_exp_nonpositive(float x);
 
 }  // namespace emcryo::em

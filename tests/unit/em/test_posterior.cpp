@@ -208,3 +208,46 @@ TEST(Posterior, FlatClassesDoNotPushOutTheClassThatHoldsTheMass) {
   while (cumulative < 0.99 * z) cumulative += std::exp(static_cast<double>(informative[needed++]));
   EXPECT_EQ(p.kept.size(), needed);
 }
+
+TEST(Posterior, TheFastExpMatchesExpOverTheWindow) {
+  // The reducer sums exp(score - max) with its own vectorised exp: it must match the library's.
+  double worst = 0;
+  for (float x = 0; x > -87; x -= 0.00731f) {
+    const double truth = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::abs(em::fast_exp_nonpositive(x) - truth) / truth);
+  }
+  EXPECT_LT(worst, 3e-7);
+  EXPECT_EQ(em::fast_exp_nonpositive(-100.0f), 0.0f);
+  EXPECT_FLOAT_EQ(em::fast_exp_nonpositive(0.0f), 1.0f);
+}
+
+TEST(Posterior, RunsOfOneClassGiveWhatSingleAddsGive) {
+  // add_run streams a row of scores of one class at once (vectorised): the posterior, the kept
+  // hypotheses and the class evidences are those of adding them one by one.
+  std::mt19937 rng(4);
+  std::normal_distribution<float> normal(-500, 4);
+  const int K = 4, runs = 300, length = 37;
+  std::vector<float> scores(static_cast<std::size_t>(runs * length));
+  for (auto& v : scores) v = normal(rng);
+  PosteriorSettings s;
+  s.mass = 0.999;
+  s.cap = 5000;
+  em::PosteriorReducer one, many;
+  one.reset(s, K), many.reset(s, K);
+  for (int r = 0; r < runs; ++r) {
+    const int k = (r * 7) % K;
+    const float* row = scores.data() + static_cast<std::size_t>(r * length);
+    many.add_run(k, static_cast<std::int64_t>(r) * length, row, length);
+    for (int i = 0; i < length; ++i) one.add(k, static_cast<std::int64_t>(r) * length + i, row[i]);
+  }
+  const auto a = one.finish(), b = many.finish();
+  EXPECT_EQ(b.scored, a.scored);
+  EXPECT_EQ(b.best_id, a.best_id);
+  EXPECT_NEAR(b.log_evidence, a.log_evidence, 1e-5);
+  for (int k = 0; k < K; ++k) EXPECT_NEAR(b.class_posterior[static_cast<std::size_t>(k)], a.class_posterior[static_cast<std::size_t>(k)], 1e-5);
+  ASSERT_EQ(b.kept.size(), a.kept.size());
+  for (std::size_t i = 0; i < a.kept.size(); ++i) {
+    EXPECT_EQ(b.kept[i].id, a.kept[i].id);
+    EXPECT_NEAR(b.kept[i].weight, a.kept[i].weight, 1e-5);
+  }
+}

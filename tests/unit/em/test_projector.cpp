@@ -444,6 +444,8 @@ TEST(Projector, SumsWithinTheReachedRadiusAddSendAndClearExactly) {
   insert_slices(reused, projector, n, 5, 6, 1);
   EXPECT_EQ(reused.reconstruct(), low.reconstruct());
   EXPECT_EQ(reused.mean_weight_per_shell(), low.mean_weight_per_shell());
+}
+
 TEST(Projector, SumsThroughAMessageCarryOnlyTheReachedPartAndFoldLikeAdd) {
   // A chunk's sums inserted to a low limit: the message holds the small cube they reach (not the
   // whole padded volume), and folding messages gives bitwise what add() and a copy give.
