@@ -46,9 +46,9 @@ struct CudaOptions {
   /// bus. EMCRYO_GPU_SAMPLE=0 turns it off (to compare).
   bool sample_templates = true;
   /// class2d's M-step sums kept on the GPU (one GEMM per batch from the kept hypotheses) instead
-  /// of summed on the CPU. Off by default until it has run on a device (2026-12-06: compiled,
-  /// not yet run there); EMCRYO_GPU_SUMS=1 turns it on.
-  bool template_sums = false;
+  /// of summed on the CPU. On by default: test_gpu and the GpuJobs tests passed with it on an H100 (2026-12-06);
+  /// EMCRYO_GPU_SUMS=0 sums on the CPU instead.
+  bool template_sums = true;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.
