@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -151,6 +152,19 @@ std::vector<float> symmetrize_map(const std::vector<float>& map, int n, const st
 }
 
 namespace {
+
+/// Adds the truth columns `names` (or reuses them) and fills them row by row with values(row),
+/// one value per name, 4 decimals.
+template <std::size_t N, class Values>
+void add_truth_columns(io::StarTable& table, const std::array<const char*, N>& names, int particles, Values values) {
+  std::array<int, N> columns{};
+  for (std::size_t c = 0; c < N; ++c) columns[c] = table.add_column(names[c]);
+  for (int i = 0; i < particles; ++i) {
+    const auto row = static_cast<std::size_t>(i);
+    const std::array<double, N> v = values(row);
+    for (std::size_t c = 0; c < N; ++c) table.set_number(row, columns[c], v[c], 4);
+  }
+}
 
 /// How different the two most alike views look: over pairs of directions, the smallest squared
 /// difference of their CTF-free projections (to n/6 px, 1/3 of Nyquist), after the best in-plane
@@ -511,31 +525,22 @@ SimulateSummary run_simulate(const SimulateOptions& o) {
       truth_table.set_number(r, c_boy, -(tp.shift_y + moved.y * o.pixel_size), 4);
     }
   }
-  if (disordered) {
-    const int c_angle = truth_table.add_column("emcryoDisorderAngle"), c_dx = truth_table.add_column("emcryoDisorderShiftX"),
-              c_dy = truth_table.add_column("emcryoDisorderShiftY"), c_dz = truth_table.add_column("emcryoDisorderShiftZ"),
-              c_occ = truth_table.add_column("emcryoDisorderOccupancy");
-    for (int i = 0; i < o.particles; ++i) {
-      const auto& d = truth[static_cast<std::size_t>(i)].disorder;
-      const auto r = static_cast<std::size_t>(i);
-      truth_table.set_number(r, c_angle, std::abs(d.angle), 4);
-      truth_table.set_number(r, c_dx, d.shift.x * o.pixel_size, 4), truth_table.set_number(r, c_dy, d.shift.y * o.pixel_size, 4);
-      truth_table.set_number(r, c_dz, d.shift.z * o.pixel_size, 4), truth_table.set_number(r, c_occ, d.occupancy, 4);
-    }
-  }
-  if (belt) {
-    const int c_btilt = truth_table.add_column("emcryoBeltTilt"), c_bx = truth_table.add_column("emcryoBeltShiftX"),
-              c_by = truth_table.add_column("emcryoBeltShiftY"), c_bz = truth_table.add_column("emcryoBeltShiftZ"),
-              c_sq = truth_table.add_column("emcryoBeltSquash"), c_den = truth_table.add_column("emcryoBeltDensity");
-    for (int i = 0; i < o.particles; ++i) {
-      const auto& b = truth[static_cast<std::size_t>(i)].belt;
-      const auto r = static_cast<std::size_t>(i);
-      truth_table.set_number(r, c_btilt, std::abs(b.tilt), 4);
-      truth_table.set_number(r, c_bx, b.shift.x * o.pixel_size, 4), truth_table.set_number(r, c_by, b.shift.y * o.pixel_size, 4);
-      truth_table.set_number(r, c_bz, b.shift.z * o.pixel_size, 4), truth_table.set_number(r, c_sq, b.squash, 4);
-      truth_table.set_number(r, c_den, b.density, 4);
-    }
-  }
+  if (disordered)
+    add_truth_columns<5>(truth_table,
+                         {"emcryoDisorderAngle", "emcryoDisorderShiftX", "emcryoDisorderShiftY", "emcryoDisorderShiftZ", "emcryoDisorderOccupancy"},
+                         o.particles, [&](std::size_t i) {
+                           const auto& d = truth[i].disorder;
+                           return std::array<double, 5>{std::abs(d.angle), d.shift.x * o.pixel_size, d.shift.y * o.pixel_size,
+                                                        d.shift.z * o.pixel_size, d.occupancy};
+                         });
+  if (belt)
+    add_truth_columns<6>(truth_table,
+                         {"emcryoBeltTilt", "emcryoBeltShiftX", "emcryoBeltShiftY", "emcryoBeltShiftZ", "emcryoBeltSquash", "emcryoBeltDensity"},
+                         o.particles, [&](std::size_t i) {
+                           const auto& b = truth[i].belt;
+                           return std::array<double, 6>{std::abs(b.tilt), b.shift.x * o.pixel_size, b.shift.y * o.pixel_size,
+                                                        b.shift.z * o.pixel_size, b.squash, b.density};
+                         });
   SimulateSummary summary;
   summary.class_counts.assign(o.models.size(), 0);
   for (int i = 0; i < o.particles; ++i) {
