@@ -8,7 +8,6 @@
 #include <functional>
 #include <future>
 #include <numbers>
-#include <optional>
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/em/score_rows.hpp"
@@ -170,19 +169,20 @@ void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, 
       store_template_row(s.sample.data(), F, s.templates.data() + sz(j) * 2 * sz(F), s.power.data() + sz(j) * sz(F));
     }
   }
-  auto rows_clock = std::make_optional<StageClock>(s.times, StageTimes::search_rows);
-  s.rows.resize(sz(T) * 2 * sz(F));
-  s.ramps.resize(sz(F));
-  s.base_ramp.resize(sz(F));
-  const bool moved = base.first != 0 || base.second != 0;
-  if (moved) shift_ramps(list, {base}, 0, 0, s.base_ramp.data());
-  for (int t = 0; t < T; ++t) {
-    const Complex* r = fine_ramps.data() + sz(shift_ids[sz(t)]) * sz(Ffull);
-    for (int f = 0; f < F; ++f) s.ramps[sz(f)] = moved ? r[f] * s.base_ramp[sz(f)] : r[f];
-    fill_score_rows(p.x, p.ctf, p.inv_sigma2, s.ramps.data(), 1, F, s.rows.data() + sz(t) * 2 * sz(F));
+  {
+    const StageClock clock(s.times, StageTimes::search_rows);
+    s.rows.resize(sz(T) * 2 * sz(F));
+    s.ramps.resize(sz(F));
+    s.base_ramp.resize(sz(F));
+    const bool moved = base.first != 0 || base.second != 0;
+    if (moved) shift_ramps(list, {base}, 0, 0, s.base_ramp.data());
+    for (int t = 0; t < T; ++t) {
+      const Complex* r = fine_ramps.data() + sz(shift_ids[sz(t)]) * sz(Ffull);
+      for (int f = 0; f < F; ++f) s.ramps[sz(f)] = moved ? r[f] * s.base_ramp[sz(f)] : r[f];
+      fill_score_rows(p.x, p.ctf, p.inv_sigma2, s.ramps.data(), 1, F, s.rows.data() + sz(t) * 2 * sz(F));
+    }
+    s.scores.resize(sz(T) * sz(J));
   }
-  s.scores.resize(sz(T) * sz(J));
-  rows_clock.reset();
   ScoreRequest q;
   q.rows = s.rows.data(), q.row_count = T, q.row_stride = 2 * F, q.particles = 1;
   q.ctf2 = p.ctf2, q.ctf2_stride = F;
@@ -544,12 +544,14 @@ class EStep {
       outcome.posterior = std::move(coarse);
       return;
     }
-    auto reduce_clock = std::make_optional<StageClock>(s.times, StageTimes::search_reduce);
-    collect_children(coarse, orientations, layout_, space_, s);
-    const auto children = s.unique_templates;
-    const auto shifts = s.unique_shifts;
-    s.reducer.reset(settings_.fine, K_);
-    reduce_clock.reset();
+    {
+      const StageClock clock(s.times, StageTimes::search_reduce);
+      collect_children(coarse, orientations, layout_, space_, s);
+      s.reducer.reset(settings_.fine, K_);
+    }
+    // score_particle leaves the children in the scratch untouched: no copy per particle.
+    const auto& children = s.unique_templates;
+    const auto& shifts = s.unique_shifts;
     score_particle(p, children, shifts, fine_ramps_, base, list_, F_, source_, device_templates_, settings_.cross_correlation, backend_, tid,
                    s, term);
     const StageClock clock(s.times, StageTimes::search_reduce);
