@@ -2,7 +2,7 @@
 # On the device tool's H200 host (16 cores): RELION 5 (CUDA) auto-refine on one held-out set
 # (SET, default 7DDO; RELION grabs most of the GPU's memory, so sets run one at a time), then
 # emcryo's thread scaling on the CPU: class2d of the 12-view 1TII set and refine of the 2XHE set
-# with 1..16 threads. Results in $OUT (scaling.txt, relion5_<SET>.tar.gz). SCALING (default
+# with 1..16 threads on the CPU (--cpu: the CUDA build would score on the GPU). Results in $OUT (scaling.txt, relion5_<SET>.tar.gz). SCALING (default
 # "class2d refine") picks which thread-scaling runs to make; RELION_LIMIT (default 300 s) caps RELION.
 set -uo pipefail
 root=$(pwd); OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; SET=${SET:-7DDO}
@@ -35,7 +35,7 @@ fi
   strip_poses /tmp/c2d/particles.star /tmp/c2d/blind.star
   if [[ ${SCALING:-class2d refine} == *class2d* ]]; then
   for j in 1 2 4 8 16; do
-    s=$(now); "$E" -j $j class2d --particles /tmp/c2d/blind.star --classes 12 --out /tmp/c2d/j$j --iterations 15 --psi-step 5 \
+    s=$(now); "$E" --cpu -j $j class2d --particles /tmp/c2d/blind.star --classes 12 --out /tmp/c2d/j$j --iterations 15 --psi-step 5 \
       --offset-range 5 --offset-step 1 --mask-diameter 120 > /tmp/c2d/j$j.log 2>&1
     echo "class2d 3000 particles, 15 iterations, -j $j: $(since $s) s"
   done
@@ -43,7 +43,7 @@ fi
   fi
   if [[ ${SCALING:-class2d refine} == *refine* ]]; then
   for j in 1 4 16; do
-    s=$(now); "$E" -j $j refine --particles /tmp/ho/2XHE/particles_blind.star --ref /tmp/ho/2XHE/truth_class001.mrc --ini-high 30 \
+    s=$(now); "$E" --cpu -j $j refine --particles /tmp/ho/2XHE/particles_blind.star --ref /tmp/ho/2XHE/truth_class001.mrc --ini-high 30 \
       --particle-diameter 140 --offset-range 5 --offset-step 1 --out /tmp/ho/2XHE/emcryo_j$j > /tmp/ho/2XHE/emcryo_j$j.log 2>&1
     echo "refine 2XHE 2500 particles, -j $j: $(since $s) s"
   done
