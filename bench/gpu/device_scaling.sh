@@ -7,18 +7,22 @@
 set -uo pipefail
 root=$(pwd); OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; SET=${SET:-7DDO}
 source bench/gpu/lib.sh
-build_emcryo 6 &
-build_relion5 10
-wait
-E=$root/build-dev/apps/emcryo R=/tmp/relion5/relion/build/bin/relion_refine_mpi
+# EMCRYO=path: use that binary (e.g. device_mpi_scaling.sh's CPU build) and build nothing; SET=none: no RELION.
+if [[ -n ${EMCRYO:-} ]]; then E=$EMCRYO R=""
+else
+  build_emcryo 6 &
+  [[ $SET == none ]] || build_relion5 10
+  wait
+  E=$root/build-dev/apps/emcryo R=/tmp/relion5/relion/build/bin/relion_refine_mpi
+fi
 [[ -x $E ]] || { tail -20 /tmp/build.log; exit 1; }
 declare -A model=([2XHE]=2XHE.pdb.gz [7DDO]=7DDO.pdb.gz [6WQA]=6WQA.cif.gz)
-for n in 2XHE $SET; do
+for n in 2XHE ${SET/none/}; do
   [[ -f /tmp/ho/$n/particles_blind.star ]] && continue
   "$E" simulate --model "$root/bench/heldout_models/${model[$n]}" --out /tmp/ho/$n --particles 2500 --box 64 --pixel-size 2.5 --snr 0.03 --seed 11 > /dev/null 2>&1
   strip_poses /tmp/ho/$n/particles.star /tmp/ho/$n/particles_blind.star
 done
-if [[ -x $R ]]; then
+if [[ $SET != none && -x $R ]]; then
   d=/tmp/ho/$SET; mkdir -p $d/relion
   (cd $d && timeout ${RELION_LIMIT:-300} /usr/bin/time -v -o relion.time mpirun --allow-run-as-root --oversubscribe -np 3 "$R" \
      --o relion/run --auto_refine --split_random_halves --i particles_blind.star --ref truth_class001.mrc --firstiter_cc --ini_high 30 \
