@@ -301,8 +301,9 @@ TEST(NuRefine, BetterParticleInsideADisorderedBeltAndItsLocalResolutionSeesTheBe
   ASSERT_EQ(refine_and_nu_refine(dir), 0);
   const auto [global, local] = compare(dir, dir / "data/truth_ordered.mrc", dir / "data/truth_ordered_mask.mrc", "particle without its belt");
   // Measured (2026-12-06, second session, bench/masked_fsc.py, seeds 1 / 2): refine mean FSC
-  // 0.6023, 0.6192; nu-refine 0.6104, 0.6260 (pose error 4.54 -> 4.39, 4.54 -> 4.29 deg). The
-  // local filter alone tied (0.6024, 0.6163).
+  // 0.6023, 0.6192; nu-refine 0.6104, 0.6260 (pose error 4.54 -> 4.39, 4.54 -> 4.29 deg); seed 3
+  // only 0.6288 -> 0.6302: the margin is small and this asserts it for seed 1. The local filter
+  // alone tied (0.6024, 0.6163).
   EXPECT_GT(local.mean, global.mean + 0.004);
   EXPECT_LE(local.at_0143, global.at_0143);
   const auto [core, belt] = core_and_disorder_resolution(dir / "nu/localres.mrc", dir / "data/truth_ordered.mrc", dir / "data/truth_belt.mrc");
