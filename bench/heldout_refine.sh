@@ -8,7 +8,8 @@
 # Usage: bench/heldout_refine.sh [WORKDIR] [emcryo refine options...]
 #   WORKDIR default /tmp/emcryo_heldout; each run goes to WORKDIR/<set>/<label>, label from $LABEL
 #   (default "emcryo"). RELION results from bench/gpu/heldout_device.sh (RELION 5, GPU), copied to
-#   WORKDIR/<set>/relion_data.star and relion_class001.mrc, are scored too.
+#   WORKDIR/<set>/relion_data.star and relion_class001.mrc, are scored too. $SETS limits the run to
+#   some of the sets (e.g. SETS=2XHE).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -19,6 +20,7 @@ PY=/usr/bin/python3
 mkdir -p "$W"
 for m in 2XHE.pdb.gz 7DDO.pdb.gz 6WQA.cif.gz; do
   n=${m%%.*}; D=$W/$n
+  [[ -z ${SETS:-} || " $SETS " == *" $n "* ]] || continue
   if [[ ! -f $D/truth.star ]]; then
     "$EMCRYO" simulate --model "$here/heldout_models/$m" --out "$D" --particles 2500 --box 64 --pixel-size 2.5 --snr 0.03 \
       --seed 11 > "$W/$n.simulate.log" 2>&1

@@ -626,6 +626,13 @@ void run_expectation(const io::ParticleSet& set, const std::vector<std::size_t>&
   ExpectationRun(set, images, start, space, source, list, sigma2, mask, settings, backend).run(0, images.size(), consumer, stats, progress);
 }
 
+double masked_noise_inflation(const std::vector<float>& mask) {
+  if (mask.empty()) return 1;
+  double sum = 0;
+  for (float m : mask) sum += static_cast<double>(m) * m;
+  return sum > 0 ? static_cast<double>(mask.size()) / sum : 1;
+}
+
 std::vector<std::vector<double>> estimate_initial_sigma2(const io::ParticleSet& set, const std::vector<std::size_t>& active,
                                                          const std::vector<float>& mask) {
   const int n = set.box();

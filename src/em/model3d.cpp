@@ -237,7 +237,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     // orientation with several shifts) are summed first and inserted once.
 #pragma omp parallel for schedule(static, 1)
     for (int l = 0; l < lanes; ++l) {
-      std::vector<Complex> data(half), shifted(half);
+      std::vector<Complex> data(half);
       std::vector<float> weight(half);
       std::vector<std::size_t> order;
       std::vector<Hypothesis> expanded;
@@ -256,9 +256,9 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
           float total = 0;
           for (std::size_t i = first; i < last; ++i) {
             const Hypothesis& h = kept[order[i]];
-            std::copy(pp.unmasked, pp.unmasked + half, shifted.begin());
-            image::shift_half_grid_2d(shifted.data(), n, -h.shift.first, -h.shift.second);
-            for (std::size_t k = 0; k < half; ++k) data[k] += shifted[k] * h.weight;
+            // Only the frequencies that insert() reads (up to a rounding margin).
+            image::add_shifted_half_grid_2d(pp.unmasked, n, -h.shift.first, -h.shift.second, h.weight, settings.insert_radius + 1,
+                                            data.data());
             total += h.weight;
           }
           for (std::size_t k = 0; k < half; ++k) {

@@ -77,16 +77,44 @@ std::vector<float> resample_image(const std::vector<float>& image, int n_in, int
   return out;
 }
 
-void shift_half_grid_2d(Complex* spectrum, int n, double dx, double dy) {
+namespace {
+
+/// The phase ramp of a shift is separable, e^{-i(kx dx + ky dy)} = e^{-i kx dx} e^{-i ky dy}: two
+/// 1D tables (h + n sines and cosines) instead of one per coefficient. Per thread, reused.
+struct RampTables {
+  std::vector<std::complex<double>> along_x, along_y;
+};
+
+const RampTables& ramp_tables(int n, double dx, double dy) {
+  thread_local RampTables t;
   const int h = n / 2 + 1;
   const double two_pi_over_n = 2 * std::numbers::pi / n;
-  // The phase ramp is separable, e^{-i(kx dx + ky dy)} = e^{-i kx dx} e^{-i ky dy}: two 1D tables
-  // (h + n sines and cosines) instead of one per coefficient.
-  thread_local std::vector<std::complex<double>> along_x, along_y;
-  along_x.resize(static_cast<std::size_t>(h));
-  along_y.resize(static_cast<std::size_t>(n));
-  for (int kx = 0; kx < h; ++kx) along_x[static_cast<std::size_t>(kx)] = std::polar(1.0, -two_pi_over_n * kx * dx);
-  for (int j = 0; j < n; ++j) along_y[static_cast<std::size_t>(j)] = std::polar(1.0, -two_pi_over_n * wrap_frequency(j, n) * dy);
+  t.along_x.resize(static_cast<std::size_t>(h));
+  t.along_y.resize(static_cast<std::size_t>(n));
+  for (int kx = 0; kx < h; ++kx) t.along_x[static_cast<std::size_t>(kx)] = std::polar(1.0, -two_pi_over_n * kx * dx);
+  for (int j = 0; j < n; ++j) t.along_y[static_cast<std::size_t>(j)] = std::polar(1.0, -two_pi_over_n * wrap_frequency(j, n) * dy);
+  return t;
+}
+
+}  // namespace
+
+void add_shifted_half_grid_2d(const Complex* spectrum, int n, double dx, double dy, float weight, double max_radius, Complex* sum) {
+  const int h = n / 2 + 1;
+  const auto& [along_x, along_y] = ramp_tables(n, dx, dy);
+  const double r2_max = max_radius * max_radius;
+  for (int j = 0; j < n; ++j) {
+    const int ky = wrap_frequency(j, n);
+    if (static_cast<double>(ky) * ky > r2_max) continue;
+    const std::complex<double> y = along_y[static_cast<std::size_t>(j)];
+    const std::size_t row = static_cast<std::size_t>(j) * h;
+    for (int kx = 0; kx < h && static_cast<double>(kx * kx + ky * ky) <= r2_max; ++kx)
+      sum[row + kx] += spectrum[row + kx] * Complex(y * along_x[static_cast<std::size_t>(kx)]) * weight;
+  }
+}
+
+void shift_half_grid_2d(Complex* spectrum, int n, double dx, double dy) {
+  const int h = n / 2 + 1;
+  const auto& [along_x, along_y] = ramp_tables(n, dx, dy);
   for (int j = 0; j < n; ++j) {
     const std::complex<double> y = along_y[static_cast<std::size_t>(j)];
     Complex* row = spectrum + static_cast<std::size_t>(j) * h;

@@ -167,6 +167,15 @@ void run_expectation(const io::ParticleSet& set, const std::vector<std::size_t>&
 std::vector<std::vector<double>> estimate_initial_sigma2(const io::ParticleSet& set, const std::vector<std::size_t>& active,
                                                          const std::vector<float>& particle_mask);
 
+/// How much larger the noise power per pixel inside a soft mask is than the power per Fourier
+/// coefficient measured in masked images (the noise model's sigma^2): 1 / mean(m^2) over the box
+/// (1 for an empty mask). Masking keeps mean(m^2) of the noise power but spreads it over
+/// coefficients that the mask correlates, so a likelihood that treats the coefficients of masked
+/// images as independent with the measured sigma^2 counts each pixel inside the mask about
+/// 1 / mean(m^2) times: posteriors too sharp. The likelihood of the masked pixels needs this much
+/// larger sigma^2.
+double masked_noise_inflation(const std::vector<float>& mask);
+
 /// The coarse pass's frequency limit for orientations `cell` degrees apart and shifts
 /// `coarse_shift_step` px apart in an n-px box: where neighbouring orientations move a frequency by
 /// about two samples and neighbouring shifts turn its phase by about one radian, never above

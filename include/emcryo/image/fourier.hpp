@@ -25,6 +25,10 @@ std::vector<float> resample_image(const std::vector<float>& image, int n_in, int
 /// Multiplies a 2D spectrum by the phase ramp of a real-space shift (dx, dy) in pixels:
 /// the result is the transform of image(x - dx, y - dy).
 void shift_half_grid_2d(Complex* spectrum, int n, double dx, double dy);
+/// sum += weight x (spectrum shifted by (dx, dy), as shift_half_grid_2d) at |k| <= max_radius; the
+/// rest of `sum` is left as it is. For weighted sums over many shifts (a back-projection
+/// marginalised over hypotheses): no copy of the spectrum per shift, and only the frequencies used.
+void add_shifted_half_grid_2d(const Complex* spectrum, int n, double dx, double dy, float weight, double max_radius, Complex* sum);
 
 /// Shell index round(|k|) for each half-grid element of a 2D/3D grid.
 std::vector<int> shell_index_2d(int n);

@@ -187,3 +187,26 @@ TEST_F(TwoDEngine, ResultsDoNotDependOnTheThreadCount) {
     EXPECT_EQ(test::max_abs_diff(one.classes[static_cast<std::size_t>(k)], two.classes[static_cast<std::size_t>(k)]), 0.0);
   EXPECT_EQ(one.priors, two.priors);
 }
+
+// Masked white noise keeps mean(m^2) of its power per Fourier coefficient: the inflation that
+// restores the noise per pixel inside the mask is its inverse, to within the sampling error.
+TEST(MaskedNoiseInflation, RestoresTheNoisePowerOfMaskedWhiteNoise) {
+  EXPECT_DOUBLE_EQ(em::masked_noise_inflation({}), 1.0);
+  EXPECT_DOUBLE_EQ(em::masked_noise_inflation(std::vector<float>(16, 1.0f)), 1.0);
+  constexpr int n = 64;
+  const auto mask = image::soft_round_mask(n, 2, 26, 5);
+  const double inflation = em::masked_noise_inflation(mask);
+  EXPECT_GT(inflation, 1.5);
+  EXPECT_LT(inflation, 2.0);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> gauss(0, 1);
+  double plain = 0, masked = 0;
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<float> noise(static_cast<std::size_t>(n * n));
+    for (auto& v : noise) v = gauss(rng);
+    for (const auto& c : image::fft_forward_2d(noise, n)) plain += std::norm(c);
+    image::apply_mask(noise.data(), mask);
+    for (const auto& c : image::fft_forward_2d(noise, n)) masked += std::norm(c);
+  }
+  EXPECT_NEAR(plain / masked, inflation, 0.03 * inflation);
+}

@@ -77,6 +77,30 @@ TEST(FourierShift, PhaseRampEqualsIntegerShift) {
   }
 }
 
+TEST(FourierShift, AddShiftedIsAWeightedShiftWithinTheRadius) {
+  // The same values as shift_half_grid_2d times the weight, added where |k| <= radius; the rest
+  // of the sum untouched.
+  const int n = 32, h = n / 2 + 1;
+  const double radius = 9.5;
+  const auto spectrum = img::fft_forward_2d(random_values(static_cast<std::size_t>(n * n), 5), n);
+  auto shifted = spectrum;
+  img::shift_half_grid_2d(shifted.data(), n, 1.3, -0.7);
+  std::vector<img::Complex> sum(spectrum.size(), img::Complex(1, -1));
+  img::add_shifted_half_grid_2d(spectrum.data(), n, 1.3, -0.7, 0.25f, radius, sum.data());
+  int inside = 0;
+  for (int j = 0; j < n; ++j)
+    for (int kx = 0; kx < h; ++kx) {
+      const int ky = img::wrap_frequency(j, n);
+      const std::size_t k = static_cast<std::size_t>(j) * h + kx;
+      const bool in = kx * kx + ky * ky <= radius * radius;
+      inside += in;
+      const img::Complex expected = img::Complex(1, -1) + (in ? shifted[k] * 0.25f : img::Complex(0, 0));
+      ASSERT_NEAR(std::abs(sum[k] - expected), 0.0, 1e-4 * (1 + std::abs(expected))) << kx << "," << ky;
+    }
+  EXPECT_GT(inside, 100);
+  EXPECT_LT(inside, h * n);
+}
+
 TEST(FourierShift, SubPixelShiftOfBandLimitedImage) {
   // A shift by (dx, dy) of a band-limited image is the image evaluated at (x - dx, y - dy); and
   // shifting back restores it.
