@@ -58,12 +58,17 @@ void ensure_fast_blas(int argc, char** argv) {
 }
 
 void set_threads(int threads) {
-  if (threads > 0) omp_set_num_threads(threads);
+  const int team = threads > 0 ? threads : omp_get_max_threads();
   // Every SGEMM runs single-threaded; the engine spreads blocks of them over OpenMP's threads. A
   // multi-threaded OpenBLAS call rounds differently for each thread count, and some OpenBLAS
   // builds start their own threads inside our parallel regions (measured on the 16-core host:
   // class2d 2.5x slower with 16 threads than with 4).
   openblas_set_num_threads(1);
+  // The OpenMP build of OpenBLAS (Debian's libopenblas0-openmp) sets OpenMP's team size in
+  // openblas_set_num_threads as well: set after it, or every parallel region runs on one thread
+  // (issue 9: class2d took its CPU time in wall time on 2 cores). OpenBLAS stays single-threaded:
+  // its own count is kept apart from OpenMP's.
+  omp_set_num_threads(team);
 }
 
 int threads() { return omp_get_max_threads(); }

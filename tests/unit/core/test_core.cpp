@@ -1,5 +1,6 @@
 // Core services: errors, atomic files, float16, BLAS start-up, progress and log lines.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cctype>
@@ -75,6 +76,25 @@ TEST(CoreRuntime, BlasUsesAStrongKernelOnThisCpu) {
   } else {
     EXPECT_EQ(runtime::preferred_blas_core(), "") << "OpenBLAS runs core " << runtime::blas_core_name();
   }
+}
+
+TEST(CoreRuntime, SetThreadsKeepsTheOpenMpTeam) {
+  // OpenMP builds of OpenBLAS change OpenMP's team size when told to run single-threaded: the
+  // engine's parallel regions must still get the threads asked for (or all, for 0).
+  const int all = omp_get_num_procs(), before = runtime::threads();
+  runtime::set_threads(2);
+  EXPECT_EQ(runtime::threads(), 2);
+  int team = 0;
+#pragma omp parallel
+#pragma omp single
+  team = omp_get_num_threads();
+  EXPECT_EQ(team, 2);
+  runtime::set_threads(1);
+  EXPECT_EQ(runtime::threads(), 1);
+  omp_set_num_threads(all);
+  runtime::set_threads(0);
+  EXPECT_EQ(runtime::threads(), all);
+  runtime::set_threads(before);
 }
 
 TEST(CoreRandom, StreamsDependOnlyOnSeedAndItem) {
