@@ -3,7 +3,7 @@
 # machine (about 4 min of CPU for flex+lowsnr+dis; uni adds about 10 min). Run from the repository
 # root after building build/apps/emcryo; on the shared machine under the lock:
 #   flock /tmp/emcryo-cpu.lock bash bench/local_nu_refine.sh [flex] [lowsnr] [dis] [belt] [unismall] [uni]   (default: all)
-# belt: BELT_SEEDS, BELT_SNR and BELT_ARGS (extra --belt-* options) choose the belt sets.
+# belt: BELT_SEEDS, BELT_SNR and BELT_ARGS (extra --belt-* options; default: simulate's, 24 x 14 Å, mass 0.3) choose the belt sets.
 # Work folder: $W (default /tmp/lnr). Prints, per run: FSC to truth inside the truth's mask (0.5 /
 # 0.143 Å and mean FSC, bench/masked_fsc.py), body-2 pose error (bench/pose_error.py) and the sum of
 # the job's own iteration times with the M-step regularisation's share.
@@ -67,7 +67,7 @@ for s in $sets; do
       done ;;
     belt)  # a detergent-belt-like ring of random blobs around 1TII (simulate --belt): ordered part, seeds $BELT_SEEDS
       for seed in ${BELT_SEEDS:-1 2 3}; do
-        sim belt$seed --particles 800 --box 40 --pixel-size 3 --snr ${BELT_SNR:-1} --belt $BELT_ARGS --seed $seed
+        sim belt$seed --particles 800 --box 40 --pixel-size 3 --snr ${BELT_SNR:-1} --belt ${BELT_ARGS:-} --seed $seed
         echo "== belt$seed: ordered part (the particle without its belt) in its mask"
         refine_pair belt$seed belt$seed/truth_ordered.mrc belt$seed/truth_ordered_mask.mrc
         $PY "$root/bench/localres_regions.py" belt$seed.nu-refine/localres.mrc belt$seed/truth_ordered.mrc belt$seed/truth_belt.mrc

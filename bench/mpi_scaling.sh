@@ -12,6 +12,11 @@
 # REF_PARTICLES, REF_ITERATIONS. Each run's log (with the "chunk reduction" lines: the folding
 # rank's time computing, folding, waiting; every rank's computing least/mean/most; bytes moved) is kept as
 # WORKDIR/JOB-RxT.log, its run.log as WORKDIR/JOB-RxT/run.log.
+# CEILING=N (default 0: skip) also measures what the host allows any program, MPI or not: the job on
+# 1/N of the particles (one rank's share at N ranks), once alone and then as N independent copies at
+# once, single-threaded, no MPI. No communication and no imbalance can slow the copies, so
+# alone / (mean of the copies) bounds the efficiency N ranks can reach on this host (clock, memory
+# bandwidth and caches shared by busy cores).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 exe="$here/../build/apps/emcryo"
@@ -86,3 +91,29 @@ for job in ${JOBS:-class2d refine}; do
     echo "| $job | $combo | $wall | $eff | $its | $eff_its | $(same_answer "$base_dir" "$out") | $(reductions "$out") |" | tee -a "$report"
   done
 done
+
+# host_ceiling JOB N: the job on a 1/N-size set, alone and as N concurrent copies (see CEILING above).
+host_ceiling() {
+  local job=$1 n=$2 dir="$work/ceiling-$1" share
+  unset -n cargs 2>/dev/null; declare -n cargs=$job
+  if [[ $job == class2d ]]; then share=$(( ${C2D_PARTICLES:-3000} / n ));
+    "$exe" simulate --model "$here/../data/1tii.pdb.gz" --out "$dir/data" --particles $share --box 64 --pixel-size 2.0 --snr 0.05 \
+      --orientations views --views 12 --seed 7 > /dev/null 2>&1
+  else share=$(( ${REF_PARTICLES:-3000} / n ));
+    "$exe" simulate --model "$here/heldout_models/2XHE.pdb.gz" --out "$dir/data" --particles $share --box 64 --pixel-size 2.5 \
+      --snr 0.03 --seed 11 > /dev/null 2>&1
+  fi
+  local a=() x; for x in "${cargs[@]}"; do a+=("${x/$work\/c2d/$dir/data}"); done
+  local b=(); for x in "${a[@]}"; do b+=("${x/$work\/ref/$dir/data}"); done
+  local start; start=$(now)
+  timeout "$limit" "$exe" ${SCORING---cpu} -j 1 "${b[@]}" --out "$dir/alone" > "$dir/alone.log" 2>&1
+  local alone; alone=$(since "$start")
+  local i; for ((i = 0; i < n; i++)); do
+    ( s=$(now); timeout "$limit" "$exe" ${SCORING---cpu} -j 1 "${b[@]}" --out "$dir/copy$i" > "$dir/copy$i.log" 2>&1; echo "$(since "$s")" > "$dir/copy$i.s" ) &
+  done
+  wait
+  cat "$dir"/copy*.s | awk -v a="$alone" -v n="$n" -v j="$job" -v p="$share" '{s += $1; if ($1 > m) m = $1} END {
+    printf "host ceiling, %s on %d particles: alone %.1f s; %d concurrent copies mean %.1f s, slowest %.1f s: per-process slowdown %.2fx, efficiency ceiling %.0f%%\n",
+      j, p, a, n, s / n, m, s / n / a, 100 * a / (s / n)}' | tee -a "$report"
+}
+if (( ${CEILING:-0} > 1 )); then for job in ${JOBS:-class2d refine}; do host_ceiling "$job" "$CEILING"; done; fi

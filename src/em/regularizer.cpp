@@ -150,13 +150,10 @@ LocalFilterResult local_cross_validated_filter(const std::vector<float>& half1, 
   return out;
 }
 
-LocalFilterResult reconstruct_nonuniform(const BackProjector& half1, const BackProjector& half2, const LocalFilterSettings& settings) {
-  const auto light = [](const BackProjector& sums) {
-    auto reg = sums.mean_weight_per_shell();
-    for (auto& r : reg) r *= 0.1;
-    return sums.reconstruct(reg);
-  };
-  auto raw1 = light(half1), raw2 = light(half2);
+LocalFilterResult reconstruct_nonuniform(const BackProjector& half1, const BackProjector& half2, const std::vector<double>& fsc,
+                                         const LocalFilterSettings& settings) {
+  const GlobalWiener global(fsc, 1);
+  auto raw1 = global.reconstruct(half1), raw2 = global.reconstruct(half2);
   auto out = local_cross_validated_filter(raw1, raw2, half1.box(), settings);
   out.raw1 = std::move(raw1), out.raw2 = std::move(raw2);
   return out;

@@ -281,13 +281,13 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     }
     progress.finish();
 
-    // M-step: each half regularised by the previous FSC (or, non-uniform, filtered voxel by voxel
-    // where the halves cross-validate); the last iteration's half maps are left unregularised (as
+    // M-step: each half regularised by the previous FSC (non-uniform: and then filtered voxel by
+    // voxel where the halves cross-validate); the last iteration's half maps are left unregularised (as
     // their names, _unfil, say) and joined into the full map.
     const auto m_start = Clock::now();
     std::vector<std::vector<float>> unfiltered;  // non-uniform: the halves the FSC is taken from
     if (o.nonuniform && !final_iteration && !state.fsc.empty()) {
-      auto filtered = em::reconstruct_nonuniform(sums[0], sums[1], local_filter_settings(o, pixel));
+      auto filtered = em::reconstruct_nonuniform(sums[0], sums[1], state.fsc, local_filter_settings(o, pixel));
       half_maps[0] = std::move(filtered.half1), half_maps[1] = std::move(filtered.half2);
       unfiltered = {std::move(filtered.raw1), std::move(filtered.raw2)};
     } else {

@@ -262,9 +262,9 @@ std::pair<double, double> core_and_disorder_resolution(const fs::path& localres,
 // belt or a floppy domain around an ordered core) turned by 20 degrees, moved by 5 Å (sd) and
 // scaled (occupancy 0.3-1) per particle, SNR 2: the disordered density's variation and the
 // alignment errors it causes limit the map. One global filter, set by the FSC of the whole
-// particle, over-regularises the ordered core and leaves the disordered region's noise in the
-// reference; the local filter keeps the core sharper and smooths the rest. nu-refine must give a
-// clearly better map of the ordered part and see the difference in its local-resolution map.
+// particle, leaves the disordered region's noise in the reference; the local filter on top of it
+// smooths that region. nu-refine must give a clearly better map of the ordered part and see the
+// difference in its local-resolution map.
 TEST(NuRefine, BetterOrderedPartOnDisorderedDataAndItsLocalResolutionSeesTheDisorder) {
   const test::TempDir temp("nu_refine", true);
   const fs::path& dir = temp.path();
@@ -274,9 +274,11 @@ TEST(NuRefine, BetterOrderedPartOnDisorderedDataAndItsLocalResolutionSeesTheDiso
             0);
   ASSERT_EQ(refine_and_nu_refine(dir), 0);
   const auto [global, local] = compare(dir, dir / "data/truth_ordered.mrc", dir / "data/truth_ordered_mask.mrc", "ordered part");
-  // Measured (2026-12-01): refine 11.46 / 8.11 Å (mean 0.4716), nu-refine 10.57 / 7.77 Å (mean
-  // 0.4998); with --seed 5: mean 0.4869 -> 0.5066.
-  EXPECT_GT(local.mean, global.mean + 0.015);
+  // Measured (2026-12-06, second session, nu-refine's local filter on top of refine's global one):
+  // mean FSC refine 0.4717, nu-refine 0.4886 (bench/masked_fsc.py; --seed 5: 0.4869 -> 0.4982).
+  // With the local filter alone (2026-12-01) the margin was larger here (0.4998) but nu-refine tied
+  // or lost on the belt and uniform sets below.
+  EXPECT_GT(local.mean, global.mean + 0.01);
   EXPECT_LE(local.at_0143, global.at_0143);
   EXPECT_LE(local.at_half, global.at_half);
   const auto [core, region] = core_and_disorder_resolution(dir / "nu/localres.mrc", dir / "data/truth_ordered.mrc", dir / "data/truth_disordered.mrc");
@@ -287,24 +289,23 @@ TEST(NuRefine, BetterOrderedPartOnDisorderedDataAndItsLocalResolutionSeesTheDiso
 // A detergent-belt-like shell (simulate --belt): a ring of random blobs round 1TII's waist, drawn
 // anew for every particle (its mass, place, tilt and shape vary), 0.3 times the particle's mass.
 // nu-refine's local-resolution map must see the belt: clearly coarser there than in the ordered
-// core. Its map of the particle without the belt must be at least as good as refine's. It is not
-// clearly better on this data (bench/RESULTS.md, 2026-12-06): both refine to the same FSC to the
-// truth; a heavier belt (0.5) takes over the alignment of both (pose errors 16-21 deg).
-TEST(NuRefine, ItsLocalResolutionSeesADisorderedBeltAndTheCoreIsNoWorse) {
+// core; and its map of the particle without the belt must be better than refine's (the belt
+// leaves little room: at the true poses the mean FSC is 0.684, refine reaches 0.602; a heavier
+// belt, 0.5, takes over the alignment of both: pose errors 16-21 deg, bench/RESULTS.md).
+TEST(NuRefine, BetterParticleInsideADisorderedBeltAndItsLocalResolutionSeesTheBelt) {
   const test::TempDir temp("nu_refine_belt", true);
   const fs::path& dir = temp.path();
-  ASSERT_EQ(run(fmt::format("{} simulate --model {} --out {} --particles 800 --box 40 --pixel-size 3 --snr 1 --belt --belt-height 24 "
-                            "--belt-width 14 --belt-mass 0.3 --seed 1",
+  ASSERT_EQ(run(fmt::format("{} simulate --model {} --out {} --particles 800 --box 40 --pixel-size 3 --snr 1 --belt --seed 1",  // the defaults: 24 x 14 Å, mass 0.3
                             exe, model(), (dir / "data").string())),
             0);
   ASSERT_EQ(refine_and_nu_refine(dir), 0);
   const auto [global, local] = compare(dir, dir / "data/truth_ordered.mrc", dir / "data/truth_ordered_mask.mrc", "particle without its belt");
-  // Measured (2026-12-06, bench/local_nu_refine.sh belt, mass 0.3, seeds 1 / 2 at SNR 1, 1 / 2 at
-  // SNR 3): refine mean FSC 0.6024, 0.6192, 0.6588, 0.6832; nu-refine 0.6024, 0.6165, 0.6595,
-  // 0.6796 (0.143: 8.00 / 7.50, 8.00 / 8.00, 7.50 / 7.50 Å, 7.06 / 7.50). Local resolution, core
-  // against belt: 11.66 / 14.42, 11.76 / 14.26, 10.07 / 13.15, 10.07 / 12.93 Å.
-  EXPECT_GT(local.mean, global.mean - 0.01);
-  EXPECT_LE(local.at_0143, global.at_0143 + 0.6);
+  // Measured (2026-12-06, second session, bench/masked_fsc.py, seeds 1 / 2): refine mean FSC
+  // 0.6023, 0.6192; nu-refine 0.6104, 0.6260 (pose error 4.54 -> 4.39, 4.54 -> 4.29 deg); seed 3
+  // only 0.6288 -> 0.6302: the margin is small and this asserts it for seed 1. The local filter
+  // alone tied (0.6024, 0.6163).
+  EXPECT_GT(local.mean, global.mean + 0.004);
+  EXPECT_LE(local.at_0143, global.at_0143);
   const auto [core, belt] = core_and_disorder_resolution(dir / "nu/localres.mrc", dir / "data/truth_ordered.mrc", dir / "data/truth_belt.mrc");
   EXPECT_LT(core, belt - 2.0);
 }
@@ -318,12 +319,11 @@ TEST(NuRefine, NoWorseOnUniformData) {
             0);
   ASSERT_EQ(refine_and_nu_refine(dir), 0);
   const auto [global, local] = compare(dir, dir / "data/truth_class001.mrc", dir / "refine/mask.mrc", "uniform 1TII");
-  // Measured (2026-12-06, bench/local_nu_refine.sh unismall, masked_fsc.py, seeds 1 / 2 / 3): refine
-  // 9.23 / 7.50, 10.00 / 8.00, 9.23 / 8.00 Å (mean 0.6562, 0.6479, 0.6650); nu-refine 9.23 / 7.50,
-  // 9.23 / 8.00, 9.23 / 8.00 Å (mean 0.6540, 0.6467, 0.6641): mean FSC within 0.0022, the same
-  // 0.143 shell on every seed. Allowed: 0.01 in mean FSC (4x the largest loss), one shell at 0.143.
-  EXPECT_GT(local.mean, global.mean - 0.01);
-  EXPECT_LE(local.at_0143, global.at_0143 + 0.6);
+  // Measured (2026-12-06, second session, bench/local_nu_refine.sh unismall, masked_fsc.py, seeds
+  // 1 / 2): refine mean 0.6562, 0.6479; nu-refine 0.6589, 0.6499, the same 0.143 shell (the local
+  // filter alone: 0.6540, 0.6467). Allowed: no loss beyond 0.002 in mean FSC, none at 0.143.
+  EXPECT_GT(local.mean, global.mean - 0.002);
+  EXPECT_LE(local.at_0143, global.at_0143 + 0.05);
 }
 
 // simulate --belt: the truth records each particle's belt, the mean belt carries the mass asked

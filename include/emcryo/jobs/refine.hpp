@@ -23,8 +23,9 @@ struct RefineOptions {
   std::string cs_root;                // .cs input: the folder blob/path is relative to
   int batch = 256;
   std::uint64_t seed = 1;
-  // Non-uniform refinement (`emcryo nu-refine`): the M-step filters each voxel by the cut-off that
-  // cross-validates best between the half maps (em::reconstruct_nonuniform), and a local-resolution
+  // Non-uniform refinement (`emcryo nu-refine`): the M-step filters each voxel, on top of refine's
+  // global filter, by the cut-off that cross-validates best between the half maps
+  // (em::reconstruct_nonuniform), and a local-resolution
   // map is written.
   bool nonuniform = false;
   double window_factor = 3;           // adaptive window factor: window diameter / local resolution
