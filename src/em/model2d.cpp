@@ -52,10 +52,11 @@ class FlatTemplate final : public TemplateSource {
   }
 };
 
-/// The fine angle index of psi on a grid of R angles.
+/// The fine angle index of psi on a grid of R angles (psi in degrees, any turn). Called per kept
+/// hypothesis (10^4 per particle in early iterations): no fmod or library rounding.
 int fine_index(double psi, int R) {
-  const double step = 360.0 / R;
-  return static_cast<int>(std::lround(std::fmod(psi + 360.0, 360.0) / step)) % R;
+  const int i = static_cast<int>(std::floor(psi * R / 360.0 + 0.5)) % R;
+  return i < 0 ? i + R : i;
 }
 
 /// M-step sums per template (class x fine angle): data = sum w X C conj(s_t) / sigma^2, weight =
@@ -73,15 +74,22 @@ struct Contribution {
   float weight;
 };
 
-/// Reused buffers of the M-step GEMMs (one set per class2d iteration).
+/// One block of particles' share of the M-step sums: the templates it uses (rows, ascending) and
+/// their data (rows x 2F) and weight (rows x F) sums.
+struct BlockSums {
+  std::vector<int> rows;
+  std::vector<float> data, weight;
+};
+
+/// Per-thread buffers of the M-step GEMMs (kept for the whole class2d iteration).
 struct MStepScratch {
-  std::vector<int> row_of, rows, col_of, col_particle, col_shift;
-  std::vector<float> W, V, Y, C2, data, weight;
+  std::vector<int> row_of, col_of, col_particle, col_shift;
+  std::vector<float> W, V, Y, C2;
 };
 
 /// out (M x N) = A (M x K) B^T (B is N x K), in fixed blocks of 64 rows of A, one single-threaded
-/// SGEMM each, spread over the threads: the same blocks and so the same sums for any thread count
-/// (as the scoring backend's GEMMs).
+/// SGEMM each, spread over the threads (or in this thread, inside a parallel region): the same
+/// blocks and so the same sums for any thread count (as the scoring backend's GEMMs).
 void gemm_in_row_blocks(int M, int N, int K, const float* A, const float* B, float* out) {
   constexpr int kBlock = 64;
   const int blocks = (M + kBlock - 1) / kBlock;
@@ -93,80 +101,96 @@ void gemm_in_row_blocks(int M, int N, int K, const float* A, const float* B, flo
   }
 }
 
-/// Adds one batch's kept hypotheses to the sums, in blocks of particles, as two GEMMs per block:
-/// data (templates x 2F) += W (templates x columns) Y (columns x 2F), where a column is a
+/// The sums of particles [b0, b0 + pc) of a batch from their contributions [first, last), as two
+/// GEMMs: data (templates x 2F) = W (templates x columns) Y (columns x 2F), where a column is a
 /// (particle, shift) pair that some kept hypothesis uses, Y its transform X conj(ramp) C / sigma^2
-/// and W the kept weights; weight (templates x F) += V (templates x particles) C^2 / sigma^2, V
-/// the weights summed over shifts. Only the templates and columns in use enter: sharp posteriors
-/// (a few hypotheses per particle) cost little, and broad ones (~10^4 per particle in early
+/// and W the kept weights; weight (templates x F) = V (templates x particles) C^2 / sigma^2, V the
+/// weights summed over shifts. Only the templates and columns in use enter: sharp posteriors (a
+/// few hypotheses per particle) cost little, and broad ones (~10^4 per particle in early
 /// iterations, where a scatter per hypothesis took most of the iteration) run at the GEMM rate.
-/// Blocks go in particle order and each GEMM in fixed row blocks: the sums do not depend on the
-/// thread count.
-void add_batch(const ScoredBatch& batch, const std::vector<Contribution>& contributions, int shifts, TemplateSums& sums, MStepScratch& m) {
+void block_sums(const ScoredBatch& batch, const Contribution* first, const Contribution* last, int b0, int pc, int shifts, int F,
+                int templates, MStepScratch& m, BlockSums& out) {
+  m.row_of.assign(sz(templates), -1);
+  out.rows.clear();
+  m.col_of.assign(sz(pc) * sz(shifts), -1);
+  for (const Contribution* c = first; c != last; ++c) {
+    if (m.row_of[sz(c->j)] < 0) m.row_of[sz(c->j)] = 0, out.rows.push_back(c->j);
+    m.col_of[sz(c->b - b0) * sz(shifts) + sz(c->shift_id)] = 0;
+  }
+  std::sort(out.rows.begin(), out.rows.end());
+  for (std::size_t r = 0; r < out.rows.size(); ++r) m.row_of[sz(out.rows[r])] = static_cast<int>(r);
+  m.col_particle.clear(), m.col_shift.clear();
+  for (std::size_t i = 0; i < m.col_of.size(); ++i)
+    if (m.col_of[i] == 0) {
+      m.col_of[i] = static_cast<int>(m.col_particle.size());
+      m.col_particle.push_back(b0 + static_cast<int>(i / sz(shifts)));
+      m.col_shift.push_back(static_cast<int>(i % sz(shifts)));
+    }
+  const int R = static_cast<int>(out.rows.size()), C = static_cast<int>(m.col_particle.size());
+  m.W.assign(sz(R) * sz(C), 0.0f);
+  m.V.assign(sz(R) * sz(pc), 0.0f);
+  for (const Contribution* c = first; c != last; ++c) {
+    const int r = m.row_of[sz(c->j)];
+    m.W[sz(r) * sz(C) + sz(m.col_of[sz(c->b - b0) * sz(shifts) + sz(c->shift_id)])] += c->weight;
+    m.V[sz(r) * sz(pc) + sz(c->b - b0)] += c->weight;
+  }
+  m.Y.resize(sz(C) * 2 * sz(F));
+  for (int col = 0; col < C; ++col) {
+    const PreparedParticle& p = batch.particles[sz(m.col_particle[sz(col)])];
+    const Complex* ramp = batch.fine_ramps + sz(m.col_shift[sz(col)]) * batch.frequencies;
+    float* y = m.Y.data() + sz(col) * 2 * sz(F);
+    for (int f = 0; f < F; ++f) {
+      const Complex v = p.x[f] * std::conj(ramp[f]) * (p.ctf[f] * p.inv_sigma2[f]);
+      y[2 * f] = v.real(), y[2 * f + 1] = v.imag();
+    }
+  }
+  m.C2.resize(sz(pc) * sz(F));
+  for (int b = 0; b < pc; ++b) std::copy_n(batch.particles[sz(b0 + b)].ctf2, F, m.C2.data() + sz(b) * sz(F));
+  out.data.resize(sz(R) * 2 * sz(F));
+  out.weight.resize(sz(R) * sz(F));
+  gemm_in_row_blocks(R, 2 * F, C, m.W.data(), m.Y.data(), out.data.data());
+  gemm_in_row_blocks(R, F, pc, m.V.data(), m.C2.data(), out.weight.data());
+  for (int j : out.rows) m.row_of[sz(j)] = -1;
+}
+
+/// Adds one batch's kept hypotheses (contributions in particle order) to the sums, in blocks of 32
+/// particles: the blocks' sums are computed in parallel, one block per thread, then added in block
+/// order, so the sums do not depend on the thread count.
+void add_batch(const ScoredBatch& batch, const std::vector<Contribution>& contributions, int shifts, TemplateSums& sums,
+               std::vector<MStepScratch>& scratch, std::vector<BlockSums>& blocks) {
   constexpr int kParticles = 32;
   const int F = sums.F, J = static_cast<int>(sums.weight.size() / sz(F));
-  const int bc = static_cast<int>(batch.particles.size());
-  m.row_of.assign(sz(J), -1);
-  std::size_t next = 0;  // contributions are in particle order
-  for (int b0 = 0; b0 < bc; b0 += kParticles) {
-    const int pc = std::min(kParticles, bc - b0);
-    const std::size_t first = next;
-    while (next < contributions.size() && contributions[next].b < b0 + pc) ++next;
-    if (next == first) continue;
-    // The templates (rows) and (particle, shift) pairs (columns) in use, in ascending order.
-    m.rows.clear();
-    m.col_of.assign(sz(pc) * sz(shifts), -1);
-    for (std::size_t i = first; i < next; ++i) {
-      const Contribution& c = contributions[i];
-      if (m.row_of[sz(c.j)] < 0) m.row_of[sz(c.j)] = 0, m.rows.push_back(c.j);
-      m.col_of[sz(c.b - b0) * sz(shifts) + sz(c.shift_id)] = 0;
-    }
-    std::sort(m.rows.begin(), m.rows.end());
-    for (std::size_t r = 0; r < m.rows.size(); ++r) m.row_of[sz(m.rows[r])] = static_cast<int>(r);
-    m.col_particle.clear(), m.col_shift.clear();
-    for (std::size_t i = 0; i < m.col_of.size(); ++i)
-      if (m.col_of[i] == 0) {
-        m.col_of[i] = static_cast<int>(m.col_particle.size());
-        m.col_particle.push_back(b0 + static_cast<int>(i / sz(shifts)));
-        m.col_shift.push_back(static_cast<int>(i % sz(shifts)));
-      }
-    const int R = static_cast<int>(m.rows.size()), C = static_cast<int>(m.col_particle.size());
-    m.W.assign(sz(R) * sz(C), 0.0f);
-    m.V.assign(sz(R) * sz(pc), 0.0f);
-    for (std::size_t i = first; i < next; ++i) {
-      const Contribution& c = contributions[i];
-      const int r = m.row_of[sz(c.j)];
-      m.W[sz(r) * sz(C) + sz(m.col_of[sz(c.b - b0) * sz(shifts) + sz(c.shift_id)])] += c.weight;
-      m.V[sz(r) * sz(pc) + sz(c.b - b0)] += c.weight;
-    }
-    m.Y.resize(sz(C) * 2 * sz(F));
-    m.C2.resize(sz(pc) * sz(F));
-#pragma omp parallel for schedule(static)
-    for (int col = 0; col < C; ++col) {
-      const PreparedParticle& p = batch.particles[sz(m.col_particle[sz(col)])];
-      const Complex* ramp = batch.fine_ramps + sz(m.col_shift[sz(col)]) * batch.frequencies;
-      float* y = m.Y.data() + sz(col) * 2 * sz(F);
-      for (int f = 0; f < F; ++f) {
-        const Complex v = p.x[f] * std::conj(ramp[f]) * (p.ctf[f] * p.inv_sigma2[f]);
-        y[2 * f] = v.real(), y[2 * f + 1] = v.imag();
-      }
-    }
-    for (int b = 0; b < pc; ++b) std::copy_n(batch.particles[sz(b0 + b)].ctf2, F, m.C2.data() + sz(b) * sz(F));
-    m.data.resize(sz(R) * 2 * sz(F));
-    m.weight.resize(sz(R) * sz(F));
-    gemm_in_row_blocks(R, 2 * F, C, m.W.data(), m.Y.data(), m.data.data());
-    gemm_in_row_blocks(R, F, pc, m.V.data(), m.C2.data(), m.weight.data());
+  const int bc = static_cast<int>(batch.particles.size()), count = (bc + kParticles - 1) / kParticles;
+  // Each block's range of contributions.
+  std::vector<std::size_t> bounds(sz(count) + 1, contributions.size());
+  bounds[0] = 0;
+  for (int i = 1, at = 0; i < count; ++i) {
+    while (sz(at) < contributions.size() && contributions[sz(at)].b < i * kParticles) ++at;
+    bounds[sz(i)] = sz(at);
+  }
+  blocks.resize(std::max(blocks.size(), sz(count)));
+  scratch.resize(std::max<std::size_t>(scratch.size(), sz(omp_get_max_threads())));
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int i = 0; i < count; ++i) {
+    const int b0 = i * kParticles;
+    blocks[sz(i)].rows.clear();
+    if (bounds[sz(i)] == bounds[sz(i) + 1]) continue;
+    block_sums(batch, contributions.data() + bounds[sz(i)], contributions.data() + bounds[sz(i) + 1], b0, std::min(kParticles, bc - b0), shifts, F,
+               J, scratch[sz(omp_get_thread_num())], blocks[sz(i)]);
+  }
+  for (int i = 0; i < count; ++i) {
+    const BlockSums& block = blocks[sz(i)];
+    const int R = static_cast<int>(block.rows.size());
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < R; ++r) {
-      const int j = m.rows[sz(r)];
+      const int j = block.rows[sz(r)];
       float* data = reinterpret_cast<float*>(sums.data.data() + sz(j) * sz(F));
       float* weight = sums.weight.data() + sz(j) * sz(F);
-      const float* d = m.data.data() + sz(r) * 2 * sz(F);
-      const float* w = m.weight.data() + sz(r) * sz(F);
+      const float* d = block.data.data() + sz(r) * 2 * sz(F);
+      const float* w = block.weight.data() + sz(r) * sz(F);
       for (int f = 0; f < 2 * F; ++f) data[f] += d[f];
       for (int f = 0; f < F; ++f) weight[f] += w[f];
     }
-    for (int j : m.rows) m.row_of[sz(j)] = -1;
   }
 }
 
@@ -298,10 +322,15 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   const bool device_sums = backend.sums_templates();
   std::vector<float> ctf_isg;
   std::vector<SumTerm> terms;
-  MStepScratch mstep_scratch;
+  std::vector<MStepScratch> mstep_scratch;
+  std::vector<BlockSums> block_sums;
+  std::vector<Contribution> contributions;  // a batch's kept hypotheses in particle order
+  std::vector<std::size_t> offsets;         // where each particle's start
   const auto consumer = [&](const ScoredBatch& batch) {
     const int bc = static_cast<int>(batch.particles.size());
-    std::vector<Contribution> contributions;
+    offsets.assign(sz(bc) + 1, 0);
+    for (int b = 0; b < bc; ++b) offsets[sz(b) + 1] = offsets[sz(b)] + batch.outcomes[sz(b)].kept.size();
+    contributions.resize(offsets.back());
     std::vector<std::vector<double>> noise(sz(bc)), noise_count(sz(bc));
 #pragma omp parallel
     {
@@ -311,6 +340,12 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
     for (int b = 0; b < bc; ++b) {
       const std::size_t a = batch.first + sz(b);
       const ParticleOutcome& out = batch.outcomes[sz(b)];
+      // Each particle's contributions in their own slots: built in parallel, in one thread's order.
+      Contribution* c = contributions.data() + offsets[sz(b)];
+      for (const auto& h : out.kept) {
+        const int k = settings.random_assignment ? assigned_class[a] : h.k;
+        *c++ = {k * R + fine_index(h.orientation.psi, R), b, h.shift_id, h.weight};
+      }
       ParticleResult& res = results[a];
       res = ParticleResult{};
       const Hypothesis& best = out.kept.front();
@@ -332,22 +367,16 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
                          noise_count[sz(b)].data());
     }
     }
+    for (const Contribution& c : contributions) part_class_mass[sz(c.j / R)] += c.weight;
     for (int b = 0; b < bc; ++b) {
-      const std::size_t a = batch.first + sz(b);
-      const ParticleOutcome& out = batch.outcomes[sz(b)];
-      for (const auto& h : out.kept) {
-        const int k = settings.random_assignment ? assigned_class[a] : h.k;
-        contributions.push_back({k * R + fine_index(h.orientation.psi, R), b, h.shift_id, h.weight});
-        part_class_mass[sz(k)] += h.weight;
-      }
-      if (!settings.random_assignment) add_removal_cost(out.posterior, es.fine.log_class_prior, part_removal_cost);
+      if (!settings.random_assignment) add_removal_cost(batch.outcomes[sz(b)].posterior, es.fine.log_class_prior, part_removal_cost);
       if (noise[sz(b)].empty()) continue;
       const auto g = sz(batch.particles[sz(b)].group);
       for (int s = 0; s < shells; ++s)
         part_residual[g][sz(s)] += noise[sz(b)][sz(s)], part_residual_count[g][sz(s)] += noise_count[sz(b)][sz(s)];
     }
     if (device_sums) add_batch_on_device(batch, contributions, static_cast<int>(space.shifts.fine.size()), backend, ctf_isg, terms);
-    else add_batch(batch, contributions, static_cast<int>(space.shifts.fine.size()), part, mstep_scratch);
+    else add_batch(batch, contributions, static_cast<int>(space.shifts.fine.size()), part, mstep_scratch, block_sums);
   };
 
   // The E-step chunk by chunk (each on its rank), every chunk's sums from zero, folded in chunk

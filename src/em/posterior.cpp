@@ -33,13 +33,42 @@ inline float exp_nonpositive(float x) {
 
 float fast_exp_nonpositive(float x) { return exp_nonpositive(x); }
 
+double kth_largest(const std::vector<double>& values, std::size_t m, std::vector<double>& scratch) {
+  // A histogram of the values' range, then an exact selection inside the one bin that holds the
+  // m-th: two branch-free passes and a small select, where a comparison select over all of them
+  // mispredicts about every other branch (the reducer's prune ranks ~10^4 keys at a time).
+  const auto [low, high] = std::minmax_element(values.begin(), values.end());
+  const double lo = *low, hi = *high;
+  if (!(hi > lo)) return hi;
+  constexpr int kBins = 1024;
+  const double scale = (kBins - 1) / (hi - lo);
+  const auto bin = [&](double v) { return static_cast<int>((hi - v) * scale); };  // 0 holds the largest
+  std::array<std::uint32_t, kBins + 1> count{};  // + 1: the lowest value's bin, should rounding reach kBins
+  for (double v : values) ++count[static_cast<std::size_t>(bin(v))];
+  int b = 0;
+  std::size_t above = 0;  // values in bins before b
+  while (above + count[static_cast<std::size_t>(b)] < m) above += count[static_cast<std::size_t>(b++)];
+  scratch.clear();
+  for (double v : values)
+    if (bin(v) == b) scratch.push_back(v);
+  const auto nth = scratch.begin() + static_cast<std::ptrdiff_t>(m - above - 1);
+  std::nth_element(scratch.begin(), nth, scratch.end(), std::greater<>());
+  return *nth;
+}
+
 void PosteriorReducer::add_run(int k, std::int64_t first_id, const float* s, int count) {
   if (count <= 0) return;
   ClassSum& c = classes_[static_cast<std::size_t>(k)];
   scored_ += count;
-  float top = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : top)
-  for (int i = 0; i < count; ++i) top = std::max(top, s[i]);
+  // The maximum in 8 lanes (a form GCC vectorises; its omp simd max reduction stays scalar).
+  constexpr int kLanes = 8;
+  float lanes[kLanes];
+  std::fill_n(lanes, kLanes, -std::numeric_limits<float>::infinity());
+  int i = 0;
+  for (; i + kLanes <= count; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] = s[i + l] > lanes[l] ? s[i + l] : lanes[l];
+  float top = *std::max_element(lanes, lanes + kLanes);
+  for (; i < count; ++i) top = std::max(top, s[i]);
   if (top > c.max) {
     int first = 0;  // the first of the run at its maximum, as add() would keep
     while (s[first] != top) ++first;
@@ -50,13 +79,17 @@ void PosteriorReducer::add_run(int k, std::int64_t first_id, const float* s, int
   const float max = c.max;
   float partial = 0;
 #pragma omp simd reduction(+ : partial)
-  for (int i = 0; i < count; ++i) partial += exp_nonpositive(s[i] - max);
+  for (int j = 0; j < count; ++j) partial += exp_nonpositive(s[j] - max);
   c.sum += partial;
-  const float floor = max - kWindow;
-  for (int i = 0; i < count; ++i) {
-    if (!(s[i] > floor)) continue;
-    candidates_.push_back({s[i], k, first_id + i});
-    if (candidates_.size() >= kPruneAt) prune();
+  // As admits(), with the class's values read once per run (a prune inside the loop may raise the floor).
+  float floor = std::max(max - kWindow, c.floor);
+  for (int j = 0; j < count; ++j) {
+    if (!(s[j] > floor) && first_id + j != c.best) continue;
+    candidates_.push_back({s[j], k, first_id + j});
+    if (candidates_.size() >= kPruneAt) {
+      prune();
+      floor = std::max(max - kWindow, c.floor);
+    }
   }
 }
 
@@ -91,7 +124,8 @@ void PosteriorReducer::sort_best_first(std::vector<WeightedHypothesis>& weighted
 
 void PosteriorReducer::reset(const PosteriorSettings& settings, int classes) {
   settings_ = settings;
-  classes_.assign(static_cast<std::size_t>(classes), {-std::numeric_limits<float>::infinity(), 0.0, -1});
+  classes_.assign(static_cast<std::size_t>(classes),
+                  {-std::numeric_limits<float>::infinity(), 0.0, -1, -std::numeric_limits<float>::infinity()});
   candidates_.clear();
   scored_ = 0;
 }
@@ -115,13 +149,35 @@ void PosteriorReducer::prune() {
     class_key[k] = (prior + evidence) / settings_.class_temperature - evidence;
   }
   const auto is_best = [this](const WeightedHypothesis& c) { return c.id == classes_[static_cast<std::size_t>(c.k)].best; };
-  const auto key = [&](const WeightedHypothesis& c) { return class_key[static_cast<std::size_t>(c.k)] + c.weight; };
-  const auto rest = std::partition(candidates_.begin(), candidates_.end(), is_best);
-  const auto keep = std::max<std::ptrdiff_t>(rest - candidates_.begin(), static_cast<std::ptrdiff_t>(kPruneAt / 4));
-  const auto middle = candidates_.begin() + keep;
-  if (middle >= candidates_.end()) return;
-  std::nth_element(rest, middle, candidates_.end(), [&](const WeightedHypothesis& a, const WeightedHypothesis& b) { return key(a) > key(b); });
-  candidates_.erase(middle, candidates_.end());
+  const auto bests = static_cast<std::size_t>(std::partition(candidates_.begin(), candidates_.end(), is_best) - candidates_.begin());
+  const std::size_t keep = std::max(bests, kPruneAt / 4);
+  if (keep >= candidates_.size()) return;
+  // The keys of the rest on a plain array, ranked there (a selection whose comparator looked the
+  // class keys up made this prune the reducer's largest cost): the m-th largest key is the bar;
+  // the rest above it stay, and of those at it the first in the list, m in all.
+  const std::size_t m = keep - bests, n = candidates_.size() - bests;
+  keys_.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const WeightedHypothesis& c = candidates_[bests + i];
+    keys_[i] = class_key[static_cast<std::size_t>(c.k)] + c.weight;
+  }
+  const double bar = kth_largest(keys_, std::max<std::size_t>(m, 1), ranked_);
+  std::size_t ties = m - static_cast<std::size_t>(std::count_if(keys_.begin(), keys_.end(), [bar](double key) { return key > bar; }));
+  std::size_t kept = bests;
+  for (std::size_t i = 0; i < n; ++i) {
+    // Branch-free: every candidate is copied, and the next slot advances past the kept ones.
+    const bool tie = keys_[i] == bar && ties > 0;
+    ties -= tie;
+    candidates_[kept] = candidates_[bests + i];
+    kept += keys_[i] > bar || tie;
+  }
+  candidates_.resize(kept);
+  // The bar sets each class's floor: a later hypothesis that ranks no better would have been
+  // dropped by this prune, and is not admitted. What changes is which far-tail hypotheses reach
+  // finish() (those that came after the last prune and rank below its kept quarter), not the
+  // class sums nor the best hypotheses. At class temperature 1 the key of a hypothesis never
+  // changes; above 1 the floor holds the keys as this prune saw them.
+  for (std::size_t k = 0; k < classes_.size(); ++k) classes_[k].floor = static_cast<float>(bar - class_key[k]);
 }
 
 Posterior PosteriorReducer::finish() {

@@ -58,7 +58,7 @@ class PosteriorReducer {
     } else {
       c.sum += std::exp(log_score - c.max);
     }
-    if (log_score > c.max - kWindow) {
+    if (admits(k, id, log_score)) {
       candidates_.push_back({log_score, k, id});
       if (candidates_.size() >= kPruneAt) prune();
     }
@@ -73,9 +73,20 @@ class PosteriorReducer {
     float max;
     double sum;
     std::int64_t best;
+    /// The log-score a hypothesis of this class needed to rank among those kept by the last
+    /// ranking prune (prune()): one below it would have been dropped then, so it is not admitted
+    /// now. Broad posteriors (10^5 hypotheses per particle within the window) otherwise fill and
+    /// prune the list again and again.
+    float floor;
   };
   static constexpr float kWindow = 14;  // log-score below the class best that can still matter (e^-14)
   static constexpr std::size_t kPruneAt = 16384;
+  /// Whether a hypothesis enters the candidate list: within the window below its class's best,
+  /// and above the class's admission floor (or the class's best so far, which is always kept).
+  bool admits(int k, std::int64_t id, float log_score) const {
+    const ClassSum& c = classes_[static_cast<std::size_t>(k)];
+    return log_score > c.max - kWindow && (log_score > c.floor || id == c.best);
+  }
   void prune();
   void sort_best_first(std::vector<WeightedHypothesis>& weighted);
   PosteriorSettings settings_;
@@ -83,10 +94,15 @@ class PosteriorReducer {
   std::vector<WeightedHypothesis> candidates_;  // weight holds the log-score until finish()
   std::int64_t scored_ = 0;
   std::vector<std::uint32_t> order_, spare_, bits_;  // finish()'s scratch, kept between particles
+  std::vector<double> keys_, ranked_;                // prune()'s scratch
   std::vector<WeightedHypothesis> sorted_;
 };
 
 /// The reducer's exp for x <= 0 (float, vectorisable; relative error below 3e-7). For its test.
 float fast_exp_nonpositive(float x);
+
+/// The m-th largest of `values` (1 <= m <= size; `scratch` is reused): the reducer's prune ranks
+/// with it. For its test.
+double kth_largest(const std::vector<double>& values, std::size_t m, std::vector<double>& scratch);
 
 }  // namespace emcryo::em

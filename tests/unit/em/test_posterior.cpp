@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <random>
 
@@ -250,4 +251,51 @@ TEST(Posterior, RunsOfOneClassGiveWhatSingleAddsGive) {
     EXPECT_EQ(b.kept[i].id, a.kept[i].id);
     EXPECT_NEAR(b.kept[i].weight, a.kept[i].weight, 1e-5);
   }
+}
+
+TEST(Posterior, KthLargestMatchesASort) {
+  // The prune's selection: any rank, with ties (flat classes score many poses alike) and wide ranges.
+  std::mt19937 rng(12);
+  std::normal_distribution<double> normal(-300, 5);
+  std::vector<double> scratch;
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<double> v(static_cast<std::size_t>(1 + trial * 997));
+    for (auto& x : v) x = trial % 3 == 0 ? std::round(normal(rng)) : normal(rng);  // every third: many ties
+    if (trial % 4 == 1) v.front() = -1e6;                                          // one far outlier
+    auto sorted = v;
+    std::sort(sorted.begin(), sorted.end(), std::greater<>());
+    for (std::size_t m : {std::size_t{1}, v.size() / 4 + 1, v.size() / 2 + 1, v.size()})
+      EXPECT_EQ(em::kth_largest(v, m, scratch), sorted[m - 1]) << "trial " << trial << ", m " << m;
+  }
+  std::vector<double> same(100, 2.5);
+  EXPECT_EQ(em::kth_largest(same, 40, scratch), 2.5);
+}
+
+TEST(Posterior, ABroadPosteriorKeepsExactlyTheBestOnes) {
+  // 10^5 hypotheses of one class, all within the window: the candidate list fills and is pruned
+  // again and again. Each prune keeps the best quarter and sets the admission floor, so what
+  // reaches finish() is exactly the N best hypotheses seen (N bounded by the list), none below.
+  em::PosteriorReducer r;
+  PosteriorSettings s;
+  s.mass = 1.0;
+  s.cap = 1 << 20;
+  r.reset(s, 1);
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> u(-10, 0);
+  std::vector<float> v(100000);
+  for (auto& x : v) x = u(rng);
+  for (std::size_t first = 0; first < v.size(); first += 72)
+    r.add_run(0, static_cast<std::int64_t>(first), v.data() + first, static_cast<int>(std::min<std::size_t>(72, v.size() - first)));
+  const auto p = r.finish();
+  ASSERT_GE(p.kept.size(), 4096u);
+  ASSERT_LT(p.kept.size(), 16384u);
+  std::vector<std::size_t> order(v.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return v[a] > v[b]; });
+  std::vector<std::int64_t> best(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(p.kept.size())), kept;
+  for (const auto& w : p.kept) kept.push_back(w.id);
+  std::sort(best.begin(), best.end());
+  std::sort(kept.begin(), kept.end());
+  EXPECT_EQ(kept, best);
+  EXPECT_EQ(p.kept.front().id, static_cast<std::int64_t>(order[0]));
 }
