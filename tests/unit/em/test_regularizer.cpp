@@ -20,12 +20,20 @@ TEST(Regularizer, WienerWeightIsMeanWeightOverSsnr) {
   EXPECT_LT(half[0], 0.011);                           // all signal: almost none
 }
 
-TEST(Regularizer, GlobalWienerDampsTheShellsWithoutSignal) {
-  constexpr int n = 16;
+namespace {
+// One flat central slice, every coefficient 1 with weight 1, inserted into an n-voxel grid.
+em::BackProjector flat_central_slice(int n) {
   em::BackProjector sums(n);
   std::vector<em::Complex> slice(static_cast<std::size_t>(n / 2 + 1) * n, em::Complex(1, 0));
   std::vector<float> weight(slice.size(), 1.0f);
   sums.insert(geometry::Mat3::identity(), slice.data(), weight.data(), n, n / 2.0 - 1);
+  return sums;
+}
+}  // namespace
+
+TEST(Regularizer, GlobalWienerDampsTheShellsWithoutSignal) {
+  constexpr int n = 16;
+  const em::BackProjector sums = flat_central_slice(n);
   std::vector<double> good(n / 2 + 1, 0.999), bad(n / 2 + 1, 0.001);
   const auto sharp = em::GlobalWiener(good, 1).reconstruct(sums), damped = em::GlobalWiener(bad, 1).reconstruct(sums);
   double a = 0, b = 0;
@@ -37,10 +45,7 @@ TEST(Regularizer, GlobalWienerDampsTheShellsWithoutSignal) {
 // restores what the global filter damps, and its unfiltered halves are the global filter's maps.
 TEST(Regularizer, NonUniformHalvesAreNoMorePermissiveThanTheGlobalWiener) {
   constexpr int n = 16;
-  em::BackProjector sums(n);
-  std::vector<em::Complex> slice(static_cast<std::size_t>(n / 2 + 1) * n, em::Complex(1, 0));
-  std::vector<float> weight(slice.size(), 1.0f);
-  sums.insert(geometry::Mat3::identity(), slice.data(), weight.data(), n, n / 2.0 - 1);
+  const em::BackProjector sums = flat_central_slice(n);
   std::vector<double> good(n / 2 + 1, 0.999), bad(n / 2 + 1, 0.001);
   em::LocalFilterSettings s;
   const auto sharp = em::reconstruct_nonuniform(sums, sums, good, s), damped = em::reconstruct_nonuniform(sums, sums, bad, s);
