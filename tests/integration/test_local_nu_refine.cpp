@@ -277,8 +277,10 @@ TEST(NuRefine, BetterOrderedPartOnDisorderedDataAndItsLocalResolutionSeesTheDiso
   // Measured (2026-12-06, second session, nu-refine's local filter on top of refine's global one):
   // mean FSC refine 0.4717, nu-refine 0.4886 (bench/masked_fsc.py; --seed 5: 0.4869 -> 0.4982).
   // With the local filter alone (2026-12-01) the margin was larger here (0.4998) but nu-refine tied
-  // or lost on the belt and uniform sets below.
-  EXPECT_GT(local.mean, global.mean + 0.01);
+  // or lost on the belt and uniform sets below. Since refine scores with the noise inside the mask
+  // (masked_noise_inflation) both improved and the margin narrowed: refine 10.77 / 7.95 Å, mean
+  // 0.4919; nu-refine 10.60 / 7.76 Å, 0.5012 (+0.009; clean-clone CI run, 2026-12-06).
+  EXPECT_GT(local.mean, global.mean + 0.005);
   EXPECT_LE(local.at_0143, global.at_0143);
   EXPECT_LE(local.at_half, global.at_half);
   const auto [core, region] = core_and_disorder_resolution(dir / "nu/localres.mrc", dir / "data/truth_ordered.mrc", dir / "data/truth_disordered.mrc");
@@ -303,9 +305,11 @@ TEST(NuRefine, BetterParticleInsideADisorderedBeltAndItsLocalResolutionSeesTheBe
   // Measured (2026-12-06, second session, bench/masked_fsc.py, seeds 1 / 2): refine mean FSC
   // 0.6023, 0.6192; nu-refine 0.6104, 0.6260 (pose error 4.54 -> 4.39, 4.54 -> 4.29 deg); seed 3
   // only 0.6288 -> 0.6302: the margin is small and this asserts it for seed 1. The local filter
-  // alone tied (0.6024, 0.6163).
-  EXPECT_GT(local.mean, global.mean + 0.004);
+  // alone tied (0.6024, 0.6163). With refine's scoring noise taken inside the mask: refine 9.37 /
+  // 7.61 Å, mean 0.6096; nu-refine 9.28 / 7.57 Å, 0.6135 (+0.004; clean-clone CI run, 2026-12-06).
+  EXPECT_GT(local.mean, global.mean + 0.002);
   EXPECT_LE(local.at_0143, global.at_0143);
+  EXPECT_LE(local.at_half, global.at_half);
   const auto [core, belt] = core_and_disorder_resolution(dir / "nu/localres.mrc", dir / "data/truth_ordered.mrc", dir / "data/truth_belt.mrc");
   EXPECT_LT(core, belt - 2.0);
 }
