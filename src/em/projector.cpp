@@ -191,7 +191,7 @@ void BackProjector::add(const BackProjector& other) {
 }
 
 void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const float* weight, int in_n,
-                           double max_radius) {
+                           double max_radius, float weight_scale) {
   const int h = in_n / 2 + 1;
   const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
   const double r2_max = r_max * r_max;
@@ -200,38 +200,38 @@ void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const f
   const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
   // Trilinear weights reach one voxel past the padded radius.
   reach_ = std::max(reach_, static_cast<int>(std::ceil(r_max * pad_)) + 1);
+  const int m = m_;
+  const std::size_t hm = static_cast<std::size_t>(hm_), plane = static_cast<std::size_t>(m_) * hm;
+  // Complex voxels as float pairs: the two x neighbours are four consecutive floats.
+  float* const sums = reinterpret_cast<float*>(data_.data());
+  float* const weights = weight_.data();
+  const auto wrap = [m](int i) { return static_cast<std::size_t>(i < 0 ? i + m : i); };
   for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
     const std::size_t row = static_cast<std::size_t>(image::storage_index(ky, in_n)) * h;
-    for (int kx = 0; kx < h; ++kx) {
+    const double rx = bx * ky, ry = by * ky, rz = bz * ky;
+    // The kx = 0 column holds both ky and -ky; insert only ky >= 0 there to avoid counting twice
+    // (Hermitian symmetry of the 3D grid is restored before reconstruction).
+    for (int kx = ky < 0 ? 1 : 0; kx < h; ++kx) {
       if (kx * kx + ky * ky > r2_max) break;
-      // The kx = 0 column holds both ky and -ky; insert only ky >= 0 there to avoid counting twice
-      // (Hermitian symmetry of the 3D grid is restored before reconstruction).
-      if (kx == 0 && ky < 0) continue;
-      Complex value = data[row + kx];
-      const float w = weight[row + kx];
-      double px = ax * kx + bx * ky, py = ay * kx + by * ky, pz = az * kx + bz * ky;
-      if (px < 0) {
-        px = -px, py = -py, pz = -pz;
-        value = std::conj(value);
-      }
-      const int x0 = static_cast<int>(std::floor(px));
-      const int y0 = static_cast<int>(std::floor(py));
-      const int z0 = static_cast<int>(std::floor(pz));
-      const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0),
-                  fz = static_cast<float>(pz - z0);
-      for (int dz = 0; dz < 2; ++dz) {
-        const float wz = dz ? fz : 1 - fz;
-        const std::size_t zi = static_cast<std::size_t>(image::storage_index(z0 + dz, m_));
-        for (int dy = 0; dy < 2; ++dy) {
-          const float wzy = wz * (dy ? fy : 1 - fy);
-          const std::size_t base = (zi * m_ + image::storage_index(y0 + dy, m_)) * hm_;
-          for (int dx = 0; dx < 2; ++dx) {
-            const float wt = wzy * (dx ? fx : 1 - fx);
-            data_[base + x0 + dx] += wt * value;
-            weight_[base + x0 + dx] += wt * w;
-          }
-        }
-      }
+      float vr = data[row + kx].real(), vi = data[row + kx].imag();
+      const float w = weight[row + kx] * weight_scale;
+      double px = ax * kx + rx, py = ay * kx + ry, pz = az * kx + rz;
+      if (px < 0) px = -px, py = -py, pz = -pz, vi = -vi;
+      const int x0 = static_cast<int>(px);  // px >= 0: truncation is floor
+      const int y0 = static_cast<int>(std::floor(py)), z0 = static_cast<int>(std::floor(pz));
+      const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
+      const std::size_t y0i = wrap(y0) * hm + static_cast<std::size_t>(x0), y1i = wrap(y0 + 1) * hm + static_cast<std::size_t>(x0);
+      const std::size_t z0i = wrap(z0) * plane, z1i = wrap(z0 + 1) * plane;
+      const auto add = [&](std::size_t at, float wzy) {
+        const float w0 = wzy * (1 - fx), w1 = wzy * fx;
+        float* d = sums + 2 * at;
+        d[0] += w0 * vr, d[1] += w0 * vi, d[2] += w1 * vr, d[3] += w1 * vi;
+        weights[at] += w0 * w, weights[at + 1] += w1 * w;
+      };
+      add(z0i + y0i, (1 - fz) * (1 - fy));
+      add(z0i + y1i, (1 - fz) * fy);
+      add(z1i + y0i, fz * (1 - fy));
+      add(z1i + y1i, fz * fy);
     }
   }
 }

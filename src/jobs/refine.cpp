@@ -351,6 +351,9 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
               100 * changed_fraction, stats.angle_change / static_cast<double>(in.active.size()), seconds, m_seconds, p_seconds, stats.flops / 1e9,
               static_cast<double>(stats.coarse_hypotheses), static_cast<double>(stats.fine_hypotheses));
     log::info("iteration {:3}: E-step stages (both halves, wall): {}", it, stats.stages.summary());
+    log::info("iteration {:3}: back-projected per particle: {:.1f} poses in {:.1f} orientations", it,
+              static_cast<double>(stats.inserted_hypotheses) / static_cast<double>(in.active.size()),
+              static_cast<double>(stats.inserted_orientations) / static_cast<double>(in.active.size()));
     state.history.push_back({it, resolution, state.step, state.local, changed_fraction, seconds, m_seconds});
     if (final_iteration) break;
     final_iteration = advance_schedule(state, resolution, stats.angle_change / static_cast<double>(in.active.size()), in.diameter);

@@ -43,9 +43,10 @@ class BackProjector {
   int box() const { return n_; }
 
   /// Adds a slice at rotation `a`: `data` (= CTF * X, weighted) and `weight` (= CTF^2, weighted)
-  /// on a half grid of size in_n, frequencies up to max_radius (pixels of the n grid).
+  /// on a half grid of size in_n, frequencies up to max_radius (pixels of the n grid); the
+  /// weights are multiplied by weight_scale (one CTF^2 grid serves every pose of a particle).
   void insert(const geometry::Mat3& a, const Complex* data, const float* weight, int in_n,
-              double max_radius);
+              double max_radius, float weight_scale = 1.0f);
   void add(const BackProjector& other);
   void clear();
   /// The sums through a message (a chunk's share of a reconstruction, to every rank): only the
