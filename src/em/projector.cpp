@@ -127,15 +127,23 @@ BackProjector::BackProjector(int n, int padding)
 template <class F>
 void BackProjector::for_each_reached_row(int reach, F row) const {
   if (reach < 0) return;
-  const auto count = static_cast<std::size_t>(std::min(reach, hm_ - 1) + 1);
-  const auto run = [&](int z, int y) { row((static_cast<std::size_t>(z) * m_ + static_cast<std::size_t>(y)) * hm_, count); };
-  if (2 * reach + 1 >= m_) {
+  const auto run = [&](int z, int y, int count) {
+    row((static_cast<std::size_t>(z) * m_ + static_cast<std::size_t>(y)) * hm_, static_cast<std::size_t>(count));
+  };
+  // A trilinear corner lies within sqrt(3) of its point, so the ball of radius reach + 1 holds
+  // every voxel an insert touched: about half the cube, for every clear, fold and message.
+  const int r = reach + 1;
+  if (2 * r + 1 > m_) {
     for (int z = 0; z < m_; ++z)
-      for (int y = 0; y < m_; ++y) run(z, y);
+      for (int y = 0; y < m_; ++y) run(z, y, hm_);
     return;
   }
-  for (int kz = -reach; kz <= reach; ++kz)
-    for (int ky = -reach; ky <= reach; ++ky) run(image::storage_index(kz, m_), image::storage_index(ky, m_));
+  for (int kz = -r; kz <= r; ++kz)
+    for (int ky = -r; ky <= r; ++ky) {
+      const int left = r * r - ky * ky - kz * kz;
+      if (left < 0) continue;
+      run(image::storage_index(kz, m_), image::storage_index(ky, m_), std::min(static_cast<int>(std::sqrt(left)), hm_ - 1) + 1);
+    }
 }
 
 void BackProjector::clear() {
