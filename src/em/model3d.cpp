@@ -104,6 +104,12 @@ class ParticleSlices {
   std::vector<Shift> shifts_;
 };
 
+/// Kept hypotheses of one particle that share an orientation: order[first, last), their weight.
+struct PoseGroup {
+  std::size_t first, last;
+  float total;
+};
+
 /// Lanes that fit in about 1 GB of padded volumes, at most 8.
 int lane_count(int n) {
   const double bytes = 12.0 * (n + 1) * (2.0 * n) * (2.0 * n);  // padded half volume: complex data + float weight
@@ -297,6 +303,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       std::vector<Complex> data(half);
       std::vector<std::size_t> order;
       std::vector<Hypothesis> expanded;
+      std::vector<PoseGroup> groups;
       for (int b = 0; b < bc; ++b) {
         if (static_cast<int>((batch.first + sz(b)) % sz(lanes)) != l) continue;
         const PreparedParticle& pp = batch.particles[sz(b)];
@@ -305,22 +312,26 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
         order.resize(kept.size());
         std::iota(order.begin(), order.end(), std::size_t{0});
         std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return orientation_order(kept[x], kept[y]); });
+        // Orientation groups: runs of `order` sharing an orientation, with their total weight.
+        groups.clear();
         for (std::size_t first = 0; first < order.size();) {
           std::size_t last = first + 1;
-          while (last < order.size() && same_orientation(kept[order[first]], kept[order[last]])) ++last;
-          hypotheses += static_cast<std::int64_t>(last - first), ++orientations;
+          float total = kept[order[first]].weight;
+          while (last < order.size() && same_orientation(kept[order[first]], kept[order[last]])) total += kept[order[last++]].weight;
+          groups.push_back({first, last, total});
+          first = last;
+        }
+        for (const auto& g : groups) {
+          hypotheses += static_cast<std::int64_t>(g.last - g.first), ++orientations;
           slices.clear(data.data());
-          float total = 0;
-          for (std::size_t i = first; i < last; ++i) {
+          for (std::size_t i = g.first; i < g.last; ++i) {
             const Hypothesis& h = kept[order[i]];
             slices.add_shifted(h.shift, h.weight, data.data());
-            total += h.weight;
           }
-          const Hypothesis& h = kept[order[first]];
+          const Hypothesis& h = kept[order[g.first]];
           const geometry::Mat3 a = geometry::euler_to_matrix(h.orientation);
           for (const auto& st : symmetry_t)
-            sums.lane(h.k, l).insert(a * st, data.data(), slices.ctf2(), n, settings.insert_radius, total);
-          first = last;
+            sums.lane(h.k, l).insert(a * st, data.data(), slices.ctf2(), n, settings.insert_radius, g.total);
         }
       }
     }

@@ -92,31 +92,39 @@ void Projector::project(const geometry::Mat3& a, Complex* out, int out_n, double
   }
 }
 
+namespace {
+/// Storage index of signed frequency i on an axis of m points, without a branch: the signs of
+/// a slice's coordinates are as good as random, and a mispredicted branch per voxel costs more
+/// than the arithmetic.
+inline std::size_t wrap_index(int i, int m) { return static_cast<std::size_t>(i + (m & (i >> 31))); }
+/// -1 for negative x, else 1 (a select, not a branch).
+inline double mirror_sign(double x) { return x < 0 ? -1.0 : 1.0; }
+}  // namespace
+
 void Projector::sample(const geometry::Mat3& a, const FrequencyList& list, Complex* out) const {
   const double ax = a(0, 0) * pad_, ay = a(0, 1) * pad_, az = a(0, 2) * pad_;
   const double bx = a(1, 0) * pad_, by = a(1, 1) * pad_, bz = a(1, 2) * pad_;
+  const std::size_t mm = static_cast<std::size_t>(m_), hm = static_cast<std::size_t>(hm_), plane = mm * hm;
+  const Complex* const grid = grid_.data();
   for (std::size_t f = 0; f < list.size(); ++f) {
     const int kx = list.kx[f], ky = list.ky[f];
     double px = ax * kx + bx * ky, py = ay * kx + by * ky, pz = az * kx + bz * ky;
-    bool conjugate = false;
-    if (px < 0) px = -px, py = -py, pz = -pz, conjugate = true;
-    const int x0 = static_cast<int>(std::floor(px)), y0 = static_cast<int>(std::floor(py)),
-              z0 = static_cast<int>(std::floor(pz));
+    // Points with px < 0 read the Hermitian mirror, conjugated.
+    const double sign = mirror_sign(px);
+    px *= sign, py *= sign, pz *= sign;
+    const int x0 = static_cast<int>(px), y0 = static_cast<int>(std::floor(py)), z0 = static_cast<int>(std::floor(pz));
     const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
-    const std::size_t y0i = static_cast<std::size_t>(image::storage_index(y0, m_)),
-                      y1i = static_cast<std::size_t>(image::storage_index(y0 + 1, m_));
-    const std::size_t z0i = static_cast<std::size_t>(image::storage_index(z0, m_)),
-                      z1i = static_cast<std::size_t>(image::storage_index(z0 + 1, m_));
-    const std::size_t mm = static_cast<std::size_t>(m_), hm = static_cast<std::size_t>(hm_);
-    const Complex* g00 = grid_.data() + (z0i * mm + y0i) * hm + x0;
-    const Complex* g01 = grid_.data() + (z0i * mm + y1i) * hm + x0;
-    const Complex* g10 = grid_.data() + (z1i * mm + y0i) * hm + x0;
-    const Complex* g11 = grid_.data() + (z1i * mm + y1i) * hm + x0;
+    const std::size_t y0i = wrap_index(y0, m_) * hm + static_cast<std::size_t>(x0), y1i = wrap_index(y0 + 1, m_) * hm + static_cast<std::size_t>(x0);
+    const std::size_t z0i = wrap_index(z0, m_) * plane, z1i = wrap_index(z0 + 1, m_) * plane;
+    const Complex* g00 = grid + z0i + y0i;
+    const Complex* g01 = grid + z0i + y1i;
+    const Complex* g10 = grid + z1i + y0i;
+    const Complex* g11 = grid + z1i + y1i;
     const Complex c00 = g00[0] + fx * (g00[1] - g00[0]), c01 = g01[0] + fx * (g01[1] - g01[0]);
     const Complex c10 = g10[0] + fx * (g10[1] - g10[0]), c11 = g11[0] + fx * (g11[1] - g11[0]);
     const Complex c0 = c00 + fy * (c01 - c00), c1 = c10 + fy * (c11 - c10);
     const Complex v = c0 + fz * (c1 - c0);
-    out[f] = conjugate ? std::conj(v) : v;
+    out[f] = Complex(v.real(), v.imag() * static_cast<float>(sign));
   }
 }
 
@@ -213,7 +221,6 @@ void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const f
   // Complex voxels as float pairs: the two x neighbours are four consecutive floats.
   float* const sums = reinterpret_cast<float*>(data_.data());
   float* const weights = weight_.data();
-  const auto wrap = [m](int i) { return static_cast<std::size_t>(i < 0 ? i + m : i); };
   for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
     const std::size_t row = static_cast<std::size_t>(image::storage_index(ky, in_n)) * h;
     const double rx = bx * ky, ry = by * ky, rz = bz * ky;
@@ -221,15 +228,17 @@ void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const f
     // (Hermitian symmetry of the 3D grid is restored before reconstruction).
     for (int kx = ky < 0 ? 1 : 0; kx < h; ++kx) {
       if (kx * kx + ky * ky > r2_max) break;
-      float vr = data[row + kx].real(), vi = data[row + kx].imag();
-      const float w = weight[row + kx] * weight_scale;
       double px = ax * kx + rx, py = ay * kx + ry, pz = az * kx + rz;
-      if (px < 0) px = -px, py = -py, pz = -pz, vi = -vi;
+      // Points with px < 0 go to the Hermitian mirror, conjugated.
+      const double sign = mirror_sign(px);
+      px *= sign, py *= sign, pz *= sign;
+      const float vr = data[row + kx].real(), vi = data[row + kx].imag() * static_cast<float>(sign);
+      const float w = weight[row + kx] * weight_scale;
       const int x0 = static_cast<int>(px);  // px >= 0: truncation is floor
       const int y0 = static_cast<int>(std::floor(py)), z0 = static_cast<int>(std::floor(pz));
       const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
-      const std::size_t y0i = wrap(y0) * hm + static_cast<std::size_t>(x0), y1i = wrap(y0 + 1) * hm + static_cast<std::size_t>(x0);
-      const std::size_t z0i = wrap(z0) * plane, z1i = wrap(z0 + 1) * plane;
+      const std::size_t y0i = wrap_index(y0, m) * hm + static_cast<std::size_t>(x0), y1i = wrap_index(y0 + 1, m) * hm + static_cast<std::size_t>(x0);
+      const std::size_t z0i = wrap_index(z0, m) * plane, z1i = wrap_index(z0 + 1, m) * plane;
       const auto add = [&](std::size_t at, float wzy) {
         const float w0 = wzy * (1 - fx), w1 = wzy * fx;
         float* d = sums + 2 * at;

@@ -221,6 +221,7 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
   final_maps.user_mask = in.user_mask;
   RefineResult result;
 
+  std::vector<em::ReconstructionSums> half_sums_store(2, em::ReconstructionSums(1, n));
   while (true) {
     const int it = ++state.iteration;
     const auto it_start = Clock::now();
@@ -286,11 +287,13 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
       search.prior_centres = o.local_refine ? &centres : nullptr;
       settings.fold_rank = h;  // under MPI, half 1's sums fold on rank 0 and half 2's on rank 1
       const em::Projector projector(std::move(grids[static_cast<std::size_t>(h)]), n);
-      em::ReconstructionSums half_sums(1, n);
+      // Made once for the run (18 padded volumes of a 64 px box: allocating them each iteration cost ~0.2 s).
+      em::ReconstructionSums& half_sums = half_sums_store[static_cast<std::size_t>(h)];
+      half_sums.total(0).clear();
       em::expectation_3d(in.set, images, poses, {&projector}, list, likelihood_sigma2, in.particle_mask, search, group.operators, settings,
                          *backend, half_sums, noise, stats, &progress);
       for (std::size_t m = 0; m < members.size(); ++m) state.poses[members[m]] = poses[m];
-      sums.push_back(std::move(half_sums.total(0)));
+      sums.push_back(half_sums.total(0));
     }
     progress.finish();
 
