@@ -139,18 +139,15 @@ void BackProjector::for_each_reached_row(int reach, F row) const {
     row((static_cast<std::size_t>(z) * m_ + static_cast<std::size_t>(y)) * hm_, static_cast<std::size_t>(count));
   };
   // A trilinear corner lies within sqrt(3) of its point, so the ball of radius reach + 1 holds
-  // every voxel an insert touched: about half the cube, for every clear, fold and message.
-  const int r = reach + 1;
-  if (2 * r + 1 > m_) {
-    for (int z = 0; z < m_; ++z)
-      for (int y = 0; y < m_; ++y) run(z, y, hm_);
-    return;
-  }
-  for (int kz = -r; kz <= r; ++kz)
-    for (int ky = -r; ky <= r; ++ky) {
-      const int left = r * r - ky * ky - kz * kz;
+  // every voxel an insert touched: about half the cube, for every clear, fold and message. Rows
+  // are visited once each: signed frequencies -m/2 .. m/2 - 1.
+  const int r = reach + 1, lo = std::max(-r, -m_ / 2), hi = std::min(r, m_ / 2 - 1);
+  for (int kz = lo; kz <= hi; ++kz)
+    for (int ky = lo; ky <= hi; ++ky) {
+      const long long left = static_cast<long long>(r) * r - ky * ky - kz * kz;
       if (left < 0) continue;
-      run(image::storage_index(kz, m_), image::storage_index(ky, m_), std::min(static_cast<int>(std::sqrt(left)), hm_ - 1) + 1);
+      run(image::storage_index(kz, m_), image::storage_index(ky, m_),
+          static_cast<int>(std::min<long long>(static_cast<long long>(std::sqrt(static_cast<double>(left))), hm_ - 1)) + 1);
     }
 }
 
