@@ -51,6 +51,65 @@ bool orientation_order(const Hypothesis& a, const Hypothesis& b) {
   return a.orientation.psi < b.orientation.psi;
 }
 
+/// One particle's slices for back-projection, within a radius of the half grid: C X / sigma^2
+/// shifted by each distinct shift of its kept poses (made once, on first use) and C^2 / sigma^2.
+class ParticleSlices {
+ public:
+  ParticleSlices(int n, double radius) : n_(n), radius_(radius), half_(image::half_size(n, n)), ctf2_(half_), weighted_(half_) {
+    const int h = n / 2 + 1;
+    const int reach = std::min(n / 2 - 1, static_cast<int>(std::floor(radius)));
+    for (int ky = -reach; ky <= reach; ++ky) {
+      const int count = std::min(h, static_cast<int>(std::floor(std::sqrt(radius * radius - ky * ky))) + 1);
+      spans_.push_back({sz(image::storage_index(ky, n)) * sz(h), sz(count)});
+    }
+  }
+  void set_particle(const Complex* unmasked, const float* ctf, const float* inv_sigma2) {
+    for (const auto& [first, count] : spans_)
+      for (std::size_t k = first; k < first + count; ++k) {
+        weighted_[k] = unmasked[k] * (ctf[k] * inv_sigma2[k]);
+        ctf2_[k] = ctf[k] * ctf[k] * inv_sigma2[k];
+      }
+    shifts_.clear();
+  }
+  const float* ctf2() const { return ctf2_.data(); }
+  void clear(Complex* data) const {
+    for (const auto& [first, count] : spans_) std::fill_n(data + first, count, Complex{});
+  }
+  /// data += weight x (the particle shifted by -shift).
+  void add_shifted(const Shift& shift, float weight, Complex* data) {
+    const Complex* shifted = shifted_by(shift);
+    for (const auto& [first, count] : spans_)
+      for (std::size_t k = first; k < first + count; ++k) data[k] += weight * shifted[k];
+  }
+
+ private:
+  const Complex* shifted_by(const Shift& shift) {
+    std::size_t i = 0;
+    while (i < shifts_.size() && shifts_[i] != shift) ++i;
+    if (i == shifts_.size()) {
+      shifts_.push_back(shift);
+      if (shifted_.size() < shifts_.size() * half_) shifted_.resize(shifts_.size() * half_);
+      Complex* out = shifted_.data() + i * half_;
+      clear(out);
+      image::add_shifted_half_grid_2d(weighted_.data(), n_, -shift.first, -shift.second, 1.0f, radius_, out);
+    }
+    return shifted_.data() + i * half_;
+  }
+  int n_;
+  double radius_;
+  std::size_t half_;
+  std::vector<std::pair<std::size_t, std::size_t>> spans_;  // (first, count) of each row within the radius
+  std::vector<float> ctf2_;
+  std::vector<Complex> weighted_, shifted_;
+  std::vector<Shift> shifts_;
+};
+
+/// Kept hypotheses of one particle that share an orientation: order[first, last), their weight.
+struct PoseGroup {
+  std::size_t first, last;
+  float total;
+};
+
 /// Lanes that fit in about 1 GB of padded volumes, at most 8.
 int lane_count(int n) {
   const double bytes = 12.0 * (n + 1) * (2.0 * n) * (2.0 * n);  // padded half volume: complex data + float weight
@@ -189,6 +248,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   const int lanes = sums.lanes();
   int changed = 0;            // of the chunk being computed
   double angle_change = 0;
+  std::int64_t inserted_hypotheses = 0, inserted_orientations = 0;
   NoiseSums part_noise(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
 
   const auto consumer = [&](const ScoredBatch& batch) {
@@ -234,44 +294,48 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     }
     // Back-projection: the unmasked particle re-centred, weighted by w C / sigma^2, at each kept
     // pose, lane by lane. Hypotheses that share an orientation (the fine pass pairs each child
-    // orientation with several shifts) are summed first and inserted once.
-#pragma omp parallel for schedule(static, 1)
+    // orientation with several shifts) are summed first and inserted once; each distinct shift of
+    // a particle is applied once (ParticleSlices), as the kept poses share a few shifts.
+    std::int64_t hypotheses = 0, orientations = 0;
+#pragma omp parallel for schedule(static, 1) reduction(+ : hypotheses, orientations)
     for (int l = 0; l < lanes; ++l) {
+      ParticleSlices slices(n, settings.insert_radius + 1);  // the frequencies insert() reads, with a rounding margin
       std::vector<Complex> data(half);
-      std::vector<float> weight(half);
       std::vector<std::size_t> order;
       std::vector<Hypothesis> expanded;
+      std::vector<PoseGroup> groups;
       for (int b = 0; b < bc; ++b) {
         if (static_cast<int>((batch.first + sz(b)) % sz(lanes)) != l) continue;
         const PreparedParticle& pp = batch.particles[sz(b)];
-        const auto& isg = inv_sigma2_grid[sz(pp.group)];
+        slices.set_particle(pp.unmasked, pp.ctf_grid, inv_sigma2_grid[sz(pp.group)].data());
         const auto& kept = known_class_weights(batch.outcomes[sz(b)].kept, poses[batch.first + sz(b)], expanded);
         order.resize(kept.size());
         std::iota(order.begin(), order.end(), std::size_t{0});
         std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return orientation_order(kept[x], kept[y]); });
+        // Orientation groups: runs of `order` sharing an orientation, with their total weight.
+        groups.clear();
         for (std::size_t first = 0; first < order.size();) {
           std::size_t last = first + 1;
-          while (last < order.size() && same_orientation(kept[order[first]], kept[order[last]])) ++last;
-          std::fill(data.begin(), data.end(), Complex(0, 0));
-          float total = 0;
-          for (std::size_t i = first; i < last; ++i) {
-            const Hypothesis& h = kept[order[i]];
-            // Only the frequencies that insert() reads (up to a rounding margin).
-            image::add_shifted_half_grid_2d(pp.unmasked, n, -h.shift.first, -h.shift.second, h.weight, settings.insert_radius + 1,
-                                            data.data());
-            total += h.weight;
-          }
-          for (std::size_t k = 0; k < half; ++k) {
-            data[k] *= pp.ctf_grid[k] * isg[k];
-            weight[k] = pp.ctf_grid[k] * pp.ctf_grid[k] * isg[k] * total;
-          }
-          const Hypothesis& h = kept[order[first]];
-          const geometry::Mat3 a = geometry::euler_to_matrix(h.orientation);
-          for (const auto& st : symmetry_t) sums.lane(h.k, l).insert(a * st, data.data(), weight.data(), n, settings.insert_radius);
+          float total = kept[order[first]].weight;
+          while (last < order.size() && same_orientation(kept[order[first]], kept[order[last]])) total += kept[order[last++]].weight;
+          groups.push_back({first, last, total});
           first = last;
+        }
+        for (const auto& g : groups) {
+          hypotheses += static_cast<std::int64_t>(g.last - g.first), ++orientations;
+          slices.clear(data.data());
+          for (std::size_t i = g.first; i < g.last; ++i) {
+            const Hypothesis& h = kept[order[i]];
+            slices.add_shifted(h.shift, h.weight, data.data());
+          }
+          const Hypothesis& h = kept[order[g.first]];
+          const geometry::Mat3 a = geometry::euler_to_matrix(h.orientation);
+          for (const auto& st : symmetry_t)
+            sums.lane(h.k, l).insert(a * st, data.data(), slices.ctf2(), n, settings.insert_radius, g.total);
         }
       }
     }
+    inserted_hypotheses += hypotheses, inserted_orientations += orientations;
   };
 
   // The E-step chunk by chunk (each on its rank), every chunk's sums from zero, folded in chunk
@@ -285,7 +349,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       sums.clear_lanes();
     }
     part_noise = NoiseSums(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
-    changed = 0, angle_change = 0;
+    changed = 0, angle_change = 0, inserted_hypotheses = 0, inserted_orientations = 0;
     estep.run(chunks.begin(c), chunks.end(c), consumer, es_stats, progress);
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) put_pose(message, poses[p]);
     {
@@ -293,7 +357,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       for (int k = 0; k < K; ++k) sums.fold_lanes(k).put(message);
     }
     for (std::size_t g = 0; g < part_noise.sum.size(); ++g) message.put(part_noise.sum[g]), message.put(part_noise.count[g]);
-    message.put(changed), message.put(angle_change);
+    message.put(changed), message.put(angle_change), message.put(inserted_hypotheses), message.put(inserted_orientations);
     put_stats(message, es_stats);
   };
   const auto fold = [&](int c, mpi::Message& message) {
@@ -305,6 +369,8 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     for (std::size_t g = 0; g < noise.sum.size(); ++g) message.add_into(noise.sum[g]), message.add_into(noise.count[g]);
     stats.changed += message.get<int>();
     stats.angle_change += message.get<double>();
+    stats.inserted_hypotheses += message.get<std::int64_t>();
+    stats.inserted_orientations += message.get<std::int64_t>();
     EStepStats es_stats;
     add_stats(message, es_stats);
     stats.flops += es_stats.flops;

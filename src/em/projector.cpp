@@ -92,31 +92,39 @@ void Projector::project(const geometry::Mat3& a, Complex* out, int out_n, double
   }
 }
 
+namespace {
+/// Storage index of signed frequency i on an axis of m points, without a branch: the signs of
+/// a slice's coordinates are as good as random, and a mispredicted branch per voxel costs more
+/// than the arithmetic.
+inline std::size_t wrap_index(int i, int m) { return static_cast<std::size_t>(i + (m & (i >> 31))); }
+/// -1 for negative x, else 1 (a select, not a branch).
+inline double mirror_sign(double x) { return x < 0 ? -1.0 : 1.0; }
+}  // namespace
+
 void Projector::sample(const geometry::Mat3& a, const FrequencyList& list, Complex* out) const {
   const double ax = a(0, 0) * pad_, ay = a(0, 1) * pad_, az = a(0, 2) * pad_;
   const double bx = a(1, 0) * pad_, by = a(1, 1) * pad_, bz = a(1, 2) * pad_;
+  const std::size_t mm = static_cast<std::size_t>(m_), hm = static_cast<std::size_t>(hm_), plane = mm * hm;
+  const Complex* const grid = grid_.data();
   for (std::size_t f = 0; f < list.size(); ++f) {
     const int kx = list.kx[f], ky = list.ky[f];
     double px = ax * kx + bx * ky, py = ay * kx + by * ky, pz = az * kx + bz * ky;
-    bool conjugate = false;
-    if (px < 0) px = -px, py = -py, pz = -pz, conjugate = true;
-    const int x0 = static_cast<int>(std::floor(px)), y0 = static_cast<int>(std::floor(py)),
-              z0 = static_cast<int>(std::floor(pz));
+    // Points with px < 0 read the Hermitian mirror, conjugated.
+    const double sign = mirror_sign(px);
+    px *= sign, py *= sign, pz *= sign;
+    const int x0 = static_cast<int>(px), y0 = static_cast<int>(std::floor(py)), z0 = static_cast<int>(std::floor(pz));
     const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
-    const std::size_t y0i = static_cast<std::size_t>(image::storage_index(y0, m_)),
-                      y1i = static_cast<std::size_t>(image::storage_index(y0 + 1, m_));
-    const std::size_t z0i = static_cast<std::size_t>(image::storage_index(z0, m_)),
-                      z1i = static_cast<std::size_t>(image::storage_index(z0 + 1, m_));
-    const std::size_t mm = static_cast<std::size_t>(m_), hm = static_cast<std::size_t>(hm_);
-    const Complex* g00 = grid_.data() + (z0i * mm + y0i) * hm + x0;
-    const Complex* g01 = grid_.data() + (z0i * mm + y1i) * hm + x0;
-    const Complex* g10 = grid_.data() + (z1i * mm + y0i) * hm + x0;
-    const Complex* g11 = grid_.data() + (z1i * mm + y1i) * hm + x0;
+    const std::size_t y0i = wrap_index(y0, m_) * hm + static_cast<std::size_t>(x0), y1i = wrap_index(y0 + 1, m_) * hm + static_cast<std::size_t>(x0);
+    const std::size_t z0i = wrap_index(z0, m_) * plane, z1i = wrap_index(z0 + 1, m_) * plane;
+    const Complex* g00 = grid + z0i + y0i;
+    const Complex* g01 = grid + z0i + y1i;
+    const Complex* g10 = grid + z1i + y0i;
+    const Complex* g11 = grid + z1i + y1i;
     const Complex c00 = g00[0] + fx * (g00[1] - g00[0]), c01 = g01[0] + fx * (g01[1] - g01[0]);
     const Complex c10 = g10[0] + fx * (g10[1] - g10[0]), c11 = g11[0] + fx * (g11[1] - g11[0]);
     const Complex c0 = c00 + fy * (c01 - c00), c1 = c10 + fy * (c11 - c10);
     const Complex v = c0 + fz * (c1 - c0);
-    out[f] = conjugate ? std::conj(v) : v;
+    out[f] = Complex(v.real(), v.imag() * static_cast<float>(sign));
   }
 }
 
@@ -127,15 +135,20 @@ BackProjector::BackProjector(int n, int padding)
 template <class F>
 void BackProjector::for_each_reached_row(int reach, F row) const {
   if (reach < 0) return;
-  const auto count = static_cast<std::size_t>(std::min(reach, hm_ - 1) + 1);
-  const auto run = [&](int z, int y) { row((static_cast<std::size_t>(z) * m_ + static_cast<std::size_t>(y)) * hm_, count); };
-  if (2 * reach + 1 >= m_) {
-    for (int z = 0; z < m_; ++z)
-      for (int y = 0; y < m_; ++y) run(z, y);
-    return;
-  }
-  for (int kz = -reach; kz <= reach; ++kz)
-    for (int ky = -reach; ky <= reach; ++ky) run(image::storage_index(kz, m_), image::storage_index(ky, m_));
+  const auto run = [&](int z, int y, int count) {
+    row((static_cast<std::size_t>(z) * m_ + static_cast<std::size_t>(y)) * hm_, static_cast<std::size_t>(count));
+  };
+  // A trilinear corner lies within sqrt(3) of its point, so the ball of radius reach + 1 holds
+  // every voxel an insert touched: about half the cube, for every clear, fold and message. Rows
+  // are visited once each: signed frequencies -m/2 .. m/2 - 1.
+  const int r = reach + 1, lo = std::max(-r, -m_ / 2), hi = std::min(r, m_ / 2 - 1);
+  for (int kz = lo; kz <= hi; ++kz)
+    for (int ky = lo; ky <= hi; ++ky) {
+      const long long left = static_cast<long long>(r) * r - ky * ky - kz * kz;
+      if (left < 0) continue;
+      run(image::storage_index(kz, m_), image::storage_index(ky, m_),
+          static_cast<int>(std::min<long long>(static_cast<long long>(std::sqrt(static_cast<double>(left))), hm_ - 1)) + 1);
+    }
 }
 
 void BackProjector::clear() {
@@ -191,7 +204,7 @@ void BackProjector::add(const BackProjector& other) {
 }
 
 void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const float* weight, int in_n,
-                           double max_radius) {
+                           double max_radius, float weight_scale) {
   const int h = in_n / 2 + 1;
   const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
   const double r2_max = r_max * r_max;
@@ -200,38 +213,39 @@ void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const f
   const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
   // Trilinear weights reach one voxel past the padded radius.
   reach_ = std::max(reach_, static_cast<int>(std::ceil(r_max * pad_)) + 1);
+  const int m = m_;
+  const std::size_t hm = static_cast<std::size_t>(hm_), plane = static_cast<std::size_t>(m_) * hm;
+  // Complex voxels as float pairs: the two x neighbours are four consecutive floats.
+  float* const sums = reinterpret_cast<float*>(data_.data());
+  float* const weights = weight_.data();
   for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
     const std::size_t row = static_cast<std::size_t>(image::storage_index(ky, in_n)) * h;
-    for (int kx = 0; kx < h; ++kx) {
+    const double rx = bx * ky, ry = by * ky, rz = bz * ky;
+    // The kx = 0 column holds both ky and -ky; insert only ky >= 0 there to avoid counting twice
+    // (Hermitian symmetry of the 3D grid is restored before reconstruction).
+    for (int kx = ky < 0 ? 1 : 0; kx < h; ++kx) {
       if (kx * kx + ky * ky > r2_max) break;
-      // The kx = 0 column holds both ky and -ky; insert only ky >= 0 there to avoid counting twice
-      // (Hermitian symmetry of the 3D grid is restored before reconstruction).
-      if (kx == 0 && ky < 0) continue;
-      Complex value = data[row + kx];
-      const float w = weight[row + kx];
-      double px = ax * kx + bx * ky, py = ay * kx + by * ky, pz = az * kx + bz * ky;
-      if (px < 0) {
-        px = -px, py = -py, pz = -pz;
-        value = std::conj(value);
-      }
-      const int x0 = static_cast<int>(std::floor(px));
-      const int y0 = static_cast<int>(std::floor(py));
-      const int z0 = static_cast<int>(std::floor(pz));
-      const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0),
-                  fz = static_cast<float>(pz - z0);
-      for (int dz = 0; dz < 2; ++dz) {
-        const float wz = dz ? fz : 1 - fz;
-        const std::size_t zi = static_cast<std::size_t>(image::storage_index(z0 + dz, m_));
-        for (int dy = 0; dy < 2; ++dy) {
-          const float wzy = wz * (dy ? fy : 1 - fy);
-          const std::size_t base = (zi * m_ + image::storage_index(y0 + dy, m_)) * hm_;
-          for (int dx = 0; dx < 2; ++dx) {
-            const float wt = wzy * (dx ? fx : 1 - fx);
-            data_[base + x0 + dx] += wt * value;
-            weight_[base + x0 + dx] += wt * w;
-          }
-        }
-      }
+      double px = ax * kx + rx, py = ay * kx + ry, pz = az * kx + rz;
+      // Points with px < 0 go to the Hermitian mirror, conjugated.
+      const double sign = mirror_sign(px);
+      px *= sign, py *= sign, pz *= sign;
+      const float vr = data[row + kx].real(), vi = data[row + kx].imag() * static_cast<float>(sign);
+      const float w = weight[row + kx] * weight_scale;
+      const int x0 = static_cast<int>(px);  // px >= 0: truncation is floor
+      const int y0 = static_cast<int>(std::floor(py)), z0 = static_cast<int>(std::floor(pz));
+      const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
+      const std::size_t y0i = wrap_index(y0, m) * hm + static_cast<std::size_t>(x0), y1i = wrap_index(y0 + 1, m) * hm + static_cast<std::size_t>(x0);
+      const std::size_t z0i = wrap_index(z0, m) * plane, z1i = wrap_index(z0 + 1, m) * plane;
+      const auto add = [&](std::size_t at, float wzy) {
+        const float w0 = wzy * (1 - fx), w1 = wzy * fx;
+        float* d = sums + 2 * at;
+        d[0] += w0 * vr, d[1] += w0 * vi, d[2] += w1 * vr, d[3] += w1 * vi;
+        weights[at] += w0 * w, weights[at + 1] += w1 * w;
+      };
+      add(z0i + y0i, (1 - fz) * (1 - fy));
+      add(z0i + y1i, (1 - fz) * fy);
+      add(z1i + y0i, fz * (1 - fy));
+      add(z1i + y1i, fz * fy);
     }
   }
 }

@@ -221,6 +221,7 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
   final_maps.user_mask = in.user_mask;
   RefineResult result;
 
+  std::vector<em::ReconstructionSums> half_sums_store(2, em::ReconstructionSums(1, n));
   while (true) {
     const int it = ++state.iteration;
     const auto it_start = Clock::now();
@@ -286,11 +287,13 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
       search.prior_centres = o.local_refine ? &centres : nullptr;
       settings.fold_rank = h;  // under MPI, half 1's sums fold on rank 0 and half 2's on rank 1
       const em::Projector projector(std::move(grids[static_cast<std::size_t>(h)]), n);
-      em::ReconstructionSums half_sums(1, n);
+      // Made once for the run (18 padded volumes of a 64 px box: allocating them each iteration cost ~0.2 s).
+      em::ReconstructionSums& half_sums = half_sums_store[static_cast<std::size_t>(h)];
+      half_sums.total(0).clear();
       em::expectation_3d(in.set, images, poses, {&projector}, list, likelihood_sigma2, in.particle_mask, search, group.operators, settings,
                          *backend, half_sums, noise, stats, &progress);
       for (std::size_t m = 0; m < members.size(); ++m) state.poses[members[m]] = poses[m];
-      sums.push_back(std::move(half_sums.total(0)));
+      sums.push_back(half_sums.total(0));
     }
     progress.finish();
 
@@ -351,6 +354,9 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
               100 * changed_fraction, stats.angle_change / static_cast<double>(in.active.size()), seconds, m_seconds, p_seconds, stats.flops / 1e9,
               static_cast<double>(stats.coarse_hypotheses), static_cast<double>(stats.fine_hypotheses));
     log::info("iteration {:3}: E-step stages (both halves, wall): {}", it, stats.stages.summary());
+    log::info("iteration {:3}: back-projected per particle: {:.1f} poses in {:.1f} orientations", it,
+              static_cast<double>(stats.inserted_hypotheses) / static_cast<double>(in.active.size()),
+              static_cast<double>(stats.inserted_orientations) / static_cast<double>(in.active.size()));
     state.history.push_back({it, resolution, state.step, state.local, changed_fraction, seconds, m_seconds});
     if (final_iteration) break;
     final_iteration = advance_schedule(state, resolution, stats.angle_change / static_cast<double>(in.active.size()), in.diameter);

@@ -96,6 +96,7 @@ struct ExpectationStats {
   double angle_change = 0;    // sum over particles, degrees
   double flops = 0, gemm_seconds = 0;
   std::int64_t coarse_hypotheses = 0, fine_hypotheses = 0;
+  std::int64_t inserted_hypotheses = 0, inserted_orientations = 0;  // back-projected: kept poses, and the slices they make
   StageTimes stages;          // the E-step's wall time per stage (back-projection in "M-step sums")
 };
 

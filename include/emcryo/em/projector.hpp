@@ -43,13 +43,14 @@ class BackProjector {
   int box() const { return n_; }
 
   /// Adds a slice at rotation `a`: `data` (= CTF * X, weighted) and `weight` (= CTF^2, weighted)
-  /// on a half grid of size in_n, frequencies up to max_radius (pixels of the n grid).
+  /// on a half grid of size in_n, frequencies up to max_radius (pixels of the n grid); the
+  /// weights are multiplied by weight_scale (one CTF^2 grid serves every pose of a particle).
   void insert(const geometry::Mat3& a, const Complex* data, const float* weight, int in_n,
-              double max_radius);
+              double max_radius, float weight_scale = 1.0f);
   void add(const BackProjector& other);
   void clear();
   /// The sums through a message (a chunk's share of a reconstruction, to every rank): only the
-  /// part that inserts so far can have touched (the cube of frequencies within their reach), so
+  /// part that inserts so far can have touched (the ball of frequencies within their reach), so
   /// a chunk inserted to a low working limit moves and folds a small part of the volume. The rest
   /// holds exact zeros, so the fold is bitwise the same as over the whole volume.
   void put(mpi::Message& message) const;
@@ -68,8 +69,8 @@ class BackProjector {
   void enforce_hermitian(std::vector<Complex>& data, std::vector<float>& weight) const;
   /// The reached part put() wrote, added to the sums or copied over them.
   void read_reached(mpi::Message& message, bool add);
-  /// Calls row(first, count) for each run of voxels with |kx|, |ky|, |kz| <= reach (all of them
-  /// where the reach spans the grid; none where it is negative).
+  /// Calls row(first, count) for each run of voxels with |k| <= reach + 1 (all of them where that
+  /// ball spans the grid; none where reach is negative).
   template <class F>
   void for_each_reached_row(int reach, F row) const;
   int n_, pad_, m_, hm_;

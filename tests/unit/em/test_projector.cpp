@@ -447,7 +447,7 @@ TEST(Projector, SumsWithinTheReachedRadiusAddSendAndClearExactly) {
 }
 
 TEST(Projector, SumsThroughAMessageCarryOnlyTheReachedPartAndFoldLikeAdd) {
-  // A chunk's sums inserted to a low limit: the message holds the small cube they reach (not the
+  // A chunk's sums inserted to a low limit: the message holds the small ball they reach (not the
   // whole padded volume), and folding messages gives bitwise what add() and a copy give.
   const int n = 32;
   const Projector projector(noise_volume(n, 21), n);
@@ -466,10 +466,20 @@ TEST(Projector, SumsThroughAMessageCarryOnlyTheReachedPartAndFoldLikeAdd) {
   const BackProjector low = sums_of(40, 5.0), wide = sums_of(40, n / 2.0 - 1);
   emcryo::mpi::Message small, full;
   low.put(small), wide.put(full);
-  // Reach 2 x 5 + 1 = 11: 23 x 23 x 12 voxels of the 64 x 64 x 33 padded half volume, 12 bytes
-  // each (and three counts); to Nyquist, reach 31: 63 x 63 x 32.
-  EXPECT_EQ(small.bytes().size(), 23u * 23 * 12 * 12 + 4 + 16);
-  EXPECT_EQ(full.bytes().size(), 63u * 63 * 32 * 12 + 4 + 16);
+  // Reach 2 x 5 + 1 = 11: the voxels of the 64 x 64 x 33 padded half volume within 12 of the
+  // origin (every trilinear corner of a point within 11), 12 bytes each (and three counts), fewer
+  // than the 23 x 23 x 12 cube; to Nyquist, reach 31: those within 32, fewer than the whole volume.
+  const auto within = [](int r) {
+    std::size_t count = 0;
+    for (int z = -32; z < 32; ++z)
+      for (int y = -32; y < 32; ++y)
+        for (int x = 0; x <= 32; ++x) count += x * x + y * y + z * z <= r * r;
+    return count;
+  };
+  EXPECT_EQ(small.bytes().size(), within(12) * 12 + 4 + 16);
+  EXPECT_EQ(full.bytes().size(), within(32) * 12 + 4 + 16);
+  EXPECT_LT(within(12), 23u * 23 * 12);
+  EXPECT_LT(within(32), 64u * 64 * 33);
 
   BackProjector folded(n), added(n), copied(n);
   for (auto* m : {&full, &small}) m->rewind(), folded.add_from(*m);
