@@ -60,7 +60,7 @@ int lane_count(int n) {
 /// A particle's pose through a chunk's message.
 void put_pose(mpi::Message& m, const Pose3D& p) {
   m.put(p.rot), m.put(p.tilt), m.put(p.psi), m.put(p.shift_x), m.put(p.shift_y), m.put(p.max_probability);
-  m.put(p.significant), m.put(p.class_index), m.put(p.class_posterior);
+  m.put(p.significant), m.put(p.class_index), m.put(p.class_posterior), m.put(p.class_log_evidence);
   put_hypotheses(m, p.top);
 }
 
@@ -69,6 +69,7 @@ Pose3D get_pose(mpi::Message& m) {
   p.rot = m.get<double>(), p.tilt = m.get<double>(), p.psi = m.get<double>(), p.shift_x = m.get<double>(), p.shift_y = m.get<double>();
   p.max_probability = m.get<double>(), p.significant = m.get<int>(), p.class_index = m.get<int>();
   p.class_posterior = m.get_vector<double>();
+  p.class_log_evidence = m.get_vector<double>();
   p.top = get_hypotheses(m);
   return p;
 }
@@ -222,7 +223,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       pose.significant = static_cast<int>(out.kept.size());
       if (!settings.known_poses) {
         pose.class_index = out.posterior.best_class;
-        if (K > 1) pose.class_posterior = out.posterior.class_posterior;
+        if (K > 1) pose.class_posterior = out.posterior.class_posterior, pose.class_log_evidence = out.posterior.class_log_evidence;
       }
       pose.top.assign(out.kept.begin(), out.kept.begin() + std::min<std::ptrdiff_t>(settings.keep_top, static_cast<std::ptrdiff_t>(out.kept.size())));
     }
@@ -235,6 +236,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     // Back-projection: the unmasked particle re-centred, weighted by w C / sigma^2, at each kept
     // pose, lane by lane. Hypotheses that share an orientation (the fine pass pairs each child
     // orientation with several shifts) are summed first and inserted once.
+    if (!settings.back_project) return;
 #pragma omp parallel for schedule(static, 1)
     for (int l = 0; l < lanes; ++l) {
       std::vector<Complex> data(half);
