@@ -282,7 +282,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   ExpectationRun estep(set, image_index, start, space, source, list, sigma2, particle_mask, es, backend);
   const auto compute = [&](int c, mpi::Message& message) {
     EStepStats es_stats;
-    {
+    if (settings.back_project) {
       const StageClock clock(es_stats.stages, StageTimes::chunk_sums);
       sums.clear_lanes();
     }
@@ -290,7 +290,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     changed = 0, angle_change = 0;
     estep.run(chunks.begin(c), chunks.end(c), consumer, es_stats, progress);
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) put_pose(message, poses[p]);
-    {
+    if (settings.back_project) {  // scoring only: the sums stay empty and are not sent
       const StageClock clock(es_stats.stages, StageTimes::chunk_sums);
       for (int k = 0; k < K; ++k) sums.fold_lanes(k).put(message);
     }
@@ -300,7 +300,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   };
   const auto fold = [&](int c, mpi::Message& message) {
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) poses[p] = get_pose(message);
-    {
+    if (settings.back_project) {
       const StageClock clock(stats.stages, StageTimes::chunk_sums);
       for (int k = 0; k < K; ++k) sums.total(k).add_from(message);
     }
@@ -318,13 +318,15 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   // What every rank needs next: every pose (the next E-step, the outputs) and the totals as folded.
   const auto share = [&](mpi::Message& message) {
     for (const auto& pose : poses) put_pose(message, pose);
-    for (int k = 0; k < K; ++k) sums.total(k).put(message);
+    if (settings.back_project)
+      for (int k = 0; k < K; ++k) sums.total(k).put(message);
     for (std::size_t g = 0; g < noise.sum.size(); ++g) message.put(noise.sum[g]), message.put(noise.count[g]);
     message.put(stats);
   };
   const auto take = [&](mpi::Message& message) {
     for (auto& pose : poses) pose = get_pose(message);
-    for (int k = 0; k < K; ++k) sums.total(k).take_from(message);
+    if (settings.back_project)
+      for (int k = 0; k < K; ++k) sums.total(k).take_from(message);
     for (std::size_t g = 0; g < noise.sum.size(); ++g) message.get_into(noise.sum[g]), message.get_into(noise.count[g]);
     stats = message.get<ExpectationStats>();
   };

@@ -416,7 +416,7 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
       for (int h = 0; h < 2; ++h) {
         std::vector<std::size_t> members;
         std::vector<em::Pose3D> poses;
-        em::ReconstructionSums unused(L, n);
+        em::ReconstructionSums unused(L, 2);  // scoring only: never filled, so a minimal box
         em::NoiseSums unused_noise(state.sigma2.size(), shells);
         em::ExpectationStats unused_stats;
         e_step(h, scoring, members, poses, unused, unused_noise, unused_stats, nullptr);

@@ -56,7 +56,8 @@ struct ExpectationSettings {
   bool known_poses = false;    // back-project at the given poses only (reconstruction): no scoring, no noise sums;
                                // into each class k by Pose3D::class_posterior[k] when given, else into class 0
   int keep_top = 0;            // hypotheses per particle kept in Pose3D::top
-  bool back_project = true;    // false: scoring only (poses, class posteriors and evidences; no sums)
+  bool back_project = true;    // false: scoring only (poses, class posteriors and evidences, noise sums): `sums` is
+                               // neither filled nor read (any box will do)
   int fold_rank = 0;           // MPI: the rank that folds the chunks' sums (mpi::reduce_in_chunk_order);
                                // refine's two halves fold on two ranks at once
 };
