@@ -66,7 +66,9 @@ void add_hetero_commands(CLI::App& app) {
                     "each with independent noise at that low-pass (a fifth of the map's standard deviation) to break the symmetry");
     cmd->add_option("--mask", o.mask, "Solvent mask (MRC); default: a soft sphere of the particle diameter");
     cmd->add_option("--class-similarity", o.class_similarity,
-                    "Initial class similarity in [0, 1), annealed to 0 (a temperature 1/(1-s) on the class posterior)")->default_str("0");
+                    "Initial class similarity s in [0, 1], annealed to 0: each iteration's class posteriors are tempered until their mean effective number of classes is 1 + s (K - 1) (1: as scored; K: flat); costs a scoring pass per iteration while on")
+        ->check(CLI::Range(0.0, 1.0))
+        ->default_str("0");
     cmd->add_flag("--marginalize-poses", o.marginalize_poses,
                   "Weight every probable pose of each class by its posterior (default: the best pose per class)");
     cmd->add_option("--initial-step", o.initial_step, "Angular step of the global search, degrees")->capture_default_str();
@@ -92,7 +94,9 @@ void add_hetero_commands(CLI::App& app) {
                     "low-passed to --ini-high)");
     cmd->add_option("--mask", o.mask, "Focus mask (MRC): only the masked region of the maps is compared with the particles");
     cmd->add_option("--class-similarity", o.class_similarity,
-                    "Initial class similarity in [0, 1), annealed to 0 (a temperature 1/(1-s) on the class posterior)")->default_str("0.5");
+                    "Initial class similarity s in [0, 1], annealed to 0: each iteration's class posteriors are tempered until their mean effective number of classes is 1 + s (K - 1) (1: as scored; K: flat); costs a scoring pass per iteration while on")
+        ->check(CLI::Range(0.0, 1.0))
+        ->default_str("0.5");
     cmd->add_option("--max-iterations", o.max_iterations, "Iterations (default 15)");
     cmd->callback([] {
       o.align = false;

@@ -119,7 +119,7 @@ int lane_count(int n) {
 /// A particle's pose through a chunk's message.
 void put_pose(mpi::Message& m, const Pose3D& p) {
   m.put(p.rot), m.put(p.tilt), m.put(p.psi), m.put(p.shift_x), m.put(p.shift_y), m.put(p.max_probability);
-  m.put(p.significant), m.put(p.class_index), m.put(p.class_posterior);
+  m.put(p.significant), m.put(p.class_index), m.put(p.class_posterior), m.put(p.class_log_evidence);
   put_hypotheses(m, p.top);
 }
 
@@ -128,6 +128,7 @@ Pose3D get_pose(mpi::Message& m) {
   p.rot = m.get<double>(), p.tilt = m.get<double>(), p.psi = m.get<double>(), p.shift_x = m.get<double>(), p.shift_y = m.get<double>();
   p.max_probability = m.get<double>(), p.significant = m.get<int>(), p.class_index = m.get<int>();
   p.class_posterior = m.get_vector<double>();
+  p.class_log_evidence = m.get_vector<double>();
   p.top = get_hypotheses(m);
   return p;
 }
@@ -282,7 +283,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       pose.significant = static_cast<int>(out.kept.size());
       if (!settings.known_poses) {
         pose.class_index = out.posterior.best_class;
-        if (K > 1) pose.class_posterior = out.posterior.class_posterior;
+        if (K > 1) pose.class_posterior = out.posterior.class_posterior, pose.class_log_evidence = out.posterior.class_log_evidence;
       }
       pose.top.assign(out.kept.begin(), out.kept.begin() + std::min<std::ptrdiff_t>(settings.keep_top, static_cast<std::ptrdiff_t>(out.kept.size())));
     }
@@ -296,6 +297,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     // pose, lane by lane. Hypotheses that share an orientation (the fine pass pairs each child
     // orientation with several shifts) are summed first and inserted once; each distinct shift of
     // a particle is applied once (ParticleSlices), as the kept poses share a few shifts.
+    if (!settings.back_project) return;
     std::int64_t hypotheses = 0, orientations = 0;
 #pragma omp parallel for schedule(static, 1) reduction(+ : hypotheses, orientations)
     for (int l = 0; l < lanes; ++l) {
@@ -344,7 +346,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   ExpectationRun estep(set, image_index, start, space, source, list, sigma2, particle_mask, es, backend);
   const auto compute = [&](int c, mpi::Message& message) {
     EStepStats es_stats;
-    {
+    if (settings.back_project) {
       const StageClock clock(es_stats.stages, StageTimes::chunk_sums);
       sums.clear_lanes();
     }
@@ -352,7 +354,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     changed = 0, angle_change = 0, inserted_hypotheses = 0, inserted_orientations = 0;
     estep.run(chunks.begin(c), chunks.end(c), consumer, es_stats, progress);
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) put_pose(message, poses[p]);
-    {
+    if (settings.back_project) {  // scoring only: the sums stay empty and are not sent
       const StageClock clock(es_stats.stages, StageTimes::chunk_sums);
       for (int k = 0; k < K; ++k) sums.fold_lanes(k).put(message);
     }
@@ -362,7 +364,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   };
   const auto fold = [&](int c, mpi::Message& message) {
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) poses[p] = get_pose(message);
-    {
+    if (settings.back_project) {
       const StageClock clock(stats.stages, StageTimes::chunk_sums);
       for (int k = 0; k < K; ++k) sums.total(k).add_from(message);
     }
@@ -382,13 +384,15 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   // What every rank needs next: every pose (the next E-step, the outputs) and the totals as folded.
   const auto share = [&](mpi::Message& message) {
     for (const auto& pose : poses) put_pose(message, pose);
-    for (int k = 0; k < K; ++k) sums.total(k).put(message);
+    if (settings.back_project)
+      for (int k = 0; k < K; ++k) sums.total(k).put(message);
     for (std::size_t g = 0; g < noise.sum.size(); ++g) message.put(noise.sum[g]), message.put(noise.count[g]);
     message.put(stats);
   };
   const auto take = [&](mpi::Message& message) {
     for (auto& pose : poses) pose = get_pose(message);
-    for (int k = 0; k < K; ++k) sums.total(k).take_from(message);
+    if (settings.back_project)
+      for (int k = 0; k < K; ++k) sums.total(k).take_from(message);
     for (std::size_t g = 0; g < noise.sum.size(); ++g) message.get_into(noise.sum[g]), message.get_into(noise.count[g]);
     stats = message.get<ExpectationStats>();
   };

@@ -180,6 +180,48 @@ void PosteriorReducer::prune() {
   for (std::size_t k = 0; k < classes_.size(); ++k) classes_[k].floor = static_cast<float>(bar - class_key[k]);
 }
 
+double class_ess(const std::vector<double>& posterior) {
+  double sq = 0;
+  for (double p : posterior) sq += p * p;
+  return sq > 0 ? 1 / sq : 0;
+}
+
+namespace {
+
+/// Mean class ESS of the rows of `log_evidence` tempered at T (priors untempered, as finish()).
+double mean_tempered_ess(const std::vector<std::vector<double>>& log_evidence, const std::vector<double>& log_prior, double T,
+                         std::vector<double>& scratch) {
+  double total = 0;
+  for (const auto& row : log_evidence) {
+    scratch.assign(row.size(), 0.0);
+    double top = -std::numeric_limits<double>::infinity();
+    for (std::size_t k = 0; k < row.size(); ++k) {
+      scratch[k] = (log_prior.empty() ? 0.0 : log_prior[k]) + row[k] / T;
+      top = std::max(top, scratch[k]);
+    }
+    double norm = 0;
+    for (double& v : scratch) norm += v = std::isfinite(v) ? std::exp(v - top) : 0.0;
+    for (double& v : scratch) v /= norm;
+    total += class_ess(scratch);
+  }
+  return log_evidence.empty() ? 0 : total / static_cast<double>(log_evidence.size());
+}
+
+}  // namespace
+
+double temperature_for_class_ess(const std::vector<std::vector<double>>& log_evidence, const std::vector<double>& log_prior,
+                                 double target, double max_temperature) {
+  std::vector<double> scratch;
+  if (mean_tempered_ess(log_evidence, log_prior, 1, scratch) >= target) return 1;
+  if (mean_tempered_ess(log_evidence, log_prior, max_temperature, scratch) < target) return max_temperature;
+  double lo = 0, hi = std::log(max_temperature);  // log T: the ESS is below the target at lo, at or above it at hi
+  for (int i = 0; i < 60 && hi - lo > 1e-6; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (mean_tempered_ess(log_evidence, log_prior, std::exp(mid), scratch) < target ? lo : hi) = mid;
+  }
+  return std::exp(hi);
+}
+
 Posterior PosteriorReducer::finish() {
   const std::size_t K = classes_.size();
   Posterior out;

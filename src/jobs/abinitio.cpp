@@ -329,9 +329,8 @@ StepOutcome sgd_iteration(const Engine& e, State& s, std::vector<em::SgdMap>& ma
   if (K > 1) {
     double ess = 0;
     for (const auto& p : poses) {
-      double sq = 0;
-      for (int k = 0; k < K; ++k) sq += p.class_posterior[sz(k)] * p.class_posterior[sz(k)], out.class_fractions[sz(k)] += p.class_posterior[sz(k)];
-      ess += 1 / sq;
+      for (int k = 0; k < K; ++k) out.class_fractions[sz(k)] += p.class_posterior[sz(k)];
+      ess += em::class_ess(p.class_posterior);
     }
     for (double& f : out.class_fractions) f /= static_cast<double>(poses.size());
     out.class_ess = ess / static_cast<double>(poses.size());

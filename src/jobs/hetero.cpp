@@ -376,20 +376,18 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
     settings.cc_scoring = it == 1 && cc_first;
     settings.marginalize = o.marginalize_poses;
     settings.hard_classes = o.force_hard;
-    settings.class_temperature = 1 / (1 - std::min(similarity, 0.99));
     for (int k : live) settings.class_priors.push_back(state.class_priors[sz(k)]);
     settings.batch = o.batch;
     insert_radius = settings.insert_radius = final_iteration ? nyquist : std::min(nyquist, state.radius + 8);
     const auto list = em::make_frequency_list(n, state.radius);
 
-    em::ExpectationStats stats;
-    em::NoiseSums noise(state.sigma2.size(), shells);
-    sums.assign(2, std::vector<em::BackProjector>());
-    Progress progress(fmt::format("iteration {}", it), static_cast<std::int64_t>(N));
-    for (int h = 0; h < 2; ++h) {
-      std::vector<std::size_t> members, images;
+    // One half's E-step against the live classes' maps (and its back-projection unless
+    // settings.back_project is off); `poses` receives the half's particles' outcomes.
+    const auto e_step = [&](int h, const em::ExpectationSettings& es, std::vector<std::size_t>& members, std::vector<em::Pose3D>& poses,
+                            em::ReconstructionSums& half_sums, em::NoiseSums& noise, em::ExpectationStats& stats, Progress* progress) {
+      std::vector<std::size_t> images;
       half_members(in, h, members, images);
-      std::vector<em::Pose3D> poses;
+      poses.clear();
       for (std::size_t a : members) poses.push_back(state.poses[a]);
       std::vector<em::Projector> projectors;
       projectors.reserve(sz(L));
@@ -403,9 +401,41 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
       for (int k : live) projectors.emplace_back(image::masked(maps[sz(scored_against)][sz(k)], mask), n);
       std::vector<const em::Projector*> references;
       for (const auto& p : projectors) references.push_back(&p);
+      em::expectation_3d(in.set, images, poses, references, list, state.sigma2, in.particle_mask, search, group.operators, es, *backend,
+                         half_sums, noise, stats, progress);
+    };
+    if (similarity > 0 && L > 1 && !settings.hard_classes && !settings.cc_scoring) {
+      // Class similarity (cryoSPARC's): the class temperature at which the particles' mean class
+      // ESS is 1 + s (K - 1), found from this iteration's scores by a scoring pass over both
+      // halves first. A fixed temperature such as 1 / (1 - s) leaves the posteriors hard: with
+      // true poses a particle's class log-likelihoods differ by hundreds (measured: class3d, 0.5 on
+      // and off gave the same accuracy on every set tried).
+      em::ExpectationSettings scoring = settings;
+      scoring.back_project = false;
+      std::vector<std::vector<double>> evidence;
+      for (int h = 0; h < 2; ++h) {
+        std::vector<std::size_t> members;
+        std::vector<em::Pose3D> poses;
+        em::ReconstructionSums unused(L, 2);  // scoring only: never filled, so a minimal box
+        em::NoiseSums unused_noise(state.sigma2.size(), shells);
+        em::ExpectationStats unused_stats;
+        e_step(h, scoring, members, poses, unused, unused_noise, unused_stats, nullptr);
+        for (auto& p : poses) evidence.push_back(std::move(p.class_log_evidence));
+      }
+      std::vector<double> log_prior;
+      for (double p : settings.class_priors) log_prior.push_back(std::log(std::max(p, 1e-12)));
+      settings.class_temperature = em::temperature_for_class_ess(evidence, log_prior, 1 + similarity * (L - 1));
+    }
+
+    em::ExpectationStats stats;
+    em::NoiseSums noise(state.sigma2.size(), shells);
+    sums.assign(2, std::vector<em::BackProjector>());
+    Progress progress(fmt::format("iteration {}", it), static_cast<std::int64_t>(N));
+    for (int h = 0; h < 2; ++h) {
+      std::vector<std::size_t> members;
+      std::vector<em::Pose3D> poses;
       em::ReconstructionSums half_sums(L, n);
-      em::expectation_3d(in.set, images, poses, references, list, state.sigma2, in.particle_mask, search, group.operators, settings, *backend,
-                         half_sums, noise, stats, &progress);
+      e_step(h, settings, members, poses, half_sums, noise, stats, &progress);
       for (std::size_t m = 0; m < members.size(); ++m) {
         auto& posterior = state.class_posteriors[members[m]];
         std::fill(posterior.begin(), posterior.end(), 0.0);
@@ -413,6 +443,7 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
         state.poses[members[m]] = poses[m];
         state.poses[members[m]].class_index = live[sz(L > 1 ? poses[m].class_index : 0)];
         state.poses[members[m]].class_posterior.clear();
+        state.poses[members[m]].class_log_evidence.clear();
       }
       sums[sz(h)].resize(sz(K), em::BackProjector(1));
       for (int l = 0; l < L; ++l) sums[sz(h)][sz(live[sz(l)])] = std::move(half_sums.total(l));
@@ -469,8 +500,10 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
     for (int k = 0; k < K; ++k) size_text += fmt::format("{}{:.0f} ({:.1f} Å)", k ? ", " : "", size[sz(k)], resolutions[sz(k)]);
     const double changed = static_cast<double>(stats.changed) / static_cast<double>(N);
     const double seconds = std::chrono::duration<double>(Clock::now() - it_start).count();
-    log::info("iteration {:3}: classes {}; class similarity {:.2f}; {}; {:.1f}% poses changed; {:.1f} s", it, size_text, similarity,
-              search_label, 100 * changed, seconds);
+    double ess = 0;
+    for (const auto& posterior : state.class_posteriors) ess += em::class_ess(posterior);
+    log::info("iteration {:3}: classes {}; class similarity {:.2f} (temperature {:.3g}, mean class ESS {:.2f}); {}; {:.1f}% poses changed; {:.1f} s",
+              it, size_text, similarity, settings.class_temperature, ess / static_cast<double>(N), search_label, 100 * changed, seconds);
     state.history.push_back({it, size, resolutions, similarity, changed, seconds, search_label});
     if (final_iteration) break;
     state.final_next = it + 1 >= iteration_count(o);

@@ -24,6 +24,8 @@ struct Pose3D {
   int class_index = 0;                // most probable class (0-based)
   std::vector<double> class_posterior;  // per class (empty for one class); with known poses, read: the
                                         // weight of the particle in each class's back-projection
+  std::vector<double> class_log_evidence;  // per class (empty for one class): Posterior::class_log_evidence,
+                                           // what a class temperature is chosen from (not checkpointed)
   std::vector<Hypothesis> top;          // the keep_top most probable hypotheses, best first (not checkpointed)
 };
 
@@ -54,6 +56,8 @@ struct ExpectationSettings {
   bool known_poses = false;    // back-project at the given poses only (reconstruction): no scoring, no noise sums;
                                // into each class k by Pose3D::class_posterior[k] when given, else into class 0
   int keep_top = 0;            // hypotheses per particle kept in Pose3D::top
+  bool back_project = true;    // false: scoring only (poses, class posteriors and evidences, noise sums): `sums` is
+                               // neither filled nor read (any box will do)
   int fold_rank = 0;           // MPI: the rank that folds the chunks' sums (mpi::reduce_in_chunk_order);
                                // refine's two halves fold on two ranks at once
 };

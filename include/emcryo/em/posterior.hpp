@@ -98,6 +98,18 @@ class PosteriorReducer {
   std::vector<WeightedHypothesis> sorted_;
 };
 
+/// A class posterior's effective number of classes, 1 / sum_k p_k^2: 1 for a hard assignment, K
+/// for a flat one. Class similarity (cryoSPARC's "class ESS") is stated as a target for its mean.
+double class_ess(const std::vector<double>& posterior);
+
+/// The class temperature T >= 1 at which the posteriors p_k ~ pi_k exp(L_k / T) of the particles'
+/// class log-evidences L (one row per particle, as Posterior::class_log_evidence; -inf: not
+/// scored) and log priors (empty: uniform), tempered as PosteriorReducer tempers them, have a mean
+/// class ESS of `target`: found by bisection over log T (the ESS grows with T). 1 where the
+/// untempered posteriors already reach the target; `max_temperature` where even it does not.
+double temperature_for_class_ess(const std::vector<std::vector<double>>& log_evidence, const std::vector<double>& log_prior,
+                                 double target, double max_temperature = 1e9);
+
 /// The reducer's exp for x <= 0 (float, vectorisable; relative error below 3e-7). For its test.
 float fast_exp_nonpositive(float x);
 

@@ -299,3 +299,38 @@ TEST(Posterior, ABroadPosteriorKeepsExactlyTheBestOnes) {
   EXPECT_EQ(kept, best);
   EXPECT_EQ(p.kept.front().id, static_cast<std::int64_t>(order[0]));
 }
+
+// The temperature found for a target class ESS gives that mean ESS when the reducer tempers the
+// same evidences with it (class log-likelihoods hundreds apart, as with true poses, and priors).
+TEST(Posterior, TheTemperatureForAClassEssMeetsItInTheReducer) {
+  std::mt19937 rng(5);
+  std::normal_distribution<double> spread(0, 300);
+  const int K = 3;
+  std::vector<std::vector<double>> evidence(500, std::vector<double>(K));
+  for (auto& row : evidence)
+    for (double& v : row) v = -5000 + spread(rng);
+  const std::vector<double> prior = {std::log(0.5), std::log(0.3), std::log(0.2)};
+  const auto reduced_ess = [&](double T) {
+    em::PosteriorReducer r;
+    PosteriorSettings s;
+    s.poses = Reduce::maximize;
+    s.class_temperature = T;
+    s.log_class_prior = prior;
+    double total = 0;
+    for (const auto& row : evidence) {
+      r.reset(s, K);
+      for (int k = 0; k < K; ++k) r.add(k, k, static_cast<float>(row[static_cast<std::size_t>(k)] + 5000));
+      total += em::class_ess(r.finish().class_posterior);
+    }
+    return total / static_cast<double>(evidence.size());
+  };
+  EXPECT_LT(reduced_ess(2), 1.05);  // 1 / (1 - 0.5): practically hard
+  for (double target : {1.5, 2.0, 2.5}) {
+    const double T = em::temperature_for_class_ess(evidence, prior, target);
+    EXPECT_GT(T, 10);
+    EXPECT_NEAR(reduced_ess(T), target, 0.01) << "T " << T;
+  }
+  EXPECT_EQ(em::temperature_for_class_ess(evidence, prior, 1.0), 1);
+  EXPECT_EQ(em::temperature_for_class_ess(evidence, prior, 3.5, 1e6), 1e6);  // beyond K: never met
+  EXPECT_DOUBLE_EQ(em::class_ess({0.5, 0.5, 0}), 2);
+}
