@@ -52,7 +52,8 @@ class DeviceArray {
     check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
     if (bytes + (std::size_t{64} << 20) > free)
       fail("GPU batch preparation needs {:.0f} MiB more but {:.0f} MiB are free; use a smaller --batch or box (per stream, "
-           "two streams: chunk particles x (8 n^2 + 20 n (n/2+1) + 32 F) bytes, chunks within {} Mi pixels; docs/design.md)",
+           "two streams: chunk particles x (8 n^2 + 20 n (n/2+1) + 16 F) bytes plus cuFFT's work area, chunks within {} Mi pixels; "
+           "docs/design.md)",
            bytes / 1048576.0, free / 1048576.0, kChunkPixels >> 20);
     check(cudaMalloc(&data_, bytes), "cudaMalloc (batch preparation)");
     capacity_ = count;
