@@ -30,7 +30,7 @@ std::size_t sz(int v) { return static_cast<std::size_t>(v); }
 unsigned blocks_for(long long count, int threads) { return static_cast<unsigned>((count + threads - 1) / threads); }
 
 // A chunk holds at most this many pixels (128 MiB of images): with its masked copy, two spectra
-// and a CTF grid, about 0.9 GB of device memory per stream at box 256.
+// and a CTF grid, about 0.6 GB of device memory per stream at box 256 (512 images).
 constexpr std::size_t kChunkPixels = std::size_t{32} << 20;
 
 /// A device array that grows on demand, checked against the free memory first.
@@ -52,7 +52,8 @@ class DeviceArray {
     check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
     if (bytes + (std::size_t{64} << 20) > free)
       fail("GPU batch preparation needs {:.0f} MiB more but {:.0f} MiB are free; use a smaller --batch or box (per stream, "
-           "two streams: chunk particles x (8 n^2 + 20 n (n/2+1) + 16 F) bytes plus cuFFT's work area, chunks within {} Mi pixels; "
+           "two streams: chunk particles x (8 n^2 + 8 n (n/2+1) + 16 F) bytes, 12 n (n/2+1) more with full grids, plus cuFFT's "
+           "work area, chunks within {} Mi pixels; "
            "docs/design.md)",
            bytes / 1048576.0, free / 1048576.0, kChunkPixels >> 20);
     check(cudaMalloc(&data_, bytes), "cudaMalloc (batch preparation)");
