@@ -18,6 +18,7 @@
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/gpu/backend.hpp"
+#include "prepare.hpp"
 #include "sampling.hpp"
 
 namespace emcryo::gpu {
@@ -261,8 +262,9 @@ class CudaBackend final : public em::ScoringBackend {
     for (const auto& d : devices_) ids += (ids.empty() ? "" : ",") + std::to_string(d->id);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, devices_.front()->id);
-    return fmt::format("CUDA (GPU {}: {}, {} GEMM{})", ids, prop.name, precision_name(options_.precision),
-                       options_.sample_templates ? ", per-particle templates sampled on the GPU" : "");
+    return fmt::format("CUDA (GPU {}: {}, {} GEMM{}{})", ids, prop.name, precision_name(options_.precision),
+                       options_.sample_templates ? ", per-particle templates sampled on the GPU" : "",
+                       options_.prepare_batches ? ", batches prepared on the GPU" : "");
   }
 
   void plan(int slots, int particles, int templates) override {
@@ -386,6 +388,12 @@ class CudaBackend final : public em::ScoringBackend {
     for (std::size_t i = 0; i < nw; ++i) weight[i] += w[i];
   }
 
+  bool prepares_batches() const override { return options_.prepare_batches; }
+
+  void prepare_batch(const em::PrepareBatch& batch) override { preparer().prepare(batch); }
+
+  float* pinned_host(std::size_t floats) override { return options_.prepare_batches ? preparer().pinned_host(floats) : nullptr; }
+
   em::BackendStats stats() const override {
     em::BackendStats total = cpu_->stats();
     for (const auto& s : slots_) total.flops += s->stats.flops, total.seconds += s->stats.seconds;
@@ -496,6 +504,12 @@ class CudaBackend final : public em::ScoringBackend {
     return reinterpret_cast<const int2*>(entry->data());
   }
 
+  /// Batches are prepared on the first device (the results go back to the host).
+  BatchPreparer& preparer() {
+    if (!preparer_) preparer_ = std::make_unique<BatchPreparer>(devices_.front()->id);
+    return *preparer_;
+  }
+
   Slot& sums_slot() {
     if (slots_.empty()) fail("GPU M-step sums before plan() (internal error)");
     check(cudaSetDevice(slots_.front()->device), "cudaSetDevice");
@@ -586,6 +600,7 @@ class CudaBackend final : public em::ScoringBackend {
   std::unique_ptr<em::ScoringBackend> cpu_;  // tiny requests
   std::vector<std::unique_ptr<DeviceState>> devices_;
   std::vector<std::unique_ptr<Slot>> slots_;
+  std::unique_ptr<BatchPreparer> preparer_;  // declared last: freed first
 };
 
 }  // namespace

@@ -3,12 +3,14 @@
 // through OpenBLAS; the CUDA one (src/gpu, emcryo/gpu/backend.hpp) runs them through cuBLAS and
 // keeps resident templates on the device from plan() to plan() (see docs/design.md).
 #pragma once
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "emcryo/geometry/rotation.hpp"
+#include "emcryo/image/ctf_terms.hpp"
 
 namespace emcryo::em {
 
@@ -67,6 +69,35 @@ struct TemplateSumsBatch {
   std::size_t term_count = 0;
 };
 
+/// One batch of particle images to prepare as the E-step's CPU path does (em/expectation.cpp,
+/// prepare_batch), for a backend that prepares_batches(): per particle, (when unmasked) the
+/// transform of the raw image, the transform of the masked image (fft_forward_2d's unnormalised,
+/// centred half grid), the CTF half grid (ctf_half_grid's, or ones), then at the list's frequencies
+///   x = masked transform,  ctf = C,  ctf2 = C^2 / sigma^2,  half_norm = sum |x|^2 / sigma^2 / 2.
+/// Outputs are [particle][F] (x complex, interleaved re, im); full grids are per-particle half grids.
+struct PrepareBatch {
+  int count = 0, box = 0;
+  const float* pixels = nullptr;  // count x box x box raw images (fastest from pinned_host())
+  const float* mask = nullptr;    // box x box, multiplied in (background 0)
+  const image::CtfTerms* ctf = nullptr;  // per particle; nullptr: CTF = 1
+  double pixel_size = 1;
+  const int* group = nullptr;           // per particle: the row of inv_sigma2
+  const float* inv_sigma2 = nullptr;    // [groups][F]
+  int groups = 0;
+  const int* index = nullptr;  // per frequency: the half-grid element (FrequencyList::index)
+  int frequencies = 0;         // F
+  float* x = nullptr;
+  float* ctf_out = nullptr;
+  float* ctf2 = nullptr;
+  double* half_norm = nullptr;
+  float* const* unmasked = nullptr;  // per particle: the raw image's half grid (complex), or nullptr
+  float* const* ctf_grid = nullptr;  // per particle: the CTF half grid, or nullptr
+};
+
+/// The CPU's preparation (FFTW, OpenMP over particles; em/expectation.cpp): what a backend's
+/// prepare_batch() computes on its device, and what the E-step runs where no backend does.
+void prepare_particles(const PrepareBatch& batch);
+
 struct BackendStats {
   double flops = 0, seconds = 0;
 };
@@ -90,6 +121,12 @@ class ScoringBackend {
   virtual void add_template_sums(const TemplateSumsBatch& batch);
   /// Adds the sums into data (templates x 2F floats: complex) and weight (templates x F).
   virtual void end_template_sums(float* data, float* weight);
+  /// Whether prepare_batch() runs (particle images masked, transformed and weighted on the device).
+  virtual bool prepares_batches() const { return false; }
+  virtual void prepare_batch(const PrepareBatch& batch);
+  /// Host memory of `floats` that uploads fastest (page-locked), owned by the backend and reused by
+  /// the next call; nullptr where the backend has none (the caller uses its own).
+  virtual float* pinned_host(std::size_t /*floats*/) { return nullptr; }
   /// Summed over slots.
   virtual BackendStats stats() const = 0;
 };

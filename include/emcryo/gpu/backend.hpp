@@ -49,6 +49,11 @@ struct CudaOptions {
   /// of summed on the CPU. On by default: test_gpu and the GpuJobs tests passed with it on an H100 (2026-12-06);
   /// EMCRYO_GPU_SUMS=0 sums on the CPU instead.
   bool template_sums = true;
+  /// Particle batches prepared on the GPU (masked, batched cuFFT, CTF and 1/sigma^2 weights by
+  /// kernels; src/gpu/prepare.cu) instead of on the CPU with FFTW. Off by default until test_gpu and
+  /// the GpuJobs tests have passed with it on a device (not yet: 2026-12-06); EMCRYO_GPU_PREP=1 turns
+  /// it on, EMCRYO_GPU_PREP=0 off.
+  bool prepare_batches = false;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.
@@ -65,8 +70,8 @@ DeviceChoice device_choice();
 std::vector<int> parse_device_list(const std::string& text);
 
 /// The backend a job runs on, per the choice (logged once per call). The GEMM precision, the
-/// CPU threshold, GPU template sampling and GPU M-step sums can be overridden by
-/// EMCRYO_GPU_PRECISION, EMCRYO_GPU_CPU_BELOW_FLOPS, EMCRYO_GPU_SAMPLE and EMCRYO_GPU_SUMS (0: off).
+/// CPU threshold, GPU template sampling, GPU M-step sums and GPU batch preparation can be overridden by
+/// EMCRYO_GPU_PRECISION, EMCRYO_GPU_CPU_BELOW_FLOPS, EMCRYO_GPU_SAMPLE, EMCRYO_GPU_SUMS and EMCRYO_GPU_PREP (0: off).
 std::unique_ptr<em::ScoringBackend> make_backend();
 
 }  // namespace emcryo::gpu

@@ -12,6 +12,8 @@
 #include "emcryo/em/expectation.hpp"
 #include "emcryo/em/projector.hpp"
 #include "emcryo/em/score_rows.hpp"
+#include "emcryo/image/ctf.hpp"
+#include "emcryo/image/fourier.hpp"
 #include "emcryo/gpu/backend.hpp"
 
 using namespace emcryo;
@@ -399,5 +401,133 @@ TEST(CudaBackend, TemplateSumsOnTheGpuEqualTheTermByTermSums) {
   }
   std::printf("GPU M-step sums: %zu terms, max |GPU - reference| %.3g of max %.3g\n", terms.size(), worst, largest);
   EXPECT_LT(worst, 1e-5 * largest);
-  EXPECT_FALSE(gpu::make_cuda_backend({})->sums_templates());  // off by default (see CudaOptions)
+  EXPECT_TRUE(gpu::make_cuda_backend({})->sums_templates());  // on by default (see CudaOptions)
+}
+
+namespace {
+
+/// A batch to prepare (em::PrepareBatch) with its inputs and one set of outputs.
+struct Preparation {
+  int count = 0, box = 0, F = 0;
+  bool full = false;
+  std::vector<float> pixels, mask, inv_sigma2;
+  std::vector<image::CtfTerms> ctf;
+  std::vector<int> group;
+  em::FrequencyList list;
+  std::vector<float> x, ctf_out, ctf2;
+  std::vector<double> half_norm;
+  std::vector<std::vector<float>> unmasked, ctf_grid;
+  std::vector<float*> unmasked_rows, ctf_grid_rows;
+
+  em::PrepareBatch request(const float* images) {
+    const std::size_t P = static_cast<std::size_t>(count), half = image::half_size(box, box);
+    x.assign(P * 2 * F, 0), ctf_out.assign(P * F, 0), ctf2.assign(P * F, 0), half_norm.assign(P, 0);
+    em::PrepareBatch q;
+    q.count = count, q.box = box, q.pixels = images, q.mask = mask.empty() ? nullptr : mask.data();
+    q.ctf = ctf.empty() ? nullptr : ctf.data(), q.pixel_size = 1.3;
+    q.group = group.data(), q.inv_sigma2 = inv_sigma2.data(), q.groups = static_cast<int>(inv_sigma2.size()) / F;
+    q.index = list.index.data(), q.frequencies = F;
+    q.x = x.data(), q.ctf_out = ctf_out.data(), q.ctf2 = ctf2.data(), q.half_norm = half_norm.data();
+    if (full) {
+      unmasked.assign(P, std::vector<float>(2 * half)), ctf_grid.assign(P, std::vector<float>(half));
+      unmasked_rows.clear(), ctf_grid_rows.clear();
+      for (std::size_t b = 0; b < P; ++b) unmasked_rows.push_back(unmasked[b].data()), ctf_grid_rows.push_back(ctf_grid[b].data());
+      q.unmasked = unmasked_rows.data(), q.ctf_grid = ctf_grid_rows.data();
+    }
+    return q;
+  }
+};
+
+/// Noisy images with an off-centre blob (so that the centring matters), per-particle CTFs with
+/// astigmatism, B-factors and phase shifts, two noise groups.
+Preparation make_preparation(int count, int box, double radius, bool ctf, bool mask, bool full, unsigned seed) {
+  Preparation pr;
+  pr.count = count, pr.box = box, pr.full = full;
+  pr.list = em::make_frequency_list(box, radius);
+  pr.F = static_cast<int>(pr.list.size());
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<double> uniform(0, 1);
+  const std::size_t area = static_cast<std::size_t>(box) * box;
+  pr.pixels.resize(static_cast<std::size_t>(count) * area);
+  for (int b = 0; b < count; ++b)
+    for (int y = 0; y < box; ++y)
+      for (int x = 0; x < box; ++x) {
+        const double dx = x - 0.6 * box, dy = y - 0.45 * box;
+        pr.pixels[static_cast<std::size_t>(b) * area + static_cast<std::size_t>(y) * box + x] =
+            3.0f * static_cast<float>(std::exp(-(dx * dx + dy * dy) / (0.01 * box * box))) + normal(rng);
+      }
+  if (mask) pr.mask = image::soft_round_mask(box, 2, 0.4 * box, 5);
+  for (int b = 0; b < count && ctf; ++b) {
+    image::CtfParams p;
+    p.defocus_u = 8000 + 20000 * uniform(rng), p.defocus_v = p.defocus_u - 1500 * uniform(rng), p.defocus_angle = 180 * uniform(rng);
+    p.bfactor = b % 3 == 0 ? 80 * uniform(rng) : 0, p.phase_shift = b % 5 == 0 ? 90 * uniform(rng) : 0;
+    pr.ctf.push_back(image::Ctf(p).terms());
+  }
+  const int groups = 2;
+  for (int b = 0; b < count; ++b) pr.group.push_back(b % groups);
+  pr.inv_sigma2.resize(static_cast<std::size_t>(groups) * pr.F);
+  for (auto& v : pr.inv_sigma2) v = static_cast<float>(0.5 + uniform(rng));
+  return pr;
+}
+
+/// max |a - b| / max |b|.
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0, largest = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(double(a[i]) - b[i])), largest = std::max(largest, std::abs(double(b[i])));
+  return worst / std::max(largest, 1e-30);
+}
+
+/// The GPU's preparation against the CPU's (em::prepare_particles) on the same batch.
+void expect_gpu_preparation_matches(Preparation pr, const char* what, bool pinned) {
+  gpu::CudaOptions options;
+  options.prepare_batches = true;
+  const auto backend = gpu::make_cuda_backend(options);
+  ASSERT_TRUE(backend->prepares_batches());
+  em::prepare_particles(pr.request(pr.pixels.data()));
+  const Preparation cpu = pr;
+  const float* images = pr.pixels.data();
+  if (pinned) {
+    float* host = backend->pinned_host(pr.pixels.size());
+    ASSERT_NE(host, nullptr);
+    std::copy(pr.pixels.begin(), pr.pixels.end(), host);
+    images = host;
+  }
+  backend->prepare_batch(pr.request(images));
+  const double x = relative_error(pr.x, cpu.x), c = relative_error(pr.ctf_out, cpu.ctf_out), c2 = relative_error(pr.ctf2, cpu.ctf2);
+  double norm = 0, unmasked = 0, grid = 0;
+  for (int b = 0; b < pr.count; ++b) {
+    const auto i = static_cast<std::size_t>(b);
+    norm = std::max(norm, std::abs(pr.half_norm[i] - cpu.half_norm[i]) / cpu.half_norm[i]);
+    if (pr.full) unmasked = std::max(unmasked, relative_error(pr.unmasked[i], cpu.unmasked[i]));
+    if (pr.full) grid = std::max(grid, relative_error(pr.ctf_grid[i], cpu.ctf_grid[i]));
+  }
+  std::printf("GPU preparation (%s: %d particles, box %d, F %d): max |GPU - CPU| / max |CPU|: x %.3g, ctf %.3g, ctf2 %.3g, "
+              "half_norm %.3g, unmasked %.3g, ctf grid %.3g\n",
+              what, pr.count, pr.box, pr.F, x, c, c2, norm, unmasked, grid);
+  EXPECT_LT(x, 1e-5);
+  EXPECT_LT(c, 1e-6);
+  EXPECT_LT(c2, 1e-5);
+  EXPECT_LT(norm, 1e-5);
+  EXPECT_LT(unmasked, 1e-5);
+  EXPECT_LT(grid, 1e-6);
+}
+
+}  // namespace
+
+TEST(CudaBackend, BatchesPreparedOnTheGpuMatchTheCpuPreparation) {
+  // The reference's conventions, checked with or without a device: the transform of a delta at
+  // the centre pixel N/2 is real and constant (unnormalised, centred).
+  Preparation delta = make_preparation(1, 32, 15, true, false, true, 3);
+  std::fill(delta.pixels.begin(), delta.pixels.end(), 0.0f);
+  delta.pixels[16 * 32 + 16] = 2.0f;
+  em::prepare_particles(delta.request(delta.pixels.data()));
+  for (int f = 0; f < delta.F; ++f) {
+    EXPECT_FLOAT_EQ(delta.x[2 * static_cast<std::size_t>(f)], 2.0f);
+    EXPECT_FLOAT_EQ(delta.x[2 * static_cast<std::size_t>(f) + 1], 0.0f);
+  }
+  REQUIRE_GPU();
+  // Box 256 over three chunks of the GPU's pipeline (512 images each), with CTF, mask and full grids.
+  expect_gpu_preparation_matches(make_preparation(1100, 256, 100, true, true, true, 1), "CTF, mask, full grids", true);
+  expect_gpu_preparation_matches(make_preparation(37, 64, 31, false, false, false, 2), "no CTF, no mask", false);
 }
