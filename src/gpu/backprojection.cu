@@ -170,7 +170,7 @@ void DeviceVolumeSums::begin(int classes, int n, int padding, double max_radius)
     const std::size_t more = layout.bytes() - std::min(layout.bytes(), s.data.bytes + s.weight.bytes);
     if (more + (std::size_t{64} << 20) > free)
       fail("GPU {}: the 3D back-projection needs {:.0f} MiB more but {:.0f} of {:.0f} MiB are free (classes x (2R + 1)^2 x (R + 1) "
-           "x 12 bytes, R = 2 x insert radius + 1 <= box: {} x {}^2 x {} x 12 bytes); EMCRYO_GPU_BACKPROJECT=0 back-projects on "
+           "x 12 bytes, R = ceil(2 x insert radius) + 1 < box: {} x {}^2 x {} x 12 bytes); EMCRYO_GPU_BACKPROJECT=0 back-projects on "
            "the CPU instead (docs/design.md)",
            s.device, more / 1048576.0, free / 1048576.0, total / 1048576.0, classes, layout.side, layout.count);
   }

@@ -54,7 +54,7 @@ class DeviceBuffer {
            "templates + particles x (F + templates) + templates x (5F + 14), pieces within 8 Mi floats; plus "
            "the resident coarse templates x 5Fc; plus the references sampled on the GPU, classes x m^(d-1) x (m/2+1) "
            "x 8 bytes, m = 2 x box, d = 2 or 3; plus the 3D back-projection's volumes, classes x (2R+1)^2 x (R+1) x 12 bytes, "
-           "R = 2 x insert radius + 1; docs/design.md)",
+           "R = ceil(2 x insert radius) + 1; docs/design.md)",
            device, mib(bytes), mib(free), mib(total));
     check(cudaMalloc(&data_, bytes), "cudaMalloc");
     capacity_ = floats;
