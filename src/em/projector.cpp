@@ -161,9 +161,14 @@ void BackProjector::read_reached(mpi::Message& message, bool add) {
   const int reach = message.get<int>();
   const auto data = message.get_vector<Complex>();
   const auto weight = message.get_vector<float>();
+  if (data.size() != weight.size()) fail("internal error: back-projection sums of another size");
+  merge_reached(reach, data.data(), weight.data(), data.size(), add);
+}
+
+void BackProjector::merge_reached(int reach, const Complex* data, const float* weight, std::size_t size, bool add) {
   std::size_t at = 0;
   for_each_reached_row(reach, [&](std::size_t first, std::size_t count) {
-    if (at + count > data.size() || data.size() != weight.size()) fail("internal error: back-projection sums of another size");
+    if (at + count > size) fail("internal error: back-projection sums of another size");
     for (std::size_t i = 0; i < count; ++i) {
       data_[first + i] = add ? data_[first + i] + data[at + i] : data[at + i];
       weight_[first + i] = add ? weight_[first + i] + weight[at + i] : weight[at + i];
@@ -171,6 +176,21 @@ void BackProjector::read_reached(mpi::Message& message, bool add) {
     at += count;
   });
   reach_ = std::max(reach_, reach);
+}
+
+int BackProjector::reach_for(int n, int padding, double max_radius) {
+  // Trilinear weights reach one voxel past the padded radius.
+  return static_cast<int>(std::ceil(std::min(max_radius, n / 2.0 - 1.0) * padding)) + 1;
+}
+
+std::size_t BackProjector::reached_size(int reach) const {
+  std::size_t size = 0;
+  for_each_reached_row(reach, [&](std::size_t, std::size_t count) { size += count; });
+  return size;
+}
+
+void BackProjector::add_reached(int reach, const Complex* data, const float* weight) {
+  merge_reached(reach, data, weight, reached_size(reach), true);
 }
 
 void BackProjector::add_from(mpi::Message& message) { read_reached(message, true); }
@@ -198,8 +218,7 @@ void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const f
   const double ax = a(0, 0) * pad_, ay = a(0, 1) * pad_, az = a(0, 2) * pad_;
   const double bx = a(1, 0) * pad_, by = a(1, 1) * pad_, bz = a(1, 2) * pad_;
   const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
-  // Trilinear weights reach one voxel past the padded radius.
-  reach_ = std::max(reach_, static_cast<int>(std::ceil(r_max * pad_)) + 1);
+  reach_ = std::max(reach_, reach_for(n_, pad_, max_radius));
   for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
     const std::size_t row = static_cast<std::size_t>(image::storage_index(ky, in_n)) * h;
     for (int kx = 0; kx < h; ++kx) {

@@ -41,6 +41,7 @@ class BackProjector {
  public:
   explicit BackProjector(int n, int padding = 2);
   int box() const { return n_; }
+  int padding() const { return pad_; }
 
   /// Adds a slice at rotation `a`: `data` (= CTF * X, weighted) and `weight` (= CTF^2, weighted)
   /// on a half grid of size in_n, frequencies up to max_radius (pixels of the n grid).
@@ -57,6 +58,14 @@ class BackProjector {
   void add_from(mpi::Message& message);
   /// Replaces the sums with those put() wrote (a total shared by rank 0).
   void take_from(mpi::Message& message);
+  /// The padded-grid reach of inserts up to max_radius: every voxel they touch has |kx|, |ky|,
+  /// |kz| <= it. Sums within a reach are laid out as put() writes them: rows (kz, ky) from -reach
+  /// to reach (every row, in storage order, where 2 reach + 1 spans the grid), kx from 0 to
+  /// min(reach, m/2); reached_size() values in all.
+  static int reach_for(int n, int padding, double max_radius);
+  std::size_t reached_size(int reach) const;
+  /// Adds sums laid out so (a device's: ScoringBackend::end_volume_sums), in the order of add().
+  void add_reached(int reach, const Complex* data, const float* weight);
 
   /// The map. `regularisation_per_shell` (size >= n/2+1, indexed by shell of the n grid, may be
   /// empty) is added to the weights; weights are also floored at 1/1000 of their shell mean.
@@ -68,6 +77,7 @@ class BackProjector {
   void enforce_hermitian(std::vector<Complex>& data, std::vector<float>& weight) const;
   /// The reached part put() wrote, added to the sums or copied over them.
   void read_reached(mpi::Message& message, bool add);
+  void merge_reached(int reach, const Complex* data, const float* weight, std::size_t size, bool add);
   /// Calls row(first, count) for each run of voxels with |kx|, |ky|, |kz| <= reach (all of them
   /// where the reach spans the grid; none where it is negative).
   template <class F>

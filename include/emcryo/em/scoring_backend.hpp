@@ -16,6 +16,7 @@ namespace emcryo::em {
 
 class TemplateSource;  // em/expectation.hpp
 struct FrequencyList;  // em/projector2d.hpp
+class BackProjector;   // em/projector.hpp
 
 /// Templates a device backend samples itself from the references' padded Fourier grids
 /// (TemplateSource::grids()), so that they never cross the bus: template j is class poses[j].first
@@ -97,6 +98,36 @@ struct PrepareBatch {
 /// The CPU's preparation (FFTW, OpenMP over particles; em/expectation.cpp): what a backend's
 /// prepare_batch() computes on its device, and what the E-step runs where no backend does.
 void prepare_particles(const PrepareBatch& batch);
+/// One insertion of the 3D back-projection (BackProjector::insert): particle b of the batch into
+/// class k's volume at the rotation whose first two rows, times the padding, are `a` (as insert
+/// reads them; the symmetry operator included), its data the sum over `shifts` entries from
+/// `first_shift` of the batch's VolumeShift list, its weight C^2/sigma^2 x `total`.
+struct VolumeInsertion {
+  double a[6] = {};  // a(0,0), a(0,1), a(0,2), a(1,0), a(1,1), a(1,2), each x padding
+  int k = 0, b = 0;
+  int first_shift = 0, shifts = 0;
+  float total = 0;   // the shifts' weights summed
+};
+
+/// The particle shifted by (dx, dy) pixels (image::add_shifted_half_grid_2d's), weighted by w.
+struct VolumeShift {
+  float dx = 0, dy = 0, w = 0;
+};
+
+/// One batch of the 3D back-projection, for a device backend: per insertion, per frequency within
+/// the radius begun with, data = (sum over its shifts of w x shifted X_b) x C_b / sigma^2 and
+/// weight = C_b^2 / sigma^2 x total, inserted trilinearly. Per particle its unmasked full half
+/// grid (n/2+1 by n complex, interleaved) and CTF grid; per optics group its 1/sigma^2 grid.
+struct VolumeSumsBatch {
+  int particles = 0;
+  std::vector<const float*> unmasked, ctf;  // [particle]
+  std::vector<int> group;                   // [particle]
+  std::vector<const float*> inv_sigma2;     // [group]
+  const VolumeInsertion* insertions = nullptr;
+  std::size_t insertion_count = 0;
+  const VolumeShift* shifts = nullptr;
+  std::size_t shift_count = 0;
+};
 
 struct BackendStats {
   double flops = 0, seconds = 0;
@@ -127,6 +158,14 @@ class ScoringBackend {
   /// Host memory of `floats` that uploads fastest (page-locked), owned by the backend and reused by
   /// the next call; nullptr where the backend has none (the caller uses its own).
   virtual float* pinned_host(std::size_t /*floats*/) { return nullptr; }
+  /// Whether the backend keeps the 3D back-projection itself (begin/add/end below, from one thread).
+  virtual bool sums_volumes() const { return false; }
+  /// Zeroes device volumes for `classes` padded half volumes of box n (BackProjector(n, padding)),
+  /// inserted up to max_radius (pixels of the n grid), as BackProjector::insert's.
+  virtual void begin_volume_sums(int classes, int n, int padding, double max_radius);
+  virtual void add_volume_sums(const VolumeSumsBatch& batch);
+  /// Adds the device volumes into into[k] (one per class), within the reach inserted.
+  virtual void end_volume_sums(const std::vector<BackProjector*>& into);
   /// Summed over slots.
   virtual BackendStats stats() const = 0;
 };

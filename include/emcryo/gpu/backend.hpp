@@ -54,6 +54,10 @@ struct CudaOptions {
   /// the GpuJobs tests have passed with it on a device (not yet: 2026-12-06); EMCRYO_GPU_PREP=1 turns
   /// it on, EMCRYO_GPU_PREP=0 off.
   bool prepare_batches = false;
+  /// The 3D back-projection (refine's and every 3D job's M-step sums) on the GPU: per-class padded
+  /// volumes on the card for a chunk, filled by atomic trilinear scatter. EMCRYO_GPU_BACKPROJECT=0
+  /// back-projects on the CPU instead (bitwise reproducible; atomics' sums vary in their last bits).
+  bool volume_sums = true;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.
@@ -72,6 +76,8 @@ std::vector<int> parse_device_list(const std::string& text);
 /// The backend a job runs on, per the choice (logged once per call). The GEMM precision, the
 /// CPU threshold, GPU template sampling, GPU M-step sums and GPU batch preparation can be overridden by
 /// EMCRYO_GPU_PRECISION, EMCRYO_GPU_CPU_BELOW_FLOPS, EMCRYO_GPU_SAMPLE, EMCRYO_GPU_SUMS and EMCRYO_GPU_PREP (0: off).
+/// CPU threshold, GPU template sampling, GPU M-step sums and the GPU back-projection can be overridden by
+/// EMCRYO_GPU_PRECISION, EMCRYO_GPU_CPU_BELOW_FLOPS, EMCRYO_GPU_SAMPLE, EMCRYO_GPU_SUMS and EMCRYO_GPU_BACKPROJECT (0: off).
 std::unique_ptr<em::ScoringBackend> make_backend();
 
 }  // namespace emcryo::gpu

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "emcryo/core/error.hpp"
+#include "emcryo/core/mpi.hpp"
 #include "emcryo/em/expectation.hpp"
 #include "emcryo/em/projector.hpp"
 #include "emcryo/em/score_rows.hpp"
@@ -402,6 +403,9 @@ TEST(CudaBackend, TemplateSumsOnTheGpuEqualTheTermByTermSums) {
   std::printf("GPU M-step sums: %zu terms, max |GPU - reference| %.3g of max %.3g\n", terms.size(), worst, largest);
   EXPECT_LT(worst, 1e-5 * largest);
   EXPECT_TRUE(gpu::make_cuda_backend({})->sums_templates());  // on by default (see CudaOptions)
+  gpu::CudaOptions off;  // on by default (see CudaOptions); the switch turns them off
+  off.template_sums = false;
+  EXPECT_FALSE(gpu::make_cuda_backend(off)->sums_templates());
 }
 
 namespace {
@@ -511,6 +515,18 @@ void expect_gpu_preparation_matches(Preparation pr, const char* what, bool pinne
   EXPECT_LT(norm, 1e-5);
   EXPECT_LT(unmasked, 1e-5);
   EXPECT_LT(grid, 1e-6);
+/// BackProjector's sums within their reach, as put() sends them.
+struct ReachedSums {
+  int reach = -1;
+  std::vector<em::Complex> data;
+  std::vector<float> weight;
+};
+ReachedSums reached_sums(const em::BackProjector& bp) {
+  mpi::Message m;
+  bp.put(m);
+  ReachedSums r;
+  r.reach = m.get<int>(), r.data = m.get_vector<em::Complex>(), r.weight = m.get_vector<float>();
+  return r;
 }
 
 }  // namespace
@@ -530,4 +546,105 @@ TEST(CudaBackend, BatchesPreparedOnTheGpuMatchTheCpuPreparation) {
   // Box 256 over three chunks of the GPU's pipeline (512 images each), with CTF, mask and full grids.
   expect_gpu_preparation_matches(make_preparation(1100, 256, 100, true, true, true, 1), "CTF, mask, full grids", true);
   expect_gpu_preparation_matches(make_preparation(37, 64, 31, false, false, false, 2), "no CTF, no mask", false);
+// The 3D back-projection on the GPU against model3d's CPU block on random data: particles of two
+// optics groups, poses with one to three shifts each, two symmetry operators, two classes, over two
+// batches, added into volumes that already hold a slice. Both the cropped layout (rows within the
+// reach) and the whole grid (padding 1, where the reach spans it) are checked.
+TEST(CudaBackend, BackProjectionOnTheGpuEqualsBackProjectorInsert) {
+  REQUIRE_GPU();
+  for (const auto& [n, padding, radius] : {std::tuple{32, 2, 11.5}, std::tuple{24, 1, 40.0}}) {
+    const int B = 7, K = 2, groups = 2, h = n / 2 + 1;
+    const std::size_t half = static_cast<std::size_t>(h) * n;
+    std::mt19937 rng(static_cast<unsigned>(n));
+    std::normal_distribution<float> normal;
+    std::uniform_real_distribution<double> uniform(0, 1);
+    std::vector<std::vector<em::Complex>> x(B, std::vector<em::Complex>(half));
+    std::vector<std::vector<float>> ctf(B, std::vector<float>(half)), isg(groups, std::vector<float>(half));
+    std::vector<int> group(B);
+    for (int b = 0; b < B; ++b) {
+      for (auto& v : x[static_cast<std::size_t>(b)]) v = em::Complex(normal(rng), normal(rng));
+      for (auto& c : ctf[static_cast<std::size_t>(b)]) c = normal(rng);
+      group[static_cast<std::size_t>(b)] = b % groups;
+    }
+    for (auto& g : isg)
+      for (auto& v : g) v = static_cast<float>(0.5 + uniform(rng));
+    const std::vector<geometry::Mat3> symmetry{geometry::Mat3::identity(), geometry::euler_to_matrix({180, 0, 0})};
+    struct Pose {
+      int k, b;
+      geometry::Mat3 a;
+      std::vector<em::VolumeShift> shifts;
+    };
+    std::vector<Pose> poses;
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < 4; ++i) {
+        Pose p{static_cast<int>(rng() % K), b, geometry::euler_to_matrix({360 * uniform(rng), 180 * uniform(rng), 360 * uniform(rng)}), {}};
+        for (int s = 0, count = 1 + static_cast<int>(rng() % 3); s < count; ++s)
+          p.shifts.push_back({static_cast<float>(6 * uniform(rng) - 3), static_cast<float>(6 * uniform(rng) - 3), static_cast<float>(uniform(rng))});
+        poses.push_back(p);
+      }
+    // Both start with one slice already in class 0: the device sums are added to what is there.
+    std::vector<em::BackProjector> cpu(K, em::BackProjector(n, padding)), gpu_sums = cpu;
+    for (auto* bp : {&cpu[0], &gpu_sums[0]}) bp->insert(geometry::euler_to_matrix({10, 20, 30}), x[0].data(), ctf[0].data(), n, radius);
+    // The reference: model3d's CPU block, insertion by insertion.
+    std::vector<em::Complex> data(half);
+    std::vector<float> weight(half);
+    for (const Pose& p : poses) {
+      const auto b = static_cast<std::size_t>(p.b);
+      const auto& is = isg[static_cast<std::size_t>(group[b])];
+      std::fill(data.begin(), data.end(), em::Complex{});
+      float total = 0;
+      for (const auto& s : p.shifts) image::add_shifted_half_grid_2d(x[b].data(), n, s.dx, s.dy, s.w, radius + 1, data.data()), total += s.w;
+      for (std::size_t k = 0; k < half; ++k) data[k] *= ctf[b][k] * is[k], weight[k] = ctf[b][k] * ctf[b][k] * is[k] * total;
+      for (const auto& st : symmetry) cpu[static_cast<std::size_t>(p.k)].insert(p.a * st, data.data(), weight.data(), n, radius);
+    }
+    // The device: the same poses in two batches (particles [0, 4) and [4, B)), each with its own indices.
+    gpu::CudaOptions on;
+    on.volume_sums = true;
+    const auto backend = gpu::make_cuda_backend(on);
+    ASSERT_TRUE(backend->sums_volumes());
+    backend->plan(1, B, 1);
+    backend->begin_volume_sums(K, n, padding, radius);
+    for (const auto& [first, end] : {std::pair{0, 4}, std::pair{4, B}}) {
+      em::VolumeSumsBatch q;
+      q.particles = end - first;
+      for (const auto& g : isg) q.inv_sigma2.push_back(g.data());
+      for (int b = first; b < end; ++b) {
+        const auto bi = static_cast<std::size_t>(b);
+        q.unmasked.push_back(reinterpret_cast<const float*>(x[bi].data())), q.ctf.push_back(ctf[bi].data()), q.group.push_back(group[bi]);
+      }
+      std::vector<em::VolumeInsertion> insertions;
+      std::vector<em::VolumeShift> shifts;
+      for (const Pose& p : poses) {
+        if (p.b < first || p.b >= end) continue;
+        em::VolumeInsertion r;
+        r.k = p.k, r.b = p.b - first, r.first_shift = static_cast<int>(shifts.size()), r.shifts = static_cast<int>(p.shifts.size());
+        for (const auto& s : p.shifts) shifts.push_back(s), r.total += s.w;
+        for (const auto& st : symmetry) {
+          const geometry::Mat3 as = p.a * st;
+          for (int j = 0; j < 3; ++j) r.a[j] = as(0, j) * padding, r.a[3 + j] = as(1, j) * padding;
+          insertions.push_back(r);
+        }
+      }
+      q.insertions = insertions.data(), q.insertion_count = insertions.size(), q.shifts = shifts.data(), q.shift_count = shifts.size();
+      backend->add_volume_sums(q);
+    }
+    backend->end_volume_sums({&gpu_sums[0], &gpu_sums[1]});
+    for (int k = 0; k < K; ++k) {
+      const ReachedSums want = reached_sums(cpu[static_cast<std::size_t>(k)]), got = reached_sums(gpu_sums[static_cast<std::size_t>(k)]);
+      ASSERT_EQ(got.reach, want.reach);
+      ASSERT_EQ(got.data.size(), want.data.size());
+      double worst = 0, largest = 0;
+      for (std::size_t i = 0; i < want.data.size(); ++i) {
+        worst = std::max({worst, static_cast<double>(std::abs(got.data[i] - want.data[i])), std::abs(static_cast<double>(got.weight[i]) - want.weight[i])});
+        largest = std::max({largest, static_cast<double>(std::abs(want.data[i])), static_cast<double>(want.weight[i])});
+      }
+      std::printf("GPU back-projection, box %d, padding %d, class %d: max |GPU - insert()| %.3g of max %.3g (%zu voxels)\n", n, padding, k,
+                  worst, largest, want.data.size());
+      EXPECT_GT(largest, 0);
+      EXPECT_LT(worst, 1e-5 * largest);
+    }
+  }
+  gpu::CudaOptions off;  // on by default; the switch turns it off
+  off.volume_sums = false;
+  EXPECT_FALSE(gpu::make_cuda_backend(off)->sums_volumes());
 }
