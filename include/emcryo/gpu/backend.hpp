@@ -74,10 +74,9 @@ DeviceChoice device_choice();
 std::vector<int> parse_device_list(const std::string& text);
 
 /// The backend a job runs on, per the choice (logged once per call). The GEMM precision, the
-/// CPU threshold, GPU template sampling, GPU M-step sums and GPU batch preparation can be overridden by
-/// EMCRYO_GPU_PRECISION, EMCRYO_GPU_CPU_BELOW_FLOPS, EMCRYO_GPU_SAMPLE, EMCRYO_GPU_SUMS and EMCRYO_GPU_PREP (0: off).
-/// CPU threshold, GPU template sampling, GPU M-step sums and the GPU back-projection can be overridden by
-/// EMCRYO_GPU_PRECISION, EMCRYO_GPU_CPU_BELOW_FLOPS, EMCRYO_GPU_SAMPLE, EMCRYO_GPU_SUMS and EMCRYO_GPU_BACKPROJECT (0: off).
+/// CPU threshold, GPU template sampling, GPU M-step sums, GPU batch preparation and the GPU
+/// back-projection can be overridden by EMCRYO_GPU_PRECISION, EMCRYO_GPU_CPU_BELOW_FLOPS,
+/// EMCRYO_GPU_SAMPLE, EMCRYO_GPU_SUMS, EMCRYO_GPU_PREP and EMCRYO_GPU_BACKPROJECT (0: off; PREP=1 on).
 std::unique_ptr<em::ScoringBackend> make_backend();
 
 }  // namespace emcryo::gpu
