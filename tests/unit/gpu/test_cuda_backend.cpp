@@ -403,9 +403,6 @@ TEST(CudaBackend, TemplateSumsOnTheGpuEqualTheTermByTermSums) {
   std::printf("GPU M-step sums: %zu terms, max |GPU - reference| %.3g of max %.3g\n", terms.size(), worst, largest);
   EXPECT_LT(worst, 1e-5 * largest);
   EXPECT_TRUE(gpu::make_cuda_backend({})->sums_templates());  // on by default (see CudaOptions)
-  gpu::CudaOptions off;  // on by default (see CudaOptions); the switch turns them off
-  off.template_sums = false;
-  EXPECT_FALSE(gpu::make_cuda_backend(off)->sums_templates());
 }
 
 namespace {
@@ -515,18 +512,6 @@ void expect_gpu_preparation_matches(Preparation pr, const char* what, bool pinne
   EXPECT_LT(norm, 1e-5);
   EXPECT_LT(unmasked, 1e-5);
   EXPECT_LT(grid, 1e-6);
-/// BackProjector's sums within their reach, as put() sends them.
-struct ReachedSums {
-  int reach = -1;
-  std::vector<em::Complex> data;
-  std::vector<float> weight;
-};
-ReachedSums reached_sums(const em::BackProjector& bp) {
-  mpi::Message m;
-  bp.put(m);
-  ReachedSums r;
-  r.reach = m.get<int>(), r.data = m.get_vector<em::Complex>(), r.weight = m.get_vector<float>();
-  return r;
 }
 
 }  // namespace
@@ -546,6 +531,26 @@ TEST(CudaBackend, BatchesPreparedOnTheGpuMatchTheCpuPreparation) {
   // Box 256 over three chunks of the GPU's pipeline (512 images each), with CTF, mask and full grids.
   expect_gpu_preparation_matches(make_preparation(1100, 256, 100, true, true, true, 1), "CTF, mask, full grids", true);
   expect_gpu_preparation_matches(make_preparation(37, 64, 31, false, false, false, 2), "no CTF, no mask", false);
+}
+
+namespace {
+
+/// BackProjector's sums within their reach, as put() sends them.
+struct ReachedSums {
+  int reach = -1;
+  std::vector<em::Complex> data;
+  std::vector<float> weight;
+};
+ReachedSums reached_sums(const em::BackProjector& bp) {
+  mpi::Message m;
+  bp.put(m);
+  ReachedSums r;
+  r.reach = m.get<int>(), r.data = m.get_vector<em::Complex>(), r.weight = m.get_vector<float>();
+  return r;
+}
+
+}  // namespace
+
 // The 3D back-projection on the GPU against model3d's CPU block on random data: particles of two
 // optics groups, poses with one to three shifts each, two symmetry operators, two classes, over two
 // batches, added into volumes that already hold a slice. Both the cropped layout (rows within the
