@@ -55,9 +55,11 @@ struct CudaOptions {
   /// it on, EMCRYO_GPU_PREP=0 off.
   bool prepare_batches = false;
   /// The 3D back-projection (refine's and every 3D job's M-step sums) on the GPU: per-class padded
-  /// volumes on the card for a chunk, filled by atomic trilinear scatter. EMCRYO_GPU_BACKPROJECT=0
-  /// back-projects on the CPU instead (bitwise reproducible; atomics' sums vary in their last bits).
-  bool volume_sums = true;
+  /// volumes on the card for a chunk, filled by atomic trilinear scatter. Off by default until it
+  /// has run on a device (no GPU could be had when it was written, 2026-12-06):
+  /// EMCRYO_GPU_BACKPROJECT=1 turns it on, 0 keeps the CPU's (bitwise reproducible) block; the
+  /// atomics' sums vary in their last bits from run to run.
+  bool volume_sums = false;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.

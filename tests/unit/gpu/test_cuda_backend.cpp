@@ -649,7 +649,5 @@ TEST(CudaBackend, BackProjectionOnTheGpuEqualsBackProjectorInsert) {
       EXPECT_LT(worst, 1e-5 * largest);
     }
   }
-  gpu::CudaOptions off;  // on by default; the switch turns it off
-  off.volume_sums = false;
-  EXPECT_FALSE(gpu::make_cuda_backend(off)->sums_volumes());
+  EXPECT_FALSE(gpu::make_cuda_backend({})->sums_volumes());  // off by default (see CudaOptions)
 }
