@@ -321,7 +321,7 @@ class EStep {
 
  private:
   /// Batch [first, first + count) of images_ prepared from its pixels: on the device where the
-  /// backend prepares batches (CUDA: EMCRYO_GPU_PREP=1), else on the CPU.
+  /// backend prepares batches (CUDA, unless EMCRYO_GPU_PREP=0), else on the CPU.
   void prepare(int first, int count, const float* pixels) {
     const std::size_t* images = images_.data() + first;
     batch_.count = count;

@@ -123,6 +123,8 @@ TEST(GpuJobs, RefineGivesTheSameMapAndPosesOnCpuAndGpu) {
   EXPECT_NE(test::read_text(dir / "gpu/run.log").find("scoring on CUDA"), std::string::npos);
   // The GPU run back-projects on the GPU too (EMCRYO_GPU_BACKPROJECT=1): the maps below compare it.
   EXPECT_NE(test::read_text(dir / "gpu/run.log").find("3D back-projection on the GPU"), std::string::npos);
+  // ... and prepares its batches there (the default): the maps and poses below compare that too.
+  EXPECT_NE(test::read_text(dir / "gpu/run.log").find("batches prepared on the GPU"), std::string::npos);
   // Maps: FSC between the CPU's and the GPU's up to the resolution the CPU run reports.
   const double resolution = reported_resolution(dir / "cpu/model.star");
   ASSERT_GT(resolution, 0);

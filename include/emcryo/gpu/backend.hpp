@@ -50,16 +50,16 @@ struct CudaOptions {
   /// EMCRYO_GPU_SUMS=0 sums on the CPU instead.
   bool template_sums = true;
   /// Particle batches prepared on the GPU (masked, batched cuFFT, CTF and 1/sigma^2 weights by
-  /// kernels; src/gpu/prepare.cu) instead of on the CPU with FFTW. Off by default until test_gpu and
-  /// the GpuJobs tests have passed with it on a device (not yet: 2026-12-06); EMCRYO_GPU_PREP=1 turns
-  /// it on, EMCRYO_GPU_PREP=0 off.
-  bool prepare_batches = false;
+  /// kernels; src/gpu/prepare.cu) instead of on the CPU with FFTW. On by default: test_gpu and the
+  /// GpuJobs tests passed with it on an H100 (2026-12-06, third session); EMCRYO_GPU_PREP=0 prepares
+  /// on the CPU instead.
+  bool prepare_batches = true;
   /// The 3D back-projection (refine's and every 3D job's M-step sums) on the GPU: per-class padded
-  /// volumes on the card for a chunk, filled by atomic trilinear scatter. Off by default until it
-  /// has run on a device (no GPU could be had when it was written, 2026-12-06):
-  /// EMCRYO_GPU_BACKPROJECT=1 turns it on, 0 keeps the CPU's (bitwise reproducible) block; the
-  /// atomics' sums vary in their last bits from run to run.
-  bool volume_sums = false;
+  /// volumes on the card for a chunk, filled by atomic trilinear scatter. On by default: test_gpu and
+  /// the GpuJobs tests passed with it on an H100 (2026-12-06, third session).
+  /// EMCRYO_GPU_BACKPROJECT=0 keeps the CPU's (bitwise reproducible) block; the atomics' sums vary
+  /// in their last bits from run to run.
+  bool volume_sums = true;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.
