@@ -60,48 +60,6 @@ void read_batch(const io::ParticleSet& set, const std::size_t* images, int count
   for (int b = 0; b < count; ++b) set.read_image(images[b], pixels + sz(b) * area);
 }
 
-/// Prepares a batch from its images (read_batch), which it overwrites (masking).
-void prepare_batch(const io::ParticleSet& set, const std::size_t* images, int count, const FrequencyList& list,
-                   const std::vector<std::vector<float>>& inv_sigma2, const std::vector<float>& mask, const EStepSettings& settings,
-                   float* pixels_in, Batch& batch) {
-  const int n = set.box();
-  const int F = static_cast<int>(list.size());
-  const std::size_t area = sz(n) * sz(n), half = image::half_size(n, n);
-  const double pixel = set.pixel_size();
-  batch.count = count;
-#pragma omp parallel
-  {
-    std::vector<Complex> spectrum(half);
-    std::vector<float> ctf_grid(half, 1.0f);
-#pragma omp for schedule(static)
-    for (int b = 0; b < count; ++b) {
-      const std::size_t i = images[b];
-      float* img = pixels_in + sz(b) * area;
-      // The unmasked transform enters the reconstruction (as RELION: masking would change the
-      // data that enter the map); the masked one is scored.
-      if (settings.full_grids) image::fft_forward_2d(img, batch.unmasked[sz(b)].data(), n, n);
-      image::apply_mask(img, mask);
-      image::fft_forward_2d(img, spectrum.data(), n, n);
-      float* grid = settings.full_grids ? batch.ctf_grid[sz(b)].data() : ctf_grid.data();
-      if (settings.use_ctf) image::ctf_half_grid(set.ctf(i), n, pixel, grid);
-      else std::fill(grid, grid + half, 1.0f);
-      const float* isg = inv_sigma2[sz(set.optics_index(i))].data();
-      Complex* x = batch.x.data() + sz(b) * sz(F);
-      float* c = batch.ctf.data() + sz(b) * sz(F);
-      float* c2 = batch.ctf2.data() + sz(b) * sz(F);
-      double norm = 0;
-      for (int f = 0; f < F; ++f) {
-        const auto k = static_cast<std::size_t>(list.index[sz(f)]);
-        x[f] = spectrum[k];
-        c[f] = grid[k];
-        c2[f] = c[f] * c[f] * isg[f];
-        norm += std::norm(x[f]) * isg[f] / 2;
-      }
-      batch.half_norm[sz(b)] = norm;
-    }
-  }
-}
-
 /// Coarse rows of particle b: (coarse shifts, each moved by the particle's start shift) at Fc.
 void fill_coarse_rows(Batch& batch, int b, int F, int Fc, const CoarseLayout& layout, const std::vector<Complex>& fine_ramps,
                       const float* isg, const Shift& base, const FrequencyList& list, Scratch& s) {
@@ -249,6 +207,43 @@ void collect_children(const Posterior& coarse, const std::vector<Euler>& orienta
 
 }  // namespace
 
+void prepare_particles(const PrepareBatch& q) {
+  const int n = q.box, F = q.frequencies;
+  const std::size_t area = sz(n) * sz(n), half = image::half_size(n, n);
+#pragma omp parallel
+  {
+    std::vector<float> img(area);
+    std::vector<Complex> spectrum(half);
+    std::vector<float> ctf_grid(half, 1.0f);
+#pragma omp for schedule(static)
+    for (int b = 0; b < q.count; ++b) {
+      std::copy_n(q.pixels + sz(b) * area, area, img.data());
+      // The unmasked transform enters the reconstruction (as RELION: masking would change the
+      // data that enter the map); the masked one is scored.
+      if (q.unmasked) image::fft_forward_2d(img.data(), reinterpret_cast<Complex*>(q.unmasked[b]), n, n);
+      if (q.mask)
+        for (std::size_t i = 0; i < area; ++i) img[i] *= q.mask[i];  // image::apply_mask, background 0
+      image::fft_forward_2d(img.data(), spectrum.data(), n, n);
+      float* grid = q.ctf_grid ? q.ctf_grid[b] : ctf_grid.data();
+      if (q.ctf) image::ctf_half_grid(q.ctf[b], n, q.pixel_size, grid);
+      else std::fill(grid, grid + half, 1.0f);
+      const float* isg = q.inv_sigma2 + sz(q.group[b]) * sz(F);
+      Complex* x = reinterpret_cast<Complex*>(q.x) + sz(b) * sz(F);
+      float* c = q.ctf_out + sz(b) * sz(F);
+      float* c2 = q.ctf2 + sz(b) * sz(F);
+      double norm = 0;
+      for (int f = 0; f < F; ++f) {
+        const auto k = static_cast<std::size_t>(q.index[f]);
+        x[f] = spectrum[k];
+        c[f] = grid[k];
+        c2[f] = c[f] * c[f] * isg[f];
+        norm += std::norm(x[f]) * isg[f] / 2;
+      }
+      q.half_norm[b] = norm;
+    }
+  }
+}
+
 double coarse_radius_for(double cell_degrees, double coarse_shift_step, int n, double radius) {
   double reach = 2.0 / (cell_degrees * std::numbers::pi / 180);
   if (coarse_shift_step > 0) reach = std::min(reach, n / (std::numbers::pi * coarse_shift_step));
@@ -279,7 +274,7 @@ class EStep {
     int buffer = 0;
     if (begin < P) {
       const StageClock clock(times_, StageTimes::read);
-      read_batch(set_, images_.data() + begin, std::min(B_, P - begin), pixels_.data());
+      read_batch(set_, images_.data() + begin, std::min(B_, P - begin), pixels_);
     }
     for (int first = begin; first < P; first += B_) {
       const int bc = std::min(B_, P - first);
@@ -287,14 +282,14 @@ class EStep {
         const StageClock clock(times_, StageTimes::read);
         next.get();
       }
-      float* pixels = pixels_.data() + sz(buffer) * sz(B_) * area;
+      float* pixels = pixels_ + sz(buffer) * sz(B_) * area;
       if (const int following = first + B_; following < P)
         next = std::async(std::launch::async, read_batch, std::cref(set_), images_.data() + following, std::min(B_, P - following),
-                          pixels_.data() + sz(1 - buffer) * sz(B_) * area);
+                          pixels_ + sz(1 - buffer) * sz(B_) * area);
       buffer = 1 - buffer;
       {
         const StageClock clock(times_, StageTimes::prepare);
-        prepare_batch(set_, images_.data() + first, bc, list_, inv_sigma2_, mask_, settings_, pixels, batch_);
+        prepare(first, bc, pixels);
       }
       scored_.first = sz(first);
       scored_.particles.resize(sz(bc));
@@ -325,6 +320,38 @@ class EStep {
   }
 
  private:
+  /// Batch [first, first + count) of images_ prepared from its pixels: on the device where the
+  /// backend prepares batches (CUDA, unless EMCRYO_GPU_PREP=0), else on the CPU.
+  void prepare(int first, int count, const float* pixels) {
+    const std::size_t* images = images_.data() + first;
+    batch_.count = count;
+    ctf_terms_.resize(sz(count));
+    groups_.resize(sz(count));
+    for (int b = 0; b < count; ++b) {
+      if (settings_.use_ctf) ctf_terms_[sz(b)] = image::Ctf(set_.ctf(images[b])).terms();
+      groups_[sz(b)] = set_.optics_index(images[b]);
+    }
+    PrepareBatch q;
+    q.count = count, q.box = set_.box(), q.pixels = pixels, q.mask = mask_.empty() ? nullptr : mask_.data();
+    q.ctf = settings_.use_ctf ? ctf_terms_.data() : nullptr;
+    q.pixel_size = set_.pixel_size();
+    q.group = groups_.data(), q.inv_sigma2 = inv_sigma2_rows_.data(), q.groups = static_cast<int>(inv_sigma2_.size());
+    q.index = list_.index.data(), q.frequencies = F_;
+    q.x = reinterpret_cast<float*>(batch_.x.data()), q.ctf_out = batch_.ctf.data(), q.ctf2 = batch_.ctf2.data();
+    q.half_norm = batch_.half_norm.data();
+    if (settings_.full_grids) {
+      unmasked_rows_.resize(sz(count));
+      ctf_grid_rows_.resize(sz(count));
+      for (int b = 0; b < count; ++b) {
+        unmasked_rows_[sz(b)] = reinterpret_cast<float*>(batch_.unmasked[sz(b)].data());
+        ctf_grid_rows_[sz(b)] = batch_.ctf_grid[sz(b)].data();
+      }
+      q.unmasked = unmasked_rows_.data(), q.ctf_grid = ctf_grid_rows_.data();
+    }
+    if (device_prepare_) backend_.prepare_batch(q);
+    else prepare_particles(q);
+  }
+
   /// The per-particle loop's wall time, split over its stages by the threads' summed times.
   void share_loop_time(double wall) {
     StageTimes threads;
@@ -370,7 +397,16 @@ class EStep {
       batch_.unmasked.assign(sz(B_), std::vector<Complex>(half));
       batch_.ctf_grid.assign(sz(B_), std::vector<float>(half));
     }
-    pixels_.resize(2 * sz(B_) * sz(n) * sz(n));  // two batches: one searched, the next being read
+    // Two batches: one searched, the next being read; in the backend's pinned memory where it
+    // prepares batches itself (uploaded straight from there).
+    device_prepare_ = backend_.prepares_batches();
+    pixels_ = device_prepare_ ? backend_.pinned_host(2 * sz(B_) * sz(n) * sz(n)) : nullptr;
+    if (!pixels_) {
+      own_pixels_.resize(2 * sz(B_) * sz(n) * sz(n));
+      pixels_ = own_pixels_.data();
+    }
+    inv_sigma2_rows_.clear();
+    for (const auto& row : inv_sigma2_) inv_sigma2_rows_.insert(inv_sigma2_rows_.end(), row.begin(), row.end());
     scores_.resize(shared_ ? sz(B_) * sz(layout_.shifts) * sz(chunk_) : 0);
     coarse_reducers_.resize(sz(B_));
     scored_.fine_ramps = fine_ramps_.data();
@@ -582,7 +618,13 @@ class EStep {
   std::vector<Complex> fine_ramps_;
   CoarseLayout layout_;
   FrequencyList coarse_list_;
-  std::vector<float> templates_, power_, pixels_, scores_;
+  std::vector<float> templates_, power_, own_pixels_, scores_;
+  float* pixels_ = nullptr;  // 2 x B_ images: own_pixels_ or the backend's pinned memory
+  bool device_prepare_ = false;
+  std::vector<float> inv_sigma2_rows_;  // inv_sigma2_ as one [group][F] array
+  std::vector<image::CtfTerms> ctf_terms_;
+  std::vector<int> groups_;
+  std::vector<float*> unmasked_rows_, ctf_grid_rows_;
   Batch batch_;
   std::vector<PosteriorReducer> coarse_reducers_;
   std::vector<Scratch> scratch_;

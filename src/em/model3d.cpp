@@ -104,11 +104,21 @@ class ParticleSlices {
   std::vector<Shift> shifts_;
 };
 
-/// Kept hypotheses of one particle that share an orientation: order[first, last), their weight.
-struct PoseGroup {
-  std::size_t first, last;
-  float total;
-};
+/// Calls group(first, last) for each run of order[first, last) sharing a class and orientation,
+/// `order` being the hypotheses' indices sorted so (the fine pass pairs each child orientation
+/// with several shifts: those are summed and inserted once).
+template <class F>
+void for_each_orientation(const std::vector<Hypothesis>& kept, std::vector<std::size_t>& order, F group) {
+  order.resize(kept.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return orientation_order(kept[x], kept[y]); });
+  for (std::size_t first = 0; first < order.size();) {
+    std::size_t last = first + 1;
+    while (last < order.size() && same_orientation(kept[order[first]], kept[order[last]])) ++last;
+    group(first, last);
+    first = last;
+  }
+}
 
 /// Lanes that fit in about 1 GB of padded volumes, at most 8.
 int lane_count(int n) {
@@ -247,9 +257,49 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     return expanded;
   };
   const int lanes = sums.lanes();
+  // A device backend back-projects on its card (ScoringBackend::sums_volumes): the batch's grids and
+  // the same insertions as the CPU block below go up, the volumes come back at the chunk's end.
+  const bool device_volumes = backend.sums_volumes();
+  const int padding = sums.lane(0, 0).padding();
+  std::int64_t inserted_hypotheses = 0, inserted_orientations = 0;  // of the chunk being computed
+  std::vector<VolumeInsertion> insertions;
+  std::vector<VolumeShift> insertion_shifts;
+  const auto back_project_on_device = [&](const ScoredBatch& batch) {
+    const int bc = static_cast<int>(batch.particles.size());
+    VolumeSumsBatch q;
+    q.particles = bc;
+    for (const auto& g : inv_sigma2_grid) q.inv_sigma2.push_back(g.data());
+    insertions.clear(), insertion_shifts.clear();
+    std::vector<std::size_t> order;
+    std::vector<Hypothesis> expanded;
+    for (int b = 0; b < bc; ++b) {
+      const PreparedParticle& pp = batch.particles[sz(b)];
+      q.unmasked.push_back(reinterpret_cast<const float*>(pp.unmasked)), q.ctf.push_back(pp.ctf_grid), q.group.push_back(pp.group);
+      const auto& kept = known_class_weights(batch.outcomes[sz(b)].kept, poses[batch.first + sz(b)], expanded);
+      for_each_orientation(kept, order, [&](std::size_t first, std::size_t last) {
+        inserted_hypotheses += static_cast<std::int64_t>(last - first), ++inserted_orientations;
+        VolumeInsertion r;
+        r.k = kept[order[first]].k, r.b = b;
+        r.first_shift = static_cast<int>(insertion_shifts.size()), r.shifts = static_cast<int>(last - first);
+        for (std::size_t i = first; i < last; ++i) {
+          const Hypothesis& h = kept[order[i]];
+          insertion_shifts.push_back({-h.shift.first, -h.shift.second, h.weight});
+          r.total += h.weight;
+        }
+        const geometry::Mat3 a = geometry::euler_to_matrix(kept[order[first]].orientation);
+        for (const auto& st : symmetry_t) {
+          const geometry::Mat3 as = a * st;
+          for (int j = 0; j < 3; ++j) r.a[j] = as(0, j) * padding, r.a[3 + j] = as(1, j) * padding;
+          insertions.push_back(r);
+        }
+      });
+    }
+    q.insertions = insertions.data(), q.insertion_count = insertions.size();
+    q.shifts = insertion_shifts.data(), q.shift_count = insertion_shifts.size();
+    backend.add_volume_sums(q);
+  };
   int changed = 0;            // of the chunk being computed
   double angle_change = 0;
-  std::int64_t inserted_hypotheses = 0, inserted_orientations = 0;
   NoiseSums part_noise(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
 
   const auto consumer = [&](const ScoredBatch& batch) {
@@ -293,11 +343,12 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       changed += moved[sz(b)] > search.step / 2;
       if (!residual[sz(b)].empty()) part_noise.add(sz(batch.particles[sz(b)].group), residual[sz(b)], counts[sz(b)]);
     }
+    if (!settings.back_project) return;
+    if (device_volumes) return back_project_on_device(batch);
     // Back-projection: the unmasked particle re-centred, weighted by w C / sigma^2, at each kept
     // pose, lane by lane. Hypotheses that share an orientation (the fine pass pairs each child
     // orientation with several shifts) are summed first and inserted once; each distinct shift of
     // a particle is applied once (ParticleSlices), as the kept poses share a few shifts.
-    if (!settings.back_project) return;
     std::int64_t hypotheses = 0, orientations = 0;
 #pragma omp parallel for schedule(static, 1) reduction(+ : hypotheses, orientations)
     for (int l = 0; l < lanes; ++l) {
@@ -305,36 +356,24 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       std::vector<Complex> data(half);
       std::vector<std::size_t> order;
       std::vector<Hypothesis> expanded;
-      std::vector<PoseGroup> groups;
       for (int b = 0; b < bc; ++b) {
         if (static_cast<int>((batch.first + sz(b)) % sz(lanes)) != l) continue;
         const PreparedParticle& pp = batch.particles[sz(b)];
         slices.set_particle(pp.unmasked, pp.ctf_grid, inv_sigma2_grid[sz(pp.group)].data());
         const auto& kept = known_class_weights(batch.outcomes[sz(b)].kept, poses[batch.first + sz(b)], expanded);
-        order.resize(kept.size());
-        std::iota(order.begin(), order.end(), std::size_t{0});
-        std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return orientation_order(kept[x], kept[y]); });
-        // Orientation groups: runs of `order` sharing an orientation, with their total weight.
-        groups.clear();
-        for (std::size_t first = 0; first < order.size();) {
-          std::size_t last = first + 1;
-          float total = kept[order[first]].weight;
-          while (last < order.size() && same_orientation(kept[order[first]], kept[order[last]])) total += kept[order[last++]].weight;
-          groups.push_back({first, last, total});
-          first = last;
-        }
-        for (const auto& g : groups) {
-          hypotheses += static_cast<std::int64_t>(g.last - g.first), ++orientations;
+        for_each_orientation(kept, order, [&](std::size_t first, std::size_t last) {
+          hypotheses += static_cast<std::int64_t>(last - first), ++orientations;
           slices.clear(data.data());
-          for (std::size_t i = g.first; i < g.last; ++i) {
+          float total = 0;
+          for (std::size_t i = first; i < last; ++i) {
             const Hypothesis& h = kept[order[i]];
             slices.add_shifted(h.shift, h.weight, data.data());
+            total += h.weight;
           }
-          const Hypothesis& h = kept[order[g.first]];
+          const Hypothesis& h = kept[order[first]];
           const geometry::Mat3 a = geometry::euler_to_matrix(h.orientation);
-          for (const auto& st : symmetry_t)
-            sums.lane(h.k, l).insert(a * st, data.data(), slices.ctf2(), n, settings.insert_radius, g.total);
-        }
+          for (const auto& st : symmetry_t) sums.lane(h.k, l).insert(a * st, data.data(), slices.ctf2(), n, settings.insert_radius, total);
+        });
       }
     }
     inserted_hypotheses += hypotheses, inserted_orientations += orientations;
@@ -349,6 +388,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     if (settings.back_project) {
       const StageClock clock(es_stats.stages, StageTimes::chunk_sums);
       sums.clear_lanes();
+      if (device_volumes) backend.begin_volume_sums(K, n, padding, settings.insert_radius);
     }
     part_noise = NoiseSums(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
     changed = 0, angle_change = 0, inserted_hypotheses = 0, inserted_orientations = 0;
@@ -356,6 +396,11 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) put_pose(message, poses[p]);
     if (settings.back_project) {  // scoring only: the sums stay empty and are not sent
       const StageClock clock(es_stats.stages, StageTimes::chunk_sums);
+      if (device_volumes) {
+        std::vector<BackProjector*> into;
+        for (int k = 0; k < K; ++k) into.push_back(&sums.lane(k, 0));
+        backend.end_volume_sums(into);
+      }
       for (int k = 0; k < K; ++k) sums.fold_lanes(k).put(message);
     }
     for (std::size_t g = 0; g < part_noise.sum.size(); ++g) message.put(part_noise.sum[g]), message.put(part_noise.count[g]);

@@ -151,6 +151,20 @@ void BackProjector::for_each_reached_row(int reach, F row) const {
     }
 }
 
+template <class F>
+void BackProjector::for_each_cube_row(int reach, F row) const {
+  if (reach < 0) return;
+  const auto count = static_cast<std::size_t>(std::min(reach, hm_ - 1) + 1);
+  const auto run = [&](int z, int y) { row((static_cast<std::size_t>(z) * m_ + static_cast<std::size_t>(y)) * hm_, count); };
+  if (2 * reach + 1 >= m_) {
+    for (int z = 0; z < m_; ++z)
+      for (int y = 0; y < m_; ++y) run(z, y);
+    return;
+  }
+  for (int kz = -reach; kz <= reach; ++kz)
+    for (int ky = -reach; ky <= reach; ++ky) run(image::storage_index(kz, m_), image::storage_index(ky, m_));
+}
+
 void BackProjector::clear() {
   for_each_reached_row(reach_, [&](std::size_t first, std::size_t count) {
     std::fill_n(data_.begin() + static_cast<std::ptrdiff_t>(first), count, Complex{});
@@ -174,13 +188,39 @@ void BackProjector::read_reached(mpi::Message& message, bool add) {
   const int reach = message.get<int>();
   const auto data = message.get_vector<Complex>();
   const auto weight = message.get_vector<float>();
+  if (data.size() != weight.size()) fail("internal error: back-projection sums of another size");
+  merge_reached(reach, data.data(), weight.data(), data.size(), add);
+}
+
+void BackProjector::merge_reached(int reach, const Complex* data, const float* weight, std::size_t size, bool add) {
   std::size_t at = 0;
   for_each_reached_row(reach, [&](std::size_t first, std::size_t count) {
-    if (at + count > data.size() || data.size() != weight.size()) fail("internal error: back-projection sums of another size");
+    if (at + count > size) fail("internal error: back-projection sums of another size");
     for (std::size_t i = 0; i < count; ++i) {
       data_[first + i] = add ? data_[first + i] + data[at + i] : data[at + i];
       weight_[first + i] = add ? weight_[first + i] + weight[at + i] : weight[at + i];
     }
+    at += count;
+  });
+  reach_ = std::max(reach_, reach);
+}
+
+int BackProjector::reach_for(int n, int padding, double max_radius) {
+  // Trilinear weights reach one voxel past the padded radius.
+  return static_cast<int>(std::ceil(std::min(max_radius, n / 2.0 - 1.0) * padding)) + 1;
+}
+
+std::size_t BackProjector::reached_size(int reach) const {
+  std::size_t size = 0;
+  for_each_cube_row(reach, [&](std::size_t, std::size_t count) { size += count; });
+  return size;
+}
+
+void BackProjector::add_reached(int reach, const Complex* data, const float* weight) {
+  // The cube's voxels outside the ball put() moves hold zeros (no insert reaches them).
+  std::size_t at = 0;
+  for_each_cube_row(reach, [&](std::size_t first, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) data_[first + i] += data[at + i], weight_[first + i] += weight[at + i];
     at += count;
   });
   reach_ = std::max(reach_, reach);
@@ -211,8 +251,7 @@ void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const f
   const double ax = a(0, 0) * pad_, ay = a(0, 1) * pad_, az = a(0, 2) * pad_;
   const double bx = a(1, 0) * pad_, by = a(1, 1) * pad_, bz = a(1, 2) * pad_;
   const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
-  // Trilinear weights reach one voxel past the padded radius.
-  reach_ = std::max(reach_, static_cast<int>(std::ceil(r_max * pad_)) + 1);
+  reach_ = std::max(reach_, reach_for(n_, pad_, max_radius));
   const int m = m_;
   const std::size_t hm = static_cast<std::size_t>(hm_), plane = static_cast<std::size_t>(m_) * hm;
   // Complex voxels as float pairs: the two x neighbours are four consecutive floats.

@@ -17,7 +17,9 @@
 #include <unordered_map>
 
 #include "emcryo/core/error.hpp"
+#include "backprojection.hpp"
 #include "emcryo/gpu/backend.hpp"
+#include "prepare.hpp"
 #include "sampling.hpp"
 
 namespace emcryo::gpu {
@@ -52,7 +54,8 @@ class DeviceBuffer {
            "resolution limit or another GPU (per thread slot, 4 bytes x: 4 x piece rows x 2F + 2 x piece rows x "
            "templates + particles x (F + templates) + templates x (5F + 14), pieces within 8 Mi floats; plus "
            "the resident coarse templates x 5Fc; plus the references sampled on the GPU, classes x m^(d-1) x (m/2+1) "
-           "x 8 bytes, m = 2 x box, d = 2 or 3; docs/design.md)",
+           "x 8 bytes, m = 2 x box, d = 2 or 3; plus the 3D back-projection's volumes, classes x (2R+1)^2 x (R+1) x 12 bytes, "
+           "R = ceil(2 x insert radius) + 1; docs/design.md)",
            device, mib(bytes), mib(free), mib(total));
     check(cudaMalloc(&data_, bytes), "cudaMalloc");
     capacity_ = floats;
@@ -261,8 +264,10 @@ class CudaBackend final : public em::ScoringBackend {
     for (const auto& d : devices_) ids += (ids.empty() ? "" : ",") + std::to_string(d->id);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, devices_.front()->id);
-    return fmt::format("CUDA (GPU {}: {}, {} GEMM{})", ids, prop.name, precision_name(options_.precision),
-                       options_.sample_templates ? ", per-particle templates sampled on the GPU" : "");
+    return fmt::format("CUDA (GPU {}: {}, {} GEMM{}{}{})", ids, prop.name, precision_name(options_.precision),
+                       options_.sample_templates ? ", per-particle templates sampled on the GPU" : "",
+                       options_.prepare_batches ? ", batches prepared on the GPU" : "",
+                       options_.volume_sums ? ", 3D back-projection on the GPU" : "");
   }
 
   void plan(int slots, int particles, int templates) override {
@@ -386,6 +391,20 @@ class CudaBackend final : public em::ScoringBackend {
     for (std::size_t i = 0; i < nw; ++i) weight[i] += w[i];
   }
 
+  bool prepares_batches() const override { return options_.prepare_batches; }
+
+  void prepare_batch(const em::PrepareBatch& batch) override { preparer().prepare(batch); }
+
+  float* pinned_host(std::size_t floats) override { return options_.prepare_batches ? preparer().pinned_host(floats) : nullptr; }
+  // The 3D back-projection (backprojection.cu), on the first device.
+  bool sums_volumes() const override { return options_.volume_sums; }
+  void begin_volume_sums(int classes, int n, int padding, double max_radius) override {
+    if (!volume_sums_) volume_sums_ = std::make_unique<DeviceVolumeSums>(devices_.front()->id);
+    volume_sums_->begin(classes, n, padding, max_radius);
+  }
+  void add_volume_sums(const em::VolumeSumsBatch& batch) override { volumes().add(batch); }
+  void end_volume_sums(const std::vector<em::BackProjector*>& into) override { volumes().end(into); }
+
   em::BackendStats stats() const override {
     em::BackendStats total = cpu_->stats();
     for (const auto& s : slots_) total.flops += s->stats.flops, total.seconds += s->stats.seconds;
@@ -496,6 +515,17 @@ class CudaBackend final : public em::ScoringBackend {
     return reinterpret_cast<const int2*>(entry->data());
   }
 
+  /// Batches are prepared on the first device (the results go back to the host).
+  BatchPreparer& preparer() {
+    if (!preparer_) preparer_ = std::make_unique<BatchPreparer>(devices_.front()->id);
+    return *preparer_;
+  }
+
+  DeviceVolumeSums& volumes() {
+    if (!volume_sums_) fail("GPU back-projection before begin_volume_sums (internal error)");
+    return *volume_sums_;
+  }
+
   Slot& sums_slot() {
     if (slots_.empty()) fail("GPU M-step sums before plan() (internal error)");
     check(cudaSetDevice(slots_.front()->device), "cudaSetDevice");
@@ -586,6 +616,8 @@ class CudaBackend final : public em::ScoringBackend {
   std::unique_ptr<em::ScoringBackend> cpu_;  // tiny requests
   std::vector<std::unique_ptr<DeviceState>> devices_;
   std::vector<std::unique_ptr<Slot>> slots_;
+  std::unique_ptr<BatchPreparer> preparer_;  // declared last: freed first
+  std::unique_ptr<DeviceVolumeSums> volume_sums_;
 };
 
 }  // namespace

@@ -20,36 +20,30 @@ Ctf::Ctf(const CtfParams& p) {
   const double a = p.defocus_angle * pi / 180;
   const double c = std::cos(a), s = std::sin(a);
   const double du = -p.defocus_u, dv = -p.defocus_v;
-  axx_ = c * c * du + s * s * dv;
-  axy_ = c * s * (du - dv);
-  ayy_ = s * s * du + c * c * dv;
-  k1_ = pi * lambda;
-  k2_ = pi / 2 * cs_angstrom * lambda * lambda * lambda;
+  t_.axx = c * c * du + s * s * dv;
+  t_.axy = c * s * (du - dv);
+  t_.ayy = s * s * du + c * c * dv;
+  t_.k1 = pi * lambda;
+  t_.k2 = pi / 2 * cs_angstrom * lambda * lambda * lambda;
   const double q = p.amplitude_contrast;
-  k3_ = std::atan(q / std::sqrt(1 - q * q));
-  k4_ = -p.bfactor / 4;
-  k5_ = p.phase_shift * pi / 180;
-  scale_ = p.scale;
+  t_.k3 = std::atan(q / std::sqrt(1 - q * q));
+  t_.k4 = -p.bfactor / 4;
+  t_.k5 = p.phase_shift * pi / 180;
+  t_.scale = p.scale;
 }
 
-double Ctf::gamma(double fx, double fy) const {
-  const double u2 = fx * fx + fy * fy;
-  return k1_ * (axx_ * fx * fx + 2 * axy_ * fx * fy + ayy_ * fy * fy) + k2_ * u2 * u2 - k5_ - k3_;
-}
+double Ctf::gamma(double fx, double fy) const { return ctf_gamma(t_, fx, fy); }
 
-double Ctf::value(double fx, double fy) const {
-  double v = -std::sin(gamma(fx, fy));
-  if (k4_ != 0) v *= std::exp(k4_ * (fx * fx + fy * fy));
-  return scale_ * v;
-}
+double Ctf::value(double fx, double fy) const { return ctf_value(t_, fx, fy); }
 
-void ctf_half_grid(const CtfParams& p, int n, double pixel_size, float* out) {
-  const Ctf ctf(p);
+void ctf_half_grid(const CtfParams& p, int n, double pixel_size, float* out) { ctf_half_grid(Ctf(p).terms(), n, pixel_size, out); }
+
+void ctf_half_grid(const CtfTerms& t, int n, double pixel_size, float* out) {
   const int hx = n / 2 + 1;
   const double step = 1.0 / (n * pixel_size);
   for (int j = 0; j < n; ++j) {
     const double fy = wrap_frequency(j, n) * step;
-    for (int i = 0; i < hx; ++i) out[static_cast<std::size_t>(j) * hx + i] = static_cast<float>(ctf.value(i * step, fy));
+    for (int i = 0; i < hx; ++i) out[static_cast<std::size_t>(j) * hx + i] = static_cast<float>(ctf_value(t, i * step, fy));
   }
 }
 

@@ -115,11 +115,16 @@ TEST(GpuJobs, RefineGivesTheSameMapAndPosesOnCpuAndGpu) {
                             exe, EMCRYO_SOURCE_DIR, (dir / "data").string(), n)),
             0);
   for (const char* device : {"cpu", "gpu"})
-    ASSERT_EQ(run(fmt::format("{} {} refine --particles {} --ref {} --out {} --ini-high 30", exe,
+    ASSERT_EQ(run(fmt::format("{}{} {} refine --particles {} --ref {} --out {} --ini-high 30",
+                              device == std::string("cpu") ? "" : "EMCRYO_GPU_BACKPROJECT=1 ", exe,
                               device == std::string("cpu") ? "--cpu" : "--gpu 0", (dir / "data/particles.star").string(),
                               (dir / "data/truth_class001.mrc").string(), (dir / device).string())),
               0);
   EXPECT_NE(test::read_text(dir / "gpu/run.log").find("scoring on CUDA"), std::string::npos);
+  // The GPU run back-projects on the GPU too (EMCRYO_GPU_BACKPROJECT=1): the maps below compare it.
+  EXPECT_NE(test::read_text(dir / "gpu/run.log").find("3D back-projection on the GPU"), std::string::npos);
+  // ... and prepares its batches there (the default): the maps and poses below compare that too.
+  EXPECT_NE(test::read_text(dir / "gpu/run.log").find("batches prepared on the GPU"), std::string::npos);
   // Maps: FSC between the CPU's and the GPU's up to the resolution the CPU run reports.
   const double resolution = reported_resolution(dir / "cpu/model.star");
   ASSERT_GT(resolution, 0);

@@ -41,6 +41,7 @@ class BackProjector {
  public:
   explicit BackProjector(int n, int padding = 2);
   int box() const { return n_; }
+  int padding() const { return pad_; }
 
   /// Adds a slice at rotation `a`: `data` (= CTF * X, weighted) and `weight` (= CTF^2, weighted)
   /// on a half grid of size in_n, frequencies up to max_radius (pixels of the n grid); the
@@ -58,6 +59,14 @@ class BackProjector {
   void add_from(mpi::Message& message);
   /// Replaces the sums with those put() wrote (a total shared by rank 0).
   void take_from(mpi::Message& message);
+  /// The padded-grid reach of inserts up to max_radius: every voxel they touch has |kx|, |ky|,
+  /// |kz| <= it (and |k| <= reach + 1). A device's sums within a reach are laid out as a cube: rows
+  /// (kz, ky) from -reach to reach (every row, in storage order, where 2 reach + 1 spans the grid),
+  /// kx from 0 to min(reach, m/2); reached_size() values in all.
+  static int reach_for(int n, int padding, double max_radius);
+  std::size_t reached_size(int reach) const;
+  /// Adds sums laid out so (a device's: ScoringBackend::end_volume_sums), in the order of add().
+  void add_reached(int reach, const Complex* data, const float* weight);
 
   /// The map. `regularisation_per_shell` (size >= n/2+1, indexed by shell of the n grid, may be
   /// empty) is added to the weights; weights are also floored at 1/1000 of their shell mean.
@@ -69,10 +78,15 @@ class BackProjector {
   void enforce_hermitian(std::vector<Complex>& data, std::vector<float>& weight) const;
   /// The reached part put() wrote, added to the sums or copied over them.
   void read_reached(mpi::Message& message, bool add);
+  void merge_reached(int reach, const Complex* data, const float* weight, std::size_t size, bool add);
   /// Calls row(first, count) for each run of voxels with |k| <= reach + 1 (all of them where that
   /// ball spans the grid; none where reach is negative).
   template <class F>
   void for_each_reached_row(int reach, F row) const;
+  /// Calls row(first, count) for each run of voxels with |kx|, |ky|, |kz| <= reach: the cube a
+  /// device's sums are laid out in (all of the grid where 2 reach + 1 spans it).
+  template <class F>
+  void for_each_cube_row(int reach, F row) const;
   int n_, pad_, m_, hm_;
   int reach_ = -1;  // padded-grid frequency beyond which every voxel is zero; -1: all are
   std::vector<Complex> data_;

@@ -3,17 +3,20 @@
 // through OpenBLAS; the CUDA one (src/gpu, emcryo/gpu/backend.hpp) runs them through cuBLAS and
 // keeps resident templates on the device from plan() to plan() (see docs/design.md).
 #pragma once
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "emcryo/geometry/rotation.hpp"
+#include "emcryo/image/ctf_terms.hpp"
 
 namespace emcryo::em {
 
 class TemplateSource;  // em/expectation.hpp
 struct FrequencyList;  // em/projector2d.hpp
+class BackProjector;   // em/projector.hpp
 
 /// Templates a device backend samples itself from the references' padded Fourier grids
 /// (TemplateSource::grids()), so that they never cross the bus: template j is class poses[j].first
@@ -67,6 +70,65 @@ struct TemplateSumsBatch {
   std::size_t term_count = 0;
 };
 
+/// One batch of particle images to prepare as the E-step's CPU path does (em/expectation.cpp,
+/// prepare_batch), for a backend that prepares_batches(): per particle, (when unmasked) the
+/// transform of the raw image, the transform of the masked image (fft_forward_2d's unnormalised,
+/// centred half grid), the CTF half grid (ctf_half_grid's, or ones), then at the list's frequencies
+///   x = masked transform,  ctf = C,  ctf2 = C^2 / sigma^2,  half_norm = sum |x|^2 / sigma^2 / 2.
+/// Outputs are [particle][F] (x complex, interleaved re, im); full grids are per-particle half grids.
+struct PrepareBatch {
+  int count = 0, box = 0;
+  const float* pixels = nullptr;  // count x box x box raw images (fastest from pinned_host())
+  const float* mask = nullptr;    // box x box, multiplied in (background 0)
+  const image::CtfTerms* ctf = nullptr;  // per particle; nullptr: CTF = 1
+  double pixel_size = 1;
+  const int* group = nullptr;           // per particle: the row of inv_sigma2
+  const float* inv_sigma2 = nullptr;    // [groups][F]
+  int groups = 0;
+  const int* index = nullptr;  // per frequency: the half-grid element (FrequencyList::index)
+  int frequencies = 0;         // F
+  float* x = nullptr;
+  float* ctf_out = nullptr;
+  float* ctf2 = nullptr;
+  double* half_norm = nullptr;
+  float* const* unmasked = nullptr;  // per particle: the raw image's half grid (complex), or nullptr
+  float* const* ctf_grid = nullptr;  // per particle: the CTF half grid, or nullptr
+};
+
+/// The CPU's preparation (FFTW, OpenMP over particles; em/expectation.cpp): what a backend's
+/// prepare_batch() computes on its device, and what the E-step runs where no backend does.
+void prepare_particles(const PrepareBatch& batch);
+/// One insertion of the 3D back-projection (BackProjector::insert): particle b of the batch into
+/// class k's volume at the rotation whose first two rows, times the padding, are `a` (as insert
+/// reads them; the symmetry operator included), its data the sum over `shifts` entries from
+/// `first_shift` of the batch's VolumeShift list, its weight C^2/sigma^2 x `total`.
+struct VolumeInsertion {
+  double a[6] = {};  // a(0,0), a(0,1), a(0,2), a(1,0), a(1,1), a(1,2), each x padding
+  int k = 0, b = 0;
+  int first_shift = 0, shifts = 0;
+  float total = 0;   // the shifts' weights summed
+};
+
+/// The particle shifted by (dx, dy) pixels (image::add_shifted_half_grid_2d's), weighted by w.
+struct VolumeShift {
+  float dx = 0, dy = 0, w = 0;
+};
+
+/// One batch of the 3D back-projection, for a device backend: per insertion, per frequency within
+/// the radius begun with, data = (sum over its shifts of w x shifted X_b) x C_b / sigma^2 and
+/// weight = C_b^2 / sigma^2 x total, inserted trilinearly. Per particle its unmasked full half
+/// grid (n/2+1 by n complex, interleaved) and CTF grid; per optics group its 1/sigma^2 grid.
+struct VolumeSumsBatch {
+  int particles = 0;
+  std::vector<const float*> unmasked, ctf;  // [particle]
+  std::vector<int> group;                   // [particle]
+  std::vector<const float*> inv_sigma2;     // [group]
+  const VolumeInsertion* insertions = nullptr;
+  std::size_t insertion_count = 0;
+  const VolumeShift* shifts = nullptr;
+  std::size_t shift_count = 0;
+};
+
 struct BackendStats {
   double flops = 0, seconds = 0;
 };
@@ -90,6 +152,20 @@ class ScoringBackend {
   virtual void add_template_sums(const TemplateSumsBatch& batch);
   /// Adds the sums into data (templates x 2F floats: complex) and weight (templates x F).
   virtual void end_template_sums(float* data, float* weight);
+  /// Whether prepare_batch() runs (particle images masked, transformed and weighted on the device).
+  virtual bool prepares_batches() const { return false; }
+  virtual void prepare_batch(const PrepareBatch& batch);
+  /// Host memory of `floats` that uploads fastest (page-locked), owned by the backend and reused by
+  /// the next call; nullptr where the backend has none (the caller uses its own).
+  virtual float* pinned_host(std::size_t /*floats*/) { return nullptr; }
+  /// Whether the backend keeps the 3D back-projection itself (begin/add/end below, from one thread).
+  virtual bool sums_volumes() const { return false; }
+  /// Zeroes device volumes for `classes` padded half volumes of box n (BackProjector(n, padding)),
+  /// inserted up to max_radius (pixels of the n grid), as BackProjector::insert's.
+  virtual void begin_volume_sums(int classes, int n, int padding, double max_radius);
+  virtual void add_volume_sums(const VolumeSumsBatch& batch);
+  /// Adds the device volumes into into[k] (one per class), within the reach inserted.
+  virtual void end_volume_sums(const std::vector<BackProjector*>& into);
   /// Summed over slots.
   virtual BackendStats stats() const = 0;
 };

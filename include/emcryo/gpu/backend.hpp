@@ -49,6 +49,17 @@ struct CudaOptions {
   /// of summed on the CPU. On by default: test_gpu and the GpuJobs tests passed with it on an H100 (2026-12-06);
   /// EMCRYO_GPU_SUMS=0 sums on the CPU instead.
   bool template_sums = true;
+  /// Particle batches prepared on the GPU (masked, batched cuFFT, CTF and 1/sigma^2 weights by
+  /// kernels; src/gpu/prepare.cu) instead of on the CPU with FFTW. On by default: test_gpu and the
+  /// GpuJobs tests passed with it on an H100 (2026-12-06, third session); EMCRYO_GPU_PREP=0 prepares
+  /// on the CPU instead.
+  bool prepare_batches = true;
+  /// The 3D back-projection (refine's and every 3D job's M-step sums) on the GPU: per-class padded
+  /// volumes on the card for a chunk, filled by atomic trilinear scatter. On by default: test_gpu and
+  /// the GpuJobs tests passed with it on an H100 (2026-12-06, third session).
+  /// EMCRYO_GPU_BACKPROJECT=0 keeps the CPU's (bitwise reproducible) block; the atomics' sums vary
+  /// in their last bits from run to run.
+  bool volume_sums = true;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.
@@ -65,8 +76,9 @@ DeviceChoice device_choice();
 std::vector<int> parse_device_list(const std::string& text);
 
 /// The backend a job runs on, per the choice (logged once per call). The GEMM precision, the
-/// CPU threshold, GPU template sampling and GPU M-step sums can be overridden by
-/// EMCRYO_GPU_PRECISION, EMCRYO_GPU_CPU_BELOW_FLOPS, EMCRYO_GPU_SAMPLE and EMCRYO_GPU_SUMS (0: off).
+/// CPU threshold, GPU template sampling, GPU M-step sums, GPU batch preparation and the GPU
+/// back-projection can be overridden by EMCRYO_GPU_PRECISION, EMCRYO_GPU_CPU_BELOW_FLOPS,
+/// EMCRYO_GPU_SAMPLE, EMCRYO_GPU_SUMS, EMCRYO_GPU_PREP and EMCRYO_GPU_BACKPROJECT (0: off; PREP=1 on).
 std::unique_ptr<em::ScoringBackend> make_backend();
 
 }  // namespace emcryo::gpu

@@ -2,6 +2,8 @@
 #pragma once
 #include <vector>
 
+#include "emcryo/image/ctf_terms.hpp"
+
 namespace emcryo::image {
 
 struct CtfParams {
@@ -22,9 +24,10 @@ class Ctf {
   explicit Ctf(const CtfParams& p);
   double value(double fx, double fy) const;
   double gamma(double fx, double fy) const;
+  const CtfTerms& terms() const { return t_; }
 
  private:
-  double axx_, axy_, ayy_, k1_, k2_, k3_, k4_, k5_, scale_;
+  CtfTerms t_;
 };
 
 /// Fills a half grid (n/2+1 by n, see fft.hpp) with CTF values for an image of `n` pixels
@@ -32,6 +35,8 @@ class Ctf {
 /// grid's own n and its own effective pixel size.
 void ctf_half_grid(const CtfParams& p, int n, double pixel_size, float* out);
 std::vector<float> ctf_half_grid(const CtfParams& p, int n, double pixel_size);
+/// The same from a CTF's constants (Ctf::terms()).
+void ctf_half_grid(const CtfTerms& t, int n, double pixel_size, float* out);
 
 /// Electron wavelength in Å for an acceleration voltage in kV (relativistic).
 double electron_wavelength(double voltage_kv);

@@ -8,6 +8,7 @@
 
 #include "emcryo/em/model2d.hpp"
 #include "emcryo/em/score_rows.hpp"
+#include "emcryo/image/ctf.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "support/test_mrc.hpp"
 #include "support/test_support.hpp"
@@ -209,4 +210,59 @@ TEST(MaskedNoiseInflation, RestoresTheNoisePowerOfMaskedWhiteNoise) {
     for (const auto& c : image::fft_forward_2d(noise, n)) masked += std::norm(c);
   }
   EXPECT_NEAR(plain / masked, inflation, 0.03 * inflation);
+}
+
+// The CPU preparation (the reference a device backend's prepare_batch() is tested against) is the
+// image library's transforms, gathered: the masked image's fft_forward_2d, the raw image's, the
+// CTF's ctf_half_grid, and the 1/sigma^2 weights of each particle's group.
+TEST(PrepareParticles, GathersTheMaskedTransformTheCtfAndTheNoiseWeights) {
+  const int n = 48, count = 5, groups = 2;
+  const auto list = em::make_frequency_list(n, 20);
+  const int F = static_cast<int>(list.size());
+  const std::size_t area = std::size_t{n} * n, half = image::half_size(n, n);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  std::vector<float> pixels(count * area), inv_sigma2(std::size_t{groups} * F);
+  for (auto& v : pixels) v = normal(rng);
+  for (auto& v : inv_sigma2) v = 1.0f + 0.5f * std::abs(normal(rng));
+  const auto mask = image::soft_round_mask(n, 2, 18, 4);
+  std::vector<image::CtfParams> params(count);
+  std::vector<image::CtfTerms> terms;
+  std::vector<int> group;
+  for (int b = 0; b < count; ++b) {
+    params[b].defocus_u = 12000 + 3000 * b, params[b].defocus_v = 11000 + 2500 * b, params[b].defocus_angle = 30 * b;
+    params[b].bfactor = 20 * b, params[b].phase_shift = 10 * b;
+    terms.push_back(image::Ctf(params[b]).terms());
+    group.push_back(b % groups);
+  }
+  std::vector<float> x(count * 2 * static_cast<std::size_t>(F)), ctf(count * static_cast<std::size_t>(F)), ctf2(ctf.size());
+  std::vector<double> half_norm(count);
+  std::vector<std::vector<float>> unmasked(count, std::vector<float>(2 * half)), grid(count, std::vector<float>(half));
+  std::vector<float*> unmasked_rows, grid_rows;
+  for (int b = 0; b < count; ++b) unmasked_rows.push_back(unmasked[b].data()), grid_rows.push_back(grid[b].data());
+  em::PrepareBatch q;
+  q.count = count, q.box = n, q.pixels = pixels.data(), q.mask = mask.data(), q.ctf = terms.data(), q.pixel_size = 1.7;
+  q.group = group.data(), q.inv_sigma2 = inv_sigma2.data(), q.groups = groups, q.index = list.index.data(), q.frequencies = F;
+  q.x = x.data(), q.ctf_out = ctf.data(), q.ctf2 = ctf2.data(), q.half_norm = half_norm.data();
+  q.unmasked = unmasked_rows.data(), q.ctf_grid = grid_rows.data();
+  em::prepare_particles(q);
+  for (int b = 0; b < count; ++b) {
+    std::vector<float> image(pixels.begin() + b * area, pixels.begin() + (b + 1) * area);
+    const auto raw = image::fft_forward_2d(image, n);
+    image::apply_mask(image.data(), mask);
+    const auto masked = image::fft_forward_2d(image, n);
+    const auto expected_grid = image::ctf_half_grid(params[b], n, 1.7);
+    EXPECT_EQ(grid[b], expected_grid);
+    for (std::size_t k = 0; k < half; ++k) ASSERT_EQ(em::Complex(unmasked[b][2 * k], unmasked[b][2 * k + 1]), raw[k]);
+    double norm = 0;
+    for (int f = 0; f < F; ++f) {
+      const std::size_t at = static_cast<std::size_t>(b) * F + f, k = list.index[f];
+      const float isg = inv_sigma2[static_cast<std::size_t>(b % groups) * F + f];
+      ASSERT_EQ(em::Complex(x[2 * at], x[2 * at + 1]), masked[k]);
+      ASSERT_EQ(ctf[at], expected_grid[k]);
+      ASSERT_EQ(ctf2[at], expected_grid[k] * expected_grid[k] * isg);
+      norm += std::norm(masked[k]) * isg / 2;
+    }
+    EXPECT_NEAR(half_norm[b], norm, 1e-7 * norm);  // the same float terms, within their rounding
+  }
 }

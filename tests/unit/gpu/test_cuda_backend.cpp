@@ -9,9 +9,12 @@
 #include <tuple>
 
 #include "emcryo/core/error.hpp"
+#include "emcryo/core/mpi.hpp"
 #include "emcryo/em/expectation.hpp"
 #include "emcryo/em/projector.hpp"
 #include "emcryo/em/score_rows.hpp"
+#include "emcryo/image/ctf.hpp"
+#include "emcryo/image/fourier.hpp"
 #include "emcryo/gpu/backend.hpp"
 
 using namespace emcryo;
@@ -399,5 +402,252 @@ TEST(CudaBackend, TemplateSumsOnTheGpuEqualTheTermByTermSums) {
   }
   std::printf("GPU M-step sums: %zu terms, max |GPU - reference| %.3g of max %.3g\n", terms.size(), worst, largest);
   EXPECT_LT(worst, 1e-5 * largest);
-  EXPECT_FALSE(gpu::make_cuda_backend({})->sums_templates());  // off by default (see CudaOptions)
+  EXPECT_TRUE(gpu::make_cuda_backend({})->sums_templates());  // on by default (see CudaOptions)
+}
+
+namespace {
+
+/// A batch to prepare (em::PrepareBatch) with its inputs and one set of outputs.
+struct Preparation {
+  int count = 0, box = 0, F = 0;
+  bool full = false;
+  std::vector<float> pixels, mask, inv_sigma2;
+  std::vector<image::CtfTerms> ctf;
+  std::vector<int> group;
+  em::FrequencyList list;
+  std::vector<float> x, ctf_out, ctf2;
+  std::vector<double> half_norm;
+  std::vector<std::vector<float>> unmasked, ctf_grid;
+  std::vector<float*> unmasked_rows, ctf_grid_rows;
+
+  em::PrepareBatch request(const float* images) {
+    const std::size_t P = static_cast<std::size_t>(count), half = image::half_size(box, box);
+    x.assign(P * 2 * F, 0), ctf_out.assign(P * F, 0), ctf2.assign(P * F, 0), half_norm.assign(P, 0);
+    em::PrepareBatch q;
+    q.count = count, q.box = box, q.pixels = images, q.mask = mask.empty() ? nullptr : mask.data();
+    q.ctf = ctf.empty() ? nullptr : ctf.data(), q.pixel_size = 1.3;
+    q.group = group.data(), q.inv_sigma2 = inv_sigma2.data(), q.groups = static_cast<int>(inv_sigma2.size()) / F;
+    q.index = list.index.data(), q.frequencies = F;
+    q.x = x.data(), q.ctf_out = ctf_out.data(), q.ctf2 = ctf2.data(), q.half_norm = half_norm.data();
+    if (full) {
+      unmasked.assign(P, std::vector<float>(2 * half)), ctf_grid.assign(P, std::vector<float>(half));
+      unmasked_rows.clear(), ctf_grid_rows.clear();
+      for (std::size_t b = 0; b < P; ++b) unmasked_rows.push_back(unmasked[b].data()), ctf_grid_rows.push_back(ctf_grid[b].data());
+      q.unmasked = unmasked_rows.data(), q.ctf_grid = ctf_grid_rows.data();
+    }
+    return q;
+  }
+};
+
+/// Noisy images with an off-centre blob (so that the centring matters), per-particle CTFs with
+/// astigmatism, B-factors and phase shifts, two noise groups.
+Preparation make_preparation(int count, int box, double radius, bool ctf, bool mask, bool full, unsigned seed) {
+  Preparation pr;
+  pr.count = count, pr.box = box, pr.full = full;
+  pr.list = em::make_frequency_list(box, radius);
+  pr.F = static_cast<int>(pr.list.size());
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<double> uniform(0, 1);
+  const std::size_t area = static_cast<std::size_t>(box) * box;
+  pr.pixels.resize(static_cast<std::size_t>(count) * area);
+  for (int b = 0; b < count; ++b)
+    for (int y = 0; y < box; ++y)
+      for (int x = 0; x < box; ++x) {
+        const double dx = x - 0.6 * box, dy = y - 0.45 * box;
+        pr.pixels[static_cast<std::size_t>(b) * area + static_cast<std::size_t>(y) * box + x] =
+            3.0f * static_cast<float>(std::exp(-(dx * dx + dy * dy) / (0.01 * box * box))) + normal(rng);
+      }
+  if (mask) pr.mask = image::soft_round_mask(box, 2, 0.4 * box, 5);
+  for (int b = 0; b < count && ctf; ++b) {
+    image::CtfParams p;
+    p.defocus_u = 8000 + 20000 * uniform(rng), p.defocus_v = p.defocus_u - 1500 * uniform(rng), p.defocus_angle = 180 * uniform(rng);
+    p.bfactor = b % 3 == 0 ? 80 * uniform(rng) : 0, p.phase_shift = b % 5 == 0 ? 90 * uniform(rng) : 0;
+    pr.ctf.push_back(image::Ctf(p).terms());
+  }
+  const int groups = 2;
+  for (int b = 0; b < count; ++b) pr.group.push_back(b % groups);
+  pr.inv_sigma2.resize(static_cast<std::size_t>(groups) * pr.F);
+  for (auto& v : pr.inv_sigma2) v = static_cast<float>(0.5 + uniform(rng));
+  return pr;
+}
+
+/// max |a - b| / max |b|.
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0, largest = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(double(a[i]) - b[i])), largest = std::max(largest, std::abs(double(b[i])));
+  return worst / std::max(largest, 1e-30);
+}
+
+/// The GPU's preparation against the CPU's (em::prepare_particles) on the same batch.
+void expect_gpu_preparation_matches(Preparation pr, const char* what, bool pinned) {
+  gpu::CudaOptions options;
+  options.prepare_batches = true;
+  const auto backend = gpu::make_cuda_backend(options);
+  ASSERT_TRUE(backend->prepares_batches());
+  em::prepare_particles(pr.request(pr.pixels.data()));
+  const Preparation cpu = pr;
+  const float* images = pr.pixels.data();
+  if (pinned) {
+    float* host = backend->pinned_host(pr.pixels.size());
+    ASSERT_NE(host, nullptr);
+    std::copy(pr.pixels.begin(), pr.pixels.end(), host);
+    images = host;
+  }
+  backend->prepare_batch(pr.request(images));
+  const double x = relative_error(pr.x, cpu.x), c = relative_error(pr.ctf_out, cpu.ctf_out), c2 = relative_error(pr.ctf2, cpu.ctf2);
+  double norm = 0, unmasked = 0, grid = 0;
+  for (int b = 0; b < pr.count; ++b) {
+    const auto i = static_cast<std::size_t>(b);
+    norm = std::max(norm, std::abs(pr.half_norm[i] - cpu.half_norm[i]) / cpu.half_norm[i]);
+    if (pr.full) unmasked = std::max(unmasked, relative_error(pr.unmasked[i], cpu.unmasked[i]));
+    if (pr.full) grid = std::max(grid, relative_error(pr.ctf_grid[i], cpu.ctf_grid[i]));
+  }
+  std::printf("GPU preparation (%s: %d particles, box %d, F %d): max |GPU - CPU| / max |CPU|: x %.3g, ctf %.3g, ctf2 %.3g, "
+              "half_norm %.3g, unmasked %.3g, ctf grid %.3g\n",
+              what, pr.count, pr.box, pr.F, x, c, c2, norm, unmasked, grid);
+  EXPECT_LT(x, 1e-5);
+  EXPECT_LT(c, 1e-6);
+  EXPECT_LT(c2, 1e-5);
+  EXPECT_LT(norm, 1e-5);
+  EXPECT_LT(unmasked, 1e-5);
+  EXPECT_LT(grid, 1e-6);
+}
+
+}  // namespace
+
+TEST(CudaBackend, BatchesPreparedOnTheGpuMatchTheCpuPreparation) {
+  // The reference's conventions, checked with or without a device: the transform of a delta at
+  // the centre pixel N/2 is real and constant (unnormalised, centred).
+  Preparation delta = make_preparation(1, 32, 15, true, false, true, 3);
+  std::fill(delta.pixels.begin(), delta.pixels.end(), 0.0f);
+  delta.pixels[16 * 32 + 16] = 2.0f;
+  em::prepare_particles(delta.request(delta.pixels.data()));
+  for (int f = 0; f < delta.F; ++f) {
+    EXPECT_FLOAT_EQ(delta.x[2 * static_cast<std::size_t>(f)], 2.0f);
+    EXPECT_FLOAT_EQ(delta.x[2 * static_cast<std::size_t>(f) + 1], 0.0f);
+  }
+  REQUIRE_GPU();
+  // Box 256 over three chunks of the GPU's pipeline (512 images each), with CTF, mask and full grids.
+  expect_gpu_preparation_matches(make_preparation(1100, 256, 100, true, true, true, 1), "CTF, mask, full grids", true);
+  expect_gpu_preparation_matches(make_preparation(37, 64, 31, false, false, false, 2), "no CTF, no mask", false);
+}
+
+namespace {
+
+/// BackProjector's sums within their reach, as put() sends them.
+struct ReachedSums {
+  int reach = -1;
+  std::vector<em::Complex> data;
+  std::vector<float> weight;
+};
+ReachedSums reached_sums(const em::BackProjector& bp) {
+  mpi::Message m;
+  bp.put(m);
+  ReachedSums r;
+  r.reach = m.get<int>(), r.data = m.get_vector<em::Complex>(), r.weight = m.get_vector<float>();
+  return r;
+}
+
+}  // namespace
+
+// The 3D back-projection on the GPU against model3d's CPU block on random data: particles of two
+// optics groups, poses with one to three shifts each, two symmetry operators, two classes, over two
+// batches, added into volumes that already hold a slice. Both the cropped layout (rows within the
+// reach) and the whole grid (padding 1, where the reach spans it) are checked.
+TEST(CudaBackend, BackProjectionOnTheGpuEqualsBackProjectorInsert) {
+  REQUIRE_GPU();
+  for (const auto& [n, padding, radius] : {std::tuple{32, 2, 11.5}, std::tuple{24, 1, 40.0}}) {
+    const int B = 7, K = 2, groups = 2, h = n / 2 + 1;
+    const std::size_t half = static_cast<std::size_t>(h) * n;
+    std::mt19937 rng(static_cast<unsigned>(n));
+    std::normal_distribution<float> normal;
+    std::uniform_real_distribution<double> uniform(0, 1);
+    std::vector<std::vector<em::Complex>> x(B, std::vector<em::Complex>(half));
+    std::vector<std::vector<float>> ctf(B, std::vector<float>(half)), isg(groups, std::vector<float>(half));
+    std::vector<int> group(B);
+    for (int b = 0; b < B; ++b) {
+      for (auto& v : x[static_cast<std::size_t>(b)]) v = em::Complex(normal(rng), normal(rng));
+      for (auto& c : ctf[static_cast<std::size_t>(b)]) c = normal(rng);
+      group[static_cast<std::size_t>(b)] = b % groups;
+    }
+    for (auto& g : isg)
+      for (auto& v : g) v = static_cast<float>(0.5 + uniform(rng));
+    const std::vector<geometry::Mat3> symmetry{geometry::Mat3::identity(), geometry::euler_to_matrix({180, 0, 0})};
+    struct Pose {
+      int k, b;
+      geometry::Mat3 a;
+      std::vector<em::VolumeShift> shifts;
+    };
+    std::vector<Pose> poses;
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < 4; ++i) {
+        Pose p{static_cast<int>(rng() % K), b, geometry::euler_to_matrix({360 * uniform(rng), 180 * uniform(rng), 360 * uniform(rng)}), {}};
+        for (int s = 0, count = 1 + static_cast<int>(rng() % 3); s < count; ++s)
+          p.shifts.push_back({static_cast<float>(6 * uniform(rng) - 3), static_cast<float>(6 * uniform(rng) - 3), static_cast<float>(uniform(rng))});
+        poses.push_back(p);
+      }
+    // Both start with one slice already in class 0: the device sums are added to what is there.
+    std::vector<em::BackProjector> cpu(K, em::BackProjector(n, padding)), gpu_sums = cpu;
+    for (auto* bp : {&cpu[0], &gpu_sums[0]}) bp->insert(geometry::euler_to_matrix({10, 20, 30}), x[0].data(), ctf[0].data(), n, radius);
+    // The reference: model3d's CPU block, insertion by insertion.
+    std::vector<em::Complex> data(half);
+    std::vector<float> weight(half);
+    for (const Pose& p : poses) {
+      const auto b = static_cast<std::size_t>(p.b);
+      const auto& is = isg[static_cast<std::size_t>(group[b])];
+      std::fill(data.begin(), data.end(), em::Complex{});
+      float total = 0;
+      for (const auto& s : p.shifts) image::add_shifted_half_grid_2d(x[b].data(), n, s.dx, s.dy, s.w, radius + 1, data.data()), total += s.w;
+      for (std::size_t k = 0; k < half; ++k) data[k] *= ctf[b][k] * is[k], weight[k] = ctf[b][k] * ctf[b][k] * is[k] * total;
+      for (const auto& st : symmetry) cpu[static_cast<std::size_t>(p.k)].insert(p.a * st, data.data(), weight.data(), n, radius);
+    }
+    // The device: the same poses in two batches (particles [0, 4) and [4, B)), each with its own indices.
+    gpu::CudaOptions on;
+    on.volume_sums = true;
+    const auto backend = gpu::make_cuda_backend(on);
+    ASSERT_TRUE(backend->sums_volumes());
+    backend->plan(1, B, 1);
+    backend->begin_volume_sums(K, n, padding, radius);
+    for (const auto& [first, end] : {std::pair{0, 4}, std::pair{4, B}}) {
+      em::VolumeSumsBatch q;
+      q.particles = end - first;
+      for (const auto& g : isg) q.inv_sigma2.push_back(g.data());
+      for (int b = first; b < end; ++b) {
+        const auto bi = static_cast<std::size_t>(b);
+        q.unmasked.push_back(reinterpret_cast<const float*>(x[bi].data())), q.ctf.push_back(ctf[bi].data()), q.group.push_back(group[bi]);
+      }
+      std::vector<em::VolumeInsertion> insertions;
+      std::vector<em::VolumeShift> shifts;
+      for (const Pose& p : poses) {
+        if (p.b < first || p.b >= end) continue;
+        em::VolumeInsertion r;
+        r.k = p.k, r.b = p.b - first, r.first_shift = static_cast<int>(shifts.size()), r.shifts = static_cast<int>(p.shifts.size());
+        for (const auto& s : p.shifts) shifts.push_back(s), r.total += s.w;
+        for (const auto& st : symmetry) {
+          const geometry::Mat3 as = p.a * st;
+          for (int j = 0; j < 3; ++j) r.a[j] = as(0, j) * padding, r.a[3 + j] = as(1, j) * padding;
+          insertions.push_back(r);
+        }
+      }
+      q.insertions = insertions.data(), q.insertion_count = insertions.size(), q.shifts = shifts.data(), q.shift_count = shifts.size();
+      backend->add_volume_sums(q);
+    }
+    backend->end_volume_sums({&gpu_sums[0], &gpu_sums[1]});
+    for (int k = 0; k < K; ++k) {
+      const ReachedSums want = reached_sums(cpu[static_cast<std::size_t>(k)]), got = reached_sums(gpu_sums[static_cast<std::size_t>(k)]);
+      ASSERT_EQ(got.reach, want.reach);
+      ASSERT_EQ(got.data.size(), want.data.size());
+      double worst = 0, largest = 0;
+      for (std::size_t i = 0; i < want.data.size(); ++i) {
+        worst = std::max({worst, static_cast<double>(std::abs(got.data[i] - want.data[i])), std::abs(static_cast<double>(got.weight[i]) - want.weight[i])});
+        largest = std::max({largest, static_cast<double>(std::abs(want.data[i])), static_cast<double>(want.weight[i])});
+      }
+      std::printf("GPU back-projection, box %d, padding %d, class %d: max |GPU - insert()| %.3g of max %.3g (%zu voxels)\n", n, padding, k,
+                  worst, largest, want.data.size());
+      EXPECT_GT(largest, 0);
+      EXPECT_LT(worst, 1e-5 * largest);
+    }
+  }
+  EXPECT_FALSE(gpu::make_cuda_backend({})->sums_volumes());  // off by default (see CudaOptions)
 }

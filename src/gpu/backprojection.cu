@@ -1,0 +1,250 @@
+// The 3D back-projection on the device (backprojection.hpp): the same sums as model3d's CPU
+// block, BackProjector::insert of (sum over a pose's shifts of w x shifted X) x C / sigma^2 with
+// weight C^2 / sigma^2 x total, per kept orientation and symmetry operator. One thread block
+// row per insertion, one thread per frequency; the trilinear scatter adds atomically (the sums'
+// order, hence their last bits, vary from run to run: tests compare them with a tolerance).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "backprojection.hpp"
+#include "emcryo/core/error.hpp"
+
+namespace emcryo::gpu {
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA: {} failed: {} (GPU back-projection)", what, cudaGetErrorString(e));
+}
+
+__host__ __device__ inline std::size_t sz(int v) { return static_cast<std::size_t>(v); }
+std::size_t aligned(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+/// Adds v at (kx, ky, kz) of a class volume: rows indexed by storage index where they span the
+/// grid, else by k + reach (BackProjector::put's layout).
+struct VolumeIndex {
+  int reach, side, count, m;
+  bool full;
+  __device__ long long operator()(int kx, int ky, int kz) const {
+    const int y = full ? (ky < 0 ? ky + m : ky) : ky + reach, z = full ? (kz < 0 ? kz + m : kz) : kz + reach;
+    return (static_cast<long long>(z) * side + y) * count + kx;
+  }
+};
+
+__device__ inline void add_complex(float2* at, float2 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(at, v);  // one vector atomic (sm_90)
+#else
+  atomicAdd(&at->x, v.x);
+  atomicAdd(&at->y, v.y);
+#endif
+}
+
+/// Insertion blockIdx.x at the frequencies of blockIdx.y's threads.
+__global__ void insert_kernel(float2* data, float* weight, std::size_t cells, const int* freq, int frequencies, const float2* x,
+                              const float* ctf, const int* group, const float* inv_sigma2, const em::VolumeInsertion* insertions,
+                              const em::VolumeShift* shifts, int n, VolumeIndex index) {
+  const int f = static_cast<int>(blockIdx.y * blockDim.x + threadIdx.x);
+  if (f >= frequencies) return;
+  const em::VolumeInsertion& r = insertions[blockIdx.x];
+  const int kx = freq[3 * f], ky = freq[3 * f + 1];
+  // sum_s w_s exp(-2 pi i (kx dx + ky dy) / n), the phase reduced in double (|k dx| reaches 10^4).
+  float2 ramp = make_float2(0, 0);
+  for (int s = 0; s < r.shifts; ++s) {
+    const em::VolumeShift sh = shifts[r.first_shift + s];
+    double u = -2.0 * (kx * static_cast<double>(sh.dx) + ky * static_cast<double>(sh.dy)) / n;  // phase / pi
+    u -= 2.0 * rint(0.5 * u);
+    float sn, cs;
+    sincospif(static_cast<float>(u), &sn, &cs);
+    ramp.x += sh.w * cs, ramp.y += sh.w * sn;
+  }
+  const std::size_t at = sz(r.b) * sz(frequencies) + sz(f);
+  const float2 xv = x[at];
+  const float c = ctf[at], isg = inv_sigma2[sz(group[r.b]) * sz(frequencies) + sz(f)], scale = c * isg;
+  float2 v = make_float2((xv.x * ramp.x - xv.y * ramp.y) * scale, (xv.x * ramp.y + xv.y * ramp.x) * scale);
+  const float w = c * c * isg * r.total;
+  double px = r.a[0] * kx + r.a[3] * ky, py = r.a[1] * kx + r.a[4] * ky, pz = r.a[2] * kx + r.a[5] * ky;
+  if (px < 0) px = -px, py = -py, pz = -pz, v.y = -v.y;
+  const int x0 = static_cast<int>(floor(px)), y0 = static_cast<int>(floor(py)), z0 = static_cast<int>(floor(pz));
+  const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
+  float2* vd = data + sz(r.k) * cells;
+  float* vw = weight + sz(r.k) * cells;
+  for (int dz = 0; dz < 2; ++dz) {
+    const float wz = dz ? fz : 1 - fz;
+    for (int dy = 0; dy < 2; ++dy) {
+      const float wzy = wz * (dy ? fy : 1 - fy);
+      const long long row = index(x0, y0 + dy, z0 + dz);
+      for (int dx = 0; dx < 2; ++dx) {
+        const float wt = wzy * (dx ? fx : 1 - fx);
+        add_complex(vd + row + dx, make_float2(wt * v.x, wt * v.y));
+        atomicAdd(vw + row + dx, wt * w);
+      }
+    }
+  }
+}
+
+/// A device allocation that grows on demand (cuda_backend.cu's DeviceBuffer is local to that file).
+struct DeviceArray {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+  void* reserve(std::size_t want, const char* what) {
+    if (want <= bytes) return data;
+    if (data) cudaFree(data);
+    data = nullptr, bytes = 0;
+    check(cudaMalloc(&data, std::max<std::size_t>(want, 1)), what);
+    bytes = want;
+    return data;
+  }
+  ~DeviceArray() {
+    if (data) cudaFree(data);
+  }
+};
+
+struct HostArray {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+  void* reserve(std::size_t want) {
+    if (want <= bytes) return data;
+    if (data) cudaFreeHost(data);
+    data = nullptr, bytes = 0;
+    check(cudaMallocHost(&data, want), "cudaMallocHost (back-projection staging)");
+    bytes = want;
+    return data;
+  }
+  ~HostArray() {
+    if (data) cudaFreeHost(data);
+  }
+};
+
+/// Offsets of one batch's arrays in the staging buffer and its device copy.
+struct BatchLayout {
+  std::size_t x = 0, ctf = 0, isg = 0, group = 0, insertions = 0, shifts = 0, total = 0;
+  BatchLayout(std::size_t particles, std::size_t groups, std::size_t frequencies, std::size_t insertion_count, std::size_t shift_count) {
+    ctf = aligned(particles * frequencies * 8);
+    isg = ctf + aligned(particles * frequencies * 4);
+    group = isg + aligned(groups * frequencies * 4);
+    insertions = group + aligned(particles * 4);
+    shifts = insertions + aligned(insertion_count * sizeof(em::VolumeInsertion));
+    total = shifts + aligned(shift_count * sizeof(em::VolumeShift));
+  }
+};
+
+}  // namespace
+
+struct DeviceVolumeSums::State {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cudaEvent_t copied[2] = {nullptr, nullptr};
+  int next = 0;  // the staging buffer the next batch fills
+  VolumeLayout layout;
+  std::vector<char> touched;  // per class: inserted into this chunk
+  DeviceArray data, weight, freq, batch;
+  HostArray staging[2];
+};
+
+DeviceVolumeSums::DeviceVolumeSums(int device) : state_(std::make_unique<State>()) {
+  state_->device = device;
+  check(cudaSetDevice(device), "cudaSetDevice");
+  check(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  for (auto& e : state_->copied) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+}
+
+DeviceVolumeSums::~DeviceVolumeSums() {
+  cudaSetDevice(state_->device);
+  if (state_->stream) cudaStreamSynchronize(state_->stream), cudaStreamDestroy(state_->stream);
+  for (auto& e : state_->copied)
+    if (e) cudaEventDestroy(e);
+}
+
+void DeviceVolumeSums::begin(int classes, int n, int padding, double max_radius) {
+  State& s = *state_;
+  check(cudaSetDevice(s.device), "cudaSetDevice");
+  check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
+  VolumeLayout layout = volume_layout(classes, n, padding, max_radius);
+  const std::size_t cells = layout.cells() * sz(classes);
+  if (cells * 8 > s.data.bytes) {  // first use or larger: check the card has room
+    std::size_t free = 0, total = 0;
+    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    const std::size_t more = layout.bytes() - std::min(layout.bytes(), s.data.bytes + s.weight.bytes);
+    if (more + (std::size_t{64} << 20) > free)
+      fail("GPU {}: the 3D back-projection needs {:.0f} MiB more but {:.0f} of {:.0f} MiB are free (classes x (2R + 1)^2 x (R + 1) "
+           "x 12 bytes, R = ceil(2 x insert radius) + 1 < box: {} x {}^2 x {} x 12 bytes); EMCRYO_GPU_BACKPROJECT=0 back-projects on "
+           "the CPU instead (docs/design.md)",
+           s.device, more / 1048576.0, free / 1048576.0, total / 1048576.0, classes, layout.side, layout.count);
+  }
+  s.data.reserve(cells * 8, "cudaMalloc (back-projection volumes)");
+  s.weight.reserve(cells * 4, "cudaMalloc (back-projection weights)");
+  check(cudaMemsetAsync(s.data.data, 0, cells * 8, s.stream), "cudaMemsetAsync");
+  check(cudaMemsetAsync(s.weight.data, 0, cells * 4, s.stream), "cudaMemsetAsync");
+  const std::size_t list_bytes = layout.frequencies.size() * sizeof(int);
+  check(cudaMemcpyAsync(s.freq.reserve(list_bytes, "cudaMalloc (frequencies)"), layout.frequencies.data(), list_bytes,
+                        cudaMemcpyHostToDevice, s.stream),
+        "cudaMemcpyAsync (frequencies)");
+  check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");  // the list's host copy goes with `layout`
+  s.layout = std::move(layout);
+  s.touched.assign(sz(classes), 0);
+}
+
+void DeviceVolumeSums::add(const em::VolumeSumsBatch& q) {
+  State& s = *state_;
+  const VolumeLayout& l = s.layout;
+  const int F = l.frequency_count();
+  if (q.insertion_count == 0 || F == 0) return;
+  check(cudaSetDevice(s.device), "cudaSetDevice");
+  const BatchLayout b(sz(q.particles), q.inv_sigma2.size(), sz(F), q.insertion_count, q.shift_count);
+  // The staging buffer is refilled only once its previous batch has reached the device.
+  HostArray& host = s.staging[s.next];
+  check(cudaEventSynchronize(s.copied[s.next]), "cudaEventSynchronize");
+  auto* h = static_cast<char*>(host.reserve(b.total));
+  pack_volume_batch(q, l, reinterpret_cast<float*>(h + b.x), reinterpret_cast<float*>(h + b.ctf), reinterpret_cast<float*>(h + b.isg));
+  std::memcpy(h + b.group, q.group.data(), q.group.size() * sizeof(int));
+  std::memcpy(h + b.insertions, q.insertions, q.insertion_count * sizeof(em::VolumeInsertion));
+  std::memcpy(h + b.shifts, q.shifts, q.shift_count * sizeof(em::VolumeShift));
+  for (std::size_t i = 0; i < q.insertion_count; ++i) {
+    const em::VolumeInsertion& r = q.insertions[i];
+    if (r.k < 0 || r.k >= l.classes || r.b < 0 || r.b >= q.particles || r.first_shift < 0 ||
+        sz(r.first_shift) + sz(r.shifts) > q.shift_count || sz(q.group[sz(r.b)]) >= q.inv_sigma2.size())
+      fail("GPU back-projection: insertion {} outside the batch (internal error)", i);
+    s.touched[sz(r.k)] = 1;
+  }
+  // The stream orders this copy after the previous batch's kernel: one device copy suffices.
+  auto* d = static_cast<char*>(s.batch.reserve(b.total, "cudaMalloc (back-projection batch)"));
+  check(cudaMemcpyAsync(d, h, b.total, cudaMemcpyHostToDevice, s.stream), "cudaMemcpyAsync (back-projection batch)");
+  check(cudaEventRecord(s.copied[s.next], s.stream), "cudaEventRecord");
+  s.next = 1 - s.next;
+  constexpr int kThreads = 128;
+  const VolumeIndex index{l.reach, l.side, l.count, l.m, l.full};
+  for (std::size_t first = 0; first < q.insertion_count; first += 1u << 30) {  // grid x holds < 2^31 blocks
+    const auto count = static_cast<unsigned>(std::min<std::size_t>(q.insertion_count - first, 1u << 30));
+    const dim3 blocks(count, static_cast<unsigned>((F + kThreads - 1) / kThreads));
+    insert_kernel<<<blocks, kThreads, 0, s.stream>>>(
+        static_cast<float2*>(s.data.data), static_cast<float*>(s.weight.data), l.cells(), static_cast<const int*>(s.freq.data), F,
+        reinterpret_cast<const float2*>(d + b.x), reinterpret_cast<const float*>(d + b.ctf), reinterpret_cast<const int*>(d + b.group),
+        reinterpret_cast<const float*>(d + b.isg), reinterpret_cast<const em::VolumeInsertion*>(d + b.insertions) + first,
+        reinterpret_cast<const em::VolumeShift*>(d + b.shifts), l.n, index);
+    check(cudaGetLastError(), "back-projection kernel");
+  }
+}
+
+void DeviceVolumeSums::end(const std::vector<em::BackProjector*>& into) {
+  State& s = *state_;
+  const VolumeLayout& l = s.layout;
+  if (into.size() != sz(l.classes)) fail("GPU back-projection: {} volumes for {} classes (internal error)", into.size(), l.classes);
+  check(cudaSetDevice(s.device), "cudaSetDevice");
+  std::vector<float> data(2 * l.cells()), weight(l.cells());
+  for (int k = 0; k < l.classes; ++k) {
+    if (!s.touched[sz(k)]) continue;  // as on the CPU: a class nothing entered keeps its reach
+    const std::size_t at = sz(k) * l.cells();
+    check(cudaMemcpyAsync(data.data(), static_cast<float2*>(s.data.data) + at, l.cells() * 8, cudaMemcpyDeviceToHost, s.stream),
+          "cudaMemcpyAsync (back-projection volumes)");
+    check(cudaMemcpyAsync(weight.data(), static_cast<float*>(s.weight.data) + at, l.cells() * 4, cudaMemcpyDeviceToHost, s.stream),
+          "cudaMemcpyAsync (back-projection weights)");
+    check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize (back-projection)");
+    add_device_volume(*into[sz(k)], l, data.data(), weight.data());
+  }
+  std::fill(s.touched.begin(), s.touched.end(), 0);
+}
+
+}  // namespace emcryo::gpu

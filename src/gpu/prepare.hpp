@@ -1,0 +1,28 @@
+// Particle batches prepared on the GPU (internal to src/gpu; the CUDA backend's prepare_batch()):
+// raw images uploaded once per batch, masked, transformed by batched cuFFT R2C plans (cached per
+// box), CTF computed and weighted by 1/sigma^2 at the frequency list, results back on the host
+// exactly where em::PrepareBatch says. Like sampling.hpp, no CUDA type crosses this header.
+#pragma once
+#include <cstddef>
+#include <memory>
+
+#include "emcryo/em/scoring_backend.hpp"
+
+namespace emcryo::gpu {
+
+class BatchPreparer {
+ public:
+  explicit BatchPreparer(int device);
+  ~BatchPreparer();
+  BatchPreparer(const BatchPreparer&) = delete;
+  BatchPreparer& operator=(const BatchPreparer&) = delete;
+  void prepare(const em::PrepareBatch& batch);
+  /// Page-locked host memory the caller reads batches into (uploads need no staging copy).
+  float* pinned_host(std::size_t floats);
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace emcryo::gpu
