@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "backprojection.hpp"
+#include "device_memory.cuh"
 #include "emcryo/core/error.hpp"
 
 namespace emcryo::gpu {
@@ -85,39 +86,6 @@ __global__ void insert_kernel(float2* data, float* weight, std::size_t cells, co
   }
 }
 
-/// A device allocation that grows on demand (cuda_backend.cu's DeviceBuffer is local to that file).
-struct DeviceArray {
-  void* data = nullptr;
-  std::size_t bytes = 0;
-  void* reserve(std::size_t want, const char* what) {
-    if (want <= bytes) return data;
-    if (data) cudaFree(data);
-    data = nullptr, bytes = 0;
-    check(cudaMalloc(&data, std::max<std::size_t>(want, 1)), what);
-    bytes = want;
-    return data;
-  }
-  ~DeviceArray() {
-    if (data) cudaFree(data);
-  }
-};
-
-struct HostArray {
-  void* data = nullptr;
-  std::size_t bytes = 0;
-  void* reserve(std::size_t want) {
-    if (want <= bytes) return data;
-    if (data) cudaFreeHost(data);
-    data = nullptr, bytes = 0;
-    check(cudaMallocHost(&data, want), "cudaMallocHost (back-projection staging)");
-    bytes = want;
-    return data;
-  }
-  ~HostArray() {
-    if (data) cudaFreeHost(data);
-  }
-};
-
 /// Offsets of one batch's arrays in the staging buffer and its device copy.
 struct BatchLayout {
   std::size_t x = 0, ctf = 0, isg = 0, group = 0, insertions = 0, shifts = 0, total = 0;
@@ -140,8 +108,11 @@ struct DeviceVolumeSums::State {
   int next = 0;  // the staging buffer the next batch fills
   VolumeLayout layout;
   std::vector<char> touched;  // per class: inserted into this chunk
-  DeviceArray data, weight, freq, batch;
-  HostArray staging[2];
+  DeviceArray<float2> data;  // the classes' volumes within the reach
+  DeviceArray<float> weight;
+  DeviceArray<int> freq;
+  DeviceArray<char> batch;
+  PinnedArray<char> staging[2];
 };
 
 DeviceVolumeSums::DeviceVolumeSums(int device) : state_(std::make_unique<State>()) {
@@ -164,22 +135,20 @@ void DeviceVolumeSums::begin(int classes, int n, int padding, double max_radius)
   check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
   VolumeLayout layout = volume_layout(classes, n, padding, max_radius);
   const std::size_t cells = layout.cells() * sz(classes);
-  if (cells * 8 > s.data.bytes) {  // first use or larger: check the card has room
+  if (cells > s.data.capacity()) {  // first use or larger: check the card has room
     std::size_t free = 0, total = 0;
     check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
-    const std::size_t more = layout.bytes() - std::min(layout.bytes(), s.data.bytes + s.weight.bytes);
+    const std::size_t more = layout.bytes() - std::min(layout.bytes(), s.data.capacity() * 8 + s.weight.capacity() * 4);
     if (more + (std::size_t{64} << 20) > free)
       fail("GPU {}: the 3D back-projection needs {:.0f} MiB more but {:.0f} of {:.0f} MiB are free (classes x (2R + 1)^2 x (R + 1) "
            "x 12 bytes, R = ceil(2 x insert radius) + 1 < box: {} x {}^2 x {} x 12 bytes); EMCRYO_GPU_BACKPROJECT=0 back-projects on "
            "the CPU instead (docs/design.md)",
            s.device, more / 1048576.0, free / 1048576.0, total / 1048576.0, classes, layout.side, layout.count);
   }
-  s.data.reserve(cells * 8, "cudaMalloc (back-projection volumes)");
-  s.weight.reserve(cells * 4, "cudaMalloc (back-projection weights)");
-  check(cudaMemsetAsync(s.data.data, 0, cells * 8, s.stream), "cudaMemsetAsync");
-  check(cudaMemsetAsync(s.weight.data, 0, cells * 4, s.stream), "cudaMemsetAsync");
+  check(cudaMemsetAsync(s.data.reserve(cells), 0, cells * 8, s.stream), "cudaMemsetAsync");
+  check(cudaMemsetAsync(s.weight.reserve(cells), 0, cells * 4, s.stream), "cudaMemsetAsync");
   const std::size_t list_bytes = layout.frequencies.size() * sizeof(int);
-  check(cudaMemcpyAsync(s.freq.reserve(list_bytes, "cudaMalloc (frequencies)"), layout.frequencies.data(), list_bytes,
+  check(cudaMemcpyAsync(s.freq.reserve(layout.frequencies.size()), layout.frequencies.data(), list_bytes,
                         cudaMemcpyHostToDevice, s.stream),
         "cudaMemcpyAsync (frequencies)");
   check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");  // the list's host copy goes with `layout`
@@ -195,9 +164,9 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q) {
   check(cudaSetDevice(s.device), "cudaSetDevice");
   const BatchLayout b(sz(q.particles), q.inv_sigma2.size(), sz(F), q.insertion_count, q.shift_count);
   // The staging buffer is refilled only once its previous batch has reached the device.
-  HostArray& host = s.staging[s.next];
+  PinnedArray<char>& host = s.staging[s.next];
   check(cudaEventSynchronize(s.copied[s.next]), "cudaEventSynchronize");
-  auto* h = static_cast<char*>(host.reserve(b.total));
+  auto* h = host.reserve(b.total);
   pack_volume_batch(q, l, reinterpret_cast<float*>(h + b.x), reinterpret_cast<float*>(h + b.ctf), reinterpret_cast<float*>(h + b.isg));
   std::memcpy(h + b.group, q.group.data(), q.group.size() * sizeof(int));
   std::memcpy(h + b.insertions, q.insertions, q.insertion_count * sizeof(em::VolumeInsertion));
@@ -210,7 +179,7 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q) {
     s.touched[sz(r.k)] = 1;
   }
   // The stream orders this copy after the previous batch's kernel: one device copy suffices.
-  auto* d = static_cast<char*>(s.batch.reserve(b.total, "cudaMalloc (back-projection batch)"));
+  auto* d = s.batch.reserve(b.total);
   check(cudaMemcpyAsync(d, h, b.total, cudaMemcpyHostToDevice, s.stream), "cudaMemcpyAsync (back-projection batch)");
   check(cudaEventRecord(s.copied[s.next], s.stream), "cudaEventRecord");
   s.next = 1 - s.next;
@@ -220,7 +189,7 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q) {
     const auto count = static_cast<unsigned>(std::min<std::size_t>(q.insertion_count - first, 1u << 30));
     const dim3 blocks(count, static_cast<unsigned>((F + kThreads - 1) / kThreads));
     insert_kernel<<<blocks, kThreads, 0, s.stream>>>(
-        static_cast<float2*>(s.data.data), static_cast<float*>(s.weight.data), l.cells(), static_cast<const int*>(s.freq.data), F,
+        s.data.data(), s.weight.data(), l.cells(), s.freq.data(), F,
         reinterpret_cast<const float2*>(d + b.x), reinterpret_cast<const float*>(d + b.ctf), reinterpret_cast<const int*>(d + b.group),
         reinterpret_cast<const float*>(d + b.isg), reinterpret_cast<const em::VolumeInsertion*>(d + b.insertions) + first,
         reinterpret_cast<const em::VolumeShift*>(d + b.shifts), l.n, index);
@@ -237,9 +206,9 @@ void DeviceVolumeSums::end(const std::vector<em::BackProjector*>& into) {
   for (int k = 0; k < l.classes; ++k) {
     if (!s.touched[sz(k)]) continue;  // as on the CPU: a class nothing entered keeps its reach
     const std::size_t at = sz(k) * l.cells();
-    check(cudaMemcpyAsync(data.data(), static_cast<float2*>(s.data.data) + at, l.cells() * 8, cudaMemcpyDeviceToHost, s.stream),
+    check(cudaMemcpyAsync(data.data(), s.data.data() + at, l.cells() * 8, cudaMemcpyDeviceToHost, s.stream),
           "cudaMemcpyAsync (back-projection volumes)");
-    check(cudaMemcpyAsync(weight.data(), static_cast<float*>(s.weight.data) + at, l.cells() * 4, cudaMemcpyDeviceToHost, s.stream),
+    check(cudaMemcpyAsync(weight.data(), s.weight.data() + at, l.cells() * 4, cudaMemcpyDeviceToHost, s.stream),
           "cudaMemcpyAsync (back-projection weights)");
     check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize (back-projection)");
     add_device_volume(*into[sz(k)], l, data.data(), weight.data());

@@ -18,6 +18,7 @@
 
 #include "emcryo/core/error.hpp"
 #include "backprojection.hpp"
+#include "device_memory.cuh"
 #include "emcryo/gpu/backend.hpp"
 #include "prepare.hpp"
 #include "sampling.hpp"
@@ -26,75 +27,27 @@ namespace emcryo::gpu {
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) fail("CUDA: {} failed: {}", what, cudaGetErrorString(e));
-}
+void check(cudaError_t e, const char* what) { check_cuda(e, what); }
 void check(cublasStatus_t e, const char* what) {
   if (e != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: {} failed: {}", what, cublasGetStatusString(e));
 }
 
 std::size_t sz(int v) { return static_cast<std::size_t>(v); }
-double mib(std::size_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
 
-/// A device allocation that grows on demand, checked against the free memory first.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { release(); }
-  float* reserve(std::size_t floats, int device) {
-    if (floats <= capacity_) return data_;
-    release();
-    const std::size_t bytes = floats * sizeof(float);
-    std::size_t free = 0, total = 0;
-    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
-    if (bytes + (std::size_t{64} << 20) > free)
-      fail("GPU {}: scoring needs {:.0f} MiB more but {:.0f} of {:.0f} MiB are free; use a smaller --batch, a lower "
-           "resolution limit or another GPU (per thread slot, 4 bytes x: 4 x piece rows x 2F + 2 x piece rows x "
-           "templates + particles x (F + templates) + templates x (5F + 14), pieces within 8 Mi floats; plus "
-           "the resident coarse templates x 5Fc; plus the references sampled on the GPU, classes x m^(d-1) x (m/2+1) "
-           "x 8 bytes, m = 2 x box, d = 2 or 3; plus the 3D back-projection's volumes, classes x (2R+1)^2 x (R+1) x 12 bytes, "
-           "R = ceil(2 x insert radius) + 1; docs/design.md)",
-           device, mib(bytes), mib(free), mib(total));
-    check(cudaMalloc(&data_, bytes), "cudaMalloc");
-    capacity_ = floats;
-    return data_;
-  }
-  float* data() const { return data_; }
-  void release() {
-    if (data_) cudaFree(data_);
-    data_ = nullptr, capacity_ = 0;
-  }
+/// Scoring's device memory, for the error when it would not fit.
+std::string scoring_memory(int device, double need, double free, double total) {
+  return fmt::format(
+      "GPU {}: scoring needs {:.0f} MiB more but {:.0f} of {:.0f} MiB are free; use a smaller --batch, a lower "
+      "resolution limit or another GPU (per thread slot, 4 bytes x: 4 x piece rows x 2F + 2 x piece rows x "
+      "templates + particles x (F + templates) + templates x (5F + 14), pieces within 8 Mi floats; plus "
+      "the resident coarse templates x 5Fc; plus the references sampled on the GPU, classes x m^(d-1) x (m/2+1) "
+      "x 8 bytes, m = 2 x box, d = 2 or 3; plus the 3D back-projection's volumes, classes x (2R+1)^2 x (R+1) x 12 bytes, "
+      "R = ceil(2 x insert radius) + 1; docs/design.md)",
+      device, need, free, total);
+}
 
- private:
-  float* data_ = nullptr;
-  std::size_t capacity_ = 0;
-};
-
-/// Page-locked host memory (copies to and from it run asynchronously at full bus speed).
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer() {
-    if (data_) cudaFreeHost(data_);
-  }
-  float* reserve(std::size_t floats) {
-    if (floats <= capacity_) return data_;
-    if (data_) cudaFreeHost(data_);
-    data_ = nullptr;
-    check(cudaMallocHost(&data_, floats * sizeof(float)), "cudaMallocHost");
-    capacity_ = floats;
-    return data_;
-  }
-  float* data() const { return data_; }
-
- private:
-  float* data_ = nullptr;
-  std::size_t capacity_ = 0;
-};
+using DeviceBuffer = DeviceArray<float, scoring_memory>;
+using PinnedBuffer = PinnedArray<float>;
 
 // TF32 keeps 10 of FP32's 23 mantissa bits: round to nearest there (ties away from zero).
 __device__ inline float tf32_head(float v) {

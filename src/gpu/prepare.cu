@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "device_memory.cuh"
 #include "emcryo/core/error.hpp"
 #include "prepare.hpp"
 
@@ -19,9 +20,7 @@ namespace emcryo::gpu {
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) fail("CUDA: {} failed: {}", what, cudaGetErrorString(e));
-}
+void check(cudaError_t e, const char* what) { check_cuda(e, what); }
 void check(cufftResult e, const char* what) {
   if (e != CUFFT_SUCCESS) fail("cuFFT: {} failed (cufftResult {})", what, static_cast<int>(e));
 }
@@ -33,64 +32,17 @@ unsigned blocks_for(long long count, int threads) { return static_cast<unsigned>
 // and a CTF grid, about 0.6 GB of device memory per stream at box 256 (512 images).
 constexpr std::size_t kChunkPixels = std::size_t{32} << 20;
 
-/// A device array that grows on demand, checked against the free memory first.
+/// Preparation's device memory, for the error when it would not fit.
+std::string preparation_memory(int, double need, double free, double) {
+  return fmt::format(
+      "GPU batch preparation needs {:.0f} MiB more but {:.0f} MiB are free; use a smaller --batch or box (per stream, "
+      "two streams: chunk particles x (8 n^2 + 8 n (n/2+1) + 16 F) bytes, 12 n (n/2+1) more with full grids, plus cuFFT's "
+      "work area, chunks within {} Mi pixels; docs/design.md)",
+      need, free, kChunkPixels >> 20);
+}
+
 template <class T>
-class DeviceArray {
- public:
-  DeviceArray() = default;
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  ~DeviceArray() {
-    if (data_) cudaFree(data_);
-  }
-  T* reserve(std::size_t count) {
-    if (count <= capacity_) return data_;
-    if (data_) cudaFree(data_);
-    data_ = nullptr, capacity_ = 0;
-    const std::size_t bytes = std::max<std::size_t>(1, count) * sizeof(T);
-    std::size_t free = 0, total = 0;
-    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
-    if (bytes + (std::size_t{64} << 20) > free)
-      fail("GPU batch preparation needs {:.0f} MiB more but {:.0f} MiB are free; use a smaller --batch or box (per stream, "
-           "two streams: chunk particles x (8 n^2 + 8 n (n/2+1) + 16 F) bytes, 12 n (n/2+1) more with full grids, plus cuFFT's "
-           "work area, chunks within {} Mi pixels; "
-           "docs/design.md)",
-           bytes / 1048576.0, free / 1048576.0, kChunkPixels >> 20);
-    check(cudaMalloc(&data_, bytes), "cudaMalloc (batch preparation)");
-    capacity_ = count;
-    return data_;
-  }
-  T* data() const { return data_; }
-
- private:
-  T* data_ = nullptr;
-  std::size_t capacity_ = 0;
-};
-
-/// Page-locked host memory: copies to and from it run asynchronously at full bus speed.
-template <class T>
-class PinnedArray {
- public:
-  PinnedArray() = default;
-  PinnedArray(const PinnedArray&) = delete;
-  PinnedArray& operator=(const PinnedArray&) = delete;
-  ~PinnedArray() {
-    if (data_) cudaFreeHost(data_);
-  }
-  T* reserve(std::size_t count) {
-    if (count <= capacity_) return data_;
-    if (data_) cudaFreeHost(data_);
-    data_ = nullptr, capacity_ = 0;
-    check(cudaMallocHost(&data_, std::max<std::size_t>(1, count) * sizeof(T)), "cudaMallocHost (batch preparation)");
-    capacity_ = count;
-    return data_;
-  }
-  T* data() const { return data_; }
-
- private:
-  T* data_ = nullptr;
-  std::size_t capacity_ = 0;
-};
+using PrepArray = DeviceArray<T, preparation_memory>;
 
 __device__ inline int wrap(int j, int n) { return j <= n / 2 ? j : j - n; }
 
@@ -148,9 +100,9 @@ struct ChunkStream {
   cudaEvent_t done = nullptr;
   cufftHandle plan = 0;
   bool planned = false;
-  DeviceArray<float> raw, masked, ctf, ctf2, ctf_grid;
-  DeviceArray<float2> spectrum, unmasked, x;
-  DeviceArray<double> norm;
+  PrepArray<float> raw, masked, ctf, ctf2, ctf_grid;
+  PrepArray<float2> spectrum, unmasked, x;
+  PrepArray<double> norm;
   PinnedArray<float> out_ctf, out_ctf2, out_ctf_grid;
   PinnedArray<float2> out_x, out_unmasked;
   PinnedArray<double> out_norm;
@@ -162,9 +114,9 @@ struct BatchPreparer::State {
   int device = 0;
   int plan_box = 0, plan_batch = 0;  // the plans' image size and batch count
   ChunkStream streams[2];
-  DeviceArray<int> index, groups;
-  DeviceArray<float> inv_sigma2, mask;
-  DeviceArray<image::CtfTerms> terms;
+  PrepArray<int> index, groups;
+  PrepArray<float> inv_sigma2, mask;
+  PrepArray<image::CtfTerms> terms;
   PinnedArray<float> pixels;
 
   /// Batched R2C plans of `batch` n x n images, one per stream (each has its own work area).
