@@ -407,7 +407,9 @@ class EStep {
     }
     inv_sigma2_rows_.clear();
     for (const auto& row : inv_sigma2_) inv_sigma2_rows_.insert(inv_sigma2_rows_.end(), row.begin(), row.end());
-    scores_.resize(shared_ ? sz(B_) * sz(layout_.shifts) * sz(chunk_) : 0);
+    // Where the backend reduces a batch's coarse scores itself, they never come to the host.
+    device_reduce_ = shared_ && settings_.score && backend_.reduces_scores(KeptScores{B_, layout_.shifts, J_, layout_.orientations});
+    scores_.resize(shared_ && !device_reduce_ ? sz(B_) * sz(layout_.shifts) * sz(chunk_) : 0);
     coarse_reducers_.resize(sz(B_));
     scored_.fine_ramps = fine_ramps_.data();
     scored_.frequencies = sz(F_);
@@ -500,6 +502,8 @@ class EStep {
         fill_coarse_rows(batch_, b, F_, Fc_, layout_, fine_ramps_, scored_.particles[sz(b)].inv_sigma2, base_shift(first, b), list_,
                          scratch_[sz(omp_get_thread_num())]);
     }
+    const KeptScores kept{bc, layout_.shifts, J_, layout_.orientations};
+    const bool on_device = device_reduce_ && backend_.reduces_scores(kept);
     for (int first_j = 0; first_j < J_; first_j += chunk_) {
       const int jc = std::min(chunk_, J_ - first_j);
       if (!cache_) {
@@ -514,6 +518,11 @@ class EStep {
       q.template_count = jc, q.template_stride = 2 * Fc_, q.power_stride = Fc_, q.frequencies = Fc_;
       q.cross_correlation = settings_.cross_correlation;
       q.templates_resident = cache_;  // computed once in plan(), unchanged until the next E-step
+      if (on_device) {
+        const StageClock clock(times_, StageTimes::coarse_score);
+        backend_.score_kept(q, kept, first_j);
+        continue;
+      }
       {
         const StageClock clock(times_, StageTimes::coarse_score);
         backend_.score(q, scores_.data(), 0);
@@ -531,6 +540,31 @@ class EStep {
             j = end;
           }
         }
+    }
+    if (on_device) reduce_on_device(kept);
+  }
+
+  /// The batch's kept coarse scores reduced by the backend, fed to the particles' coarse reducers.
+  void reduce_on_device(const KeptScores& kept) {
+    const StageClock clock(times_, StageTimes::coarse_reduce);
+    ScoreReduction r;
+    r.scores = kept;
+    r.class_temperature = coarse_settings_.class_temperature;
+    r.log_class_prior = coarse_settings_.log_class_prior.empty() ? nullptr : coarse_settings_.log_class_prior.data();
+    r.hard_classes = coarse_settings_.classes == Reduce::maximize;
+    r.window = PosteriorReducer::kWindow;
+    // Maximised poses keep only each class's best, which the class sums carry.
+    r.cap = coarse_settings_.poses == Reduce::marginalize ? coarse_settings_.cap : 0;
+    backend_.reduce_kept(r, reduced_);
+    const std::int64_t per_class = static_cast<std::int64_t>(kept.shifts) * kept.orientations;
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < kept.particles; ++b) {
+      PosteriorReducer& reducer = coarse_reducers_[sz(b)];
+      for (int k = 0; k < K_; ++k) {
+        const std::size_t at = sz(b) * sz(K_) + sz(k);
+        reducer.add_reduced(k, reduced_.class_max[at], reduced_.class_sum[at], reduced_.class_best[at], per_class);
+      }
+      for (const auto& c : reduced_.candidates[sz(b)]) reducer.add_candidate(c.k, c.id, c.score);
     }
   }
 
@@ -612,6 +646,8 @@ class EStep {
   int F_ = 0, Fc_ = 0, K_ = 1, J_ = 0, B_ = 1, chunk_ = 0;
   bool two_pass_ = false, shared_ = false, cache_ = false;
   bool device_templates_ = false;  // the backend samples the per-particle templates itself
+  bool device_reduce_ = false;     // the backend keeps and reduces the shared coarse scores
+  ReducedScores reduced_;
   StageTimes times_;               // this run's wall time per stage (planning counts with the first run)
   const std::vector<Euler>* grid_ = nullptr;  // the shared orientations of the (first) pass
   std::vector<std::vector<float>> inv_sigma2_;

@@ -93,6 +93,20 @@ void PosteriorReducer::add_run(int k, std::int64_t first_id, const float* s, int
   }
 }
 
+void PosteriorReducer::add_reduced(int k, float max, double sum, std::int64_t best, std::int64_t count) {
+  if (count <= 0) return;
+  ClassSum& c = classes_[static_cast<std::size_t>(k)];
+  scored_ += count;
+  if (c.best < 0 || max > c.max) {
+    c.sum = (c.best < 0 ? 0.0 : c.sum * std::exp(static_cast<double>(c.max) - max)) + sum;
+    c.max = max;
+    c.best = best;
+  } else {
+    c.sum += sum * std::exp(static_cast<double>(max) - c.max);
+  }
+  candidates_.push_back({max, k, best});
+}
+
 void PosteriorReducer::sort_best_first(std::vector<WeightedHypothesis>& weighted) {
   // Best first; ties by class then id so that the order never depends on arrival. Early class2d
   // iterations keep ~10^4 hypotheses per particle, where a comparison sort of the records took a

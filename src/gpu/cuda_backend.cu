@@ -21,6 +21,7 @@
 #include "device_memory.cuh"
 #include "emcryo/gpu/backend.hpp"
 #include "prepare.hpp"
+#include "reduction.hpp"
 #include "sampling.hpp"
 
 namespace emcryo::gpu {
@@ -66,14 +67,15 @@ __global__ void split_tf32_kernel(float* head, float* tail, int rows, int width,
   tail[at] = v - h;
 }
 
-/// out[r][j] = x - n[r % P][j] / 2, or x / sqrt(n) for cross-correlation.
-__global__ void combine_kernel(float* out, const float* norms, int rows, int templates, int particles, int first_row,
+/// out[r][j] (rows `ld` floats apart) = x - n[r % P][j] / 2, or x / sqrt(n) for cross-correlation.
+__global__ void combine_kernel(float* out, int ld, const float* norms, int rows, int templates, int particles, int first_row,
                                bool cross_correlation) {
   const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
   if (i >= static_cast<long long>(rows) * templates) return;
-  const int r = static_cast<int>(i / templates) + first_row, j = static_cast<int>(i % templates);
+  const int row = static_cast<int>(i / templates), r = row + first_row, j = static_cast<int>(i % templates);
   const float n = norms[static_cast<long long>(r % particles) * templates + j];
-  out[i] = cross_correlation ? out[i] * rsqrtf(fmaxf(n, 1e-30f)) : out[i] - 0.5f * n;
+  float& v = out[static_cast<long long>(row) * ld + j];
+  v = cross_correlation ? v * rsqrtf(fmaxf(n, 1e-30f)) : v - 0.5f * n;
 }
 
 /// Template j at frequency f: the bilinear (2D) or trilinear (3D) sample, as the host computes it.
@@ -217,10 +219,11 @@ class CudaBackend final : public em::ScoringBackend {
     for (const auto& d : devices_) ids += (ids.empty() ? "" : ",") + std::to_string(d->id);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, devices_.front()->id);
-    return fmt::format("CUDA (GPU {}: {}, {} GEMM{}{}{})", ids, prop.name, precision_name(options_.precision),
+    return fmt::format("CUDA (GPU {}: {}, {} GEMM{}{}{}{})", ids, prop.name, precision_name(options_.precision),
                        options_.sample_templates ? ", per-particle templates sampled on the GPU" : "",
                        options_.prepare_batches ? ", batches prepared on the GPU" : "",
-                       options_.volume_sums ? ", 3D back-projection on the GPU" : "");
+                       options_.volume_sums ? ", 3D back-projection on the GPU" : "",
+                       options_.reduce_scores ? ", coarse posteriors reduced on the GPU" : "");
   }
 
   void plan(int slots, int particles, int templates) override {
@@ -252,16 +255,34 @@ class CudaBackend final : public em::ScoringBackend {
     if (flops < options_.cpu_below_flops && !q.sampled.source) return cpu_->score(q, out, slot);
     if (slot < 0 || static_cast<std::size_t>(slot) >= slots_.size()) fail("scoring: slot {} outside the plan ({} slots)", slot, slots_.size());
     if (q.row_count == 0 || q.template_count == 0) return;
-    Slot& s = *slots_[static_cast<std::size_t>(slot)];
-    const auto start = std::chrono::steady_clock::now();
+    score_on_slot(q, out, *slots_[static_cast<std::size_t>(slot)], nullptr, 0);
+  }
+
+  /// Kept scores: at most 4 GiB of them (a batch of 256 x 25 shifts x 3,600 templates is 92 MB).
+  bool reduces_scores(const em::KeptScores& shape) const override {
+    const double bytes = 4.0 * shape.particles * shape.shifts * shape.templates;
+    return options_.reduce_scores && bytes <= 4.0 * (1 << 30) && shape.orientations > 0 && shape.templates % shape.orientations == 0;
+  }
+
+  void score_kept(const em::ScoreRequest& q, const em::KeptScores& shape, int first_template) override {
+    if (slots_.empty()) fail("GPU kept scores before plan() (internal error)");
+    if (q.row_count != shape.particles * shape.shifts || first_template + q.template_count > shape.templates)
+      fail("GPU kept scores: request outside the batch's shape (internal error)");
+    Slot& s = *slots_.front();
     check(cudaSetDevice(s.device), "cudaSetDevice");
-    const Templates t = templates_on_device(q, s);
-    const float* norms = norms_on_device(q, s, t);
-    check(cudaEventRecord(s.ready, s.stream[0]), "cudaEventRecord");
-    check(cudaStreamWaitEvent(s.stream[1], s.ready, 0), "cudaStreamWaitEvent");
-    score_rows_in_pieces(q, out, s, t, norms);
+    // A new batch may need more room (its contents need not survive); later chunks add columns.
+    if (first_template == 0) kept_ = scores_reducer().scores(shape);
+    if (q.row_count == 0 || q.template_count == 0) return;
+    score_on_slot(q, nullptr, s, kept_ + first_template, shape.templates);
+  }
+
+  void reduce_kept(const em::ScoreReduction& reduction, em::ReducedScores& out) override {
+    Slot& s = *slots_.front();
+    check(cudaSetDevice(s.device), "cudaSetDevice");
+    for (cudaStream_t stream : s.stream) check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (kept scores)");
+    const auto start = std::chrono::steady_clock::now();
+    scores_reducer().reduce(reduction, out);
     s.stats.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    s.stats.flops += flops;
   }
 
   bool samples_templates(const em::TemplateSource& source) const override {
@@ -366,6 +387,25 @@ class CudaBackend final : public em::ScoringBackend {
 
  private:
   bool split() const { return options_.precision == Precision::split_tf32; }
+
+  /// Scores request q on slot s: into `out` on the host, or into `kept` on the device (rows kept_ld apart).
+  void score_on_slot(const em::ScoreRequest& q, float* out, Slot& s, float* kept, int kept_ld) {
+    const double flops = 2.0 * q.row_count * q.template_count * 2 * q.frequencies + 2.0 * q.particles * q.template_count * q.frequencies;
+    const auto start = std::chrono::steady_clock::now();
+    check(cudaSetDevice(s.device), "cudaSetDevice");
+    const Templates t = templates_on_device(q, s);
+    const float* norms = norms_on_device(q, s, t);
+    check(cudaEventRecord(s.ready, s.stream[0]), "cudaEventRecord");
+    check(cudaStreamWaitEvent(s.stream[1], s.ready, 0), "cudaStreamWaitEvent");
+    score_rows_in_pieces(q, out, s, t, norms, kept, kept_ld);
+    s.stats.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    s.stats.flops += flops;
+  }
+
+  KeptScoreReducer& scores_reducer() {
+    if (!scores_reducer_) scores_reducer_ = std::make_unique<KeptScoreReducer>(slots_.front()->device);
+    return *scores_reducer_;
+  }
 
   struct Templates {
     const float* head = nullptr;
@@ -501,20 +541,22 @@ class CudaBackend final : public em::ScoringBackend {
     return norms;
   }
 
-  /// Row-major C[m_rows][n_cols] (ld n_cols) = beta C + A[m_rows][k] . B[n_cols][k]^T, as the
-  /// column-major product C^T = B . A^T that cuBLAS computes.
+  /// Row-major C[m_rows][n_cols] (rows ldc apart; 0: n_cols) = beta C + A[m_rows][k] . B[n_cols][k]^T,
+  /// as the column-major product C^T = B . A^T that cuBLAS computes.
   static void gemm(Slot& s, cudaStream_t stream, cublasComputeType_t compute, int n_cols, int m_rows, int k, const float* b,
-                   int ldb, const float* a, int lda, float beta, float* c) {
+                   int ldb, const float* a, int lda, float beta, float* c, int ldc = 0) {
     check(cublasSetStream(s.handle, stream), "cublasSetStream");
     const float alpha = 1.0f;
     check(cublasGemmEx(s.handle, CUBLAS_OP_T, CUBLAS_OP_N, n_cols, m_rows, k, &alpha, b, CUDA_R_32F, ldb, a, CUDA_R_32F, lda,
-                       &beta, c, CUDA_R_32F, n_cols, compute, CUBLAS_GEMM_DEFAULT),
+                       &beta, c, CUDA_R_32F, ldc > 0 ? ldc : n_cols, compute, CUBLAS_GEMM_DEFAULT),
           "cublasGemmEx");
   }
 
   /// Rows in pieces, alternating between the two streams and their pinned buffers: the host copy
-  /// into one piece's buffer and its transfers overlap the other piece's GEMM.
-  void score_rows_in_pieces(const em::ScoreRequest& q, float* out, Slot& s, const Templates& t, const float* norms) {
+  /// into one piece's buffer and its transfers overlap the other piece's GEMM. With `kept`, the
+  /// scores stay on the device there instead (rows kept_ld floats apart) and `out` is unused.
+  void score_rows_in_pieces(const em::ScoreRequest& q, float* out, Slot& s, const Templates& t, const float* norms,
+                            float* kept = nullptr, int kept_ld = 0) {
     const int K = 2 * q.frequencies, J = q.template_count;
     constexpr std::size_t kPieceFloats = std::size_t{8} << 20;  // 32 MiB of rows or scores per piece
     const int piece_rows = std::max(1, static_cast<int>(std::min(kPieceFloats / sz(q.row_stride), kPieceFloats / sz(J))));
@@ -522,15 +564,17 @@ class CudaBackend final : public em::ScoringBackend {
     const int held_rows = std::min(piece_rows, q.row_count);
     float* rows_head = s.rows_head.reserve(2 * sz(held_rows) * sz(q.row_stride), s.device);
     float* rows_tail = split() ? s.rows_tail.reserve(2 * sz(held_rows) * sz(q.row_stride), s.device) : nullptr;
-    float* scores = s.scores.reserve(2 * sz(held_rows) * sz(J), s.device);
+    float* scores = kept ? nullptr : s.scores.reserve(2 * sz(held_rows) * sz(J), s.device);
     for (int i = 0; i < 2; ++i) {
       s.staging_rows[i].reserve(sz(held_rows) * sz(q.row_stride));
-      s.staging_scores[i].reserve(sz(held_rows) * sz(J));
+      if (!kept) s.staging_scores[i].reserve(sz(held_rows) * sz(J));
     }
+    const int ld = kept ? kept_ld : J;
     const auto rows_of = [&](int p) { return std::min(piece_rows, q.row_count - p * piece_rows); };
     const auto drain = [&](int p) {  // piece p's scores, back on the host, into `out`
       const int i = p % 2;
       check(cudaEventSynchronize(s.done[i]), "cudaEventSynchronize");
+      if (kept) return;  // only the staged rows had to be free again
       std::memcpy(out + sz(p) * sz(piece_rows) * sz(J), s.staging_scores[i].data(), sz(rows_of(p)) * sz(J) * sizeof(float));
     };
     for (int p = 0; p < pieces; ++p) {
@@ -541,23 +585,23 @@ class CudaBackend final : public em::ScoringBackend {
       const std::size_t floats = sz(n - 1) * sz(q.row_stride) + sz(K);
       std::memcpy(staged, q.rows + sz(first) * sz(q.row_stride), floats * sizeof(float));
       float* head = rows_head + sz(i) * sz(held_rows) * sz(q.row_stride);
-      float* piece_scores = scores + sz(i) * sz(held_rows) * sz(J);
+      float* piece_scores = kept ? kept + sz(first) * sz(kept_ld) : scores + sz(i) * sz(held_rows) * sz(J);
       upload_rows(head, staged, n, K, q.row_stride, stream);
       if (split()) {
         float* tail = rows_tail + sz(i) * sz(held_rows) * sz(q.row_stride);
         split_on_device(head, tail, n, K, q.row_stride, stream);
         // Smallest terms first: tail . head, head . tail, then head . head.
-        gemm(s, stream, CUBLAS_COMPUTE_32F_FAST_TF32, J, n, K, t.head, q.template_stride, tail, q.row_stride, 0.0f, piece_scores);
-        gemm(s, stream, CUBLAS_COMPUTE_32F_FAST_TF32, J, n, K, t.tail, q.template_stride, head, q.row_stride, 1.0f, piece_scores);
-        gemm(s, stream, CUBLAS_COMPUTE_32F_FAST_TF32, J, n, K, t.head, q.template_stride, head, q.row_stride, 1.0f, piece_scores);
+        gemm(s, stream, CUBLAS_COMPUTE_32F_FAST_TF32, J, n, K, t.head, q.template_stride, tail, q.row_stride, 0.0f, piece_scores, ld);
+        gemm(s, stream, CUBLAS_COMPUTE_32F_FAST_TF32, J, n, K, t.tail, q.template_stride, head, q.row_stride, 1.0f, piece_scores, ld);
+        gemm(s, stream, CUBLAS_COMPUTE_32F_FAST_TF32, J, n, K, t.head, q.template_stride, head, q.row_stride, 1.0f, piece_scores, ld);
       } else {
         const auto compute = options_.precision == Precision::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-        gemm(s, stream, compute, J, n, K, t.head, q.template_stride, head, q.row_stride, 0.0f, piece_scores);
+        gemm(s, stream, compute, J, n, K, t.head, q.template_stride, head, q.row_stride, 0.0f, piece_scores, ld);
       }
       const long long count = static_cast<long long>(n) * J;
-      combine_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(piece_scores, norms, n, J, q.particles, first, q.cross_correlation);
+      combine_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(piece_scores, ld, norms, n, J, q.particles, first, q.cross_correlation);
       check(cudaGetLastError(), "combine kernel");
-      check(cudaMemcpyAsync(s.staging_scores[i].data(), piece_scores, sz(count) * sizeof(float), cudaMemcpyDeviceToHost, stream),
+      if (!kept) check(cudaMemcpyAsync(s.staging_scores[i].data(), piece_scores, sz(count) * sizeof(float), cudaMemcpyDeviceToHost, stream),
             "cudaMemcpyAsync (from GPU)");
       check(cudaEventRecord(s.done[i], stream), "cudaEventRecord");
     }
@@ -571,6 +615,8 @@ class CudaBackend final : public em::ScoringBackend {
   std::vector<std::unique_ptr<Slot>> slots_;
   std::unique_ptr<BatchPreparer> preparer_;  // declared last: freed first
   std::unique_ptr<DeviceVolumeSums> volume_sums_;
+  std::unique_ptr<KeptScoreReducer> scores_reducer_;
+  float* kept_ = nullptr;  // the batch's kept scores (scores_reducer_'s)
 };
 
 }  // namespace

@@ -46,6 +46,7 @@ struct Posterior {
 /// allocates only while its candidate list grows.
 class PosteriorReducer {
  public:
+  static constexpr float kWindow = 14;  // log-score below the class best that can still matter (e^-14)
   void reset(const PosteriorSettings& settings, int classes);
   /// One hypothesis of class k with log-score -D^2 (up to a per-particle constant).
   void add(int k, std::int64_t id, float log_score) {
@@ -66,6 +67,13 @@ class PosteriorReducer {
   /// Hypotheses first_id, first_id + 1, ... of class k with these log-scores: the same as add()
   /// for each, in one vectorised pass (the class's maximum first, then the sum of exponentials).
   void add_run(int k, std::int64_t first_id, const float* log_scores, int count);
+  /// `count` hypotheses of class k reduced elsewhere (a device: ScoringBackend::reduce_kept): their
+  /// maximum, its hypothesis and sum exp(s - max), merged as add_run() merges a run; the best enters
+  /// the candidates as add_run() would enter it.
+  void add_reduced(int k, float max, double sum, std::int64_t best, std::int64_t count);
+  /// A hypothesis that the same reduction ranked among those that can hold mass: a candidate for
+  /// finish(), the class sums untouched (add_reduced() holds them).
+  void add_candidate(int k, std::int64_t id, float log_score) { candidates_.push_back({log_score, k, id}); }
   Posterior finish();
 
  private:
@@ -79,7 +87,6 @@ class PosteriorReducer {
     /// prune the list again and again.
     float floor;
   };
-  static constexpr float kWindow = 14;  // log-score below the class best that can still matter (e^-14)
   static constexpr std::size_t kPruneAt = 16384;
   /// Whether a hypothesis enters the candidate list: within the window below its class's best,
   /// and above the class's admission floor (or the class's best so far, which is always kept).

@@ -4,6 +4,7 @@
 // keeps resident templates on the device from plan() to plan() (see docs/design.md).
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -129,6 +130,43 @@ struct VolumeSumsBatch {
   std::size_t shift_count = 0;
 };
 
+/// A shared coarse pass whose scores stay on the device (backends that reduce_scores()): the batch's
+/// scores are kept there chunk by chunk (score_kept), then reduced there (reduce_kept) to what a
+/// PosteriorReducer needs from them. Score (row r = t x particles + b, template j) is hypothesis
+/// id t x templates + j of particle b, class j / orientations (a class's templates are consecutive).
+struct KeptScores {
+  int particles = 0, shifts = 0, templates = 0, orientations = 1;
+};
+
+/// How the kept scores are reduced, per particle: per class the maximum, its (first) hypothesis and
+/// sum exp(s - max) over the class's hypotheses (PosteriorReducer::add_run's streaming sums); then
+/// the hypotheses that can hold posterior mass, ranked by log P(k) + s - max_k - log sum_k with the
+/// class posterior P(k) tempered and with priors as PosteriorReducer::finish() computes it: those
+/// within `window` of their class's maximum, other than the class's best, at most `cap` of them
+/// (plus those tied with the cap-th, up to 2 cap).
+struct ScoreReduction {
+  KeptScores scores;
+  double class_temperature = 1;
+  const double* log_class_prior = nullptr;  // per class, or nullptr: uniform
+  bool hard_classes = false;                // only the most probable class's hypotheses are ranked
+  float window = 14;
+  int cap = 0;
+};
+
+/// What reduce_kept() gives back: per particle and class ([b][k]) the class's maximum, sum and best
+/// hypothesis, and per particle its ranked candidates (class, id, log-score; unordered).
+struct ReducedScores {
+  std::vector<float> class_max;
+  std::vector<double> class_sum;
+  std::vector<std::int64_t> class_best;
+  struct Candidate {
+    int k = 0;
+    float score = 0;
+    std::int64_t id = 0;
+  };
+  std::vector<std::vector<Candidate>> candidates;  // [particle]
+};
+
 struct BackendStats {
   double flops = 0, seconds = 0;
 };
@@ -166,6 +204,14 @@ class ScoringBackend {
   virtual void add_volume_sums(const VolumeSumsBatch& batch);
   /// Adds the device volumes into into[k] (one per class), within the reach inserted.
   virtual void end_volume_sums(const std::vector<BackProjector*>& into);
+  /// Whether a batch's shared coarse scores of this shape can stay on the device and be reduced
+  /// there (score_kept / reduce_kept, from one thread; slot 0).
+  virtual bool reduces_scores(const KeptScores& /*shape*/) const { return false; }
+  /// Scores request q (all the batch's rows) into columns [first_template, + template_count) of
+  /// the batch's kept scores, begun anew when first_template is 0.
+  virtual void score_kept(const ScoreRequest& q, const KeptScores& shape, int first_template);
+  /// The kept scores reduced (every column must have been scored).
+  virtual void reduce_kept(const ScoreReduction& reduction, ReducedScores& out);
   /// Summed over slots.
   virtual BackendStats stats() const = 0;
 };

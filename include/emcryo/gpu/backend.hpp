@@ -60,6 +60,10 @@ struct CudaOptions {
   /// EMCRYO_GPU_BACKPROJECT=0 keeps the CPU's (bitwise reproducible) block; the atomics' sums vary
   /// in their last bits from run to run.
   bool volume_sums = true;
+  /// The shared coarse pass's posterior reduction on the GPU: a batch's coarse scores stay on the
+  /// card and only per-class sums and the hypotheses that can hold mass come back
+  /// (src/gpu/reduction.cu). EMCRYO_GPU_REDUCE=0 copies the scores back and reduces on the CPU.
+  bool reduce_scores = true;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.
@@ -77,8 +81,9 @@ std::vector<int> parse_device_list(const std::string& text);
 
 /// The backend a job runs on, per the choice (logged once per call). The GEMM precision, the
 /// CPU threshold, GPU template sampling, GPU M-step sums, GPU batch preparation and the GPU
-/// back-projection can be overridden by EMCRYO_GPU_PRECISION, EMCRYO_GPU_CPU_BELOW_FLOPS,
-/// EMCRYO_GPU_SAMPLE, EMCRYO_GPU_SUMS, EMCRYO_GPU_PREP and EMCRYO_GPU_BACKPROJECT (0: off; PREP=1 on).
+/// back-projection and the coarse reduction can be overridden by EMCRYO_GPU_PRECISION,
+/// EMCRYO_GPU_CPU_BELOW_FLOPS, EMCRYO_GPU_SAMPLE, EMCRYO_GPU_SUMS, EMCRYO_GPU_PREP,
+/// EMCRYO_GPU_BACKPROJECT and EMCRYO_GPU_REDUCE (0: off; PREP=1 on).
 std::unique_ptr<em::ScoringBackend> make_backend();
 
 }  // namespace emcryo::gpu

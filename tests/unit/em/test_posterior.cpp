@@ -253,6 +253,54 @@ TEST(Posterior, RunsOfOneClassGiveWhatSingleAddsGive) {
   }
 }
 
+TEST(Posterior, ClassesReducedElsewhereGiveWhatRunsGive) {
+  // A device reduces each class's scores to (max, best, sum) in two pieces and ranks the
+  // hypotheses within the window: fed through add_reduced / add_candidate, the reducer's posterior
+  // and kept hypotheses are those of streaming every score through add_run.
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal(-700, 3);
+  const int K = 5, H = 400;
+  std::vector<float> scores(static_cast<std::size_t>(K * H));
+  for (auto& v : scores) v = normal(rng);
+  PosteriorSettings s;
+  s.mass = 0.999;
+  s.cap = 300;
+  s.class_temperature = 1.5;
+  s.log_class_prior = {-1.0, -2.0, -1.5, -1.2, -1.8};
+  em::PosteriorReducer streamed, reduced;
+  streamed.reset(s, K), reduced.reset(s, K);
+  for (int k = 0; k < K; ++k) {
+    const float* row = scores.data() + static_cast<std::size_t>(k * H);
+    streamed.add_run(k, static_cast<std::int64_t>(k) * H, row, H);
+    const float top = *std::max_element(row, row + H);
+    std::vector<bool> piece_best(static_cast<std::size_t>(H), false);  // entered by add_reduced
+    for (int half = 0; half < 2; ++half) {  // two pieces: the second merges into the first
+      const int first = half * H / 2, end = first + H / 2;
+      float m = row[first];
+      std::int64_t b = first;
+      for (int h = first; h < end; ++h)
+        if (row[h] > m) m = row[h], b = h;
+      double sum = 0;
+      for (int h = first; h < end; ++h) sum += std::exp(static_cast<double>(row[h]) - m);
+      reduced.add_reduced(k, m, sum, static_cast<std::int64_t>(k) * H + b, end - first);
+      piece_best[static_cast<std::size_t>(b)] = true;
+    }
+    for (int h = 0; h < H; ++h)
+      if (!piece_best[static_cast<std::size_t>(h)] && row[h] > top - 14) reduced.add_candidate(k, static_cast<std::int64_t>(k) * H + h, row[h]);
+  }
+  const auto a = streamed.finish(), b = reduced.finish();
+  EXPECT_EQ(b.scored, a.scored);
+  EXPECT_EQ(b.best_id, a.best_id);
+  EXPECT_NEAR(b.log_evidence, a.log_evidence, 1e-4);
+  for (int k = 0; k < K; ++k) EXPECT_NEAR(b.class_posterior[static_cast<std::size_t>(k)], a.class_posterior[static_cast<std::size_t>(k)], 1e-5);
+  ASSERT_GT(a.kept.size(), 20u);
+  ASSERT_EQ(b.kept.size(), a.kept.size());
+  for (std::size_t i = 0; i < a.kept.size(); ++i) {
+    EXPECT_EQ(b.kept[i].id, a.kept[i].id);
+    EXPECT_NEAR(b.kept[i].weight, a.kept[i].weight, 1e-5);
+  }
+}
+
 TEST(Posterior, KthLargestMatchesASort) {
   // The prune's selection: any rank, with ties (flat classes score many poses alike) and wide ranges.
   std::mt19937 rng(12);

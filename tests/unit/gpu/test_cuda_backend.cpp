@@ -11,6 +11,7 @@
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/mpi.hpp"
 #include "emcryo/em/expectation.hpp"
+#include "emcryo/em/posterior.hpp"
 #include "emcryo/em/projector.hpp"
 #include "emcryo/em/score_rows.hpp"
 #include "emcryo/image/ctf.hpp"
@@ -650,4 +651,98 @@ TEST(CudaBackend, BackProjectionOnTheGpuEqualsBackProjectorInsert) {
     }
   }
   EXPECT_FALSE(gpu::make_cuda_backend({})->sums_volumes());  // off by default (see CudaOptions)
+}
+
+namespace {
+
+/// Particle b's posterior from scores on the host (shift-major rows, J = K x O templates), streamed
+/// through add_run as the E-step's coarse pass streams them.
+em::Posterior host_posterior(const std::vector<float>& scores, int b, int P, int T, int J, int O, const em::PosteriorSettings& settings) {
+  em::PosteriorReducer r;
+  r.reset(settings, J / O);
+  for (int t = 0; t < T; ++t)
+    for (int k = 0; k < J / O; ++k)
+      r.add_run(k, static_cast<std::int64_t>(t) * J + k * O, scores.data() + (static_cast<std::size_t>(t) * P + b) * J + k * O, O);
+  return r.finish();
+}
+
+/// The posterior mass two kept lists share: sum over common hypotheses of the smaller weight.
+double shared_mass(const em::Posterior& a, const em::Posterior& b) {
+  double shared = 0;
+  for (const auto& x : a.kept)
+    for (const auto& y : b.kept)
+      if (x.id == y.id && x.k == y.k) shared += std::min(x.weight, y.weight);
+  return shared;
+}
+
+}  // namespace
+
+TEST(CudaBackend, CoarseScoresReducedOnTheGpuGiveTheHostPosterior) {
+  // The coarse pass's scores kept on the GPU chunk by chunk and reduced there (class sums and the
+  // candidates a histogram of posterior log-weights selects) give the posterior that streaming
+  // the same scores through the host's reducer gives: peaked scores (log-likelihoods) and flat ones
+  // (cross-correlations: every hypothesis within the window, the cap decides), with a temperature,
+  // class priors and hard classes.
+  REQUIRE_GPU();
+  const Problem pr = make_problem(5);
+  const int K = 4, O = pr.J / K;
+  const auto backend = gpu::make_cuda_backend({});
+  for (const bool cross_correlation : {false, true})
+    for (const bool hard : {false, true}) {
+      auto q = pr.request();
+      q.cross_correlation = cross_correlation;
+      const auto host_scores = scores(*backend, q);
+      em::PosteriorSettings settings;
+      settings.mass = 0.99999, settings.cap = 100, settings.class_temperature = 1.3;
+      settings.log_class_prior = {-1.2, -1.5, -1.3, -1.6};
+      if (hard) settings.classes = em::Reduce::maximize;
+      const em::KeptScores shape{pr.P, pr.T, pr.J, O};
+      ASSERT_TRUE(backend->reduces_scores(shape));
+      for (int first = 0; first < pr.J; first += 256) {  // in chunks, as the E-step scores them
+        auto chunk = q;
+        chunk.template_count = std::min(256, pr.J - first);
+        chunk.templates = q.templates + static_cast<std::size_t>(first) * q.template_stride;
+        chunk.power = q.power + static_cast<std::size_t>(first) * q.power_stride;
+        backend->score_kept(chunk, shape, first);
+      }
+      em::ScoreReduction r;
+      r.scores = shape, r.class_temperature = settings.class_temperature, r.log_class_prior = settings.log_class_prior.data();
+      r.hard_classes = hard, r.window = em::PosteriorReducer::kWindow, r.cap = settings.cap;
+      em::ReducedScores reduced;
+      backend->reduce_kept(r, reduced);
+      double worst_class = 0, least_shared = 1, worst_best_loss = 0;
+      std::size_t most_kept = 0;
+      for (int b = 0; b < pr.P; ++b) {
+        const em::Posterior want = host_posterior(host_scores, b, pr.P, pr.T, pr.J, O, settings);
+        em::PosteriorReducer device;
+        device.reset(settings, K);
+        for (int k = 0; k < K; ++k) {
+          const std::size_t at = static_cast<std::size_t>(b) * K + k;
+          device.add_reduced(k, reduced.class_max[at], reduced.class_sum[at], reduced.class_best[at], static_cast<std::int64_t>(pr.T) * O);
+        }
+        ASSERT_LE(reduced.candidates[static_cast<std::size_t>(b)].size(), static_cast<std::size_t>(2 * settings.cap));
+        for (const auto& c : reduced.candidates[static_cast<std::size_t>(b)]) device.add_candidate(c.k, c.id, c.score);
+        const em::Posterior got = device.finish();
+        EXPECT_EQ(got.scored, want.scored);
+        for (int k = 0; k < K; ++k)
+          worst_class = std::max(worst_class, std::abs(got.class_posterior[static_cast<std::size_t>(k)] - want.class_posterior[static_cast<std::size_t>(k)]));
+        // The GPU's best scored on the host against the host's best (the two paths' GEMMs differ in their last bits).
+        const std::int64_t t = got.best_id / pr.J, j = got.best_id % pr.J;
+        worst_best_loss = std::max(worst_best_loss,
+                                   static_cast<double>(want.best_score - host_scores[(static_cast<std::size_t>(t) * pr.P + b) * pr.J + j]));
+        least_shared = std::min(least_shared, shared_mass(got, want));
+        most_kept = std::max(most_kept, want.kept.size());
+      }
+      std::printf("GPU coarse reduction (%s, %s classes): class posterior max |GPU - host| %.3g, best's worst loss %.3g, "
+                  "least shared kept mass %.4f, up to %zu kept\n",
+                  cross_correlation ? "cross-correlation" : "log-likelihood", hard ? "hard" : "soft", worst_class, worst_best_loss,
+                  least_shared, most_kept);
+      EXPECT_LT(worst_class, 1e-3);
+      EXPECT_LT(worst_best_loss, cross_correlation ? 1e-5 : 1e-2);
+      // Flat posteriors: the cap cuts among near-equal weights (the histogram's bins are 0.02 log units).
+      EXPECT_GT(least_shared, cross_correlation ? 0.9 : 0.999);
+      if (cross_correlation) {
+        EXPECT_EQ(most_kept, static_cast<std::size_t>(settings.cap));
+      }
+    }
 }
