@@ -4,7 +4,8 @@
 # On the device host, from a built tree: B=<build dir> bash bench/gpu/stages.sh; OUT collects
 # logs and summary.txt. Sizes by environment (defaults: the 2026-12-01 class2d and a 5000-particle
 # refine); C2D_SAMPLE, C2D_SUMS and C2D_PREP list the EMCRYO_GPU_SAMPLE, EMCRYO_GPU_SUMS and
-# EMCRYO_GPU_PREP values to run (class2d), REF_SAMPLE and REF_BP the EMCRYO_GPU_SAMPLE and EMCRYO_GPU_BACKPROJECT values (refine);
+# EMCRYO_GPU_PREP values to run (class2d; C2D_REDUCE the EMCRYO_GPU_REDUCE ones), REF_SAMPLE, REF_BP and REF_REDUCE the EMCRYO_GPU_SAMPLE,
+# EMCRYO_GPU_BACKPROJECT and EMCRYO_GPU_REDUCE values (refine);
 # TESTS=0 skips test_gpu and the GpuJobs tests; C2D=0 / REF=0 skip a job.
 set -uo pipefail
 root=$(pwd); OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; B=${B:-bd}
@@ -31,15 +32,16 @@ if [[ ${C2D:-1} == 1 ]]; then
     --orientations views --views $C2D_K --seed 7 > "$OUT/c2d_simulate.log" 2>&1
   strip_poses $c2d/particles.star $c2d/blind.star
   say "class2d data: $C2D_N particles, box $C2D_BOX, $C2D_K views, simulated in $(since $s) s"
-  for prep in ${C2D_PREP:-1}; do for sums in ${C2D_SUMS:-1}; do for sample in ${C2D_SAMPLE:-0 1}; do
-    run=s${sample}m${sums}p$prep
+  for prep in ${C2D_PREP:-1}; do for sums in ${C2D_SUMS:-1}; do for sample in ${C2D_SAMPLE:-0 1}; do for reduce in ${C2D_REDUCE:-1}; do
+    run=s${sample}m${sums}p${prep}r$reduce
     rm -rf $c2d/$run; start_memory; s=$(now)
-    EMCRYO_GPU_PREP=$prep EMCRYO_GPU_SAMPLE=$sample EMCRYO_GPU_SUMS=$sums timeout ${C2D_TIMEOUT:-200} "$E" class2d --particles $c2d/blind.star --classes $C2D_K \
+    EMCRYO_GPU_REDUCE=$reduce EMCRYO_GPU_PREP=$prep EMCRYO_GPU_SAMPLE=$sample EMCRYO_GPU_SUMS=$sums timeout ${C2D_TIMEOUT:-200} "$E" class2d --particles $c2d/blind.star --classes $C2D_K \
       --out $c2d/$run --iterations $C2D_IT --mask-diameter $(awk -v b=$C2D_BOX -v p=$C2D_PIX 'BEGIN{print int(0.8*b*p)}') > /dev/null 2>&1
     rc=$?; t=$(since $s); mem=$(stop_memory)
-    say "class2d EMCRYO_GPU_PREP=$prep EMCRYO_GPU_SAMPLE=$sample EMCRYO_GPU_SUMS=$sums: exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py class2d $c2d/truth.star $c2d/$run/particles.star 2>&1)"
+    say "class2d EMCRYO_GPU_REDUCE=$reduce EMCRYO_GPU_PREP=$prep EMCRYO_GPU_SAMPLE=$sample EMCRYO_GPU_SUMS=$sums: exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py class2d $c2d/truth.star $c2d/$run/particles.star 2>&1)"
     grep -E "iteration +[0-9]+/|backend|CUDA|E-step stages" $c2d/$run/run.log | tee -a "$S"
     cp $c2d/$run/run.log "$OUT/class2d_$run.log" 2>/dev/null
+  done
   done
   done
   done
@@ -50,15 +52,16 @@ if [[ ${REF:-1} == 1 ]]; then
     --seed 11 > "$OUT/ref_simulate.log" 2>&1
   strip_poses $ref/particles.star $ref/blind.star
   say "refine data: $REF_N particles, box $REF_BOX, simulated in $(since $s) s"
-  for bp in ${REF_BP:-1}; do for sample in ${REF_SAMPLE:-0 1}; do
-    run=s${sample}b$bp
+  for bp in ${REF_BP:-1}; do for sample in ${REF_SAMPLE:-0 1}; do for reduce in ${REF_REDUCE:-1}; do
+    run=s${sample}b${bp}r$reduce
     rm -rf $ref/$run; start_memory; s=$(now)
-    EMCRYO_GPU_SAMPLE=$sample EMCRYO_GPU_BACKPROJECT=$bp timeout $REF_TIMEOUT "$E" refine --particles $ref/blind.star \
+    EMCRYO_GPU_REDUCE=$reduce EMCRYO_GPU_SAMPLE=$sample EMCRYO_GPU_BACKPROJECT=$bp timeout $REF_TIMEOUT "$E" refine --particles $ref/blind.star \
       --ref $ref/truth_class001.mrc --ini-high 30 --out $ref/$run > /dev/null 2>&1
     rc=$?; t=$(since $s); mem=$(stop_memory)
-    say "refine EMCRYO_GPU_SAMPLE=$sample EMCRYO_GPU_BACKPROJECT=$bp: exit $rc (124: stopped by the ${REF_TIMEOUT} s limit), $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py refine $ref/truth.star $ref/$run/particles.star 2>&1 | tail -1)"
+    say "refine EMCRYO_GPU_REDUCE=$reduce EMCRYO_GPU_SAMPLE=$sample EMCRYO_GPU_BACKPROJECT=$bp: exit $rc (124: stopped by the ${REF_TIMEOUT} s limit), $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py refine $ref/truth.star $ref/$run/particles.star 2>&1 | tail -1)"
     grep -E "iteration +[0-9]+:|refine: [0-9.]+ Å|backend|CUDA" $ref/$run/run.log | tee -a "$S"
     cp $ref/$run/run.log "$OUT/refine_$run.log" 2>/dev/null
+  done
   done
   done
 fi
