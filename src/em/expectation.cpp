@@ -49,6 +49,11 @@ struct Scratch {
   std::vector<Euler> orientations;
   std::vector<std::pair<int, Euler>> unique_templates;  // (class, orientation)
   std::vector<int> unique_shifts;
+  // collect_children's marks and keys, kept between particles.
+  std::vector<std::uint8_t> template_seen, shift_seen, child_repeated;
+  std::vector<int> seen_templates;
+  std::vector<std::int64_t> child_keys;
+  std::vector<std::uint32_t> child_order;
   std::vector<int> class_runs;  // template indices where the class changes, and the end
   PosteriorReducer reducer;
   StageTimes times;  // this thread's share of the per-particle loop
@@ -170,28 +175,53 @@ void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, 
     }
 }
 
-/// The children of the kept coarse hypotheses: unique (class, orientation) and unique fine shifts.
+/// Drops the in-plane children that an earlier one already holds (same class, same psi to 1e-4
+/// degrees: neighbouring coarse angles share their boundary child), keeping the first of each.
+/// By sorting keys, not by comparing every pair: at 1,000 kept coarse hypotheses (class2d's
+/// early iterations) the pairwise test was most of the E-step's CPU time.
+void drop_repeated_children(std::vector<std::pair<int, Euler>>& children, Scratch& s) {
+  constexpr std::int64_t kTurn = 3600000;  // 360 degrees in 1e-4 degree steps
+  s.child_keys.resize(children.size());
+  s.child_order.resize(children.size());
+  for (std::size_t i = 0; i < children.size(); ++i) {
+    const double psi = std::fmod(std::fmod(children[i].second.psi, 360.0) + 360.0, 360.0);
+    s.child_keys[i] = static_cast<std::int64_t>(children[i].first) * kTurn + std::llround(psi * 1e4) % kTurn;
+    s.child_order[i] = static_cast<std::uint32_t>(i);
+  }
+  std::sort(s.child_order.begin(), s.child_order.end(), [&](std::uint32_t a, std::uint32_t b) {
+    return s.child_keys[a] != s.child_keys[b] ? s.child_keys[a] < s.child_keys[b] : a < b;
+  });
+  s.child_repeated.assign(children.size(), 0);
+  for (std::size_t i = 1; i < s.child_order.size(); ++i)
+    if (s.child_keys[s.child_order[i]] == s.child_keys[s.child_order[i - 1]]) s.child_repeated[s.child_order[i]] = 1;
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < children.size(); ++i)
+    if (!s.child_repeated[i]) children[kept++] = children[i];
+  children.resize(kept);
+}
+
+/// The children of the kept coarse hypotheses: unique (class, orientation) in the order their
+/// coarse parents come, and the unique fine shifts in increasing order.
 void collect_children(const Posterior& coarse, const std::vector<Euler>& orientations, const CoarseLayout& layout,
                       const SearchSpace& space, Scratch& s) {
   s.unique_templates.clear();
   s.unique_shifts.clear();
   const int J = layout.classes * layout.orientations;
-  std::vector<std::int64_t> seen_templates;
+  s.template_seen.resize(sz(J), 0);  // all 0 between particles
+  s.shift_seen.assign(space.shifts.fine.size(), 0);
+  s.seen_templates.clear();
   for (const auto& h : coarse.kept) {
     const int j = static_cast<int>(h.id % J), t = static_cast<int>(h.id / J);
     const int k = j / layout.orientations, o = j % layout.orientations;
-    if (std::find(seen_templates.begin(), seen_templates.end(), j) == seen_templates.end()) {
-      seen_templates.push_back(j);
+    if (!s.template_seen[sz(j)]) {
+      s.template_seen[sz(j)] = 1;
+      s.seen_templates.push_back(j);
       const Euler& centre = orientations[sz(o)];
       if (space.in_plane) {
         for (int d = -1; d <= 1; ++d) {
           Euler e = centre;
           e.psi = std::fmod(centre.psi + d * space.cell / 2 + 360.0, 360.0);
-          // Neighbouring coarse angles share their boundary child: add it once.
-          const bool dup = std::any_of(s.unique_templates.begin(), s.unique_templates.end(), [&](const auto& u) {
-            return u.first == k && std::abs(std::remainder(u.second.psi - e.psi, 360.0)) < 1e-6;
-          });
-          if (!dup) s.unique_templates.push_back({k, e});
+          s.unique_templates.push_back({k, e});
         }
       } else {
         Euler sub[8];
@@ -199,10 +229,12 @@ void collect_children(const Posterior& coarse, const std::vector<Euler>& orienta
         for (const auto& e : sub) s.unique_templates.push_back({k, e});
       }
     }
-    for (int id : space.shifts.children[sz(t)])
-      if (std::find(s.unique_shifts.begin(), s.unique_shifts.end(), id) == s.unique_shifts.end()) s.unique_shifts.push_back(id);
+    for (int id : space.shifts.children[sz(t)]) s.shift_seen[sz(id)] = 1;
   }
-  std::sort(s.unique_shifts.begin(), s.unique_shifts.end());
+  for (int j : s.seen_templates) s.template_seen[sz(j)] = 0;
+  for (std::size_t id = 0; id < s.shift_seen.size(); ++id)
+    if (s.shift_seen[id]) s.unique_shifts.push_back(static_cast<int>(id));
+  if (space.in_plane) drop_repeated_children(s.unique_templates, s);
 }
 
 }  // namespace
