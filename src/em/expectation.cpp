@@ -50,10 +50,8 @@ struct Scratch {
   std::vector<std::pair<int, Euler>> unique_templates;  // (class, orientation)
   std::vector<int> unique_shifts;
   // collect_children's marks and keys, kept between particles.
-  std::vector<std::uint8_t> template_seen, shift_seen, child_repeated;
+  std::vector<std::uint8_t> template_seen, shift_seen, child_marks;
   std::vector<int> seen_templates;
-  std::vector<std::int64_t> child_keys;
-  std::vector<std::uint32_t> child_order;
   std::vector<int> class_runs;  // template indices where the class changes, and the end
   PosteriorReducer reducer;
   StageTimes times;  // this thread's share of the per-particle loop
@@ -194,29 +192,28 @@ void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, 
     }
 }
 
-/// Drops the in-plane children that an earlier one already holds (same class, same psi to 1e-4
-/// degrees: neighbouring coarse angles share their boundary child), keeping the first of each.
-/// By sorting keys, not by comparing every pair: at 1,000 kept coarse hypotheses (class2d's
-/// early iterations) the pairwise test was most of the E-step's CPU time.
-void drop_repeated_children(std::vector<std::pair<int, Euler>>& children, Scratch& s) {
-  constexpr std::int64_t kTurn = 3600000;  // 360 degrees in 1e-4 degree steps
-  s.child_keys.resize(children.size());
-  s.child_order.resize(children.size());
-  for (std::size_t i = 0; i < children.size(); ++i) {
-    const double psi = std::fmod(std::fmod(children[i].second.psi, 360.0) + 360.0, 360.0);
-    s.child_keys[i] = static_cast<std::int64_t>(children[i].first) * kTurn + std::llround(psi * 1e4) % kTurn;
-    s.child_order[i] = static_cast<std::uint32_t>(i);
-  }
-  std::sort(s.child_order.begin(), s.child_order.end(), [&](std::uint32_t a, std::uint32_t b) {
-    return s.child_keys[a] != s.child_keys[b] ? s.child_keys[a] < s.child_keys[b] : a < b;
-  });
-  s.child_repeated.assign(children.size(), 0);
-  for (std::size_t i = 1; i < s.child_order.size(); ++i)
-    if (s.child_keys[s.child_order[i]] == s.child_keys[s.child_order[i - 1]]) s.child_repeated[s.child_order[i]] = 1;
+/// Drops the in-plane children that an earlier one already holds (neighbouring coarse angles share
+/// their boundary child), keeping the first of each. Children lie on the uniform psi grid of half
+/// cells (class2d's fine grid): one mark per grid point, not a search of those added (at 1,000 kept
+/// coarse hypotheses, class2d's early iterations, the pairwise test was most of the E-step's CPU time).
+void drop_repeated_children(std::vector<std::pair<int, Euler>>& children, int classes, double cell, Scratch& s) {
+  const double half = cell / 2;
+  const long steps = std::lround(360.0 / half);
+  if (steps <= 0 || std::abs(steps * half - 360.0) > 1e-9) fail("E-step: in-plane cell {} does not divide 360 degrees (internal error)", cell);
+  const auto mark_of = [&](const std::pair<int, Euler>& c) -> std::uint8_t& {
+    const long r = ((std::lround(c.second.psi / half) % steps) + steps) % steps;
+    return s.child_marks[sz(c.first) * static_cast<std::size_t>(steps) + static_cast<std::size_t>(r)];
+  };
+  s.child_marks.resize(sz(classes) * static_cast<std::size_t>(steps), 0);  // all 0 between particles
   std::size_t kept = 0;
-  for (std::size_t i = 0; i < children.size(); ++i)
-    if (!s.child_repeated[i]) children[kept++] = children[i];
+  for (std::size_t i = 0; i < children.size(); ++i) {
+    std::uint8_t& mark = mark_of(children[i]);
+    if (mark) continue;
+    mark = 1;
+    children[kept++] = children[i];
+  }
   children.resize(kept);
+  for (const auto& c : children) mark_of(c) = 0;
 }
 
 /// The children of the kept coarse hypotheses: unique (class, orientation) in the order their
@@ -253,7 +250,7 @@ void collect_children(const Posterior& coarse, const std::vector<Euler>& orienta
   for (int j : s.seen_templates) s.template_seen[sz(j)] = 0;
   for (std::size_t id = 0; id < s.shift_seen.size(); ++id)
     if (s.shift_seen[id]) s.unique_shifts.push_back(static_cast<int>(id));
-  if (space.in_plane) drop_repeated_children(s.unique_templates, s);
+  if (space.in_plane) drop_repeated_children(s.unique_templates, layout.classes, space.cell, s);
 }
 
 }  // namespace
