@@ -383,6 +383,9 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   // order on one rank (settings.fold_rank) and shared from there: the same sums and poses with any number of ranks and threads.
   const mpi::Chunks chunks(image_index.size());
   ExpectationRun estep(set, image_index, start, space, source, list, sigma2, particle_mask, es, backend);
+  // One process folds each chunk as it computes it: the chunk's sums are added into the totals from
+  // the lanes they were folded into, not copied into the message and out again (the same adds).
+  const bool fold_in_place = mpi::size() == 1;
   const auto compute = [&](int c, mpi::Message& message) {
     EStepStats es_stats;
     if (settings.back_project) {
@@ -401,7 +404,10 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
         for (int k = 0; k < K; ++k) into.push_back(&sums.lane(k, 0));
         backend.end_volume_sums(into);
       }
-      for (int k = 0; k < K; ++k) sums.fold_lanes(k).put(message);
+      for (int k = 0; k < K; ++k) {
+        const BackProjector& chunk_sums = sums.fold_lanes(k);
+        if (!fold_in_place) chunk_sums.put(message);
+      }
     }
     for (std::size_t g = 0; g < part_noise.sum.size(); ++g) message.put(part_noise.sum[g]), message.put(part_noise.count[g]);
     message.put(changed), message.put(angle_change), message.put(inserted_hypotheses), message.put(inserted_orientations);
@@ -411,7 +417,10 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) poses[p] = get_pose(message);
     if (settings.back_project) {
       const StageClock clock(stats.stages, StageTimes::chunk_sums);
-      for (int k = 0; k < K; ++k) sums.total(k).add_from(message);
+      for (int k = 0; k < K; ++k) {
+        if (fold_in_place) sums.total(k).add(sums.lane(k, 0));
+        else sums.total(k).add_from(message);
+      }
     }
     for (std::size_t g = 0; g < noise.sum.size(); ++g) message.add_into(noise.sum[g]), message.add_into(noise.count[g]);
     stats.changed += message.get<int>();
