@@ -294,7 +294,10 @@ class CudaBackend final : public em::ScoringBackend {
   /// The batch's kept hypotheses grouped by template on the host (a counting sort), then one block
   /// per template touched sums its entries on the device. Kept hypotheses are sparse (a particle
   /// holds ~10^2-10^4 of the J x shifts): a dense weight matrix times every particle's rows at
-  /// every shift cost ~100x the arithmetic (4.3 s per 100,000 particles per iteration on an H100).
+  /// every shift cost ~100x the arithmetic (4.3 s per 100,000 particles per iteration on an H100,
+  /// now 2.6 s). Not yet balanced: where a few templates hold most hypotheses (broad first
+  /// iterations) their blocks loop alone (iteration 1 there: 18.8 s against the GEMMs' 11.2 s);
+  /// splitting long templates into segments summed in a second pass is the next step.
   void add_template_sums(const em::TemplateSumsBatch& q) override {
     Slot& s = sums_slot();
     const int B = q.particles, T = q.shifts, F = q.frequencies, J = sums_templates_;
