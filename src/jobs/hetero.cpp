@@ -358,6 +358,9 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
   const bool cc_first = !(o.references.empty() && !o.align);  // references are not on the data's grey scale
   bool final_iteration = state.final_next;
   std::vector<std::vector<em::BackProjector>> sums;  // [half][class] of the last iteration
+  // Each half's E-step sums, made once while the number of live classes stays (allocating and
+  // zeroing their lanes every half and iteration was a quarter of hetero-refine's time).
+  std::vector<em::ReconstructionSums> half_sums_store;
   double insert_radius = 0;
 
   while (true) {
@@ -434,7 +437,9 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
     for (int h = 0; h < 2; ++h) {
       std::vector<std::size_t> members;
       std::vector<em::Pose3D> poses;
-      em::ReconstructionSums half_sums(L, n);
+      if (half_sums_store.size() != 2 || half_sums_store.front().classes() != L) half_sums_store.assign(2, em::ReconstructionSums(L, n));
+      em::ReconstructionSums& half_sums = half_sums_store[sz(h)];
+      for (int l = 0; l < L; ++l) half_sums.total(l).clear();
       e_step(h, settings, members, poses, half_sums, noise, stats, &progress);
       for (std::size_t m = 0; m < members.size(); ++m) {
         auto& posterior = state.class_posteriors[members[m]];
@@ -446,7 +451,7 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
         state.poses[members[m]].class_log_evidence.clear();
       }
       sums[sz(h)].resize(sz(K), em::BackProjector(1));
-      for (int l = 0; l < L; ++l) sums[sz(h)][sz(live[sz(l)])] = std::move(half_sums.total(l));
+      for (int l = 0; l < L; ++l) sums[sz(h)][sz(live[sz(l)])] = half_sums.total(l);
     }
     progress.finish();
 
