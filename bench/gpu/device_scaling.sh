@@ -3,7 +3,7 @@
 # (SET, default 7DDO; RELION grabs most of the GPU's memory, so sets run one at a time), then
 # emcryo's thread scaling on the CPU: class2d of the 12-view 1TII set and refine of the 2XHE set
 # with 1..16 threads on the CPU (--cpu: the CUDA build would score on the GPU). Results in $OUT (scaling.txt, relion5_<SET>.tar.gz). SCALING (default
-# "class2d refine") picks which thread-scaling runs to make; RELION_LIMIT (default 300 s) caps RELION.
+# "class2d refine") picks which thread-scaling runs to make; RELION_LIMIT (default 300 s) caps RELION; REF_THREADS (default "1 2 4 8 16") the refine thread counts.
 set -uo pipefail
 root=$(pwd); OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; SET=${SET:-7DDO}
 source bench/gpu/lib.sh
@@ -46,7 +46,7 @@ fi
   cmp -s <(grep -v '^#' /tmp/c2d/j1/particles.star) <(grep -v '^#' /tmp/c2d/j16/particles.star) && echo "class2d particles.star -j 1 == -j 16" || echo "class2d particles.star -j 1 != -j 16"
   fi
   if [[ ${SCALING:-class2d refine} == *refine* ]]; then
-  for j in 1 4 16; do
+  for j in ${REF_THREADS:-1 2 4 8 16}; do
     s=$(now); "$E" --cpu -j $j refine --particles /tmp/ho/2XHE/particles_blind.star --ref /tmp/ho/2XHE/truth_class001.mrc --ini-high 30 \
       --particle-diameter 140 --offset-range 5 --offset-step 1 --out /tmp/ho/2XHE/emcryo_j$j > /tmp/ho/2XHE/emcryo_j$j.log 2>&1
     echo "refine 2XHE 2500 particles, -j $j: $(since $s) s"
