@@ -196,7 +196,7 @@ void add_batch(const ScoredBatch& batch, const std::vector<Contribution>& contri
 
 /// The same sums as add_batch, by a backend that keeps them on its device (ScoringBackend::
 /// sums_templates): the batch's arrays and its kept hypotheses go up, nothing comes back until
-/// the chunk's end (end_template_sums).
+/// the chunk's end (end_template_sums), or the E-step's (fold_template_sums, take_template_totals).
 void add_batch_on_device(const ScoredBatch& batch, const std::vector<Contribution>& contributions, int shifts, ScoringBackend& backend,
                          std::vector<float>& ctf_isg, std::vector<SumTerm>& terms) {
   const int bc = static_cast<int>(batch.particles.size()), F = static_cast<int>(batch.frequencies);
@@ -389,15 +389,19 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   // floats, hundreds of MB at box 256 and K = 100) are added from where they are instead of
   // being copied into the message and out again, in the same order, so the totals are the same.
   const bool fold_in_place = mpi::size() == 1;
+  // ... and where the sums are on a device, it folds them there and brings them back once.
+  const bool fold_on_device = fold_in_place && device_sums;
   const auto add_in_parallel = [](auto& into, const auto& from) {
 #pragma omp parallel for schedule(static)
     for (std::size_t i = 0; i < into.size(); ++i) into[i] += from[i];
   };
   const auto compute = [&](int c, mpi::Message& message) {
+    if (!fold_on_device) {
 #pragma omp parallel for schedule(static)
-    for (std::size_t i = 0; i < part.data.size(); ++i) part.data[i] = Complex(0, 0);
+      for (std::size_t i = 0; i < part.data.size(); ++i) part.data[i] = Complex(0, 0);
 #pragma omp parallel for schedule(static)
-    for (std::size_t i = 0; i < part.weight.size(); ++i) part.weight[i] = 0.0f;
+      for (std::size_t i = 0; i < part.weight.size(); ++i) part.weight[i] = 0.0f;
+    }
     for (std::size_t g = 0; g < groups; ++g)
       std::fill(part_residual[g].begin(), part_residual[g].end(), 0.0), std::fill(part_residual_count[g].begin(), part_residual_count[g].end(), 0.0);
     std::fill(part_class_mass.begin(), part_class_mass.end(), 0.0);
@@ -405,7 +409,8 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
     EStepStats chunk_stats;
     if (device_sums) backend.begin_template_sums(K * R, F);
     estep.run(chunks.begin(c), chunks.end(c), consumer, chunk_stats, &progress);
-    if (device_sums) backend.end_template_sums(reinterpret_cast<float*>(part.data.data()), part.weight.data());
+    if (fold_on_device) backend.fold_template_sums();
+    else if (device_sums) backend.end_template_sums(reinterpret_cast<float*>(part.data.data()), part.weight.data());
     for (std::size_t a = chunks.begin(c); a < chunks.end(c); ++a) put_result(message, results[a]);
     if (!fold_in_place) message.put(part.data), message.put(part.weight);
     message.put(part_class_mass), message.put(part_removal_cost);
@@ -414,7 +419,8 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   };
   const auto fold = [&](int c, mpi::Message& message) {
     for (std::size_t a = chunks.begin(c); a < chunks.end(c); ++a) results[a] = get_result(message);
-    if (fold_in_place) add_in_parallel(sums.data, part.data), add_in_parallel(sums.weight, part.weight);
+    if (fold_on_device) {  // folded by fold_template_sums
+    } else if (fold_in_place) add_in_parallel(sums.data, part.data), add_in_parallel(sums.weight, part.weight);
     else message.add_into(sums.data), message.add_into(sums.weight);
     message.add_into(class_mass), message.add_into(removal_cost);
     for (std::size_t g = 0; g < groups; ++g) message.add_into(residual[g]), message.add_into(residual_count[g]);
@@ -434,6 +440,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
     es_stats = message.get<EStepStats>();
   };
   mpi::reduce_in_chunk_order(chunks, {compute, fold, share, take});
+  if (fold_on_device) backend.take_template_totals(reinterpret_cast<float*>(sums.data.data()), sums.weight.data());
   progress.finish();
   stats.flops += es_stats.flops;
   stats.gemm_seconds += es_stats.gemm_seconds;

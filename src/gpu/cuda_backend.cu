@@ -122,14 +122,25 @@ struct SumEntry {
   float w;
 };
 
-/// Block i: template rows[i]'s sums over its entries [offsets[i], offsets[i + 1]), one thread per
-/// frequency (strided), no atomics (each template is one block's):
+/// One block's share of the M-step sums: template rows[row]'s entries over frequencies
+/// [first_frequency, end_frequency). A template's frequencies are split among several blocks
+/// where it holds many entries, so that no block loops far longer than the rest.
+struct SumBlock {
+  int row, first_frequency, end_frequency;
+};
+constexpr int kSumThreads = 128;  // threads of a sums block
+
+/// Block i: template rows[r]'s sums (r = blocks[i].row) over its entries [offsets[r], offsets[r + 1]),
+/// one thread per frequency of the block's slice (strided), no atomics (each template frequency is
+/// one thread's, which adds the entries in order: the same sums however the frequencies are split):
 ///   data[j]   += sum w X_b conj(ramp_t) C_b / sigma_b^2,   weight[j] += sum w C_b^2 / sigma_b^2.
 /// A batch's X, C/sigma^2 and ramps are a few MB: the entries' reads hit the L2 cache.
-__global__ void template_sums_kernel(float2* data, float* weight, const int* rows, const int* offsets, const SumEntry* entries,
-                                     const float2* x, const float* ctf_isg, const float* ctf2, const float2* ramps, int frequencies) {
-  const int j = rows[blockIdx.x], first = offsets[blockIdx.x], end = offsets[blockIdx.x + 1];
-  for (int f = threadIdx.x; f < frequencies; f += blockDim.x) {
+__global__ void template_sums_kernel(float2* data, float* weight, const SumBlock* blocks, const int* rows, const int* offsets,
+                                     const SumEntry* entries, const float2* x, const float* ctf_isg, const float* ctf2,
+                                     const float2* ramps, int frequencies) {
+  const SumBlock block = blocks[blockIdx.x];
+  const int j = rows[block.row], first = offsets[block.row], end = offsets[block.row + 1];
+  for (int f = block.first_frequency + threadIdx.x; f < block.end_frequency; f += blockDim.x) {
     float re = 0, im = 0, w2 = 0;
     for (int e = first; e < end; ++e) {
       const SumEntry entry = entries[e];
@@ -144,6 +155,13 @@ __global__ void template_sums_kernel(float2* data, float* weight, const int* row
     d.x += re, d.y += im;
     weight[static_cast<long long>(j) * frequencies + f] += w2;
   }
+}
+
+/// total[i] += part[i]: a chunk's sums folded into the E-step's totals, float by float as the host
+/// would add them.
+__global__ void add_kernel(float* total, const float* part, long long count) {
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < count; i += static_cast<long long>(gridDim.x) * blockDim.x)
+    total[i] += part[i];
 }
 
 unsigned blocks_for(long long count, int threads) { return static_cast<unsigned>((count + threads - 1) / threads); }
@@ -175,7 +193,8 @@ struct Slot {
   cublasHandle_t handle = nullptr;
   DeviceBuffer rows_head, rows_tail, ctf2, templates_head, templates_tail, power, norms, scores, poses;
   // 2D M-step sums (slot 0 only): the sums, the batch's inputs, its data rows and weight matrices.
-  DeviceBuffer sum_data, sum_weight, sum_x, sum_ctf_isg, sum_ctf2, sum_ramps, sum_terms, sum_rows, sum_offsets;
+  DeviceBuffer sum_data, sum_weight, sum_x, sum_ctf_isg, sum_ctf2, sum_ramps, sum_terms, sum_rows, sum_offsets, sum_blocks;
+  DeviceBuffer total_data, total_weight;  // the E-step's totals of the chunks folded so far
   PinnedBuffer staging_rows[2], staging_scores[2], staging_poses;
   em::BackendStats stats;
 };
@@ -291,13 +310,13 @@ class CudaBackend final : public em::ScoringBackend {
     check(cudaMemsetAsync(s.sum_weight.reserve(weight, s.device), 0, weight * sizeof(float), s.stream[0]), "cudaMemsetAsync");
   }
 
-  /// The batch's kept hypotheses grouped by template on the host (a counting sort), then one block
-  /// per template touched sums its entries on the device. Kept hypotheses are sparse (a particle
-  /// holds ~10^2-10^4 of the J x shifts): a dense weight matrix times every particle's rows at
-  /// every shift cost ~100x the arithmetic (4.3 s per 100,000 particles per iteration on an H100,
-  /// now 2.6 s). Not yet balanced: where a few templates hold most hypotheses (broad first
-  /// iterations) their blocks loop alone (iteration 1 there: 18.8 s against the GEMMs' 11.2 s);
-  /// splitting long templates into segments summed in a second pass is the next step.
+  /// The batch's kept hypotheses grouped by template on the host (a counting sort), then each
+  /// template touched summed over its entries on the device by one block, or by several that split
+  /// its frequencies where it holds many entries (split_sums_into_blocks). Kept hypotheses are sparse
+  /// (a particle holds ~10^2-10^4 of the J x shifts): a dense weight matrix times every particle's
+  /// rows at every shift cost ~100x the arithmetic. With one block per template, a broad first
+  /// iteration's few crowded templates looped alone (18.8 s of sums against the GEMMs' 11.2 s for
+  /// 100,000 particles on an H100); the split gives every block about the same work.
   void add_template_sums(const em::TemplateSumsBatch& q) override {
     Slot& s = sums_slot();
     const int B = q.particles, T = q.shifts, F = q.frequencies, J = sums_templates_;
@@ -318,8 +337,11 @@ class CudaBackend final : public em::ScoringBackend {
     const auto* entries = reinterpret_cast<const SumEntry*>(up(s.sum_terms, sum_entries_.data(), sum_entries_.size() * 3));
     const auto* rows = reinterpret_cast<const int*>(up(s.sum_rows, sum_rows_.data(), sum_rows_.size()));
     const auto* offsets = reinterpret_cast<const int*>(up(s.sum_offsets, sum_offsets_.data(), sum_offsets_.size()));
-    template_sums_kernel<<<static_cast<unsigned>(sum_rows_.size()), 128, 0, stream>>>(
-        reinterpret_cast<float2*>(s.sum_data.data()), s.sum_weight.data(), rows, offsets, entries, x, ctf_isg, ctf2, ramps, F);
+    split_sums_into_blocks(F);
+    static_assert(sizeof(SumBlock) == 3 * sizeof(float));
+    const auto* blocks = reinterpret_cast<const SumBlock*>(up(s.sum_blocks, sum_blocks_.data(), sum_blocks_.size() * 3));
+    template_sums_kernel<<<static_cast<unsigned>(sum_blocks_.size()), kSumThreads, 0, stream>>>(
+        reinterpret_cast<float2*>(s.sum_data.data()), s.sum_weight.data(), blocks, rows, offsets, entries, x, ctf_isg, ctf2, ramps, F);
     check(cudaGetLastError(), "M-step sums kernel");
     // The host's arrays are reused for the next batch only after their copies have been read.
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
@@ -328,12 +350,53 @@ class CudaBackend final : public em::ScoringBackend {
   void end_template_sums(float* data, float* weight) override {
     Slot& s = sums_slot();
     const std::size_t nd = sz(sums_templates_) * 2 * sz(sums_frequencies_), nw = sz(sums_templates_) * sz(sums_frequencies_);
-    std::vector<float> d(nd), w(nw);
-    check(cudaMemcpyAsync(d.data(), s.sum_data.data(), nd * sizeof(float), cudaMemcpyDeviceToHost, s.stream[0]), "cudaMemcpyAsync");
-    check(cudaMemcpyAsync(w.data(), s.sum_weight.data(), nw * sizeof(float), cudaMemcpyDeviceToHost, s.stream[0]), "cudaMemcpyAsync");
+    sums_download_.resize(nd + nw);
+    check(cudaMemcpyAsync(sums_download_.data(), s.sum_data.data(), nd * sizeof(float), cudaMemcpyDeviceToHost, s.stream[0]), "cudaMemcpyAsync");
+    check(cudaMemcpyAsync(sums_download_.data() + nd, s.sum_weight.data(), nw * sizeof(float), cudaMemcpyDeviceToHost, s.stream[0]),
+          "cudaMemcpyAsync");
     check(cudaStreamSynchronize(s.stream[0]), "cudaStreamSynchronize");
-    for (std::size_t i = 0; i < nd; ++i) data[i] += d[i];
-    for (std::size_t i = 0; i < nw; ++i) weight[i] += w[i];
+    for (std::size_t i = 0; i < nd; ++i) data[i] += sums_download_[i];
+    for (std::size_t i = 0; i < nw; ++i) weight[i] += sums_download_[nd + i];
+  }
+
+  void fold_template_sums() override {
+    Slot& s = sums_slot();
+    const std::size_t nd = sz(sums_templates_) * 2 * sz(sums_frequencies_), nw = sz(sums_templates_) * sz(sums_frequencies_);
+    if (!totals_begun_) {
+      check(cudaMemsetAsync(s.total_data.reserve(nd, s.device), 0, nd * sizeof(float), s.stream[0]), "cudaMemsetAsync");
+      check(cudaMemsetAsync(s.total_weight.reserve(nw, s.device), 0, nw * sizeof(float), s.stream[0]), "cudaMemsetAsync");
+      totals_begun_ = true, totals_floats_ = {nd, nw};
+    }
+    if (totals_floats_ != std::pair{nd, nw}) fail("GPU M-step totals: chunks of different sizes (internal error)");
+    add_kernel<<<1024, 256, 0, s.stream[0]>>>(s.total_data.data(), s.sum_data.data(), static_cast<long long>(nd));
+    add_kernel<<<1024, 256, 0, s.stream[0]>>>(s.total_weight.data(), s.sum_weight.data(), static_cast<long long>(nw));
+    check(cudaGetLastError(), "M-step totals kernel");
+  }
+
+  void take_template_totals(float* data, float* weight) override {
+    Slot& s = sums_slot();
+    if (!totals_begun_) return;  // no chunk: nothing to write
+    const auto [nd, nw] = totals_floats_;
+    check(cudaMemcpyAsync(data, s.total_data.data(), nd * sizeof(float), cudaMemcpyDeviceToHost, s.stream[0]), "cudaMemcpyAsync");
+    check(cudaMemcpyAsync(weight, s.total_weight.data(), nw * sizeof(float), cudaMemcpyDeviceToHost, s.stream[0]), "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(s.stream[0]), "cudaStreamSynchronize");
+    totals_begun_ = false;
+  }
+
+  /// sum_blocks_: the blocks of the sums kernel. A template's frequencies are split into pieces in
+  /// proportion to its share of the batch's entries (at least kSumThreads frequencies a piece), so
+  /// that a template holding most of a broad posterior's hypotheses does not run alone for long.
+  void split_sums_into_blocks(int F) {
+    constexpr double kTargetBlocks = 4096;
+    const double total = std::max<double>(1, static_cast<double>(sum_offsets_.back()));
+    const int most_pieces = std::max(1, F / kSumThreads);
+    sum_blocks_.clear();
+    for (std::size_t r = 0; r < sum_rows_.size(); ++r) {
+      const double count = sum_offsets_[r + 1] - sum_offsets_[r];
+      const int wanted = std::clamp(static_cast<int>(std::ceil(count * kTargetBlocks / total)), 1, most_pieces);
+      const int width = (F + wanted - 1) / wanted;
+      for (int f = 0; f < F; f += width) sum_blocks_.push_back({static_cast<int>(r), f, std::min(F, f + width)});
+    }
   }
 
   /// q's terms grouped by template (in particle order within one): sum_rows_ the templates touched,
@@ -611,6 +674,10 @@ class CudaBackend final : public em::ScoringBackend {
   int sums_templates_ = 0, sums_frequencies_ = 0;  // the 2D M-step sums begun
   std::vector<int> sum_counts_, sum_rows_, sum_offsets_;  // a batch's terms grouped by template
   std::vector<SumEntry> sum_entries_;
+  std::vector<SumBlock> sum_blocks_;
+  std::vector<float> sums_download_;                // end_template_sums's copy of a chunk's sums
+  bool totals_begun_ = false;                       // whether fold_template_sums has zeroed the totals
+  std::pair<std::size_t, std::size_t> totals_floats_{0, 0};
   std::unique_ptr<em::ScoringBackend> cpu_;  // tiny requests
   std::vector<std::unique_ptr<DeviceState>> devices_;
   std::vector<std::unique_ptr<Slot>> slots_;

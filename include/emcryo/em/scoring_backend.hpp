@@ -190,6 +190,13 @@ class ScoringBackend {
   virtual void add_template_sums(const TemplateSumsBatch& batch);
   /// Adds the sums into data (templates x 2F floats: complex) and weight (templates x F).
   virtual void end_template_sums(float* data, float* weight);
+  /// Instead of end_template_sums: adds the sums into totals kept on the device (zero before the
+  /// first fold), float by float as a host fold of the chunks in this order would, so that one
+  /// process brings the E-step's sums back once instead of once per chunk.
+  virtual void fold_template_sums();
+  /// Writes the folded totals into data and weight (as end_template_sums lays them out; nothing
+  /// where no chunk was folded); the next fold starts from zero.
+  virtual void take_template_totals(float* data, float* weight);
   /// Whether prepare_batch() runs (particle images masked, transformed and weighted on the device).
   virtual bool prepares_batches() const { return false; }
   virtual void prepare_batch(const PrepareBatch& batch);

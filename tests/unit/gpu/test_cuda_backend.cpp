@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <complex>
+#include <cstring>
 #include <random>
 #include <tuple>
 
@@ -404,6 +405,76 @@ TEST(CudaBackend, TemplateSumsOnTheGpuEqualTheTermByTermSums) {
   std::printf("GPU M-step sums: %zu terms, max |GPU - reference| %.3g of max %.3g\n", terms.size(), worst, largest);
   EXPECT_LT(worst, 1e-5 * largest);
   EXPECT_TRUE(gpu::make_cuda_backend({})->sums_templates());  // on by default (see CudaOptions)
+}
+
+// The chunks' sums folded on the device (fold_template_sums, take_template_totals) are bit for bit
+// what the host makes of each chunk's sums brought back (end_template_sums) and added in chunk
+// order; one template holds half of all terms (a broad first iteration), so its frequencies are
+// split among several blocks.
+TEST(CudaBackend, ChunkSumsFoldedOnTheGpuAreTheHostFoldBitForBit) {
+  REQUIRE_GPU();
+  const int B = 64, T = 3, F = 1100, J = 40, crowded = 7;
+  std::mt19937 rng(21);
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<float> uniform(0, 1);
+  std::vector<em::Complex> x(static_cast<std::size_t>(B) * F), ramps(static_cast<std::size_t>(T) * F);
+  std::vector<float> ctf_isg(x.size()), ctf2(x.size());
+  for (auto& v : x) v = em::Complex(normal(rng), normal(rng));
+  for (auto& r : ramps) r = std::polar(1.0f, 6.2831853f * uniform(rng));
+  for (std::size_t i = 0; i < ctf_isg.size(); ++i) ctf_isg[i] = normal(rng), ctf2[i] = ctf_isg[i] * ctf_isg[i];
+  std::vector<em::SumTerm> terms;  // per particle: every shift of the crowded template, and 3 others
+  for (int b = 0; b < B; ++b) {
+    for (int t = 0; t < T; ++t) terms.push_back({crowded, b, t, uniform(rng)});
+    for (int i = 0; i < 3; ++i) terms.push_back({(crowded + 1 + static_cast<int>(rng() % (J - 1))) % J, b, i % T, uniform(rng)});
+  }
+  gpu::CudaOptions on;
+  on.template_sums = true;
+  const auto backend = gpu::make_cuda_backend(on);
+  backend->plan(1, B, J);
+  const auto add_chunk = [&](int first, int count) {
+    std::vector<em::SumTerm> own;
+    for (auto t : terms)
+      if (t.b >= first && t.b < first + count) t.b -= first, own.push_back(t);
+    em::TemplateSumsBatch q;
+    q.particles = count, q.shifts = T, q.frequencies = F;
+    const std::size_t offset = static_cast<std::size_t>(first) * F;
+    q.x = reinterpret_cast<const float*>(x.data() + offset), q.ctf_isg = ctf_isg.data() + offset, q.ctf2 = ctf2.data() + offset;
+    q.ramps = reinterpret_cast<const float*>(ramps.data()), q.terms = own.data(), q.term_count = own.size();
+    backend->begin_template_sums(J, F);
+    backend->add_template_sums(q);
+  };
+  const std::size_t nd = static_cast<std::size_t>(J) * 2 * F, nw = static_cast<std::size_t>(J) * F;
+  const std::vector<std::pair<int, int>> chunks = {{0, 20}, {20, 30}, {50, 14}};
+  std::vector<float> host_data(nd, 0.0f), host_weight(nw, 0.0f);
+  for (const auto& [first, count] : chunks) {
+    std::vector<float> d(nd, 0.0f), w(nw, 0.0f);
+    add_chunk(first, count);
+    backend->end_template_sums(d.data(), w.data());
+    for (std::size_t i = 0; i < nd; ++i) host_data[i] += d[i];
+    for (std::size_t i = 0; i < nw; ++i) host_weight[i] += w[i];
+  }
+  for (int round = 0; round < 2; ++round) {  // the second round checks that the totals start again from zero
+    for (const auto& [first, count] : chunks) add_chunk(first, count), backend->fold_template_sums();
+    std::vector<float> data(nd, -1.0f), weight(nw, -1.0f);
+    backend->take_template_totals(data.data(), weight.data());
+    EXPECT_EQ(0, std::memcmp(data.data(), host_data.data(), nd * sizeof(float))) << "round " << round;
+    EXPECT_EQ(0, std::memcmp(weight.data(), host_weight.data(), nw * sizeof(float))) << "round " << round;
+  }
+  // And the crowded template's sums are right (against double precision, term by term).
+  double worst = 0, largest = 0;
+  for (int f = 0; f < F; ++f) {
+    std::complex<double> d = 0;
+    for (const auto& t : terms) {
+      if (t.j != crowded) continue;
+      const std::size_t at = static_cast<std::size_t>(t.b) * F + f;
+      d += std::complex<double>(x[at] * std::conj(ramps[static_cast<std::size_t>(t.t) * F + f])) * static_cast<double>(t.w * ctf_isg[at]);
+    }
+    const std::size_t at = static_cast<std::size_t>(crowded) * F + f;
+    worst = std::max(worst, std::abs(std::complex<double>(host_data[2 * at], host_data[2 * at + 1]) - d));
+    largest = std::max(largest, std::abs(d));
+  }
+  std::printf("crowded template (%d of %zu terms): max |GPU - reference| %.3g of max %.3g\n", B * T, terms.size(), worst, largest);
+  EXPECT_LT(worst, 1e-5 * largest);
 }
 
 namespace {
