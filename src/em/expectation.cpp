@@ -119,10 +119,7 @@ void prior_terms(const PriorTerm& term, const std::vector<std::pair<int, Euler>>
 struct InPlaneTemplates {
   int R = 0;
   std::vector<float> templates, power;  // [k R + r] x 2F, x F
-  int row(int k, double psi) const {
-    const int r = static_cast<int>(std::lround(psi * R / 360.0)) % R;
-    return k * R + (r < 0 ? r + R : r);
-  }
+  int row(int k, double psi) const { return k * R + psi_grid_index(psi, R); }
 };
 
 void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, Euler>>& templates, const std::vector<int>& shift_ids,
@@ -198,11 +195,10 @@ void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, 
 /// coarse hypotheses, class2d's early iterations, the pairwise test was most of the E-step's CPU time).
 void drop_repeated_children(std::vector<std::pair<int, Euler>>& children, int classes, double cell, Scratch& s) {
   const double half = cell / 2;
-  const long steps = std::lround(360.0 / half);
+  const int steps = static_cast<int>(std::lround(360.0 / half));
   if (steps <= 0 || std::abs(steps * half - 360.0) > 1e-9) fail("E-step: in-plane cell {} does not divide 360 degrees (internal error)", cell);
   const auto mark_of = [&](const std::pair<int, Euler>& c) -> std::uint8_t& {
-    const long r = ((std::lround(c.second.psi / half) % steps) + steps) % steps;
-    return s.child_marks[sz(c.first) * static_cast<std::size_t>(steps) + static_cast<std::size_t>(r)];
+    return s.child_marks[sz(c.first) * sz(steps) + sz(psi_grid_index(c.second.psi, steps))];
   };
   s.child_marks.resize(sz(classes) * static_cast<std::size_t>(steps), 0);  // all 0 between particles
   std::size_t kept = 0;

@@ -38,6 +38,11 @@ std::vector<double> psi_grid(double step) {
   return psi;
 }
 
+int psi_grid_index(double psi, int count) {
+  const long r = std::lround(psi * count / 360.0) % count;
+  return static_cast<int>(r < 0 ? r + count : r);
+}
+
 std::vector<geometry::Euler> orientation_grid(double step, const std::string& symmetry) {
   const auto group = geometry::make_symmetry_group(symmetry);
   const double step_rad = step * std::numbers::pi / 180;

@@ -52,13 +52,6 @@ class FlatTemplate final : public TemplateSource {
   }
 };
 
-/// The fine angle index of psi on a grid of R angles (psi in degrees, any turn). Called per kept
-/// hypothesis (10^4 per particle in early iterations): no fmod or library rounding.
-int fine_index(double psi, int R) {
-  const int i = static_cast<int>(std::floor(psi * R / 360.0 + 0.5)) % R;
-  return i < 0 ? i + R : i;
-}
-
 /// M-step sums per template (class x fine angle): data = sum w X C conj(s_t) / sigma^2, weight =
 /// sum w C^2 / sigma^2, at the listed frequencies.
 struct TemplateSums {
@@ -344,7 +337,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
       Contribution* c = contributions.data() + offsets[sz(b)];
       for (const auto& h : out.kept) {
         const int k = settings.random_assignment ? assigned_class[a] : h.k;
-        *c++ = {k * R + fine_index(h.orientation.psi, R), b, h.shift_id, h.weight};
+        *c++ = {k * R + psi_grid_index(h.orientation.psi, R), b, h.shift_id, h.weight};
       }
       ParticleResult& res = results[a];
       res = ParticleResult{};

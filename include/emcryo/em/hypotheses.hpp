@@ -27,6 +27,11 @@ ShiftGrid make_shift_grid(double range, double step);
 /// In-plane angles every `step` degrees (0, step, ...), RELION's psi.
 std::vector<double> psi_grid(double step);
 
+/// Where psi (degrees, any turn) falls on the grid of `count` in-plane angles 360 r / count: the
+/// nearest r in [0, count). Called per kept hypothesis (10^4 per particle in early iterations), so
+/// without fmod.
+int psi_grid_index(double psi, int count);
+
 /// Near-uniform viewing directions (Fibonacci sphere) at about `step` degrees, reduced to one
 /// asymmetric unit of the point group, each combined with in-plane angles at the same step.
 std::vector<geometry::Euler> orientation_grid(double step, const std::string& symmetry);
