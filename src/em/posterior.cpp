@@ -72,9 +72,7 @@ void PosteriorReducer::add_run(int k, std::int64_t first_id, const float* s, int
   if (top > c.max) {
     int first = 0;  // the first of the run at its maximum, as add() would keep
     while (s[first] != top) ++first;
-    c.sum = c.best < 0 ? 0.0 : c.sum * std::exp(static_cast<double>(c.max) - top);
-    c.max = top;
-    c.best = first_id + first;
+    raise_class_max(c, top, first_id + first);
   }
   const float max = c.max;
   float partial = 0;
@@ -93,17 +91,18 @@ void PosteriorReducer::add_run(int k, std::int64_t first_id, const float* s, int
   }
 }
 
+void PosteriorReducer::raise_class_max(ClassSum& c, float max, std::int64_t best) {
+  c.sum = c.best < 0 ? 0.0 : c.sum * std::exp(static_cast<double>(c.max) - max);
+  c.max = max;
+  c.best = best;
+}
+
 void PosteriorReducer::add_reduced(int k, float max, double sum, std::int64_t best, std::int64_t count) {
   if (count <= 0) return;
   ClassSum& c = classes_[static_cast<std::size_t>(k)];
   scored_ += count;
-  if (c.best < 0 || max > c.max) {
-    c.sum = (c.best < 0 ? 0.0 : c.sum * std::exp(static_cast<double>(c.max) - max)) + sum;
-    c.max = max;
-    c.best = best;
-  } else {
-    c.sum += sum * std::exp(static_cast<double>(max) - c.max);
-  }
+  if (c.best < 0 || max > c.max) raise_class_max(c, max, best);
+  c.sum += sum * std::exp(static_cast<double>(max) - c.max);  // exactly sum where max is the class's
   candidates_.push_back({max, k, best});
 }
 

@@ -94,6 +94,8 @@ class PosteriorReducer {
     const ClassSum& c = classes_[static_cast<std::size_t>(k)];
     return log_score > c.max - kWindow && (log_score > c.floor || id == c.best);
   }
+  /// A new maximum `max` (hypothesis `best`) for class c: its sum of exponentials rescaled to it.
+  static void raise_class_max(ClassSum& c, float max, std::int64_t best);
   void prune();
   void sort_best_first(std::vector<WeightedHypothesis>& weighted);
   PosteriorSettings settings_;
