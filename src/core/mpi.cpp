@@ -239,7 +239,7 @@ void reduce_in_chunk_order(const Chunks& chunks, const ChunkReduction& given, in
   const ChunkReduction reduction{timed(compute_seconds, given.compute), timed(fold_seconds, given.fold), given.share, given.take};
   [[maybe_unused]] const auto start = std::chrono::steady_clock::now();
   [[maybe_unused]] const Traffic before = g_traffic;
-  if (size() == 1) {
+  if (folds_where_computed()) {
     Message message;
     for (int c = 0; c < chunks.count(); ++c) {
       message.clear();

@@ -381,7 +381,7 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   // One process folds each chunk as it computes it: the chunk's template sums (templates x 3F
   // floats, hundreds of MB at box 256 and K = 100) are added from where they are instead of
   // being copied into the message and out again, in the same order, so the totals are the same.
-  const bool fold_in_place = mpi::size() == 1;
+  const bool fold_in_place = mpi::folds_where_computed();
   // ... and where the sums are on a device, it folds them there and brings them back once.
   const bool fold_on_device = fold_in_place && device_sums;
   const auto add_in_parallel = [](auto& into, const auto& from) {

@@ -385,7 +385,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   ExpectationRun estep(set, image_index, start, space, source, list, sigma2, particle_mask, es, backend);
   // One process folds each chunk as it computes it: the chunk's sums are added into the totals from
   // the lanes they were folded into, not copied into the message and out again (the same adds).
-  const bool fold_in_place = mpi::size() == 1;
+  const bool fold_in_place = mpi::folds_where_computed();
   const auto compute = [&](int c, mpi::Message& message) {
     EStepStats es_stats;
     if (settings.back_project) {

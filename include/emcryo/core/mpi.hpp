@@ -164,6 +164,10 @@ struct ChunkReduction {
   std::function<void(Message&)> share, take;
 };
 void reduce_in_chunk_order(const Chunks& chunks, const ChunkReduction& reduction, int root = 0);
+/// Whether reduce_in_chunk_order folds each chunk in the process that computed it, right after
+/// computing it (one process): compute may then leave large sums where fold reads them (or add
+/// them into the totals itself) instead of copying them into the message and out again.
+inline bool folds_where_computed() { return size() == 1; }
 
 /// Bytes this rank sent and received through reduce_in_chunk_order since the start (the
 /// reduction's message volume, for logs and benchmarks).
