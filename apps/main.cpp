@@ -56,6 +56,15 @@ int main(int argc, char** argv) {
   bool cpu = false;
   auto* gpu_option = app.add_option("--gpu,--device", gpus, "CUDA devices to score on, e.g. 0 or 0,1 (default: every GPU present, else the CPU)");
   app.add_flag("--cpu", cpu, "Score on the CPU even where a GPU is present")->excludes(gpu_option);
+  app.footer(
+      "GPU switches (environment; each stage is on by default where a GPU scores, 0 puts it back on the CPU):\n"
+      "  EMCRYO_GPU_PRECISION=fp32|tf32|split-tf32   GEMM precision of the scores\n"
+      "  EMCRYO_GPU_SAMPLE=0       templates sampled on the CPU\n"
+      "  EMCRYO_GPU_PREP=0         particle batches masked, transformed and CTF-weighted on the CPU\n"
+      "  EMCRYO_GPU_REDUCE=0       coarse scores reduced to posteriors on the CPU\n"
+      "  EMCRYO_GPU_SUMS=0         class2d's M-step sums on the CPU\n"
+      "  EMCRYO_GPU_BACKPROJECT=0  3D back-projection on the CPU\n"
+      "  EMCRYO_GPU_CPU_BELOW_FLOPS=N  batches below N FLOP scored on the CPU");
   emcryo::app::add_info_command(app);
   emcryo::app::add_simulate_command(app);
   emcryo::app::add_reconstruct_command(app);
