@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numbers>
 
+#include <omp.h>
+
 #include "emcryo/core/error.hpp"
 
 namespace emcryo::em {
@@ -133,7 +135,7 @@ BackProjector::BackProjector(int n, int padding)
       data_(image::half_size(m_, m_, m_)), weight_(image::half_size(m_, m_, m_)) {}
 
 template <class F>
-void BackProjector::for_each_reached_row(int reach, F row) const {
+void BackProjector::for_each_reached_row(int reach, F row, bool parallel) const {
   if (reach < 0) return;
   const auto run = [&](int z, int y, int count) {
     row((static_cast<std::size_t>(z) * m_ + static_cast<std::size_t>(y)) * hm_, static_cast<std::size_t>(count));
@@ -142,6 +144,7 @@ void BackProjector::for_each_reached_row(int reach, F row) const {
   // every voxel an insert touched: about half the cube, for every clear, fold and message. Rows
   // are visited once each: signed frequencies -m/2 .. m/2 - 1.
   const int r = reach + 1, lo = std::max(-r, -m_ / 2), hi = std::min(r, m_ / 2 - 1);
+#pragma omp parallel for schedule(static) if (parallel && !omp_in_parallel())
   for (int kz = lo; kz <= hi; ++kz)
     for (int ky = lo; ky <= hi; ++ky) {
       const long long left = static_cast<long long>(r) * r - ky * ky - kz * kz;
@@ -166,10 +169,12 @@ void BackProjector::for_each_cube_row(int reach, F row) const {
 }
 
 void BackProjector::clear() {
+  // In parallel where the caller is not: a chunk's lanes are cleared and folded between its
+  // inserts, while the other threads would otherwise wait.
   for_each_reached_row(reach_, [&](std::size_t first, std::size_t count) {
     std::fill_n(data_.begin() + static_cast<std::ptrdiff_t>(first), count, Complex{});
     std::fill_n(weight_.begin() + static_cast<std::ptrdiff_t>(first), count, 0.0f);
-  });
+  }, true);
   reach_ = -1;
 }
 
@@ -239,7 +244,7 @@ void BackProjector::add(const BackProjector& other) {
       data_[i] += other.data_[i];
       weight_[i] += other.weight_[i];
     }
-  });
+  }, true);  // in parallel where the caller is not, as clear()
   reach_ = std::max(reach_, other.reach_);
 }
 

@@ -81,8 +81,9 @@ class BackProjector {
   void merge_reached(int reach, const Complex* data, const float* weight, std::size_t size, bool add);
   /// Calls row(first, count) for each run of voxels with |k| <= reach + 1 (all of them where that
   /// ball spans the grid; none where reach is negative).
+  /// parallel: the planes shared among the threads (row must then touch only its own run).
   template <class F>
-  void for_each_reached_row(int reach, F row) const;
+  void for_each_reached_row(int reach, F row, bool parallel = false) const;
   /// Calls row(first, count) for each run of voxels with |kx|, |ky|, |kz| <= reach: the cube a
   /// device's sums are laid out in (all of the grid where 2 reach + 1 spans it).
   template <class F>
