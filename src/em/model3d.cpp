@@ -256,7 +256,15 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       }
     return expanded;
   };
-  const int lanes = sums.lanes();
+  // The chunk's particles go into lanes by index (so the sums do not depend on the thread count),
+  // and every lane is cleared and folded per chunk: a chunk of a small set (a few dozen particles)
+  // uses fewer lanes, about one per 8 particles, where folding 8 lanes cost more than its inserts.
+  // The count depends on the chunk's size only, so the answer still does not depend on the threads.
+  int lanes = sums.lanes();
+  const auto lanes_for_chunk = [&](std::size_t items) {
+    constexpr std::size_t kParticlesPerLane = 8;
+    return std::clamp(static_cast<int>(items / kParticlesPerLane), 1, sums.lanes());
+  };
   // A device backend back-projects on its card (ScoringBackend::sums_volumes): the batch's grids and
   // the same insertions as the CPU block below go up, the volumes come back at the chunk's end.
   const bool device_volumes = backend.sums_volumes();
@@ -383,8 +391,8 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   // order on one rank (settings.fold_rank) and shared from there: the same sums and poses with any number of ranks and threads.
   const mpi::Chunks chunks(image_index.size());
   ExpectationRun estep(set, image_index, start, space, source, list, sigma2, particle_mask, es, backend);
-  // One process folds each chunk as it computes it: the chunk's sums are added into the totals from
-  // the lanes they were folded into, not copied into the message and out again (the same adds).
+  // One process folds each chunk as it computes it: the chunk's lanes are added into the totals in
+  // one pass (add_lanes_to_total), not folded, copied into the message and out again (the same adds).
   const bool fold_in_place = mpi::folds_where_computed();
   const auto compute = [&](int c, mpi::Message& message) {
     EStepStats es_stats;
@@ -395,6 +403,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     }
     part_noise = NoiseSums(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
     changed = 0, angle_change = 0, inserted_hypotheses = 0, inserted_orientations = 0;
+    lanes = lanes_for_chunk(chunks.end(c) - chunks.begin(c));
     estep.run(chunks.begin(c), chunks.end(c), consumer, es_stats, progress);
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) put_pose(message, poses[p]);
     if (settings.back_project) {  // scoring only: the sums stay empty and are not sent
@@ -404,10 +413,8 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
         for (int k = 0; k < K; ++k) into.push_back(&sums.lane(k, 0));
         backend.end_volume_sums(into);
       }
-      for (int k = 0; k < K; ++k) {
-        const BackProjector& chunk_sums = sums.fold_lanes(k);
-        if (!fold_in_place) chunk_sums.put(message);
-      }
+      if (!fold_in_place)
+        for (int k = 0; k < K; ++k) sums.fold_lanes(k).put(message);
     }
     for (std::size_t g = 0; g < part_noise.sum.size(); ++g) message.put(part_noise.sum[g]), message.put(part_noise.count[g]);
     message.put(changed), message.put(angle_change), message.put(inserted_hypotheses), message.put(inserted_orientations);
@@ -418,7 +425,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     if (settings.back_project) {
       const StageClock clock(stats.stages, StageTimes::chunk_sums);
       for (int k = 0; k < K; ++k) {
-        if (fold_in_place) sums.total(k).add(sums.lane(k, 0));
+        if (fold_in_place) sums.add_lanes_to_total(k);
         else sums.total(k).add_from(message);
       }
     }

@@ -248,6 +248,30 @@ void BackProjector::add(const BackProjector& other) {
   reach_ = std::max(reach_, other.reach_);
 }
 
+void BackProjector::add_and_clear(std::vector<BackProjector>& lanes) {
+  // Lanes nothing was inserted into hold zeros: they are left out (adding them would change nothing).
+  std::vector<BackProjector*> used;
+  int reach = -1;
+  for (auto& lane : lanes) {
+    if (lane.n_ != n_ || lane.pad_ != pad_) fail("BackProjector: lanes of another grid (internal error)");
+    if (lane.reach_ >= 0) used.push_back(&lane), reach = std::max(reach, lane.reach_);
+  }
+  for_each_reached_row(reach, [&](std::size_t first, std::size_t count) {
+    for (std::size_t i = first; i < first + count; ++i) {
+      Complex d = used[0]->data_[i];
+      float w = used[0]->weight_[i];
+      used[0]->data_[i] = Complex{}, used[0]->weight_[i] = 0.0f;
+      for (std::size_t l = 1; l < used.size(); ++l) {
+        d += used[l]->data_[i], w += used[l]->weight_[i];
+        used[l]->data_[i] = Complex{}, used[l]->weight_[i] = 0.0f;
+      }
+      data_[i] += d, weight_[i] += w;
+    }
+  }, true);
+  for (auto* lane : used) lane->reach_ = -1;
+  reach_ = std::max(reach_, reach);
+}
+
 void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const float* weight, int in_n,
                            double max_radius, float weight_scale) {
   const int h = in_n / 2 + 1;

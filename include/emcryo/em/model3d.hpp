@@ -87,6 +87,9 @@ class ReconstructionSums {
   /// Lane 0 of class k after adding the others into it, in order (a chunk's sums); clears the others.
   BackProjector& fold_lanes(int k);
   void clear_lanes();
+  /// Adds the lanes of class k (summed in lane order, as fold_lanes) into its total and clears
+  /// them, in one pass: a chunk folded where it was computed.
+  void add_lanes_to_total(int k) { totals_[static_cast<std::size_t>(k)].add_and_clear(lanes_[static_cast<std::size_t>(k)]); }
   /// Everything added to class k: the chunks' sums, in chunk order.
   BackProjector& total(int k) { return totals_[static_cast<std::size_t>(k)]; }
 

@@ -49,6 +49,9 @@ class BackProjector {
   void insert(const geometry::Mat3& a, const Complex* data, const float* weight, int in_n,
               double max_radius, float weight_scale = 1.0f);
   void add(const BackProjector& other);
+  /// Adds lanes[0] + lanes[1] + ... (summed in that order) and clears the lanes, in one pass: the
+  /// same sums as folding the lanes into lanes[0] and adding that.
+  void add_and_clear(std::vector<BackProjector>& lanes);
   void clear();
   /// The sums through a message (a chunk's share of a reconstruction, to every rank): only the
   /// part that inserts so far can have touched (the ball of frequencies within their reach), so
