@@ -163,7 +163,13 @@ void NoiseSums::update(std::vector<std::vector<double>>& sigma2) const {
 }
 
 ReconstructionSums::ReconstructionSums(int classes, int n)
-    : lanes_(sz(classes), std::vector<BackProjector>(sz(lane_count(n)), BackProjector(n))), totals_(sz(classes), BackProjector(n)) {}
+    : n_(n), max_lanes_(lane_count(n)), lanes_(sz(classes), std::vector<BackProjector>(1, BackProjector(n))), totals_(sz(classes), BackProjector(n)) {}
+
+void ReconstructionSums::provide_lanes(int count) {
+  if (count > max_lanes_) fail("reconstruction sums: {} lanes asked, at most {} (internal error)", count, max_lanes_);
+  for (auto& lanes : lanes_)
+    while (static_cast<int>(lanes.size()) < count) lanes.emplace_back(n_);
+}
 
 BackProjector& ReconstructionSums::fold_lanes(int k) {
   auto& lanes = lanes_[sz(k)];
@@ -404,6 +410,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     part_noise = NoiseSums(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
     changed = 0, angle_change = 0, inserted_hypotheses = 0, inserted_orientations = 0;
     lanes = lanes_for_chunk(chunks.end(c) - chunks.begin(c));
+    sums.provide_lanes(lanes);
     estep.run(chunks.begin(c), chunks.end(c), consumer, es_stats, progress);
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) put_pose(message, poses[p]);
     if (settings.back_project) {  // scoring only: the sums stay empty and are not sent

@@ -82,7 +82,11 @@ class ReconstructionSums {
  public:
   ReconstructionSums(int classes, int n);
   int classes() const { return static_cast<int>(lanes_.size()); }
-  int lanes() const { return static_cast<int>(lanes_.front().size()); }
+  /// The most lanes a chunk may use (about 1 GB of them at most); lane 0 always exists, the others
+  /// are made by provide_lanes when a chunk first needs them (small sets never do).
+  int lanes() const { return max_lanes_; }
+  /// Makes lanes 0 .. count - 1 of every class (not thread-safe: before the inserts).
+  void provide_lanes(int count);
   BackProjector& lane(int k, int l) { return lanes_[static_cast<std::size_t>(k)][static_cast<std::size_t>(l)]; }
   /// Lane 0 of class k after adding the others into it, in order (a chunk's sums); clears the others.
   BackProjector& fold_lanes(int k);
@@ -94,6 +98,7 @@ class ReconstructionSums {
   BackProjector& total(int k) { return totals_[static_cast<std::size_t>(k)]; }
 
  private:
+  int n_, max_lanes_;
   std::vector<std::vector<BackProjector>> lanes_;
   std::vector<BackProjector> totals_;
 };
