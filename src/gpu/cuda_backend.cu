@@ -314,9 +314,10 @@ class CudaBackend final : public em::ScoringBackend {
   /// template touched summed over its entries on the device by one block, or by several that split
   /// its frequencies where it holds many entries (split_sums_into_blocks). Kept hypotheses are sparse
   /// (a particle holds ~10^2-10^4 of the J x shifts): a dense weight matrix times every particle's
-  /// rows at every shift cost ~100x the arithmetic. With one block per template, a broad first
-  /// iteration's few crowded templates looped alone (18.8 s of sums against the GEMMs' 11.2 s for
-  /// 100,000 particles on an H100); the split gives every block about the same work.
+  /// rows at every shift cost ~100x the arithmetic. The split gives every block about the same work
+  /// where a few templates hold most entries. (A broad first iteration's 18 s of sums for 100,000
+  /// particles on an H100 did not move with it: that time is the host's, grouping and uploading
+  /// ~10^9 kept terms.)
   void add_template_sums(const em::TemplateSumsBatch& q) override {
     Slot& s = sums_slot();
     const int B = q.particles, T = q.shifts, F = q.frequencies, J = sums_templates_;
