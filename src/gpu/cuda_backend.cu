@@ -316,8 +316,9 @@ class CudaBackend final : public em::ScoringBackend {
   /// (a particle holds ~10^2-10^4 of the J x shifts): a dense weight matrix times every particle's
   /// rows at every shift cost ~100x the arithmetic. The split gives every block about the same work
   /// where a few templates hold most entries. (A broad first iteration's 18 s of sums for 100,000
-  /// particles on an H100 did not move with it: that time is the host's, grouping and uploading
-  /// ~10^9 kept terms.)
+  /// particles on an H100 did not move with it: at its resolution (~530 frequencies) a template
+  /// splits into at most 4 blocks, and the host groups and uploads ~10^9 kept terms; which of the
+  /// two holds the time was not measured.)
   void add_template_sums(const em::TemplateSumsBatch& q) override {
     Slot& s = sums_slot();
     const int B = q.particles, T = q.shifts, F = q.frequencies, J = sums_templates_;
