@@ -347,19 +347,50 @@ TEST(CudaBackend, TemplatesSampledOnTheGpuScoreAsTheHostSampledOnes) {
   EXPECT_FALSE(gpu::make_cuda_backend(off)->samples_templates(classes));
 }
 
+namespace {
+
+/// Random inputs of the M-step sums: B particles' X, C/sigma^2 and C^2/sigma^2 (as 2 (C/sigma^2)^2)
+/// at F frequencies, and T shift ramps.
+struct SumsInputs {
+  int T, F;
+  std::vector<em::Complex> x, ramps;
+  std::vector<float> ctf_isg, ctf2;
+  SumsInputs(int B, int shifts, int frequencies, std::mt19937& rng)
+      : T(shifts), F(frequencies), x(static_cast<std::size_t>(B) * F), ramps(static_cast<std::size_t>(T) * F), ctf_isg(x.size()),
+        ctf2(x.size()) {
+    std::normal_distribution<float> normal;
+    std::uniform_real_distribution<float> uniform(0, 1);
+    for (auto& v : x) v = em::Complex(normal(rng), normal(rng));
+    for (auto& r : ramps) r = std::polar(1.0f, 6.2831853f * uniform(rng));
+    for (std::size_t i = 0; i < ctf_isg.size(); ++i) ctf_isg[i] = normal(rng), ctf2[i] = ctf_isg[i] * ctf_isg[i] * 2;
+  }
+  /// The terms of particles [first, first + count) as one batch with its own particle indices
+  /// (kept in `own`, which must outlive the batch).
+  em::TemplateSumsBatch batch(const std::vector<em::SumTerm>& terms, int first, int count, std::vector<em::SumTerm>& own) const {
+    own.clear();
+    for (auto t : terms)
+      if (t.b >= first && t.b < first + count) t.b -= first, own.push_back(t);
+    em::TemplateSumsBatch q;
+    q.particles = count, q.shifts = T, q.frequencies = F;
+    const std::size_t offset = static_cast<std::size_t>(first) * F;
+    q.x = reinterpret_cast<const float*>(x.data() + offset), q.ctf_isg = ctf_isg.data() + offset, q.ctf2 = ctf2.data() + offset;
+    q.ramps = reinterpret_cast<const float*>(ramps.data()), q.terms = own.data(), q.term_count = own.size();
+    return q;
+  }
+};
+
+}  // namespace
+
 // class2d's M-step sums kept on the GPU (dense weights and a GEMM per batch) against the sums
 // written out term by term, over two batches, added into what the arrays held.
 TEST(CudaBackend, TemplateSumsOnTheGpuEqualTheTermByTermSums) {
   REQUIRE_GPU();
   const int B = 40, T = 5, F = 300, J = 70;
   std::mt19937 rng(9);
-  std::normal_distribution<float> normal;
   std::uniform_real_distribution<float> uniform(0, 1);
-  std::vector<em::Complex> x(static_cast<std::size_t>(B) * F), ramps(static_cast<std::size_t>(T) * F);
-  std::vector<float> ctf_isg(x.size()), ctf2(x.size());
-  for (auto& v : x) v = em::Complex(normal(rng), normal(rng));
-  for (auto& r : ramps) r = std::polar(1.0f, 6.2831853f * uniform(rng));
-  for (std::size_t i = 0; i < ctf_isg.size(); ++i) ctf_isg[i] = normal(rng), ctf2[i] = ctf_isg[i] * ctf_isg[i] * 2;
+  const SumsInputs in(B, T, F, rng);
+  const auto &x = in.x, &ramps = in.ramps;
+  const auto &ctf_isg = in.ctf_isg, &ctf2 = in.ctf2;
   std::vector<em::SumTerm> terms;
   for (int b = 0; b < B; ++b)
     for (int i = 0; i < 30; ++i) terms.push_back({static_cast<int>(rng() % J), b, (b + i) % T, uniform(rng)});
@@ -382,17 +413,8 @@ TEST(CudaBackend, TemplateSumsOnTheGpuEqualTheTermByTermSums) {
   backend->plan(1, B, J);
   backend->begin_template_sums(J, F);
   const int split = 25;  // two batches: particles [0, 25) and [25, 40), each with its own indices
-  for (const auto& [first, count] : {std::pair{0, split}, std::pair{split, B - split}}) {
-    std::vector<em::SumTerm> own;
-    for (auto t : terms)
-      if (t.b >= first && t.b < first + count) t.b -= first, own.push_back(t);
-    em::TemplateSumsBatch q;
-    q.particles = count, q.shifts = T, q.frequencies = F;
-    const std::size_t offset = static_cast<std::size_t>(first) * F;
-    q.x = reinterpret_cast<const float*>(x.data() + offset), q.ctf_isg = ctf_isg.data() + offset, q.ctf2 = ctf2.data() + offset;
-    q.ramps = reinterpret_cast<const float*>(ramps.data()), q.terms = own.data(), q.term_count = own.size();
-    backend->add_template_sums(q);
-  }
+  std::vector<em::SumTerm> own;
+  for (const auto& [first, count] : {std::pair{0, split}, std::pair{split, B - split}}) backend->add_template_sums(in.batch(terms, first, count, own));
   std::vector<float> gpu_data(2 * data.size(), 1.0f), gpu_weight(weight.size(), 1.0f);
   for (std::size_t i = 0; i < data.size(); ++i) gpu_data[2 * i + 1] = 0.0f;  // the arrays held 1 + 0i and 1
   backend->end_template_sums(gpu_data.data(), gpu_weight.data());
@@ -415,13 +437,8 @@ TEST(CudaBackend, ChunkSumsFoldedOnTheGpuAreTheHostFoldBitForBit) {
   REQUIRE_GPU();
   const int B = 64, T = 3, F = 1100, J = 40, crowded = 7;
   std::mt19937 rng(21);
-  std::normal_distribution<float> normal;
   std::uniform_real_distribution<float> uniform(0, 1);
-  std::vector<em::Complex> x(static_cast<std::size_t>(B) * F), ramps(static_cast<std::size_t>(T) * F);
-  std::vector<float> ctf_isg(x.size()), ctf2(x.size());
-  for (auto& v : x) v = em::Complex(normal(rng), normal(rng));
-  for (auto& r : ramps) r = std::polar(1.0f, 6.2831853f * uniform(rng));
-  for (std::size_t i = 0; i < ctf_isg.size(); ++i) ctf_isg[i] = normal(rng), ctf2[i] = ctf_isg[i] * ctf_isg[i];
+  const SumsInputs in(B, T, F, rng);
   std::vector<em::SumTerm> terms;  // per particle: every shift of the crowded template, and 3 others
   for (int b = 0; b < B; ++b) {
     for (int t = 0; t < T; ++t) terms.push_back({crowded, b, t, uniform(rng)});
@@ -431,17 +448,10 @@ TEST(CudaBackend, ChunkSumsFoldedOnTheGpuAreTheHostFoldBitForBit) {
   on.template_sums = true;
   const auto backend = gpu::make_cuda_backend(on);
   backend->plan(1, B, J);
+  std::vector<em::SumTerm> own;
   const auto add_chunk = [&](int first, int count) {
-    std::vector<em::SumTerm> own;
-    for (auto t : terms)
-      if (t.b >= first && t.b < first + count) t.b -= first, own.push_back(t);
-    em::TemplateSumsBatch q;
-    q.particles = count, q.shifts = T, q.frequencies = F;
-    const std::size_t offset = static_cast<std::size_t>(first) * F;
-    q.x = reinterpret_cast<const float*>(x.data() + offset), q.ctf_isg = ctf_isg.data() + offset, q.ctf2 = ctf2.data() + offset;
-    q.ramps = reinterpret_cast<const float*>(ramps.data()), q.terms = own.data(), q.term_count = own.size();
     backend->begin_template_sums(J, F);
-    backend->add_template_sums(q);
+    backend->add_template_sums(in.batch(terms, first, count, own));
   };
   const std::size_t nd = static_cast<std::size_t>(J) * 2 * F, nw = static_cast<std::size_t>(J) * F;
   const std::vector<std::pair<int, int>> chunks = {{0, 20}, {20, 30}, {50, 14}};
@@ -467,7 +477,7 @@ TEST(CudaBackend, ChunkSumsFoldedOnTheGpuAreTheHostFoldBitForBit) {
     for (const auto& t : terms) {
       if (t.j != crowded) continue;
       const std::size_t at = static_cast<std::size_t>(t.b) * F + f;
-      d += std::complex<double>(x[at] * std::conj(ramps[static_cast<std::size_t>(t.t) * F + f])) * static_cast<double>(t.w * ctf_isg[at]);
+      d += std::complex<double>(in.x[at] * std::conj(in.ramps[static_cast<std::size_t>(t.t) * F + f])) * static_cast<double>(t.w * in.ctf_isg[at]);
     }
     const std::size_t at = static_cast<std::size_t>(crowded) * F + f;
     worst = std::max(worst, std::abs(std::complex<double>(host_data[2 * at], host_data[2 * at + 1]) - d));
