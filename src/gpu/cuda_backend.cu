@@ -18,6 +18,7 @@
 
 #include "emcryo/core/error.hpp"
 #include "backprojection.hpp"
+#include "cublas_library.hpp"
 #include "device_memory.cuh"
 #include "emcryo/gpu/backend.hpp"
 #include "prepare.hpp"
@@ -30,7 +31,7 @@ namespace {
 
 void check(cudaError_t e, const char* what) { check_cuda(e, what); }
 void check(cublasStatus_t e, const char* what) {
-  if (e != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: {} failed: {}", what, cublasGetStatusString(e));
+  if (e != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: {} failed: {}", what, cublas_library().status_string(e));
 }
 
 std::size_t sz(int v) { return static_cast<std::size_t>(v); }
@@ -221,7 +222,7 @@ class CudaBackend final : public em::ScoringBackend {
         if (s->done[i]) cudaEventDestroy(s->done[i]);
       }
       if (s->ready) cudaEventDestroy(s->ready);
-      if (s->handle) cublasDestroy(s->handle);
+      if (s->handle) cublas_library().destroy(s->handle);
     }
   }
 
@@ -255,7 +256,7 @@ class CudaBackend final : public em::ScoringBackend {
         check(cudaEventCreateWithFlags(&s->done[i], cudaEventDisableTiming), "cudaEventCreate");
       }
       check(cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming), "cudaEventCreate");
-      check(cublasCreate(&s->handle), "cublasCreate");
+      check(cublas_library().create(&s->handle), "cublasCreate");
       slots_.push_back(std::move(s));
     }
   }
@@ -609,9 +610,9 @@ class CudaBackend final : public em::ScoringBackend {
   /// as the column-major product C^T = B . A^T that cuBLAS computes.
   static void gemm(Slot& s, cudaStream_t stream, cublasComputeType_t compute, int n_cols, int m_rows, int k, const float* b,
                    int ldb, const float* a, int lda, float beta, float* c, int ldc = 0) {
-    check(cublasSetStream(s.handle, stream), "cublasSetStream");
+    check(cublas_library().set_stream(s.handle, stream), "cublasSetStream");
     const float alpha = 1.0f;
-    check(cublasGemmEx(s.handle, CUBLAS_OP_T, CUBLAS_OP_N, n_cols, m_rows, k, &alpha, b, CUDA_R_32F, ldb, a, CUDA_R_32F, lda,
+    check(cublas_library().gemm_ex(s.handle, CUBLAS_OP_T, CUBLAS_OP_N, n_cols, m_rows, k, &alpha, b, CUDA_R_32F, ldb, a, CUDA_R_32F, lda,
                        &beta, c, CUDA_R_32F, ldc > 0 ? ldc : n_cols, compute, CUBLAS_GEMM_DEFAULT),
           "cublasGemmEx");
   }
@@ -700,6 +701,7 @@ std::vector<DeviceInfo> devices() {
     cudaGetLastError();  // clear the sticky "no driver" state
     return list;
   }
+  if (count > 0 && !cublas_error().empty()) return list;  // devices, but no cuBLAS to score with
   for (int id = 0; id < count; ++id) {
     cudaDeviceProp prop{};
     if (cudaGetDeviceProperties(&prop, id) != cudaSuccess) continue;
@@ -713,6 +715,8 @@ std::vector<DeviceInfo> devices() {
   return list;
 }
 
+std::string runtime_library_problem() { return cublas_error(); }
+
 std::string no_device_reason() {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
@@ -724,7 +728,8 @@ std::string no_device_reason() {
     if (e == cudaErrorNoDevice) return "the NVIDIA driver reports no CUDA device";
     return cudaGetErrorString(e);
   }
-  return count == 0 ? "the NVIDIA driver reports no CUDA device" : "";
+  if (count == 0) return "the NVIDIA driver reports no CUDA device";
+  return cublas_error();
 }
 
 std::unique_ptr<em::ScoringBackend> make_cuda_backend(const CudaOptions& options) { return std::make_unique<CudaBackend>(options); }

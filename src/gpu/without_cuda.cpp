@@ -6,6 +6,7 @@ namespace emcryo::gpu {
 
 bool built_with_cuda() { return false; }
 std::vector<DeviceInfo> devices() { return {}; }
+std::string runtime_library_problem() { return no_device_reason(); }
 std::string no_device_reason() { return "emcryo was built without CUDA (configure with -DEMCRYO_CUDA=ON)"; }
 
 std::unique_ptr<em::ScoringBackend> make_cuda_backend(const CudaOptions&) {

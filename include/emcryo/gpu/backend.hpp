@@ -26,6 +26,9 @@ bool built_with_cuda();
 std::vector<DeviceInfo> devices();
 /// Why devices() is empty ("built without CUDA", the driver's message, ...); empty when it is not.
 std::string no_device_reason();
+/// Why the CUDA libraries opened at run time (cuBLAS) cannot be used here; "" where they can (it
+/// does not need a device). devices() lists none while this is not "".
+std::string runtime_library_problem();
 
 /// How the cross term x = rows . templates^T is computed on the GPU. fp32: cuBLAS SGEMM.
 /// tf32: one TF32 tensor-core GEMM (10-bit mantissas). split_tf32: each operand split into a

@@ -132,6 +132,13 @@ TEST(DeviceChoice, ParsesDeviceListsAndPrecisions) {
   EXPECT_THROW(gpu::parse_precision("fp16"), Error);
 }
 
+// cuBLAS is opened at run time, not linked (src/gpu/cublas_library.hpp): in a CUDA build it opens
+// and every function the backend calls resolves, with or without a device.
+TEST(CudaLibraries, CublasOpensAtRunTimeWithEveryFunction) {
+  if (!gpu::built_with_cuda()) GTEST_SKIP() << "built without CUDA";
+  EXPECT_EQ(gpu::runtime_library_problem(), "");
+}
+
 TEST(DeviceChoice, CpuWhenForcedOrWithoutDevice) {
   gpu::set_device_choice({true, {}});
   EXPECT_EQ(gpu::make_backend()->name(), "CPU (OpenBLAS)");
