@@ -300,8 +300,18 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   es.coarse.cap = 1000;
   if (settings.random_assignment) es.fine.log_class_prior.clear();
 
-  // Sums of the whole set (every rank's, folded in chunk order) and of the chunk being computed.
-  TemplateSums sums(K * R, F), part(K * R, F);
+  // A device backend keeps the M-step sums on the card (the sums of wide early posteriors are most
+  // of an iteration's CPU time).
+  const bool device_sums = backend.sums_templates();
+  // One process folds each chunk as it computes it: the chunk's template sums (templates x 3F
+  // floats, hundreds of MB at box 256 and K = 100) are added from where they are instead of
+  // being copied into the message and out again, in the same order, so the totals are the same.
+  const bool fold_in_place = mpi::folds_where_computed();
+  // ... and where the sums are on a device, it folds them there and brings them back once.
+  const bool fold_on_device = fold_in_place && device_sums;
+  // Sums of the whole set (every rank's, folded in chunk order) and of the chunk being computed
+  // (none on the host where the device folds: 1.7 GB at box 256 and K = 100).
+  TemplateSums sums(K * R, F), part(fold_on_device ? 0 : K * R, F);
   std::vector<std::vector<double>> residual(groups, std::vector<double>(sz(shells), 0.0)), residual_count = residual;
   auto part_residual = residual, part_residual_count = residual;
   std::vector<double> class_mass(sz(K), 0.0), part_class_mass = class_mass;
@@ -310,9 +320,6 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   const FlatTemplate flat;
   const TemplateSource& source = settings.random_assignment ? static_cast<const TemplateSource&>(flat) : class_templates;
 
-  // A device backend keeps the M-step sums on the card (the sums of wide early posteriors are most
-  // of an iteration's CPU time).
-  const bool device_sums = backend.sums_templates();
   std::vector<float> ctf_isg;
   std::vector<SumTerm> terms;
   std::vector<MStepScratch> mstep_scratch;
@@ -378,12 +385,6 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   EStepStats es_stats;
   Progress progress(settings.random_assignment ? "initial classes" : "E-step", static_cast<std::int64_t>(chunks.owned_items()));
   ExpectationRun estep(set, active, start, space, source, list, model.sigma2, mask, es, backend);
-  // One process folds each chunk as it computes it: the chunk's template sums (templates x 3F
-  // floats, hundreds of MB at box 256 and K = 100) are added from where they are instead of
-  // being copied into the message and out again, in the same order, so the totals are the same.
-  const bool fold_in_place = mpi::folds_where_computed();
-  // ... and where the sums are on a device, it folds them there and brings them back once.
-  const bool fold_on_device = fold_in_place && device_sums;
   const auto add_in_parallel = [](auto& into, const auto& from) {
 #pragma omp parallel for schedule(static)
     for (std::size_t i = 0; i < into.size(); ++i) into[i] += from[i];
