@@ -413,9 +413,9 @@ Class2DModel class2d_iteration(const io::ParticleSet& set, const std::vector<std
   };
   const auto fold = [&](int c, mpi::Message& message) {
     for (std::size_t a = chunks.begin(c); a < chunks.end(c); ++a) results[a] = get_result(message);
-    if (fold_on_device) {  // folded by fold_template_sums
-    } else if (fold_in_place) add_in_parallel(sums.data, part.data), add_in_parallel(sums.weight, part.weight);
-    else message.add_into(sums.data), message.add_into(sums.weight);
+    if (!fold_in_place) message.add_into(sums.data), message.add_into(sums.weight);
+    else if (!fold_on_device) add_in_parallel(sums.data, part.data), add_in_parallel(sums.weight, part.weight);
+    // (else fold_template_sums has folded them on the device)
     message.add_into(class_mass), message.add_into(removal_cost);
     for (std::size_t g = 0; g < groups; ++g) message.add_into(residual[g]), message.add_into(residual_count[g]);
     add_stats(message, es_stats);

@@ -410,7 +410,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     part_noise = NoiseSums(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
     changed = 0, angle_change = 0, inserted_hypotheses = 0, inserted_orientations = 0;
     lanes = lanes_for_chunk(chunks.end(c) - chunks.begin(c));
-    sums.provide_lanes(lanes);
+    if (!device_volumes) sums.provide_lanes(lanes);  // the device sums into lane 0 alone
     estep.run(chunks.begin(c), chunks.end(c), consumer, es_stats, progress);
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) put_pose(message, poses[p]);
     if (settings.back_project) {  // scoring only: the sums stay empty and are not sent

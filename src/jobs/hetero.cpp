@@ -439,7 +439,7 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
       std::vector<em::Pose3D> poses;
       if (half_sums_store.size() != 2 || half_sums_store.front().classes() != L) half_sums_store.assign(2, em::ReconstructionSums(L, n));
       em::ReconstructionSums& half_sums = half_sums_store[sz(h)];
-      for (int l = 0; l < L; ++l) half_sums.total(l).clear();
+      half_sums.clear_totals();
       e_step(h, settings, members, poses, half_sums, noise, stats, &progress);
       for (std::size_t m = 0; m < members.size(); ++m) {
         auto& posterior = state.class_posteriors[members[m]];

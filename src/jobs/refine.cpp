@@ -289,7 +289,7 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
       const em::Projector projector(std::move(grids[static_cast<std::size_t>(h)]), n);
       // Made once for the run (18 padded volumes of a 64 px box: allocating them each iteration cost ~0.2 s).
       em::ReconstructionSums& half_sums = half_sums_store[static_cast<std::size_t>(h)];
-      half_sums.total(0).clear();
+      half_sums.clear_totals();
       em::expectation_3d(in.set, images, poses, {&projector}, list, likelihood_sigma2, in.particle_mask, search, group.operators, settings,
                          *backend, half_sums, noise, stats, &progress);
       for (std::size_t m = 0; m < members.size(); ++m) state.poses[members[m]] = poses[m];

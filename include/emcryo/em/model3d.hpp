@@ -96,6 +96,10 @@ class ReconstructionSums {
   void add_lanes_to_total(int k) { totals_[static_cast<std::size_t>(k)].add_and_clear(lanes_[static_cast<std::size_t>(k)]); }
   /// Everything added to class k: the chunks' sums, in chunk order.
   BackProjector& total(int k) { return totals_[static_cast<std::size_t>(k)]; }
+  /// Empties every class's total, for sums kept from one E-step to the next.
+  void clear_totals() {
+    for (auto& total : totals_) total.clear();
+  }
 
  private:
   int n_, max_lanes_;
