@@ -8,6 +8,7 @@
 #   refine   simulate REF_N particles (box REF_BOX), refine from a 30 Å start on the GPU
 #   relion   RELION 5 (CUDA) built beside emcryo; class2d then also runs it on the same data
 #   relion_refine  RELION 5 auto-refine on the refine data (REL_REF_TIMEOUT)
+# C2D_PRECISIONS, C2D_BATCHES: the class2d runs (EMCRYO_GPU_PRECISION x --batch).
 # SIM_EXTRA: more simulate options (e.g. --float16 halves a 100,000-particle box-256 stack to 13 GB).
 # Logs and a summary (summary.txt) under $OUT.
 set -uo pipefail
@@ -66,16 +67,17 @@ if has class2d; then
     --orientations views --views $C2D_K --seed 7 ${SIM_EXTRA:-} > "$OUT/c2d_simulate.log" 2>&1
   strip_poses $c2d/particles.star $c2d/blind.star
   say "class2d data: $C2D_N particles, box $C2D_BOX, $C2D_K views, simulated in $(since $s) s"
-  for prec in ${C2D_PRECISIONS:-split-tf32}; do
-    rm -rf $c2d/gpu_$prec  # a warm machine keeps the last call's /tmp: a job refuses a used folder
+  for prec in ${C2D_PRECISIONS:-split-tf32}; do for batch in ${C2D_BATCHES:-256}; do
+    run=gpu_${prec}_b$batch
+    rm -rf $c2d/$run  # a warm machine keeps the last call's /tmp: a job refuses a used folder
     start_memory; s=$(now)
-    EMCRYO_GPU_PRECISION=$prec timeout ${C2D_TIMEOUT:-300} "$E" class2d --particles $c2d/blind.star --classes $C2D_K --out $c2d/gpu_$prec \
-      --iterations $C2D_IT --mask-diameter $(awk -v b=$C2D_BOX -v p=$C2D_PIX 'BEGIN{print int(0.8*b*p)}') > /dev/null 2>&1
+    EMCRYO_GPU_PRECISION=$prec timeout ${C2D_TIMEOUT:-300} "$E" class2d --particles $c2d/blind.star --classes $C2D_K --out $c2d/$run \
+      --iterations $C2D_IT --batch $batch --mask-diameter $(awk -v b=$C2D_BOX -v p=$C2D_PIX 'BEGIN{print int(0.8*b*p)}') > /dev/null 2>&1
     rc=$?; t=$(since $s); mem=$(stop_memory)
-    say "emcryo class2d GPU $prec: exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py class2d $c2d/truth.star $c2d/gpu_$prec/particles.star 2>&1)"
-    grep -E "^.*iteration +[0-9]+/" $c2d/gpu_$prec/run.log | tail -3 | tee -a "$S"
-    cp $c2d/gpu_$prec/run.log "$OUT/class2d_$prec.log" 2>/dev/null
-  done
+    say "emcryo class2d GPU $prec --batch $batch: exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py class2d $c2d/truth.star $c2d/$run/particles.star 2>&1)"
+    grep -E "^.*iteration +[0-9]+/" $c2d/$run/run.log | tail -4 | tee -a "$S"
+    cp $c2d/$run/run.log "$OUT/class2d_$run.log" 2>/dev/null
+  done; done
   if has relion && [[ -x $R ]]; then
     D=$(awk -v b=$C2D_BOX -v p=$C2D_PIX 'BEGIN{print int(0.8*b*p)}')
     rm -rf $c2d/relion; mkdir -p $c2d/relion; start_memory; s=$(now)
