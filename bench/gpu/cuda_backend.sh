@@ -5,10 +5,10 @@
 #   tests    info --devices, test_gpu, the GpuJobs integration tests (CPU vs GPU answers)
 #   scoring  bench/gpu_scoring: TFLOP/s and score error per precision at E-step shapes
 #   class2d  simulate C2D_N particles (box C2D_BOX, C2D_K views), class2d K classes on the GPU
-#   refine   simulate REF_N particles (box REF_BOX), refine from a 30 Å start on the GPU
+#   refine   simulate REF_N particles (box REF_BOX), refine from a 30 Å start on the GPU (REF_MANY: EMCRYO_GPU_MANY values)
 #   relion   RELION 5 (CUDA) built beside emcryo; class2d then also runs it on the same data
 #   relion_refine  RELION 5 auto-refine on the refine data (REL_REF_TIMEOUT)
-# C2D_PRECISIONS, C2D_BATCHES: the class2d runs (EMCRYO_GPU_PRECISION x --batch).
+# C2D_PRECISIONS, C2D_BATCHES, C2D_MANY: the class2d runs (EMCRYO_GPU_PRECISION x --batch x EMCRYO_GPU_MANY).
 # SIM_EXTRA: more simulate options (e.g. --float16 halves a 100,000-particle box-256 stack to 13 GB).
 # Logs and a summary (summary.txt) under $OUT.
 set -uo pipefail
@@ -67,17 +67,17 @@ if has class2d; then
     --orientations views --views $C2D_K --seed 7 ${SIM_EXTRA:-} > "$OUT/c2d_simulate.log" 2>&1
   strip_poses $c2d/particles.star $c2d/blind.star
   say "class2d data: $C2D_N particles, box $C2D_BOX, $C2D_K views, simulated in $(since $s) s"
-  for prec in ${C2D_PRECISIONS:-split-tf32}; do for batch in ${C2D_BATCHES:-256}; do
-    run=gpu_${prec}_b$batch
+  for prec in ${C2D_PRECISIONS:-split-tf32}; do for batch in ${C2D_BATCHES:-256}; do for many in ${C2D_MANY:-1}; do
+    run=gpu_${prec}_b${batch}_m$many
     rm -rf $c2d/$run  # a warm machine keeps the last call's /tmp: a job refuses a used folder
     start_memory; s=$(now)
-    EMCRYO_GPU_PRECISION=$prec timeout ${C2D_TIMEOUT:-300} "$E" class2d --particles $c2d/blind.star --classes $C2D_K --out $c2d/$run \
+    EMCRYO_GPU_MANY=$many EMCRYO_GPU_PRECISION=$prec timeout ${C2D_TIMEOUT:-300} "$E" class2d --particles $c2d/blind.star --classes $C2D_K --out $c2d/$run \
       --iterations $C2D_IT --batch $batch --mask-diameter $(awk -v b=$C2D_BOX -v p=$C2D_PIX 'BEGIN{print int(0.8*b*p)}') > /dev/null 2>&1
     rc=$?; t=$(since $s); mem=$(stop_memory)
-    say "emcryo class2d GPU $prec --batch $batch: exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py class2d $c2d/truth.star $c2d/$run/particles.star 2>&1)"
+    say "emcryo class2d GPU $prec --batch $batch EMCRYO_GPU_MANY=$many: exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py class2d $c2d/truth.star $c2d/$run/particles.star 2>&1)"
     grep -E "^.*iteration +[0-9]+/" $c2d/$run/run.log | tail -4 | tee -a "$S"
     cp $c2d/$run/run.log "$OUT/class2d_$run.log" 2>/dev/null
-  done; done
+  done; done; done
   if has relion && [[ -x $R ]]; then
     D=$(awk -v b=$C2D_BOX -v p=$C2D_PIX 'BEGIN{print int(0.8*b*p)}')
     rm -rf $c2d/relion; mkdir -p $c2d/relion; start_memory; s=$(now)
@@ -98,12 +98,15 @@ if has refine; then
     --seed 11 ${SIM_EXTRA:-} > "$OUT/ref_simulate.log" 2>&1
   strip_poses $ref/particles.star $ref/blind.star
   say "refine data: $REF_N particles, box $REF_BOX, simulated in $(since $s) s"
-  rm -rf $ref/gpu; start_memory; s=$(now)
-  timeout ${REF_TIMEOUT:-300} "$E" refine --particles $ref/blind.star --ref $ref/truth_class001.mrc --ini-high 30 --out $ref/gpu > /dev/null 2>&1
-  rc=$?; t=$(since $s); mem=$(stop_memory)
-  say "emcryo refine GPU: exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py refine $ref/truth.star $ref/gpu/particles.star 2>&1)"
-  grep -E "iteration +[0-9]+:|refine: [0-9.]+ Å" $ref/gpu/run.log | tail -4 | tee -a "$S"
-  cp $ref/gpu/run.log "$OUT/refine_gpu.log" 2>/dev/null
+  for many in ${REF_MANY:-1}; do
+    rm -rf $ref/gpu_m$many; start_memory; s=$(now)
+    EMCRYO_GPU_MANY=$many timeout ${REF_TIMEOUT:-300} "$E" refine --particles $ref/blind.star --ref $ref/truth_class001.mrc --ini-high 30 \
+      --out $ref/gpu_m$many > /dev/null 2>&1
+    rc=$?; t=$(since $s); mem=$(stop_memory)
+    say "emcryo refine GPU EMCRYO_GPU_MANY=$many: exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py refine $ref/truth.star $ref/gpu_m$many/particles.star 2>&1)"
+    grep -E "iteration +[0-9]+:|refine: [0-9.]+ Å" $ref/gpu_m$many/run.log | tail -6 | tee -a "$S"
+    cp $ref/gpu_m$many/run.log "$OUT/refine_gpu_m$many.log" 2>/dev/null
+  done
 fi
 if has relion_refine && [[ -x $R ]]; then
   if [[ ! -f $ref/blind.star ]]; then

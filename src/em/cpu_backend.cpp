@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "emcryo/core/error.hpp"
+#include "emcryo/em/score_rows.hpp"
 #include "emcryo/em/scoring_backend.hpp"
 
 namespace emcryo::em {
@@ -87,6 +88,20 @@ class CpuBackend final : public ScoringBackend {
 };
 
 }  // namespace
+
+void ScoringBackend::score_many(const std::vector<ScoreRequest>& requests, const std::vector<float*>& outs) {
+  std::vector<float> rows;
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    ScoreRequest q = requests[i];
+    if (!q.rows) {
+      if (!q.particle_rows.list || q.particles != 1) fail("scoring backend {}: a request without rows (internal error)", name());
+      rows.resize(static_cast<std::size_t>(q.row_count) * 2 * static_cast<std::size_t>(q.frequencies));
+      build_particle_rows(q.particle_rows, q.row_count, q.frequencies, rows.data());
+      q.rows = rows.data(), q.row_stride = 2 * q.frequencies;
+    }
+    score(q, outs[i], 0);
+  }
+}
 
 // Backends without device sums never get these calls (sums_templates() is false).
 void ScoringBackend::begin_template_sums(int, int) { fail("scoring backend {}: no device sums (internal error)", name()); }

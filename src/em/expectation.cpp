@@ -42,17 +42,37 @@ struct CoarseLayout {
   std::vector<int> shift_ids;  // ids into the fine shift grid
 };
 
+/// The pose prior around a particle's input pose, when the search has one.
+struct PriorTerm {
+  const PosePrior* prior = nullptr;
+  const StartPose* centre = nullptr;
+  const std::vector<Shift>* fine_shifts = nullptr;
+};
+
+/// One particle's pass over its own templates x shifts (a local coarse pass or a fine pass): what
+/// it scores, its request and its scores. A thread's scratch holds one where each particle is
+/// scored on its own; a batch scored at once (ScoringBackend::score_many) holds one per particle.
+struct ParticlePass {
+  std::vector<std::pair<int, Euler>> templates;  // (class, orientation)
+  std::vector<int> shifts;                       // ids into the fine shift grid
+  std::vector<Euler> orientations;               // a local or fixed search's own coarse orientations
+  std::vector<float> rows, sampled, power, scores;
+  ScoreRequest request;
+  Shift base{0, 0};
+  PriorTerm term;
+};
+
 /// Per-thread scratch of the fine and local passes.
 struct Scratch {
   std::vector<Complex> sample, ramps, base_ramp;
-  std::vector<float> rows, templates, power, scores, prior_template, prior_shift;
-  std::vector<Euler> orientations;
+  std::vector<float> prior_template, prior_shift;
   std::vector<std::pair<int, Euler>> unique_templates;  // (class, orientation)
   std::vector<int> unique_shifts;
   // collect_children's marks and keys, kept between particles.
   std::vector<std::uint8_t> template_seen, shift_seen, child_marks;
   std::vector<int> seen_templates;
   std::vector<int> class_runs;  // template indices where the class changes, and the end
+  ParticlePass pass;            // where particles are scored one by one
   PosteriorReducer reducer;
   StageTimes times;  // this thread's share of the per-particle loop
 };
@@ -80,23 +100,14 @@ void fill_coarse_rows(Batch& batch, int b, int F, int Fc, const CoarseLayout& la
   }
 }
 
-/// The orientations a particle's coarse pass scores (per class): the grid, or its own.
-const std::vector<Euler>& coarse_orientations(const SearchSpace& space, const StartPose& start, Scratch& s) {
+/// The orientations a particle's coarse pass scores (per class): the grid, or its own (into `own`).
+const std::vector<Euler>& coarse_orientations(const SearchSpace& space, const StartPose& start, std::vector<Euler>& own) {
   if (space.orientations == SearchSpace::Orientations::grid) return space.grid;
-  s.orientations.clear();
-  if (space.orientations == SearchSpace::Orientations::local) s.orientations = local_orientations(start.orientation, space.local_spacing);
-  else s.orientations.push_back(start.orientation);
-  return s.orientations;
+  own.clear();
+  if (space.orientations == SearchSpace::Orientations::local) own = local_orientations(start.orientation, space.local_spacing);
+  else own.push_back(start.orientation);
+  return own;
 }
-
-/// Scores every pair of `orientations` (per class) x `shift_ids` for one particle at the first F
-/// frequencies, into the reducer with ids u_t * J + j (j = class * orientations + o).
-/// The pose prior around a particle's input pose, when the search has one.
-struct PriorTerm {
-  const PosePrior* prior = nullptr;
-  const StartPose* centre = nullptr;
-  const std::vector<Shift>* fine_shifts = nullptr;
-};
 
 /// Log-priors of templates (rotation part) and shifts (shift part): they add up.
 void prior_terms(const PriorTerm& term, const std::vector<std::pair<int, Euler>>& templates, const std::vector<int>& shift_ids,
@@ -121,73 +132,6 @@ struct InPlaneTemplates {
   std::vector<float> templates, power;  // [k R + r] x 2F, x F
   int row(int k, double psi) const { return k * R + psi_grid_index(psi, R); }
 };
-
-void score_particle(const PreparedParticle& p, const std::vector<std::pair<int, Euler>>& templates, const std::vector<int>& shift_ids,
-                    const std::vector<Complex>& fine_ramps, const Shift& base, const FrequencyList& list, int Ffull,
-                    const TemplateSource& source, bool device_templates, bool cc, ScoringBackend& backend, int slot, Scratch& s,
-                    const PriorTerm& term = {}, const InPlaneTemplates* cached = nullptr) {
-  const int J = static_cast<int>(templates.size()), T = static_cast<int>(shift_ids.size());
-  const int F = static_cast<int>(list.size());  // the full list, or the coarse prefix of it
-  if (!device_templates) {
-    const StageClock clock(s.times, StageTimes::search_templates);
-    s.sample.resize(sz(F));
-    s.templates.resize(sz(J) * 2 * sz(F));
-    s.power.resize(sz(J) * sz(F));
-    for (int j = 0; j < J; ++j) {
-      float* row = s.templates.data() + sz(j) * 2 * sz(F);
-      float* power = s.power.data() + sz(j) * sz(F);
-      if (cached) {
-        const auto at = sz(cached->row(templates[sz(j)].first, templates[sz(j)].second.psi));
-        std::copy_n(cached->templates.data() + at * 2 * sz(F), 2 * sz(F), row);
-        std::copy_n(cached->power.data() + at * sz(F), sz(F), power);
-        continue;
-      }
-      source.sample(templates[sz(j)].first, templates[sz(j)].second, list, s.sample.data());
-      store_template_row(s.sample.data(), F, row, power);
-    }
-  }
-  {
-    const StageClock clock(s.times, StageTimes::search_rows);
-    s.rows.resize(sz(T) * 2 * sz(F));
-    s.ramps.resize(sz(F));
-    s.base_ramp.resize(sz(F));
-    const bool moved = base.first != 0 || base.second != 0;
-    if (moved) shift_ramps(list, {base}, 0, 0, s.base_ramp.data());
-    for (int t = 0; t < T; ++t) {
-      const Complex* r = fine_ramps.data() + sz(shift_ids[sz(t)]) * sz(Ffull);
-      for (int f = 0; f < F; ++f) s.ramps[sz(f)] = moved ? r[f] * s.base_ramp[sz(f)] : r[f];
-      fill_score_rows(p.x, p.ctf, p.inv_sigma2, s.ramps.data(), 1, F, s.rows.data() + sz(t) * 2 * sz(F));
-    }
-    s.scores.resize(sz(T) * sz(J));
-  }
-  ScoreRequest q;
-  q.rows = s.rows.data(), q.row_count = T, q.row_stride = 2 * F, q.particles = 1;
-  q.ctf2 = p.ctf2, q.ctf2_stride = F;
-  q.template_count = J, q.template_stride = 2 * F, q.power_stride = F;
-  if (device_templates) q.sampled = {&source, templates.data(), &list};
-  else q.templates = s.templates.data(), q.power = s.power.data();
-  q.frequencies = F, q.cross_correlation = cc;
-  {
-    const StageClock clock(s.times, StageTimes::search_score);
-    backend.score(q, s.scores.data(), slot);
-  }
-  const StageClock clock(s.times, StageTimes::search_reduce);
-  if (term.prior) {
-    prior_terms(term, templates, shift_ids, base, s.prior_template, s.prior_shift);
-    for (int t = 0; t < T; ++t)
-      for (int j = 0; j < J; ++j) s.scores[sz(t) * sz(J) + sz(j)] += s.prior_template[sz(j)] + s.prior_shift[sz(t)];
-  }
-  // Runs of templates of one class, each streamed into the reducer at once.
-  s.class_runs.clear();
-  for (int j = 0; j < J; ++j)
-    if (j == 0 || templates[sz(j)].first != templates[sz(j - 1)].first) s.class_runs.push_back(j);
-  s.class_runs.push_back(J);
-  for (int t = 0; t < T; ++t)
-    for (std::size_t r = 0; r + 1 < s.class_runs.size(); ++r) {
-      const int j0 = s.class_runs[r], j1 = s.class_runs[r + 1];
-      s.reducer.add_run(templates[sz(j0)].first, static_cast<std::int64_t>(t) * J + j0, s.scores.data() + sz(t) * sz(J) + sz(j0), j1 - j0);
-    }
-}
 
 /// Drops the in-plane children that an earlier one already holds (neighbouring coarse angles share
 /// their boundary child), keeping the first of each. Children lie on the uniform psi grid of half
@@ -340,17 +284,10 @@ class EStep {
       scored_.outcomes.assign(sz(bc), ParticleOutcome{});
       for (int b = 0; b < bc; ++b) scored_.particles[sz(b)] = view(b);
       if (shared_ && settings_.score) coarse_pass_shared(first, bc);
+      if (many_) search_batch(first, bc);
+      else in_parallel(bc, [&](int b, Scratch&) { search_particle(first, b, scored_.outcomes[sz(b)]); });
       std::int64_t coarse = 0, fine = 0;
-      for (auto& s : scratch_) s.times = StageTimes{};
-      const auto loop_start = Clock::now();
-#pragma omp parallel for schedule(dynamic, 2) reduction(+ : coarse, fine)
-      for (int b = 0; b < bc; ++b) {
-        ParticleOutcome& outcome = scored_.outcomes[sz(b)];
-        search_particle(first, b, outcome);
-        coarse += outcome.coarse_scored;
-        fine += outcome.fine_scored;
-      }
-      share_loop_time(std::chrono::duration<double>(Clock::now() - loop_start).count());
+      for (const auto& outcome : scored_.outcomes) coarse += outcome.coarse_scored, fine += outcome.fine_scored;
       {
         const StageClock clock(times_, StageTimes::consume);
         consumer(scored_);
@@ -461,6 +398,7 @@ class EStep {
     scratch_.resize(sz(threads));
     backend_.plan(threads, B_, std::max(chunk_, 1));
     device_templates_ = backend_.samples_templates(source_);
+    many_ = backend_.scores_many() && settings_.score;
     plan_in_plane_templates();
     // The coarse pass finds where the mass is: poses and classes marginalised there, with the
     // job's temperature and priors; a single pass takes the job's choices directly.
@@ -639,70 +577,224 @@ class EStep {
     }
   }
 
-  /// One particle: its coarse posterior (shared pass, or its own local/fixed grid), then the fine
-  /// pass over the children of the kept hypotheses.
-  void search_particle(int first, int b, ParticleOutcome& outcome) {
-    const int tid = omp_get_thread_num();
-    Scratch& s = scratch_[sz(tid)];
-    const PreparedParticle& p = scored_.particles[sz(b)];
-    const StartPose sp = start_.empty() ? StartPose{} : start_[sz(first + b)];
-    const Shift base = base_shift(first, b);
-    PriorTerm term;
+  PriorTerm prior_term(int first, int b) const {
     // A prior weighs log-likelihoods; cross-correlation scores are on another scale.
-    if (space_.prior_centres && !settings_.cross_correlation)
-      term = {&space_.prior, &(*space_.prior_centres)[sz(first + b)], &space_.shifts.fine};
+    if (!space_.prior_centres || settings_.cross_correlation) return {};
+    return {&space_.prior, &(*space_.prior_centres)[sz(first + b)], &space_.shifts.fine};
+  }
+
+  /// The pass's request over its templates x shifts at the first F frequencies of `list` (the
+  /// full list, or the coarse prefix): templates sampled here unless the backend samples them,
+  /// rows built here unless the batch is scored at once (the backend builds them from the particle).
+  void request_pass(const PreparedParticle& p, const FrequencyList& list, const InPlaneTemplates* cached, ParticlePass& w, Scratch& s) {
+    const int J = static_cast<int>(w.templates.size()), T = static_cast<int>(w.shifts.size());
+    const int F = static_cast<int>(list.size());
+    ScoreRequest& q = w.request;
+    q = ScoreRequest{};
+    if (device_templates_) {
+      q.sampled = {&source_, w.templates.data(), &list};
+    } else {
+      const StageClock clock(s.times, StageTimes::search_templates);
+      sample_templates(list, cached, w, s);
+      q.templates = w.sampled.data(), q.power = w.power.data();
+    }
+    if (many_) {
+      q.particle_rows = {reinterpret_cast<const float*>(p.x), p.ctf, p.inv_sigma2, space_.shifts.fine.data(), w.shifts.data(), w.base, &list};
+    } else {
+      const StageClock clock(s.times, StageTimes::search_rows);
+      fill_pass_rows(p, list, w, s);
+      q.rows = w.rows.data();
+    }
+    w.scores.resize(sz(T) * sz(J));
+    q.row_count = T, q.row_stride = 2 * F, q.particles = 1;
+    q.ctf2 = p.ctf2, q.ctf2_stride = F;
+    q.template_count = J, q.template_stride = 2 * F, q.power_stride = F;
+    q.frequencies = F, q.cross_correlation = settings_.cross_correlation;
+  }
+
+  /// The pass's templates on the host: copied from the in-plane cache, or sampled.
+  void sample_templates(const FrequencyList& list, const InPlaneTemplates* cached, ParticlePass& w, Scratch& s) const {
+    const int J = static_cast<int>(w.templates.size()), F = static_cast<int>(list.size());
+    s.sample.resize(sz(F));
+    w.sampled.resize(sz(J) * 2 * sz(F));
+    w.power.resize(sz(J) * sz(F));
+    for (int j = 0; j < J; ++j) {
+      float* row = w.sampled.data() + sz(j) * 2 * sz(F);
+      float* power = w.power.data() + sz(j) * sz(F);
+      const auto& [k, e] = w.templates[sz(j)];
+      if (cached) {
+        const auto at = sz(cached->row(k, e.psi));
+        std::copy_n(cached->templates.data() + at * 2 * sz(F), 2 * sz(F), row);
+        std::copy_n(cached->power.data() + at * sz(F), sz(F), power);
+        continue;
+      }
+      source_.sample(k, e, list, s.sample.data());
+      store_template_row(s.sample.data(), F, row, power);
+    }
+  }
+
+  /// The pass's rows: one per shift, at the fine shift's ramp (times the base shift's).
+  void fill_pass_rows(const PreparedParticle& p, const FrequencyList& list, ParticlePass& w, Scratch& s) const {
+    const int T = static_cast<int>(w.shifts.size()), F = static_cast<int>(list.size());
+    w.rows.resize(sz(T) * 2 * sz(F));
+    s.ramps.resize(sz(F));
+    s.base_ramp.resize(sz(F));
+    const bool moved = w.base.first != 0 || w.base.second != 0;
+    if (moved) shift_ramps(list, {w.base}, 0, 0, s.base_ramp.data());
+    for (int t = 0; t < T; ++t) {
+      const Complex* r = fine_ramps_.data() + sz(w.shifts[sz(t)]) * sz(F_);
+      for (int f = 0; f < F; ++f) s.ramps[sz(f)] = moved ? r[f] * s.base_ramp[sz(f)] : r[f];
+      fill_score_rows(p.x, p.ctf, p.inv_sigma2, s.ramps.data(), 1, F, w.rows.data() + sz(t) * 2 * sz(F));
+    }
+  }
+
+  /// The pass's scores (with the pose prior, if any) into the thread's reducer, in runs of one class.
+  void reduce_pass(ParticlePass& w, Scratch& s) const {
+    const int J = static_cast<int>(w.templates.size()), T = static_cast<int>(w.shifts.size());
+    if (w.term.prior) {
+      prior_terms(w.term, w.templates, w.shifts, w.base, s.prior_template, s.prior_shift);
+      for (int t = 0; t < T; ++t)
+        for (int j = 0; j < J; ++j) w.scores[sz(t) * sz(J) + sz(j)] += s.prior_template[sz(j)] + s.prior_shift[sz(t)];
+    }
+    s.class_runs.clear();
+    for (int j = 0; j < J; ++j)
+      if (j == 0 || w.templates[sz(j)].first != w.templates[sz(j - 1)].first) s.class_runs.push_back(j);
+    s.class_runs.push_back(J);
+    for (int t = 0; t < T; ++t)
+      for (std::size_t r = 0; r + 1 < s.class_runs.size(); ++r) {
+        const int j0 = s.class_runs[r], j1 = s.class_runs[r + 1];
+        s.reducer.add_run(w.templates[sz(j0)].first, static_cast<std::int64_t>(t) * J + j0, w.scores.data() + sz(t) * sz(J) + sz(j0), j1 - j0);
+      }
+  }
+
+  /// A particle's search, stage 1: the request of its own coarse pass (local or fixed orientations);
+  /// false where the coarse pass is shared (or nothing is scored).
+  bool request_own_coarse(int first, int b, ParticlePass& w, Scratch& s) {
+    if (shared_ || !settings_.score) return false;
+    const StartPose sp = start_.empty() ? StartPose{} : start_[sz(first + b)];
+    coarse_orientations(space_, sp, w.orientations);
+    w.templates.clear();
+    for (int k = 0; k < K_; ++k)
+      for (const auto& e : w.orientations) w.templates.push_back({k, e});
+    w.shifts = layout_.shift_ids;
+    w.base = base_shift(first, b), w.term = prior_term(first, b);
+    request_pass(scored_.particles[sz(b)], coarse_list_, nullptr, w, s);
+    return true;
+  }
+
+  /// Stage 2: the particle's coarse posterior (its share of the shared pass, or its own pass's
+  /// scores), then the request of its fine pass over the children of the kept hypotheses; false
+  /// where there is no fine pass (the outcome is then final).
+  bool request_fine(int first, int b, ParticlePass& w, ParticleOutcome& outcome, Scratch& s) {
+    const Shift base = base_shift(first, b);
     if (!settings_.score) {
+      const StartPose sp = start_.empty() ? StartPose{} : start_[sz(first + b)];
       outcome.kept.push_back({1.0f, 0, sp.orientation, base, 0});
       outcome.posterior.class_posterior.assign(sz(K_), 0.0);
       outcome.posterior.class_posterior[0] = 1;
-      return;
+      return false;
     }
-    const std::vector<Euler>& orientations = shared_ ? *grid_ : coarse_orientations(space_, sp, s);
     Posterior coarse;
-    if (shared_) {
+    {
       const StageClock clock(s.times, StageTimes::search_reduce);
-      coarse = coarse_reducers_[sz(b)].finish();
-    } else {
-      std::vector<std::pair<int, Euler>> own;
-      for (int k = 0; k < K_; ++k)
-        for (const auto& e : orientations) own.push_back({k, e});
-      s.reducer.reset(coarse_settings_, K_);
-      score_particle(p, own, layout_.shift_ids, fine_ramps_, base, coarse_list_, F_, source_, device_templates_, settings_.cross_correlation,
-                     backend_, tid, s, term);
-      const StageClock clock(s.times, StageTimes::search_reduce);
-      coarse = s.reducer.finish();
+      if (shared_) {
+        coarse = coarse_reducers_[sz(b)].finish();
+      } else {
+        s.reducer.reset(coarse_settings_, K_);
+        reduce_pass(w, s);
+        coarse = s.reducer.finish();
+      }
     }
+    const std::vector<Euler>& orientations = shared_ ? *grid_ : w.orientations;
     outcome.coarse_scored = coarse.scored;
-    const auto shift_of = [&](int fine_id) {
-      const Shift& g = space_.shifts.fine[sz(fine_id)];
-      return Shift{g.first + base.first, g.second + base.second};
-    };
     if (!two_pass_) {
       for (const auto& h : coarse.kept) {
         const int j = static_cast<int>(h.id % J_), id = layout_.shift_ids[sz(h.id / J_)];
-        outcome.kept.push_back({h.weight, h.k, orientations[sz(j % layout_.orientations)], shift_of(id), id});
+        outcome.kept.push_back({h.weight, h.k, orientations[sz(j % layout_.orientations)], shifted(id, base), id});
       }
       outcome.posterior = std::move(coarse);
-      return;
+      return false;
     }
     {
       const StageClock clock(s.times, StageTimes::search_reduce);
       collect_children(coarse, orientations, layout_, space_, s);
-      s.reducer.reset(settings_.fine, K_);
     }
-    // score_particle leaves the children in the scratch untouched: no copy per particle.
-    const auto& children = s.unique_templates;
-    const auto& shifts = s.unique_shifts;
-    score_particle(p, children, shifts, fine_ramps_, base, list_, F_, source_, device_templates_, settings_.cross_correlation, backend_, tid,
-                   s, term, in_plane_.R > 0 ? &in_plane_ : nullptr);
+    // The children change places with the pass's last templates: no copy per particle.
+    w.templates.swap(s.unique_templates);
+    w.shifts.swap(s.unique_shifts);
+    w.base = base, w.term = prior_term(first, b);
+    request_pass(scored_.particles[sz(b)], list_, in_plane_.R > 0 ? &in_plane_ : nullptr, w, s);
+    return true;
+  }
+
+  /// Stage 3: the fine pass's scores into the particle's posterior and kept hypotheses.
+  void finish_fine(ParticlePass& w, ParticleOutcome& outcome, Scratch& s) const {
     const StageClock clock(s.times, StageTimes::search_reduce);
+    s.reducer.reset(settings_.fine, K_);
+    reduce_pass(w, s);
     outcome.posterior = s.reducer.finish();
     outcome.fine_scored = outcome.posterior.scored;
-    const int U = static_cast<int>(children.size());
+    const int U = static_cast<int>(w.templates.size());
     for (const auto& h : outcome.posterior.kept) {
-      const int id = shifts[sz(h.id / U)];
-      outcome.kept.push_back({h.weight, h.k, children[sz(h.id % U)].second, shift_of(id), id});
+      const int id = w.shifts[sz(h.id / U)];
+      outcome.kept.push_back({h.weight, h.k, w.templates[sz(h.id % U)].second, shifted(id, w.base), id});
     }
+  }
+
+  Shift shifted(int fine_id, const Shift& base) const {
+    const Shift& g = space_.shifts.fine[sz(fine_id)];
+    return Shift{g.first + base.first, g.second + base.second};
+  }
+
+  /// One particle, on its own: its coarse posterior (shared pass, or its own local/fixed grid),
+  /// then the fine pass over the children of the kept hypotheses.
+  void search_particle(int first, int b, ParticleOutcome& outcome) {
+    const int tid = omp_get_thread_num();
+    Scratch& s = scratch_[sz(tid)];
+    ParticlePass& w = s.pass;
+    const auto score = [&] {
+      const StageClock clock(s.times, StageTimes::search_score);
+      backend_.score(w.request, w.scores.data(), tid);
+    };
+    if (request_own_coarse(first, b, w, s)) score();
+    if (!request_fine(first, b, w, outcome, s)) return;
+    score();
+    finish_fine(w, outcome, s);
+  }
+
+  /// The batch's particles stage by stage, each stage's passes scored at once by the backend
+  /// (score_many): the same stages and reductions as search_particle.
+  void search_batch(int first, int bc) {
+    passes_.resize(std::max(passes_.size(), sz(bc)));
+    pass_active_.assign(sz(bc), 0);
+    if (!shared_ && settings_.score) {
+      in_parallel(bc, [&](int b, Scratch& s) { pass_active_[sz(b)] = request_own_coarse(first, b, passes_[sz(b)], s); });
+      score_passes(bc);
+    }
+    in_parallel(bc, [&](int b, Scratch& s) { pass_active_[sz(b)] = request_fine(first, b, passes_[sz(b)], scored_.outcomes[sz(b)], s); });
+    score_passes(bc);
+    in_parallel(bc, [&](int b, Scratch& s) {
+      if (pass_active_[sz(b)]) finish_fine(passes_[sz(b)], scored_.outcomes[sz(b)], s);
+    });
+  }
+
+  /// f(b, thread's scratch) for every particle of the batch, over the threads; the loop's wall time
+  /// shared over its stages.
+  template <typename Body>
+  void in_parallel(int bc, const Body& f) {
+    for (auto& s : scratch_) s.times = StageTimes{};
+    const auto start = Clock::now();
+#pragma omp parallel for schedule(dynamic, 2)
+    for (int b = 0; b < bc; ++b) f(b, scratch_[sz(omp_get_thread_num())]);
+    share_loop_time(std::chrono::duration<double>(Clock::now() - start).count());
+  }
+
+  void score_passes(int bc) {
+    const StageClock clock(times_, StageTimes::search_score);
+    many_requests_.clear(), many_outs_.clear();
+    for (int b = 0; b < bc; ++b)
+      if (pass_active_[sz(b)]) many_requests_.push_back(passes_[sz(b)].request), many_outs_.push_back(passes_[sz(b)].scores.data());
+    if (!many_requests_.empty()) backend_.score_many(many_requests_, many_outs_);
   }
 
   const io::ParticleSet& set_;
@@ -718,6 +810,11 @@ class EStep {
   bool two_pass_ = false, shared_ = false, cache_ = false;
   bool device_templates_ = false;  // the backend samples the per-particle templates itself
   bool device_reduce_ = false;     // the backend keeps and reduces the shared coarse scores
+  bool many_ = false;              // the backend scores a batch's per-particle passes at once
+  std::vector<ParticlePass> passes_;  // many_: one per particle of the batch
+  std::vector<std::uint8_t> pass_active_;
+  std::vector<ScoreRequest> many_requests_;
+  std::vector<float*> many_outs_;
   InPlaneTemplates in_plane_;      // R = 0: none (the fine pass samples its children)
   ReducedScores reduced_;
   StageTimes times_;               // this run's wall time per stage (planning counts with the first run)

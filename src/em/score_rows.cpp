@@ -36,6 +36,20 @@ void fill_score_rows(const Complex* x, const float* ctf, const float* inv_sigma2
   }
 }
 
+void build_particle_rows(const ParticleRows& p, int count, int F, float* rows) {
+  const FrequencyList& list = *p.list;
+  const bool moved = p.base.first != 0 || p.base.second != 0;
+  std::vector<Complex> ramp(list.size()), base(moved ? list.size() : 0);
+  if (moved) shift_ramps(list, {p.base}, 0, 0, base.data());
+  const auto* x = reinterpret_cast<const Complex*>(p.x);
+  for (int t = 0; t < count; ++t) {
+    shift_ramps(list, {p.shift_grid[p.shift_ids[t]]}, 0, 0, ramp.data());
+    if (moved)
+      for (int f = 0; f < F; ++f) ramp[static_cast<std::size_t>(f)] *= base[static_cast<std::size_t>(f)];
+    fill_score_rows(x, p.ctf, p.inv_sigma2, ramp.data(), 1, F, rows + static_cast<std::size_t>(t) * 2 * static_cast<std::size_t>(F));
+  }
+}
+
 void store_template_row(const Complex* sample, int F, float* row, float* power) {
   for (int f = 0; f < F; ++f) {
     row[2 * f] = sample[f].real();

@@ -21,6 +21,7 @@
 #include "cublas_library.hpp"
 #include "device_memory.cuh"
 #include "emcryo/gpu/backend.hpp"
+#include "many.hpp"
 #include "prepare.hpp"
 #include "reduction.hpp"
 #include "sampling.hpp"
@@ -231,11 +232,12 @@ class CudaBackend final : public em::ScoringBackend {
     for (const auto& d : devices_) ids += (ids.empty() ? "" : ",") + std::to_string(d->id);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, devices_.front()->id);
-    return fmt::format("CUDA (GPU {}: {}, {} GEMM{}{}{}{})", ids, prop.name, precision_name(options_.precision),
+    return fmt::format("CUDA (GPU {}: {}, {} GEMM{}{}{}{}{})", ids, prop.name, precision_name(options_.precision),
                        options_.sample_templates ? ", per-particle templates sampled on the GPU" : "",
                        options_.prepare_batches ? ", batches prepared on the GPU" : "",
                        options_.volume_sums ? ", 3D back-projection on the GPU" : "",
-                       options_.reduce_scores ? ", coarse posteriors reduced on the GPU" : "");
+                       options_.reduce_scores ? ", coarse posteriors reduced on the GPU" : "",
+                       options_.score_many ? ", per-particle passes scored a batch at once" : "");
   }
 
   void plan(int slots, int particles, int templates) override {
@@ -268,6 +270,26 @@ class CudaBackend final : public em::ScoringBackend {
     if (slot < 0 || static_cast<std::size_t>(slot) >= slots_.size()) fail("scoring: slot {} outside the plan ({} slots)", slot, slots_.size());
     if (q.row_count == 0 || q.template_count == 0) return;
     score_on_slot(q, out, *slots_[static_cast<std::size_t>(slot)], nullptr, 0);
+  }
+
+  bool scores_many() const override { return options_.score_many; }
+
+  /// Requests in groups of at most kManyFloats floats of rows, templates and scores on the card,
+  /// each group staged, built, sampled and scored on slot 0's first stream (many_group).
+  void score_many(const std::vector<em::ScoreRequest>& requests, const std::vector<float*>& outs) override {
+    if (!many_on_device(requests)) return em::ScoringBackend::score_many(requests, outs);
+    constexpr double kManyFloats = 128.0 * (1 << 20);
+    const double F = requests.front().frequencies;
+    for (std::size_t begin = 0, end = 0; begin < requests.size(); begin = end) {
+      double floats = 0;
+      for (end = begin; end < requests.size(); ++end) {
+        const em::ScoreRequest& q = requests[end];
+        const double add = q.row_count * 2 * F + q.template_count * 3 * F + double(q.row_count) * q.template_count + 4 * F;
+        if (end > begin && floats + add > kManyFloats) break;
+        floats += add;
+      }
+      many_group(requests, outs, begin, end);
+    }
   }
 
   /// Kept scores: at most 4 GiB of them (a batch of 256 x 25 shifts x 3,600 templates is 92 MB).
@@ -673,6 +695,115 @@ class CudaBackend final : public em::ScoringBackend {
     for (int p = std::max(0, pieces - 2); p < pieces; ++p) drain(p);
   }
 
+  /// Whether every request is one the device scores at once: one particle, rows to build,
+  /// templates to sample from one source at one list, the same F and score.
+  bool many_on_device(const std::vector<em::ScoreRequest>& requests) const {
+    if (requests.empty() || slots_.empty()) return false;
+    const em::ScoreRequest& first = requests.front();
+    if (!first.sampled.source || !first.sampled.list) return false;
+    for (const em::ScoreRequest& q : requests)
+      if (q.particles != 1 || q.rows || q.particle_rows.list != first.sampled.list || q.sampled.source != first.sampled.source ||
+          q.sampled.list != first.sampled.list || q.frequencies != first.frequencies || q.cross_correlation != first.cross_correlation ||
+          q.ctf2_stride < q.frequencies)
+        return false;
+    return true;
+  }
+
+  /// The host's staging (page-locked) and the device's arrays of score_many.
+  struct ManyBuffers {
+    PinnedBuffer x, ctf_isg, ctf2, rows, poses, owner, requests, tiles, scores;
+    DeviceBuffer d_x, d_ctf_isg, d_ctf2, d_rows, d_poses, d_owner, d_requests, d_tiles, d_row_values, d_head, d_power, d_norms,
+        d_scores;
+  };
+
+  /// Requests [begin, end): the particles' X, C/sigma^2 and C^2/sigma^2, the rows' shifts, the
+  /// templates' poses and the tiles go up; rows are built, templates sampled, norms and scores
+  /// computed on the card; the scores come back into outs.
+  void many_group(const std::vector<em::ScoreRequest>& requests, const std::vector<float*>& outs, std::size_t begin, std::size_t end) {
+    const auto start = std::chrono::steady_clock::now();
+    Slot& s = *slots_.front();
+    check(cudaSetDevice(s.device), "cudaSetDevice");
+    cudaStream_t stream = s.stream[0];
+    const em::ScoreRequest& first = requests[begin];
+    const int F = first.frequencies, N = static_cast<int>(end - begin);
+    const ResidentReferences& refs = references_on_device(*first.sampled.source, s.device);
+    const int2* kxy = list_on_device(*first.sampled.list, s.device);
+    if (sz(F) > frequency_count(*first.sampled.list)) fail("GPU score_many: {} frequencies of a shorter list (internal error)", F);
+    int R = 0, NJ = 0, tiles = 0;
+    long long NS = 0;
+    for (std::size_t i = begin; i < end; ++i) {
+      const em::ScoreRequest& q = requests[i];
+      R += q.row_count, NJ += q.template_count, NS += static_cast<long long>(q.row_count) * q.template_count;
+      tiles += ((q.row_count + kManyTile - 1) / kManyTile) * ((q.template_count + kManyTile - 1) / kManyTile);
+    }
+    ManyBuffers& m = many_;
+    const auto floats_of = [](std::size_t bytes) { return (bytes + sizeof(float) - 1) / sizeof(float); };
+    float* x = m.x.reserve(sz(N) * 2 * sz(F));
+    float* ctf_isg = m.ctf_isg.reserve(sz(N) * sz(F));
+    float* ctf2 = m.ctf2.reserve(sz(N) * sz(F));
+    auto* rows = reinterpret_cast<ManyRow*>(m.rows.reserve(floats_of(sz(R) * sizeof(ManyRow))));
+    auto* poses = reinterpret_cast<TemplatePose*>(m.poses.reserve(floats_of(sz(NJ) * sizeof(TemplatePose))));
+    auto* owner = reinterpret_cast<int*>(m.owner.reserve(sz(NJ)));
+    auto* table = reinterpret_cast<ManyRequest*>(m.requests.reserve(floats_of(sz(N) * sizeof(ManyRequest))));
+    auto* tile = reinterpret_cast<ManyTile*>(m.tiles.reserve(floats_of(sz(tiles) * sizeof(ManyTile))));
+    int row = 0, tj = 0, t = 0;
+    long long score = 0;
+    for (int i = 0; i < N; ++i) {
+      const em::ScoreRequest& q = requests[begin + sz(i)];
+      const em::ParticleRows& p = q.particle_rows;
+      std::memcpy(x + sz(i) * 2 * sz(F), p.x, sz(F) * 2 * sizeof(float));
+      for (int f = 0; f < F; ++f) ctf_isg[sz(i) * sz(F) + sz(f)] = p.ctf[f] * p.inv_sigma2[f];
+      std::memcpy(ctf2 + sz(i) * sz(F), q.ctf2, sz(F) * sizeof(float));
+      for (int r = 0; r < q.row_count; ++r) {
+        const auto& g = p.shift_grid[p.shift_ids[r]];
+        rows[row + r] = ManyRow{i, g.first, g.second, p.base.first, p.base.second};
+      }
+      template_poses(q.sampled, q.template_count, refs.host, poses + tj);
+      std::fill_n(owner + tj, q.template_count, i);
+      table[i] = ManyRequest{row, q.row_count, tj, q.template_count, score};
+      for (int r0 = 0; r0 < q.row_count; r0 += kManyTile)
+        for (int c0 = 0; c0 < q.template_count; c0 += kManyTile) tile[t++] = ManyTile{i, r0, c0};
+      row += q.row_count, tj += q.template_count, score += static_cast<long long>(q.row_count) * q.template_count;
+    }
+    const auto up = [&](DeviceBuffer& d, const void* host, std::size_t bytes) {
+      float* to = d.reserve(std::max<std::size_t>(1, floats_of(bytes)), s.device);
+      if (bytes) check(cudaMemcpyAsync(to, host, bytes, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync (score_many)");
+      return to;
+    };
+    const auto* d_x = reinterpret_cast<const float2*>(up(m.d_x, x, sz(N) * 2 * sz(F) * sizeof(float)));
+    const float* d_ctf_isg = up(m.d_ctf_isg, ctf_isg, sz(N) * sz(F) * sizeof(float));
+    const float* d_ctf2 = up(m.d_ctf2, ctf2, sz(N) * sz(F) * sizeof(float));
+    const auto* d_rows = reinterpret_cast<const ManyRow*>(up(m.d_rows, rows, sz(R) * sizeof(ManyRow)));
+    const auto* d_poses = reinterpret_cast<const TemplatePose*>(up(m.d_poses, poses, sz(NJ) * sizeof(TemplatePose)));
+    const auto* d_owner = reinterpret_cast<const int*>(up(m.d_owner, owner, sz(NJ) * sizeof(int)));
+    const auto* d_table = reinterpret_cast<const ManyRequest*>(up(m.d_requests, table, sz(N) * sizeof(ManyRequest)));
+    const auto* d_tiles = reinterpret_cast<const ManyTile*>(up(m.d_tiles, tile, sz(tiles) * sizeof(ManyTile)));
+    float* row_values = m.d_row_values.reserve(std::max<std::size_t>(1, sz(R) * 2 * sz(F)), s.device);
+    float* head = m.d_head.reserve(std::max<std::size_t>(1, sz(NJ) * 2 * sz(F)), s.device);
+    float* power = m.d_power.reserve(std::max<std::size_t>(1, sz(NJ) * sz(F)), s.device);
+    float* norms = m.d_norms.reserve(std::max<std::size_t>(1, sz(NJ)), s.device);
+    float* scores = m.d_scores.reserve(std::max<std::size_t>(1, static_cast<std::size_t>(NS)), s.device);
+    launch_many_rows(row_values, d_rows, R, d_x, d_ctf_isg, kxy, F, frequency_box(*first.sampled.list), stream);
+    if (NJ > 0) {
+      const dim3 blocks(static_cast<unsigned>((F + 127) / 128), static_cast<unsigned>(std::min(NJ, 65535)));
+      sample_templates_kernel<<<blocks, 128, 0, stream>>>(head, power, reinterpret_cast<const float2*>(refs.grids.data()), d_poses, NJ, kxy,
+                                                         F, 2 * F, F, refs.host.dimensions, refs.host.m, refs.host.hm);
+      check(cudaGetLastError(), "template sampling kernel (score_many)");
+    }
+    launch_many_norms(norms, power, d_ctf2, d_owner, NJ, F, stream);
+    launch_many_scores(scores, d_tiles, tiles, d_table, row_values, head, norms, F, first.cross_correlation, stream);
+    float* back = m.scores.reserve(std::max<std::size_t>(1, static_cast<std::size_t>(NS)));
+    if (NS > 0) check(cudaMemcpyAsync(back, scores, static_cast<std::size_t>(NS) * sizeof(float), cudaMemcpyDeviceToHost, stream),
+                      "cudaMemcpyAsync (score_many scores)");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (score_many)");
+    for (int i = 0; i < N; ++i) {
+      const ManyRequest& q = table[i];
+      std::memcpy(outs[begin + sz(i)], back + q.first_score, sz(q.rows) * sz(q.templates) * sizeof(float));
+    }
+    s.stats.flops += 4.0 * F * static_cast<double>(NS) + 2.0 * F * NJ;
+    s.stats.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+
   CudaOptions options_;
   int sums_templates_ = 0, sums_frequencies_ = 0;  // the 2D M-step sums begun
   std::vector<int> sum_counts_, sum_rows_, sum_offsets_;  // a batch's terms grouped by template
@@ -687,6 +818,7 @@ class CudaBackend final : public em::ScoringBackend {
   std::unique_ptr<BatchPreparer> preparer_;  // declared last: freed first
   std::unique_ptr<DeviceVolumeSums> volume_sums_;
   std::unique_ptr<KeptScoreReducer> scores_reducer_;
+  ManyBuffers many_;  // score_many's staging and device arrays
   float* kept_ = nullptr;  // the batch's kept scores (scores_reducer_'s)
 };
 

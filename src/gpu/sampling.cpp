@@ -45,4 +45,6 @@ std::vector<int> frequency_pairs(const em::FrequencyList& list) {
 
 std::size_t frequency_count(const em::FrequencyList& list) { return list.size(); }
 
+int frequency_box(const em::FrequencyList& list) { return list.n; }
+
 }  // namespace emcryo::gpu

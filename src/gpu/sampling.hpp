@@ -32,5 +32,7 @@ void template_poses(const em::SampledTemplates& sampled, int count, const HostRe
 /// (kx, ky) of every frequency of the list, interleaved.
 std::vector<int> frequency_pairs(const em::FrequencyList& list);
 std::size_t frequency_count(const em::FrequencyList& list);
+/// The box whose grid the list's frequencies index (the shift ramps' period).
+int frequency_box(const em::FrequencyList& list);
 
 }  // namespace emcryo::gpu

@@ -14,6 +14,7 @@
 
 #include "emcryo/em/hypotheses.hpp"  // Shift
 #include "emcryo/em/projector2d.hpp"
+#include "emcryo/em/scoring_backend.hpp"  // ParticleRows
 
 namespace emcryo::em {
 
@@ -27,6 +28,10 @@ void shift_ramps(const FrequencyList& list, const std::vector<Shift>& shifts, do
 /// frequencies. The same rows, read as complex numbers, are conj(Y): the M-step's data.
 void fill_score_rows(const Complex* x, const float* ctf, const float* inv_sigma2, const Complex* ramps, int shifts,
                      int F, float* rows);
+
+/// A particle's `count` rows (2F floats each) from its ParticleRows, as the E-step builds them:
+/// the ramp of each row's fine shift, times the ramp of the base shift where it is not zero.
+void build_particle_rows(const ParticleRows& p, int count, int F, float* rows);
 
 /// A template as a GEMM row: (Re A, Im A) x F (2F floats), and |A|^2 (F floats) when power is given.
 void store_template_row(const Complex* sample, int F, float* row, float* power);

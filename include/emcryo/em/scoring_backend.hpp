@@ -29,6 +29,21 @@ struct SampledTemplates {
   const FrequencyList* list = nullptr;
 };
 
+/// A particle's rows as a backend that scores_many() builds them itself (set instead of
+/// ScoreRequest::rows): row t is fill_score_rows's for X and C / sigma^2 at the ramp of fine shift
+/// shift_ids[t] (shift_ramps's, over `list`), times the ramp of `base` where it is not zero, as the
+/// E-step's own rows are. 4 floats per frequency of the particle cross the bus instead of 2 per
+/// frequency of every row.
+struct ParticleRows {
+  const float* x = nullptr;           // (Re X, Im X) per frequency
+  const float* ctf = nullptr;         // C per frequency
+  const float* inv_sigma2 = nullptr;  // 1 / sigma^2 per frequency
+  const std::pair<float, float>* shift_grid = nullptr;  // the fine shifts (pixels)
+  const int* shift_ids = nullptr;     // per row: its shift in shift_grid
+  std::pair<float, float> base{0, 0};
+  const FrequencyList* list = nullptr;
+};
+
 /// One scoring call. Row r belongs to particle r % particles (rows are shift-major: all particles
 /// at shift 0, then at shift 1, ...). Rows, templates, ctf2 and power may be prefixes of longer
 /// rows (strides in floats), which is how a coarse pass scores at a lower frequency limit.
@@ -48,6 +63,8 @@ struct ScoreRequest {
   bool templates_resident = false;
   /// Set (only where samples_templates() said yes) instead of templates and power.
   SampledTemplates sampled;
+  /// Set (only for score_many) instead of rows: one particle's rows, built by the backend.
+  ParticleRows particle_rows;
 };
 
 /// One kept hypothesis entering the 2D M-step sums: template j (class x fine angle), particle b of
@@ -181,6 +198,13 @@ class ScoringBackend {
   /// out[r * template_count + j]: -D^2 up to a per-particle constant (or the cross-correlation).
   /// Callers on different threads use different slots.
   virtual void score(const ScoreRequest& request, float* out, int slot) = 0;
+  /// Whether score_many() scores many one-particle requests at once (a device backend: one upload,
+  /// one sampling and one kernel for a batch's small products instead of a round trip each).
+  virtual bool scores_many() const { return false; }
+  /// Each of `requests` (one particle each, its rows given as particle_rows) into outs[i], as
+  /// score() would score it with the rows built; called from one thread. This default builds the
+  /// rows on the host and calls score() on slot 0, one request after another.
+  virtual void score_many(const std::vector<ScoreRequest>& requests, const std::vector<float*>& outs);
   /// Whether score() can take SampledTemplates of this source instead of sampled templates.
   virtual bool samples_templates(const TemplateSource&) const { return false; }
   /// Whether the backend keeps the 2D M-step sums itself (begin/add/end below, from one thread).

@@ -67,6 +67,11 @@ struct CudaOptions {
   /// card and only per-class sums and the hypotheses that can hold mass come back
   /// (src/gpu/reduction.cu). EMCRYO_GPU_REDUCE=0 copies the scores back and reduces on the CPU.
   bool reduce_scores = true;
+  /// A batch's per-particle passes (fine passes, local searches) scored at once: the particles'
+  /// X and C/sigma^2 go up once, the rows are built, the templates sampled and every small product
+  /// scored by one kernel each (src/gpu/many.cu), instead of a round trip per particle from each CPU
+  /// thread. EMCRYO_GPU_MANY=0 scores particle by particle.
+  bool score_many = true;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.

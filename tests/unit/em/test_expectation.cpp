@@ -10,6 +10,7 @@
 #include "emcryo/em/score_rows.hpp"
 #include "emcryo/image/ctf.hpp"
 #include "emcryo/image/fourier.hpp"
+#include "support/many_backend.hpp"
 #include "support/test_mrc.hpp"
 #include "support/test_support.hpp"
 
@@ -97,8 +98,9 @@ class TwoDEngine : public ::testing::Test {
     model_.radius = 16;
   }
   std::vector<em::ParticleResult> iterate(const em::Class2DSettings& settings, em::Class2DModel* next = nullptr,
-                                          em::Class2DStats* stats = nullptr) {
-    const auto backend = em::make_cpu_backend();
+                                          em::Class2DStats* stats = nullptr, em::ScoringBackend* given = nullptr) {
+    const auto cpu = em::make_cpu_backend();
+    em::ScoringBackend* backend = given ? given : cpu.get();
     std::vector<em::ParticleResult> results(active_.size());
     em::Class2DStats local;
     auto m = em::class2d_iteration(*set_, active_, model_, em::make_class2d_search(6, 3, 1), mask_, settings, *backend, results,
@@ -187,6 +189,32 @@ TEST_F(TwoDEngine, ResultsDoNotDependOnTheThreadCount) {
   for (int k = 0; k < kClasses; ++k)
     EXPECT_EQ(test::max_abs_diff(one.classes[static_cast<std::size_t>(k)], two.classes[static_cast<std::size_t>(k)]), 0.0);
   EXPECT_EQ(one.priors, two.priors);
+}
+
+// A backend that scores a batch's fine passes at once (the GPU's way) goes through the E-step's
+// batched stages: the same hypotheses reduced in the same order, so the same answers, bit for bit.
+TEST_F(TwoDEngine, PassesScoredManyAtOnceGiveTheSameAnswers) {
+  em::Class2DSettings s;
+  s.use_ctf = false;
+  s.batch = 50;
+  em::Class2DModel one, many;
+  const auto a = iterate(s, &one);
+  test::ManyAtOnceBackend backend;
+  const auto b = iterate(s, &many, nullptr, &backend);
+  EXPECT_GE(backend.batches(), kParticles / s.batch);  // one fine stage per batch (the coarse pass is shared)
+  EXPECT_EQ(backend.requests(), kParticles);
+  for (int i = 0; i < kParticles; ++i) {
+    const auto& x = a[static_cast<std::size_t>(i)];
+    const auto& y = b[static_cast<std::size_t>(i)];
+    EXPECT_EQ(x.best_class, y.best_class);
+    EXPECT_EQ(x.psi, y.psi);
+    EXPECT_EQ(x.shift_x, y.shift_x);
+    EXPECT_EQ(x.shift_y, y.shift_y);
+    EXPECT_EQ(x.log_likelihood, y.log_likelihood);
+    EXPECT_EQ(x.significant_samples, y.significant_samples);
+  }
+  for (int k = 0; k < kClasses; ++k)
+    EXPECT_EQ(test::max_abs_diff(one.classes[static_cast<std::size_t>(k)], many.classes[static_cast<std::size_t>(k)]), 0.0);
 }
 
 // Masked white noise keeps mean(m^2) of its power per Fourier coefficient: the inflation that

@@ -9,6 +9,7 @@
 
 #include "emcryo/em/model3d.hpp"
 #include "emcryo/image/fourier.hpp"
+#include "support/many_backend.hpp"
 #include "support/test_mrc.hpp"
 #include "support/test_support.hpp"
 
@@ -60,22 +61,27 @@ class ThreeDEngine : public ::testing::Test {
     std::vector<float> map;
     double flops = 0;
   };
-  Run refine_once(bool coarse_to_fine) {
+  /// One iteration: a global search, or (start given) a local one around `start` with relative shifts.
+  Run refine_once(bool coarse_to_fine, em::ScoringBackend* given = nullptr, const std::vector<em::Pose3D>* start = nullptr) {
     em::PoseSearch search;
+    search.local = start != nullptr;
+    search.relative_shifts = start != nullptr;
     search.step = 15;
     search.grid = em::orientation_grid(15, "C1");
-    search.shifts = em::make_shift_grid(0, 1);
+    search.shifts = em::make_shift_grid(start ? 1 : 0, 1);
     search.coarse_to_fine = coarse_to_fine;
     em::ExpectationSettings settings;
     settings.use_ctf = false;
     settings.batch = 40;
     settings.insert_radius = kBox / 2.0 - 1;
     Run run;
-    run.poses.assign(kParticles, em::Pose3D{});
+    if (start) run.poses = *start;
+    else run.poses.assign(kParticles, em::Pose3D{});
     em::ReconstructionSums sums(1, kBox);
     em::NoiseSums noise(1, kBox / 2 + 1);
     em::ExpectationStats stats;
-    const auto backend = em::make_cpu_backend();
+    const auto cpu = em::make_cpu_backend();
+    em::ScoringBackend* backend = given ? given : cpu.get();
     em::expectation_3d(*set_, images_, run.poses, {projector_.get()}, em::make_frequency_list(kBox, 12), sigma2_, mask_, search, {geometry::Mat3::identity()},
                        settings, *backend, sums, noise, stats, nullptr);
     run.map = sums.total(0).reconstruct();
@@ -127,4 +133,29 @@ TEST_F(ThreeDEngine, PosesAndMapsDoNotDependOnTheThreadCount) {
     EXPECT_EQ(a.poses[static_cast<std::size_t>(i)].psi, b.poses[static_cast<std::size_t>(i)].psi);
   }
   EXPECT_EQ(test::max_abs_diff(a.map, b.map), 0.0);
+}
+
+// A backend that scores a batch's per-particle passes at once (the GPU's way) goes through the
+// E-step's batched stages, global (fine passes) and local (own coarse passes, then fine passes):
+// the same poses and maps, bit for bit.
+TEST_F(ThreeDEngine, PassesScoredManyAtOnceGiveTheSameAnswers) {
+  test::ManyAtOnceBackend global_backend, local_backend;
+  const Run a = refine_once(true), b = refine_once(true, &global_backend);
+  EXPECT_EQ(global_backend.requests(), kParticles);
+  std::vector<em::Pose3D> start = a.poses;
+  for (auto& p : start) p.shift_x += 0.5, p.shift_y -= 0.5;  // off the shift grid's points: a base shift for the local search
+  const Run c = refine_once(true, nullptr, &start), d = refine_once(true, &local_backend, &start);
+  EXPECT_EQ(local_backend.requests(), 2 * kParticles);
+  for (const auto& [x, y] : {std::pair{&a, &b}, std::pair{&c, &d}}) {
+    for (int i = 0; i < kParticles; ++i) {
+      const auto& p = x->poses[static_cast<std::size_t>(i)];
+      const auto& q = y->poses[static_cast<std::size_t>(i)];
+      EXPECT_EQ(p.rot, q.rot);
+      EXPECT_EQ(p.tilt, q.tilt);
+      EXPECT_EQ(p.psi, q.psi);
+      EXPECT_EQ(p.shift_x, q.shift_x);
+      EXPECT_EQ(p.shift_y, q.shift_y);
+    }
+    EXPECT_EQ(test::max_abs_diff(x->map, y->map), 0.0);
+  }
 }

@@ -356,6 +356,99 @@ TEST(CudaBackend, TemplatesSampledOnTheGpuScoreAsTheHostSampledOnes) {
 
 namespace {
 
+/// Many one-particle requests as the E-step's batched stages make them (rows from the particle's
+/// X, CTF and 1/sigma^2 at fine and base shifts; templates sampled from `source`), of varied sizes
+/// (some larger than one 32 x 32 tile), scored by the GPU at once against the CPU backend scoring
+/// each with host-built rows and host-sampled templates. Returns the largest difference relative
+/// to the largest score.
+double many_against_cpu(const em::TemplateSource& source, int n, bool cross_correlation, unsigned seed) {
+  const auto list = em::make_frequency_list(n, n / 2.0 - 2);
+  const int F = static_cast<int>(list.size()), N = 150;
+  const auto shift_grid = em::make_shift_grid(3, 1).fine;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> angle(0, 360);
+  std::uniform_real_distribution<float> uniform(0, 1);
+  std::normal_distribution<float> normal;
+  struct Particle {
+    std::vector<float> x, ctf, isg, ctf2;
+    std::vector<int> shifts;
+    std::vector<std::pair<int, geometry::Euler>> poses;
+  };
+  std::vector<Particle> particles(N);
+  std::vector<em::ScoreRequest> requests;
+  for (int i = 0; i < N; ++i) {
+    Particle& p = particles[static_cast<std::size_t>(i)];
+    for (int f = 0; f < F; ++f) {
+      p.x.push_back(normal(rng)), p.x.push_back(normal(rng));
+      p.ctf.push_back(2 * uniform(rng) - 1), p.isg.push_back(0.5f + uniform(rng));
+      p.ctf2.push_back(p.ctf.back() * p.ctf.back() * p.isg.back());
+    }
+    const int T = 1 + static_cast<int>(rng() % 40), J = 1 + static_cast<int>(rng() % 70);
+    for (int t = 0; t < T; ++t) p.shifts.push_back(static_cast<int>(rng() % shift_grid.size()));
+    for (int j = 0; j < J; ++j) p.poses.push_back({j % source.classes(), geometry::Euler{angle(rng), angle(rng) / 2, angle(rng)}});
+    em::ScoreRequest q;
+    q.row_count = T, q.row_stride = 2 * F, q.particles = 1, q.ctf2 = p.ctf2.data(), q.ctf2_stride = F;
+    q.template_count = J, q.template_stride = 2 * F, q.power_stride = F, q.frequencies = F, q.cross_correlation = cross_correlation;
+    q.sampled = {&source, p.poses.data(), &list};
+    const std::pair<float, float> base = i % 3 ? std::pair{uniform(rng) - 0.5f, 2 * uniform(rng) - 1} : std::pair{0.0f, 0.0f};
+    q.particle_rows = {p.x.data(), p.ctf.data(), p.isg.data(), shift_grid.data(), p.shifts.data(), base, &list};
+    requests.push_back(q);
+  }
+  gpu::CudaOptions options;
+  options.precision = gpu::Precision::fp32;
+  const auto backend = gpu::make_cuda_backend(options);
+  EXPECT_TRUE(backend->scores_many());
+  backend->plan(1, 1, 1);
+  std::vector<std::vector<float>> gpu_scores(N);
+  std::vector<float*> outs;
+  for (int i = 0; i < N; ++i) {
+    const auto& q = requests[static_cast<std::size_t>(i)];
+    gpu_scores[static_cast<std::size_t>(i)].assign(static_cast<std::size_t>(q.row_count) * q.template_count, std::nanf(""));
+    outs.push_back(gpu_scores[static_cast<std::size_t>(i)].data());
+  }
+  backend->score_many(requests, outs);
+  const auto cpu = em::make_cpu_backend();
+  double worst = 0, largest = 0;
+  std::vector<em::Complex> sample(static_cast<std::size_t>(F));
+  for (int i = 0; i < N; ++i) {
+    em::ScoreRequest q = requests[static_cast<std::size_t>(i)];
+    std::vector<float> rows(static_cast<std::size_t>(q.row_count) * 2 * F), templates(static_cast<std::size_t>(q.template_count) * 2 * F),
+        power(static_cast<std::size_t>(q.template_count) * F);
+    em::build_particle_rows(q.particle_rows, q.row_count, F, rows.data());
+    for (int j = 0; j < q.template_count; ++j) {
+      source.sample(q.sampled.poses[j].first, q.sampled.poses[j].second, list, sample.data());
+      em::store_template_row(sample.data(), F, templates.data() + static_cast<std::size_t>(j) * 2 * F, power.data() + static_cast<std::size_t>(j) * F);
+    }
+    q.rows = rows.data(), q.templates = templates.data(), q.power = power.data(), q.sampled = {}, q.particle_rows = {};
+    const auto expected = scores(*cpu, q);
+    for (std::size_t k = 0; k < expected.size(); ++k) {
+      EXPECT_TRUE(std::isfinite(gpu_scores[static_cast<std::size_t>(i)][k]));
+      worst = std::max(worst, static_cast<double>(std::abs(expected[k] - gpu_scores[static_cast<std::size_t>(i)][k])));
+      largest = std::max(largest, static_cast<double>(std::abs(expected[k])));
+    }
+  }
+  return largest > 0 ? worst / largest : 1.0;
+}
+
+}  // namespace
+
+// The E-step's batched stages on the GPU (score_many): rows built, templates sampled and every
+// small product scored on the card give the CPU's scores, 2D and 3D, -D^2 and cross-correlation.
+TEST(CudaBackend, PassesScoredManyAtOnceOnTheGpuScoreAsTheCpu) {
+  REQUIRE_GPU();
+  const Classes2D classes(48, 3);
+  const Maps3D maps(32, 2);
+  const double error_2d = many_against_cpu(classes, 48, false, 11), error_3d = many_against_cpu(maps, 32, false, 12);
+  const double error_cc = many_against_cpu(maps, 32, true, 13);
+  std::printf("score_many on the GPU: max |score difference| / max |score|: 2D %.3g, 3D %.3g, 3D cross-correlation %.3g\n", error_2d,
+              error_3d, error_cc);
+  EXPECT_LT(error_2d, 1e-4);
+  EXPECT_LT(error_3d, 1e-4);
+  EXPECT_LT(error_cc, 1e-4);
+}
+
+namespace {
+
 /// Random inputs of the M-step sums: B particles' X, C/sigma^2 and C^2/sigma^2 (as 2 (C/sigma^2)^2)
 /// at F frequencies, and T shift ramps.
 struct SumsInputs {

@@ -1,0 +1,114 @@
+// A batch's per-particle passes on the GPU (many.hpp): rows built from the particles, norms, and
+// one tiled FP32 kernel for all the small products.
+#include "many.hpp"
+
+#include "device_memory.cuh"
+
+namespace emcryo::gpu {
+
+namespace {
+
+constexpr int kRowThreads = 128, kNormWarps = 8, kTileK = 32;
+
+__device__ float2 ramp_at(int2 k, float sx, float sy, double scale) {
+  const double phase = scale * (k.x * static_cast<double>(sx) + k.y * static_cast<double>(sy));
+  double s, c;
+  sincos(phase, &s, &c);
+  return make_float2(static_cast<float>(c), static_cast<float>(s));
+}
+
+__global__ void many_rows_kernel(float* rows, const ManyRow* info, int row_count, const float2* x, const float* ctf_isg, const int2* kxy,
+                                 int frequencies, double scale) {
+  const int f = blockIdx.x * blockDim.x + threadIdx.x;
+  if (f >= frequencies) return;
+  const int2 k = kxy[f];
+  for (int r = blockIdx.y; r < row_count; r += gridDim.y) {
+    const ManyRow row = info[r];
+    float2 ramp = ramp_at(k, row.sx, row.sy, scale);
+    if (row.bx != 0 || row.by != 0) {
+      const float2 b = ramp_at(k, row.bx, row.by, scale);
+      ramp = make_float2(ramp.x * b.x - ramp.y * b.y, ramp.x * b.y + ramp.y * b.x);
+    }
+    const long long at = static_cast<long long>(row.particle) * frequencies + f;
+    const float2 v = x[at];
+    const float w = ctf_isg[at];
+    // conj(X) ramp, times C / sigma^2; stored as (Re Y, -Im Y).
+    const float re = (v.x * ramp.x + v.y * ramp.y) * w, im = (v.x * ramp.y - v.y * ramp.x) * w;
+    float* out = rows + static_cast<long long>(r) * 2 * frequencies + 2 * f;
+    out[0] = re, out[1] = -im;
+  }
+}
+
+__global__ void many_norms_kernel(float* norms, const float* power, const float* ctf2, const int* particle_of, int templates,
+                                  int frequencies) {
+  const int j = blockIdx.x * kNormWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (j >= templates) return;
+  const float* p = power + static_cast<long long>(j) * frequencies;
+  const float* c = ctf2 + static_cast<long long>(particle_of[j]) * frequencies;
+  float sum = 0;
+  for (int f = lane; f < frequencies; f += 32) sum += c[f] * p[f];
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+  if (lane == 0) norms[j] = sum;
+}
+
+/// One tile per block, 256 threads, each 2 x 2 scores (rows ty, ty + 16; templates tx, tx + 16),
+/// the inner dimension staged through shared memory 32 floats at a time.
+__global__ void many_scores_kernel(float* scores, const ManyTile* tiles, const ManyRequest* requests, const float* rows,
+                                   const float* templates, const float* norms, int width, bool cross_correlation) {
+  __shared__ float rs[kManyTile][kTileK + 1], ts[kManyTile][kTileK + 1];
+  const ManyTile tile = tiles[blockIdx.x];
+  const ManyRequest q = requests[tile.request];
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  float acc[2][2] = {{0, 0}, {0, 0}};
+  for (int k0 = 0; k0 < width; k0 += kTileK) {
+    for (int i = threadIdx.x; i < kManyTile * kTileK; i += blockDim.x) {
+      const int r = i / kTileK, k = i % kTileK, at = k0 + k;
+      const int row = tile.row + r, column = tile.column + r;
+      rs[r][k] = row < q.rows && at < width ? rows[static_cast<long long>(q.first_row + row) * width + at] : 0.0f;
+      ts[r][k] = column < q.templates && at < width ? templates[static_cast<long long>(q.first_template + column) * width + at] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int k = 0; k < kTileK; ++k) {
+      const float r0 = rs[ty][k], r1 = rs[ty + 16][k], t0 = ts[tx][k], t1 = ts[tx + 16][k];
+      acc[0][0] += r0 * t0, acc[0][1] += r0 * t1, acc[1][0] += r1 * t0, acc[1][1] += r1 * t1;
+    }
+    __syncthreads();
+  }
+  for (int a = 0; a < 2; ++a)
+    for (int c = 0; c < 2; ++c) {
+      const int row = tile.row + ty + 16 * a, column = tile.column + tx + 16 * c;
+      if (row >= q.rows || column >= q.templates) continue;
+      const float n = norms[q.first_template + column], v = acc[a][c];
+      scores[q.first_score + static_cast<long long>(row) * q.templates + column] =
+          cross_correlation ? v * rsqrtf(fmaxf(n, 1e-30f)) : v - 0.5f * n;
+    }
+}
+
+}  // namespace
+
+void launch_many_rows(float* rows, const ManyRow* info, int row_count, const float2* x, const float* ctf_isg, const int2* kxy,
+                      int frequencies, int box, cudaStream_t stream) {
+  if (row_count == 0) return;
+  const double scale = -2 * 3.14159265358979323846 / box;  // shift_ramps's
+  const dim3 blocks((frequencies + kRowThreads - 1) / kRowThreads, row_count < 65535 ? row_count : 65535);
+  many_rows_kernel<<<blocks, kRowThreads, 0, stream>>>(rows, info, row_count, x, ctf_isg, kxy, frequencies, scale);
+  check_cuda(cudaGetLastError(), "score_many rows kernel");
+}
+
+void launch_many_norms(float* norms, const float* power, const float* ctf2, const int* particle_of, int templates, int frequencies,
+                       cudaStream_t stream) {
+  if (templates == 0) return;
+  many_norms_kernel<<<(templates + kNormWarps - 1) / kNormWarps, 32 * kNormWarps, 0, stream>>>(norms, power, ctf2, particle_of, templates,
+                                                                                             frequencies);
+  check_cuda(cudaGetLastError(), "score_many norms kernel");
+}
+
+void launch_many_scores(float* scores, const ManyTile* tiles, int tile_count, const ManyRequest* requests, const float* rows,
+                        const float* templates, const float* norms, int frequencies, bool cross_correlation, cudaStream_t stream) {
+  if (tile_count == 0) return;
+  many_scores_kernel<<<tile_count, 256, 0, stream>>>(scores, tiles, requests, rows, templates, norms, 2 * frequencies, cross_correlation);
+  check_cuda(cudaGetLastError(), "score_many scores kernel");
+}
+
+}  // namespace emcryo::gpu

@@ -1,0 +1,40 @@
+// The kernels of ScoringBackend::score_many on the GPU (internal to src/gpu; the CUDA backend stages
+// the requests and calls these on one stream): a batch's per-particle passes, each a small product
+// of its rows (one per shift) and its templates, built and scored on the card in one launch each
+// instead of a round trip per particle.
+#pragma once
+#include <cuda_runtime.h>
+
+namespace emcryo::gpu {
+
+/// One request of the batch: where its rows, templates and scores start in the batch's arrays.
+struct ManyRequest {
+  int first_row, rows, first_template, templates;
+  long long first_score;  // scores [t][j], templates apart
+};
+
+/// A row to build: its particle (request) and its fine and base shifts (pixels).
+struct ManyRow {
+  int particle;
+  float sx, sy, bx, by;
+};
+
+/// A tile of one request's scores: rows [row, + kManyTile) x templates [column, + kManyTile).
+struct ManyTile {
+  int request, row, column;
+};
+constexpr int kManyTile = 32;
+
+/// rows[r] (2F floats): (Re Y, -Im Y) with Y = conj(X) ramp(s) ramp(base) C / sigma^2, as the host's
+/// build_particle_rows (the ramps' phases in double, as shift_ramps); x and ctf_isg are [particle][F].
+void launch_many_rows(float* rows, const ManyRow* info, int row_count, const float2* x, const float* ctf_isg, const int2* kxy,
+                      int frequencies, int box, cudaStream_t stream);
+/// norms[j] = sum_f ctf2[particle_of[j]][f] power[j][f].
+void launch_many_norms(float* norms, const float* power, const float* ctf2, const int* particle_of, int templates, int frequencies,
+                       cudaStream_t stream);
+/// Every tile's scores: x = row . template (FP32), then x - norm / 2 (or x / sqrt(norm) for
+/// cross-correlation), into scores at the request's first_score.
+void launch_many_scores(float* scores, const ManyTile* tiles, int tile_count, const ManyRequest* requests, const float* rows,
+                        const float* templates, const float* norms, int frequencies, bool cross_correlation, cudaStream_t stream);
+
+}  // namespace emcryo::gpu
