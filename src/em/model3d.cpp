@@ -219,6 +219,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   es.use_ctf = settings.use_ctf;
   es.cross_correlation = settings.cc_scoring;
   es.full_grids = true;
+  es.full_grids_on_device = backend.sums_volumes();
   es.score = !settings.known_poses;
   if (settings.known_poses) {
     space.orientations = SearchSpace::Orientations::fixed;

@@ -86,6 +86,18 @@ __global__ void insert_kernel(float2* data, float* weight, std::size_t cells, co
   }
 }
 
+/// A batch's particle values at the layout's frequencies from its full grids kept on the device
+/// (pack_volume_batch's, on the device): one block per particle.
+__global__ void gather_grids_kernel(float2* x, float* ctf, const float2* unmasked, const float* ctf_grid, std::size_t half, const int* freq,
+                                    int frequencies) {
+  const std::size_t b = blockIdx.x;
+  for (int f = threadIdx.x; f < frequencies; f += blockDim.x) {
+    const std::size_t i = sz(freq[3 * f + 2]), at = b * sz(frequencies) + sz(f);
+    x[at] = unmasked[b * half + i];
+    ctf[at] = ctf_grid[b * half + i];
+  }
+}
+
 /// Offsets of one batch's arrays in the staging buffer and its device copy.
 struct BatchLayout {
   std::size_t x = 0, ctf = 0, isg = 0, group = 0, insertions = 0, shifts = 0, total = 0;
@@ -105,6 +117,7 @@ struct DeviceVolumeSums::State {
   int device = 0;
   cudaStream_t stream = nullptr;
   cudaEvent_t copied[2] = {nullptr, nullptr};
+  cudaEvent_t gathered = nullptr;  // a batch's kept grids read (the next batch's preparation overwrites them)
   int next = 0;  // the staging buffer the next batch fills
   VolumeLayout layout;
   std::vector<char> touched;  // per class: inserted into this chunk
@@ -120,6 +133,7 @@ DeviceVolumeSums::DeviceVolumeSums(int device) : state_(std::make_unique<State>(
   check(cudaSetDevice(device), "cudaSetDevice");
   check(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
   for (auto& e : state_->copied) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  check(cudaEventCreateWithFlags(&state_->gathered, cudaEventDisableTiming), "cudaEventCreate");
 }
 
 DeviceVolumeSums::~DeviceVolumeSums() {
@@ -127,6 +141,7 @@ DeviceVolumeSums::~DeviceVolumeSums() {
   if (state_->stream) cudaStreamSynchronize(state_->stream), cudaStreamDestroy(state_->stream);
   for (auto& e : state_->copied)
     if (e) cudaEventDestroy(e);
+  if (state_->gathered) cudaEventDestroy(state_->gathered);
 }
 
 void DeviceVolumeSums::begin(int classes, int n, int padding, double max_radius) {
@@ -156,7 +171,7 @@ void DeviceVolumeSums::begin(int classes, int n, int padding, double max_radius)
   s.touched.assign(sz(classes), 0);
 }
 
-void DeviceVolumeSums::add(const em::VolumeSumsBatch& q) {
+void DeviceVolumeSums::add(const em::VolumeSumsBatch& q, const KeptGrids* grids) {
   State& s = *state_;
   const VolumeLayout& l = s.layout;
   const int F = l.frequency_count();
@@ -167,7 +182,8 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q) {
   PinnedArray<char>& host = s.staging[s.next];
   check(cudaEventSynchronize(s.copied[s.next]), "cudaEventSynchronize");
   auto* h = host.reserve(b.total);
-  pack_volume_batch(q, l, reinterpret_cast<float*>(h + b.x), reinterpret_cast<float*>(h + b.ctf), reinterpret_cast<float*>(h + b.isg));
+  pack_volume_batch(q, l, grids ? nullptr : reinterpret_cast<float*>(h + b.x), grids ? nullptr : reinterpret_cast<float*>(h + b.ctf),
+                    reinterpret_cast<float*>(h + b.isg));
   std::memcpy(h + b.group, q.group.data(), q.group.size() * sizeof(int));
   std::memcpy(h + b.insertions, q.insertions, q.insertion_count * sizeof(em::VolumeInsertion));
   std::memcpy(h + b.shifts, q.shifts, q.shift_count * sizeof(em::VolumeShift));
@@ -180,9 +196,17 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q) {
   }
   // The stream orders this copy after the previous batch's kernel: one device copy suffices.
   auto* d = s.batch.reserve(b.total);
-  check(cudaMemcpyAsync(d, h, b.total, cudaMemcpyHostToDevice, s.stream), "cudaMemcpyAsync (back-projection batch)");
+  const std::size_t from = grids ? b.isg : 0;  // kept grids: x and ctf are gathered on the device
+  check(cudaMemcpyAsync(d + from, h + from, b.total - from, cudaMemcpyHostToDevice, s.stream), "cudaMemcpyAsync (back-projection batch)");
   check(cudaEventRecord(s.copied[s.next], s.stream), "cudaEventRecord");
   s.next = 1 - s.next;
+  if (grids) {
+    gather_grids_kernel<<<static_cast<unsigned>(q.particles), 256, 0, s.stream>>>(
+        reinterpret_cast<float2*>(d + b.x), reinterpret_cast<float*>(d + b.ctf), reinterpret_cast<const float2*>(grids->unmasked),
+        grids->ctf_grid, grids->half, s.freq.data(), F);
+    check(cudaGetLastError(), "back-projection gather kernel");
+    check(cudaEventRecord(s.gathered, s.stream), "cudaEventRecord");
+  }
   constexpr int kThreads = 128;
   const VolumeIndex index{l.reach, l.side, l.count, l.m, l.full};
   for (std::size_t first = 0; first < q.insertion_count; first += 1u << 30) {  // grid x holds < 2^31 blocks
@@ -195,6 +219,7 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q) {
         reinterpret_cast<const em::VolumeShift*>(d + b.shifts), l.n, index);
     check(cudaGetLastError(), "back-projection kernel");
   }
+  if (grids) check(cudaEventSynchronize(s.gathered), "cudaEventSynchronize (kept grids)");
 }
 
 void DeviceVolumeSums::end(const std::vector<em::BackProjector*>& into) {

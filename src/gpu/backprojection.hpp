@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "emcryo/em/scoring_backend.hpp"
+#include "prepare.hpp"  // KeptGrids
 
 namespace emcryo::gpu {
 
@@ -29,7 +30,8 @@ struct VolumeLayout {
 VolumeLayout volume_layout(int classes, int n, int padding, double max_radius);
 
 /// One batch's particle values at the layout's frequencies, as the kernel reads them:
-/// x [particle][F] complex (interleaved), ctf [particle][F], inv_sigma2 [group][F].
+/// x [particle][F] complex (interleaved), ctf [particle][F], inv_sigma2 [group][F]; x and ctf
+/// null where the grids are on the device (gathered there).
 void pack_volume_batch(const em::VolumeSumsBatch& batch, const VolumeLayout& layout, float* x, float* ctf, float* inv_sigma2);
 
 /// Adds one class's device sums (laid out as BackProjector::put writes the reach) into `into`.
@@ -44,7 +46,9 @@ class DeviceVolumeSums {
   DeviceVolumeSums(const DeviceVolumeSums&) = delete;
   DeviceVolumeSums& operator=(const DeviceVolumeSums&) = delete;
   void begin(int classes, int n, int padding, double max_radius);
-  void add(const em::VolumeSumsBatch& batch);
+  /// `grids`: the batch's full grids already on the device (gathered there instead of packed on the
+  /// host and sent), or nullptr.
+  void add(const em::VolumeSumsBatch& batch, const KeptGrids* grids);
   void end(const std::vector<em::BackProjector*>& into);
 
  private:

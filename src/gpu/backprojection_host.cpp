@@ -41,16 +41,18 @@ void pack_volume_batch(const em::VolumeSumsBatch& batch, const VolumeLayout& lay
   const int* freq = layout.frequencies.data();
   if (batch.unmasked.size() != sz(batch.particles) || batch.ctf.size() != sz(batch.particles) || batch.group.size() != sz(batch.particles))
     fail("GPU back-projection: a batch of {} particles with {} grids (internal error)", batch.particles, batch.unmasked.size());
+  if (x && ctf) {
 #pragma omp parallel for schedule(static)
-  for (int b = 0; b < batch.particles; ++b) {
-    const float* u = batch.unmasked[sz(b)];
-    const float* c = batch.ctf[sz(b)];
-    float* xb = x + 2 * sz(b) * sz(F);
-    float* cb = ctf + sz(b) * sz(F);
-    for (int f = 0; f < F; ++f) {
-      const auto i = sz(freq[3 * f + 2]);
-      xb[2 * f] = u[2 * i], xb[2 * f + 1] = u[2 * i + 1];
-      cb[f] = c[i];
+    for (int b = 0; b < batch.particles; ++b) {
+      const float* u = batch.unmasked[sz(b)];
+      const float* c = batch.ctf[sz(b)];
+      float* xb = x + 2 * sz(b) * sz(F);
+      float* cb = ctf + sz(b) * sz(F);
+      for (int f = 0; f < F; ++f) {
+        const auto i = sz(freq[3 * f + 2]);
+        xb[2 * f] = u[2 * i], xb[2 * f + 1] = u[2 * i + 1];
+        cb[f] = c[i];
+      }
     }
   }
   for (std::size_t g = 0; g < batch.inv_sigma2.size(); ++g)

@@ -17,6 +17,7 @@
 #include <unordered_map>
 
 #include "emcryo/core/error.hpp"
+#include "emcryo/core/log.hpp"
 #include "backprojection.hpp"
 #include "cublas_library.hpp"
 #include "device_memory.cuh"
@@ -242,6 +243,11 @@ class CudaBackend final : public em::ScoringBackend {
 
   void plan(int slots, int particles, int templates) override {
     cpu_->plan(slots, particles, templates);
+    if (many_time_.requests > 0)  // where the last E-step's per-particle passes spent their time
+      log::info("GPU per-particle passes of the last E-step: {} requests in {} groups, {:.2f} s staging on the CPU, {:.2f} s on the GPU "
+                "(transfers and kernels)",
+                many_time_.requests, many_time_.groups, many_time_.staging, many_time_.device);
+    many_time_ = {};
     // New E-step, new templates and references: what was resident is stale.
     for (auto& d : devices_) {
       std::lock_guard lock(d->mutex);
@@ -463,7 +469,11 @@ class CudaBackend final : public em::ScoringBackend {
     if (!volume_sums_) volume_sums_ = std::make_unique<DeviceVolumeSums>(devices_.front()->id);
     volume_sums_->begin(classes, n, padding, max_radius);
   }
-  void add_volume_sums(const em::VolumeSumsBatch& batch) override { volumes().add(batch); }
+  void add_volume_sums(const em::VolumeSumsBatch& batch) override {
+    // Grids the preparation kept on the device are read there (the host's were never written).
+    const KeptGrids* grids = preparer_ ? preparer_->kept_grids(batch.unmasked.data(), batch.particles) : nullptr;
+    volumes().add(batch, grids);
+  }
   void end_volume_sums(const std::vector<em::BackProjector*>& into) override { volumes().end(into); }
 
   em::BackendStats stats() const override {
@@ -746,25 +756,8 @@ class CudaBackend final : public em::ScoringBackend {
     auto* owner = reinterpret_cast<int*>(m.owner.reserve(sz(NJ)));
     auto* table = reinterpret_cast<ManyRequest*>(m.requests.reserve(floats_of(sz(N) * sizeof(ManyRequest))));
     auto* tile = reinterpret_cast<ManyTile*>(m.tiles.reserve(floats_of(sz(tiles) * sizeof(ManyTile))));
-    int row = 0, tj = 0, t = 0;
-    long long score = 0;
-    for (int i = 0; i < N; ++i) {
-      const em::ScoreRequest& q = requests[begin + sz(i)];
-      const em::ParticleRows& p = q.particle_rows;
-      std::memcpy(x + sz(i) * 2 * sz(F), p.x, sz(F) * 2 * sizeof(float));
-      for (int f = 0; f < F; ++f) ctf_isg[sz(i) * sz(F) + sz(f)] = p.ctf[f] * p.inv_sigma2[f];
-      std::memcpy(ctf2 + sz(i) * sz(F), q.ctf2, sz(F) * sizeof(float));
-      for (int r = 0; r < q.row_count; ++r) {
-        const auto& g = p.shift_grid[p.shift_ids[r]];
-        rows[row + r] = ManyRow{i, g.first, g.second, p.base.first, p.base.second};
-      }
-      template_poses(q.sampled, q.template_count, refs.host, poses + tj);
-      std::fill_n(owner + tj, q.template_count, i);
-      table[i] = ManyRequest{row, q.row_count, tj, q.template_count, score};
-      for (int r0 = 0; r0 < q.row_count; r0 += kManyTile)
-        for (int c0 = 0; c0 < q.template_count; c0 += kManyTile) tile[t++] = ManyTile{i, r0, c0};
-      row += q.row_count, tj += q.template_count, score += static_cast<long long>(q.row_count) * q.template_count;
-    }
+    stage_many(requests, begin, end, refs.host, ManyStaging{x, ctf_isg, ctf2, rows, poses, owner, table, tile});
+    const auto staged = std::chrono::steady_clock::now();
     const auto up = [&](DeviceBuffer& d, const void* host, std::size_t bytes) {
       float* to = d.reserve(std::max<std::size_t>(1, floats_of(bytes)), s.device);
       if (bytes) check(cudaMemcpyAsync(to, host, bytes, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync (score_many)");
@@ -796,10 +789,12 @@ class CudaBackend final : public em::ScoringBackend {
     if (NS > 0) check(cudaMemcpyAsync(back, scores, static_cast<std::size_t>(NS) * sizeof(float), cudaMemcpyDeviceToHost, stream),
                       "cudaMemcpyAsync (score_many scores)");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (score_many)");
-    for (int i = 0; i < N; ++i) {
-      const ManyRequest& q = table[i];
-      std::memcpy(outs[begin + sz(i)], back + q.first_score, sz(q.rows) * sz(q.templates) * sizeof(float));
-    }
+    const auto computed = std::chrono::steady_clock::now();
+    unstage_many_scores(table, N, back, outs, begin);
+    const auto seconds = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+    many_time_.requests += N, many_time_.groups += 1;
+    many_time_.staging += seconds(start, staged) + seconds(computed, std::chrono::steady_clock::now());
+    many_time_.device += seconds(staged, computed);
     s.stats.flops += 4.0 * F * static_cast<double>(NS) + 2.0 * F * NJ;
     s.stats.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
@@ -819,6 +814,10 @@ class CudaBackend final : public em::ScoringBackend {
   std::unique_ptr<DeviceVolumeSums> volume_sums_;
   std::unique_ptr<KeptScoreReducer> scores_reducer_;
   ManyBuffers many_;  // score_many's staging and device arrays
+  struct {
+    long requests = 0, groups = 0;
+    double staging = 0, device = 0;  // seconds: on the CPU (staging, copying out), waiting for the GPU
+  } many_time_;  // this E-step's score_many, logged at the next plan()
   float* kept_ = nullptr;  // the batch's kept scores (scores_reducer_'s)
 };
 

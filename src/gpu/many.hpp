@@ -5,6 +5,12 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstddef>
+#include <vector>
+
+#include "emcryo/em/scoring_backend.hpp"
+#include "sampling.hpp"
+
 namespace emcryo::gpu {
 
 /// One request of the batch: where its rows, templates and scores start in the batch's arrays.
@@ -24,6 +30,25 @@ struct ManyTile {
   int request, row, column;
 };
 constexpr int kManyTile = 32;
+
+/// Where stage_many writes a group of requests (page-locked host arrays, sized by the caller):
+/// per particle X (2F), C / sigma^2 (F) and C^2 / sigma^2 (F); per row its ManyRow; per template its
+/// pose and particle; per request its ManyRequest; the tiles.
+struct ManyStaging {
+  float *x, *ctf_isg, *ctf2;
+  ManyRow* rows;
+  TemplatePose* poses;
+  int* owner;
+  ManyRequest* requests;
+  ManyTile* tiles;
+};
+
+/// Requests [begin, end) staged for the kernels, in parallel over the CPU's threads (many_staging.cpp).
+void stage_many(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end, const HostReferences& references,
+                const ManyStaging& out);
+
+/// Each request's scores from the group's (`scores`, at the requests' first_score) into outs[begin + i].
+void unstage_many_scores(const ManyRequest* requests, int count, const float* scores, const std::vector<float*>& outs, std::size_t begin);
 
 /// rows[r] (2F floats): (Re Y, -Im Y) with Y = conj(X) ramp(s) ramp(base) C / sigma^2, as the host's
 /// build_particle_rows (the ramps' phases in double, as shift_ramps); x and ctf_isg are [particle][F].

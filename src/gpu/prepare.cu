@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "device_memory.cuh"
 #include "emcryo/core/error.hpp"
@@ -36,7 +37,8 @@ constexpr std::size_t kChunkPixels = std::size_t{32} << 20;
 std::string preparation_memory(int, double need, double free, double) {
   return fmt::format(
       "GPU batch preparation needs {:.0f} MiB more but {:.0f} MiB are free; use a smaller --batch or box (per stream, "
-      "two streams: chunk particles x (8 n^2 + 8 n (n/2+1) + 16 F) bytes, 12 n (n/2+1) more with full grids, plus cuFFT's "
+      "two streams: chunk particles x (8 n^2 + 8 n (n/2+1) + 16 F) bytes, 12 n (n/2+1) more with full grids (per particle of the "
+      "batch where they stay on the GPU for its back-projection), plus cuFFT's "
       "work area, chunks within {} Mi pixels; docs/design.md)",
       need, free, kChunkPixels >> 20);
 }
@@ -118,6 +120,11 @@ struct BatchPreparer::State {
   PrepArray<float> inv_sigma2, mask;
   PrepArray<image::CtfTerms> terms;
   PinnedArray<float> pixels;
+  // The last batch's full grids where they stay on the device, and its particles' host keys.
+  PrepArray<float2> kept_unmasked;
+  PrepArray<float> kept_ctf_grid;
+  std::vector<const float*> kept_keys;
+  KeptGrids kept;
 
   /// Batched R2C plans of `batch` n x n images, one per stream (each has its own work area).
   void plan(int n, int batch) {
@@ -152,6 +159,14 @@ BatchPreparer::~BatchPreparer() {
   }
 }
 
+const KeptGrids* BatchPreparer::kept_grids(const float* const* keys, int count) const {
+  const State& s = *s_;
+  if (!s.kept.unmasked) return nullptr;
+  if (sz(count) != s.kept_keys.size() || !std::equal(keys, keys + count, s.kept_keys.begin()))
+    fail("GPU back-projection: a batch other than the one prepared, whose grids are on the GPU (internal error)");
+  return &s.kept;
+}
+
 float* BatchPreparer::pinned_host(std::size_t floats) {
   check(cudaSetDevice(s_->device), "cudaSetDevice");
   return s_->pixels.reserve(floats);
@@ -164,7 +179,7 @@ void BatchPreparer::prepare(const em::PrepareBatch& q) {
   check(cudaSetDevice(s.device), "cudaSetDevice");
   const int n = q.box, F = q.frequencies, hx = n / 2 + 1;
   const std::size_t area = sz(n) * sz(n), half = sz(n) * sz(hx);
-  const bool full = q.unmasked != nullptr;
+  const bool full = q.unmasked != nullptr, keep = full && q.full_grids_on_device;
   const double step = 1.0 / (n * q.pixel_size);  // as image::ctf_half_grid
   s.plan(n, std::max(1, std::min(q.count, static_cast<int>(kChunkPixels / area))));
   const int C = s.plan_batch;
@@ -185,10 +200,16 @@ void BatchPreparer::prepare(const em::PrepareBatch& q) {
     st.spectrum.reserve(sz(C) * half);
     st.x.reserve(sz(C) * sz(F)), st.ctf.reserve(sz(C) * sz(F)), st.ctf2.reserve(sz(C) * sz(F)), st.norm.reserve(sz(C));
     st.out_x.reserve(sz(C) * sz(F)), st.out_ctf.reserve(sz(C) * sz(F)), st.out_ctf2.reserve(sz(C) * sz(F)), st.out_norm.reserve(sz(C));
-    if (full) {
+    if (full && !keep) {
       st.unmasked.reserve(sz(C) * half), st.ctf_grid.reserve(sz(C) * half);
       st.out_unmasked.reserve(sz(C) * half), st.out_ctf_grid.reserve(sz(C) * half);
     }
+  }
+  // Kept grids: the whole batch's, in whole chunks (the plan transforms C images at a time).
+  s.kept = KeptGrids{}, s.kept_keys.clear();
+  if (keep) {
+    const std::size_t room = sz((q.count + C - 1) / C * C) * half;
+    s.kept_unmasked.reserve(room), s.kept_ctf_grid.reserve(room);
   }
   const int chunks = (q.count + C - 1) / C;
   const auto count_of = [&](int c) { return std::min(C, q.count - c * C); };
@@ -201,7 +222,7 @@ void BatchPreparer::prepare(const em::PrepareBatch& q) {
     std::memcpy(q.ctf_out + first * sz(F), st.out_ctf.data(), m * sz(F) * sizeof(float));
     std::memcpy(q.ctf2 + first * sz(F), st.out_ctf2.data(), m * sz(F) * sizeof(float));
     std::memcpy(q.half_norm + first, st.out_norm.data(), m * sizeof(double));
-    if (!full) return;
+    if (!full || keep) return;
     for (std::size_t b = 0; b < m; ++b) {
       std::memcpy(q.unmasked[first + b], st.out_unmasked.data() + b * half, half * sizeof(float2));
       std::memcpy(q.ctf_grid[first + b], st.out_ctf_grid.data() + b * half, half * sizeof(float));
@@ -217,7 +238,9 @@ void BatchPreparer::prepare(const em::PrepareBatch& q) {
     // The plan transforms C images; past the chunk's m they are stale and their spectra unread.
     if (mask) mask_kernel<<<blocks_for(pixels, 256), 256, 0, st.stream>>>(st.masked.data(), st.raw.data(), mask, pixels, static_cast<int>(area));
     check(cudaGetLastError(), "mask kernel");
-    if (full) check(cufftExecR2C(st.plan, st.raw.data(), reinterpret_cast<cufftComplex*>(st.unmasked.data())), "cufftExecR2C (unmasked)");
+    float2* unmasked = keep ? s.kept_unmasked.data() + sz(first) * half : st.unmasked.data();
+    float* ctf_grid = keep ? s.kept_ctf_grid.data() + sz(first) * half : st.ctf_grid.data();
+    if (full) check(cufftExecR2C(st.plan, st.raw.data(), reinterpret_cast<cufftComplex*>(unmasked)), "cufftExecR2C (unmasked)");
     check(cufftExecR2C(st.plan, mask ? st.masked.data() : st.raw.data(), reinterpret_cast<cufftComplex*>(st.spectrum.data())),
           "cufftExecR2C");
     gather_kernel<<<static_cast<unsigned>(m), 256, 0, st.stream>>>(st.x.data(), st.ctf.data(), st.ctf2.data(), st.norm.data(),
@@ -232,14 +255,18 @@ void BatchPreparer::prepare(const em::PrepareBatch& q) {
     down(st.out_norm.data(), st.norm.data(), sz(m));
     if (full) {
       const long long cells = static_cast<long long>(m) * static_cast<long long>(half);
-      full_grids_kernel<<<blocks_for(cells, 256), 256, 0, st.stream>>>(st.unmasked.data(), st.ctf_grid.data(), terms, n, step, first, cells);
+      full_grids_kernel<<<blocks_for(cells, 256), 256, 0, st.stream>>>(unmasked, ctf_grid, terms, n, step, first, cells);
       check(cudaGetLastError(), "full grids kernel");
-      down(st.out_unmasked.data(), st.unmasked.data(), sz(m) * half);
-      down(st.out_ctf_grid.data(), st.ctf_grid.data(), sz(m) * half);
+      if (!keep) down(st.out_unmasked.data(), st.unmasked.data(), sz(m) * half);
+      if (!keep) down(st.out_ctf_grid.data(), st.ctf_grid.data(), sz(m) * half);
     }
     check(cudaEventRecord(st.done, st.stream), "cudaEventRecord");
   }
   for (int c = std::max(0, chunks - 2); c < chunks; ++c) drain(c);
+  if (keep) {
+    s.kept = KeptGrids{reinterpret_cast<const float*>(s.kept_unmasked.data()), s.kept_ctf_grid.data(), half};
+    s.kept_keys.assign(q.unmasked, q.unmasked + q.count);
+  }
 }
 
 }  // namespace emcryo::gpu

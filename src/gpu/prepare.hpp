@@ -10,6 +10,14 @@
 
 namespace emcryo::gpu {
 
+/// A prepared batch's full grids kept on the device (PrepareBatch::full_grids_on_device): per
+/// particle `half` complex values (interleaved) and `half` CTF values, particle after particle.
+struct KeptGrids {
+  const float* unmasked = nullptr;
+  const float* ctf_grid = nullptr;
+  std::size_t half = 0;
+};
+
 class BatchPreparer {
  public:
   explicit BatchPreparer(int device);
@@ -19,6 +27,10 @@ class BatchPreparer {
   void prepare(const em::PrepareBatch& batch);
   /// Page-locked host memory the caller reads batches into (uploads need no staging copy).
   float* pinned_host(std::size_t floats);
+  /// The last batch's full grids where it kept them on the device and `keys` (count of them) are
+  /// its PrepareBatch::unmasked pointers in order; nullptr where it kept none. Fails where it kept
+  /// them but the keys name other particles (their host grids were never written).
+  const KeptGrids* kept_grids(const float* const* keys, int count) const;
 
  private:
   struct State;

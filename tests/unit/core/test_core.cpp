@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
+#include <vector>
 #include <filesystem>
 #include <fstream>
 
@@ -61,6 +63,39 @@ TEST(CoreFloat16, RoundTripAndSpecialValues) {
   EXPECT_EQ(back[3], 65504.0f);
   EXPECT_NEAR(back[4], 6.1035156e-05f, 1e-9);
   EXPECT_TRUE(std::isinf(back[6]));
+}
+
+// The vector (F16C) conversion and the one-value-at-a-time one give the same bits: every half
+// value, and floats around every rounding case (ties, subnormals, overflow, NaN).
+TEST(CoreFloat16, VectorAndScalarConversionsAgreeBitForBit) {
+  std::vector<std::uint16_t> halves(65536);
+  for (std::size_t i = 0; i < halves.size(); ++i) halves[i] = static_cast<std::uint16_t>(i);
+  std::vector<float> fast(halves.size()), slow(halves.size());
+  half_to_float(halves.data(), fast.data(), halves.size());
+  detail::half_to_float_without_f16c(halves.data(), slow.data(), halves.size());
+  for (std::size_t i = 0; i < halves.size(); ++i) {
+    if (std::isnan(slow[i])) {
+      EXPECT_TRUE(std::isnan(fast[i])) << i;
+      continue;
+    }
+    ASSERT_EQ(std::memcmp(&fast[i], &slow[i], 4), 0) << "half 0x" << std::hex << i;
+  }
+  // Each half value, its neighbours halfway to the next (ties), and just either side of them.
+  std::vector<float> floats;
+  for (std::size_t i = 0; i + 1 < halves.size(); ++i) {
+    const float a = slow[i], b = slow[i + 1];
+    if (!std::isfinite(a) || !std::isfinite(b)) continue;
+    const float mid = a + (b - a) / 2;
+    floats.insert(floats.end(), {a, mid, std::nextafter(mid, a), std::nextafter(mid, b)});
+  }
+  floats.insert(floats.end(), {1e-9f, -1e-9f, 70000.0f, -70000.0f, 65520.0f, INFINITY, -INFINITY, NAN});
+  std::vector<std::uint16_t> fast_h(floats.size()), slow_h(floats.size());
+  float_to_half(floats.data(), fast_h.data(), floats.size());
+  detail::float_to_half_without_f16c(floats.data(), slow_h.data(), floats.size());
+  for (std::size_t i = 0; i < floats.size(); ++i) {
+    if (std::isnan(floats[i])) continue;
+    ASSERT_EQ(fast_h[i], slow_h[i]) << floats[i];
+  }
 }
 
 TEST(CoreRuntime, BlasUsesAStrongKernelOnThisCpu) {

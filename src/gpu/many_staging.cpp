@@ -1,0 +1,57 @@
+// The host side of ScoringBackend::score_many on the GPU (many.hpp): a group of requests laid out
+// for the kernels. Each request's place is known from the counts before it, so the requests are
+// staged in parallel (the templates' poses alone are ~10^7 sines and cosines in a first class2d
+// iteration of 100,000 particles).
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "many.hpp"
+
+namespace emcryo::gpu {
+
+void stage_many(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end, const HostReferences& references,
+                const ManyStaging& out) {
+  const int N = static_cast<int>(end - begin);
+  std::vector<int> first_tile(static_cast<std::size_t>(N) + 1, 0);
+  int row = 0, tj = 0;
+  long long score = 0;
+  for (int i = 0; i < N; ++i) {
+    const em::ScoreRequest& q = requests[begin + static_cast<std::size_t>(i)];
+    out.requests[i] = ManyRequest{row, q.row_count, tj, q.template_count, score};
+    row += q.row_count, tj += q.template_count, score += static_cast<long long>(q.row_count) * q.template_count;
+    const int tiles = ((q.row_count + kManyTile - 1) / kManyTile) * ((q.template_count + kManyTile - 1) / kManyTile);
+    first_tile[static_cast<std::size_t>(i) + 1] = first_tile[static_cast<std::size_t>(i)] + tiles;
+  }
+#pragma omp parallel for schedule(dynamic, 8)
+  for (int i = 0; i < N; ++i) {
+    const em::ScoreRequest& q = requests[begin + static_cast<std::size_t>(i)];
+    const em::ParticleRows& p = q.particle_rows;
+    const ManyRequest& r = out.requests[i];
+    const std::size_t F = static_cast<std::size_t>(q.frequencies), at = static_cast<std::size_t>(i) * F;
+    std::memcpy(out.x + 2 * at, p.x, 2 * F * sizeof(float));
+    for (std::size_t f = 0; f < F; ++f) out.ctf_isg[at + f] = p.ctf[f] * p.inv_sigma2[f];
+    std::memcpy(out.ctf2 + at, q.ctf2, F * sizeof(float));
+    for (int t = 0; t < q.row_count; ++t) {
+      const auto& g = p.shift_grid[p.shift_ids[t]];
+      out.rows[r.first_row + t] = ManyRow{i, g.first, g.second, p.base.first, p.base.second};
+    }
+    template_poses(q.sampled, q.template_count, references, out.poses + r.first_template);
+    std::fill_n(out.owner + r.first_template, q.template_count, i);
+    int t = first_tile[static_cast<std::size_t>(i)];
+    for (int r0 = 0; r0 < q.row_count; r0 += kManyTile)
+      for (int c0 = 0; c0 < q.template_count; c0 += kManyTile) out.tiles[t++] = ManyTile{i, r0, c0};
+  }
+}
+
+void unstage_many_scores(const ManyRequest* requests, int count, const float* scores, const std::vector<float*>& outs, std::size_t begin) {
+#pragma omp parallel for schedule(dynamic, 8)
+  for (int i = 0; i < count; ++i) {
+    const ManyRequest& q = requests[i];
+    std::memcpy(outs[begin + static_cast<std::size_t>(i)], scores + q.first_score,
+                static_cast<std::size_t>(q.rows) * static_cast<std::size_t>(q.templates) * sizeof(float));
+  }
+}
+
+}  // namespace emcryo::gpu
