@@ -23,10 +23,12 @@ float gridding_correction(int x, int y, int z, int center, int m) {
 
 namespace {
 /// Visits the n^3 box centred in the padded m^3 box: f(index in the n box, index in the m box,
-/// trilinear gridding correction there). Padding divides by it, cropping back divides again.
+/// trilinear gridding correction there), planes over the threads (each voxel is f's once).
+/// Padding divides by it, cropping back divides again.
 template <class F>
 void for_each_centred_voxel(int n, int m, F f) {
   const int offset = m / 2 - n / 2;
+#pragma omp parallel for schedule(static)
   for (int z = 0; z < n; ++z)
     for (int y = 0; y < n; ++y)
       for (int x = 0; x < n; ++x) {
@@ -320,7 +322,8 @@ void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const f
 
 void BackProjector::enforce_hermitian(std::vector<Complex>& data, std::vector<float>& weight) const {
   // On the kx = 0 plane, (0, ky, kz) and (0, -ky, -kz) are conjugate copies of one coefficient:
-  // pool what landed on either.
+  // pool what landed on either. Each pair is pooled by its first element's thread only.
+#pragma omp parallel for schedule(static)
   for (int z = 0; z < m_; ++z)
     for (int y = 0; y < m_; ++y) {
       const int zm = image::storage_index(-image::wrap_frequency(z, m_), m_);
@@ -341,21 +344,29 @@ void BackProjector::enforce_hermitian(std::vector<Complex>& data, std::vector<fl
 }
 
 std::vector<double> BackProjector::mean_weight_per_shell() const {
-  const int shells = n_ / 2 + 1;
-  std::vector<double> sum(static_cast<std::size_t>(shells)), count(sum.size());
-  std::size_t idx = 0;
+  const auto shells = static_cast<std::size_t>(n_ / 2 + 1);
+  // Each plane's sums on its own, then the planes in order: the same sums with any thread count.
+  std::vector<double> plane_sum(static_cast<std::size_t>(m_) * shells), plane_count(plane_sum.size());
+#pragma omp parallel for schedule(static)
   for (int z = 0; z < m_; ++z) {
     const int kz = image::wrap_frequency(z, m_);
+    double* sum = plane_sum.data() + static_cast<std::size_t>(z) * shells;
+    double* count = plane_count.data() + static_cast<std::size_t>(z) * shells;
+    std::size_t idx = static_cast<std::size_t>(z) * static_cast<std::size_t>(m_) * static_cast<std::size_t>(hm_);
     for (int y = 0; y < m_; ++y) {
       const int ky = image::wrap_frequency(y, m_);
       for (int x = 0; x < hm_; ++x, ++idx) {
-        const int s = static_cast<int>(std::lround(std::sqrt(x * x + ky * ky + kz * kz) / pad_));
+        const auto s = static_cast<std::size_t>(std::lround(std::sqrt(x * x + ky * ky + kz * kz) / pad_));
         if (s >= shells) continue;
-        sum[static_cast<std::size_t>(s)] += weight_[idx];
-        count[static_cast<std::size_t>(s)] += 1;
+        sum[s] += weight_[idx];
+        count[s] += 1;
       }
     }
   }
+  std::vector<double> sum(shells), count(shells);
+  for (int z = 0; z < m_; ++z)
+    for (std::size_t s = 0; s < shells; ++s)
+      sum[s] += plane_sum[static_cast<std::size_t>(z) * shells + s], count[s] += plane_count[static_cast<std::size_t>(z) * shells + s];
   for (std::size_t s = 0; s < sum.size(); ++s) sum[s] = count[s] > 0 ? sum[s] / count[s] : 0;
   return sum;
 }
@@ -367,24 +378,28 @@ std::vector<float> BackProjector::reconstruct(const std::vector<double>& regular
   const auto mean_weight = mean_weight_per_shell();
   const int shells = n_ / 2 + 1;
   const double r_max = n_ / 2.0 - 1.0;
-  std::vector<Complex> spectrum(data.size());
-  std::size_t idx = 0;
+  // The data divided by their weights, in place (planes over the threads): zero beyond r_max or
+  // without weight.
+#pragma omp parallel for schedule(static)
   for (int z = 0; z < m_; ++z) {
     const int kz = image::wrap_frequency(z, m_);
+    std::size_t idx = static_cast<std::size_t>(z) * static_cast<std::size_t>(m_) * static_cast<std::size_t>(hm_);
     for (int y = 0; y < m_; ++y) {
       const int ky = image::wrap_frequency(y, m_);
       for (int x = 0; x < hm_; ++x, ++idx) {
         const double r = std::sqrt(x * x + ky * ky + kz * kz) / pad_;
-        if (r > r_max) continue;
-        const auto s = static_cast<std::size_t>(std::min<long>(std::lround(r), shells - 1));
-        double w = weight[idx];
-        if (!regularisation.empty()) w += regularisation[s];
-        w = std::max(w, mean_weight[s] / 1000.0);
-        if (w > 0) spectrum[idx] = data[idx] / static_cast<float>(w);
+        double w = 0;
+        if (r <= r_max) {
+          const auto s = static_cast<std::size_t>(std::min<long>(std::lround(r), shells - 1));
+          w = weight[idx];
+          if (!regularisation.empty()) w += regularisation[s];
+          w = std::max(w, mean_weight[s] / 1000.0);
+        }
+        data[idx] = w > 0 ? data[idx] / static_cast<float>(w) : Complex{};
       }
     }
   }
-  std::vector<float> padded = image::fft_inverse_3d(spectrum, m_);
+  std::vector<float> padded = image::fft_inverse_3d(data, m_);
   std::vector<float> volume(static_cast<std::size_t>(n_) * n_ * n_);
   for_each_centred_voxel(n_, m_, [&](std::size_t inner, std::size_t outer, float correction) { volume[inner] = padded[outer] / correction; });
   return volume;

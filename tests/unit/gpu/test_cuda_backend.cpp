@@ -289,6 +289,19 @@ class Maps3D final : public em::TemplateSource {
   std::vector<em::Projector> p_;
 };
 
+/// The largest |expected - got| relative to the largest |expected|, over every score added.
+struct RelativeError {
+  double worst = 0, largest = 0;
+  void add(const std::vector<float>& expected, const float* got) {
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_TRUE(std::isfinite(got[i]));
+      worst = std::max(worst, static_cast<double>(std::abs(expected[i] - got[i])));
+      largest = std::max(largest, static_cast<double>(std::abs(expected[i])));
+    }
+  }
+  double value() const { return largest > 0 ? worst / largest : 1.0; }
+};
+
 /// Scores of J random poses against T random rows: templates sampled on the host (the CPU
 /// backend's input) versus sampled by the GPU itself; the largest difference relative to the
 /// largest score.
@@ -320,14 +333,9 @@ double sampled_against_host(const em::TemplateSource& source, int n, int J, unsi
   EXPECT_TRUE(backend->samples_templates(source));
   q.templates = nullptr, q.power = nullptr;
   q.sampled = {&source, poses.data(), &list};
-  const auto gpu_sampled = scores(*backend, q);
-  double worst = 0, largest = 0;
-  for (std::size_t i = 0; i < cpu.size(); ++i) {
-    EXPECT_TRUE(std::isfinite(gpu_sampled[i]));
-    worst = std::max(worst, static_cast<double>(std::abs(cpu[i] - gpu_sampled[i])));
-    largest = std::max(largest, static_cast<double>(std::abs(cpu[i])));
-  }
-  return largest > 0 ? worst / largest : 1.0;
+  RelativeError error;
+  error.add(cpu, scores(*backend, q).data());
+  return error.value();
 }
 
 }  // namespace
@@ -408,7 +416,7 @@ double many_against_cpu(const em::TemplateSource& source, int n, bool cross_corr
   }
   backend->score_many(requests, outs);
   const auto cpu = em::make_cpu_backend();
-  double worst = 0, largest = 0;
+  RelativeError error;
   std::vector<em::Complex> sample(static_cast<std::size_t>(F));
   for (int i = 0; i < N; ++i) {
     em::ScoreRequest q = requests[static_cast<std::size_t>(i)];
@@ -420,14 +428,9 @@ double many_against_cpu(const em::TemplateSource& source, int n, bool cross_corr
       em::store_template_row(sample.data(), F, templates.data() + static_cast<std::size_t>(j) * 2 * F, power.data() + static_cast<std::size_t>(j) * F);
     }
     q.rows = rows.data(), q.templates = templates.data(), q.power = power.data(), q.sampled = {}, q.particle_rows = {};
-    const auto expected = scores(*cpu, q);
-    for (std::size_t k = 0; k < expected.size(); ++k) {
-      EXPECT_TRUE(std::isfinite(gpu_scores[static_cast<std::size_t>(i)][k]));
-      worst = std::max(worst, static_cast<double>(std::abs(expected[k] - gpu_scores[static_cast<std::size_t>(i)][k])));
-      largest = std::max(largest, static_cast<double>(std::abs(expected[k])));
-    }
+    error.add(scores(*cpu, q), gpu_scores[static_cast<std::size_t>(i)].data());
   }
-  return largest > 0 ? worst / largest : 1.0;
+  return error.value();
 }
 
 }  // namespace
