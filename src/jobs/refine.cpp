@@ -273,7 +273,7 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     // The two halves' projectors, each made once (under MPI on rank 0 and rank 1) and shared.
     const auto p_start = Clock::now();
     auto grids = mpi::made_once<em::Complex>(2, [&](int h) {
-      return em::Projector(image::masked(half_maps[static_cast<std::size_t>(h)], in.user_mask.empty() ? in.sphere : in.user_mask), n).grid();
+      return em::Projector(image::masked(half_maps[static_cast<std::size_t>(h)], in.user_mask.empty() ? in.sphere : in.user_mask), n).take_grid();
     });
     const double p_seconds = std::chrono::duration<double>(Clock::now() - p_start).count();
     for (int h = 0; h < 2; ++h) {
