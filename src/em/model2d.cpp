@@ -194,16 +194,25 @@ void add_batch_on_device(const ScoredBatch& batch, const std::vector<Contributio
                          std::vector<float>& ctf_isg, std::vector<SumTerm>& terms) {
   const int bc = static_cast<int>(batch.particles.size()), F = static_cast<int>(batch.frequencies);
   ctf_isg.resize(sz(bc) * sz(F));
+  // The E-step's batch arrays are [particle][F], one block: the device reads them as such.
   for (int b = 0; b < bc; ++b) {
     const PreparedParticle& p = batch.particles[sz(b)];
-    // The E-step's batch arrays are [particle][F], one block: the device reads them as such.
     if (p.x != batch.particles[0].x + sz(b) * sz(F) || p.ctf2 != batch.particles[0].ctf2 + sz(b) * sz(F))
       fail("class2d: device sums need the batch's particles in one block (internal error)");
+  }
+#pragma omp parallel for schedule(static)
+  for (int b = 0; b < bc; ++b) {
+    const PreparedParticle& p = batch.particles[sz(b)];
     for (int f = 0; f < F; ++f) ctf_isg[sz(b) * sz(F) + sz(f)] = p.ctf[f] * p.inv_sigma2[f];
   }
+  // ~10^7 terms a batch in a broad first iteration: converted over the threads.
   terms.resize(contributions.size());
-  for (std::size_t i = 0; i < contributions.size(); ++i)
-    terms[i] = {contributions[i].j, contributions[i].b, contributions[i].shift_id, contributions[i].weight};
+  const auto count = static_cast<std::ptrdiff_t>(contributions.size());
+#pragma omp parallel for schedule(static)
+  for (std::ptrdiff_t i = 0; i < count; ++i) {
+    const Contribution& c = contributions[static_cast<std::size_t>(i)];
+    terms[static_cast<std::size_t>(i)] = {c.j, c.b, c.shift_id, c.weight};
+  }
   TemplateSumsBatch q;
   q.particles = bc, q.shifts = shifts, q.frequencies = F;
   q.x = reinterpret_cast<const float*>(batch.particles[0].x), q.ctf_isg = ctf_isg.data(), q.ctf2 = batch.particles[0].ctf2;

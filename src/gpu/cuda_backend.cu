@@ -119,11 +119,7 @@ __global__ void sample_templates_kernel(float* head, float* power, const float2*
                                                                      dimensions, m, hm);
 }
 
-/// One kept hypothesis of a template's M-step sums: particle b at fine shift t with weight w.
-struct SumEntry {
-  int b, t;
-  float w;
-};
+using SumEntry = em::GroupedSumTerms::Entry;  // particle b at fine shift t with weight w
 
 /// One block's share of the M-step sums: template rows[row]'s entries over frequencies
 /// [first_frequency, end_frequency). A template's frequencies are split among several blocks
@@ -339,7 +335,8 @@ class CudaBackend final : public em::ScoringBackend {
     check(cudaMemsetAsync(s.sum_weight.reserve(weight, s.device), 0, weight * sizeof(float), s.stream[0]), "cudaMemsetAsync");
   }
 
-  /// The batch's kept hypotheses grouped by template on the host (a counting sort), then each
+  /// The batch's kept hypotheses grouped by template on the host (em::group_sum_terms, over the
+  /// CPU's threads), then each
   /// template touched summed over its entries on the device by one block, or by several that split
   /// its frequencies where it holds many entries (split_sums_into_blocks). Kept hypotheses are sparse
   /// (a particle holds ~10^2-10^4 of the J x shifts): a dense weight matrix times every particle's
@@ -353,7 +350,7 @@ class CudaBackend final : public em::ScoringBackend {
     const int B = q.particles, T = q.shifts, F = q.frequencies, J = sums_templates_;
     if (F != sums_frequencies_) fail("GPU M-step sums: {} frequencies, begun with {} (internal error)", F, sums_frequencies_);
     if (B == 0 || q.term_count == 0) return;
-    group_terms_by_template(q, J, B, T);
+    em::group_sum_terms(q.terms, q.term_count, J, B, T, grouped_);
     cudaStream_t stream = s.stream[0];
     const auto up = [&](DeviceBuffer& buffer, const void* host, std::size_t floats) {
       float* d = buffer.reserve(std::max<std::size_t>(1, floats), s.device);
@@ -365,9 +362,9 @@ class CudaBackend final : public em::ScoringBackend {
     const float* ctf2 = up(s.sum_ctf2, q.ctf2, sz(B) * sz(F));
     const auto* ramps = reinterpret_cast<const float2*>(up(s.sum_ramps, q.ramps, sz(T) * 2 * sz(F)));
     static_assert(sizeof(SumEntry) == 3 * sizeof(float) && sizeof(int) == sizeof(float));
-    const auto* entries = reinterpret_cast<const SumEntry*>(up(s.sum_terms, sum_entries_.data(), sum_entries_.size() * 3));
-    const auto* rows = reinterpret_cast<const int*>(up(s.sum_rows, sum_rows_.data(), sum_rows_.size()));
-    const auto* offsets = reinterpret_cast<const int*>(up(s.sum_offsets, sum_offsets_.data(), sum_offsets_.size()));
+    const auto* entries = reinterpret_cast<const SumEntry*>(up(s.sum_terms, grouped_.entries.data(), grouped_.entries.size() * 3));
+    const auto* rows = reinterpret_cast<const int*>(up(s.sum_rows, grouped_.rows.data(), grouped_.rows.size()));
+    const auto* offsets = reinterpret_cast<const int*>(up(s.sum_offsets, grouped_.offsets.data(), grouped_.offsets.size()));
     split_sums_into_blocks(F);
     static_assert(sizeof(SumBlock) == 3 * sizeof(float));
     const auto* blocks = reinterpret_cast<const SumBlock*>(up(s.sum_blocks, sum_blocks_.data(), sum_blocks_.size() * 3));
@@ -419,42 +416,14 @@ class CudaBackend final : public em::ScoringBackend {
   /// that a template holding most of a broad posterior's hypotheses does not run alone for long.
   void split_sums_into_blocks(int F) {
     constexpr double kTargetBlocks = 4096;
-    const double total = std::max<double>(1, static_cast<double>(sum_offsets_.back()));
+    const double total = std::max<double>(1, static_cast<double>(grouped_.offsets.back()));
     const int most_pieces = std::max(1, F / kSumThreads);
     sum_blocks_.clear();
-    for (std::size_t r = 0; r < sum_rows_.size(); ++r) {
-      const double count = sum_offsets_[r + 1] - sum_offsets_[r];
+    for (std::size_t r = 0; r < grouped_.rows.size(); ++r) {
+      const double count = grouped_.offsets[r + 1] - grouped_.offsets[r];
       const int wanted = std::clamp(static_cast<int>(std::ceil(count * kTargetBlocks / total)), 1, most_pieces);
       const int width = (F + wanted - 1) / wanted;
       for (int f = 0; f < F; f += width) sum_blocks_.push_back({static_cast<int>(r), f, std::min(F, f + width)});
-    }
-  }
-
-  /// q's terms grouped by template (in particle order within one): sum_rows_ the templates touched,
-  /// sum_offsets_ where each one's entries start in sum_entries_ (and the end).
-  void group_terms_by_template(const em::TemplateSumsBatch& q, int J, int B, int T) {
-    std::vector<int>& next = sum_counts_;  // per template: its count, then its next slot
-    next.assign(sz(J), 0);
-    for (std::size_t i = 0; i < q.term_count; ++i) {
-      const em::SumTerm& term = q.terms[i];
-      if (term.j < 0 || term.j >= J || term.b < 0 || term.b >= B || term.t < 0 || term.t >= T)
-        fail("GPU M-step sums: a term outside the batch (internal error)");
-      ++next[sz(term.j)];
-    }
-    sum_rows_.clear(), sum_offsets_.clear();
-    int start = 0;
-    for (int j = 0; j < J; ++j) {
-      if (next[sz(j)] == 0) continue;
-      const int count = next[sz(j)];
-      sum_rows_.push_back(j), sum_offsets_.push_back(start);
-      next[sz(j)] = start;
-      start += count;
-    }
-    sum_offsets_.push_back(start);
-    sum_entries_.resize(q.term_count);
-    for (std::size_t i = 0; i < q.term_count; ++i) {
-      const em::SumTerm& term = q.terms[i];
-      sum_entries_[sz(next[sz(term.j)]++)] = SumEntry{term.b, term.t, term.w};
     }
   }
 
@@ -801,8 +770,7 @@ class CudaBackend final : public em::ScoringBackend {
 
   CudaOptions options_;
   int sums_templates_ = 0, sums_frequencies_ = 0;  // the 2D M-step sums begun
-  std::vector<int> sum_counts_, sum_rows_, sum_offsets_;  // a batch's terms grouped by template
-  std::vector<SumEntry> sum_entries_;
+  em::GroupedSumTerms grouped_;  // a batch's terms grouped by template
   std::vector<SumBlock> sum_blocks_;
   std::vector<float> sums_download_;                // end_template_sums's copy of a chunk's sums
   bool totals_begun_ = false;                       // whether fold_template_sums has zeroed the totals

@@ -74,6 +74,23 @@ struct SumTerm {
   float w = 0;
 };
 
+/// A batch's sum terms grouped by template, as a device's sums kernel reads them: `rows` the
+/// templates touched, in increasing order; `offsets` where each one's entries start (and the end);
+/// per entry its particle, shift and weight, a template's entries in the terms' order.
+struct GroupedSumTerms {
+  struct Entry {
+    int b, t;
+    float w;
+  };
+  std::vector<int> rows, offsets;
+  std::vector<Entry> entries;
+};
+
+/// Groups `count` terms of J templates, B particles and T shifts into `out`: a stable counting
+/// sort over the CPU's threads (chunks of the terms counted and placed in parallel; the groups do
+/// not depend on the thread count). Fails on a term outside J, B or T.
+void group_sum_terms(const SumTerm* terms, std::size_t count, int J, int B, int T, GroupedSumTerms& out);
+
 /// One batch of the 2D M-step sums (class2d), for a device backend:
 ///   data[j]   += sum over terms  w x X_b conj(ramp_t) C_b / sigma_b^2   (complex, per frequency)
 ///   weight[j] += sum over terms  w x C_b^2 / sigma_b^2.

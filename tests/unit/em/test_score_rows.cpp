@@ -1,6 +1,7 @@
 // The E-step operands (score rows, template rows, noise residual) and the 3D E-step's helpers:
 // the GEMM form of the score must equal the Gaussian log-likelihood it stands for.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <complex>
@@ -10,7 +11,9 @@
 #include "emcryo/em/projector2d.hpp"
 #include "emcryo/em/model3d.hpp"
 #include "emcryo/em/score_rows.hpp"
+#include "emcryo/em/scoring_backend.hpp"
 #include "emcryo/geometry/rotation.hpp"
+#include "support/test_support.hpp"
 
 namespace {
 
@@ -119,3 +122,43 @@ TEST(Hypotheses, NoiseSumsGiveSigma2PerRealAndImaginaryPart) {
 }
 
 }  // namespace
+
+// The M-step sum terms grouped by template for a device (em::group_sum_terms) against a plain
+// serial grouping: the same templates, offsets and entries in the terms' order, with one thread or
+// several, and a clear failure for a term outside the batch.
+TEST(SumTerms, GroupedByTemplateStablyWhateverTheThreads) {
+  constexpr int J = 700, B = 300, T = 9;
+  std::mt19937 rng(5);
+  std::vector<em::SumTerm> terms(400000);
+  for (auto& t : terms)  // a few crowded templates, many sparse ones, some untouched
+    t = {static_cast<int>(rng() % 4 == 0 ? rng() % 5 : rng() % (J - 50)), static_cast<int>(rng() % B), static_cast<int>(rng() % T),
+         static_cast<float>(rng() % 1000) / 1000.0f};
+  em::GroupedSumTerms expected;
+  std::vector<std::vector<em::GroupedSumTerms::Entry>> per_template(J);
+  for (const auto& t : terms) per_template[static_cast<std::size_t>(t.j)].push_back({t.b, t.t, t.w});
+  for (int j = 0; j < J; ++j) {
+    if (per_template[static_cast<std::size_t>(j)].empty()) continue;
+    expected.rows.push_back(j), expected.offsets.push_back(static_cast<int>(expected.entries.size()));
+    for (const auto& e : per_template[static_cast<std::size_t>(j)]) expected.entries.push_back(e);
+  }
+  expected.offsets.push_back(static_cast<int>(expected.entries.size()));
+  const int threads = omp_get_max_threads();
+  for (int n : {1, 2, 3}) {
+    omp_set_num_threads(n);
+    em::GroupedSumTerms got;
+    em::group_sum_terms(terms.data(), terms.size(), J, B, T, got);
+    EXPECT_EQ(got.rows, expected.rows) << n << " threads";
+    EXPECT_EQ(got.offsets, expected.offsets) << n << " threads";
+    ASSERT_EQ(got.entries.size(), expected.entries.size());
+    for (std::size_t i = 0; i < got.entries.size(); ++i) {
+      ASSERT_EQ(got.entries[i].b, expected.entries[i].b) << i;
+      ASSERT_EQ(got.entries[i].t, expected.entries[i].t) << i;
+      ASSERT_EQ(got.entries[i].w, expected.entries[i].w) << i;
+    }
+  }
+  omp_set_num_threads(threads);
+  terms[123456].t = T;  // a shift outside the batch
+  em::GroupedSumTerms got;
+  EXPECT_NE(emcryo::test::error_message([&] { em::group_sum_terms(terms.data(), terms.size(), J, B, T, got); }).find("outside the batch"),
+            std::string::npos);
+}
