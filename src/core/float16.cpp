@@ -1,5 +1,6 @@
 #include "emcryo/core/float16.hpp"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <cstring>
@@ -57,7 +58,12 @@ __attribute__((target("avx,f16c"))) void float_to_half_f16c(const float* in, std
 }
 
 bool has_f16c() {
-  static const bool yes = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  // AVX as the compiler checks it (with the OS's support for its registers); F16C from CPUID leaf 1
+  // (ECX bit 29), which clang 14's __builtin_cpu_supports does not know.
+  static const bool yes = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __builtin_cpu_supports("avx") && __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) != 0;
+  }();
   return yes;
 }
 

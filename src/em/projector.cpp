@@ -399,7 +399,7 @@ std::vector<float> BackProjector::reconstruct(const std::vector<double>& regular
       }
     }
   }
-  std::vector<float> padded = image::fft_inverse_3d(data, m_);
+  std::vector<float> padded = image::fft_inverse_3d(std::move(data), m_);
   std::vector<float> volume(static_cast<std::size_t>(n_) * n_ * n_);
   for_each_centred_voxel(n_, m_, [&](std::size_t inner, std::size_t outer, float correction) { volume[inner] = padded[outer] / correction; });
   return volume;

@@ -68,6 +68,8 @@ fftwf_plan get_plan(int nx, int ny, int nz, bool forward) {
 // even sizes; doing it on the spectrum avoids a copy of the real data.
 void checkerboard(Complex* spectrum, int nx, int ny, int nz) {
   const int hx = nx / 2 + 1;
+  // 3D transforms are called outside parallel regions: their planes over the threads.
+#pragma omp parallel for schedule(static) if (nz > 1)
   for (int z = 0; z < nz; ++z)
     for (int y = 0; y < ny; ++y) {
       Complex* row = spectrum + (static_cast<std::size_t>(z) * ny + y) * hx;
@@ -91,15 +93,21 @@ void forward(const float* in, Complex* out, int nx, int ny, int nz) {
   checkerboard(out, nx, ny, nz);
 }
 
-void inverse(const Complex* in, float* out, int nx, int ny, int nz) {
+/// The inverse of `in`, which it overwrites (c2r destroys its input).
+void inverse_in_place(Complex* in, float* out, int nx, int ny, int nz) {
   check_even(nx, ny, nz);
   fftwf_plan plan = get_plan(nx, ny, nz, false);
-  std::vector<Complex> copy(in, in + half_size(nx, ny, nz));  // c2r destroys its input
-  checkerboard(copy.data(), nx, ny, nz);
-  fftwf_execute_dft_c2r(plan, reinterpret_cast<fftwf_complex*>(copy.data()), out);
+  checkerboard(in, nx, ny, nz);
+  fftwf_execute_dft_c2r(plan, reinterpret_cast<fftwf_complex*>(in), out);
   const float scale = 1.0f / (static_cast<float>(nx) * ny * nz);
-  const std::size_t count = static_cast<std::size_t>(nx) * ny * nz;
-  for (std::size_t i = 0; i < count; ++i) out[i] *= scale;
+  const auto count = static_cast<std::ptrdiff_t>(nx) * ny * nz;
+#pragma omp parallel for schedule(static) if (nz > 1)
+  for (std::ptrdiff_t i = 0; i < count; ++i) out[i] *= scale;
+}
+
+void inverse(const Complex* in, float* out, int nx, int ny, int nz) {
+  std::vector<Complex> copy(in, in + half_size(nx, ny, nz));
+  inverse_in_place(copy.data(), out, nx, ny, nz);
 }
 
 }  // namespace
@@ -127,6 +135,12 @@ std::vector<Complex> fft_forward_3d(const std::vector<float>& volume, int n) {
 std::vector<float> fft_inverse_3d(const std::vector<Complex>& spectrum, int n) {
   std::vector<float> out(static_cast<std::size_t>(n) * n * n);
   fft_inverse_3d(spectrum.data(), out.data(), n, n, n);
+  return out;
+}
+std::vector<float> fft_inverse_3d(std::vector<Complex>&& spectrum, int n) {
+  if (spectrum.size() != half_size(n, n, n)) fail("inverse 3D transform: {} values for a {}^3 box", spectrum.size(), n);
+  std::vector<float> out(static_cast<std::size_t>(n) * n * n);
+  inverse_in_place(spectrum.data(), out.data(), n, n, n);
   return out;
 }
 

@@ -37,5 +37,7 @@ std::vector<Complex> fft_forward_2d(const std::vector<float>& image, int n);
 std::vector<float> fft_inverse_2d(const std::vector<Complex>& spectrum, int n);
 std::vector<Complex> fft_forward_3d(const std::vector<float>& volume, int n);
 std::vector<float> fft_inverse_3d(const std::vector<Complex>& spectrum, int n);
+/// The same, transforming `spectrum` in place of a copy (its values are lost).
+std::vector<float> fft_inverse_3d(std::vector<Complex>&& spectrum, int n);
 
 }  // namespace emcryo::image
