@@ -45,7 +45,8 @@ std::string scoring_memory(int device, double need, double free, double total) {
       "resolution limit or another GPU (per thread slot, 4 bytes x: 4 x piece rows x 2F + 2 x piece rows x "
       "templates + particles x (F + templates) + templates x (5F + 14), pieces within 8 Mi floats; plus "
       "the resident coarse templates x 5Fc; plus the references sampled on the GPU, classes x m^(d-1) x (m/2+1) "
-      "x 8 bytes, m = 2 x box, d = 2 or 3; plus the 3D back-projection's volumes, classes x (2R+1)^2 x (R+1) x 12 bytes, "
+      "x 8 bytes, m = 2 x box, d = 2 or 3; plus a batch's per-particle passes scored at once, groups of at most 128 Mi floats "
+      "of rows, templates and scores (EMCRYO_GPU_MANY=0: none); plus the 3D back-projection's volumes, classes x (2R+1)^2 x (R+1) x 12 bytes, "
       "R = ceil(2 x insert radius) + 1; docs/design.md)",
       device, need, free, total);
 }
@@ -274,7 +275,9 @@ class CudaBackend final : public em::ScoringBackend {
     score_on_slot(q, out, *slots_[static_cast<std::size_t>(slot)], nullptr, 0);
   }
 
-  bool scores_many() const override { return options_.score_many; }
+  /// Only where the device samples the source's templates: others would go one request after
+  /// another through score() (the seam's default score_many), slower than the per-particle path.
+  bool scores_many(const em::TemplateSource& source) const override { return options_.score_many && samples_templates(source); }
 
   /// Requests in groups of at most kManyFloats floats of rows, templates and scores on the card,
   /// each group staged, built, sampled and scored on slot 0's first stream (many_group).
@@ -341,10 +344,10 @@ class CudaBackend final : public em::ScoringBackend {
   /// its frequencies where it holds many entries (split_sums_into_blocks). Kept hypotheses are sparse
   /// (a particle holds ~10^2-10^4 of the J x shifts): a dense weight matrix times every particle's
   /// rows at every shift cost ~100x the arithmetic. The split gives every block about the same work
-  /// where a few templates hold most entries. (A broad first iteration's 18 s of sums for 100,000
+  /// where a few templates hold most entries. (A broad first iteration's 16-18 s of sums for 100,000
   /// particles on an H100 did not move with it: at its resolution (~530 frequencies) a template
-  /// splits into at most 4 blocks, and the host groups and uploads ~10^9 kept terms; which of the
-  /// two holds the time was not measured.)
+  /// splits into at most 4 blocks, and ~10^9 kept terms are grouped on the host and uploaded; the
+  /// grouping now runs over the CPU's threads, which was not yet measured on a GPU.)
   void add_template_sums(const em::TemplateSumsBatch& q) override {
     Slot& s = sums_slot();
     const int B = q.particles, T = q.shifts, F = q.frequencies, J = sums_templates_;
@@ -533,14 +536,22 @@ class CudaBackend final : public em::ScoringBackend {
     check(cudaMemcpyAsync(poses, host, sz(J) * sizeof(TemplatePose), cudaMemcpyHostToDevice, s.stream[0]), "cudaMemcpyAsync (poses)");
     float* head = s.templates_head.reserve(sz(J) * sz(q.template_stride), s.device);
     float* power = s.power.reserve(sz(J) * sz(q.power_stride), s.device);
-    const dim3 blocks(static_cast<unsigned>((F + 127) / 128), static_cast<unsigned>(std::min(J, 65535)));
-    sample_templates_kernel<<<blocks, 128, 0, s.stream[0]>>>(head, power, reinterpret_cast<const float2*>(r.grids.data()), poses, J, kxy, F,
-                                                            q.template_stride, q.power_stride, r.host.dimensions, r.host.m, r.host.hm);
-    check(cudaGetLastError(), "template sampling kernel");
+    sample_on_stream(head, power, r, poses, J, kxy, F, q.template_stride, q.power_stride, s.stream[0]);
     if (!split()) return Templates{head, nullptr, power};
     float* tail = s.templates_tail.reserve(sz(J) * sz(q.template_stride), s.device);
     split_on_device(head, tail, J, 2 * F, q.template_stride, s.stream[0]);
     return Templates{head, tail, power};
+  }
+
+  /// J templates at `poses` (on the device) sampled from the resident references on `stream`: rows
+  /// of 2F at `stride` into head, |A|^2 at `power_stride` into power.
+  static void sample_on_stream(float* head, float* power, const ResidentReferences& r, const TemplatePose* poses, int J, const int2* kxy,
+                               int F, int stride, int power_stride, cudaStream_t stream) {
+    if (J <= 0) return;
+    const dim3 blocks(static_cast<unsigned>((F + 127) / 128), static_cast<unsigned>(std::min(J, 65535)));
+    sample_templates_kernel<<<blocks, 128, 0, stream>>>(head, power, reinterpret_cast<const float2*>(r.grids.data()), poses, J, kxy, F, stride,
+                                                        power_stride, r.host.dimensions, r.host.m, r.host.hm);
+    check(cudaGetLastError(), "template sampling kernel");
   }
 
   /// The source's grids on this device: uploaded by the first caller of the E-step, then shared.
@@ -695,77 +706,97 @@ class CudaBackend final : public em::ScoringBackend {
         d_scores;
   };
 
-  /// Requests [begin, end): the particles' X, C/sigma^2 and C^2/sigma^2, the rows' shifts, the
-  /// templates' poses and the tiles go up; rows are built, templates sampled, norms and scores
-  /// computed on the card; the scores come back into outs.
+  /// The sizes of a group of requests: rows, templates, scores and 32 x 32 tiles.
+  struct ManyGroup {
+    int F = 0, N = 0, R = 0, NJ = 0, tiles = 0;
+    long long NS = 0;
+  };
+
+  static ManyGroup many_group_sizes(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end) {
+    ManyGroup g;
+    g.F = requests[begin].frequencies, g.N = static_cast<int>(end - begin);
+    for (std::size_t i = begin; i < end; ++i) {
+      const em::ScoreRequest& q = requests[i];
+      g.R += q.row_count, g.NJ += q.template_count, g.NS += static_cast<long long>(q.row_count) * q.template_count;
+      g.tiles += ((q.row_count + kManyTile - 1) / kManyTile) * ((q.template_count + kManyTile - 1) / kManyTile);
+    }
+    return g;
+  }
+
+  static std::size_t floats_of(std::size_t bytes) { return (bytes + sizeof(float) - 1) / sizeof(float); }
+
+  /// Requests [begin, end): staged on the host (the particles' X, C/sigma^2 and C^2/sigma^2, the
+  /// rows' shifts, the templates' poses, the tiles), scored on the card (score_many_on_device), the
+  /// scores copied into outs.
   void many_group(const std::vector<em::ScoreRequest>& requests, const std::vector<float*>& outs, std::size_t begin, std::size_t end) {
     const auto start = std::chrono::steady_clock::now();
     Slot& s = *slots_.front();
     check(cudaSetDevice(s.device), "cudaSetDevice");
-    cudaStream_t stream = s.stream[0];
     const em::ScoreRequest& first = requests[begin];
-    const int F = first.frequencies, N = static_cast<int>(end - begin);
     const ResidentReferences& refs = references_on_device(*first.sampled.source, s.device);
-    const int2* kxy = list_on_device(*first.sampled.list, s.device);
-    if (sz(F) > frequency_count(*first.sampled.list)) fail("GPU score_many: {} frequencies of a shorter list (internal error)", F);
-    int R = 0, NJ = 0, tiles = 0;
-    long long NS = 0;
-    for (std::size_t i = begin; i < end; ++i) {
-      const em::ScoreRequest& q = requests[i];
-      R += q.row_count, NJ += q.template_count, NS += static_cast<long long>(q.row_count) * q.template_count;
-      tiles += ((q.row_count + kManyTile - 1) / kManyTile) * ((q.template_count + kManyTile - 1) / kManyTile);
-    }
+    if (sz(first.frequencies) > frequency_count(*first.sampled.list))
+      fail("GPU score_many: {} frequencies of a shorter list (internal error)", first.frequencies);
+    const ManyGroup g = many_group_sizes(requests, begin, end);
     ManyBuffers& m = many_;
-    const auto floats_of = [](std::size_t bytes) { return (bytes + sizeof(float) - 1) / sizeof(float); };
-    float* x = m.x.reserve(sz(N) * 2 * sz(F));
-    float* ctf_isg = m.ctf_isg.reserve(sz(N) * sz(F));
-    float* ctf2 = m.ctf2.reserve(sz(N) * sz(F));
-    auto* rows = reinterpret_cast<ManyRow*>(m.rows.reserve(floats_of(sz(R) * sizeof(ManyRow))));
-    auto* poses = reinterpret_cast<TemplatePose*>(m.poses.reserve(floats_of(sz(NJ) * sizeof(TemplatePose))));
-    auto* owner = reinterpret_cast<int*>(m.owner.reserve(sz(NJ)));
-    auto* table = reinterpret_cast<ManyRequest*>(m.requests.reserve(floats_of(sz(N) * sizeof(ManyRequest))));
-    auto* tile = reinterpret_cast<ManyTile*>(m.tiles.reserve(floats_of(sz(tiles) * sizeof(ManyTile))));
-    stage_many(requests, begin, end, refs.host, ManyStaging{x, ctf_isg, ctf2, rows, poses, owner, table, tile});
-    const auto staged = std::chrono::steady_clock::now();
+    const ManyStaging staged{m.x.reserve(sz(g.N) * 2 * sz(g.F)),
+                             m.ctf_isg.reserve(sz(g.N) * sz(g.F)),
+                             m.ctf2.reserve(sz(g.N) * sz(g.F)),
+                             reinterpret_cast<ManyRow*>(m.rows.reserve(floats_of(sz(g.R) * sizeof(ManyRow)))),
+                             reinterpret_cast<TemplatePose*>(m.poses.reserve(floats_of(sz(g.NJ) * sizeof(TemplatePose)))),
+                             reinterpret_cast<int*>(m.owner.reserve(sz(g.NJ))),
+                             reinterpret_cast<ManyRequest*>(m.requests.reserve(floats_of(sz(g.N) * sizeof(ManyRequest)))),
+                             reinterpret_cast<ManyTile*>(m.tiles.reserve(floats_of(sz(g.tiles) * sizeof(ManyTile))))};
+    stage_many(requests, begin, end, refs.host, staged);
+    const auto staged_at = std::chrono::steady_clock::now();
+    const float* scores = score_many_on_device(g, staged, refs, *first.sampled.list, first.cross_correlation, s);
+    const auto computed_at = std::chrono::steady_clock::now();
+    unstage_many_scores(staged.requests, g.N, scores, outs, begin);
+    const auto seconds = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+    const auto done = std::chrono::steady_clock::now();
+    many_time_.requests += g.N, many_time_.groups += 1;
+    many_time_.staging += seconds(start, staged_at) + seconds(computed_at, done);
+    many_time_.device += seconds(staged_at, computed_at);
+    s.stats.flops += 4.0 * g.F * static_cast<double>(g.NS) + 2.0 * g.F * g.NJ;
+    s.stats.seconds += seconds(start, done);
+  }
+
+  /// A staged group up to the card, its rows built, templates sampled, norms and scores computed on
+  /// slot s's first stream, and the scores back in page-locked memory (returned, valid until the
+  /// next group).
+  const float* score_many_on_device(const ManyGroup& g, const ManyStaging& staged, const ResidentReferences& refs,
+                                    const em::FrequencyList& list, bool cross_correlation, Slot& s) {
+    ManyBuffers& m = many_;
+    cudaStream_t stream = s.stream[0];
+    const int F = g.F;
     const auto up = [&](DeviceBuffer& d, const void* host, std::size_t bytes) {
       float* to = d.reserve(std::max<std::size_t>(1, floats_of(bytes)), s.device);
       if (bytes) check(cudaMemcpyAsync(to, host, bytes, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync (score_many)");
       return to;
     };
-    const auto* d_x = reinterpret_cast<const float2*>(up(m.d_x, x, sz(N) * 2 * sz(F) * sizeof(float)));
-    const float* d_ctf_isg = up(m.d_ctf_isg, ctf_isg, sz(N) * sz(F) * sizeof(float));
-    const float* d_ctf2 = up(m.d_ctf2, ctf2, sz(N) * sz(F) * sizeof(float));
-    const auto* d_rows = reinterpret_cast<const ManyRow*>(up(m.d_rows, rows, sz(R) * sizeof(ManyRow)));
-    const auto* d_poses = reinterpret_cast<const TemplatePose*>(up(m.d_poses, poses, sz(NJ) * sizeof(TemplatePose)));
-    const auto* d_owner = reinterpret_cast<const int*>(up(m.d_owner, owner, sz(NJ) * sizeof(int)));
-    const auto* d_table = reinterpret_cast<const ManyRequest*>(up(m.d_requests, table, sz(N) * sizeof(ManyRequest)));
-    const auto* d_tiles = reinterpret_cast<const ManyTile*>(up(m.d_tiles, tile, sz(tiles) * sizeof(ManyTile)));
-    float* row_values = m.d_row_values.reserve(std::max<std::size_t>(1, sz(R) * 2 * sz(F)), s.device);
-    float* head = m.d_head.reserve(std::max<std::size_t>(1, sz(NJ) * 2 * sz(F)), s.device);
-    float* power = m.d_power.reserve(std::max<std::size_t>(1, sz(NJ) * sz(F)), s.device);
-    float* norms = m.d_norms.reserve(std::max<std::size_t>(1, sz(NJ)), s.device);
-    float* scores = m.d_scores.reserve(std::max<std::size_t>(1, static_cast<std::size_t>(NS)), s.device);
-    launch_many_rows(row_values, d_rows, R, d_x, d_ctf_isg, kxy, F, frequency_box(*first.sampled.list), stream);
-    if (NJ > 0) {
-      const dim3 blocks(static_cast<unsigned>((F + 127) / 128), static_cast<unsigned>(std::min(NJ, 65535)));
-      sample_templates_kernel<<<blocks, 128, 0, stream>>>(head, power, reinterpret_cast<const float2*>(refs.grids.data()), d_poses, NJ, kxy,
-                                                         F, 2 * F, F, refs.host.dimensions, refs.host.m, refs.host.hm);
-      check(cudaGetLastError(), "template sampling kernel (score_many)");
-    }
-    launch_many_norms(norms, power, d_ctf2, d_owner, NJ, F, stream);
-    launch_many_scores(scores, d_tiles, tiles, d_table, row_values, head, norms, F, first.cross_correlation, stream);
-    float* back = m.scores.reserve(std::max<std::size_t>(1, static_cast<std::size_t>(NS)));
-    if (NS > 0) check(cudaMemcpyAsync(back, scores, static_cast<std::size_t>(NS) * sizeof(float), cudaMemcpyDeviceToHost, stream),
-                      "cudaMemcpyAsync (score_many scores)");
+    const auto* x = reinterpret_cast<const float2*>(up(m.d_x, staged.x, sz(g.N) * 2 * sz(F) * sizeof(float)));
+    const float* ctf_isg = up(m.d_ctf_isg, staged.ctf_isg, sz(g.N) * sz(F) * sizeof(float));
+    const float* ctf2 = up(m.d_ctf2, staged.ctf2, sz(g.N) * sz(F) * sizeof(float));
+    const auto* rows = reinterpret_cast<const ManyRow*>(up(m.d_rows, staged.rows, sz(g.R) * sizeof(ManyRow)));
+    const auto* poses = reinterpret_cast<const TemplatePose*>(up(m.d_poses, staged.poses, sz(g.NJ) * sizeof(TemplatePose)));
+    const auto* owner = reinterpret_cast<const int*>(up(m.d_owner, staged.owner, sz(g.NJ) * sizeof(int)));
+    const auto* table = reinterpret_cast<const ManyRequest*>(up(m.d_requests, staged.requests, sz(g.N) * sizeof(ManyRequest)));
+    const auto* tiles = reinterpret_cast<const ManyTile*>(up(m.d_tiles, staged.tiles, sz(g.tiles) * sizeof(ManyTile)));
+    float* row_values = m.d_row_values.reserve(std::max<std::size_t>(1, sz(g.R) * 2 * sz(F)), s.device);
+    float* head = m.d_head.reserve(std::max<std::size_t>(1, sz(g.NJ) * 2 * sz(F)), s.device);
+    float* power = m.d_power.reserve(std::max<std::size_t>(1, sz(g.NJ) * sz(F)), s.device);
+    float* norms = m.d_norms.reserve(std::max<std::size_t>(1, sz(g.NJ)), s.device);
+    float* scores = m.d_scores.reserve(std::max<std::size_t>(1, static_cast<std::size_t>(g.NS)), s.device);
+    const int2* kxy = list_on_device(list, s.device);
+    launch_many_rows(row_values, rows, g.R, x, ctf_isg, kxy, F, frequency_box(list), stream);
+    sample_on_stream(head, power, refs, poses, g.NJ, kxy, F, 2 * F, F, stream);
+    launch_many_norms(norms, power, ctf2, owner, g.NJ, F, stream);
+    launch_many_scores(scores, tiles, g.tiles, table, row_values, head, norms, F, cross_correlation, stream);
+    float* back = m.scores.reserve(std::max<std::size_t>(1, static_cast<std::size_t>(g.NS)));
+    if (g.NS > 0)
+      check(cudaMemcpyAsync(back, scores, static_cast<std::size_t>(g.NS) * sizeof(float), cudaMemcpyDeviceToHost, stream),
+            "cudaMemcpyAsync (score_many scores)");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (score_many)");
-    const auto computed = std::chrono::steady_clock::now();
-    unstage_many_scores(table, N, back, outs, begin);
-    const auto seconds = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
-    many_time_.requests += N, many_time_.groups += 1;
-    many_time_.staging += seconds(start, staged) + seconds(computed, std::chrono::steady_clock::now());
-    many_time_.device += seconds(staged, computed);
-    s.stats.flops += 4.0 * F * static_cast<double>(NS) + 2.0 * F * NJ;
-    s.stats.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return back;
   }
 
   CudaOptions options_;

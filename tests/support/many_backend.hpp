@@ -15,7 +15,7 @@ class ManyAtOnceBackend final : public em::ScoringBackend {
   std::string name() const override { return "CPU, passes scored many at once"; }
   void plan(int slots, int particles, int templates) override { cpu_->plan(slots, particles, templates); }
   void score(const em::ScoreRequest& request, float* out, int slot) override { cpu_->score(request, out, slot); }
-  bool scores_many() const override { return true; }
+  bool scores_many(const em::TemplateSource&) const override { return true; }
   void score_many(const std::vector<em::ScoreRequest>& requests, const std::vector<float*>& outs) override {
     batches_ += 1, requests_ += static_cast<long>(requests.size());
     ScoringBackend::score_many(requests, outs);

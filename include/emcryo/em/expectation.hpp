@@ -77,7 +77,8 @@ struct EStepSettings {
   bool cross_correlation = false;  // scores are normalised cross-correlations (reference not on the data's scale)
   bool full_grids = false;         // keep each particle's unmasked transform and CTF on the half grid
   bool full_grids_on_device = false;  // ... read only by the backend's own back-projection (sums_volumes):
-                                      // a backend that prepares batches keeps them on its device
+                                      // a backend that prepares batches keeps them on its device, and
+                                      // PreparedParticle::unmasked / ctf_grid then only name the particle
   bool score = true;               // false: poses are known (fixed orientation, one shift): nothing is
                                    // scored and each particle's one hypothesis has weight 1
   int batch = 256;

@@ -220,9 +220,10 @@ class ScoringBackend {
   /// out[r * template_count + j]: -D^2 up to a per-particle constant (or the cross-correlation).
   /// Callers on different threads use different slots.
   virtual void score(const ScoreRequest& request, float* out, int slot) = 0;
-  /// Whether score_many() scores many one-particle requests at once (a device backend: one upload,
-  /// one sampling and one kernel for a batch's small products instead of a round trip each).
-  virtual bool scores_many() const { return false; }
+  /// Whether score_many() scores many one-particle requests with templates of this source at once
+  /// (a device backend: one upload, one sampling and one kernel for a batch's small products
+  /// instead of a round trip each).
+  virtual bool scores_many(const TemplateSource&) const { return false; }
   /// Each of `requests` (one particle each, its rows given as particle_rows) into outs[i], as
   /// score() would score it with the rows built; called from one thread. This default builds the
   /// rows on the host and calls score() on slot 0, one request after another.

@@ -357,6 +357,7 @@ TEST(CudaBackend, TemplatesSampledOnTheGpuScoreAsTheHostSampledOnes) {
     }
   } none;
   EXPECT_FALSE(gpu::make_cuda_backend({})->samples_templates(none));
+  EXPECT_FALSE(gpu::make_cuda_backend({})->scores_many(none));  // its passes go particle by particle
   gpu::CudaOptions off;
   off.sample_templates = false;
   EXPECT_FALSE(gpu::make_cuda_backend(off)->samples_templates(classes));
@@ -405,7 +406,7 @@ double many_against_cpu(const em::TemplateSource& source, int n, bool cross_corr
   gpu::CudaOptions options;
   options.precision = gpu::Precision::fp32;
   const auto backend = gpu::make_cuda_backend(options);
-  EXPECT_TRUE(backend->scores_many());
+  EXPECT_TRUE(backend->scores_many(source));
   backend->plan(1, 1, 1);
   std::vector<std::vector<float>> gpu_scores(N);
   std::vector<float*> outs;
