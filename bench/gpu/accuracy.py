@@ -31,6 +31,15 @@ def read_particles(path):
     return {l: [r[i] for r in rows] for i, l in enumerate(labels)}
 
 
+def matched(truth, run):
+    """The truth's rows in the run's order, by image name: a run may hold a subset (RELION on the first N)."""
+    if "rlnImageName" not in truth or "rlnImageName" not in run:
+        return truth
+    where = {name: i for i, name in enumerate(truth["rlnImageName"])}
+    rows = [where[name] for name in run["rlnImageName"]]
+    return {label: [values[i] for i in rows] for label, values in truth.items()}
+
+
 def ari(a, b):
     pairs = lambda x: x * (x - 1) / 2
     joint = Counter(zip(a, b))
@@ -61,6 +70,7 @@ def angles_between(a, b):
 
 def main():
     mode, a, b = sys.argv[1], read_particles(sys.argv[2]), read_particles(sys.argv[3])
+    a = matched(a, b)
     if mode == "class2d":
         print(f"ARI {ari(a['emcryoTrueView'], b['rlnClassNumber']):.4f}")
     elif mode == "refine":

@@ -8,6 +8,8 @@
 #   refine   simulate REF_N particles (box REF_BOX), refine from a 30 Å start on the GPU (REF_MANY: EMCRYO_GPU_MANY values)
 #   relion   RELION 5 (CUDA) built beside emcryo; class2d then also runs it on the same data
 #   relion_refine  RELION 5 auto-refine on the refine data (REL_REF_TIMEOUT)
+# REL_C2D_N, REL_REF_N: RELION runs on the first N particles only (its full run may not fit a call); its time per particle
+# per iteration is then the comparable figure.
 # C2D_PRECISIONS, C2D_BATCHES, C2D_MANY: the class2d runs (EMCRYO_GPU_PRECISION x --batch x EMCRYO_GPU_MANY).
 # SIM_EXTRA: more simulate options (e.g. --float16 halves a 100,000-particle box-256 stack to 13 GB).
 # Logs and a summary (summary.txt) under $OUT.
@@ -27,7 +29,7 @@ start_memory() { (peak=0; while :; do m=$(nvidia-smi --query-gpu=memory.used --f
 stop_memory() { kill $MEMPID 2>/dev/null; wait $MEMPID 2>/dev/null; cat /tmp/gpu_peak; }
 
 R=/tmp/relion5/relion/build/bin/relion_refine_mpi
-if has relion; then  # in the background, beside emcryo's build: RELION_CARRY holds relion5-pack.sh's output
+if has relion && [[ ! -x $R ]]; then  # in the background, beside emcryo's build: RELION_CARRY holds relion5-pack.sh's output
   (s=$(now); bash "$RELION_CARRY/relion5-build-cuda.sh" "$RELION_CARRY" && cd /tmp/relion5/relion/build && make -j8 refine_mpi &&
      echo "RELION 5 build: $(since $s) s") > "$OUT/relion_build.log" 2>&1 &
   RELPID=$!
@@ -40,7 +42,7 @@ if has build; then
     { tail -40 "$OUT/build.log"; exit 1; }
   say "build: $(since $s) s"
 fi
-if has relion; then wait $RELPID; tail -1 "$OUT/relion_build.log" | tee -a "$S"; fi
+if [[ -n ${RELPID:-} ]]; then wait $RELPID; tail -1 "$OUT/relion_build.log" | tee -a "$S"; fi
 # RELION's iteration times: seconds from the start to each run_itNNN_optimiser.star.
 relion_iterations() { local t0=$1 dir=$2; for f in $(ls $dir/run_it*_optimiser.star 2>/dev/null); do echo -n "$(basename $f | sed 's/run_it0*\([0-9]*\)_.*/it\1/'):$(( $(stat -c %Y $f) - ${t0%.*} ))s "; done; echo; }
 if has tests; then
@@ -81,13 +83,14 @@ if has class2d; then
   if has relion && [[ -x $R ]]; then
     D=$(awk -v b=$C2D_BOX -v p=$C2D_PIX 'BEGIN{print int(0.8*b*p)}')
     rm -rf $c2d/relion; mkdir -p $c2d/relion; start_memory; s=$(now)
-    (cd $c2d && timeout ${REL_C2D_TIMEOUT:-150} mpirun --allow-run-as-root --oversubscribe -np 3 "$R" --i blind.star --o relion/run \
+    head_particles $c2d/blind.star $c2d/relion_in.star ${REL_C2D_N:-$C2D_N}
+    (cd $c2d && timeout ${REL_C2D_TIMEOUT:-150} mpirun --allow-run-as-root --oversubscribe -np 3 "$R" --i relion_in.star --o relion/run \
        --K $C2D_K --iter ${REL_C2D_IT:-2} --tau2_fudge 2 --particle_diameter $D --ctf --psi_step 6 --offset_range 3 --offset_step 1 \
        --flatten_solvent --zero_mask --norm --scale --dont_combine_weights_via_disc --pool 30 --pad 2 --j 4 --gpu --oversampling 1 \
        --random_seed 1 > relion.log 2>&1)
     rc=$?; t=$(since $s); mem=$(stop_memory)
     last=$(ls $c2d/relion/run_it*_data.star 2>/dev/null | tail -1)
-    say "RELION 5 class2d GPU: exit $rc, $t s, peak GPU memory $mem MiB, iterations $(relion_iterations $s $c2d/relion)"
+    say "RELION 5 class2d GPU (${REL_C2D_N:-$C2D_N} particles): exit $rc, $t s, peak GPU memory $mem MiB, iterations $(relion_iterations $s $c2d/relion)"
     [[ -n $last ]] && say "  RELION 5 $(python3 bench/gpu/accuracy.py class2d $c2d/truth.star $last 2>&1) ($(basename $last))"
     tail -5 $c2d/relion.log > "$OUT/relion_class2d.log"
   fi
@@ -115,14 +118,15 @@ if has relion_refine && [[ -x $R ]]; then
     strip_poses $ref/particles.star $ref/blind.star
   fi
   D=$(awk -v b=$REF_BOX -v p=$REF_PIX 'BEGIN{print int(0.8*b*p)}')
-  rm -rf $ref/relion; mkdir -p $ref/relion; start_memory; s=$(now)
+  rm -rf $ref/relion; mkdir -p $ref/relion; head_particles $ref/blind.star $ref/relion_in.star ${REL_REF_N:-$REF_N}
+  start_memory; s=$(now)
   (cd $ref && timeout ${REL_REF_TIMEOUT:-120} mpirun --allow-run-as-root --oversubscribe -np 3 "$R" --o relion/run --auto_refine \
-     --split_random_halves --i blind.star --ref truth_class001.mrc --firstiter_cc --ini_high 30 --particle_diameter $D \
+     --split_random_halves --i relion_in.star --ref truth_class001.mrc --firstiter_cc --ini_high 30 --particle_diameter $D \
      --healpix_order 2 --auto_local_healpix_order 4 --low_resol_join_halves 40 --sym C1 --j 4 --ctf --flatten_solvent --zero_mask \
      --norm --scale --oversampling 1 --offset_range 3 --offset_step 1 --dont_combine_weights_via_disc --pool 30 --pad 2 \
      --random_seed 1 --gpu > relion.log 2>&1)
   rc=$?; t=$(since $s); mem=$(stop_memory)
-  say "RELION 5 refine GPU ($REF_N particles, box $REF_BOX): exit $rc, $t s, peak GPU memory $mem MiB, iterations $(relion_iterations $s $ref/relion)"
+  say "RELION 5 refine GPU (${REL_REF_N:-$REF_N} particles, box $REF_BOX): exit $rc, $t s, peak GPU memory $mem MiB, iterations $(relion_iterations $s $ref/relion)"
   last=$(ls $ref/relion/run_it*_half1_model.star 2>/dev/null | tail -1)
   [[ -n $last ]] && say "  RELION 5 last half-map resolution: $(grep _rlnCurrentResolution $last | awk '{print $2}') Å ($(basename $last))"
   tail -5 $ref/relion.log > "$OUT/relion_refine.log"

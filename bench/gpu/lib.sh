@@ -21,5 +21,13 @@ strip_poses() {
        {print}' "$1" > "$2"
 }
 
+# The first N particle rows of a particles STAR (every other block and the header kept): RELION's subset at the
+# benchmark's size when its full run would not fit a call.
+head_particles() {
+  awk -v n="$3" '/^data_/{blk=$1}
+       blk=="data_particles" && NF>2 && $1 !~ /^_/ && $1 !~ /^#/ {if (++k > n) next}
+       {print}' "$1" > "$2"
+}
+
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
