@@ -5,6 +5,10 @@
 #include <numbers>
 
 #include <omp.h>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define EMCRYO_TRILINEAR_SIMD 1
+#endif
 
 #include "emcryo/core/error.hpp"
 
@@ -101,34 +105,94 @@ namespace {
 /// a slice's coordinates are as good as random, and a mispredicted branch per voxel costs more
 /// than the arithmetic.
 inline std::size_t wrap_index(int i, int m) { return static_cast<std::size_t>(i + (m & (i >> 31))); }
-/// -1 for negative x, else 1 (a select, not a branch).
-inline double mirror_sign(double x) { return x < 0 ? -1.0 : 1.0; }
+
+/// The trilinear cell of a point of the padded half grid (m x m x hm), Hermitian-mirrored: where
+/// px < 0 the point (-p) is read or written instead, its value conjugated (sign = -1). The four
+/// (y, z) corners' first voxels; each corner's x + 1 neighbour follows it in memory. Single
+/// precision: a padded coordinate (< 512) keeps ~1e-5 px, far below what interpolation resolves,
+/// and the float arithmetic is what lets the corners go through SIMD registers.
+struct Cell {
+  std::size_t corner[4];  // (y0, z0), (y1, z0), (y0, z1), (y1, z1)
+  float fx, fy, fz, sign;
+};
+inline Cell cell_at(float px, float py, float pz, int m, std::size_t hm, std::size_t plane) {
+  Cell c;
+  c.sign = px < 0 ? -1.0f : 1.0f;
+  px *= c.sign, py *= c.sign, pz *= c.sign;
+  const int x0 = static_cast<int>(px);  // px >= 0: truncation is floor
+  const int y0 = static_cast<int>(std::floor(py)), z0 = static_cast<int>(std::floor(pz));
+  c.fx = px - static_cast<float>(x0), c.fy = py - static_cast<float>(y0), c.fz = pz - static_cast<float>(z0);
+  const std::size_t y0i = wrap_index(y0, m) * hm + static_cast<std::size_t>(x0), y1i = wrap_index(y0 + 1, m) * hm + static_cast<std::size_t>(x0);
+  const std::size_t z0i = wrap_index(z0, m) * plane, z1i = wrap_index(z0 + 1, m) * plane;
+  c.corner[0] = z0i + y0i, c.corner[1] = z0i + y1i, c.corner[2] = z1i + y0i, c.corner[3] = z1i + y1i;
+  return c;
+}
+
+/// The grid's value at a cell (interpolated along x, then y, then z), conjugated where mirrored.
+inline Complex interpolate(const Complex* grid, const Cell& c) {
+#ifdef EMCRYO_TRILINEAR_SIMD
+  // A corner and its x + 1 neighbour are four floats (re, im, re', im'): two corners per register.
+  const auto* g = reinterpret_cast<const float*>(grid);
+  const __m256 z0 = _mm256_set_m128(_mm_loadu_ps(g + 2 * c.corner[1]), _mm_loadu_ps(g + 2 * c.corner[0]));
+  const __m256 z1 = _mm256_set_m128(_mm_loadu_ps(g + 2 * c.corner[3]), _mm_loadu_ps(g + 2 * c.corner[2]));
+  const __m256 fx = _mm256_set1_ps(c.fx);
+  const auto along_x = [&](__m256 pair) {  // (v0 + fx (v1 - v0)), twice per 128-bit half
+    const __m256 v0 = _mm256_permute_ps(pair, 0x44), v1 = _mm256_permute_ps(pair, 0xEE);
+    return _mm256_fmadd_ps(fx, _mm256_sub_ps(v1, v0), v0);
+  };
+  const __m128 fy = _mm_set1_ps(c.fy);
+  const auto along_y = [&](__m256 x) {
+    const __m128 y0 = _mm256_castps256_ps128(x), y1 = _mm256_extractf128_ps(x, 1);
+    return _mm_fmadd_ps(fy, _mm_sub_ps(y1, y0), y0);
+  };
+  const __m128 c0 = along_y(along_x(z0)), c1 = along_y(along_x(z1));
+  const __m128 v = _mm_fmadd_ps(_mm_set1_ps(c.fz), _mm_sub_ps(c1, c0), c0);
+  return Complex(_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)) * c.sign);
+#else
+  Complex corner[4];
+  for (int i = 0; i < 4; ++i) {
+    const Complex* v = grid + c.corner[i];
+    corner[i] = v[0] + c.fx * (v[1] - v[0]);
+  }
+  const Complex c0 = corner[0] + c.fy * (corner[1] - corner[0]), c1 = corner[2] + c.fy * (corner[3] - corner[2]);
+  const Complex v = c0 + c.fz * (c1 - c0);
+  return Complex(v.real(), v.imag() * c.sign);
+#endif
+}
+
+/// Spreads a value (vr, vi, conjugated where mirrored by the caller) and its weight w over a cell.
+inline void spread(float* sums, float* weights, const Cell& c, float vr, float vi, float w) {
+  const float wzy[4] = {(1 - c.fz) * (1 - c.fy), (1 - c.fz) * c.fy, c.fz * (1 - c.fy), c.fz * c.fy};
+#ifdef EMCRYO_TRILINEAR_SIMD
+  // Each corner's two voxels: one 4-float add for the values, one 2-float add for the weights.
+  const __m128 value = _mm_setr_ps(vr, vi, vr, vi), weight = _mm_set1_ps(w);
+  for (int i = 0; i < 4; ++i) {
+    const float w0 = wzy[i] * (1 - c.fx), w1 = wzy[i] * c.fx;
+    float* d = sums + 2 * c.corner[i];
+    _mm_storeu_ps(d, _mm_fmadd_ps(_mm_setr_ps(w0, w0, w1, w1), value, _mm_loadu_ps(d)));
+    auto* wd = reinterpret_cast<double*>(weights + c.corner[i]);  // two floats through a 64-bit lane (unaligned is fine)
+    const __m128 old = _mm_castpd_ps(_mm_load_sd(wd));
+    _mm_storel_pd(wd, _mm_castps_pd(_mm_fmadd_ps(_mm_setr_ps(w0, w1, 0, 0), weight, old)));
+  }
+#else
+  for (int i = 0; i < 4; ++i) {
+    const float w0 = wzy[i] * (1 - c.fx), w1 = wzy[i] * c.fx;
+    float* d = sums + 2 * c.corner[i];
+    d[0] += w0 * vr, d[1] += w0 * vi, d[2] += w1 * vr, d[3] += w1 * vi;
+    weights[c.corner[i]] += w0 * w, weights[c.corner[i] + 1] += w1 * w;
+  }
+#endif
+}
 }  // namespace
 
 void Projector::sample(const geometry::Mat3& a, const FrequencyList& list, Complex* out) const {
-  const double ax = a(0, 0) * pad_, ay = a(0, 1) * pad_, az = a(0, 2) * pad_;
-  const double bx = a(1, 0) * pad_, by = a(1, 1) * pad_, bz = a(1, 2) * pad_;
-  const std::size_t mm = static_cast<std::size_t>(m_), hm = static_cast<std::size_t>(hm_), plane = mm * hm;
+  const float ax = static_cast<float>(a(0, 0) * pad_), ay = static_cast<float>(a(0, 1) * pad_), az = static_cast<float>(a(0, 2) * pad_);
+  const float bx = static_cast<float>(a(1, 0) * pad_), by = static_cast<float>(a(1, 1) * pad_), bz = static_cast<float>(a(1, 2) * pad_);
+  const std::size_t hm = static_cast<std::size_t>(hm_), plane = static_cast<std::size_t>(m_) * hm;
   const Complex* const grid = grid_.data();
   for (std::size_t f = 0; f < list.size(); ++f) {
-    const int kx = list.kx[f], ky = list.ky[f];
-    double px = ax * kx + bx * ky, py = ay * kx + by * ky, pz = az * kx + bz * ky;
-    // Points with px < 0 read the Hermitian mirror, conjugated.
-    const double sign = mirror_sign(px);
-    px *= sign, py *= sign, pz *= sign;
-    const int x0 = static_cast<int>(px), y0 = static_cast<int>(std::floor(py)), z0 = static_cast<int>(std::floor(pz));
-    const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
-    const std::size_t y0i = wrap_index(y0, m_) * hm + static_cast<std::size_t>(x0), y1i = wrap_index(y0 + 1, m_) * hm + static_cast<std::size_t>(x0);
-    const std::size_t z0i = wrap_index(z0, m_) * plane, z1i = wrap_index(z0 + 1, m_) * plane;
-    const Complex* g00 = grid + z0i + y0i;
-    const Complex* g01 = grid + z0i + y1i;
-    const Complex* g10 = grid + z1i + y0i;
-    const Complex* g11 = grid + z1i + y1i;
-    const Complex c00 = g00[0] + fx * (g00[1] - g00[0]), c01 = g01[0] + fx * (g01[1] - g01[0]);
-    const Complex c10 = g10[0] + fx * (g10[1] - g10[0]), c11 = g11[0] + fx * (g11[1] - g11[0]);
-    const Complex c0 = c00 + fy * (c01 - c00), c1 = c10 + fy * (c11 - c10);
-    const Complex v = c0 + fz * (c1 - c0);
-    out[f] = Complex(v.real(), v.imag() * static_cast<float>(sign));
+    const float kx = static_cast<float>(list.kx[f]), ky = static_cast<float>(list.ky[f]);
+    out[f] = interpolate(grid, cell_at(ax * kx + bx * ky, ay * kx + by * ky, az * kx + bz * ky, m_, hm, plane));
   }
 }
 
@@ -279,43 +343,24 @@ void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const f
   const int h = in_n / 2 + 1;
   const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
   const double r2_max = r_max * r_max;
-  const double ax = a(0, 0) * pad_, ay = a(0, 1) * pad_, az = a(0, 2) * pad_;
-  const double bx = a(1, 0) * pad_, by = a(1, 1) * pad_, bz = a(1, 2) * pad_;
+  const float ax = static_cast<float>(a(0, 0) * pad_), ay = static_cast<float>(a(0, 1) * pad_), az = static_cast<float>(a(0, 2) * pad_);
+  const float bx = static_cast<float>(a(1, 0) * pad_), by = static_cast<float>(a(1, 1) * pad_), bz = static_cast<float>(a(1, 2) * pad_);
   const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
   reach_ = std::max(reach_, reach_for(n_, pad_, max_radius));
-  const int m = m_;
   const std::size_t hm = static_cast<std::size_t>(hm_), plane = static_cast<std::size_t>(m_) * hm;
-  // Complex voxels as float pairs: the two x neighbours are four consecutive floats.
+  // Complex voxels as float pairs: a corner's two x neighbours are four consecutive floats.
   float* const sums = reinterpret_cast<float*>(data_.data());
   float* const weights = weight_.data();
   for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
     const std::size_t row = static_cast<std::size_t>(image::storage_index(ky, in_n)) * h;
-    const double rx = bx * ky, ry = by * ky, rz = bz * ky;
+    const float fky = static_cast<float>(ky), rx = bx * fky, ry = by * fky, rz = bz * fky;
     // The kx = 0 column holds both ky and -ky; insert only ky >= 0 there to avoid counting twice
     // (Hermitian symmetry of the 3D grid is restored before reconstruction).
     for (int kx = ky < 0 ? 1 : 0; kx < h; ++kx) {
       if (kx * kx + ky * ky > r2_max) break;
-      double px = ax * kx + rx, py = ay * kx + ry, pz = az * kx + rz;
-      // Points with px < 0 go to the Hermitian mirror, conjugated.
-      const double sign = mirror_sign(px);
-      px *= sign, py *= sign, pz *= sign;
-      const float vr = data[row + kx].real(), vi = data[row + kx].imag() * static_cast<float>(sign);
-      const float w = weight[row + kx] * weight_scale;
-      const int x0 = static_cast<int>(px);  // px >= 0: truncation is floor
-      const int y0 = static_cast<int>(std::floor(py)), z0 = static_cast<int>(std::floor(pz));
-      const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
-      const std::size_t y0i = wrap_index(y0, m) * hm + static_cast<std::size_t>(x0), y1i = wrap_index(y0 + 1, m) * hm + static_cast<std::size_t>(x0);
-      const std::size_t z0i = wrap_index(z0, m) * plane, z1i = wrap_index(z0 + 1, m) * plane;
-      const auto add = [&](std::size_t at, float wzy) {
-        const float w0 = wzy * (1 - fx), w1 = wzy * fx;
-        float* d = sums + 2 * at;
-        d[0] += w0 * vr, d[1] += w0 * vi, d[2] += w1 * vr, d[3] += w1 * vi;
-        weights[at] += w0 * w, weights[at + 1] += w1 * w;
-      };
-      add(z0i + y0i, (1 - fz) * (1 - fy));
-      add(z0i + y1i, (1 - fz) * fy);
-      add(z1i + y0i, fz * (1 - fy));
-      add(z1i + y1i, fz * fy);
+      const float fkx = static_cast<float>(kx);
+      const Cell c = cell_at(ax * fkx + rx, ay * fkx + ry, az * fkx + rz, m_, hm, plane);
+      spread(sums, weights, c, data[row + kx].real(), data[row + kx].imag() * c.sign, weight[row + kx] * weight_scale);
     }
   }
 }
