@@ -113,6 +113,8 @@ void ScoringBackend::prepare_batch(const PrepareBatch&) { fail("scoring backend 
 void ScoringBackend::begin_volume_sums(int, int, int, double) { fail("scoring backend {}: no device volumes (internal error)", name()); }
 void ScoringBackend::add_volume_sums(const VolumeSumsBatch&) { fail("scoring backend {}: no device volumes (internal error)", name()); }
 void ScoringBackend::end_volume_sums(const std::vector<BackProjector*>&) { fail("scoring backend {}: no device volumes (internal error)", name()); }
+void ScoringBackend::fold_volume_sums() { fail("scoring backend {}: no device volumes (internal error)", name()); }
+void ScoringBackend::take_volume_totals(const std::vector<BackProjector*>&) { fail("scoring backend {}: no device volumes (internal error)", name()); }
 void ScoringBackend::score_kept(const ScoreRequest&, const KeptScores&, int) { fail("scoring backend {}: no kept scores (internal error)", name()); }
 void ScoringBackend::reduce_kept(const ScoreReduction&, ReducedScores&) { fail("scoring backend {}: no kept scores (internal error)", name()); }
 

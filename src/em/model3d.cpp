@@ -416,7 +416,9 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     for (std::size_t p = chunks.begin(c); p < chunks.end(c); ++p) put_pose(message, poses[p]);
     if (settings.back_project) {  // scoring only: the sums stay empty and are not sent
       const StageClock clock(es_stats.stages, StageTimes::chunk_sums);
-      if (device_volumes) {
+      if (device_volumes && fold_in_place) {
+        backend.fold_volume_sums();  // into the device's totals, brought back once after the last chunk
+      } else if (device_volumes) {
         std::vector<BackProjector*> into;
         for (int k = 0; k < K; ++k) into.push_back(&sums.lane(k, 0));
         backend.end_volume_sums(into);
@@ -433,8 +435,8 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     if (settings.back_project) {
       const StageClock clock(stats.stages, StageTimes::chunk_sums);
       for (int k = 0; k < K; ++k) {
-        if (fold_in_place) sums.add_lanes_to_total(k);
-        else sums.total(k).add_from(message);
+        if (fold_in_place && !device_volumes) sums.add_lanes_to_total(k);
+        else if (!fold_in_place) sums.total(k).add_from(message);
       }
     }
     for (std::size_t g = 0; g < noise.sum.size(); ++g) message.add_into(noise.sum[g]), message.add_into(noise.count[g]);
@@ -466,6 +468,12 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     stats = message.get<ExpectationStats>();
   };
   mpi::reduce_in_chunk_order(chunks, {compute, fold, share, take}, settings.fold_rank);
+  if (settings.back_project && device_volumes && fold_in_place) {
+    const StageClock clock(stats.stages, StageTimes::chunk_sums);
+    std::vector<BackProjector*> totals;
+    for (int k = 0; k < K; ++k) totals.push_back(&sums.total(k));
+    backend.take_volume_totals(totals);
+  }
   sums.clear_lanes();
 }
 

@@ -123,6 +123,12 @@ struct DeviceVolumeSums::State {
   std::vector<char> touched;  // per class: inserted into this chunk
   DeviceArray<float2> data;  // the classes' volumes within the reach
   DeviceArray<float> weight;
+  // The folded totals (fold / take_totals): the volumes of every chunk folded so far.
+  bool totals_begun = false;
+  std::size_t total_cells = 0;  // per class, as the chunks' layout
+  std::vector<char> total_touched;
+  DeviceArray<float2> total_data;
+  DeviceArray<float> total_weight;
   DeviceArray<int> freq;
   DeviceArray<char> batch;
   PinnedArray<char> staging[2];
@@ -222,23 +228,67 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q, const KeptGrids* grids)
   if (grids) check(cudaEventSynchronize(s.gathered), "cudaEventSynchronize (kept grids)");
 }
 
+namespace {
+/// Adds the classes' device volumes (data, weight: cells per class) into into[k] where touched[k].
+void add_volumes_into(const std::vector<em::BackProjector*>& into, const VolumeLayout& l, const float2* data, const float* weight,
+                      const std::vector<char>& touched, cudaStream_t stream) {
+  if (into.size() != sz(l.classes)) fail("GPU back-projection: {} volumes for {} classes (internal error)", into.size(), l.classes);
+  std::vector<float> host_data(2 * l.cells()), host_weight(l.cells());
+  for (int k = 0; k < l.classes; ++k) {
+    if (!touched[sz(k)]) continue;  // as on the CPU: a class nothing entered keeps its reach
+    const std::size_t at = sz(k) * l.cells();
+    check(cudaMemcpyAsync(host_data.data(), data + at, l.cells() * 8, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync (back-projection volumes)");
+    check(cudaMemcpyAsync(host_weight.data(), weight + at, l.cells() * 4, cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync (back-projection weights)");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (back-projection)");
+    add_device_volume(*into[sz(k)], l, host_data.data(), host_weight.data());
+  }
+}
+}  // namespace
+
 void DeviceVolumeSums::end(const std::vector<em::BackProjector*>& into) {
   State& s = *state_;
-  const VolumeLayout& l = s.layout;
-  if (into.size() != sz(l.classes)) fail("GPU back-projection: {} volumes for {} classes (internal error)", into.size(), l.classes);
   check(cudaSetDevice(s.device), "cudaSetDevice");
-  std::vector<float> data(2 * l.cells()), weight(l.cells());
-  for (int k = 0; k < l.classes; ++k) {
-    if (!s.touched[sz(k)]) continue;  // as on the CPU: a class nothing entered keeps its reach
-    const std::size_t at = sz(k) * l.cells();
-    check(cudaMemcpyAsync(data.data(), s.data.data() + at, l.cells() * 8, cudaMemcpyDeviceToHost, s.stream),
-          "cudaMemcpyAsync (back-projection volumes)");
-    check(cudaMemcpyAsync(weight.data(), s.weight.data() + at, l.cells() * 4, cudaMemcpyDeviceToHost, s.stream),
-          "cudaMemcpyAsync (back-projection weights)");
-    check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize (back-projection)");
-    add_device_volume(*into[sz(k)], l, data.data(), weight.data());
-  }
+  add_volumes_into(into, s.layout, s.data.data(), s.weight.data(), s.touched, s.stream);
   std::fill(s.touched.begin(), s.touched.end(), 0);
+}
+
+void DeviceVolumeSums::fold() {
+  State& s = *state_;
+  const VolumeLayout& l = s.layout;
+  check(cudaSetDevice(s.device), "cudaSetDevice");
+  const std::size_t cells = l.cells() * sz(l.classes);
+  if (!s.totals_begun) {
+    // A second set of volumes: checked against the card's free memory as begin() checks the first.
+    std::size_t free = 0, total = 0;
+    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    const std::size_t more = cells * 12 - std::min(cells * 12, s.total_data.capacity() * 8 + s.total_weight.capacity() * 4);
+    if (more + (std::size_t{64} << 20) > free)
+      fail("GPU {}: the 3D back-projection's totals need {:.0f} MiB more but {:.0f} of {:.0f} MiB are free (as much as its volumes: "
+           "classes x (2R + 1)^2 x (R + 1) x 12 bytes, {} x {}^2 x {} x 12 bytes); EMCRYO_GPU_BACKPROJECT=0 back-projects on the CPU "
+           "instead (docs/design.md)",
+           s.device, more / 1048576.0, free / 1048576.0, total / 1048576.0, l.classes, l.side, l.count);
+    check(cudaMemsetAsync(s.total_data.reserve(cells), 0, cells * 8, s.stream), "cudaMemsetAsync");
+    check(cudaMemsetAsync(s.total_weight.reserve(cells), 0, cells * 4, s.stream), "cudaMemsetAsync");
+    s.totals_begun = true, s.total_cells = l.cells();
+    s.total_touched.assign(sz(l.classes), 0);
+  }
+  if (s.total_cells != l.cells() || s.total_touched.size() != sz(l.classes))
+    fail("GPU back-projection totals: chunks of different layouts (internal error)");
+  // The stream orders the adds after the chunk's last insertion kernel.
+  add_on_device(reinterpret_cast<float*>(s.total_data.data()), reinterpret_cast<const float*>(s.data.data()), static_cast<long long>(2 * cells),
+                s.stream);
+  add_on_device(s.total_weight.data(), s.weight.data(), static_cast<long long>(cells), s.stream);
+  for (std::size_t k = 0; k < s.touched.size(); ++k) s.total_touched[k] |= s.touched[k];
+  std::fill(s.touched.begin(), s.touched.end(), 0);
+}
+
+void DeviceVolumeSums::take_totals(const std::vector<em::BackProjector*>& into) {
+  State& s = *state_;
+  if (!s.totals_begun) return;  // no chunk folded: nothing to add
+  check(cudaSetDevice(s.device), "cudaSetDevice");
+  add_volumes_into(into, s.layout, s.total_data.data(), s.total_weight.data(), s.total_touched, s.stream);
+  s.totals_begun = false;
 }
 
 }  // namespace emcryo::gpu

@@ -50,6 +50,10 @@ class DeviceVolumeSums {
   /// host and sent), or nullptr.
   void add(const em::VolumeSumsBatch& batch, const KeptGrids* grids);
   void end(const std::vector<em::BackProjector*>& into);
+  /// The chunk's volumes added into totals on the device (ScoringBackend::fold_volume_sums).
+  void fold();
+  /// The totals added into into[k] (ScoringBackend::take_volume_totals).
+  void take_totals(const std::vector<em::BackProjector*>& into);
 
  private:
   struct State;

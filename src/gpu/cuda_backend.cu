@@ -164,6 +164,16 @@ __global__ void add_kernel(float* total, const float* part, long long count) {
     total[i] += part[i];
 }
 
+}  // namespace
+
+void add_on_device(float* total, const float* part, long long count, cudaStream_t stream) {
+  if (count <= 0) return;
+  add_kernel<<<1024, 256, 0, stream>>>(total, part, count);
+  check_cuda(cudaGetLastError(), "fold kernel");
+}
+
+namespace {
+
 unsigned blocks_for(long long count, int threads) { return static_cast<unsigned>((count + threads - 1) / threads); }
 
 /// Templates (and their powers) on one device: uploaded once while the caller says they are resident.
@@ -399,9 +409,8 @@ class CudaBackend final : public em::ScoringBackend {
       totals_begun_ = true, totals_floats_ = {nd, nw};
     }
     if (totals_floats_ != std::pair{nd, nw}) fail("GPU M-step totals: chunks of different sizes (internal error)");
-    add_kernel<<<1024, 256, 0, s.stream[0]>>>(s.total_data.data(), s.sum_data.data(), static_cast<long long>(nd));
-    add_kernel<<<1024, 256, 0, s.stream[0]>>>(s.total_weight.data(), s.sum_weight.data(), static_cast<long long>(nw));
-    check(cudaGetLastError(), "M-step totals kernel");
+    add_on_device(s.total_data.data(), s.sum_data.data(), static_cast<long long>(nd), s.stream[0]);
+    add_on_device(s.total_weight.data(), s.sum_weight.data(), static_cast<long long>(nw), s.stream[0]);
   }
 
   void take_template_totals(float* data, float* weight) override {
@@ -447,6 +456,8 @@ class CudaBackend final : public em::ScoringBackend {
     volumes().add(batch, grids);
   }
   void end_volume_sums(const std::vector<em::BackProjector*>& into) override { volumes().end(into); }
+  void fold_volume_sums() override { volumes().fold(); }
+  void take_volume_totals(const std::vector<em::BackProjector*>& into) override { volumes().take_totals(into); }
 
   em::BackendStats stats() const override {
     em::BackendStats total = cpu_->stats();

@@ -16,6 +16,10 @@ inline void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail("CUDA: {} failed: {}", what, cudaGetErrorString(e));
 }
 
+/// total[i] += part[i] on `stream`: a chunk's sums folded into an E-step's totals, float by float as
+/// the host would add them (cuda_backend.cu).
+void add_on_device(float* total, const float* part, long long count, cudaStream_t stream);
+
 inline double mib(std::size_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
 
 /// The one-line error for a device allocation that would not fit: what needs the memory, its

@@ -258,6 +258,14 @@ class ScoringBackend {
   virtual void add_volume_sums(const VolumeSumsBatch& batch);
   /// Adds the device volumes into into[k] (one per class), within the reach inserted.
   virtual void end_volume_sums(const std::vector<BackProjector*>& into);
+  /// Instead of end_volume_sums: adds the chunk's volumes into totals kept on the device (zero
+  /// before the first fold), float by float as the host adds a chunk into its totals, so that one
+  /// process brings an E-step's volumes back once instead of once per chunk (at box 256, 0.8 GB a
+  /// class and chunk).
+  virtual void fold_volume_sums();
+  /// Adds the folded totals into into[k] (as end_volume_sums does; nothing where no chunk was
+  /// folded); the next fold starts from zero.
+  virtual void take_volume_totals(const std::vector<BackProjector*>& into);
   /// Whether a batch's shared coarse scores of this shape can stay on the device and be reduced
   /// there (score_kept / reduce_kept, from one thread; slot 0).
   virtual bool reduces_scores(const KeptScores& /*shape*/) const { return false; }

@@ -739,8 +739,9 @@ ReachedSums reached_sums(const em::BackProjector& bp) {
 
 // The 3D back-projection on the GPU against model3d's CPU block on random data: particles of two
 // optics groups, poses with one to three shifts each, two symmetry operators, two classes, over two
-// batches, added into volumes that already hold a slice. Both the cropped layout (rows within the
-// reach) and the whole grid (padding 1, where the reach spans it) are checked.
+// batches, added into volumes that already hold a slice, either as one chunk or as two chunks folded
+// on the device. Both the cropped layout (rows within the reach) and the whole grid (padding 1,
+// where the reach spans it) are checked.
 TEST(CudaBackend, BackProjectionOnTheGpuEqualsBackProjectorInsert) {
   REQUIRE_GPU();
   for (const auto& [n, padding, radius] : {std::tuple{32, 2, 11.5}, std::tuple{24, 1, 40.0}}) {
@@ -774,8 +775,8 @@ TEST(CudaBackend, BackProjectionOnTheGpuEqualsBackProjectorInsert) {
         poses.push_back(p);
       }
     // Both start with one slice already in class 0: the device sums are added to what is there.
-    std::vector<em::BackProjector> cpu(K, em::BackProjector(n, padding)), gpu_sums = cpu;
-    for (auto* bp : {&cpu[0], &gpu_sums[0]}) bp->insert(geometry::euler_to_matrix({10, 20, 30}), x[0].data(), ctf[0].data(), n, radius);
+    std::vector<em::BackProjector> cpu(K, em::BackProjector(n, padding));
+    cpu[0].insert(geometry::euler_to_matrix({10, 20, 30}), x[0].data(), ctf[0].data(), n, radius);
     // The reference: model3d's CPU block, insertion by insertion.
     std::vector<em::Complex> data(half);
     std::vector<float> weight(half);
@@ -788,51 +789,59 @@ TEST(CudaBackend, BackProjectionOnTheGpuEqualsBackProjectorInsert) {
       for (std::size_t k = 0; k < half; ++k) data[k] *= ctf[b][k] * is[k], weight[k] = ctf[b][k] * ctf[b][k] * is[k] * total;
       for (const auto& st : symmetry) cpu[static_cast<std::size_t>(p.k)].insert(p.a * st, data.data(), weight.data(), n, radius);
     }
-    // The device: the same poses in two batches (particles [0, 4) and [4, B)), each with its own indices.
-    gpu::CudaOptions on;
-    on.volume_sums = true;
-    const auto backend = gpu::make_cuda_backend(on);
-    ASSERT_TRUE(backend->sums_volumes());
-    backend->plan(1, B, 1);
-    backend->begin_volume_sums(K, n, padding, radius);
-    for (const auto& [first, end] : {std::pair{0, 4}, std::pair{4, B}}) {
-      em::VolumeSumsBatch q;
-      q.particles = end - first;
-      for (const auto& g : isg) q.inv_sigma2.push_back(g.data());
-      for (int b = first; b < end; ++b) {
-        const auto bi = static_cast<std::size_t>(b);
-        q.unmasked.push_back(reinterpret_cast<const float*>(x[bi].data())), q.ctf.push_back(ctf[bi].data()), q.group.push_back(group[bi]);
-      }
-      std::vector<em::VolumeInsertion> insertions;
-      std::vector<em::VolumeShift> shifts;
-      for (const Pose& p : poses) {
-        if (p.b < first || p.b >= end) continue;
-        em::VolumeInsertion r;
-        r.k = p.k, r.b = p.b - first, r.first_shift = static_cast<int>(shifts.size()), r.shifts = static_cast<int>(p.shifts.size());
-        for (const auto& s : p.shifts) shifts.push_back(s), r.total += s.w;
-        for (const auto& st : symmetry) {
-          const geometry::Mat3 as = p.a * st;
-          for (int j = 0; j < 3; ++j) r.a[j] = as(0, j) * padding, r.a[3 + j] = as(1, j) * padding;
-          insertions.push_back(r);
+    // The device: the same poses in two batches (particles [0, 4) and [4, B)), each with its own indices;
+    // the batches either in one chunk (end_volume_sums) or each its own chunk folded on the device.
+    for (const bool fold_on_device : {false, true}) {
+      std::vector<em::BackProjector> gpu_sums(K, em::BackProjector(n, padding));
+      gpu_sums[0].insert(geometry::euler_to_matrix({10, 20, 30}), x[0].data(), ctf[0].data(), n, radius);
+      gpu::CudaOptions on;
+      on.volume_sums = true;
+      const auto backend = gpu::make_cuda_backend(on);
+      ASSERT_TRUE(backend->sums_volumes());
+      backend->plan(1, B, 1);
+      if (!fold_on_device) backend->begin_volume_sums(K, n, padding, radius);
+      for (const auto& [first, end] : {std::pair{0, 4}, std::pair{4, B}}) {
+        if (fold_on_device) backend->begin_volume_sums(K, n, padding, radius);
+        em::VolumeSumsBatch q;
+        q.particles = end - first;
+        for (const auto& g : isg) q.inv_sigma2.push_back(g.data());
+        for (int b = first; b < end; ++b) {
+          const auto bi = static_cast<std::size_t>(b);
+          q.unmasked.push_back(reinterpret_cast<const float*>(x[bi].data())), q.ctf.push_back(ctf[bi].data()), q.group.push_back(group[bi]);
         }
+        std::vector<em::VolumeInsertion> insertions;
+        std::vector<em::VolumeShift> shifts;
+        for (const Pose& p : poses) {
+          if (p.b < first || p.b >= end) continue;
+          em::VolumeInsertion r;
+          r.k = p.k, r.b = p.b - first, r.first_shift = static_cast<int>(shifts.size()), r.shifts = static_cast<int>(p.shifts.size());
+          for (const auto& s : p.shifts) shifts.push_back(s), r.total += s.w;
+          for (const auto& st : symmetry) {
+            const geometry::Mat3 as = p.a * st;
+            for (int j = 0; j < 3; ++j) r.a[j] = as(0, j) * padding, r.a[3 + j] = as(1, j) * padding;
+            insertions.push_back(r);
+          }
+        }
+        q.insertions = insertions.data(), q.insertion_count = insertions.size(), q.shifts = shifts.data(), q.shift_count = shifts.size();
+        backend->add_volume_sums(q);
+        if (fold_on_device) backend->fold_volume_sums();
       }
-      q.insertions = insertions.data(), q.insertion_count = insertions.size(), q.shifts = shifts.data(), q.shift_count = shifts.size();
-      backend->add_volume_sums(q);
-    }
-    backend->end_volume_sums({&gpu_sums[0], &gpu_sums[1]});
-    for (int k = 0; k < K; ++k) {
-      const ReachedSums want = reached_sums(cpu[static_cast<std::size_t>(k)]), got = reached_sums(gpu_sums[static_cast<std::size_t>(k)]);
-      ASSERT_EQ(got.reach, want.reach);
-      ASSERT_EQ(got.data.size(), want.data.size());
-      double worst = 0, largest = 0;
-      for (std::size_t i = 0; i < want.data.size(); ++i) {
-        worst = std::max({worst, static_cast<double>(std::abs(got.data[i] - want.data[i])), std::abs(static_cast<double>(got.weight[i]) - want.weight[i])});
-        largest = std::max({largest, static_cast<double>(std::abs(want.data[i])), static_cast<double>(want.weight[i])});
+      if (fold_on_device) backend->take_volume_totals({&gpu_sums[0], &gpu_sums[1]});
+      else backend->end_volume_sums({&gpu_sums[0], &gpu_sums[1]});
+      for (int k = 0; k < K; ++k) {
+        const ReachedSums want = reached_sums(cpu[static_cast<std::size_t>(k)]), got = reached_sums(gpu_sums[static_cast<std::size_t>(k)]);
+        ASSERT_EQ(got.reach, want.reach);
+        ASSERT_EQ(got.data.size(), want.data.size());
+        double worst = 0, largest = 0;
+        for (std::size_t i = 0; i < want.data.size(); ++i) {
+          worst = std::max({worst, static_cast<double>(std::abs(got.data[i] - want.data[i])), std::abs(static_cast<double>(got.weight[i]) - want.weight[i])});
+          largest = std::max({largest, static_cast<double>(std::abs(want.data[i])), static_cast<double>(want.weight[i])});
+        }
+        std::printf("GPU back-projection, box %d, padding %d, class %d, %s: max |GPU - insert()| %.3g of max %.3g (%zu voxels)\n", n, padding, k,
+                    fold_on_device ? "two chunks folded on the GPU" : "one chunk", worst, largest, want.data.size());
+        EXPECT_GT(largest, 0);
+        EXPECT_LT(worst, 1e-5 * largest);
       }
-      std::printf("GPU back-projection, box %d, padding %d, class %d: max |GPU - insert()| %.3g of max %.3g (%zu voxels)\n", n, padding, k,
-                  worst, largest, want.data.size());
-      EXPECT_GT(largest, 0);
-      EXPECT_LT(worst, 1e-5 * largest);
     }
   }
   // On by default since this test and GpuJobs passed on an H100 (CudaOptions); the option turns it off.
