@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 
 std::string posterior_column(int k) { return fmt::format("rlnClassPosterior{:03}", k + 1); }
 
-ClassMap write_class_map(const fs::path& dir, int k, em::BackProjector& half1, em::BackProjector& half2, const std::vector<float>& mask,
+ClassMap write_class_map(const fs::path& dir, int k, const em::BackProjector& half1, const em::BackProjector& half2, const std::vector<float>& mask,
                          int n, double pixel, double radius) {
   ClassMap c;
   const auto h1 = half1.reconstruct(), h2 = half2.reconstruct();

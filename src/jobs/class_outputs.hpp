@@ -27,7 +27,7 @@ struct ClassMap {
 /// From the two half sums of class k (0-based): class_NNN_half1_unfil.mrc, _half2_unfil.mrc,
 /// class_NNN.mrc (both halves, Wiener-filtered by their FSC) and class_NNN_fsc.star; the FSC is
 /// taken inside `mask` and zeroed beyond `radius` (what was back-projected).
-ClassMap write_class_map(const std::filesystem::path& dir, int k, em::BackProjector& half1, em::BackProjector& half2,
+ClassMap write_class_map(const std::filesystem::path& dir, int k, const em::BackProjector& half1, const em::BackProjector& half2,
                          const std::vector<float>& mask, int n, double pixel, double radius);
 
 /// particles.star (and .cs) of `active` particles: the pose, rlnRandomSubset, rlnClassNumber

@@ -357,7 +357,9 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
   const std::vector<float>& mask = !in.user_mask.empty() ? in.user_mask : in.sphere;
   const bool cc_first = !(o.references.empty() && !o.align);  // references are not on the data's grey scale
   bool final_iteration = state.final_next;
-  std::vector<std::vector<em::BackProjector>> sums;  // [half][class] of the last iteration
+  // [half][class]: the last iteration's sums, where its E-step left them (half_sums_store's totals; no
+  // copy of every class volume per iteration); null for classes that were not live.
+  std::vector<std::vector<const em::BackProjector*>> sums;
   // Each half's E-step sums, made once while the number of live classes stays (allocating and
   // zeroing their lanes every half and iteration was a quarter of hetero-refine's time).
   std::vector<em::ReconstructionSums> half_sums_store;
@@ -432,7 +434,7 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
 
     em::ExpectationStats stats;
     em::NoiseSums noise(state.sigma2.size(), shells);
-    sums.assign(2, std::vector<em::BackProjector>());
+    sums.assign(2, std::vector<const em::BackProjector*>(sz(K), nullptr));
     Progress progress(fmt::format("iteration {}", it), static_cast<std::int64_t>(N));
     for (int h = 0; h < 2; ++h) {
       std::vector<std::size_t> members;
@@ -450,8 +452,7 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
         state.poses[members[m]].class_posterior.clear();
         state.poses[members[m]].class_log_evidence.clear();
       }
-      sums[sz(h)].resize(sz(K), em::BackProjector(1));
-      for (int l = 0; l < L; ++l) sums[sz(h)][sz(live[sz(l)])] = half_sums.total(l);
+      for (int l = 0; l < L; ++l) sums[sz(h)][sz(live[sz(l)])] = &half_sums.total(l);
     }
     progress.finish();
 
@@ -463,15 +464,16 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
     const auto regularizer = half_map_regularizer(best_fsc(state), n, pixel, o.initial_lowpass);
     for (int k : live)
       for (int h = 0; h < 2; ++h)
-        maps[sz(h)][sz(k)] = final_iteration ? sums[sz(h)][sz(k)].reconstruct() : regularizer.reconstruct(sums[sz(h)][sz(k)]);
+        maps[sz(h)][sz(k)] = final_iteration ? sums[sz(h)][sz(k)]->reconstruct() : regularizer.reconstruct(*sums[sz(h)][sz(k)]);
     if (!settings.cc_scoring) noise.update(state.sigma2);
     if (L > 1) {
       const std::vector<int> from = match_half_labels(maps, live, mask);
       if (!std::is_sorted(from.begin(), from.end())) {
         log::info("{}: half 2's classes renamed to match half 1's", job);
-        auto renamed_maps = maps[1];
-        std::vector<em::BackProjector> renamed_sums;
-        for (int k = 0; k < K; ++k) renamed_maps[sz(k)] = maps[1][sz(from[sz(k)])], renamed_sums.push_back(sums[1][sz(from[sz(k)])]);
+        // `from` is a permutation of the classes: each map is moved once, each sum's pointer re-aimed.
+        std::vector<std::vector<float>> renamed_maps(sz(K));
+        std::vector<const em::BackProjector*> renamed_sums(sz(K));
+        for (int k = 0; k < K; ++k) renamed_maps[sz(k)] = std::move(maps[1][sz(from[sz(k)])]), renamed_sums[sz(k)] = sums[1][sz(from[sz(k)])];
         maps[1] = std::move(renamed_maps);
         sums[1] = std::move(renamed_sums);
         for (std::size_t a = 0; a < N; ++a) {
@@ -523,7 +525,7 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
       classes[sz(k)].empty = true;
       continue;
     }
-    classes[sz(k)] = class_outputs::write_class_map(dir, k, sums[0][sz(k)], sums[1][sz(k)], mask, n, pixel, insert_radius);
+    classes[sz(k)] = class_outputs::write_class_map(dir, k, *sums[0][sz(k)], *sums[1][sz(k)], mask, n, pixel, insert_radius);
   }
   HeteroResult result;
   result.iterations = state.iteration;
