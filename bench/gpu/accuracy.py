@@ -35,8 +35,11 @@ def matched(truth, run):
     """The truth's rows in the run's order, by image name: a run may hold a subset (RELION on the first N)."""
     if "rlnImageName" not in truth or "rlnImageName" not in run:
         return truth
-    where = {name: i for i, name in enumerate(truth["rlnImageName"])}
-    rows = [where[name] for name in run["rlnImageName"]]
+    def key(name):  # index@stack, the stack by its file name (a job may write it with its folder)
+        index, _, stack = name.partition("@")
+        return int(index), stack.rsplit("/", 1)[-1]
+    where = {key(name): i for i, name in enumerate(truth["rlnImageName"])}
+    rows = [where[key(name)] for name in run["rlnImageName"]]
     return {label: [values[i] for i in rows] for label, values in truth.items()}
 
 
