@@ -58,48 +58,6 @@ Projector::Projector(std::vector<Complex> grid, int n, int padding)
   if (grid_.size() != image::half_size(m_, m_, m_)) fail("projector: a transform of {} values is not that of a {}^3 box padded x{}", grid_.size(), n, padding);
 }
 
-void Projector::project(const geometry::Mat3& a, Complex* out, int out_n, double max_radius) const {
-  const int h = out_n / 2 + 1;
-  const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
-  const double r2_max = r_max * r_max;
-  std::fill(out, out + image::half_size(out_n, out_n), Complex{});
-  // Slice coordinates: A^T (kx, ky, 0), i.e. the first two rows of A, scaled to the padded grid.
-  const double ax = a(0, 0) * pad_, ay = a(0, 1) * pad_, az = a(0, 2) * pad_;
-  const double bx = a(1, 0) * pad_, by = a(1, 1) * pad_, bz = a(1, 2) * pad_;
-  const int ky_limit = std::min(out_n / 2, static_cast<int>(std::ceil(r_max)));
-  for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
-    if (ky >= out_n / 2) continue;
-    Complex* row = out + static_cast<std::size_t>(image::storage_index(ky, out_n)) * h;
-    for (int kx = 0; kx < h; ++kx) {
-      if (kx * kx + ky * ky > r2_max) break;
-      double px = ax * kx + bx * ky, py = ay * kx + by * ky, pz = az * kx + bz * ky;
-      bool conjugate = false;
-      if (px < 0) {
-        px = -px, py = -py, pz = -pz;
-        conjugate = true;
-      }
-      const int x0 = static_cast<int>(std::floor(px));
-      const int y0 = static_cast<int>(std::floor(py));
-      const int z0 = static_cast<int>(std::floor(pz));
-      const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0),
-                  fz = static_cast<float>(pz - z0);
-      const int y0i = image::storage_index(y0, m_), y1i = image::storage_index(y0 + 1, m_);
-      const int z0i = image::storage_index(z0, m_), z1i = image::storage_index(z0 + 1, m_);
-      auto at = [&](int zi, int yi, int xi) {
-        return grid_[(static_cast<std::size_t>(zi) * m_ + yi) * hm_ + xi];
-      };
-      const Complex c00 = at(z0i, y0i, x0) + fx * (at(z0i, y0i, x0 + 1) - at(z0i, y0i, x0));
-      const Complex c01 = at(z0i, y1i, x0) + fx * (at(z0i, y1i, x0 + 1) - at(z0i, y1i, x0));
-      const Complex c10 = at(z1i, y0i, x0) + fx * (at(z1i, y0i, x0 + 1) - at(z1i, y0i, x0));
-      const Complex c11 = at(z1i, y1i, x0) + fx * (at(z1i, y1i, x0 + 1) - at(z1i, y1i, x0));
-      const Complex c0 = c00 + fy * (c01 - c00);
-      const Complex c1 = c10 + fy * (c11 - c10);
-      const Complex v = c0 + fz * (c1 - c0);
-      row[kx] = conjugate ? std::conj(v) : v;
-    }
-  }
-}
-
 namespace {
 /// Storage index of signed frequency i on an axis of m points, without a branch: the signs of
 /// a slice's coordinates are as good as random, and a mispredicted branch per voxel costs more
@@ -184,6 +142,28 @@ inline void spread(float* sums, float* weights, const Cell& c, float vr, float v
 #endif
 }
 }  // namespace
+
+void Projector::project(const geometry::Mat3& a, Complex* out, int out_n, double max_radius) const {
+  const int h = out_n / 2 + 1;
+  const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
+  const double r2_max = r_max * r_max;
+  std::fill(out, out + image::half_size(out_n, out_n), Complex{});
+  // Slice coordinates: A^T (kx, ky, 0), i.e. the first two rows of A, scaled to the padded grid.
+  const float ax = static_cast<float>(a(0, 0) * pad_), ay = static_cast<float>(a(0, 1) * pad_), az = static_cast<float>(a(0, 2) * pad_);
+  const float bx = static_cast<float>(a(1, 0) * pad_), by = static_cast<float>(a(1, 1) * pad_), bz = static_cast<float>(a(1, 2) * pad_);
+  const std::size_t hm = static_cast<std::size_t>(hm_), plane = static_cast<std::size_t>(m_) * hm;
+  const int ky_limit = std::min(out_n / 2, static_cast<int>(std::ceil(r_max)));
+  for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
+    if (ky >= out_n / 2) continue;
+    Complex* row = out + static_cast<std::size_t>(image::storage_index(ky, out_n)) * h;
+    const float fky = static_cast<float>(ky);
+    for (int kx = 0; kx < h; ++kx) {
+      if (kx * kx + ky * ky > r2_max) break;
+      const float fkx = static_cast<float>(kx);
+      row[kx] = interpolate(grid_.data(), cell_at(ax * fkx + bx * fky, ay * fkx + by * fky, az * fkx + bz * fky, m_, hm, plane));
+    }
+  }
+}
 
 void Projector::sample(const geometry::Mat3& a, const FrequencyList& list, Complex* out) const {
   const float ax = static_cast<float>(a(0, 0) * pad_), ay = static_cast<float>(a(0, 1) * pad_), az = static_cast<float>(a(0, 2) * pad_);
