@@ -98,6 +98,18 @@ __global__ void gather_grids_kernel(float2* x, float* ctf, const float2* unmaske
   }
 }
 
+/// The back-projection's device memory, for the error when it would not fit (each volume array is
+/// checked against the card's free memory as it grows: DeviceArray).
+std::string volume_memory(int device, double need, double free, double total) {
+  return fmt::format(
+      "GPU {}: the 3D back-projection needs {:.0f} MiB more but {:.0f} of {:.0f} MiB are free (its volumes and, where one process "
+      "folds the chunks on the GPU, as much again for their totals: classes x (2R + 1)^2 x (R + 1) x 12 bytes each, R = ceil(2 x "
+      "insert radius) + 1 < 2 x box); EMCRYO_GPU_BACKPROJECT=0 back-projects on the CPU instead (docs/design.md)",
+      device, need, free, total);
+}
+template <class T>
+using VolumeArray = DeviceArray<T, volume_memory>;
+
 /// Offsets of one batch's arrays in the staging buffer and its device copy.
 struct BatchLayout {
   std::size_t x = 0, ctf = 0, isg = 0, group = 0, insertions = 0, shifts = 0, total = 0;
@@ -121,14 +133,14 @@ struct DeviceVolumeSums::State {
   int next = 0;  // the staging buffer the next batch fills
   VolumeLayout layout;
   std::vector<char> touched;  // per class: inserted into this chunk
-  DeviceArray<float2> data;  // the classes' volumes within the reach
-  DeviceArray<float> weight;
+  VolumeArray<float2> data;  // the classes' volumes within the reach
+  VolumeArray<float> weight;
   // The folded totals (fold / take_totals): the volumes of every chunk folded so far.
   bool totals_begun = false;
   std::size_t total_cells = 0;  // per class, as the chunks' layout
   std::vector<char> total_touched;
-  DeviceArray<float2> total_data;
-  DeviceArray<float> total_weight;
+  VolumeArray<float2> total_data;
+  VolumeArray<float> total_weight;
   DeviceArray<int> freq;
   DeviceArray<char> batch;
   PinnedArray<char> staging[2];
@@ -156,18 +168,8 @@ void DeviceVolumeSums::begin(int classes, int n, int padding, double max_radius)
   check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
   VolumeLayout layout = volume_layout(classes, n, padding, max_radius);
   const std::size_t cells = layout.cells() * sz(classes);
-  if (cells > s.data.capacity()) {  // first use or larger: check the card has room
-    std::size_t free = 0, total = 0;
-    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
-    const std::size_t more = layout.bytes() - std::min(layout.bytes(), s.data.capacity() * 8 + s.weight.capacity() * 4);
-    if (more + (std::size_t{64} << 20) > free)
-      fail("GPU {}: the 3D back-projection needs {:.0f} MiB more but {:.0f} of {:.0f} MiB are free (classes x (2R + 1)^2 x (R + 1) "
-           "x 12 bytes, R = ceil(2 x insert radius) + 1 < box: {} x {}^2 x {} x 12 bytes); EMCRYO_GPU_BACKPROJECT=0 back-projects on "
-           "the CPU instead (docs/design.md)",
-           s.device, more / 1048576.0, free / 1048576.0, total / 1048576.0, classes, layout.side, layout.count);
-  }
-  check(cudaMemsetAsync(s.data.reserve(cells), 0, cells * 8, s.stream), "cudaMemsetAsync");
-  check(cudaMemsetAsync(s.weight.reserve(cells), 0, cells * 4, s.stream), "cudaMemsetAsync");
+  check(cudaMemsetAsync(s.data.reserve(cells, s.device), 0, cells * 8, s.stream), "cudaMemsetAsync");
+  check(cudaMemsetAsync(s.weight.reserve(cells, s.device), 0, cells * 4, s.stream), "cudaMemsetAsync");
   const std::size_t list_bytes = layout.frequencies.size() * sizeof(int);
   check(cudaMemcpyAsync(s.freq.reserve(layout.frequencies.size()), layout.frequencies.data(), list_bytes,
                         cudaMemcpyHostToDevice, s.stream),
@@ -259,17 +261,8 @@ void DeviceVolumeSums::fold() {
   check(cudaSetDevice(s.device), "cudaSetDevice");
   const std::size_t cells = l.cells() * sz(l.classes);
   if (!s.totals_begun) {
-    // A second set of volumes: checked against the card's free memory as begin() checks the first.
-    std::size_t free = 0, total = 0;
-    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
-    const std::size_t more = cells * 12 - std::min(cells * 12, s.total_data.capacity() * 8 + s.total_weight.capacity() * 4);
-    if (more + (std::size_t{64} << 20) > free)
-      fail("GPU {}: the 3D back-projection's totals need {:.0f} MiB more but {:.0f} of {:.0f} MiB are free (as much as its volumes: "
-           "classes x (2R + 1)^2 x (R + 1) x 12 bytes, {} x {}^2 x {} x 12 bytes); EMCRYO_GPU_BACKPROJECT=0 back-projects on the CPU "
-           "instead (docs/design.md)",
-           s.device, more / 1048576.0, free / 1048576.0, total / 1048576.0, l.classes, l.side, l.count);
-    check(cudaMemsetAsync(s.total_data.reserve(cells), 0, cells * 8, s.stream), "cudaMemsetAsync");
-    check(cudaMemsetAsync(s.total_weight.reserve(cells), 0, cells * 4, s.stream), "cudaMemsetAsync");
+    check(cudaMemsetAsync(s.total_data.reserve(cells, s.device), 0, cells * 8, s.stream), "cudaMemsetAsync");
+    check(cudaMemsetAsync(s.total_weight.reserve(cells, s.device), 0, cells * 4, s.stream), "cudaMemsetAsync");
     s.totals_begun = true, s.total_cells = l.cells();
     s.total_touched.assign(sz(l.classes), 0);
   }
