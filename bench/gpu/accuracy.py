@@ -6,7 +6,9 @@ Also compares two runs: `compare A.star B.star STEP` gives the ARI between their
 fraction of poses within STEP degrees.
   accuracy.py class2d truth.star particles.star
   accuracy.py refine truth.star particles.star
-  accuracy.py compare a.star b.star [step]"""
+  accuracy.py compare a.star b.star [step]
+  accuracy.py parting run_a/ run_b/   (per iteration kept in both: the share of particles whose class or in-plane
+                                       angle differs, and the ARI between the two runs' classes)"""
 import sys
 from collections import Counter
 
@@ -71,7 +73,26 @@ def angles_between(a, b):
     return np.degrees(np.arccos(np.clip((np.trace(r, axis1=1, axis2=2) - 1) / 2, -1, 1)))
 
 
+def parting(dir_a, dir_b):
+    """Per kept iteration of two class2d runs: how many particles the runs place differently."""
+    import glob, os
+    out = []
+    for path in sorted(glob.glob(os.path.join(dir_a, "particles_it*.star"))):
+        other = os.path.join(dir_b, os.path.basename(path))
+        if not os.path.exists(other):
+            continue
+        a, b = read_particles(path), read_particles(other)
+        differ = np.mean(np.array(a["rlnClassNumber"]) != np.array(b["rlnClassNumber"]))
+        psi = np.abs(np.array(a["rlnAnglePsi"], dtype=float) - np.array(b["rlnAnglePsi"], dtype=float)) % 360
+        moved = np.mean(np.minimum(psi, 360 - psi) > 1e-3)
+        it = os.path.basename(path)[len("particles_it"):-len(".star")]
+        out.append(f"it{it}: class {100 * differ:.2f}% psi {100 * moved:.2f}% ARI {ari(a['rlnClassNumber'], b['rlnClassNumber']):.3f}")
+    print("; ".join(out) if out else "no iteration kept in both")
+
+
 def main():
+    if sys.argv[1] == "parting":
+        return parting(sys.argv[2], sys.argv[3])
     mode, a, b = sys.argv[1], read_particles(sys.argv[2]), read_particles(sys.argv[3])
     a = matched(a, b)
     if mode == "class2d":
