@@ -65,6 +65,7 @@ int main(int argc, char** argv) {
       "  EMCRYO_GPU_MANY=0         per-particle passes scored particle by particle\n"
       "  EMCRYO_GPU_SUMS=0         class2d's M-step sums on the CPU\n"
       "  EMCRYO_GPU_BACKPROJECT=0  3D back-projection on the CPU\n"
+      "  EMCRYO_GPU_TRANSFORMS=0   3D reconstructions and projectors' transforms on the CPU\n"
       "  EMCRYO_GPU_CPU_BELOW_FLOPS=N  batches below N FLOP scored on the CPU");
   emcryo::app::add_info_command(app);
   emcryo::app::add_simulate_command(app);

@@ -8,6 +8,7 @@
 #include "emcryo/core/error.hpp"
 #include "emcryo/em/score_rows.hpp"
 #include "emcryo/em/scoring_backend.hpp"
+#include "emcryo/em/volume_transforms.hpp"
 
 namespace emcryo::em {
 
@@ -116,6 +117,7 @@ void ScoringBackend::end_volume_sums(const std::vector<BackProjector*>&) { fail(
 void ScoringBackend::fold_volume_sums() { fail("scoring backend {}: no device volumes (internal error)", name()); }
 void ScoringBackend::take_volume_totals(const std::vector<BackProjector*>&) { fail("scoring backend {}: no device volumes (internal error)", name()); }
 void ScoringBackend::score_kept(const ScoreRequest&, const KeptScores&, int) { fail("scoring backend {}: no kept scores (internal error)", name()); }
+VolumeTransforms& ScoringBackend::volume_transforms() { return cpu_volume_transforms(); }
 void ScoringBackend::reduce_kept(const ScoreReduction&, ReducedScores&) { fail("scoring backend {}: no kept scores (internal error)", name()); }
 
 std::unique_ptr<ScoringBackend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }

@@ -151,9 +151,9 @@ LocalFilterResult local_cross_validated_filter(const std::vector<float>& half1, 
 }
 
 LocalFilterResult reconstruct_nonuniform(const BackProjector& half1, const BackProjector& half2, const std::vector<double>& fsc,
-                                         const LocalFilterSettings& settings) {
+                                         const LocalFilterSettings& settings, VolumeTransforms& transforms) {
   const GlobalWiener global(fsc, 1);
-  auto raw1 = global.reconstruct(half1), raw2 = global.reconstruct(half2);
+  auto raw1 = global.reconstruct(half1, transforms), raw2 = global.reconstruct(half2, transforms);
   auto out = local_cross_validated_filter(raw1, raw2, half1.box(), settings);
   out.raw1 = std::move(raw1), out.raw2 = std::move(raw2);
   return out;

@@ -26,6 +26,7 @@
 #include "prepare.hpp"
 #include "reduction.hpp"
 #include "sampling.hpp"
+#include "volume_transforms.hpp"
 
 namespace emcryo::gpu {
 
@@ -240,10 +241,11 @@ class CudaBackend final : public em::ScoringBackend {
     for (const auto& d : devices_) ids += (ids.empty() ? "" : ",") + std::to_string(d->id);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, devices_.front()->id);
-    return fmt::format("CUDA (GPU {}: {}, {} GEMM{}{}{}{}{})", ids, prop.name, precision_name(options_.precision),
+    return fmt::format("CUDA (GPU {}: {}, {} GEMM{}{}{}{}{}{})", ids, prop.name, precision_name(options_.precision),
                        options_.sample_templates ? ", per-particle templates sampled on the GPU" : "",
                        options_.prepare_batches ? ", batches prepared on the GPU" : "",
                        options_.volume_sums ? ", 3D back-projection on the GPU" : "",
+                       options_.volume_transforms ? ", 3D reconstructions and transforms on the GPU" : "",
                        options_.reduce_scores ? ", coarse posteriors reduced on the GPU" : "",
                        options_.score_many ? ", per-particle passes scored a batch at once" : "");
   }
@@ -458,6 +460,12 @@ class CudaBackend final : public em::ScoringBackend {
   void end_volume_sums(const std::vector<em::BackProjector*>& into) override { volumes().end(into); }
   void fold_volume_sums() override { volumes().fold(); }
   void take_volume_totals(const std::vector<em::BackProjector*>& into) override { volumes().take_totals(into); }
+  // The M-step's reconstructions and padded transforms (volume_transforms.cu), on the first device.
+  em::VolumeTransforms& volume_transforms() override {
+    if (!options_.volume_transforms) return em::ScoringBackend::volume_transforms();
+    if (!volume_transforms_) volume_transforms_ = make_device_volume_transforms(devices_.front()->id);
+    return *volume_transforms_;
+  }
 
   em::BackendStats stats() const override {
     em::BackendStats total = cpu_->stats();
@@ -822,6 +830,7 @@ class CudaBackend final : public em::ScoringBackend {
   std::vector<std::unique_ptr<Slot>> slots_;
   std::unique_ptr<BatchPreparer> preparer_;  // declared last: freed first
   std::unique_ptr<DeviceVolumeSums> volume_sums_;
+  std::shared_ptr<em::VolumeTransforms> volume_transforms_;
   std::unique_ptr<KeptScoreReducer> scores_reducer_;
   ManyBuffers many_;  // score_many's staging and device arrays
   struct {

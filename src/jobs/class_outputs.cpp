@@ -28,7 +28,7 @@ ClassMap write_class_map(const fs::path& dir, int k, const em::BackProjector& ha
   c.resolution = image::resolution_at(c.fsc, 0.143, n, pixel);
   em::BackProjector full = half1;
   full.add(half2);
-  c.map = em::GlobalWiener(c.fsc, 2).reconstruct(full);
+  c.map = em::GlobalWiener(c.fsc, 2).reconstruct(full, em::cpu_volume_transforms());
   const std::string stem = fmt::format("class_{:03}", k + 1);
   refine_detail::write_map(dir / (stem + "_half1_unfil.mrc"), h1, n, pixel);
   refine_detail::write_map(dir / (stem + "_half2_unfil.mrc"), h2, n, pixel);

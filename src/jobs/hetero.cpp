@@ -462,9 +462,10 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
     // full vs chain A, 1000 particles, SNR 0.05: 0.79 accuracy). The last iteration's half maps
     // are left unregularised; the outputs filter them.
     const auto regularizer = half_map_regularizer(best_fsc(state), n, pixel, o.initial_lowpass);
+    em::VolumeTransforms& transforms = backend->volume_transforms();
     for (int k : live)
       for (int h = 0; h < 2; ++h)
-        maps[sz(h)][sz(k)] = final_iteration ? sums[sz(h)][sz(k)]->reconstruct() : regularizer.reconstruct(*sums[sz(h)][sz(k)]);
+        maps[sz(h)][sz(k)] = final_iteration ? transforms.reconstruct(*sums[sz(h)][sz(k)], {}) : regularizer.reconstruct(*sums[sz(h)][sz(k)], transforms);
     if (!settings.cc_scoring) noise.update(state.sigma2);
     if (L > 1) {
       const std::vector<int> from = match_half_labels(maps, live, mask);

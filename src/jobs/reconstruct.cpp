@@ -120,7 +120,7 @@ ReconstructResult run_reconstruct(const ReconstructOptions& o) {
   full.add(accum[1]);
   result.map_unfiltered = full.reconstruct();
   // Wiener filter from the half-map FSC (the full set: two halves).
-  result.map = em::GlobalWiener(result.fsc, 2).reconstruct(full);
+  result.map = em::GlobalWiener(result.fsc, 2).reconstruct(full, em::cpu_volume_transforms());
   result.box = n;
   result.pixel_size = pixel;
 

@@ -272,10 +272,12 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     std::vector<std::vector<double>> likelihood_sigma2 = state.sigma2;
     for (auto& optics_group : likelihood_sigma2)
       for (auto& v : optics_group) v *= noise_inflation;
-    // The two halves' projectors, each made once (under MPI on rank 0 and rank 1) and shared.
+    // The two halves' projectors, each made once (under MPI on rank 0 and rank 1) and shared; their
+    // transforms (and the M-step's reconstructions) run on the backend's device where it has one.
+    em::VolumeTransforms& transforms = backend->volume_transforms();
     const auto p_start = Clock::now();
     auto grids = mpi::made_once<em::Complex>(2, [&](int h) {
-      return em::Projector(image::masked(half_maps[static_cast<std::size_t>(h)], in.user_mask.empty() ? in.sphere : in.user_mask), n).take_grid();
+      return transforms.padded_transform(image::masked(half_maps[static_cast<std::size_t>(h)], in.user_mask.empty() ? in.sphere : in.user_mask), n, 2);
     });
     const double p_seconds = std::chrono::duration<double>(Clock::now() - p_start).count();
     for (int h = 0; h < 2; ++h) {
@@ -305,7 +307,7 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     const auto m_start = Clock::now();
     std::vector<std::vector<float>> unfiltered;  // non-uniform: the halves the FSC is taken from
     if (o.nonuniform && !final_iteration && !state.fsc.empty()) {
-      auto filtered = em::reconstruct_nonuniform(*sums[0], *sums[1], state.fsc, local_filter_settings(o, pixel));
+      auto filtered = em::reconstruct_nonuniform(*sums[0], *sums[1], state.fsc, local_filter_settings(o, pixel), transforms);
       half_maps[0] = std::move(filtered.half1), half_maps[1] = std::move(filtered.half2);
       unfiltered = {std::move(filtered.raw1), std::move(filtered.raw2)};
     } else {
@@ -315,10 +317,10 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
         if (piece == 2) {
           em::BackProjector full = *sums[0];
           full.add(*sums[1]);
-          return full.reconstruct();
+          return transforms.reconstruct(full, {});
         }
         const auto& half = *sums[static_cast<std::size_t>(piece)];
-        return final_iteration ? half.reconstruct() : half_map_regularizer(state.fsc, n, pixel, o.initial_lowpass).reconstruct(half);
+        return final_iteration ? transforms.reconstruct(half, {}) : half_map_regularizer(state.fsc, n, pixel, o.initial_lowpass).reconstruct(half, transforms);
       });
       half_maps[0] = std::move(made[0]), half_maps[1] = std::move(made[1]);
       if (final_iteration) final_maps.full = std::move(made[2]);

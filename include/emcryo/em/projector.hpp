@@ -78,6 +78,10 @@ class BackProjector {
   std::vector<float> reconstruct(const std::vector<double>& regularisation_per_shell = {}) const;
   /// Mean weight per shell (of the n grid), for Wiener regularisation from an FSC.
   std::vector<double> mean_weight_per_shell() const;
+  /// The padded half grids summed so far (m x m x hm, m = padding() x box()): what a device's
+  /// reconstruction (VolumeTransforms) reads.
+  const std::vector<Complex>& data_grid() const { return data_; }
+  const std::vector<float>& weight_grid() const { return weight_; }
 
  private:
   void enforce_hermitian(std::vector<Complex>& data, std::vector<float>& weight) const;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "emcryo/em/projector.hpp"
+#include "emcryo/em/volume_transforms.hpp"
 
 namespace emcryo::em {
 
@@ -18,15 +19,16 @@ std::vector<double> wiener_from_fsc(const std::vector<double>& mean_weight, cons
 class MapRegularizer {
  public:
   virtual ~MapRegularizer() = default;
-  virtual std::vector<float> reconstruct(const BackProjector& sums) const = 0;
+  /// The map of `sums` through `transforms` (the CPU's, or a device backend's).
+  virtual std::vector<float> reconstruct(const BackProjector& sums, VolumeTransforms& transforms) const = 0;
 };
 
 /// One filter for the whole map, from an FSC per shell.
 class GlobalWiener final : public MapRegularizer {
  public:
   GlobalWiener(std::vector<double> fsc, double halves) : fsc_(std::move(fsc)), halves_(halves) {}
-  std::vector<float> reconstruct(const BackProjector& sums) const override {
-    return sums.reconstruct(wiener_from_fsc(sums.mean_weight_per_shell(), fsc_, halves_));
+  std::vector<float> reconstruct(const BackProjector& sums, VolumeTransforms& transforms) const override {
+    return transforms.reconstruct(sums, wiener_from_fsc(sums.mean_weight_per_shell(), fsc_, halves_));
   }
 
  private:
@@ -74,6 +76,6 @@ LocalFilterResult local_cross_validated_filter(const std::vector<float>& half1, 
 /// this and the mask's edge put into both halves alike makes their FSC reach Nyquist (measured:
 /// 5.1 Å at 2.5 Å/px on data that resolve 11 Å).
 LocalFilterResult reconstruct_nonuniform(const BackProjector& half1, const BackProjector& half2, const std::vector<double>& fsc,
-                                         const LocalFilterSettings& settings);
+                                         const LocalFilterSettings& settings, VolumeTransforms& transforms);
 
 }  // namespace emcryo::em

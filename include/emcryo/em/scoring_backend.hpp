@@ -18,6 +18,7 @@ namespace emcryo::em {
 class TemplateSource;  // em/expectation.hpp
 struct FrequencyList;  // em/projector2d.hpp
 class BackProjector;   // em/projector.hpp
+class VolumeTransforms;  // em/volume_transforms.hpp
 
 /// Templates a device backend samples itself from the references' padded Fourier grids
 /// (TemplateSource::grids()), so that they never cross the bus: template j is class poses[j].first
@@ -274,6 +275,9 @@ class ScoringBackend {
   virtual void score_kept(const ScoreRequest& q, const KeptScores& shape, int first_template);
   /// The kept scores reduced (every column must have been scored).
   virtual void reduce_kept(const ScoreReduction& reduction, ReducedScores& out);
+  /// The M-step's reconstructions and padded transforms (the CPU's unless the backend has its own):
+  /// a device backend keeps its sums and references where they are used.
+  virtual VolumeTransforms& volume_transforms();
   /// Summed over slots.
   virtual BackendStats stats() const = 0;
 };

@@ -72,6 +72,10 @@ struct CudaOptions {
   /// scored by one kernel each (src/gpu/many.cu), instead of a round trip per particle from each CPU
   /// thread. EMCRYO_GPU_MANY=0 scores particle by particle.
   bool score_many = true;
+  /// The M-step's reconstructions and the projectors' padded transforms (512^3 FFTs at box 256) by
+  /// cuFFT and kernels (src/gpu/volume_transforms.cu) instead of FFTW and the CPU's loops.
+  /// EMCRYO_GPU_TRANSFORMS=0 keeps them on the CPU.
+  bool volume_transforms = true;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.

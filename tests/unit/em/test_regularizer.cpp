@@ -35,7 +35,8 @@ TEST(Regularizer, GlobalWienerDampsTheShellsWithoutSignal) {
   constexpr int n = 16;
   const em::BackProjector sums = flat_central_slice(n);
   std::vector<double> good(n / 2 + 1, 0.999), bad(n / 2 + 1, 0.001);
-  const auto sharp = em::GlobalWiener(good, 1).reconstruct(sums), damped = em::GlobalWiener(bad, 1).reconstruct(sums);
+  const auto sharp = em::GlobalWiener(good, 1).reconstruct(sums, em::cpu_volume_transforms()),
+             damped = em::GlobalWiener(bad, 1).reconstruct(sums, em::cpu_volume_transforms());
   double a = 0, b = 0;
   for (std::size_t i = 0; i < sharp.size(); ++i) a += sharp[i] * sharp[i], b += damped[i] * damped[i];
   EXPECT_LT(b, 0.05 * a);  // measured: 0.013
@@ -48,9 +49,10 @@ TEST(Regularizer, NonUniformHalvesAreNoMorePermissiveThanTheGlobalWiener) {
   const em::BackProjector sums = flat_central_slice(n);
   std::vector<double> good(n / 2 + 1, 0.999), bad(n / 2 + 1, 0.001);
   em::LocalFilterSettings s;
-  const auto sharp = em::reconstruct_nonuniform(sums, sums, good, s), damped = em::reconstruct_nonuniform(sums, sums, bad, s);
-  EXPECT_EQ(sharp.raw1, em::GlobalWiener(good, 1).reconstruct(sums));
-  EXPECT_EQ(damped.raw2, em::GlobalWiener(bad, 1).reconstruct(sums));
+  const auto sharp = em::reconstruct_nonuniform(sums, sums, good, s, em::cpu_volume_transforms()),
+             damped = em::reconstruct_nonuniform(sums, sums, bad, s, em::cpu_volume_transforms());
+  EXPECT_EQ(sharp.raw1, em::GlobalWiener(good, 1).reconstruct(sums, em::cpu_volume_transforms()));
+  EXPECT_EQ(damped.raw2, em::GlobalWiener(bad, 1).reconstruct(sums, em::cpu_volume_transforms()));
   double a = 0, b = 0;
   for (std::size_t i = 0; i < sharp.half1.size(); ++i) a += sharp.half1[i] * sharp.half1[i], b += damped.half1[i] * damped.half1[i];
   std::printf("filtered power: good FSC %.4g, no signal %.4g\n", a, b);

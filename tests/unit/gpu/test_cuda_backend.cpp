@@ -15,6 +15,7 @@
 #include "emcryo/em/posterior.hpp"
 #include "emcryo/em/projector.hpp"
 #include "emcryo/em/score_rows.hpp"
+#include "emcryo/em/volume_transforms.hpp"
 #include "emcryo/image/ctf.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/gpu/backend.hpp"
@@ -943,4 +944,56 @@ TEST(CudaBackend, CoarseScoresReducedOnTheGpuGiveTheHostPosterior) {
         EXPECT_EQ(most_kept, static_cast<std::size_t>(settings.cap));
       }
     }
+}
+
+// The M-step's reconstructions and the projectors' padded transforms by cuFFT and kernels against
+// the CPU's (BackProjector::reconstruct, Projector's constructor), with and without a per-shell
+// regularisation, at both paddings.
+TEST(CudaBackend, ReconstructionsAndPaddedTransformsOnTheGpuMatchTheCpu) {
+  REQUIRE_GPU();
+  const auto backend = gpu::make_cuda_backend({});
+  em::VolumeTransforms& device = backend->volume_transforms();
+  ASSERT_NE(&device, &em::cpu_volume_transforms());
+  for (const auto& [n, padding] : {std::pair{32, 2}, std::pair{24, 1}, std::pair{48, 2}}) {
+    // Slices of a blob map inserted at random orientations (with a CTF-like weight), so that the
+    // sums have the structure, the uneven weights and the Hermitian pairs of a real reconstruction.
+    const std::vector<float> map = blobs(n, 3, 300 + static_cast<unsigned>(n));
+    const em::Projector truth(map, n, 2);
+    std::mt19937 rng(static_cast<unsigned>(n + padding));
+    std::uniform_real_distribution<double> uniform(0, 1);
+    em::BackProjector sums(n, padding);
+    const std::size_t half = static_cast<std::size_t>(n / 2 + 1) * n;
+    std::vector<em::Complex> slice(half);
+    std::vector<float> weight(half);
+    for (int i = 0; i < 300; ++i) {
+      const geometry::Mat3 a = geometry::euler_to_matrix({360 * uniform(rng), 180 * uniform(rng), 360 * uniform(rng)});
+      truth.project(a, slice.data(), n, n / 2.0);
+      const double scale = 0.5 + uniform(rng);
+      for (std::size_t k = 0; k < half; ++k) weight[k] = static_cast<float>(scale * (0.2 + uniform(rng)));
+      for (std::size_t k = 0; k < half; ++k) slice[k] *= weight[k];
+      sums.insert(a, slice.data(), weight.data(), n, n / 2.0);
+    }
+    std::vector<double> regularisation(static_cast<std::size_t>(n / 2 + 1));
+    for (std::size_t s = 0; s < regularisation.size(); ++s) regularisation[s] = 0.05 * static_cast<double>(s * s) + 0.5;
+    for (const bool regularised : {false, true}) {
+      const std::vector<double> given = regularised ? regularisation : std::vector<double>{};
+      const auto want = sums.reconstruct(given), got = device.reconstruct(sums, given);
+      ASSERT_EQ(got.size(), want.size());
+      const double error = relative_error(got, want);
+      std::printf("GPU reconstruction, box %d, padding %d, %s: max |GPU - CPU| / max |CPU| %.3g\n", n, padding,
+                  regularised ? "regularised" : "unregularised", error);
+      EXPECT_LT(error, 2e-5);
+    }
+    const std::vector<em::Complex> want = em::Projector(map, n, padding).grid(), got = device.padded_transform(map, n, padding);
+    ASSERT_EQ(got.size(), want.size());
+    double worst = 0, largest = 0;
+    for (std::size_t i = 0; i < want.size(); ++i)
+      worst = std::max(worst, static_cast<double>(std::abs(got[i] - want[i]))), largest = std::max(largest, static_cast<double>(std::abs(want[i])));
+    std::printf("GPU padded transform, box %d, padding %d: max |GPU - CPU| %.3g of max %.3g\n", n, padding, worst, largest);
+    EXPECT_LT(worst, 2e-6 * largest);
+  }
+  // EMCRYO_GPU_TRANSFORMS=0's option puts them back on the CPU.
+  gpu::CudaOptions cpu_transforms;
+  cpu_transforms.volume_transforms = false;
+  EXPECT_EQ(&gpu::make_cuda_backend(cpu_transforms)->volume_transforms(), &em::cpu_volume_transforms());
 }

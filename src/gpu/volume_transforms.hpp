@@ -1,0 +1,40 @@
+// The M-step's 3D transforms on the device (internal to src/gpu; em::VolumeTransforms): a map
+// reconstructed from its padded sums (BackProjector::reconstruct) and a map's padded transform
+// (Projector's constructor), each a cuFFT of the padded m^3 grid between kernels that do what the
+// CPU's loops do, in the same order of operations per voxel. volume_transforms.cu holds the device
+// side (C++17, plain arrays); volume_transforms_host.cpp is the em::VolumeTransforms over it.
+#pragma once
+#include <cstddef>
+#include <memory>
+
+namespace emcryo::em {
+class VolumeTransforms;  // emcryo/em/volume_transforms.hpp
+}
+
+namespace emcryo::gpu {
+
+/// The CUDA backend's em::VolumeTransforms on `device` (volume_transforms_host.cpp; shared, so that
+/// its owner needs no complete type).
+std::shared_ptr<em::VolumeTransforms> make_device_volume_transforms(int device);
+
+class DeviceVolumeTransforms {
+ public:
+  explicit DeviceVolumeTransforms(int device);
+  ~DeviceVolumeTransforms();
+  DeviceVolumeTransforms(const DeviceVolumeTransforms&) = delete;
+  DeviceVolumeTransforms& operator=(const DeviceVolumeTransforms&) = delete;
+
+  /// The n^3 map of padded sums (m = n x padding; data: m x m x (m/2+1) complex, interleaved;
+  /// weight: the same count of floats), `regularisation` (doubles, `shells_given` >= n/2+1 of them,
+  /// or none) added to the weights per shell, as BackProjector::reconstruct.
+  void reconstruct(int n, int padding, const float* data, const float* weight, const double* regularisation, int shells_given, float* out);
+  /// The transform of the n^3 `volume` zero-padded to m^3 and divided by the gridding correction
+  /// (m x m x (m/2+1) complex, interleaved, into out), as Projector's constructor.
+  void padded_transform(const float* volume, int n, int padding, float* out);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace emcryo::gpu
