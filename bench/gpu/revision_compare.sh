@@ -5,6 +5,7 @@
 # the first iteration (and the first particles) where two builds part. SEEDS: this tree is also run with these
 # --seed values, to show how far the answer moves with the seed alone (a chaotic trajectory, not a defect).
 #   N, BOX, K, IT, PIX: the data and the run (defaults: 30,000 particles, box 256, 100 views and classes, 8 iterations)
+#   BUILD_ONLY=1: the builds only (a warm machine keeps them for the next call)
 # Summary in $OUT/summary.txt.
 set -uo pipefail
 root=$(pwd); OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -41,6 +42,7 @@ for name in main "${revs[@]}"; do
 done
 wait
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$S"
+[[ ${BUILD_ONLY:-0} == 1 ]] && exit 0
 
 d=/tmp/revdata
 if [[ ! -s $d/blind.star ]]; then
