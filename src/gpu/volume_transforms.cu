@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <cufft.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "device_memory.cuh"
@@ -24,7 +25,7 @@ void check(cufftResult e, const char* what) {
 std::string transform_memory(int device, double need, double free, double total) {
   return fmt::format(
       "GPU {}: the M-step's 3D transforms need {:.0f} MiB more but {:.0f} of {:.0f} MiB are free (the padded grid and its weights, "
-      "m^2 x (m/2 + 1) x 12 bytes, m = 2 x box, and the map, box^3 x 4 bytes, beside cuFFT's work area); EMCRYO_GPU_TRANSFORMS=0 "
+      "m^2 x (m/2 + 1) x 12 bytes, m = 2 x box, the map, box^3 x 4 bytes, and cuFFT's work area of about one grid); EMCRYO_GPU_TRANSFORMS=0 "
       "runs them on the CPU instead (docs/design.md)",
       device, need, free, total);
 }
@@ -175,13 +176,24 @@ struct DeviceVolumeTransforms::State {
   TransformArray<double> regularisation, shell_sum;
   TransformArray<unsigned long long> shell_count;
 
-  /// In-place R2C and C2R plans of an m^3 grid, made once per size (their work areas stay).
+  TransformArray<char> work;  // cuFFT's work area, one for both plans (they never run at once)
+
+  /// In-place R2C and C2R plans of an m^3 grid, made once per size, sharing one work area that is
+  /// allocated (and checked against the free memory) here rather than by cuFFT.
   void plan(int m) {
     if (m == planned_m) return;
     if (planned_m) cufftDestroy(forward), cufftDestroy(inverse);
     planned_m = 0;
-    check(cufftPlan3d(&forward, m, m, m, CUFFT_R2C), "cufftPlan3d (R2C)");
-    check(cufftPlan3d(&inverse, m, m, m, CUFFT_C2R), "cufftPlan3d (C2R)");
+    std::size_t forward_work = 0, inverse_work = 0;
+    check(cufftCreate(&forward), "cufftCreate");
+    check(cufftCreate(&inverse), "cufftCreate");
+    check(cufftSetAutoAllocation(forward, 0), "cufftSetAutoAllocation");
+    check(cufftSetAutoAllocation(inverse, 0), "cufftSetAutoAllocation");
+    check(cufftMakePlan3d(forward, m, m, m, CUFFT_R2C, &forward_work), "cufftMakePlan3d (R2C)");
+    check(cufftMakePlan3d(inverse, m, m, m, CUFFT_C2R, &inverse_work), "cufftMakePlan3d (C2R)");
+    char* area = work.reserve(std::max(forward_work, inverse_work), device);
+    check(cufftSetWorkArea(forward, area), "cufftSetWorkArea");
+    check(cufftSetWorkArea(inverse, area), "cufftSetWorkArea");
     check(cufftSetStream(forward, stream), "cufftSetStream");
     check(cufftSetStream(inverse, stream), "cufftSetStream");
     planned_m = m;
