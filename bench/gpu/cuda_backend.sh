@@ -5,7 +5,7 @@
 #   tests    info --devices, test_gpu, the GpuJobs integration tests (CPU vs GPU answers)
 #   scoring  bench/gpu_scoring: TFLOP/s and score error per precision at E-step shapes
 #   class2d  simulate C2D_N particles (box C2D_BOX, C2D_K views), class2d K classes on the GPU
-#   refine   simulate REF_N particles (box REF_BOX), refine from a 30 Å start on the GPU (REF_MANY: EMCRYO_GPU_MANY values)
+#   refine   simulate REF_N particles (box REF_BOX), refine from a 30 Å start on the GPU (REF_ENVS: runs with other settings)
 #   relion   RELION 5 (CUDA) built beside emcryo; class2d then also runs it on the same data
 #   relion_refine  RELION 5 auto-refine on the refine data (REL_REF_TIMEOUT)
 # REL_C2D_N, REL_REF_N: RELION runs on the first N particles only (its full run may not fit a call); its time per particle
@@ -101,14 +101,19 @@ if has refine; then
     --seed 11 ${SIM_EXTRA:-} > "$OUT/ref_simulate.log" 2>&1
   strip_poses $ref/particles.star $ref/blind.star
   say "refine data: $REF_N particles, box $REF_BOX, simulated in $(since $s) s"
-  for many in ${REF_MANY:-1}; do
-    rm -rf $ref/gpu_m$many; start_memory; s=$(now)
-    EMCRYO_GPU_MANY=$many timeout ${REF_TIMEOUT:-300} "$E" refine --particles $ref/blind.star --ref $ref/truth_class001.mrc --ini-high 30 \
-      --out $ref/gpu_m$many > /dev/null 2>&1
+  # REF_ENVS: one run per entry, each a comma-separated list of environment settings ("-": none),
+  # e.g. "- EMCRYO_GPU_TRANSFORMS=0" compares the defaults with the CPU's 3D transforms in one call.
+  # REF_EXTRA: more refine options (e.g. --max-iterations 3).
+  i=0
+  for envs in ${REF_ENVS:--}; do
+    i=$((i + 1)); run=gpu_r$i; settings=(); [[ $envs != - ]] && IFS=, read -ra settings <<< "$envs"
+    rm -rf $ref/$run; start_memory; s=$(now)
+    env "${settings[@]}" timeout ${REF_TIMEOUT:-300} "$E" refine --particles $ref/blind.star --ref $ref/truth_class001.mrc --ini-high 30 \
+      --out $ref/$run ${REF_EXTRA:-} > /dev/null 2>&1
     rc=$?; t=$(since $s); mem=$(stop_memory)
-    say "emcryo refine GPU EMCRYO_GPU_MANY=$many: exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py refine $ref/truth.star $ref/gpu_m$many/particles.star 2>&1)"
-    grep -E "iteration +[0-9]+:|refine: [0-9.]+ Å" $ref/gpu_m$many/run.log | tail -6 | tee -a "$S"
-    cp $ref/gpu_m$many/run.log "$OUT/refine_gpu_m$many.log" 2>/dev/null
+    say "emcryo refine GPU ($envs): exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py refine $ref/truth.star $ref/$run/particles.star 2>&1)"
+    grep -E "iteration +[0-9]+:|refine: [0-9.]+ Å" $ref/$run/run.log | tail -${REF_LOG_LINES:-6} | tee -a "$S"
+    cp $ref/$run/run.log "$OUT/refine_$run.log" 2>/dev/null
   done
 fi
 if has relion_refine && [[ -x $R ]]; then
