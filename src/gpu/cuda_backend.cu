@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
@@ -722,7 +723,8 @@ class CudaBackend final : public em::ScoringBackend {
   struct ManyBuffers {
     PinnedBuffer x, ctf_isg, ctf2, rows, poses, owner, requests, tiles, scores;
     DeviceBuffer d_x, d_ctf_isg, d_ctf2, d_rows, d_poses, d_owner, d_requests, d_tiles, d_row_values, d_head, d_power, d_norms,
-        d_scores;
+        d_scores, d_kept_index;
+    std::vector<int> kept_index;  // per request of a group: its particle in the kept batch (empty: staged)
   };
 
   /// The sizes of a group of requests: rows, templates, scores and 32 x 32 tiles.
@@ -757,9 +759,12 @@ class CudaBackend final : public em::ScoringBackend {
       fail("GPU score_many: {} frequencies of a shorter list (internal error)", first.frequencies);
     const ManyGroup g = many_group_sizes(requests, begin, end);
     ManyBuffers& m = many_;
-    const ManyStaging staged{m.x.reserve(sz(g.N) * 2 * sz(g.F)),
-                             m.ctf_isg.reserve(sz(g.N) * sz(g.F)),
-                             m.ctf2.reserve(sz(g.N) * sz(g.F)),
+    // Particles of the batch prepared on this card are gathered there, not staged and sent (at a
+    // refine's high resolution 16 bytes per frequency of each particle, ~9 GB per half E-step).
+    const bool gathered = find_kept_particles(requests, begin, end, s.device, m.kept_index);
+    const ManyStaging staged{gathered ? nullptr : m.x.reserve(sz(g.N) * 2 * sz(g.F)),
+                             gathered ? nullptr : m.ctf_isg.reserve(sz(g.N) * sz(g.F)),
+                             gathered ? nullptr : m.ctf2.reserve(sz(g.N) * sz(g.F)),
                              reinterpret_cast<ManyRow*>(m.rows.reserve(floats_of(sz(g.R) * sizeof(ManyRow)))),
                              reinterpret_cast<TemplatePose*>(m.poses.reserve(floats_of(sz(g.NJ) * sizeof(TemplatePose)))),
                              reinterpret_cast<int*>(m.owner.reserve(sz(g.NJ))),
@@ -779,6 +784,36 @@ class CudaBackend final : public em::ScoringBackend {
     s.stats.seconds += seconds(start, done);
   }
 
+  /// Whether every request of [begin, end) is a particle of the batch last prepared on `device`
+  /// (its X, C and C^2/sigma^2 where the preparation copied them, its 1/sigma^2 the values the batch
+  /// was prepared with, at most the prepared frequencies); if so, their indices in that batch go
+  /// into `index`.
+  bool find_kept_particles(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end, int device,
+                           std::vector<int>& index) const {
+    index.clear();
+    const KeptParticles* kept = preparer_ && devices_.front()->id == device ? preparer_->kept_particles() : nullptr;
+    if (!kept) return false;
+    const auto address = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p); };
+    const std::size_t F = sz(kept->frequencies), count = sz(kept->count);
+    std::vector<std::pair<const float*, int>> same_inv_sigma2;  // (request's array, group) found equal
+    for (std::size_t i = begin; i < end; ++i) {
+      const em::ScoreRequest& q = requests[i];
+      const em::ParticleRows& p = q.particle_rows;
+      if (!p.x || q.frequencies > kept->frequencies || address(p.x) < address(kept->host_x)) return false;
+      const std::size_t offset = (address(p.x) - address(kept->host_x)) / sizeof(float);
+      const std::size_t b = offset / (2 * F);
+      if (offset % (2 * F) != 0 || b >= count || p.ctf != kept->host_ctf + b * F || q.ctf2 != kept->host_ctf2 + b * F) return false;
+      const int group = kept->host_group[b];
+      const std::pair<const float*, int> key{p.inv_sigma2, group};
+      if (std::find(same_inv_sigma2.begin(), same_inv_sigma2.end(), key) == same_inv_sigma2.end()) {
+        if (std::memcmp(p.inv_sigma2, kept->host_inv_sigma2.data() + sz(group) * F, sz(q.frequencies) * sizeof(float)) != 0) return false;
+        same_inv_sigma2.push_back(key);
+      }
+      index.push_back(static_cast<int>(b));
+    }
+    return true;
+  }
+
   /// A staged group up to the card, its rows built, templates sampled, norms and scores computed on
   /// slot s's first stream, and the scores back in page-locked memory (returned, valid until the
   /// next group).
@@ -792,9 +827,20 @@ class CudaBackend final : public em::ScoringBackend {
       if (bytes) check(cudaMemcpyAsync(to, host, bytes, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync (score_many)");
       return to;
     };
-    const auto* x = reinterpret_cast<const float2*>(up(m.d_x, staged.x, sz(g.N) * 2 * sz(F) * sizeof(float)));
-    const float* ctf_isg = up(m.d_ctf_isg, staged.ctf_isg, sz(g.N) * sz(F) * sizeof(float));
-    const float* ctf2 = up(m.d_ctf2, staged.ctf2, sz(g.N) * sz(F) * sizeof(float));
+    const float2* x = nullptr;
+    const float *ctf_isg = nullptr, *ctf2 = nullptr;
+    if (staged.x) {
+      x = reinterpret_cast<const float2*>(up(m.d_x, staged.x, sz(g.N) * 2 * sz(F) * sizeof(float)));
+      ctf_isg = up(m.d_ctf_isg, staged.ctf_isg, sz(g.N) * sz(F) * sizeof(float));
+      ctf2 = up(m.d_ctf2, staged.ctf2, sz(g.N) * sz(F) * sizeof(float));
+    } else {
+      const auto* index = reinterpret_cast<const int*>(up(m.d_kept_index, m.kept_index.data(), sz(g.N) * sizeof(int)));
+      float* gx = m.d_x.reserve(std::max<std::size_t>(1, sz(g.N) * 2 * sz(F)), s.device);
+      float* gw = m.d_ctf_isg.reserve(std::max<std::size_t>(1, sz(g.N) * sz(F)), s.device);
+      float* g2 = m.d_ctf2.reserve(std::max<std::size_t>(1, sz(g.N) * sz(F)), s.device);
+      launch_many_gather(gx, gw, g2, *preparer_->kept_particles(), index, g.N, F, stream);
+      x = reinterpret_cast<const float2*>(gx), ctf_isg = gw, ctf2 = g2;
+    }
     const auto* rows = reinterpret_cast<const ManyRow*>(up(m.d_rows, staged.rows, sz(g.R) * sizeof(ManyRow)));
     const auto* poses = reinterpret_cast<const TemplatePose*>(up(m.d_poses, staged.poses, sz(g.NJ) * sizeof(TemplatePose)));
     const auto* owner = reinterpret_cast<const int*>(up(m.d_owner, staged.owner, sz(g.NJ) * sizeof(int)));

@@ -2,6 +2,8 @@
 // one tiled FP32 kernel for all the small products.
 #include "many.hpp"
 
+#include <algorithm>
+
 #include "device_memory.cuh"
 
 namespace emcryo::gpu {
@@ -85,7 +87,32 @@ __global__ void many_scores_kernel(float* scores, const ManyTile* tiles, const M
     }
 }
 
+/// Request i's particle from the prepared batch kept on the device (index[i] in it): X, C / sigma^2
+/// (the product in float, as stage_many forms it) and C^2 / sigma^2 at the first F frequencies.
+__global__ void many_gather_kernel(float2* x, float* ctf_isg, float* ctf2, const float2* kept_x, const float* kept_ctf,
+                                   const float* kept_ctf2, const int* group, const float* inv_sigma2, const int* index, int count,
+                                   int frequencies, int kept_frequencies) {
+  const int f = blockIdx.x * blockDim.x + threadIdx.x;
+  if (f >= frequencies) return;
+  for (int i = blockIdx.y; i < count; i += gridDim.y) {
+    const long long b = index[i], from = b * kept_frequencies + f, to = static_cast<long long>(i) * frequencies + f;
+    x[to] = kept_x[from];
+    ctf_isg[to] = kept_ctf[from] * inv_sigma2[static_cast<long long>(group[b]) * kept_frequencies + f];
+    ctf2[to] = kept_ctf2[from];
+  }
+}
+
 }  // namespace
+
+void launch_many_gather(float* x, float* ctf_isg, float* ctf2, const KeptParticles& kept, const int* index, int count, int frequencies,
+                        cudaStream_t stream) {
+  if (count == 0) return;
+  const dim3 blocks(static_cast<unsigned>((frequencies + kRowThreads - 1) / kRowThreads), static_cast<unsigned>(std::min(count, 65535)));
+  many_gather_kernel<<<blocks, kRowThreads, 0, stream>>>(reinterpret_cast<float2*>(x), ctf_isg, ctf2, reinterpret_cast<const float2*>(kept.x),
+                                                         kept.ctf, kept.ctf2, kept.group, kept.inv_sigma2, index, count, frequencies,
+                                                         kept.frequencies);
+  check_cuda(cudaGetLastError(), "score_many gather kernel");
+}
 
 void launch_many_rows(float* rows, const ManyRow* info, int row_count, const float2* x, const float* ctf_isg, const int2* kxy,
                       int frequencies, int box, cudaStream_t stream) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "emcryo/em/scoring_backend.hpp"
+#include "prepare.hpp"  // KeptParticles
 #include "sampling.hpp"
 
 namespace emcryo::gpu {
@@ -32,8 +33,9 @@ struct ManyTile {
 constexpr int kManyTile = 32;
 
 /// Where stage_many writes a group of requests (page-locked host arrays, sized by the caller):
-/// per particle X (2F), C / sigma^2 (F) and C^2 / sigma^2 (F); per row its ManyRow; per template its
-/// pose and particle; per request its ManyRequest; the tiles.
+/// per particle X (2F), C / sigma^2 (F) and C^2 / sigma^2 (F) (x, ctf_isg and ctf2 null where the
+/// particles are gathered on the device instead: launch_many_gather); per row its ManyRow; per
+/// template its pose and particle; per request its ManyRequest; the tiles.
 struct ManyStaging {
   float *x, *ctf_isg, *ctf2;
   ManyRow* rows;
@@ -50,6 +52,10 @@ void stage_many(const std::vector<em::ScoreRequest>& requests, std::size_t begin
 /// Each request's scores from the group's (`scores`, at the requests' first_score) into outs[begin + i].
 void unstage_many_scores(const ManyRequest* requests, int count, const float* scores, const std::vector<float*>& outs, std::size_t begin);
 
+/// x [count][2F], ctf_isg and ctf2 [count][F] of requests whose particles are index[i] of the
+/// prepared batch kept on the device: what stage_many would have staged, gathered on the card.
+void launch_many_gather(float* x, float* ctf_isg, float* ctf2, const KeptParticles& kept, const int* index, int count, int frequencies,
+                        cudaStream_t stream);
 /// rows[r] (2F floats): (Re Y, -Im Y) with Y = conj(X) ramp(s) ramp(base) C / sigma^2, as the host's
 /// build_particle_rows (the ramps' phases in double, as shift_ramps); x and ctf_isg are [particle][F].
 void launch_many_rows(float* rows, const ManyRow* info, int row_count, const float2* x, const float* ctf_isg, const int2* kxy,

@@ -30,9 +30,11 @@ void stage_many(const std::vector<em::ScoreRequest>& requests, std::size_t begin
     const em::ParticleRows& p = q.particle_rows;
     const ManyRequest& r = out.requests[i];
     const std::size_t F = static_cast<std::size_t>(q.frequencies), at = static_cast<std::size_t>(i) * F;
-    std::memcpy(out.x + 2 * at, p.x, 2 * F * sizeof(float));
-    for (std::size_t f = 0; f < F; ++f) out.ctf_isg[at + f] = p.ctf[f] * p.inv_sigma2[f];
-    std::memcpy(out.ctf2 + at, q.ctf2, F * sizeof(float));
+    if (out.x) {
+      std::memcpy(out.x + 2 * at, p.x, 2 * F * sizeof(float));
+      for (std::size_t f = 0; f < F; ++f) out.ctf_isg[at + f] = p.ctf[f] * p.inv_sigma2[f];
+      std::memcpy(out.ctf2 + at, q.ctf2, F * sizeof(float));
+    }
     for (int t = 0; t < q.row_count; ++t) {
       const auto& g = p.shift_grid[p.shift_ids[t]];
       out.rows[r.first_row + t] = ManyRow{i, g.first, g.second, p.base.first, p.base.second};

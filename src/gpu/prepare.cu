@@ -37,8 +37,8 @@ constexpr std::size_t kChunkPixels = std::size_t{32} << 20;
 std::string preparation_memory(int, double need, double free, double) {
   return fmt::format(
       "GPU batch preparation needs {:.0f} MiB more but {:.0f} MiB are free; use a smaller --batch or box (per stream, "
-      "two streams: chunk particles x (8 n^2 + 8 n (n/2+1) + 16 F) bytes, 12 n (n/2+1) more with full grids (per particle of the "
-      "batch where they stay on the GPU for its back-projection), plus cuFFT's "
+      "two streams: chunk particles x (8 n^2 + 8 n (n/2+1)) bytes, 12 n (n/2+1) more with full grids (per particle of the "
+      "batch where they stay on the GPU for its back-projection), 16 F bytes per particle of the batch (kept for its scoring), plus cuFFT's "
       "work area, chunks within {} Mi pixels; docs/design.md)",
       need, free, kChunkPixels >> 20);
 }
@@ -102,8 +102,8 @@ struct ChunkStream {
   cudaEvent_t done = nullptr;
   cufftHandle plan = 0;
   bool planned = false;
-  PrepArray<float> raw, masked, ctf, ctf2, ctf_grid;
-  PrepArray<float2> spectrum, unmasked, x;
+  PrepArray<float> raw, masked, ctf_grid;
+  PrepArray<float2> spectrum, unmasked;
   PrepArray<double> norm;
   PinnedArray<float> out_ctf, out_ctf2, out_ctf_grid;
   PinnedArray<float2> out_x, out_unmasked;
@@ -125,6 +125,10 @@ struct BatchPreparer::State {
   PrepArray<float> kept_ctf_grid;
   std::vector<const float*> kept_keys;
   KeptGrids kept;
+  // The whole batch's prepared particles (the gather kernel writes here; the host gets a copy).
+  PrepArray<float2> batch_x;
+  PrepArray<float> batch_ctf, batch_ctf2;
+  KeptParticles particles;
 
   /// Batched R2C plans of `batch` n x n images, one per stream (each has its own work area).
   void plan(int n, int batch) {
@@ -167,6 +171,8 @@ const KeptGrids* BatchPreparer::kept_grids(const float* const* keys, int count) 
   return &s.kept;
 }
 
+const KeptParticles* BatchPreparer::kept_particles() const { return s_->particles.count > 0 ? &s_->particles : nullptr; }
+
 float* BatchPreparer::pinned_host(std::size_t floats) {
   check(cudaSetDevice(s_->device), "cudaSetDevice");
   return s_->pixels.reserve(floats);
@@ -198,14 +204,19 @@ void BatchPreparer::prepare(const em::PrepareBatch& q) {
     st.raw.reserve(sz(C) * area);
     if (mask) st.masked.reserve(sz(C) * area);
     st.spectrum.reserve(sz(C) * half);
-    st.x.reserve(sz(C) * sz(F)), st.ctf.reserve(sz(C) * sz(F)), st.ctf2.reserve(sz(C) * sz(F)), st.norm.reserve(sz(C));
+    st.norm.reserve(sz(C));
     st.out_x.reserve(sz(C) * sz(F)), st.out_ctf.reserve(sz(C) * sz(F)), st.out_ctf2.reserve(sz(C) * sz(F)), st.out_norm.reserve(sz(C));
     if (full && !keep) {
       st.unmasked.reserve(sz(C) * half), st.ctf_grid.reserve(sz(C) * half);
       st.out_unmasked.reserve(sz(C) * half), st.out_ctf_grid.reserve(sz(C) * half);
     }
   }
-  // Kept grids: the whole batch's, in whole chunks (the plan transforms C images at a time).
+  // The batch's prepared particles, kept for score_many (KeptParticles), and its kept grids, in
+  // whole chunks (the plan transforms C images at a time).
+  s.particles = KeptParticles{};
+  float2* batch_x = s.batch_x.reserve(sz(q.count) * sz(F));
+  float* batch_ctf = s.batch_ctf.reserve(sz(q.count) * sz(F));
+  float* batch_ctf2 = s.batch_ctf2.reserve(sz(q.count) * sz(F));
   s.kept = KeptGrids{}, s.kept_keys.clear();
   if (keep) {
     const std::size_t room = sz((q.count + C - 1) / C * C) * half;
@@ -243,15 +254,17 @@ void BatchPreparer::prepare(const em::PrepareBatch& q) {
     if (full) check(cufftExecR2C(st.plan, st.raw.data(), reinterpret_cast<cufftComplex*>(unmasked)), "cufftExecR2C (unmasked)");
     check(cufftExecR2C(st.plan, mask ? st.masked.data() : st.raw.data(), reinterpret_cast<cufftComplex*>(st.spectrum.data())),
           "cufftExecR2C");
-    gather_kernel<<<static_cast<unsigned>(m), 256, 0, st.stream>>>(st.x.data(), st.ctf.data(), st.ctf2.data(), st.norm.data(),
-                                                                   st.spectrum.data(), index, F, terms, groups, inv_sigma2, n, step, first);
+    float2* x = batch_x + sz(first) * sz(F);
+    float *ctf = batch_ctf + sz(first) * sz(F), *ctf2 = batch_ctf2 + sz(first) * sz(F);
+    gather_kernel<<<static_cast<unsigned>(m), 256, 0, st.stream>>>(x, ctf, ctf2, st.norm.data(), st.spectrum.data(), index, F, terms, groups,
+                                                                   inv_sigma2, n, step, first);
     check(cudaGetLastError(), "gather kernel");
     const auto down = [&](auto* host, const auto* device, std::size_t count) {
       check(cudaMemcpyAsync(host, device, count * sizeof(*device), cudaMemcpyDeviceToHost, st.stream), "cudaMemcpyAsync (prepared)");
     };
-    down(st.out_x.data(), st.x.data(), sz(m) * sz(F));
-    down(st.out_ctf.data(), st.ctf.data(), sz(m) * sz(F));
-    down(st.out_ctf2.data(), st.ctf2.data(), sz(m) * sz(F));
+    down(st.out_x.data(), x, sz(m) * sz(F));
+    down(st.out_ctf.data(), ctf, sz(m) * sz(F));
+    down(st.out_ctf2.data(), ctf2, sz(m) * sz(F));
     down(st.out_norm.data(), st.norm.data(), sz(m));
     if (full) {
       const long long cells = static_cast<long long>(m) * static_cast<long long>(half);
@@ -263,6 +276,12 @@ void BatchPreparer::prepare(const em::PrepareBatch& q) {
     check(cudaEventRecord(st.done, st.stream), "cudaEventRecord");
   }
   for (int c = std::max(0, chunks - 2); c < chunks; ++c) drain(c);
+  KeptParticles& kp = s.particles;
+  kp.x = reinterpret_cast<const float*>(batch_x), kp.ctf = batch_ctf, kp.ctf2 = batch_ctf2;
+  kp.group = groups, kp.inv_sigma2 = inv_sigma2, kp.count = q.count, kp.frequencies = F;
+  kp.host_x = q.x, kp.host_ctf = q.ctf_out, kp.host_ctf2 = q.ctf2;
+  kp.host_group.assign(q.group, q.group + q.count);
+  kp.host_inv_sigma2.assign(q.inv_sigma2, q.inv_sigma2 + sz(q.groups) * sz(F));
   if (keep) {
     s.kept = KeptGrids{reinterpret_cast<const float*>(s.kept_unmasked.data()), s.kept_ctf_grid.data(), half};
     s.kept_keys.assign(q.unmasked, q.unmasked + q.count);

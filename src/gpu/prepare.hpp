@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <memory>
+#include <vector>
 
 #include "emcryo/em/scoring_backend.hpp"
 
@@ -16,6 +17,20 @@ struct KeptGrids {
   const float* unmasked = nullptr;
   const float* ctf_grid = nullptr;
   std::size_t half = 0;
+};
+
+/// The last prepared batch's particles as they stay on the device after their copy to the host:
+/// x (complex, interleaved), C and C^2/sigma^2, `frequencies` per particle, particle after
+/// particle; groups and 1/sigma^2 ([group][frequencies]) as uploaded. The host arrays they were
+/// copied to (host_x, ...) name them, so that a request pointing there can be served from here.
+struct KeptParticles {
+  const float *x = nullptr, *ctf = nullptr, *ctf2 = nullptr;
+  const int* group = nullptr;
+  const float* inv_sigma2 = nullptr;
+  int count = 0, frequencies = 0;
+  const float *host_x = nullptr, *host_ctf = nullptr, *host_ctf2 = nullptr;
+  std::vector<int> host_group;          // per particle (a copy)
+  std::vector<float> host_inv_sigma2;   // [group][frequencies] (a copy)
 };
 
 class BatchPreparer {
@@ -31,6 +46,8 @@ class BatchPreparer {
   /// its PrepareBatch::unmasked pointers in order; nullptr where it kept none. Fails where it kept
   /// them but the keys name other particles (their host grids were never written).
   const KeptGrids* kept_grids(const float* const* keys, int count) const;
+  /// The last batch's prepared particles on the device (nullptr before the first batch).
+  const KeptParticles* kept_particles() const;
 
  private:
   struct State;

@@ -997,3 +997,94 @@ TEST(CudaBackend, ReconstructionsAndPaddedTransformsOnTheGpuMatchTheCpu) {
   cpu_transforms.volume_transforms = false;
   EXPECT_EQ(&gpu::make_cuda_backend(cpu_transforms)->volume_transforms(), &em::cpu_volume_transforms());
 }
+
+namespace {
+
+/// Per-particle passes over the particles of a prepared batch (x, ctf, ctf2 and one 1/sigma^2 row
+/// per group as given), `frequencies` of the list each, scored by score_many; each request's scores.
+std::vector<std::vector<float>> passes_over(em::ScoringBackend& backend, const em::TemplateSource& source, const em::FrequencyList& list,
+                                            int count, int frequencies, int F, const float* x, const float* ctf, const float* ctf2,
+                                            const std::vector<std::vector<float>>& inv_sigma2_rows, const std::vector<int>& group,
+                                            unsigned seed) {
+  const auto shift_grid = em::make_shift_grid(3, 1).fine;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> angle(0, 360);
+  std::vector<std::vector<int>> shifts(static_cast<std::size_t>(count));
+  std::vector<std::vector<std::pair<int, geometry::Euler>>> poses(static_cast<std::size_t>(count));
+  std::vector<em::ScoreRequest> requests;
+  for (int b = 0; b < count; ++b) {
+    const auto i = static_cast<std::size_t>(b), at = i * static_cast<std::size_t>(F);
+    const int T = 1 + static_cast<int>(rng() % 20), J = 1 + static_cast<int>(rng() % 40);
+    for (int t = 0; t < T; ++t) shifts[i].push_back(static_cast<int>(rng() % shift_grid.size()));
+    for (int j = 0; j < J; ++j) poses[i].push_back({j % source.classes(), geometry::Euler{angle(rng), angle(rng) / 2, angle(rng)}});
+    em::ScoreRequest q;
+    q.row_count = T, q.row_stride = 2 * frequencies, q.particles = 1, q.ctf2 = ctf2 + at, q.ctf2_stride = F;
+    q.template_count = J, q.template_stride = 2 * frequencies, q.power_stride = frequencies, q.frequencies = frequencies;
+    q.sampled = {&source, poses[i].data(), &list};
+    q.particle_rows = {x + 2 * at, ctf + at, inv_sigma2_rows[static_cast<std::size_t>(group[i])].data(), shift_grid.data(), shifts[i].data(),
+                       b % 2 ? std::pair{0.3f, -0.7f} : std::pair{0.0f, 0.0f}, &list};
+    requests.push_back(q);
+  }
+  std::vector<std::vector<float>> out(static_cast<std::size_t>(count));
+  std::vector<float*> outs;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    out[i].assign(static_cast<std::size_t>(requests[i].row_count) * requests[i].template_count, std::nanf(""));
+    outs.push_back(out[i].data());
+  }
+  backend.score_many(requests, outs);
+  return out;
+}
+
+}  // namespace
+
+// Per-particle passes over particles the GPU prepared read them from the card (gathered there, not
+// staged and sent): the same scores, bit for bit, as the same values staged from copies on the
+// host, at the full list and at a prefix; a request whose 1/sigma^2 differs from the preparation's
+// is staged instead.
+TEST(CudaBackend, PassesOverPreparedParticlesGatherThemOnTheGpu) {
+  REQUIRE_GPU();
+  const Maps3D maps(48, 2);
+  Preparation pr = make_preparation(300, 48, 20, true, true, false, 5);
+  gpu::CudaOptions options;
+  options.precision = gpu::Precision::fp32;
+  const auto backend = gpu::make_cuda_backend(options);
+  ASSERT_TRUE(backend->prepares_batches());
+  ASSERT_TRUE(backend->scores_many(maps));
+  backend->plan(1, 1, 1);
+  backend->prepare_batch(pr.request(pr.pixels.data()));
+  const int F = pr.F, groups = 2;
+  std::vector<std::vector<float>> rows, scaled;  // 1/sigma^2 per group as prepared, and changed
+  for (int g = 0; g < groups; ++g) {
+    const auto first = pr.inv_sigma2.begin() + g * F;
+    rows.emplace_back(first, first + F);
+    scaled.push_back(rows.back());
+    for (auto& v : scaled.back()) v *= 1.5f;
+  }
+  // Copies of the prepared values elsewhere on the host: not the batch's, so staged.
+  const std::vector<float> x = pr.x, ctf = pr.ctf_out, ctf2 = pr.ctf2;
+  for (const int frequencies : {F, F - 37}) {
+    const auto unsigned_f = static_cast<unsigned>(frequencies);
+    const auto gathered = passes_over(*backend, maps, pr.list, pr.count, frequencies, F, pr.x.data(), pr.ctf_out.data(), pr.ctf2.data(), rows,
+                                      pr.group, unsigned_f);
+    const auto staged = passes_over(*backend, maps, pr.list, pr.count, frequencies, F, x.data(), ctf.data(), ctf2.data(), rows, pr.group, unsigned_f);
+    for (std::size_t i = 0; i < staged.size(); ++i) ASSERT_EQ(0, std::memcmp(gathered[i].data(), staged[i].data(), staged[i].size() * sizeof(float)));
+    // The card's copy is what they read: the host's arrays overwritten after the preparation change nothing.
+    std::vector<float> saved = pr.x;
+    std::fill(pr.x.begin(), pr.x.end(), 0.0f);
+    const auto again = passes_over(*backend, maps, pr.list, pr.count, frequencies, F, pr.x.data(), pr.ctf_out.data(), pr.ctf2.data(), rows,
+                                   pr.group, unsigned_f);
+    pr.x = saved;
+    for (std::size_t i = 0; i < staged.size(); ++i) ASSERT_EQ(0, std::memcmp(again[i].data(), staged[i].data(), staged[i].size() * sizeof(float)));
+    // Another 1/sigma^2 than the preparation's: staged with it, as its copies are.
+    const auto other = passes_over(*backend, maps, pr.list, pr.count, frequencies, F, pr.x.data(), pr.ctf_out.data(), pr.ctf2.data(), scaled,
+                                   pr.group, unsigned_f);
+    const auto other_staged = passes_over(*backend, maps, pr.list, pr.count, frequencies, F, x.data(), ctf.data(), ctf2.data(), scaled, pr.group,
+                                          unsigned_f);
+    double moved = 0;
+    for (std::size_t i = 0; i < staged.size(); ++i) {
+      ASSERT_EQ(0, std::memcmp(other[i].data(), other_staged[i].data(), staged[i].size() * sizeof(float)));
+      for (std::size_t k = 0; k < staged[i].size(); ++k) moved = std::max(moved, static_cast<double>(std::abs(other[i][k] - staged[i][k])));
+    }
+    EXPECT_GT(moved, 0);
+  }
+}
