@@ -63,6 +63,7 @@ int main(int argc, char** argv) {
       "  EMCRYO_GPU_PREP=0         particle batches masked, transformed and CTF-weighted on the CPU\n"
       "  EMCRYO_GPU_REDUCE=0       coarse scores reduced to posteriors on the CPU\n"
       "  EMCRYO_GPU_MANY=0         per-particle passes scored particle by particle\n"
+      "  EMCRYO_GPU_GATHER=0       their prepared particles staged on the CPU and sent, not read on the GPU\n"
       "  EMCRYO_GPU_SUMS=0         class2d's M-step sums on the CPU\n"
       "  EMCRYO_GPU_BACKPROJECT=0  3D back-projection on the CPU\n"
       "  EMCRYO_GPU_TRANSFORMS=0   3D reconstructions and projectors' transforms on the CPU\n"

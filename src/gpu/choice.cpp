@@ -93,6 +93,7 @@ std::unique_ptr<em::ScoringBackend> make_backend() {
   if (const char* v = std::getenv("EMCRYO_GPU_REDUCE"); v && *v) options.reduce_scores = std::string(v) != "0";
   if (const char* v = std::getenv("EMCRYO_GPU_MANY"); v && *v) options.score_many = std::string(v) != "0";
   if (const char* v = std::getenv("EMCRYO_GPU_TRANSFORMS"); v && *v) options.volume_transforms = std::string(v) != "0";
+  if (const char* v = std::getenv("EMCRYO_GPU_GATHER"); v && *v) options.gather_prepared = std::string(v) != "0";
   return make_cuda_backend(options);
 }
 

@@ -791,7 +791,8 @@ class CudaBackend final : public em::ScoringBackend {
   bool find_kept_particles(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end, int device,
                            std::vector<int>& index) const {
     index.clear();
-    const KeptParticles* kept = preparer_ && devices_.front()->id == device ? preparer_->kept_particles() : nullptr;
+    const bool readable = options_.gather_prepared && preparer_ && devices_.front()->id == device;
+    const KeptParticles* kept = readable ? preparer_->kept_particles() : nullptr;
     if (!kept) return false;
     const auto address = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p); };
     const std::size_t F = sz(kept->frequencies), count = sz(kept->count);

@@ -76,6 +76,9 @@ struct CudaOptions {
   /// cuFFT and kernels (src/gpu/volume_transforms.cu) instead of FFTW and the CPU's loops.
   /// EMCRYO_GPU_TRANSFORMS=0 keeps them on the CPU.
   bool volume_transforms = true;
+  /// score_many reads the particles of the batch the GPU prepared from the card (gathered there)
+  /// instead of staging them on the host and sending them. EMCRYO_GPU_GATHER=0 stages them.
+  bool gather_prepared = true;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.
