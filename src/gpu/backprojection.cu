@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "backprojection.hpp"
@@ -144,6 +145,10 @@ struct DeviceVolumeSums::State {
   DeviceArray<int> freq;
   DeviceArray<char> batch;
   PinnedArray<char> staging[2];
+  // Where the time goes (timing()): each batch's gather and insertion kernels between two events,
+  // and the host's waits for the stream.
+  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> kernel_events;
+  VolumeSumsTiming timing;
 };
 
 DeviceVolumeSums::DeviceVolumeSums(int device) : state_(std::make_unique<State>()) {
@@ -159,6 +164,7 @@ DeviceVolumeSums::~DeviceVolumeSums() {
   if (state_->stream) cudaStreamSynchronize(state_->stream), cudaStreamDestroy(state_->stream);
   for (auto& e : state_->copied)
     if (e) cudaEventDestroy(e);
+  for (auto& [start, end] : state_->kernel_events) cudaEventDestroy(start), cudaEventDestroy(end);
   if (state_->gathered) cudaEventDestroy(state_->gathered);
 }
 
@@ -188,7 +194,9 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q, const KeptGrids* grids)
   const BatchLayout b(sz(q.particles), q.inv_sigma2.size(), sz(F), q.insertion_count, q.shift_count);
   // The staging buffer is refilled only once its previous batch has reached the device.
   PinnedArray<char>& host = s.staging[s.next];
+  const auto waited_from = std::chrono::steady_clock::now();
   check(cudaEventSynchronize(s.copied[s.next]), "cudaEventSynchronize");
+  s.timing.host_wait += std::chrono::duration<double>(std::chrono::steady_clock::now() - waited_from).count();
   auto* h = host.reserve(b.total);
   pack_volume_batch(q, l, grids ? nullptr : reinterpret_cast<float*>(h + b.x), grids ? nullptr : reinterpret_cast<float*>(h + b.ctf),
                     reinterpret_cast<float*>(h + b.isg));
@@ -208,6 +216,12 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q, const KeptGrids* grids)
   check(cudaMemcpyAsync(d + from, h + from, b.total - from, cudaMemcpyHostToDevice, s.stream), "cudaMemcpyAsync (back-projection batch)");
   check(cudaEventRecord(s.copied[s.next], s.stream), "cudaEventRecord");
   s.next = 1 - s.next;
+  std::pair<cudaEvent_t, cudaEvent_t> events{nullptr, nullptr};
+  check(cudaEventCreate(&events.first), "cudaEventCreate");
+  check(cudaEventCreate(&events.second), "cudaEventCreate");
+  s.kernel_events.push_back(events);
+  check(cudaEventRecord(events.first, s.stream), "cudaEventRecord");
+  s.timing.insertions += static_cast<long long>(q.insertion_count), s.timing.batches += 1;
   if (grids) {
     gather_grids_kernel<<<static_cast<unsigned>(q.particles), 256, 0, s.stream>>>(
         reinterpret_cast<float2*>(d + b.x), reinterpret_cast<float*>(d + b.ctf), reinterpret_cast<const float2*>(grids->unmasked),
@@ -227,7 +241,28 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q, const KeptGrids* grids)
         reinterpret_cast<const em::VolumeShift*>(d + b.shifts), l.n, index);
     check(cudaGetLastError(), "back-projection kernel");
   }
-  if (grids) check(cudaEventSynchronize(s.gathered), "cudaEventSynchronize (kept grids)");
+  check(cudaEventRecord(events.second, s.stream), "cudaEventRecord");
+  if (grids) {
+    const auto from = std::chrono::steady_clock::now();
+    check(cudaEventSynchronize(s.gathered), "cudaEventSynchronize (kept grids)");
+    s.timing.host_wait += std::chrono::duration<double>(std::chrono::steady_clock::now() - from).count();
+  }
+}
+
+VolumeSumsTiming DeviceVolumeSums::take_timing() {
+  State& s = *state_;
+  check(cudaSetDevice(s.device), "cudaSetDevice");
+  check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
+  for (auto& [start, end] : s.kernel_events) {
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, start, end), "cudaEventElapsedTime");
+    s.timing.kernels += ms / 1000.0;
+    cudaEventDestroy(start), cudaEventDestroy(end);
+  }
+  s.kernel_events.clear();
+  const VolumeSumsTiming t = s.timing;
+  s.timing = {};
+  return t;
 }
 
 namespace {

@@ -37,6 +37,14 @@ void pack_volume_batch(const em::VolumeSumsBatch& batch, const VolumeLayout& lay
 /// Adds one class's device sums (laid out as BackProjector::put writes the reach) into `into`.
 void add_device_volume(em::BackProjector& into, const VolumeLayout& layout, const float* data, const float* weight);
 
+/// Where an E-step's device back-projection spent its time (DeviceVolumeSums::take_timing): the
+/// GPU's gather and insertion kernels (including their waits in the stream), and the host's waits
+/// for the stream (staging buffer free, the kept grids read).
+struct VolumeSumsTiming {
+  long long insertions = 0, batches = 0;
+  double kernels = 0, host_wait = 0;  // seconds
+};
+
 /// The device side: volumes, the frequency list, pinned staging and a stream of its own, so that a
 /// batch's insertion overlaps the E-step's scoring of the next one.
 class DeviceVolumeSums {
@@ -54,6 +62,8 @@ class DeviceVolumeSums {
   void fold();
   /// The totals added into into[k] (ScoringBackend::take_volume_totals).
   void take_totals(const std::vector<em::BackProjector*>& into);
+  /// The time since the last call (waits for the stream).
+  VolumeSumsTiming take_timing();
 
  private:
   struct State;

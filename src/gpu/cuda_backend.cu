@@ -258,6 +258,12 @@ class CudaBackend final : public em::ScoringBackend {
                 "(transfers and kernels)",
                 many_time_.requests, many_time_.groups, many_time_.staging, many_time_.device);
     many_time_ = {};
+    if (volume_sums_) {
+      const VolumeSumsTiming t = volume_sums_->take_timing();
+      if (t.batches > 0)
+        log::info("GPU back-projection of the last E-step: {} insertions in {} batches, {:.2f} s of GPU kernels, the CPU waited {:.2f} s",
+                  t.insertions, t.batches, t.kernels, t.host_wait);
+    }
     // New E-step, new templates and references: what was resident is stale.
     for (auto& d : devices_) {
       std::lock_guard lock(d->mutex);
