@@ -128,10 +128,15 @@ struct BatchLayout {
 
 struct DeviceVolumeSums::State {
   int device = 0;
-  cudaStream_t stream = nullptr;
-  cudaEvent_t copied[2] = {nullptr, nullptr};
-  cudaEvent_t gathered = nullptr;  // a batch's kept grids read (the next batch's preparation overwrites them)
-  int next = 0;  // the staging buffer the next batch fills
+  // Two streams, so that a batch's upload and gather need not wait for the previous batch's
+  // insertion: `feed` copies batch b into buffer b % 2 once the insertion of batch b - 2 (same
+  // buffer) has run, and gathers its kept grids; `stream` inserts each batch once it is fed. The
+  // host waits only for the feed of its own batch (the next preparation overwrites the kept grids).
+  cudaStream_t stream = nullptr, feed = nullptr;
+  cudaEvent_t copied[2] = {nullptr, nullptr};    // staging[i] uploaded: free to refill
+  cudaEvent_t fed[2] = {nullptr, nullptr};       // batch[i] uploaded and gathered
+  cudaEvent_t inserted[2] = {nullptr, nullptr};  // batch[i]'s insertion run: free to refill
+  int next = 0;  // the staging and device buffers the next batch fills
   VolumeLayout layout;
   std::vector<char> touched;  // per class: inserted into this chunk
   VolumeArray<float2> data;  // the classes' volumes within the reach
@@ -143,7 +148,7 @@ struct DeviceVolumeSums::State {
   VolumeArray<float2> total_data;
   VolumeArray<float> total_weight;
   DeviceArray<int> freq;
-  DeviceArray<char> batch;
+  DeviceArray<char> batch[2];
   PinnedArray<char> staging[2];
   // Where the time goes (timing()): each batch's gather and insertion kernels between two events,
   // and the host's waits for the stream.
@@ -155,22 +160,25 @@ DeviceVolumeSums::DeviceVolumeSums(int device) : state_(std::make_unique<State>(
   state_->device = device;
   check(cudaSetDevice(device), "cudaSetDevice");
   check(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  for (auto& e : state_->copied) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
-  check(cudaEventCreateWithFlags(&state_->gathered, cudaEventDisableTiming), "cudaEventCreate");
+  check(cudaStreamCreateWithFlags(&state_->feed, cudaStreamNonBlocking), "cudaStreamCreate");
+  for (auto* events : {state_->copied, state_->fed, state_->inserted})
+    for (int i = 0; i < 2; ++i) check(cudaEventCreateWithFlags(&events[i], cudaEventDisableTiming), "cudaEventCreate");
 }
 
 DeviceVolumeSums::~DeviceVolumeSums() {
   cudaSetDevice(state_->device);
-  if (state_->stream) cudaStreamSynchronize(state_->stream), cudaStreamDestroy(state_->stream);
-  for (auto& e : state_->copied)
-    if (e) cudaEventDestroy(e);
+  for (cudaStream_t st : {state_->feed, state_->stream})
+    if (st) cudaStreamSynchronize(st), cudaStreamDestroy(st);
+  for (auto* events : {state_->copied, state_->fed, state_->inserted})
+    for (int i = 0; i < 2; ++i)
+      if (events[i]) cudaEventDestroy(events[i]);
   for (auto& [start, end] : state_->kernel_events) cudaEventDestroy(start), cudaEventDestroy(end);
-  if (state_->gathered) cudaEventDestroy(state_->gathered);
 }
 
 void DeviceVolumeSums::begin(int classes, int n, int padding, double max_radius) {
   State& s = *state_;
   check(cudaSetDevice(s.device), "cudaSetDevice");
+  check(cudaStreamSynchronize(s.feed), "cudaStreamSynchronize");
   check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
   VolumeLayout layout = volume_layout(classes, n, padding, max_radius);
   const std::size_t cells = layout.cells() * sz(classes);
@@ -193,9 +201,10 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q, const KeptGrids* grids)
   check(cudaSetDevice(s.device), "cudaSetDevice");
   const BatchLayout b(sz(q.particles), q.inv_sigma2.size(), sz(F), q.insertion_count, q.shift_count);
   // The staging buffer is refilled only once its previous batch has reached the device.
-  PinnedArray<char>& host = s.staging[s.next];
+  const int slot = s.next;
+  PinnedArray<char>& host = s.staging[slot];
   const auto waited_from = std::chrono::steady_clock::now();
-  check(cudaEventSynchronize(s.copied[s.next]), "cudaEventSynchronize");
+  check(cudaEventSynchronize(s.copied[slot]), "cudaEventSynchronize");
   s.timing.host_wait += std::chrono::duration<double>(std::chrono::steady_clock::now() - waited_from).count();
   auto* h = host.reserve(b.total);
   pack_volume_batch(q, l, grids ? nullptr : reinterpret_cast<float*>(h + b.x), grids ? nullptr : reinterpret_cast<float*>(h + b.ctf),
@@ -210,25 +219,27 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q, const KeptGrids* grids)
       fail("GPU back-projection: insertion {} outside the batch (internal error)", i);
     s.touched[sz(r.k)] = 1;
   }
-  // The stream orders this copy after the previous batch's kernel: one device copy suffices.
-  auto* d = s.batch.reserve(b.total);
+  // Device buffer `slot` is refilled once the insertion two batches back (which read it) has run.
+  check(cudaStreamWaitEvent(s.feed, s.inserted[slot], 0), "cudaStreamWaitEvent");
+  auto* d = s.batch[slot].reserve(b.total);
   const std::size_t from = grids ? b.isg : 0;  // kept grids: x and ctf are gathered on the device
-  check(cudaMemcpyAsync(d + from, h + from, b.total - from, cudaMemcpyHostToDevice, s.stream), "cudaMemcpyAsync (back-projection batch)");
-  check(cudaEventRecord(s.copied[s.next], s.stream), "cudaEventRecord");
-  s.next = 1 - s.next;
+  check(cudaMemcpyAsync(d + from, h + from, b.total - from, cudaMemcpyHostToDevice, s.feed), "cudaMemcpyAsync (back-projection batch)");
+  check(cudaEventRecord(s.copied[slot], s.feed), "cudaEventRecord");
+  if (grids) {
+    gather_grids_kernel<<<static_cast<unsigned>(q.particles), 256, 0, s.feed>>>(
+        reinterpret_cast<float2*>(d + b.x), reinterpret_cast<float*>(d + b.ctf), reinterpret_cast<const float2*>(grids->unmasked),
+        grids->ctf_grid, grids->half, s.freq.data(), F);
+    check(cudaGetLastError(), "back-projection gather kernel");
+  }
+  check(cudaEventRecord(s.fed[slot], s.feed), "cudaEventRecord");
+  check(cudaStreamWaitEvent(s.stream, s.fed[slot], 0), "cudaStreamWaitEvent");
+  s.next = 1 - slot;
   std::pair<cudaEvent_t, cudaEvent_t> events{nullptr, nullptr};
   check(cudaEventCreate(&events.first), "cudaEventCreate");
   check(cudaEventCreate(&events.second), "cudaEventCreate");
   s.kernel_events.push_back(events);
   check(cudaEventRecord(events.first, s.stream), "cudaEventRecord");
   s.timing.insertions += static_cast<long long>(q.insertion_count), s.timing.batches += 1;
-  if (grids) {
-    gather_grids_kernel<<<static_cast<unsigned>(q.particles), 256, 0, s.stream>>>(
-        reinterpret_cast<float2*>(d + b.x), reinterpret_cast<float*>(d + b.ctf), reinterpret_cast<const float2*>(grids->unmasked),
-        grids->ctf_grid, grids->half, s.freq.data(), F);
-    check(cudaGetLastError(), "back-projection gather kernel");
-    check(cudaEventRecord(s.gathered, s.stream), "cudaEventRecord");
-  }
   constexpr int kThreads = 128;
   const VolumeIndex index{l.reach, l.side, l.count, l.m, l.full};
   for (std::size_t first = 0; first < q.insertion_count; first += 1u << 30) {  // grid x holds < 2^31 blocks
@@ -242,9 +253,10 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q, const KeptGrids* grids)
     check(cudaGetLastError(), "back-projection kernel");
   }
   check(cudaEventRecord(events.second, s.stream), "cudaEventRecord");
+  check(cudaEventRecord(s.inserted[slot], s.stream), "cudaEventRecord");
   if (grids) {
     const auto from = std::chrono::steady_clock::now();
-    check(cudaEventSynchronize(s.gathered), "cudaEventSynchronize (kept grids)");
+    check(cudaEventSynchronize(s.fed[slot]), "cudaEventSynchronize (kept grids)");
     s.timing.host_wait += std::chrono::duration<double>(std::chrono::steady_clock::now() - from).count();
   }
 }
