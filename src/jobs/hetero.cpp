@@ -512,6 +512,7 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
     for (const auto& posterior : state.class_posteriors) ess += em::class_ess(posterior);
     log::info("iteration {:3}: classes {}; class similarity {:.2f} (temperature {:.3g}, mean class ESS {:.2f}); {}; {:.1f}% poses changed; {:.1f} s",
               it, size_text, similarity, settings.class_temperature, ess / static_cast<double>(N), search_label, 100 * changed, seconds);
+    log::info("iteration {:3}: E-step stages (both halves, wall): {}", it, stats.stages.summary());
     state.history.push_back({it, size, resolutions, similarity, changed, seconds, search_label});
     if (final_iteration) break;
     state.final_next = it + 1 >= iteration_count(o);
