@@ -86,6 +86,20 @@ inline Cell cell_at(float px, float py, float pz, int m, std::size_t hm, std::si
   return c;
 }
 
+/// A central slice's place in the padded grid: slice frequency (kx, ky) sits at kx a + ky b, a and b
+/// the first two rows of the rotation scaled by the padding (A^T (kx, ky, 0)); the cells there.
+/// The one setup of project(), sample() and insert().
+struct SliceFrame {
+  float ax, ay, az, bx, by, bz;
+  int m;
+  std::size_t hm, plane;
+  SliceFrame(const geometry::Mat3& a, int padding, int m_, int hm_)
+      : ax(static_cast<float>(a(0, 0) * padding)), ay(static_cast<float>(a(0, 1) * padding)), az(static_cast<float>(a(0, 2) * padding)),
+        bx(static_cast<float>(a(1, 0) * padding)), by(static_cast<float>(a(1, 1) * padding)), bz(static_cast<float>(a(1, 2) * padding)),
+        m(m_), hm(static_cast<std::size_t>(hm_)), plane(static_cast<std::size_t>(m_) * static_cast<std::size_t>(hm_)) {}
+  Cell cell(float px, float py, float pz) const { return cell_at(px, py, pz, m, hm, plane); }
+};
+
 /// The grid's value at a cell (interpolated along x, then y, then z), conjugated where mirrored.
 inline Complex interpolate(const Complex* grid, const Cell& c) {
 #ifdef EMCRYO_TRILINEAR_SIMD
@@ -148,10 +162,7 @@ void Projector::project(const geometry::Mat3& a, Complex* out, int out_n, double
   const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
   const double r2_max = r_max * r_max;
   std::fill(out, out + image::half_size(out_n, out_n), Complex{});
-  // Slice coordinates: A^T (kx, ky, 0), i.e. the first two rows of A, scaled to the padded grid.
-  const float ax = static_cast<float>(a(0, 0) * pad_), ay = static_cast<float>(a(0, 1) * pad_), az = static_cast<float>(a(0, 2) * pad_);
-  const float bx = static_cast<float>(a(1, 0) * pad_), by = static_cast<float>(a(1, 1) * pad_), bz = static_cast<float>(a(1, 2) * pad_);
-  const std::size_t hm = static_cast<std::size_t>(hm_), plane = static_cast<std::size_t>(m_) * hm;
+  const SliceFrame s(a, pad_, m_, hm_);
   const int ky_limit = std::min(out_n / 2, static_cast<int>(std::ceil(r_max)));
   for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
     if (ky >= out_n / 2) continue;
@@ -160,19 +171,17 @@ void Projector::project(const geometry::Mat3& a, Complex* out, int out_n, double
     for (int kx = 0; kx < h; ++kx) {
       if (kx * kx + ky * ky > r2_max) break;
       const float fkx = static_cast<float>(kx);
-      row[kx] = interpolate(grid_.data(), cell_at(ax * fkx + bx * fky, ay * fkx + by * fky, az * fkx + bz * fky, m_, hm, plane));
+      row[kx] = interpolate(grid_.data(), s.cell(s.ax * fkx + s.bx * fky, s.ay * fkx + s.by * fky, s.az * fkx + s.bz * fky));
     }
   }
 }
 
 void Projector::sample(const geometry::Mat3& a, const FrequencyList& list, Complex* out) const {
-  const float ax = static_cast<float>(a(0, 0) * pad_), ay = static_cast<float>(a(0, 1) * pad_), az = static_cast<float>(a(0, 2) * pad_);
-  const float bx = static_cast<float>(a(1, 0) * pad_), by = static_cast<float>(a(1, 1) * pad_), bz = static_cast<float>(a(1, 2) * pad_);
-  const std::size_t hm = static_cast<std::size_t>(hm_), plane = static_cast<std::size_t>(m_) * hm;
+  const SliceFrame s(a, pad_, m_, hm_);
   const Complex* const grid = grid_.data();
   for (std::size_t f = 0; f < list.size(); ++f) {
     const float kx = static_cast<float>(list.kx[f]), ky = static_cast<float>(list.ky[f]);
-    out[f] = interpolate(grid, cell_at(ax * kx + bx * ky, ay * kx + by * ky, az * kx + bz * ky, m_, hm, plane));
+    out[f] = interpolate(grid, s.cell(s.ax * kx + s.bx * ky, s.ay * kx + s.by * ky, s.az * kx + s.bz * ky));
   }
 }
 
@@ -323,23 +332,21 @@ void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const f
   const int h = in_n / 2 + 1;
   const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
   const double r2_max = r_max * r_max;
-  const float ax = static_cast<float>(a(0, 0) * pad_), ay = static_cast<float>(a(0, 1) * pad_), az = static_cast<float>(a(0, 2) * pad_);
-  const float bx = static_cast<float>(a(1, 0) * pad_), by = static_cast<float>(a(1, 1) * pad_), bz = static_cast<float>(a(1, 2) * pad_);
+  const SliceFrame s(a, pad_, m_, hm_);
   const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
   reach_ = std::max(reach_, reach_for(n_, pad_, max_radius));
-  const std::size_t hm = static_cast<std::size_t>(hm_), plane = static_cast<std::size_t>(m_) * hm;
   // Complex voxels as float pairs: a corner's two x neighbours are four consecutive floats.
   float* const sums = reinterpret_cast<float*>(data_.data());
   float* const weights = weight_.data();
   for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
     const std::size_t row = static_cast<std::size_t>(image::storage_index(ky, in_n)) * h;
-    const float fky = static_cast<float>(ky), rx = bx * fky, ry = by * fky, rz = bz * fky;
+    const float fky = static_cast<float>(ky), rx = s.bx * fky, ry = s.by * fky, rz = s.bz * fky;
     // The kx = 0 column holds both ky and -ky; insert only ky >= 0 there to avoid counting twice
     // (Hermitian symmetry of the 3D grid is restored before reconstruction).
     for (int kx = ky < 0 ? 1 : 0; kx < h; ++kx) {
       if (kx * kx + ky * ky > r2_max) break;
       const float fkx = static_cast<float>(kx);
-      const Cell c = cell_at(ax * fkx + rx, ay * fkx + ry, az * fkx + rz, m_, hm, plane);
+      const Cell c = s.cell(s.ax * fkx + rx, s.ay * fkx + ry, s.az * fkx + rz);
       spread(sums, weights, c, data[row + kx].real(), data[row + kx].imag() * c.sign, weight[row + kx] * weight_scale);
     }
   }
