@@ -150,6 +150,7 @@ struct DeviceVolumeSums::State {
   DeviceArray<int> freq;
   DeviceArray<char> batch[2];
   PinnedArray<char> staging[2];
+  PinnedArray<float> download;  // add_volumes_into's host copy of a class's volume
   // Where the time goes (timing()): each batch's gather and insertion kernels between two events,
   // and the host's waits for the stream.
   std::vector<std::pair<cudaEvent_t, cudaEvent_t>> kernel_events;
@@ -279,18 +280,21 @@ VolumeSumsTiming DeviceVolumeSums::take_timing() {
 
 namespace {
 /// Adds the classes' device volumes (data, weight: cells per class) into into[k] where touched[k].
+/// `download` holds a class's volume on the host on its way (page-locked, kept for the next call:
+/// 0.8 GB a class at box 256).
 void add_volumes_into(const std::vector<em::BackProjector*>& into, const VolumeLayout& l, const float2* data, const float* weight,
-                      const std::vector<char>& touched, cudaStream_t stream) {
+                      const std::vector<char>& touched, PinnedArray<float>& download, cudaStream_t stream) {
   if (into.size() != sz(l.classes)) fail("GPU back-projection: {} volumes for {} classes (internal error)", into.size(), l.classes);
-  std::vector<float> host_data(2 * l.cells()), host_weight(l.cells());
+  float* const host_data = download.reserve(3 * l.cells());
+  float* const host_weight = host_data + 2 * l.cells();
   for (int k = 0; k < l.classes; ++k) {
     if (!touched[sz(k)]) continue;  // as on the CPU: a class nothing entered keeps its reach
     const std::size_t at = sz(k) * l.cells();
-    check(cudaMemcpyAsync(host_data.data(), data + at, l.cells() * 8, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync (back-projection volumes)");
-    check(cudaMemcpyAsync(host_weight.data(), weight + at, l.cells() * 4, cudaMemcpyDeviceToHost, stream),
+    check(cudaMemcpyAsync(host_data, data + at, l.cells() * 8, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync (back-projection volumes)");
+    check(cudaMemcpyAsync(host_weight, weight + at, l.cells() * 4, cudaMemcpyDeviceToHost, stream),
           "cudaMemcpyAsync (back-projection weights)");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (back-projection)");
-    add_device_volume(*into[sz(k)], l, host_data.data(), host_weight.data());
+    add_device_volume(*into[sz(k)], l, host_data, host_weight);
   }
 }
 }  // namespace
@@ -298,7 +302,7 @@ void add_volumes_into(const std::vector<em::BackProjector*>& into, const VolumeL
 void DeviceVolumeSums::end(const std::vector<em::BackProjector*>& into) {
   State& s = *state_;
   check(cudaSetDevice(s.device), "cudaSetDevice");
-  add_volumes_into(into, s.layout, s.data.data(), s.weight.data(), s.touched, s.stream);
+  add_volumes_into(into, s.layout, s.data.data(), s.weight.data(), s.touched, s.download, s.stream);
   std::fill(s.touched.begin(), s.touched.end(), 0);
 }
 
@@ -327,7 +331,7 @@ void DeviceVolumeSums::take_totals(const std::vector<em::BackProjector*>& into) 
   State& s = *state_;
   if (!s.totals_begun) return;  // no chunk folded: nothing to add
   check(cudaSetDevice(s.device), "cudaSetDevice");
-  add_volumes_into(into, s.layout, s.total_data.data(), s.total_weight.data(), s.total_touched, s.stream);
+  add_volumes_into(into, s.layout, s.total_data.data(), s.total_weight.data(), s.total_touched, s.download, s.stream);
   s.totals_begun = false;
 }
 
