@@ -102,11 +102,10 @@ __global__ void gather_grids_kernel(float2* x, float* ctf, const float2* unmaske
 /// The back-projection's device memory, for the error when it would not fit (each volume array is
 /// checked against the card's free memory as it grows: DeviceArray).
 std::string volume_memory(int device, double need, double free, double total) {
-  return fmt::format(
-      "GPU {}: the 3D back-projection needs {:.0f} MiB more but {:.0f} of {:.0f} MiB are free (its volumes and, where one process "
-      "folds the chunks on the GPU, as much again for their totals: classes x (2R + 1)^2 x (R + 1) x 12 bytes each, R = ceil(2 x "
-      "insert radius) + 1 < 2 x box); EMCRYO_GPU_BACKPROJECT=0 back-projects on the CPU instead (docs/design.md)",
-      device, need, free, total);
+  return out_of_device_memory(device, need, free, total, "the 3D back-projection's volumes",
+                              "and, where one process folds the chunks on the GPU, as much again for their totals: classes x (2R + 1)^2 "
+                              "x (R + 1) x 12 bytes each, R = ceil(2 x insert radius) + 1 < 2 x box",
+                              "EMCRYO_GPU_BACKPROJECT=0 back-projects on the CPU instead (docs/design.md)");
 }
 template <class T>
 using VolumeArray = DeviceArray<T, volume_memory>;

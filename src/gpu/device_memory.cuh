@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <string>
 
+#include <fmt/format.h>
+
 #include "emcryo/core/error.hpp"
 
 namespace emcryo::gpu {
@@ -25,6 +27,14 @@ inline double mib(std::size_t bytes) { return static_cast<double>(bytes) / (1 <<
 /// The one-line error for a device allocation that would not fit: what needs the memory, its
 /// formula and what to change, given the device and the MiB needed, free and in total.
 using MemoryMessage = std::string (*)(int device, double need_mib, double free_mib, double total_mib);
+
+/// A MemoryMessage's common form: "GPU d: <what> need N MiB more but F of T MiB are free (<formula>);
+/// <instead>".
+inline std::string out_of_device_memory(int device, double need, double free, double total, const char* what, const char* formula,
+                                        const char* instead) {
+  return fmt::format("GPU {}: {} need {:.0f} MiB more but {:.0f} of {:.0f} MiB are free ({}); {}", device, what, need, free, total, formula,
+                     instead);
+}
 
 /// A device array that grows on demand (its contents are not kept when it grows). With a message,
 /// every allocation is first checked against the card's free memory, 64 MiB kept spare, and

@@ -14,11 +14,9 @@ namespace emcryo::gpu {
 namespace {
 
 std::string kept_memory(int device, double need, double free, double total) {
-  return fmt::format(
-      "GPU {}: the coarse pass's kept scores need {:.0f} MiB more but {:.0f} of {:.0f} MiB are free (batch x coarse shifts "
-      "x coarse templates x 4 bytes, plus batch x classes x 16 bytes and batch x 2 cap x 16 bytes); use a smaller --batch or "
-      "EMCRYO_GPU_REDUCE=0 (reduce on the CPU)",
-      device, need, free, total);
+  return out_of_device_memory(device, need, free, total, "the coarse pass's kept scores",
+                              "batch x coarse shifts x coarse templates x 4 bytes, plus batch x classes x 16 bytes and batch x 2 cap x 16 bytes",
+                              "use a smaller --batch or EMCRYO_GPU_REDUCE=0 (reduce on the CPU)");
 }
 
 struct CandidateDevice {

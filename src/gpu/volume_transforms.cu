@@ -23,11 +23,10 @@ void check(cufftResult e, const char* what) {
 }
 
 std::string transform_memory(int device, double need, double free, double total) {
-  return fmt::format(
-      "GPU {}: the M-step's 3D transforms need {:.0f} MiB more but {:.0f} of {:.0f} MiB are free (the padded grid and its weights, "
-      "m^2 x (m/2 + 1) x 12 bytes, m = 2 x box, the map, box^3 x 4 bytes, and cuFFT's work area of about one grid); EMCRYO_GPU_TRANSFORMS=0 "
-      "runs them on the CPU instead (docs/design.md)",
-      device, need, free, total);
+  return out_of_device_memory(device, need, free, total, "the M-step's 3D transforms",
+                              "the padded grid and its weights, m^2 x (m/2 + 1) x 12 bytes, m = 2 x box, the map, box^3 x 4 bytes, and "
+                              "cuFFT's work area of about one grid",
+                              "EMCRYO_GPU_TRANSFORMS=0 runs them on the CPU instead (docs/design.md)");
 }
 template <class T>
 using TransformArray = DeviceArray<T, transform_memory>;
