@@ -10,6 +10,9 @@
 #   (default "emcryo"). RELION results from bench/gpu/heldout_device.sh (RELION 5, GPU), copied to
 #   WORKDIR/<set>/relion_data.star and relion_class001.mrc, are scored too. $SETS limits the run to
 #   some of the sets (e.g. SETS=2XHE).
+#   RELION3=1: RELION 3.1.3's auto-refine (Debian's relion_refine_mpi, 3 ranks) also runs on each set, right after
+#   emcryo, with exactly the options issue 9 names (--healpix_order 1 --auto_local_healpix_order 3 --offset_range 5
+#   --offset_step 2 --maxsig 300 --pool 3 ...), into WORKDIR/<set>/relion3; both are scored and the wall ratio printed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -33,11 +36,25 @@ for m in 2XHE.pdb.gz 7DDO.pdb.gz 6WQA.cif.gz; do
   s=$(date +%s.%N)
   "$EMCRYO" refine --particles "$D/particles_blind.star" --ref "$D/truth_class001.mrc" --ini-high 30 --particle-diameter 140 \
     --offset-range 5 --offset-step 1 --out "$D/$LABEL" "$@" > "$W/$n.$LABEL.log" 2>&1
-  echo "$n $LABEL: $(echo "$(date +%s.%N) - $s" | bc) s wall ($(lscpu | sed -n 's/Model name: *//p'), $(nproc) cores)"
+  emcryo_wall=$(echo "$(date +%s.%N) - $s" | bc)
+  echo "$n $LABEL: $emcryo_wall s wall ($(lscpu | sed -n 's/Model name: *//p'), $(nproc) cores)"
   $PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$D/$LABEL/particles.star" --map "$D/$LABEL/map_unfil.mrc" \
     --true-map "$D/truth_class001.mrc" --label "$n $LABEL" --json "$D/$LABEL.eval.json"
   [[ -f $D/truepose.eval.json ]] || $PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$D/particles.star" \
     --map "$D/truepose/map_unfil.mrc" --true-map "$D/truth_class001.mrc" --label "$n true poses" --json "$D/truepose.eval.json"
+  if [[ ${RELION3:-0} == 1 ]]; then
+    rm -rf "$D/relion3"; mkdir -p "$D/relion3"
+    r=$(date +%s.%N)
+    (cd "$D" && OMPI_MCA_mpi_yield_when_idle=1 mpirun --allow-run-as-root --oversubscribe -np 3 relion_refine_mpi --o relion3/run \
+      --auto_refine --split_random_halves --i particles_blind.star --ref truth_class001.mrc --firstiter_cc --ini_high 30 \
+      --healpix_order 1 --auto_local_healpix_order 3 --low_resol_join_halves 40 --sym C1 --j 1 --ctf --flatten_solvent \
+      --zero_mask --norm --scale --oversampling 1 --offset_range 5 --offset_step 2 --maxsig 300 --dont_combine_weights_via_disc \
+      --pool 3 --pad 2 --random_seed 1 --particle_diameter 140 > "$W/$n.relion3.log" 2>&1)
+    relion_wall=$(echo "$(date +%s.%N) - $r" | bc)
+    echo "$n RELION 3.1.3: $relion_wall s wall; emcryo $emcryo_wall s: ratio $(echo "scale=1; $relion_wall / $emcryo_wall" | bc)x"
+    $PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$D/relion3/run_data.star" --map "$D/relion3/run_class001.mrc" \
+      --true-map "$D/truth_class001.mrc" --label "$n relion3" --json "$D/relion3.eval.json"
+  fi
   if [[ -f $D/relion_data.star ]]; then
     $PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$D/relion_data.star" --map "$D/relion_class001.mrc" \
       --true-map "$D/truth_class001.mrc" --label "$n relion5" --json "$D/relion.eval.json"
