@@ -793,7 +793,9 @@ class CudaBackend final : public em::ScoringBackend {
   /// Whether every request of [begin, end) is a particle of the batch last prepared on `device`
   /// (its X, C and C^2/sigma^2 where the preparation copied them, its 1/sigma^2 the values the batch
   /// was prepared with, at most the prepared frequencies); if so, their indices in that batch go
-  /// into `index`.
+  /// into `index`. Sound because every batch of an E-step on this backend is prepared by it
+  /// (prepares_batches() is the backend's, not the batch's): host arrays reused for a batch the CPU
+  /// prepared never meet the card's copy of an older one.
   bool find_kept_particles(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end, int device,
                            std::vector<int>& index) const {
     index.clear();
