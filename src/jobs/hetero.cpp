@@ -403,7 +403,8 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
       // with posteriors of 0 or 1; scored across halves: 0.977). Later iterations return to each
       // half's own maps, so the final maps and their FSC are gold-standard again.
       const int scored_against = it <= o.cross_half_iterations ? 1 - h : h;
-      for (int k : live) projectors.emplace_back(image::masked(maps[sz(scored_against)][sz(k)], mask), n);
+      for (int k : live)
+        projectors.emplace_back(backend->volume_transforms().padded_transform(image::masked(maps[sz(scored_against)][sz(k)], mask), n, 2), n);
       std::vector<const em::Projector*> references;
       for (const auto& p : projectors) references.push_back(&p);
       em::expectation_3d(in.set, images, poses, references, list, state.sigma2, in.particle_mask, search, group.operators, es, *backend,
