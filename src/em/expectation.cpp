@@ -433,7 +433,7 @@ class EStep {
     layout_.shifts = static_cast<int>(layout_.shift_ids.size());
     shared_ = space_.orientations == SearchSpace::Orientations::grid;
     layout_.orientations =
-        shared_ ? static_cast<int>(grid_->size()) : (space_.orientations == SearchSpace::Orientations::local ? 125 : 1);
+        shared_ ? static_cast<int>(grid_->size()) : (space_.orientations == SearchSpace::Orientations::local ? kLocalOrientations : 1);
     J_ = K_ * layout_.orientations;
   }
 

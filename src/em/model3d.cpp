@@ -204,7 +204,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   space.orientations = search.fixed ? SearchSpace::Orientations::fixed
                                     : (search.local ? SearchSpace::Orientations::local : SearchSpace::Orientations::grid);
   space.grid = search.grid;
-  // Local searches reach +/- 2 steps at a spacing of one step (the sub-cells then sample half a
+  // Local searches reach 2-2.4 steps at a spacing of one step (the sub-cells then sample half a
   // step): particles that the global stage left a few steps off can still come home.
   // (Measured on the held-out 2XHE set: the same accuracy as +/- 1 step at half the spacing, in
   // 20% less time, since the coarser spacing lowers the coarse pass's frequency limit.)

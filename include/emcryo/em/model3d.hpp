@@ -33,7 +33,7 @@ struct Pose3D {
 struct PoseSearch {
   bool local = false;                  // around each particle's pose; else the global grid
   bool fixed = false;                  // each particle's pose only (no alignment)
-  double step = 15;                    // degrees: grid spacing; a local search spans +/- 2 steps
+  double step = 15;                    // degrees: grid spacing; a local search spans about +/- 2 steps
   std::vector<geometry::Euler> grid;   // global orientations
   ShiftGrid shifts;                    // pixels: fine grid; the coarse pass uses every other point
   bool relative_shifts = false;        // shifts around each particle's current shift

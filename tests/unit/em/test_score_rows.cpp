@@ -94,7 +94,7 @@ TEST(Hypotheses, LocalOrientationsSurroundTheCentre) {
   const emcryo::geometry::Euler centre{40, 70, -20};
   const double step = 4;
   const auto candidates = em::local_orientations(centre, step / 2);
-  ASSERT_EQ(candidates.size(), 125u);
+  ASSERT_EQ(candidates.size(), static_cast<std::size_t>(em::kLocalOrientations));
   const auto c = emcryo::geometry::euler_to_matrix(centre);
   double largest = 0;
   int at_centre = 0;
@@ -104,7 +104,7 @@ TEST(Hypotheses, LocalOrientationsSurroundTheCentre) {
     at_centre += angle < 1e-6;
   }
   EXPECT_EQ(at_centre, 1);
-  EXPECT_NEAR(largest, step * std::sqrt(12.0) / 2, 1e-6);  // the corners of the 5x5x5 grid
+  EXPECT_NEAR(largest, step * std::sqrt(6.0) / 2, 1e-6);  // e.g. (2, 1, 1) spacings: the ball's rim
 }
 
 TEST(Hypotheses, NoiseSumsGiveSigma2PerRealAndImaginaryPart) {
