@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     code = fail_job(2, std::string("internal error: ") + e.what());
   }
+  emcryo::log::set_file("");  // a failed job's run.log was left open for its error line
   emcryo::mpi::finalize();
   return code;
 }

@@ -109,8 +109,9 @@ if has refine; then
     i=$((i + 1)); run=gpu_r$i; settings=(); [[ $envs != - ]] && IFS=, read -ra settings <<< "$envs"
     rm -rf $ref/$run; start_memory; s=$(now)
     env "${settings[@]}" timeout ${REF_TIMEOUT:-300} "$E" refine --particles $ref/blind.star --ref $ref/truth_class001.mrc --ini-high 30 \
-      --out $ref/$run ${REF_EXTRA:-} > /dev/null 2>&1
+      --out $ref/$run ${REF_EXTRA:-} > /dev/null 2> "$OUT/refine_$run.stderr"
     rc=$?; t=$(since $s); mem=$(stop_memory)
+    [[ $rc == 0 ]] || say "emcryo refine GPU ($envs) failed: $(grep -v '%' "$OUT/refine_$run.stderr" | tail -3)"
     say "emcryo refine GPU ($envs): exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py refine $ref/truth.star $ref/$run/particles.star 2>&1)"
     grep -E "iteration +[0-9]+:|refine: [0-9.]+ Å" $ref/$run/run.log | tail -${REF_LOG_LINES:-6} | tee -a "$S"
     cp $ref/$run/run.log "$OUT/refine_$run.log" 2>/dev/null

@@ -1,5 +1,7 @@
 #include "job_folder.hpp"
 
+#include <exception>
+
 #include "emcryo/core/error.hpp"
 #include "emcryo/core/files.hpp"
 #include "emcryo/core/log.hpp"
@@ -9,7 +11,8 @@ namespace emcryo::jobs {
 
 namespace fs = std::filesystem;
 
-JobFolder::JobFolder(const std::string& dir, std::string_view job, Mode mode) : dir_(dir), writer_(mpi::is_root()) {
+JobFolder::JobFolder(const std::string& dir, std::string_view job, Mode mode)
+    : dir_(dir), writer_(mpi::is_root()), exceptions_at_start_(std::uncaught_exceptions()) {
   // The other ranks of an MPI job neither claim the folder (the lock is rank 0's) nor judge it:
   // rank 0's refusal stops them all.
   if (!writer_) return;
@@ -20,7 +23,12 @@ JobFolder::JobFolder(const std::string& dir, std::string_view job, Mode mode) : 
   if (mode == Mode::resume && !has_run) fail("{}: no checkpoint.json: nothing to continue", dir);
 }
 
-JobFolder::~JobFolder() { log::set_file(""); }
+JobFolder::~JobFolder() {
+  // A job that fails leaves its log open: the error line the program writes next belongs in it
+  // (a GPU refine that stopped with no reason in run.log was the case). The program closes it.
+  if (std::uncaught_exceptions() > exceptions_at_start_) return;
+  log::set_file("");
+}
 
 void JobFolder::open_log() const {
   if (writer_) log::set_file((dir_ / "run.log").string());

@@ -49,6 +49,7 @@ class JobFolder {
   [[noreturn]] void damaged_checkpoint(const std::string& reason) const;
   std::filesystem::path dir_;
   bool writer_;
+  int exceptions_at_start_;  // std::uncaught_exceptions() when made: more at the end means a failure
   std::optional<JobLock> lock_;
 };
 
