@@ -365,7 +365,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     // orientation with several shifts) are summed first and inserted once; each distinct shift of
     // a particle is applied once (ParticleSlices), as the kept poses share a few shifts.
     std::int64_t hypotheses = 0, orientations = 0;
-#pragma omp parallel for schedule(static, 1) reduction(+ : hypotheses, orientations)
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : hypotheses, orientations)
     for (int l = 0; l < lanes; ++l) {
       ParticleSlices slices(n, settings.insert_radius + 1);  // the frequencies insert() reads, with a rounding margin
       std::vector<Complex> data(half);
