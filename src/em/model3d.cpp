@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <numeric>
 #include <cmath>
+#include <cstdint>
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/em/score_rows.hpp"
@@ -313,6 +314,19 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     q.shifts = insertion_shifts.data(), q.shift_count = insertion_shifts.size();
     backend.add_volume_sums(q);
   };
+  // Which particles measure the noise: every stride-th of each optics group (by position in the call).
+  std::vector<std::uint8_t> measures_noise(image_index.size(), 1);
+  if (!noise.sum.empty()) {
+    std::vector<std::size_t> in_group(noise.sum.size(), 0), seen(noise.sum.size(), 0);
+    const auto group_of = [&](std::size_t image) { return std::min(static_cast<std::size_t>(set.optics_index(image)), in_group.size() - 1); };
+    for (std::size_t i : image_index) ++in_group[group_of(i)];
+    const auto cap = static_cast<std::size_t>(std::max(1, settings.noise_particles_per_group));
+    for (std::size_t p = 0; p < image_index.size(); ++p) {
+      const std::size_t g = group_of(image_index[p]);
+      const std::size_t stride = (in_group[g] + cap - 1) / cap;
+      measures_noise[p] = seen[g]++ % stride == 0;
+    }
+  }
   int changed = 0;            // of the chunk being computed
   double angle_change = 0;
   NoiseSums part_noise(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
@@ -334,7 +348,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       Pose3D& pose = poses[p];
       moved[sz(b)] = geometry::rotation_angle_between(geometry::euler_to_matrix({pose.rot, pose.tilt, pose.psi}),
                                                       geometry::euler_to_matrix(best.orientation));
-      if (!settings.cc_scoring && !settings.known_poses) {
+      if (!settings.cc_scoring && !settings.known_poses && measures_noise[p]) {
         const PreparedParticle& pp = batch.particles[sz(b)];
         source.sample(best.k, best.orientation, list, sample.data());
         store_template_row(sample.data(), F, row.data(), nullptr);

@@ -60,6 +60,11 @@ struct ExpectationSettings {
                                // neither filled nor read (any box will do)
   int fold_rank = 0;           // MPI: the rank that folds the chunks' sums (mpi::reduce_in_chunk_order);
                                // refine's two halves fold on two ranks at once
+  // The noise residual (a template sampled at each particle's best pose) from at most this many
+  // particles per optics group and call, every k-th of the group's in order: at box 256 each
+  // sample reads a 0.5 GB padded volume, and 20,000 particles per group already measure each
+  // shell's sigma^2 to well under 1% (a shell's estimate averages particles x its pixels).
+  int noise_particles_per_group = 20000;
 };
 
 /// Residual power per optics group and shell, for the noise model.

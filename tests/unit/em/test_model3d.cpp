@@ -60,9 +60,11 @@ class ThreeDEngine : public ::testing::Test {
     std::vector<em::Pose3D> poses;
     std::vector<float> map;
     double flops = 0;
+    em::NoiseSums noise;
   };
   /// One iteration: a global search, or (start given) a local one around `start` with relative shifts.
-  Run refine_once(bool coarse_to_fine, em::ScoringBackend* given = nullptr, const std::vector<em::Pose3D>* start = nullptr) {
+  Run refine_once(bool coarse_to_fine, em::ScoringBackend* given = nullptr, const std::vector<em::Pose3D>* start = nullptr,
+                  int noise_particles = 20000) {
     em::PoseSearch search;
     search.local = start != nullptr;
     search.relative_shifts = start != nullptr;
@@ -74,6 +76,7 @@ class ThreeDEngine : public ::testing::Test {
     settings.use_ctf = false;
     settings.batch = 40;
     settings.insert_radius = kBox / 2.0 - 1;
+    settings.noise_particles_per_group = noise_particles;
     Run run;
     if (start) run.poses = *start;
     else run.poses.assign(kParticles, em::Pose3D{});
@@ -86,6 +89,7 @@ class ThreeDEngine : public ::testing::Test {
                        settings, *backend, sums, noise, stats, nullptr);
     run.map = sums.total(0).reconstruct();
     run.flops = stats.flops;
+    run.noise = noise;
     return run;
   }
   double median_error(const std::vector<em::Pose3D>& poses) const {
@@ -133,6 +137,22 @@ TEST_F(ThreeDEngine, PosesAndMapsDoNotDependOnTheThreadCount) {
     EXPECT_EQ(a.poses[static_cast<std::size_t>(i)].psi, b.poses[static_cast<std::size_t>(i)].psi);
   }
   EXPECT_EQ(test::max_abs_diff(a.map, b.map), 0.0);
+}
+
+// The noise residual from every third particle (at most 40 of the 120) measures the same sigma^2 as
+// from all of them, within what 40 particles' pixels resolve; the poses and map do not change.
+TEST_F(ThreeDEngine, NoiseFromASubsetOfParticlesMeasuresTheSameSigma2) {
+  const Run all = refine_once(true), some = refine_once(true, nullptr, nullptr, 40);
+  std::vector<std::vector<double>> s_all = sigma2_, s_some = sigma2_;
+  all.noise.update(s_all);
+  some.noise.update(s_some);
+  double counted_all = 0, counted_some = 0;
+  for (std::size_t s = 1; s < all.noise.count[0].size(); ++s) counted_all += all.noise.count[0][s], counted_some += some.noise.count[0][s];
+  EXPECT_NEAR(counted_some / counted_all, 40.0 / 120.0, 1e-9);  // particles 0, 3, 6, ...
+  for (std::size_t s = 5; s <= 12; ++s)  // ~1,300 values per shell: a few percent apart
+    EXPECT_NEAR(s_some[0][s] / s_all[0][s], 1.0, 0.15) << "shell " << s;
+  EXPECT_EQ(test::max_abs_diff(all.map, some.map), 0.0);
+  for (int i = 0; i < kParticles; ++i) EXPECT_EQ(all.poses[static_cast<std::size_t>(i)].psi, some.poses[static_cast<std::size_t>(i)].psi);
 }
 
 // A backend that scores a batch's per-particle passes at once (the GPU's way) goes through the
