@@ -221,6 +221,13 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q, const KeptGrids* grids)
   }
   // Device buffer `slot` is refilled once the insertion two batches back (which read it) has run.
   check(cudaStreamWaitEvent(s.feed, s.inserted[slot], 0), "cudaStreamWaitEvent");
+  // Growing it frees the old buffer from the host while that insertion may still read it on `stream`
+  // (cudaFree is not documented to wait for other streams' work): the host waits for it first.
+  if (b.total > s.batch[slot].capacity()) {
+    const auto waited_from_growth = std::chrono::steady_clock::now();
+    check(cudaEventSynchronize(s.inserted[slot]), "cudaEventSynchronize (growing a batch buffer)");
+    s.timing.host_wait += std::chrono::duration<double>(std::chrono::steady_clock::now() - waited_from_growth).count();
+  }
   auto* d = s.batch[slot].reserve(b.total);
   const std::size_t from = grids ? b.isg : 0;  // kept grids: x and ctf are gathered on the device
   check(cudaMemcpyAsync(d + from, h + from, b.total - from, cudaMemcpyHostToDevice, s.feed), "cudaMemcpyAsync (back-projection batch)");

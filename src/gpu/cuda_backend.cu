@@ -591,7 +591,7 @@ class CudaBackend final : public em::ScoringBackend {
     const std::size_t cells = r->host.cells(), bytes = cells * 2 * sizeof(float);
     float* grids = r->grids.reserve(2 * cells * r->host.classes.size(), device);
     for (std::size_t k = 0; k < r->host.classes.size(); ++k)
-      check(cudaMemcpy(grids + 2 * cells * k, r->host.classes[k], bytes, cudaMemcpyHostToDevice), "cudaMemcpy (references)");
+      upload_and_wait(grids + 2 * cells * k, r->host.classes[k], bytes, "cudaMemcpy (references)");
     entry = std::move(r);
     return *entry;
   }
@@ -605,7 +605,7 @@ class CudaBackend final : public em::ScoringBackend {
       const std::vector<int> pairs = frequency_pairs(list);  // (kx, ky): the layout of int2
       auto buffer = std::make_unique<DeviceBuffer>();
       float* data = buffer->reserve(std::max<std::size_t>(2, pairs.size()), device);
-      check(cudaMemcpy(data, pairs.data(), pairs.size() * sizeof(int), cudaMemcpyHostToDevice), "cudaMemcpy (frequencies)");
+      upload_and_wait(data, pairs.data(), pairs.size() * sizeof(int), "cudaMemcpy (frequencies)");
       entry = std::move(buffer);
     }
     return reinterpret_cast<const int2*>(entry->data());

@@ -18,6 +18,16 @@ inline void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail("CUDA: {} failed: {}", what, cudaGetErrorString(e));
 }
 
+/// A host-to-device copy that has landed when this returns. cudaMemcpy from pageable memory may return
+/// once the data are staged, the DMA still running on the default stream, which the backend's
+/// non-blocking streams do not wait for: a kernel there could read the buffer before it is filled.
+/// (A suspect in a 100,000-particle refine's illegal memory access that CUDA_LAUNCH_BLOCKING=1 hid;
+/// bench/RESULTS.md, ninth session.)
+inline void upload_and_wait(void* to, const void* from, std::size_t bytes, const char* what) {
+  check_cuda(cudaMemcpy(to, from, bytes, cudaMemcpyHostToDevice), what);
+  check_cuda(cudaStreamSynchronize(nullptr), what);
+}
+
 /// total[i] += part[i] on `stream`: a chunk's sums folded into an E-step's totals, float by float as
 /// the host would add them (cuda_backend.cu).
 void add_on_device(float* total, const float* part, long long count, cudaStream_t stream);

@@ -189,10 +189,11 @@ void BatchPreparer::prepare(const em::PrepareBatch& q) {
   const double step = 1.0 / (n * q.pixel_size);  // as image::ctf_half_grid
   s.plan(n, std::max(1, std::min(q.count, static_cast<int>(kChunkPixels / area))));
   const int C = s.plan_batch;
-  // The batch's small inputs, once (synchronous: they are tiny next to the images).
+  // The batch's small inputs, once (synchronous, landed before the streams below read them: they are
+  // tiny next to the images).
   const auto up = [](auto& array, const auto* host, std::size_t count) {
     auto* d = array.reserve(count);
-    check(cudaMemcpy(d, host, count * sizeof(*host), cudaMemcpyHostToDevice), "cudaMemcpy (batch preparation)");
+    upload_and_wait(d, host, count * sizeof(*host), "cudaMemcpy (batch preparation)");
     return d;
   };
   const int* index = up(s.index, q.index, sz(F));
