@@ -112,7 +112,9 @@ if has refine; then
       --out $ref/$run ${REF_EXTRA:-} > /dev/null 2> "$OUT/refine_$run.stderr"
     rc=$?; t=$(since $s); mem=$(stop_memory)
     [[ $rc == 0 ]] || say "emcryo refine GPU ($envs) failed: $(grep -v '%' "$OUT/refine_$run.stderr" | tail -3)"
-    say "emcryo refine GPU ($envs): exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py refine $ref/truth.star $ref/$run/particles.star 2>&1)"
+    accuracy="no particles.star (the run did not finish)"
+    [[ -f $ref/$run/particles.star ]] && accuracy=$(python3 bench/gpu/accuracy.py refine $ref/truth.star $ref/$run/particles.star 2>&1)
+    say "emcryo refine GPU ($envs): exit $rc, $t s, peak GPU memory $mem MiB, $accuracy"
     grep -E "iteration +[0-9]+:|refine: [0-9.]+ Å" $ref/$run/run.log | tail -${REF_LOG_LINES:-6} | tee -a "$S"
     cp $ref/$run/run.log "$OUT/refine_$run.log" 2>/dev/null
   done
