@@ -406,20 +406,39 @@ CsTable parse_cs(std::string bytes, const fs::path& path_for_messages) {
       fail("{}: malformed descr entry in the NumPy header", file);
     if (entry.items[1].type != PyValue::Type::string)
       fail("{}: field '{}' is a nested record, which is not supported", file, entry.items[0].text);
-    std::vector<int> dims;
-    if (entry.items.size() > 2) {
-      for (const PyValue& d : entry.items[2].items) dims.push_back(static_cast<int>(d.integer));
-    }
     std::string name = entry.items[0].text;
     if (name.empty()) name = fmt::format("(padding {})", t.fields_.size());  // numpy's alignment gaps
-    CsField f = field_from_dtype(std::move(name), entry.items[1].text, file);
+    // A sub-array's dimensions: whole numbers from 0 to 2^20 (a (-3,) shape wrapped the record size
+    // and let reads run past the data; found by fuzz/fuzz_cs).
+    constexpr long long kMaxDimension = 1 << 20;
+    std::vector<int> dims;
+    if (entry.items.size() > 2) {
+      for (const PyValue& d : entry.items[2].items) {
+        if (d.type != PyValue::Type::integer || d.integer < 0 || d.integer > kMaxDimension)
+          fail("{}: field '{}': sub-array shape entry '{}' is not a whole number from 0 to {}", file, name,
+               d.type == PyValue::Type::integer ? std::to_string(d.integer) : d.text, kMaxDimension);
+        dims.push_back(static_cast<int>(d.integer));
+      }
+    }
+    CsField f = field_from_dtype(name, entry.items[1].text, file);
     f.shape = std::move(dims);
+    // Record and data sizes in range: a record of at most 2^30 bytes, the data at most 2^62.
+    constexpr std::size_t kMaxRecordBytes = std::size_t{1} << 30;
+    const double field_bytes = static_cast<double>(f.item_bytes) * [&] {
+      double n = 1;
+      for (int d : f.shape) n *= d;
+      return n;
+    }();
+    if (field_bytes + static_cast<double>(t.record_bytes_) > static_cast<double>(kMaxRecordBytes))
+      fail("{}: field '{}': records of more than {} bytes are not supported", file, name, kMaxRecordBytes);
     f.offset = t.record_bytes_;
     t.record_bytes_ += f.bytes();
     t.fields_.push_back(std::move(f));
   }
   t.rows_ = static_cast<std::size_t>(shape->items[0].integer);
   const std::size_t data_start = header_start + header_length;
+  if (t.record_bytes_ > 0 && t.rows_ > (std::size_t{1} << 62) / t.record_bytes_)
+    fail("{}: {} records of {} bytes: more data than any file holds", file, t.rows_, t.record_bytes_);
   const std::size_t need = t.rows_ * t.record_bytes_;
   if (bytes.size() - data_start < need)
     fail("{}: truncated: {} records of {} bytes need {} bytes of data, the file has {}", file, t.rows_,

@@ -70,6 +70,14 @@ TEST(CsFile, ErrorsNameTheFileAndTheProblem) {
   npy += object_header + "\n";
   const auto message = test::error_message([&] { (void)io::parse_cs(npy, "o.cs"); });
   EXPECT_NE(message.find("o.cs: field 'blob/path' holds Python objects"), std::string::npos) << message;
+  // A sub-array shape with a negative entry (fuzz/fuzz_cs: it wrapped the record size, and reads ran past the data).
+  const std::string negative_header = "{'descr': [('uid', '<u8'), ('alignments3D/pose', '<f4', (-3,))], 'fortran_order': False, 'shape': (1,), }";
+  std::string negative = std::string("\x93NUMPY\x01\x00", 8);
+  negative += static_cast<char>(negative_header.size() + 1);
+  negative += '\0';
+  negative += negative_header + "\n" + std::string(64, '\0');
+  const auto shape_message = test::error_message([&] { (void)io::parse_cs(negative, "n.cs"); });
+  EXPECT_NE(shape_message.find("n.cs: field 'alignments3D/pose': sub-array shape entry '-3'"), std::string::npos) << shape_message;
   io::CsTable t;
   (void)t.add_field("uid", "<u8");
   t.resize(3);
