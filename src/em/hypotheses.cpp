@@ -76,12 +76,11 @@ std::vector<geometry::Euler> local_orientations(const geometry::Euler& centre, d
   // counted. Held-out sets 2XHE, 7DDO, 6WQA (bench/RESULTS.md, ninth session): the same pose errors
   // and FSC to the truth within 0.03 A as the 125-point cube, refine 8-10% faster; within 2.24
   // spacings (57 points) lost 0.06-0.07 deg of median pose error.
-  constexpr int kReach2 = 6;
   out.reserve(kLocalOrientations);
   for (int u = -2; u <= 2; ++u)
     for (int v = -2; v <= 2; ++v)
       for (int w = -2; w <= 2; ++w) {
-        if (u * u + v * v + w * w > kReach2) continue;
+        if (u * u + v * v + w * w > kLocalReach2) continue;
         const double length = std::sqrt(u * u + v * v + w * w);
         const geometry::Mat3 turn =
             length > 0 ? geometry::axis_angle({static_cast<double>(u), static_cast<double>(v), static_cast<double>(w)}, spacing * length)

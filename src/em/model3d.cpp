@@ -144,6 +144,23 @@ Pose3D get_pose(mpi::Message& m) {
   return p;
 }
 
+/// Which particles of the call (by position) measure the noise: every k-th of each optics group, at
+/// most `cap` a group (ExpectationSettings::noise_particles_per_group); all where there are no groups.
+std::vector<std::uint8_t> noise_measuring_particles(const io::ParticleSet& set, const std::vector<std::size_t>& image_index,
+                                                    std::size_t groups, int cap) {
+  std::vector<std::uint8_t> measures(image_index.size(), 1);
+  if (groups == 0) return measures;
+  const auto group_of = [&](std::size_t image) { return std::min(static_cast<std::size_t>(set.optics_index(image)), groups - 1); };
+  std::vector<std::size_t> in_group(groups, 0), seen(groups, 0);
+  for (std::size_t i : image_index) ++in_group[group_of(i)];
+  const auto most = static_cast<std::size_t>(std::max(1, cap));
+  for (std::size_t p = 0; p < image_index.size(); ++p) {
+    const std::size_t g = group_of(image_index[p]);
+    measures[p] = seen[g]++ % ((in_group[g] + most - 1) / most) == 0;
+  }
+  return measures;
+}
+
 }  // namespace
 
 NoiseSums::NoiseSums(std::size_t groups, std::size_t shells)
@@ -314,19 +331,8 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     q.shifts = insertion_shifts.data(), q.shift_count = insertion_shifts.size();
     backend.add_volume_sums(q);
   };
-  // Which particles measure the noise: every stride-th of each optics group (by position in the call).
-  std::vector<std::uint8_t> measures_noise(image_index.size(), 1);
-  if (!noise.sum.empty()) {
-    std::vector<std::size_t> in_group(noise.sum.size(), 0), seen(noise.sum.size(), 0);
-    const auto group_of = [&](std::size_t image) { return std::min(static_cast<std::size_t>(set.optics_index(image)), in_group.size() - 1); };
-    for (std::size_t i : image_index) ++in_group[group_of(i)];
-    const auto cap = static_cast<std::size_t>(std::max(1, settings.noise_particles_per_group));
-    for (std::size_t p = 0; p < image_index.size(); ++p) {
-      const std::size_t g = group_of(image_index[p]);
-      const std::size_t stride = (in_group[g] + cap - 1) / cap;
-      measures_noise[p] = seen[g]++ % stride == 0;
-    }
-  }
+  const std::vector<std::uint8_t> measures_noise =
+      noise_measuring_particles(set, image_index, noise.sum.size(), settings.noise_particles_per_group);
   int changed = 0;            // of the chunk being computed
   double angle_change = 0;
   NoiseSums part_noise(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());

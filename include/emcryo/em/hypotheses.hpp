@@ -36,10 +36,18 @@ int psi_grid_index(double psi, int count);
 /// asymmetric unit of the point group, each combined with in-plane angles at the same step.
 std::vector<geometry::Euler> orientation_grid(double step, const std::string& symmetry);
 
-/// `centre` turned by the rotation vectors of a cubic grid of `spacing` degrees that lie within
-/// sqrt(6) spacings of it (the 5x5x5 grid less its 44 farthest points): kLocalOrientations in all.
+/// `centre` turned by the rotation vectors (u, v, w) x `spacing` degrees, u, v, w integers with
+/// u^2 + v^2 + w^2 <= kLocalReach2 (within sqrt(6) spacings: the 5x5x5 grid less its 44 farthest
+/// points), kLocalOrientations in all.
 std::vector<geometry::Euler> local_orientations(const geometry::Euler& centre, double spacing);
-inline constexpr int kLocalOrientations = 81;
+inline constexpr int kLocalReach2 = 6;
+inline constexpr int kLocalOrientations = [] {
+  int count = 0;
+  for (int u = -2; u <= 2; ++u)
+    for (int v = -2; v <= 2; ++v)
+      for (int w = -2; w <= 2; ++w) count += u * u + v * v + w * w <= kLocalReach2;
+  return count;
+}();
 
 /// The 8 orientations at the centres of the sub-cells of a cell of `cell` degrees around `centre`
 /// (rotation vectors (+-1, +-1, +-1) x cell/4): the fine hypotheses of a coarse 3D orientation.
