@@ -81,6 +81,17 @@ void select_particles(MapJobInputs& in, std::uint64_t seed) {
   in.half = in.set.half_sets(in.active, seed);
 }
 
+std::vector<float> reference_mask(const MapJobInputs& in, const std::vector<const std::vector<float>*>& maps) {
+  if (!in.user_mask.empty()) return in.user_mask;
+  std::vector<float> mask(in.sphere.size(), 0.0f);
+  for (const auto* map : maps) {
+    const auto own = image::solvent_mask(*map, in.n, in.pixel);
+    for (std::size_t i = 0; i < mask.size(); ++i) mask[i] = std::max(mask[i], own[i]);
+  }
+  for (std::size_t i = 0; i < mask.size(); ++i) mask[i] *= in.sphere[i];
+  return mask;
+}
+
 std::vector<float> read_reference(const std::string& path, int n, double pixel, const std::string& job, std::string& note) {
   io::MrcReader ref_file(path);
   if (ref_file.nx() != ref_file.ny() || ref_file.ny() != ref_file.nz())

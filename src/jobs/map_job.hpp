@@ -56,6 +56,14 @@ std::vector<float> read_reference(const std::string& path, int n, double pixel, 
 /// one that keeps what the initial low-pass kept.
 em::GlobalWiener half_map_regularizer(const std::vector<double>& fsc, int n, double pixel, double initial_lowpass);
 
+/// The mask a half's references are projected through in the E-step: the user's mask where given;
+/// else the union of the maps' own solvent masks (image::solvent_mask) inside the particle's sphere.
+/// Made from one half's maps only, so the halves stay independent. Why not the sphere alone: the
+/// solvent around the particle in a half map is noise, and projecting it into every template blurs
+/// the poses (measured: refine of 1TII, 500 particles, SNR 0.05, 64 px: median pose error 5.58 ->
+/// 4.11 deg, FSC 0.5 to the truth at shell 11.4 -> 12.5 of the true-pose map's 12.7).
+std::vector<float> reference_mask(const MapJobInputs& in, const std::vector<const std::vector<float>*>& maps);
+
 /// Writes `maps` as checkpoint_itNNN_<label>.mrc in dir and returns the names (for the
 /// checkpoint, written after them).
 std::vector<std::string> write_iteration_maps(const std::filesystem::path& dir, int iteration, const std::vector<std::string>& labels,

@@ -277,7 +277,8 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     em::VolumeTransforms& transforms = backend->volume_transforms();
     const auto p_start = Clock::now();
     auto grids = mpi::made_once<em::Complex>(2, [&](int h) {
-      return transforms.padded_transform(image::masked(half_maps[static_cast<std::size_t>(h)], in.user_mask.empty() ? in.sphere : in.user_mask), n, 2);
+      const auto& half_map = half_maps[static_cast<std::size_t>(h)];
+      return transforms.padded_transform(image::masked(half_map, reference_mask(in, {&half_map})), n, 2);
     });
     const double p_seconds = std::chrono::duration<double>(Clock::now() - p_start).count();
     for (int h = 0; h < 2; ++h) {

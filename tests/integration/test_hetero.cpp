@@ -203,10 +203,10 @@ TEST(HeteroReconstruct, EqualsReconstructOnEachTrueSubset) {
 
 // The issue's hetero-refine case: a complex and a sub-complex of it (1TII, and 1TII without its H
 // chain, one of five B subunits: 14% of the mass), 50:50, SNR 0.05, 64 px, from one common start.
-// Measured (2026-12-06): accuracy 0.981 (0.947 with three global iterations instead of six);
-// FSC-0.5 shells to the truth 11 / 10 against 13 / 13 of the true-pose, true-class reconstruction.
-// The issue asks for 85% of the latter; a refine of each true subset alone, blind, reaches only
-// 11 / 11 (85%): the rest is alignment, not classification. So the maps are held to 75% here.
+// Measured (2026-12-07, FSC 0.5 to the truth as a fraction of the true-pose, true-class map's, in
+// interpolated shells): with each particle's poses marginalised, accuracy 0.989 and maps at 0.90 /
+// 0.95; with the best pose per class (the default), 0.988 and 0.82 / 0.88. Before the references
+// were projected through their own solvent mask (jobs::reference_mask), 0.77 / 0.84 and 0.74 / 0.83.
 TEST(HeteroRefine, SeparatesAComplexFromItsSubComplex) {
   const test::TempDir temp("hetero_refine");
   const fs::path& dir = temp.path();
@@ -218,20 +218,27 @@ TEST(HeteroRefine, SeparatesAComplexFromItsSubComplex) {
             0);
   ASSERT_EQ(run(fmt::format("{} hetero-reconstruct --particles {} --out {}", exe, (dir / "data/truth.star").string(), (dir / "oracle").string())), 0);
   // One common start: the complex's map, low-passed to 30 Å, copied with independent noise.
-  ASSERT_EQ(run(fmt::format("{} hetero-refine --particles {} --ref {} --classes 2 --out {}", exe, (dir / "data/particles.star").string(),
-                            truth_map(dir, 1), (dir / "run").string())),
-            0);
-  std::vector<int> perm;
-  const double acc = accuracy(dir / "data/truth.star", dir / "run/particles.star", perm);
-  EXPECT_GE(acc, 0.98) << test::read_text(dir / "run/run.log");
-  for (int k = 1; k <= 2; ++k) {
-    const int oracle = shell_of_fsc_half(class_map(dir / "oracle", k), truth_map(dir, k), 64);
-    const int got = shell_of_fsc_half(class_map(dir / "run", static_cast<int>(std::find(perm.begin(), perm.end(), k) - perm.begin()) + 1),
-                                      truth_map(dir, k), 64);
-    EXPECT_GE(got, 0.75 * oracle) << "true class " << k << ": shell " << got << " against " << oracle;
+  for (const std::string variant : {"--marginalize-poses", ""}) {
+    const fs::path out = dir / (variant.empty() ? "best_pose" : "marginalized");
+    ASSERT_EQ(run(fmt::format("{} hetero-refine --particles {} --ref {} --classes 2 --out {} {}", exe, (dir / "data/particles.star").string(),
+                              truth_map(dir, 1), out.string(), variant)),
+              0);
+    std::vector<int> perm;
+    const double acc = accuracy(dir / "data/truth.star", out / "particles.star", perm);
+    EXPECT_GE(acc, 0.98) << variant << "\n" << test::read_text(out / "run.log");
+    // The issue's bar, each class map within 15% of the true-pose map, for marginalised poses; the
+    // best pose alone is held to 80%.
+    const double bar = variant.empty() ? 0.80 : 0.85;
+    for (int k = 1; k <= 2; ++k) {
+      const int oracle = shell_of_fsc_half(class_map(dir / "oracle", k), truth_map(dir, k), 64);
+      const int got = shell_of_fsc_half(class_map(out, static_cast<int>(std::find(perm.begin(), perm.end(), k) - perm.begin()) + 1),
+                                        truth_map(dir, k), 64);
+      std::printf("hetero-refine %s: true class %d: FSC 0.5 at shell %d, true-pose map %d\n", variant.c_str(), k, got, oracle);
+      EXPECT_GE(got, bar * oracle) << variant << " true class " << k << ": shell " << got << " against " << oracle;
+    }
   }
   for (const char* file : {"class_001_half1_unfil.mrc", "class_002_half2_unfil.mrc", "class_001_fsc.star", "model.star", "report.html"})
-    EXPECT_TRUE(fs::exists(dir / "run" / file)) << file;
+    EXPECT_TRUE(fs::exists(dir / "best_pose" / file)) << file;
 }
 
 TEST(Class3D, ResumesAfterAKillAndForceHardChangesTheResult) {
