@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <numbers>
 #include <random>
 
@@ -30,21 +31,71 @@ std::vector<float> dilate(const std::vector<float>& binary, int n, int steps) {
   return current;
 }
 
+namespace {
+
+/// City-block (6-neighbour) distance of every voxel to the nearest set voxel of `binary`, capped at
+/// `cap`: what `cap` rounds of dilate() reach, found by a forward and a backward sweep along each
+/// axis in turn (the city-block distance is a sum over the axes, so the sweeps are exact). One
+/// pass over the volume per sweep instead of one per dilation: at box 256 the mask of a half map
+/// took 1.2 s, in refine's every iteration.
+std::vector<std::uint8_t> city_block_distance(const std::vector<float>& binary, int n, int cap) {
+  const auto far = static_cast<std::uint8_t>(cap + 1);
+  std::vector<std::uint8_t> d(binary.size());
+  for (std::size_t i = 0; i < d.size(); ++i) d[i] = binary[i] > 0 ? 0 : far;
+  const std::size_t nn = static_cast<std::size_t>(n);
+  const auto relax = [cap](std::uint8_t& here, std::uint8_t neighbour) {
+    here = std::min(here, static_cast<std::uint8_t>(std::min(neighbour + 1, cap + 1)));
+  };
+  // Along x: each row on its own.
+#pragma omp parallel for schedule(static)
+  for (std::int64_t row = 0; row < static_cast<std::int64_t>(nn * nn); ++row) {
+    std::uint8_t* p = d.data() + static_cast<std::size_t>(row) * nn;
+    for (std::size_t k = 1; k < nn; ++k) relax(p[k], p[k - 1]);
+    for (std::size_t k = nn - 1; k-- > 0;) relax(p[k], p[k + 1]);
+  }
+  // Along y and z: whole rows (y) or planes (z) at a time, so the inner loop runs over contiguous
+  // voxels; the work is split in runs of 64 voxels of a row or plane.
+  for (const std::size_t stride : {nn, nn * nn}) {
+    const std::size_t blocks = d.size() / (stride * nn), runs = (stride + 63) / 64;
+#pragma omp parallel for schedule(static)
+    for (std::int64_t task = 0; task < static_cast<std::int64_t>(blocks * runs); ++task) {
+      const std::size_t block = static_cast<std::size_t>(task) / runs, first = static_cast<std::size_t>(task) % runs * 64;
+      const std::size_t last = std::min(stride, first + 64);
+      std::uint8_t* p = d.data() + block * stride * nn;
+      for (std::size_t k = 1; k < nn; ++k)
+        for (std::size_t j = first; j < last; ++j) relax(p[k * stride + j], p[(k - 1) * stride + j]);
+      for (std::size_t k = nn - 1; k-- > 0;)
+        for (std::size_t j = first; j < last; ++j) relax(p[k * stride + j], p[(k + 1) * stride + j]);
+    }
+  }
+  return d;
+}
+
+}  // namespace
+
 std::vector<float> solvent_mask(const std::vector<float>& map, int n, double pixel) {
   const auto smooth = lowpass_volume(map, n, pixel, std::max(15.0, 3 * pixel));
   const float peak = *std::max_element(smooth.begin(), smooth.end());
   std::vector<float> binary(smooth.size());
   for (std::size_t i = 0; i < smooth.size(); ++i) binary[i] = smooth[i] > 0.15f * peak ? 1.0f : 0.0f;
-  const auto core = dilate(binary, n, 3);
-  std::vector<float> mask = core, layer = core;
-  const int edge = 5;
-  for (int k = 1; k <= edge; ++k) {
-    auto grown = dilate(layer, n, 1);
-    const float value = static_cast<float>(0.5 * (1 + std::cos(std::numbers::pi * k / (edge + 1))));
-    for (std::size_t i = 0; i < mask.size(); ++i)
-      if (grown[i] > 0 && layer[i] == 0) mask[i] = value;
-    layer = std::move(grown);
-  }
+  // A core dilated by 3 voxels, then a raised-cosine edge 5 voxels wide: distance 3 + k has value
+  // 0.5 (1 + cos(pi k / 6)). dilate() never sets the box's outer layer, nor does this.
+  const int core = 3, edge = 5;
+  const auto distance = city_block_distance(binary, n, core + edge);
+  std::vector<float> mask(binary.size(), 0.0f);
+  const std::size_t nn = static_cast<std::size_t>(n);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t zz = 0; zz < n; ++zz)
+    for (std::size_t y = 0; y < nn; ++y)
+      for (std::size_t x = 0; x < nn; ++x) {
+        const std::size_t z = static_cast<std::size_t>(zz), i = (z * nn + y) * nn + x;
+        const bool outer = x == 0 || y == 0 || z == 0 || x == nn - 1 || y == nn - 1 || z == nn - 1;
+        const int d = distance[i];
+        if (outer || d <= core)
+          mask[i] = outer ? binary[i] : 1.0f;
+        else if (d <= core + edge)
+          mask[i] = static_cast<float>(0.5 * (1 + std::cos(std::numbers::pi * (d - core) / (edge + 1))));
+      }
   return mask;
 }
 
