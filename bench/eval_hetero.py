@@ -2,8 +2,10 @@
 """Class assignment accuracy (best label permutation) and per-class FSC to the truth of a 3D
 classification run (emcryo hetero-refine / class3d / hetero-reconstruct, or RELION Class3D).
 
-usage: eval_hetero.py TRUTH_STAR RESULT_STAR [--maps MAP1 MAP2 ... --truth-maps T1 T2 ...]
-Prints accuracy, the permutation, and per class the resolution where the FSC to its truth falls to 0.5.
+usage: eval_hetero.py TRUTH_STAR RESULT_STAR [--maps MAP1 MAP2 ... --truth-maps T1 T2 ... [--oracle-maps O1 O2 ...]]
+Prints accuracy, the permutation, and per class the resolution where the FSC to its truth falls to 0.5;
+with --oracle-maps (the true-pose, true-class maps, e.g. hetero-reconstruct of truth.star), also each
+class map's FSC 0.5 crossing (interpolated shells) as a fraction of its oracle's (issue 10's bar: 0.85).
 """
 import argparse, itertools, sys
 import numpy as np
@@ -45,12 +47,27 @@ def fsc(a, b):
     return np.array(out)
 
 
+def crossing(f):
+    """The FSC 0.5 crossing in shells, interpolated between the shells around it."""
+    for s in range(1, len(f)):
+        if f[s] < 0.5:
+            return s - 1 + (f[s - 1] - 0.5) / (f[s - 1] - f[s])
+    return len(f) - 1
+
+
+def read_map(path):
+    import mrcfile
+    with mrcfile.open(path) as m:
+        return m.data.astype(np.float64)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("truth")
     p.add_argument("result")
     p.add_argument("--maps", nargs="*", default=[])
     p.add_argument("--truth-maps", nargs="*", default=[])
+    p.add_argument("--oracle-maps", nargs="*", default=[])
     a = p.parse_args()
     truth = np.array([int(v) for v in read_column(a.truth, "rlnClassNumber")])
     names_t = read_column(a.truth, "rlnImageName")
@@ -76,7 +93,13 @@ def main():
             s = 1
             while s + 1 < len(f) and f[s] >= 0.5:
                 s += 1
-            print(f"class {i + 1} vs truth {perm[i]}: FSC 0.5 at {n * px / s:.2f} A (shell {s})")
+            line = f"class {i + 1} vs truth {perm[i]}: FSC 0.5 at {n * px / s:.2f} A (shell {s})"
+            if a.oracle_maps:
+                truth_map = read_map(t)
+                got = crossing(f)
+                oracle = crossing(fsc(read_map(a.oracle_maps[perm[i] - 1]), truth_map))
+                line += f"; crossing {got:.2f} vs true-pose map {oracle:.2f}: ratio {got / oracle:.3f}"
+            print(line)
 
 
 if __name__ == "__main__":
