@@ -18,7 +18,8 @@ make_set() {  # name, complex, part, seed
 }
 for s in 3 5 7; do make_set 1tii_$s "$root/data/1tii.pdb.gz" "$root/tests/data/1tii_without_chain_H.pdb.gz" $s; done
 for s in 11 12; do make_set 2xhe_$s "$here/heldout_models/2XHE.pdb.gz" "$root/tests/data/2xhe_chain_A.pdb.gz" $s; done
-for D in "$W"/1tii_* "$W"/2xhe_*; do
+for D in "$W"/1tii_*/ "$W"/2xhe_*/; do
+  D=${D%/}
   for variant in "" --marginalize-poses; do
     out=$D/run${variant:+_marginalized}; rm -rf "$out"
     "$E" hetero-refine --particles "$D/data/particles.star" --ref "$D/data/truth_class001.mrc" --classes 2 --particle-diameter 115 \
