@@ -388,7 +388,9 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
     settings.hard_classes = o.force_hard;
     for (int k : live) settings.class_priors.push_back(state.class_priors[sz(k)]);
     settings.batch = o.batch;
-    insert_radius = settings.insert_radius = final_iteration ? nyquist : std::min(nyquist, state.radius + 8);
+    // Twice refine's kInsertMargin: with refine's, one of bench/hetero_class_maps.sh's five sets
+    // (2XHE seed 12, --marginalize-poses) lost its split (accuracy 0.998 -> 0.950).
+    insert_radius = settings.insert_radius = final_iteration ? nyquist : std::min(nyquist, state.radius + 2 * kInsertMargin);
     const auto list = em::make_frequency_list(n, state.radius);
     // hetero-refine: the likelihood's noise per pixel inside the particle mask, as refine's (em::masked_noise_inflation):
     // with the measured sigma^2 the posteriors were too sharp (1TII and 2XHE against their

@@ -52,6 +52,13 @@ void select_particles(MapJobInputs& in, std::uint64_t seed);
 /// then says how, for the log).
 std::vector<float> read_reference(const std::string& path, int n, double pixel, const std::string& job, std::string& note);
 
+/// How many shells beyond an iteration's working limit its particles are back-projected (the last
+/// iteration's go to Nyquist): the next FSC needs data past the limit to show a gain, and the limit
+/// already lies 4 shells past the last FSC's resolution. 8 cost 13-17% more refine time on the
+/// held-out sets for the same poses and maps (bench/RESULTS.md, tenth session). hetero-refine
+/// uses twice this (see there).
+constexpr double kInsertMargin = 4;
+
 /// The regulariser of a half map: Wiener from the previous half-map FSC; before any FSC exists,
 /// one that keeps what the initial low-pass kept.
 em::GlobalWiener half_map_regularizer(const std::vector<double>& fsc, int n, double pixel, double initial_lowpass);
