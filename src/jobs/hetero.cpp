@@ -392,10 +392,10 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
     // (2XHE seed 12, --marginalize-poses) lost its split (accuracy 0.998 -> 0.950).
     insert_radius = settings.insert_radius = final_iteration ? nyquist : std::min(nyquist, state.radius + 2 * kInsertMargin);
     const auto list = em::make_frequency_list(n, state.radius);
-    // hetero-refine: the likelihood's noise per pixel inside the particle mask, as refine's (em::masked_noise_inflation):
-    // with the measured sigma^2 the posteriors were too sharp (1TII and 2XHE against their
-    // sub-complexes, 5 sets, --marginalize-poses: class maps 0.76-0.97 -> 0.89-1.02 of the true-pose
-    // map's FSC 0.5; accuracy 0.963-0.999 -> 0.984-1.000).
+    // hetero-refine: the likelihood's noise per pixel inside the particle mask, as refine's
+    // (em::masked_noise_inflation): with the measured sigma^2 the posteriors were too sharp
+    // (bench/hetero_class_maps.sh's five sets, --marginalize-poses: class maps 0.85-0.98 -> 0.89-1.02
+    // of the true-pose map's FSC 0.5; accuracy 0.963-0.999 -> 0.984-1.000).
     std::vector<std::vector<double>> likelihood_sigma2 = state.sigma2;
     for (auto& group_sigma2 : likelihood_sigma2)
       for (auto& v : group_sigma2) v *= noise_inflation;

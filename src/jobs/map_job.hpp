@@ -68,7 +68,7 @@ em::GlobalWiener half_map_regularizer(const std::vector<double>& fsc, int n, dou
 /// Made from one half's maps only, so the halves stay independent. Why not the sphere alone: the
 /// solvent around the particle in a half map is noise, and projecting it into every template blurs
 /// the poses (measured: refine of 1TII, 500 particles, SNR 0.05, 64 px: median pose error 5.58 ->
-/// 4.11 deg, FSC 0.5 to the truth at shell 11.4 -> 12.5 of the true-pose map's 12.7).
+/// 4.21 deg, FSC 0.5 to the truth at shell 11.35 -> 12.30 of the true-pose map's 12.66).
 std::vector<float> reference_mask(const MapJobInputs& in, const std::vector<const std::vector<float>*>& maps);
 
 /// Writes `maps` as checkpoint_itNNN_<label>.mrc in dir and returns the names (for the
