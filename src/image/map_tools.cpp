@@ -82,7 +82,10 @@ std::vector<float> solvent_mask(const std::vector<float>& map, int n, double pix
   // 0.5 (1 + cos(pi k / 6)). dilate() never sets the box's outer layer, nor does this.
   const int core = 3, edge = 5;
   const auto distance = city_block_distance(binary, n, core + edge);
-  std::vector<float> mask(binary.size(), 0.0f);
+  std::vector<float> value_at(core + edge + 2, 0.0f);  // by distance; beyond the edge 0
+  for (int d = 0; d <= core + edge; ++d)
+    value_at[static_cast<std::size_t>(d)] = d <= core ? 1.0f : static_cast<float>(0.5 * (1 + std::cos(std::numbers::pi * (d - core) / (edge + 1))));
+  std::vector<float> mask(binary.size());
   const std::size_t nn = static_cast<std::size_t>(n);
 #pragma omp parallel for schedule(static)
   for (std::int64_t zz = 0; zz < n; ++zz)
@@ -90,11 +93,7 @@ std::vector<float> solvent_mask(const std::vector<float>& map, int n, double pix
       for (std::size_t x = 0; x < nn; ++x) {
         const std::size_t z = static_cast<std::size_t>(zz), i = (z * nn + y) * nn + x;
         const bool outer = x == 0 || y == 0 || z == 0 || x == nn - 1 || y == nn - 1 || z == nn - 1;
-        const int d = distance[i];
-        if (outer || d <= core)
-          mask[i] = outer ? binary[i] : 1.0f;
-        else if (d <= core + edge)
-          mask[i] = static_cast<float>(0.5 * (1 + std::cos(std::numbers::pi * (d - core) / (edge + 1))));
+        mask[i] = outer ? binary[i] : value_at[distance[i]];
       }
   return mask;
 }

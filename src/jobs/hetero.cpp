@@ -396,9 +396,19 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
     // (em::masked_noise_inflation): with the measured sigma^2 the posteriors were too sharp
     // (bench/hetero_class_maps.sh's five sets, --marginalize-poses: class maps 0.85-0.98 -> 0.89-1.02
     // of the true-pose map's FSC 0.5; accuracy 0.963-0.999 -> 0.984-1.000).
-    std::vector<std::vector<double>> likelihood_sigma2 = state.sigma2;
-    for (auto& group_sigma2 : likelihood_sigma2)
-      for (auto& v : group_sigma2) v *= noise_inflation;
+    const auto likelihood_sigma2 = inflated_sigma2(state.sigma2, noise_inflation);
+
+    // The mask each half's class maps are projected through, once per iteration (the class-similarity
+    // pass scores against the same maps). The first iteration's split comes from the starts'
+    // independent noise, which fills the whole sphere: cut to the solvent mask it split 2XHE from its
+    // chain A by noise (accuracy 0.72, bench/hetero_vs_relion.sh; 0.997 from the second iteration on).
+    std::vector<std::vector<float>> projection_masks(2, mask);
+    if (o.align && it > 1)
+      for (int h = 0; h < 2; ++h) {
+        std::vector<const std::vector<float>*> live_maps;
+        for (int k : live) live_maps.push_back(&maps[sz(h)][sz(k)]);
+        projection_masks[sz(h)] = reference_mask(in, live_maps);
+      }
 
     // One half's E-step against the live classes' maps (and its back-projection unless
     // settings.back_project is off); `poses` receives the half's particles' outcomes.
@@ -417,15 +427,9 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
       // with posteriors of 0 or 1; scored across halves: 0.977). Later iterations return to each
       // half's own maps, so the final maps and their FSC are gold-standard again.
       const int scored_against = it <= o.cross_half_iterations ? 1 - h : h;
-      const auto& against = maps[sz(scored_against)];
-      std::vector<const std::vector<float>*> live_maps;
-      for (int k : live) live_maps.push_back(&against[sz(k)]);
-      // The first iteration's split comes from the starts' independent noise, which fills the whole
-      // sphere: cut to the solvent mask it split 2XHE from its chain A by noise (accuracy 0.72,
-      // bench/hetero_vs_relion.sh; 0.997 from the second iteration on).
-      const auto projection_mask = o.align && it > 1 ? reference_mask(in, live_maps) : mask;
-      for (const auto* map : live_maps)
-        projectors.emplace_back(backend->volume_transforms().padded_transform(image::masked(*map, projection_mask), n, 2), n);
+      for (int k : live)
+        projectors.emplace_back(
+            backend->volume_transforms().padded_transform(image::masked(maps[sz(scored_against)][sz(k)], projection_masks[sz(scored_against)]), n, 2), n);
       std::vector<const em::Projector*> references;
       for (const auto& p : projectors) references.push_back(&p);
       em::expectation_3d(in.set, images, poses, references, list, likelihood_sigma2, in.particle_mask, search, group.operators, es, *backend,

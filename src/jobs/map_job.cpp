@@ -92,6 +92,12 @@ std::vector<float> reference_mask(const MapJobInputs& in, const std::vector<cons
   return mask;
 }
 
+std::vector<std::vector<double>> inflated_sigma2(std::vector<std::vector<double>> sigma2, double inflation) {
+  for (auto& group : sigma2)
+    for (auto& v : group) v *= inflation;
+  return sigma2;
+}
+
 std::vector<float> read_reference(const std::string& path, int n, double pixel, const std::string& job, std::string& note) {
   io::MrcReader ref_file(path);
   if (ref_file.nx() != ref_file.ny() || ref_file.ny() != ref_file.nz())

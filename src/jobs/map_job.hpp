@@ -71,6 +71,10 @@ em::GlobalWiener half_map_regularizer(const std::vector<double>& fsc, int n, dou
 /// 4.21 deg, FSC 0.5 to the truth at shell 11.35 -> 12.30 of the true-pose map's 12.66).
 std::vector<float> reference_mask(const MapJobInputs& in, const std::vector<const std::vector<float>*>& maps);
 
+/// sigma^2 per optics group and shell times `inflation` (em::masked_noise_inflation): the noise the
+/// likelihood of masked images needs.
+std::vector<std::vector<double>> inflated_sigma2(std::vector<std::vector<double>> sigma2, double inflation);
+
 /// Writes `maps` as checkpoint_itNNN_<label>.mrc in dir and returns the names (for the
 /// checkpoint, written after them).
 std::vector<std::string> write_iteration_maps(const std::filesystem::path& dir, int iteration, const std::vector<std::string>& labels,

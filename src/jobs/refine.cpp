@@ -269,9 +269,7 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     // box). With the measured sigma^2 the posteriors were too sharp: on the held-out sets,
     // bench/RESULTS.md, this moved FSC 0.5 to the truth from 10.25 to 10.02 Å (2XHE) and the median
     // pose error from 5.19 to 5.06 deg. The back-projection weights C / sigma^2 only scale.
-    std::vector<std::vector<double>> likelihood_sigma2 = state.sigma2;
-    for (auto& optics_group : likelihood_sigma2)
-      for (auto& v : optics_group) v *= noise_inflation;
+    const auto likelihood_sigma2 = inflated_sigma2(state.sigma2, noise_inflation);
     // The two halves' projectors, each made once (under MPI on rank 0 and rank 1) and shared; their
     // transforms (and the M-step's reconstructions) run on the backend's device where it has one.
     em::VolumeTransforms& transforms = backend->volume_transforms();
