@@ -339,6 +339,9 @@ class EStep {
       q.unmasked = unmasked_rows_.data(), q.ctf_grid = ctf_grid_rows_.data();
       q.full_grids_on_device = settings_.full_grids_on_device && device_prepare_;
     }
+    // The shared coarse pass and the per-particle CPU passes read every particle's rows on the host;
+    // otherwise only the consumer's (the device serves score_many from its own copy).
+    if (device_prepare_ && many_ && !shared_ && settings_.host_rows) q.host_rows = settings_.host_rows->data() + first;
     if (device_prepare_) backend_.prepare_batch(q);
     else prepare_particles(q);
   }
@@ -365,6 +368,8 @@ class EStep {
         (space_.orientations != SearchSpace::Orientations::fixed || space_.shifts.fine.size() != 1 || !space_.relative_shifts))
       fail("E-step: an E-step without scoring needs fixed poses (internal error)");
     K_ = source_.classes();
+    if (settings_.host_rows && settings_.host_rows->size() != images_.size())
+      fail("E-step: {} host-row flags for {} particles (internal error)", settings_.host_rows->size(), images_.size());
     if (space_.prior_centres && (space_.orientations == SearchSpace::Orientations::grid || space_.prior_centres->size() != images_.size()))
       fail("E-step: a pose prior needs a local or fixed search and one centre per particle (internal error)");
     // Noise weights and the phase ramps of the fine shifts, once per E-step.

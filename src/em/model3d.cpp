@@ -246,6 +246,11 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     space.coarse_to_fine = false;
   }
   es.batch = settings.batch;
+  // The consumer reads a particle's prepared rows for its noise residual only.
+  std::vector<std::uint8_t> measures_noise(image_index.size(), 0);
+  if (!settings.cc_scoring && !settings.known_poses)
+    measures_noise = noise_measuring_particles(set, image_index, noise.sum.size(), settings.noise_particles_per_group);
+  es.host_rows = &measures_noise;
   es.fine.poses = settings.marginalize && !settings.cc_scoring ? Reduce::marginalize : Reduce::maximize;
   es.fine.classes = settings.hard_classes || settings.cc_scoring ? Reduce::maximize : Reduce::marginalize;
   for (double p : settings.class_priors) es.fine.log_class_prior.push_back(std::log(std::max(p, 1e-12)));
@@ -331,8 +336,6 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     q.shifts = insertion_shifts.data(), q.shift_count = insertion_shifts.size();
     backend.add_volume_sums(q);
   };
-  const std::vector<std::uint8_t> measures_noise =
-      noise_measuring_particles(set, image_index, noise.sum.size(), settings.noise_particles_per_group);
   int changed = 0;            // of the chunk being computed
   double angle_change = 0;
   NoiseSums part_noise(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
@@ -354,7 +357,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
       Pose3D& pose = poses[p];
       moved[sz(b)] = geometry::rotation_angle_between(geometry::euler_to_matrix({pose.rot, pose.tilt, pose.psi}),
                                                       geometry::euler_to_matrix(best.orientation));
-      if (!settings.cc_scoring && !settings.known_poses && measures_noise[p]) {
+      if (measures_noise[p]) {
         const PreparedParticle& pp = batch.particles[sz(b)];
         source.sample(best.k, best.orientation, list, sample.data());
         store_template_row(sample.data(), F, row.data(), nullptr);

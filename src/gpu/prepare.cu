@@ -5,12 +5,14 @@
 //     checkerboard (-1)^(x + y) on the half grid's storage indices (image::fft_forward_2d);
 //   - the CTF is image::ctf_value (ctf_terms.hpp) in double at (i, wrap(j)) / (n x pixel), cast to float;
 //   - ctf2 = C x C x (1/sigma^2) and half_norm = sum |x|^2 (1/sigma^2) / 2 in double, as the CPU.
+// The batch stays on the device for score_many; only the rows PrepareBatch::host_rows names come back.
 // Batches go through in chunks on two streams, so one chunk's copies overlap the other's work.
 #include <cuda_runtime.h>
 #include <cufft.h>
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "device_memory.cuh"
@@ -225,14 +227,29 @@ void BatchPreparer::prepare(const em::PrepareBatch& q) {
   }
   const int chunks = (q.count + C - 1) / C;
   const auto count_of = [&](int c) { return std::min(C, q.count - c * C); };
+  // Chunk c's runs of consecutive particles whose rows come back (first, count; chunk-relative):
+  // one run of the whole chunk where all do.
+  const auto host_runs = [&](int c) {
+    std::vector<std::pair<int, int>> runs;
+    const int first = c * C, m = count_of(c);
+    for (int b = 0; b < m; ++b) {
+      if (q.host_rows && !q.host_rows[first + b]) continue;
+      if (!runs.empty() && runs.back().first + runs.back().second == b) ++runs.back().second;
+      else runs.emplace_back(b, 1);
+    }
+    return runs;
+  };
   // Chunk c's results, back on the host, into the caller's arrays.
   const auto drain = [&](int c) {
     ChunkStream& st = s.streams[c % 2];
     check(cudaEventSynchronize(st.done), "cudaEventSynchronize (batch preparation)");
     const std::size_t first = sz(c) * sz(C), m = sz(count_of(c));
-    std::memcpy(q.x + first * 2 * sz(F), st.out_x.data(), m * sz(F) * sizeof(float2));
-    std::memcpy(q.ctf_out + first * sz(F), st.out_ctf.data(), m * sz(F) * sizeof(float));
-    std::memcpy(q.ctf2 + first * sz(F), st.out_ctf2.data(), m * sz(F) * sizeof(float));
+    for (const auto& [b, run] : host_runs(c)) {
+      const std::size_t at = first + sz(b), rows = sz(run) * sz(F), from = sz(b) * sz(F);
+      std::memcpy(q.x + at * 2 * sz(F), st.out_x.data() + from, rows * sizeof(float2));
+      std::memcpy(q.ctf_out + at * sz(F), st.out_ctf.data() + from, rows * sizeof(float));
+      std::memcpy(q.ctf2 + at * sz(F), st.out_ctf2.data() + from, rows * sizeof(float));
+    }
     std::memcpy(q.half_norm + first, st.out_norm.data(), m * sizeof(double));
     if (!full || keep) return;
     for (std::size_t b = 0; b < m; ++b) {
@@ -263,9 +280,12 @@ void BatchPreparer::prepare(const em::PrepareBatch& q) {
     const auto down = [&](auto* host, const auto* device, std::size_t count) {
       check(cudaMemcpyAsync(host, device, count * sizeof(*device), cudaMemcpyDeviceToHost, st.stream), "cudaMemcpyAsync (prepared)");
     };
-    down(st.out_x.data(), x, sz(m) * sz(F));
-    down(st.out_ctf.data(), ctf, sz(m) * sz(F));
-    down(st.out_ctf2.data(), ctf2, sz(m) * sz(F));
+    for (const auto& [b, run] : host_runs(c)) {
+      const std::size_t from = sz(b) * sz(F), rows = sz(run) * sz(F);
+      down(st.out_x.data() + from, x + from, rows);
+      down(st.out_ctf.data() + from, ctf + from, rows);
+      down(st.out_ctf2.data() + from, ctf2 + from, rows);
+    }
     down(st.out_norm.data(), st.norm.data(), sz(m));
     if (full) {
       const long long cells = static_cast<long long>(m) * static_cast<long long>(half);

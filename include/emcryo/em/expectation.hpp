@@ -82,6 +82,10 @@ struct EStepSettings {
   bool score = true;               // false: poses are known (fixed orientation, one shift): nothing is
                                    // scored and each particle's one hypothesis has weight 1
   int batch = 256;
+  /// Positions in `images` whose prepared rows (PreparedParticle x, ctf, ctf2) the consumer reads;
+  /// nullptr: all. Where the E-step itself reads none on the host (the backend prepares batches and
+  /// scores whole passes, and no coarse pass is shared) only these are copied back from the device.
+  const std::vector<std::uint8_t>* host_rows = nullptr;
   PosteriorSettings coarse;        // mass and cap of the coarse pass (poses always marginalised there)
   PosteriorSettings fine;          // the job's choices per hidden variable
 };

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <complex>
 #include <cstring>
@@ -718,6 +719,48 @@ TEST(CudaBackend, BatchesPreparedOnTheGpuMatchTheCpuPreparation) {
   // Box 256 over three chunks of the GPU's pipeline (512 images each), with CTF, mask and full grids.
   expect_gpu_preparation_matches(make_preparation(1100, 256, 100, true, true, true, 1), "CTF, mask, full grids", true);
   expect_gpu_preparation_matches(make_preparation(37, 64, 31, false, false, false, 2), "no CTF, no mask", false);
+}
+
+// Only the rows PrepareBatch::host_rows names come back (runs of one and of several particles, over
+// the chunk boundary at 512); the others are not written, and every half_norm is.
+TEST(CudaBackend, PreparedRowsComeBackOnlyWhereTheHostReadsThem) {
+  REQUIRE_GPU();
+  Preparation pr = make_preparation(1100, 256, 60, true, true, false, 4);
+  em::prepare_particles(pr.request(pr.pixels.data()));
+  const Preparation cpu = pr;
+  std::vector<std::uint8_t> wanted(static_cast<std::size_t>(pr.count), 0);
+  for (int b = 0; b < pr.count; ++b) wanted[static_cast<std::size_t>(b)] = b % 7 == 0 || (b >= 505 && b < 530);
+  gpu::CudaOptions options;
+  options.prepare_batches = true;
+  const auto backend = gpu::make_cuda_backend(options);
+  em::PrepareBatch q = pr.request(pr.pixels.data());
+  q.host_rows = wanted.data();
+  backend->prepare_batch(q);
+  const std::size_t F = static_cast<std::size_t>(pr.F);
+  int back = 0, untouched = 0;
+  double worst = 0;
+  for (int b = 0; b < pr.count; ++b) {
+    const auto i = static_cast<std::size_t>(b);
+    const std::vector<float> x(pr.x.begin() + i * 2 * F, pr.x.begin() + (i + 1) * 2 * F);
+    const std::vector<float> cx(cpu.x.begin() + i * 2 * F, cpu.x.begin() + (i + 1) * 2 * F);
+    const std::vector<float> c2(pr.ctf2.begin() + i * F, pr.ctf2.begin() + (i + 1) * F);
+    const std::vector<float> cc2(cpu.ctf2.begin() + i * F, cpu.ctf2.begin() + (i + 1) * F);
+    const std::vector<float> c(pr.ctf_out.begin() + i * F, pr.ctf_out.begin() + (i + 1) * F);
+    const bool zero = std::all_of(x.begin(), x.end(), [](float v) { return v == 0; }) &&
+                      std::all_of(c.begin(), c.end(), [](float v) { return v == 0; }) &&
+                      std::all_of(c2.begin(), c2.end(), [](float v) { return v == 0; });
+    if (wanted[i]) {
+      ++back;
+      worst = std::max({worst, relative_error(x, cx), relative_error(c2, cc2)});
+    } else {
+      untouched += zero;
+    }
+    EXPECT_NEAR(pr.half_norm[i], cpu.half_norm[i], 1e-5 * cpu.half_norm[i]) << "particle " << b;
+  }
+  std::printf("host rows: %d of %d particles came back (max relative error %.3g), %d of %d others untouched\n", back, pr.count,
+              worst, untouched, pr.count - back);
+  EXPECT_LT(worst, 1e-5);
+  EXPECT_EQ(untouched, pr.count - back);
 }
 
 namespace {
