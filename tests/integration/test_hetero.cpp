@@ -206,8 +206,9 @@ TEST(HeteroReconstruct, EqualsReconstructOnEachTrueSubset) {
 // Measured (2026-12-07, FSC 0.5 to the truth as a fraction of the true-pose, true-class map's, in
 // interpolated shells; this set and four more: 1TII seeds 5, 7, 2XHE against its chain A seeds 11,
 // 12): with each particle's poses marginalised, accuracy 0.983-1.000 and maps at 0.89-1.02 (here
-// 0.89 / 0.99); with the best pose per class (the default), 0.983-0.999 and 0.78-0.94 (here 0.78 /
-// 0.87). Before the references went through their own solvent mask (jobs::reference_mask) and the
+// 0.89 / 0.99); with the best pose per class (the default), whose final iteration marginalises,
+// 0.982-0.999 and 0.85-1.00 with --particle-diameter 115 (here, without it, 0.849 / 0.97; the best
+// pose in the final iteration too gave 0.78-0.94). Before the references went through their own solvent mask (jobs::reference_mask) and the
 // likelihood's noise was inflated as refine's: 0.76-0.95 and 0.73-0.94, accuracy down to 0.86.
 TEST(HeteroRefine, SeparatesAComplexFromItsSubComplex) {
   const test::TempDir temp("hetero_refine");
@@ -229,8 +230,8 @@ TEST(HeteroRefine, SeparatesAComplexFromItsSubComplex) {
     const double acc = accuracy(dir / "data/truth.star", out / "particles.star", perm);
     EXPECT_GE(acc, 0.98) << variant << "\n" << test::read_text(out / "run.log");
     // The bar, each class map within 15% of the true-pose map, for marginalised poses; the
-    // best pose alone is held to 75%.
-    const double bar = variant.empty() ? 0.75 : 0.85;
+    // default, at 0.849 here, is held to 83%.
+    const double bar = variant.empty() ? 0.83 : 0.85;
     for (int k = 1; k <= 2; ++k) {
       const double oracle = fsc_half_crossing(class_map(dir / "oracle", k), truth_map(dir, k), 64);
       const double got = fsc_half_crossing(class_map(out, static_cast<int>(std::find(perm.begin(), perm.end(), k) - perm.begin()) + 1),
