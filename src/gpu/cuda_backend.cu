@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 
 #include "emcryo/core/error.hpp"
@@ -298,22 +299,30 @@ class CudaBackend final : public em::ScoringBackend {
   /// another through score() (the seam's default score_many), slower than the per-particle path.
   bool scores_many(const em::TemplateSource& source) const override { return options_.score_many && samples_templates(source); }
 
-  /// Requests in groups of at most kManyFloats floats of rows, templates and scores on the card,
-  /// each group staged, built, sampled and scored on slot 0's first stream (many_group).
+  /// Requests in groups of at most options_.many_group_floats floats of rows, templates and scores on the card,
+  /// each group staged, built, sampled and scored on slot 0's first stream. Two groups are in
+  /// flight: the next is staged on the CPU while the card scores the last (staging was 40% of a
+  /// 100,000-particle refine's local passes, on the card's critical path).
   void score_many(const std::vector<em::ScoreRequest>& requests, const std::vector<float*>& outs) override {
     if (!many_on_device(requests)) return em::ScoringBackend::score_many(requests, outs);
-    constexpr double kManyFloats = 128.0 * (1 << 20);
     const double F = requests.front().frequencies;
+    std::optional<ManyInFlight> running;
+    int host = 0;
     for (std::size_t begin = 0, end = 0; begin < requests.size(); begin = end) {
       double floats = 0;
       for (end = begin; end < requests.size(); ++end) {
         const em::ScoreRequest& q = requests[end];
         const double add = q.row_count * 2 * F + q.template_count * 3 * F + double(q.row_count) * q.template_count + 4 * F;
-        if (end > begin && floats + add > kManyFloats) break;
+        if (end > begin && floats + add > options_.many_group_floats) break;
         floats += add;
       }
-      many_group(requests, outs, begin, end);
+      ManyInFlight next = stage_many_group(requests, begin, end, host);
+      if (running) finish_many_group(*running, outs);
+      enqueue_many_group(next);
+      running = next;
+      host = 1 - host;
     }
+    if (running) finish_many_group(*running, outs);
   }
 
   /// Kept scores: at most 4 GiB of them (a batch of 256 x 25 shifts x 3,600 templates is 92 MB).
@@ -725,12 +734,17 @@ class CudaBackend final : public em::ScoringBackend {
     return true;
   }
 
-  /// The host's staging (page-locked) and the device's arrays of score_many.
-  struct ManyBuffers {
+  /// One group's staging on the host (page-locked), two of them: one group is staged while the
+  /// other's copies and kernels run.
+  struct ManyHost {
     PinnedBuffer x, ctf_isg, ctf2, rows, poses, owner, requests, tiles, scores;
+    std::vector<int> kept_index;  // per request of a group: its particle in the kept batch (empty: staged)
+  };
+  /// score_many's staging and the device's arrays (one set: the groups run in stream order).
+  struct ManyBuffers {
+    ManyHost host[2];
     DeviceBuffer d_x, d_ctf_isg, d_ctf2, d_rows, d_poses, d_owner, d_requests, d_tiles, d_row_values, d_head, d_power, d_norms,
         d_scores, d_kept_index;
-    std::vector<int> kept_index;  // per request of a group: its particle in the kept batch (empty: staged)
   };
 
   /// The sizes of a group of requests: rows, templates, scores and 32 x 32 tiles.
@@ -752,41 +766,67 @@ class CudaBackend final : public em::ScoringBackend {
 
   static std::size_t floats_of(std::size_t bytes) { return (bytes + sizeof(float) - 1) / sizeof(float); }
 
-  /// Requests [begin, end): staged on the host (the particles' X, C/sigma^2 and C^2/sigma^2, the
-  /// rows' shifts, the templates' poses, the tiles), scored on the card (score_many_on_device), the
-  /// scores copied into outs.
-  void many_group(const std::vector<em::ScoreRequest>& requests, const std::vector<float*>& outs, std::size_t begin, std::size_t end) {
+  /// A group of requests [begin, end) staged in host set `host` and (once enqueued) on its way
+  /// through the card; `scores` (page-locked) are valid once finished.
+  struct ManyInFlight {
+    std::size_t begin = 0, end = 0;
+    int host = 0;
+    bool gathered = false;  // the particles are gathered from the batch kept on the card, not staged
+    ManyGroup g;
+    ManyStaging staged{};
+    const em::ScoreRequest* first = nullptr;
+    const float* scores = nullptr;
+  };
+
+  /// Requests [begin, end) staged on the host (the particles' X, C/sigma^2 and C^2/sigma^2 unless
+  /// they are gathered on the card, the rows' shifts, the templates' poses, the tiles).
+  ManyInFlight stage_many_group(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end, int host) {
     const auto start = std::chrono::steady_clock::now();
     Slot& s = *slots_.front();
     check(cudaSetDevice(s.device), "cudaSetDevice");
-    const em::ScoreRequest& first = requests[begin];
-    const ResidentReferences& refs = references_on_device(*first.sampled.source, s.device);
-    if (sz(first.frequencies) > frequency_count(*first.sampled.list))
-      fail("GPU score_many: {} frequencies of a shorter list (internal error)", first.frequencies);
-    const ManyGroup g = many_group_sizes(requests, begin, end);
-    ManyBuffers& m = many_;
+    ManyInFlight f;
+    f.begin = begin, f.end = end, f.host = host, f.first = &requests[begin];
+    const ResidentReferences& refs = references_on_device(*f.first->sampled.source, s.device);
+    if (sz(f.first->frequencies) > frequency_count(*f.first->sampled.list))
+      fail("GPU score_many: {} frequencies of a shorter list (internal error)", f.first->frequencies);
+    const ManyGroup& g = f.g = many_group_sizes(requests, begin, end);
+    ManyHost& m = many_.host[host];
     // Particles of the batch prepared on this card are gathered there, not staged and sent (at a
     // refine's high resolution 16 bytes per frequency of each particle, ~9 GB per half E-step).
-    const bool gathered = find_kept_particles(requests, begin, end, s.device, m.kept_index);
-    const ManyStaging staged{gathered ? nullptr : m.x.reserve(sz(g.N) * 2 * sz(g.F)),
-                             gathered ? nullptr : m.ctf_isg.reserve(sz(g.N) * sz(g.F)),
-                             gathered ? nullptr : m.ctf2.reserve(sz(g.N) * sz(g.F)),
-                             reinterpret_cast<ManyRow*>(m.rows.reserve(floats_of(sz(g.R) * sizeof(ManyRow)))),
-                             reinterpret_cast<TemplatePose*>(m.poses.reserve(floats_of(sz(g.NJ) * sizeof(TemplatePose)))),
-                             reinterpret_cast<int*>(m.owner.reserve(sz(g.NJ))),
-                             reinterpret_cast<ManyRequest*>(m.requests.reserve(floats_of(sz(g.N) * sizeof(ManyRequest)))),
-                             reinterpret_cast<ManyTile*>(m.tiles.reserve(floats_of(sz(g.tiles) * sizeof(ManyTile))))};
-    stage_many(requests, begin, end, refs.host, staged);
-    const auto staged_at = std::chrono::steady_clock::now();
-    const float* scores = score_many_on_device(g, staged, refs, *first.sampled.list, first.cross_correlation, s);
+    f.gathered = find_kept_particles(requests, begin, end, s.device, m.kept_index);
+    f.staged = ManyStaging{f.gathered ? nullptr : m.x.reserve(sz(g.N) * 2 * sz(g.F)),
+                           f.gathered ? nullptr : m.ctf_isg.reserve(sz(g.N) * sz(g.F)),
+                           f.gathered ? nullptr : m.ctf2.reserve(sz(g.N) * sz(g.F)),
+                           reinterpret_cast<ManyRow*>(m.rows.reserve(floats_of(sz(g.R) * sizeof(ManyRow)))),
+                           reinterpret_cast<TemplatePose*>(m.poses.reserve(floats_of(sz(g.NJ) * sizeof(TemplatePose)))),
+                           reinterpret_cast<int*>(m.owner.reserve(sz(g.NJ))),
+                           reinterpret_cast<ManyRequest*>(m.requests.reserve(floats_of(sz(g.N) * sizeof(ManyRequest)))),
+                           reinterpret_cast<ManyTile*>(m.tiles.reserve(floats_of(sz(g.tiles) * sizeof(ManyTile))))};
+    stage_many(requests, begin, end, refs.host, f.staged);
+    many_time_.staging += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return f;
+  }
+
+  /// A staged group up to the card, scored there and its scores on their way back (asynchronous).
+  void enqueue_many_group(ManyInFlight& f) {
+    Slot& s = *slots_.front();
+    const ResidentReferences& refs = references_on_device(*f.first->sampled.source, s.device);
+    f.scores = score_many_on_device(f, refs, *f.first->sampled.list, f.first->cross_correlation, s);
+    s.stats.flops += 4.0 * f.g.F * static_cast<double>(f.g.NS) + 2.0 * f.g.F * f.g.NJ;
+  }
+
+  /// Waits for an enqueued group and copies its scores into outs.
+  void finish_many_group(const ManyInFlight& f, const std::vector<float*>& outs) {
+    Slot& s = *slots_.front();
+    const auto start = std::chrono::steady_clock::now();
+    check(cudaStreamSynchronize(s.stream[0]), "cudaStreamSynchronize (score_many)");
     const auto computed_at = std::chrono::steady_clock::now();
-    unstage_many_scores(staged.requests, g.N, scores, outs, begin);
+    unstage_many_scores(f.staged.requests, f.g.N, f.scores, outs, f.begin);
     const auto seconds = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
     const auto done = std::chrono::steady_clock::now();
-    many_time_.requests += g.N, many_time_.groups += 1;
-    many_time_.staging += seconds(start, staged_at) + seconds(computed_at, done);
-    many_time_.device += seconds(staged_at, computed_at);
-    s.stats.flops += 4.0 * g.F * static_cast<double>(g.NS) + 2.0 * g.F * g.NJ;
+    many_time_.requests += f.g.N, many_time_.groups += 1;
+    many_time_.staging += seconds(computed_at, done);
+    many_time_.device += seconds(start, computed_at);
     s.stats.seconds += seconds(start, done);
   }
 
@@ -824,11 +864,14 @@ class CudaBackend final : public em::ScoringBackend {
   }
 
   /// A staged group up to the card, its rows built, templates sampled, norms and scores computed on
-  /// slot s's first stream, and the scores back in page-locked memory (returned, valid until the
-  /// next group).
-  const float* score_many_on_device(const ManyGroup& g, const ManyStaging& staged, const ResidentReferences& refs,
-                                    const em::FrequencyList& list, bool cross_correlation, Slot& s) {
+  /// slot s's first stream, and the scores on their way back to its host set's page-locked memory
+  /// (returned; valid once the stream is synchronised). Nothing here waits for the card.
+  const float* score_many_on_device(const ManyInFlight& f, const ResidentReferences& refs, const em::FrequencyList& list,
+                                    bool cross_correlation, Slot& s) {
     ManyBuffers& m = many_;
+    ManyHost& h = many_.host[f.host];
+    const ManyGroup& g = f.g;
+    const ManyStaging& staged = f.staged;
     cudaStream_t stream = s.stream[0];
     const int F = g.F;
     const auto up = [&](DeviceBuffer& d, const void* host, std::size_t bytes) {
@@ -843,7 +886,7 @@ class CudaBackend final : public em::ScoringBackend {
       ctf_isg = up(m.d_ctf_isg, staged.ctf_isg, sz(g.N) * sz(F) * sizeof(float));
       ctf2 = up(m.d_ctf2, staged.ctf2, sz(g.N) * sz(F) * sizeof(float));
     } else {
-      const auto* index = reinterpret_cast<const int*>(up(m.d_kept_index, m.kept_index.data(), sz(g.N) * sizeof(int)));
+      const auto* index = reinterpret_cast<const int*>(up(m.d_kept_index, h.kept_index.data(), sz(g.N) * sizeof(int)));
       float* gx = m.d_x.reserve(std::max<std::size_t>(1, sz(g.N) * 2 * sz(F)), s.device);
       float* gw = m.d_ctf_isg.reserve(std::max<std::size_t>(1, sz(g.N) * sz(F)), s.device);
       float* g2 = m.d_ctf2.reserve(std::max<std::size_t>(1, sz(g.N) * sz(F)), s.device);
@@ -865,11 +908,10 @@ class CudaBackend final : public em::ScoringBackend {
     sample_on_stream(head, power, refs, poses, g.NJ, kxy, F, 2 * F, F, stream);
     launch_many_norms(norms, power, ctf2, owner, g.NJ, F, stream);
     launch_many_scores(scores, tiles, g.tiles, table, row_values, head, norms, F, cross_correlation, stream);
-    float* back = m.scores.reserve(std::max<std::size_t>(1, static_cast<std::size_t>(g.NS)));
+    float* back = h.scores.reserve(std::max<std::size_t>(1, static_cast<std::size_t>(g.NS)));
     if (g.NS > 0)
       check(cudaMemcpyAsync(back, scores, static_cast<std::size_t>(g.NS) * sizeof(float), cudaMemcpyDeviceToHost, stream),
             "cudaMemcpyAsync (score_many scores)");
-    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (score_many)");
     return back;
   }
 

@@ -81,6 +81,9 @@ struct CudaOptions {
   /// instead of staging them on the host and sending them (validated on an H100, 2026-12-07).
   /// EMCRYO_GPU_GATHER=0 stages them.
   bool gather_prepared = true;
+  /// score_many's groups: at most this many floats of rows, templates and scores on the card each
+  /// (512 MB); one group is staged on the CPU while the card scores the one before.
+  double many_group_floats = 128.0 * (1 << 20);
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.

@@ -372,7 +372,7 @@ namespace {
 /// (some larger than one 32 x 32 tile), scored by the GPU at once against the CPU backend scoring
 /// each with host-built rows and host-sampled templates. Returns the largest difference relative
 /// to the largest score.
-double many_against_cpu(const em::TemplateSource& source, int n, bool cross_correlation, unsigned seed) {
+double many_against_cpu(const em::TemplateSource& source, int n, bool cross_correlation, unsigned seed, double group_floats = 0) {
   const auto list = em::make_frequency_list(n, n / 2.0 - 2);
   const int F = static_cast<int>(list.size()), N = 150;
   const auto shift_grid = em::make_shift_grid(3, 1).fine;
@@ -407,6 +407,7 @@ double many_against_cpu(const em::TemplateSource& source, int n, bool cross_corr
   }
   gpu::CudaOptions options;
   options.precision = gpu::Precision::fp32;
+  if (group_floats > 0) options.many_group_floats = group_floats;
   const auto backend = gpu::make_cuda_backend(options);
   EXPECT_TRUE(backend->scores_many(source));
   backend->plan(1, 1, 1);
@@ -446,11 +447,14 @@ TEST(CudaBackend, PassesScoredManyAtOnceOnTheGpuScoreAsTheCpu) {
   const Maps3D maps(32, 2);
   const double error_2d = many_against_cpu(classes, 48, false, 11), error_3d = many_against_cpu(maps, 32, false, 12);
   const double error_cc = many_against_cpu(maps, 32, true, 13);
-  std::printf("score_many on the GPU: max |score difference| / max |score|: 2D %.3g, 3D %.3g, 3D cross-correlation %.3g\n", error_2d,
-              error_3d, error_cc);
+  // Groups of a few requests each: staged while the one before is scored (two in flight).
+  const double error_groups = many_against_cpu(maps, 32, false, 14, 200000);
+  std::printf("score_many on the GPU: max |score difference| / max |score|: 2D %.3g, 3D %.3g, 3D cross-correlation %.3g, 3D in "
+              "small groups %.3g\n", error_2d, error_3d, error_cc, error_groups);
   EXPECT_LT(error_2d, 1e-4);
   EXPECT_LT(error_3d, 1e-4);
   EXPECT_LT(error_cc, 1e-4);
+  EXPECT_LT(error_groups, 1e-4);
 }
 
 namespace {
