@@ -106,12 +106,6 @@ bool advance_schedule(State& state, double resolution, double mean_pose_change, 
     state.offset_step = 1;
     state.offset_range = 1;
     state.iterations_without_gain = 0;
-    if (std::getenv("NOSG")) {
-      state.local = true;
-      state.step /= std::atoi(std::getenv("NOSG"));
-      state.offset_step = std::max(0.25, o.offset_step / 4);
-      state.offset_range = 2 * state.offset_step;
-    }
   } else if (!state.local && state.second_global) {
     state.local = true;
     state.step /= 2;
