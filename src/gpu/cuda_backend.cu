@@ -227,6 +227,10 @@ class CudaBackend final : public em::ScoringBackend {
   }
 
   ~CudaBackend() override {
+    if (!slots_.empty()) cudaSetDevice(slots_.front()->device);  // score_many's device
+    for (auto& h : many_.host)
+      for (cudaEvent_t e : h.marks)
+        if (e) cudaEventDestroy(e);
     for (auto& s : slots_) {
       cudaSetDevice(s->device);
       for (int i = 0; i < 2; ++i) {
@@ -252,12 +256,18 @@ class CudaBackend final : public em::ScoringBackend {
                        options_.score_many ? ", per-particle passes scored a batch at once" : "");
   }
 
+  std::string many_stage_summary() const {
+    std::string out;
+    for (int i = 0; i < kManyStages; ++i) out += fmt::format("{}{} {:.2f} s", i ? ", " : "", kManyStageNames[i], many_time_.stage[i]);
+    return out;
+  }
+
   void plan(int slots, int particles, int templates) override {
     cpu_->plan(slots, particles, templates);
     if (many_time_.requests > 0)  // where the last E-step's per-particle passes spent their time
-      log::info("GPU per-particle passes of the last E-step: {} requests in {} groups, {:.2f} s staging on the CPU, {:.2f} s on the GPU "
-                "(transfers and kernels)",
-                many_time_.requests, many_time_.groups, many_time_.staging, many_time_.device);
+      log::info("GPU per-particle passes of the last E-step: {} requests in {} groups, {:.2f} s staging on the CPU, {:.2f} s waiting for "
+                "the GPU; on the GPU: {}",
+                many_time_.requests, many_time_.groups, many_time_.staging, many_time_.device, many_stage_summary());
     many_time_ = {};
     if (volume_sums_) {
       const VolumeSumsTiming t = volume_sums_->take_timing();
@@ -734,11 +744,18 @@ class CudaBackend final : public em::ScoringBackend {
     return true;
   }
 
+  /// score_many's stages on the card, timed by events (logged per E-step: where its time goes).
+  enum ManyStage { kManyUpload, kManyGather, kManyRows, kManySample, kManyNorms, kManyScores, kManyDownload, kManyStages };
+  static constexpr const char* kManyStageNames[kManyStages] = {"uploads", "gather", "rows", "template sampling", "norms", "scores",
+                                                               "scores back"};
+
   /// One group's staging on the host (page-locked), two of them: one group is staged while the
   /// other's copies and kernels run.
   struct ManyHost {
     PinnedBuffer x, ctf_isg, ctf2, rows, poses, owner, requests, tiles, scores;
     std::vector<int> kept_index;  // per request of a group: its particle in the kept batch (empty: staged)
+    // Marks between the group's stages on the stream (ManyStage), read once it is finished.
+    cudaEvent_t marks[kManyStages + 1] = {};
   };
   /// score_many's staging and the device's arrays (one set: the groups run in stream order).
   struct ManyBuffers {
@@ -827,6 +844,12 @@ class CudaBackend final : public em::ScoringBackend {
     many_time_.requests += f.g.N, many_time_.groups += 1;
     many_time_.staging += seconds(computed_at, done);
     many_time_.device += seconds(start, computed_at);
+    const ManyHost& h = many_.host[f.host];
+    for (int i = 0; i < kManyStages; ++i) {
+      float ms = 0;
+      check(cudaEventElapsedTime(&ms, h.marks[i], h.marks[i + 1]), "cudaEventElapsedTime (score_many)");
+      many_time_.stage[i] += ms / 1000;
+    }
     s.stats.seconds += seconds(start, done);
   }
 
@@ -873,6 +896,11 @@ class CudaBackend final : public em::ScoringBackend {
     const ManyGroup& g = f.g;
     const ManyStaging& staged = f.staged;
     cudaStream_t stream = s.stream[0];
+    const auto mark = [&](int i) {
+      if (!h.marks[i]) check(cudaEventCreate(&h.marks[i]), "cudaEventCreate (score_many)");
+      check(cudaEventRecord(h.marks[i], stream), "cudaEventRecord (score_many)");
+    };
+    mark(0);
     const int F = g.F;
     const auto up = [&](DeviceBuffer& d, const void* host, std::size_t bytes) {
       float* to = d.reserve(std::max<std::size_t>(1, floats_of(bytes)), s.device);
@@ -890,9 +918,11 @@ class CudaBackend final : public em::ScoringBackend {
       float* gx = m.d_x.reserve(std::max<std::size_t>(1, sz(g.N) * 2 * sz(F)), s.device);
       float* gw = m.d_ctf_isg.reserve(std::max<std::size_t>(1, sz(g.N) * sz(F)), s.device);
       float* g2 = m.d_ctf2.reserve(std::max<std::size_t>(1, sz(g.N) * sz(F)), s.device);
+      mark(kManyUpload + 1);
       launch_many_gather(gx, gw, g2, *preparer_->kept_particles(), index, g.N, F, stream);
       x = reinterpret_cast<const float2*>(gx), ctf_isg = gw, ctf2 = g2;
     }
+    if (staged.x) mark(kManyUpload + 1);
     const auto* rows = reinterpret_cast<const ManyRow*>(up(m.d_rows, staged.rows, sz(g.R) * sizeof(ManyRow)));
     const auto* poses = reinterpret_cast<const TemplatePose*>(up(m.d_poses, staged.poses, sz(g.NJ) * sizeof(TemplatePose)));
     const auto* owner = reinterpret_cast<const int*>(up(m.d_owner, staged.owner, sz(g.NJ) * sizeof(int)));
@@ -904,14 +934,20 @@ class CudaBackend final : public em::ScoringBackend {
     float* norms = m.d_norms.reserve(std::max<std::size_t>(1, sz(g.NJ)), s.device);
     float* scores = m.d_scores.reserve(std::max<std::size_t>(1, static_cast<std::size_t>(g.NS)), s.device);
     const int2* kxy = list_on_device(list, s.device);
+    mark(kManyGather + 1);  // (the small uploads above count with the gather)
     launch_many_rows(row_values, rows, g.R, x, ctf_isg, kxy, F, frequency_box(list), stream);
+    mark(kManyRows + 1);
     sample_on_stream(head, power, refs, poses, g.NJ, kxy, F, 2 * F, F, stream);
+    mark(kManySample + 1);
     launch_many_norms(norms, power, ctf2, owner, g.NJ, F, stream);
+    mark(kManyNorms + 1);
     launch_many_scores(scores, tiles, g.tiles, table, row_values, head, norms, F, cross_correlation, stream);
+    mark(kManyScores + 1);
     float* back = h.scores.reserve(std::max<std::size_t>(1, static_cast<std::size_t>(g.NS)));
     if (g.NS > 0)
       check(cudaMemcpyAsync(back, scores, static_cast<std::size_t>(g.NS) * sizeof(float), cudaMemcpyDeviceToHost, stream),
             "cudaMemcpyAsync (score_many scores)");
+    mark(kManyDownload + 1);
     return back;
   }
 
@@ -933,6 +969,7 @@ class CudaBackend final : public em::ScoringBackend {
   struct {
     long requests = 0, groups = 0;
     double staging = 0, device = 0;  // seconds: on the CPU (staging, copying out), waiting for the GPU
+    double stage[kManyStages] = {};  // seconds on the card per stage (events)
   } many_time_;  // this E-step's score_many, logged at the next plan()
   float* kept_ = nullptr;  // the batch's kept scores (scores_reducer_'s)
 };
