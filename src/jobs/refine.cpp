@@ -244,7 +244,7 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     settings.marginalize = o.adaptive_marginalization;
     settings.batch = o.batch;
     // The last iteration inserts to Nyquist; the others a little beyond the working limit.
-    settings.insert_radius = final_iteration ? nyquist : std::min(nyquist, state.radius + (std::getenv("IM") ? std::atof(std::getenv("IM")) : kInsertMargin));
+    settings.insert_radius = final_iteration ? nyquist : std::min(nyquist, state.radius + kInsertMargin);
     settings.keep_top = final_iteration ? o.save_posteriors : 0;
 
     // E-step per half against its own half map, with the M-step's sums per half.
