@@ -3,10 +3,12 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <functional>
 #include <future>
+#include <memory>
 #include <numbers>
 
 #include "emcryo/core/error.hpp"
@@ -54,6 +56,7 @@ struct PriorTerm {
 /// scored on its own; a batch scored at once (ScoringBackend::score_many) holds one per particle.
 struct ParticlePass {
   std::vector<std::pair<int, Euler>> templates;  // (class, orientation)
+  std::vector<int> template_keys;                // per template its ChildTemplates slot (empty: none)
   std::vector<int> shifts;                       // ids into the fine shift grid
   std::vector<Euler> orientations;               // a local or fixed search's own coarse orientations
   std::vector<float> rows, sampled, power, scores;
@@ -67,6 +70,7 @@ struct Scratch {
   std::vector<Complex> sample, ramps, base_ramp;
   std::vector<float> prior_template, prior_shift;
   std::vector<std::pair<int, Euler>> unique_templates;  // (class, orientation)
+  std::vector<int> unique_keys;                         // their ChildTemplates slots (3D grids only)
   std::vector<int> unique_shifts;
   // collect_children's marks and keys, kept between particles.
   std::vector<std::uint8_t> template_seen, shift_seen, child_marks;
@@ -75,6 +79,55 @@ struct Scratch {
   ParticlePass pass;            // where particles are scored one by one
   PosteriorReducer reducer;
   StageTimes times;  // this thread's share of the per-particle loop
+};
+
+/// The fine pass's children of a shared coarse grid (slot 8 j + i: sub-cell i of grid template j),
+/// sampled once per E-step and reused by every particle that keeps the same coarse template: with
+/// 50 particles a grid orientation, each child was sampled ~6 times per half E-step. Filled on first
+/// use by whichever thread needs it; a thread that finds a slot being filled samples its own copy
+/// (the same values), so nobody waits and the scores do not depend on the threads.
+class ChildTemplates {
+ public:
+  /// `slots` slots of F frequencies; off (every get() false) where `on` is false.
+  void reset(bool on, std::size_t slots, int frequencies) {
+    F_ = frequencies;
+    slots_ = on ? slots : 0;
+    state_ = std::make_unique<std::atomic<std::uint8_t>[]>(slots_);  // value-initialised: all empty
+    rows_.clear();
+    rows_.resize(slots_);
+    held_.store(0);
+  }
+  /// The slot's row (2F floats) and power (F) copied out, filled by fill(row, power) first where
+  /// it is empty and the budget allows; false where the caller must sample it itself.
+  template <class Fill>
+  bool get(int key, float* row, float* power, const Fill& fill) {
+    if (key < 0 || sz(key) >= slots_) return false;
+    std::atomic<std::uint8_t>& state = state_[sz(key)];
+    std::uint8_t seen = state.load(std::memory_order_acquire);
+    if (seen == kEmpty && held_.load(std::memory_order_relaxed) < budget_slots() &&
+        state.compare_exchange_strong(seen, kFilling, std::memory_order_acq_rel)) {
+      held_.fetch_add(1, std::memory_order_relaxed);
+      float* slot = (rows_[sz(key)] = std::make_unique_for_overwrite<float[]>(3 * sz(F_))).get();
+      fill(slot, slot + 2 * sz(F_));
+      state.store(kReady, std::memory_order_release);
+      seen = kReady;
+    }
+    if (seen != kReady) return false;
+    const float* slot = rows_[sz(key)].get();
+    std::copy_n(slot, 2 * sz(F_), row);
+    std::copy_n(slot + 2 * sz(F_), sz(F_), power);
+    return true;
+  }
+
+ private:
+  static constexpr std::uint8_t kEmpty = 0, kFilling = 1, kReady = 2;
+  static constexpr std::size_t kBudgetBytes = std::size_t{1} << 30;
+  std::size_t budget_slots() const { return kBudgetBytes / (3 * sizeof(float) * std::max<std::size_t>(1, sz(F_))); }
+  int F_ = 0;
+  std::size_t slots_ = 0;
+  std::unique_ptr<std::atomic<std::uint8_t>[]> state_;
+  std::vector<std::unique_ptr<float[]>> rows_;
+  std::atomic<std::size_t> held_{0};
 };
 
 /// The images of a batch, read from disk into `pixels` (count x n x n) by up to 4 threads: on a
@@ -170,6 +223,7 @@ void drop_repeated_children(std::vector<std::pair<int, Euler>>& children, int cl
 void collect_children(const Posterior& coarse, const std::vector<Euler>& orientations, const CoarseLayout& layout,
                       const SearchSpace& space, Scratch& s) {
   s.unique_templates.clear();
+  s.unique_keys.clear();
   s.unique_shifts.clear();
   const int J = layout.classes * layout.orientations;
   s.template_seen.resize(sz(J), 0);  // all 0 between particles
@@ -191,7 +245,7 @@ void collect_children(const Posterior& coarse, const std::vector<Euler>& orienta
       } else {
         Euler sub[8];
         sub_orientations(centre, space.cell, sub);
-        for (const auto& e : sub) s.unique_templates.push_back({k, e});
+        for (int i = 0; i < 8; ++i) s.unique_templates.push_back({k, sub[i]}), s.unique_keys.push_back(8 * j + i);
       }
     }
     for (int id : space.shifts.children[sz(t)]) s.shift_seen[sz(id)] = 1;
@@ -418,6 +472,13 @@ class EStep {
     device_templates_ = backend_.samples_templates(source_);
     many_ = backend_.scores_many(source_) && settings_.score;
     plan_in_plane_templates();
+    // A shared 3D grid's children are the same for every particle that keeps their coarse template;
+    // kept where they are reused: with fewer than one particle per 10 grid orientations (refine's
+    // 7.5° pass on 1,250 particles a half) the cache's own costs made the pass 15-20% slower, at
+    // 15° it halved the children's sampling (bench/RESULTS.md).
+    const bool reused = images_.size() * 10 >= sz(layout_.orientations);
+    children_.reset(settings_.share_children && reused && shared_ && two_pass_ && !space_.in_plane && settings_.score && !device_templates_,
+                    sz(layout_.classes) * sz(layout_.orientations) * 8, F_);
     // The coarse pass finds where the mass is: poses and classes marginalised there, with the
     // job's temperature and priors; a single pass takes the job's choices directly.
     coarse_settings_ = settings_.coarse;
@@ -630,7 +691,8 @@ class EStep {
     q.frequencies = F, q.cross_correlation = settings_.cross_correlation;
   }
 
-  /// The pass's templates on the host: copied from the in-plane cache, or sampled.
+  /// The pass's templates on the host: copied from the in-plane cache or the shared grid's children,
+  /// or sampled.
   void sample_templates(const FrequencyList& list, const InPlaneTemplates* cached, ParticlePass& w, Scratch& s) const {
     const int J = static_cast<int>(w.templates.size()), F = static_cast<int>(list.size());
     s.sample.resize(sz(F));
@@ -646,8 +708,12 @@ class EStep {
         std::copy_n(cached->power.data() + at * sz(F), sz(F), power);
         continue;
       }
-      source_.sample(k, e, list, s.sample.data());
-      store_template_row(s.sample.data(), F, row, power);
+      const auto sample = [&](float* to_row, float* to_power) {
+        source_.sample(k, e, list, s.sample.data());
+        store_template_row(s.sample.data(), F, to_row, to_power);
+      };
+      if (!w.template_keys.empty() && F == F_ && children_.get(w.template_keys[sz(j)], row, power, sample)) continue;
+      sample(row, power);
     }
   }
 
@@ -692,6 +758,7 @@ class EStep {
     const StartPose sp = start_.empty() ? StartPose{} : start_[sz(first + b)];
     coarse_orientations(space_, sp, w.orientations);
     w.templates.clear();
+    w.template_keys.clear();
     for (int k = 0; k < K_; ++k)
       for (const auto& e : w.orientations) w.templates.push_back({k, e});
     w.shifts = layout_.shift_ids;
@@ -739,6 +806,7 @@ class EStep {
     }
     // The children change places with the pass's last templates: no copy per particle.
     w.templates.swap(s.unique_templates);
+    w.template_keys.swap(s.unique_keys);
     w.shifts.swap(s.unique_shifts);
     w.base = base, w.term = prior_term(first, b);
     request_pass(scored_.particles[sz(b)], list_, in_plane_.R > 0 ? &in_plane_ : nullptr, w, s);
@@ -834,6 +902,7 @@ class EStep {
   std::vector<ScoreRequest> many_requests_;
   std::vector<float*> many_outs_;
   InPlaneTemplates in_plane_;      // R = 0: none (the fine pass samples its children)
+  mutable ChildTemplates children_;  // a shared 3D grid's children, filled as the particles need them
   ReducedScores reduced_;
   StageTimes times_;               // this run's wall time per stage (planning counts with the first run)
   const std::vector<Euler>* grid_ = nullptr;  // the shared orientations of the (first) pass

@@ -251,6 +251,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   if (!settings.cc_scoring && !settings.known_poses)
     measures_noise = noise_measuring_particles(set, image_index, noise.sum.size(), settings.noise_particles_per_group);
   es.host_rows = &measures_noise;
+  es.share_children = settings.share_children;
   es.fine.poses = settings.marginalize && !settings.cc_scoring ? Reduce::marginalize : Reduce::maximize;
   es.fine.classes = settings.hard_classes || settings.cc_scoring ? Reduce::maximize : Reduce::marginalize;
   for (double p : settings.class_priors) es.fine.log_class_prior.push_back(std::log(std::max(p, 1e-12)));

@@ -86,6 +86,10 @@ struct EStepSettings {
   /// nullptr: all. Where the E-step itself reads none on the host (the backend prepares batches and
   /// scores whole passes, and no coarse pass is shared) only these are copied back from the device.
   const std::vector<std::uint8_t>* host_rows = nullptr;
+  /// A shared 3D grid's fine-pass children sampled once per E-step and reused by every particle that
+  /// keeps the same coarse template, where the particles are enough to reuse them (the same scores;
+  /// off: each particle samples its own, for tests).
+  bool share_children = true;
   PosteriorSettings coarse;        // mass and cap of the coarse pass (poses always marginalised there)
   PosteriorSettings fine;          // the job's choices per hidden variable
 };

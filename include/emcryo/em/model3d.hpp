@@ -65,6 +65,7 @@ struct ExpectationSettings {
   // sample reads a 0.5 GB padded volume, and 20,000 particles per group already measure each
   // shell's sigma^2 to well under 1% (a shell's estimate averages particles x its pixels).
   int noise_particles_per_group = 20000;
+  bool share_children = true;  // EStepSettings::share_children (off: for tests)
 };
 
 /// Residual power per optics group and shell, for the noise model.

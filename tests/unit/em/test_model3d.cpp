@@ -64,12 +64,12 @@ class ThreeDEngine : public ::testing::Test {
   };
   /// One iteration: a global search, or (start given) a local one around `start` with relative shifts.
   Run refine_once(bool coarse_to_fine, em::ScoringBackend* given = nullptr, const std::vector<em::Pose3D>* start = nullptr,
-                  int noise_particles = 20000) {
+                  int noise_particles = 20000, double step = 15, bool share_children = true) {
     em::PoseSearch search;
     search.local = start != nullptr;
     search.relative_shifts = start != nullptr;
-    search.step = 15;
-    search.grid = em::orientation_grid(15, "C1");
+    search.step = step;
+    search.grid = em::orientation_grid(step, "C1");
     search.shifts = em::make_shift_grid(start ? 1 : 0, 1);
     search.coarse_to_fine = coarse_to_fine;
     em::ExpectationSettings settings;
@@ -77,6 +77,7 @@ class ThreeDEngine : public ::testing::Test {
     settings.batch = 40;
     settings.insert_radius = kBox / 2.0 - 1;
     settings.noise_particles_per_group = noise_particles;
+    settings.share_children = share_children;
     Run run;
     if (start) run.poses = *start;
     else run.poses.assign(kParticles, em::Pose3D{});
@@ -137,6 +138,30 @@ TEST_F(ThreeDEngine, PosesAndMapsDoNotDependOnTheThreadCount) {
     EXPECT_EQ(a.poses[static_cast<std::size_t>(i)].psi, b.poses[static_cast<std::size_t>(i)].psi);
   }
   EXPECT_EQ(test::max_abs_diff(a.map, b.map), 0.0);
+}
+
+// A 30-degree grid has ~600 orientations, few enough for 120 particles to share their fine-pass
+// children (sampled once, reused by every particle that keeps the same coarse template): the same
+// poses and map as each particle sampling its own, with one thread or two filling the shared ones.
+TEST_F(ThreeDEngine, SharedChildrenGiveTheSameAnswerAsEachParticleSamplingItsOwn) {
+  ASSERT_GE(kParticles * 10, static_cast<int>(em::orientation_grid(30, "C1").size()));  // shared here
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+  const Run own = refine_once(true, nullptr, nullptr, 20000, 30, false), shared = refine_once(true, nullptr, nullptr, 20000, 30, true);
+  omp_set_num_threads(1);
+  const Run one_thread = refine_once(true, nullptr, nullptr, 20000, 30, true);
+  omp_set_num_threads(threads);
+  for (const Run* run : {&shared, &one_thread})
+    for (int i = 0; i < kParticles; ++i) {
+      const auto p = static_cast<std::size_t>(i);
+      EXPECT_EQ(own.poses[p].rot, run->poses[p].rot) << i;
+      EXPECT_EQ(own.poses[p].tilt, run->poses[p].tilt) << i;
+      EXPECT_EQ(own.poses[p].psi, run->poses[p].psi) << i;
+      EXPECT_EQ(own.poses[p].shift_x, run->poses[p].shift_x) << i;
+    }
+  EXPECT_EQ(test::max_abs_diff(own.map, shared.map), 0.0);
+  EXPECT_EQ(test::max_abs_diff(own.map, one_thread.map), 0.0);
+  EXPECT_LT(median_error(shared.poses), 12.0);
 }
 
 // The noise residual from every third particle (at most 40 of the 120) measures the same sigma^2 as
