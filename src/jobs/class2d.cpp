@@ -520,8 +520,13 @@ Class2DResult run_job(const JobFolder& folder, JobState state, bool resumed) {
     out.gflops = record.gflops;
   }
 
-  // Final outputs (rank 0's).
-  if (folder.writes()) write_final_outputs(dir, state, set, active, results, skipped_notes, pixel);
+  // Final outputs (rank 0's). The pruning again first: a run killed between its last checkpoint
+  // and the end of that iteration's pruning resumes straight to here (bench/kill_trials.sh saw
+  // classes_it001.mrcs left behind that way).
+  if (folder.writes()) {
+    for (const auto& gone : prune_iteration_files(dir, std::max(1, o.keep_iterations), o.keep_every)) log::info("removed {}", gone);
+    write_final_outputs(dir, state, set, active, results, skipped_notes, pixel);
+  }
   log::info("class2d: done; class averages in {}/classes.mrcs, report in {}/report.html", o.out_dir, o.out_dir);
 
   out.iterations_done = state.iteration;

@@ -219,10 +219,9 @@ void write_checkpoint(const JobFolder& folder, State& state, const std::vector<s
   std::vector<std::vector<float>> flat;
   for (int k = 0; k < state.K; ++k)
     for (int h = 0; h < 2; ++h) labels.push_back(fmt::format("class{:03}_half{}", k + 1, h + 1)), flat.push_back(maps[sz(h)][sz(k)]);
-  const auto previous = state.map_files;
   state.map_files = write_iteration_maps(folder.dir(), state.iteration, labels, flat, n, pixel);
   folder.write_checkpoint(state, "emcryo-hetero-checkpoint-1");
-  remove_stale_maps(folder.dir(), previous, state.map_files);
+  remove_stale_maps(folder.dir(), state.map_files);
 }
 
 /// Per shell, the best FSC over the classes in use.
@@ -348,6 +347,7 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
     maps.assign(2, std::vector<std::vector<float>>(sz(state.K)));
     for (int k = 0; k < state.K; ++k)
       for (int h = 0; h < 2; ++h) maps[sz(h)][sz(k)] = io::MrcReader(folder.dir() / state.map_files[sz(2 * k + h)]).read_all();
+    if (folder.writes()) remove_stale_maps(folder.dir(), state.map_files);
     log::info("{}: continuing after iteration {}", job, state.iteration);
   }
   const int K = state.K;

@@ -128,9 +128,15 @@ std::vector<std::string> write_iteration_maps(const fs::path& dir, int iteration
   return names;
 }
 
-void remove_stale_maps(const fs::path& dir, const std::vector<std::string>& previous, const std::vector<std::string>& current) {
-  for (const auto& file : previous)
-    if (std::find(current.begin(), current.end(), file) == current.end()) fs::remove(dir / file);
+void remove_stale_maps(const fs::path& dir, const std::vector<std::string>& current) {
+  std::vector<fs::path> stale;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_regular_file() && name.starts_with("checkpoint_it") && name.ends_with(".mrc") &&
+        std::find(current.begin(), current.end(), name) == current.end())
+      stale.push_back(entry.path());
+  }
+  for (const auto& file : stale) fs::remove(file);
 }
 
 }  // namespace emcryo::jobs

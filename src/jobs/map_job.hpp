@@ -79,8 +79,10 @@ std::vector<std::vector<double>> inflated_sigma2(std::vector<std::vector<double>
 /// checkpoint, written after them).
 std::vector<std::string> write_iteration_maps(const std::filesystem::path& dir, int iteration, const std::vector<std::string>& labels,
                                               const std::vector<std::vector<float>>& maps, int n, double pixel);
-/// Removes the files of `previous` that `current` does not name (after the new checkpoint).
-void remove_stale_maps(const std::filesystem::path& dir, const std::vector<std::string>& previous, const std::vector<std::string>& current);
+/// Removes every checkpoint_it*.mrc in dir that `current` (the checkpoint's own maps) does not name:
+/// after each new checkpoint, and on resuming (a run killed between its checkpoint and this sweep
+/// left the iteration before's maps behind; bench/kill_trials.sh).
+void remove_stale_maps(const std::filesystem::path& dir, const std::vector<std::string>& current);
 
 }  // namespace emcryo::jobs
 

@@ -82,10 +82,9 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(State, options, iteration, step,
 /// kill between the maps and the JSON paired new maps with the old state: found by the kill
 /// trials, bench/kill_trials.sh).
 void write_checkpoint(const JobFolder& folder, State& state, const std::vector<std::vector<float>>& half_maps, int n, double pixel) {
-  const std::vector<std::string> previous = state.half_map_files;
   state.half_map_files = write_iteration_maps(folder.dir(), state.iteration, {"half1", "half2"}, half_maps, n, pixel);
   folder.write_checkpoint(state, "emcryo-refine-checkpoint-2");
-  remove_stale_maps(folder.dir(), previous, state.half_map_files);
+  remove_stale_maps(folder.dir(), state.half_map_files);
 }
 
 /// The sampling schedule after an iteration: from the global stage to a second global pass at
@@ -203,6 +202,7 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
            state.poses.size(), in.active.size());
     for (int h = 0; h < 2; ++h)
       half_maps[static_cast<std::size_t>(h)] = io::MrcReader(dir / state.half_map_files[static_cast<std::size_t>(h)]).read_all();
+    if (folder.writes()) remove_stale_maps(dir, state.half_map_files);
     log::info("refine: continuing after iteration {}", state.iteration);
   }
   log::info("refine: {} particles ({} skipped) in two half sets, box {} px, {:.3f} Å/px, symmetry {}", in.active.size(), in.skipped.size(), n,
