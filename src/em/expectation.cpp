@@ -701,7 +701,8 @@ class EStep {
     for (int j = 0; j < J; ++j) {
       float* row = w.sampled.data() + sz(j) * 2 * sz(F);
       float* power = w.power.data() + sz(j) * sz(F);
-      const auto& [k, e] = w.templates[sz(j)];
+      const int k = w.templates[sz(j)].first;  // (no structured binding: lambdas below capture these)
+      const Euler& e = w.templates[sz(j)].second;
       if (cached) {
         const auto at = sz(cached->row(k, e.psi));
         std::copy_n(cached->templates.data() + at * 2 * sz(F), 2 * sz(F), row);
