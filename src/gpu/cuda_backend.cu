@@ -786,10 +786,10 @@ class CudaBackend final : public em::ScoringBackend {
   /// A group of requests [begin, end) staged in host set `host` and (once enqueued) on its way
   /// through the card; `scores` (page-locked) are valid once finished.
   struct ManyInFlight {
-    std::size_t begin = 0, end = 0;
+    std::size_t begin = 0;
     int host = 0;
-    bool gathered = false;  // the particles are gathered from the batch kept on the card, not staged
     ManyGroup g;
+    const ResidentReferences* refs = nullptr;
     ManyStaging staged{};
     const em::ScoreRequest* first = nullptr;
     const float* scores = nullptr;
@@ -802,18 +802,18 @@ class CudaBackend final : public em::ScoringBackend {
     Slot& s = *slots_.front();
     check(cudaSetDevice(s.device), "cudaSetDevice");
     ManyInFlight f;
-    f.begin = begin, f.end = end, f.host = host, f.first = &requests[begin];
-    const ResidentReferences& refs = references_on_device(*f.first->sampled.source, s.device);
+    f.begin = begin, f.host = host, f.first = &requests[begin];
+    const ResidentReferences& refs = *(f.refs = &references_on_device(*f.first->sampled.source, s.device));
     if (sz(f.first->frequencies) > frequency_count(*f.first->sampled.list))
       fail("GPU score_many: {} frequencies of a shorter list (internal error)", f.first->frequencies);
     const ManyGroup& g = f.g = many_group_sizes(requests, begin, end);
     ManyHost& m = many_.host[host];
     // Particles of the batch prepared on this card are gathered there, not staged and sent (at a
     // refine's high resolution 16 bytes per frequency of each particle, ~9 GB per half E-step).
-    f.gathered = find_kept_particles(requests, begin, end, s.device, m.kept_index);
-    f.staged = ManyStaging{f.gathered ? nullptr : m.x.reserve(sz(g.N) * 2 * sz(g.F)),
-                           f.gathered ? nullptr : m.ctf_isg.reserve(sz(g.N) * sz(g.F)),
-                           f.gathered ? nullptr : m.ctf2.reserve(sz(g.N) * sz(g.F)),
+    const bool gathered = find_kept_particles(requests, begin, end, s.device, m.kept_index);
+    f.staged = ManyStaging{gathered ? nullptr : m.x.reserve(sz(g.N) * 2 * sz(g.F)),
+                           gathered ? nullptr : m.ctf_isg.reserve(sz(g.N) * sz(g.F)),
+                           gathered ? nullptr : m.ctf2.reserve(sz(g.N) * sz(g.F)),
                            reinterpret_cast<ManyRow*>(m.rows.reserve(floats_of(sz(g.R) * sizeof(ManyRow)))),
                            reinterpret_cast<TemplatePose*>(m.poses.reserve(floats_of(sz(g.NJ) * sizeof(TemplatePose)))),
                            reinterpret_cast<int*>(m.owner.reserve(sz(g.NJ))),
@@ -827,8 +827,7 @@ class CudaBackend final : public em::ScoringBackend {
   /// A staged group up to the card, scored there and its scores on their way back (asynchronous).
   void enqueue_many_group(ManyInFlight& f) {
     Slot& s = *slots_.front();
-    const ResidentReferences& refs = references_on_device(*f.first->sampled.source, s.device);
-    f.scores = score_many_on_device(f, refs, *f.first->sampled.list, f.first->cross_correlation, s);
+    f.scores = score_many_on_device(f, *f.refs, *f.first->sampled.list, f.first->cross_correlation, s);
     s.stats.flops += 4.0 * f.g.F * static_cast<double>(f.g.NS) + 2.0 * f.g.F * f.g.NJ;
   }
 
