@@ -31,7 +31,9 @@ class MapTemplates final : public TemplateSource {
     g.dimensions = 3, g.padding = maps_.front()->padding(), g.m = g.padding * maps_.front()->box(), g.hm = g.m / 2 + 1;
     for (const Projector* p : maps_) {
       if (p->padding() != g.padding || p->box() != maps_.front()->box()) return {};  // mixed grids: sampled on the host
-      g.classes.push_back(p->grid().data());
+      // A transform held on a device is left there (the backend reads it in place).
+      g.classes.push_back(p->held() ? nullptr : p->grid().data());
+      g.held.push_back(p->held());
     }
     return g;
   }

@@ -59,6 +59,20 @@ Projector::Projector(std::vector<Complex> grid, int n, int padding)
   if (grid_.size() != image::half_size(m_, m_, m_)) fail("projector: a transform of {} values is not that of a {}^3 box padded x{}", grid_.size(), n, padding);
 }
 
+Projector::Projector(std::shared_ptr<const HeldGrid> held, int n, int padding)
+    : n_(n), pad_(padding), m_(n * padding), hm_(n * padding / 2 + 1), held_(std::move(held)), fetched_(std::make_unique<std::once_flag>()) {
+  if (!held_) fail("projector: no transform (internal error)");
+}
+
+const std::vector<Complex>& Projector::grid() const {
+  if (held_)
+    std::call_once(*fetched_, [this] {
+      grid_.resize(image::half_size(m_, m_, m_));
+      held_->copy_to(grid_.data());
+    });
+  return grid_;
+}
+
 namespace {
 /// Storage index of signed frequency i on an axis of m points, without a branch: the signs of
 /// a slice's coordinates are as good as random, and a mispredicted branch per voxel costs more
@@ -201,6 +215,7 @@ void Projector::project(const geometry::Mat3& a, Complex* out, int out_n, double
   const double r2_max = r_max * r_max;
   std::fill(out, out + image::half_size(out_n, out_n), Complex{});
   const SliceFrame s(a, pad_, m_, hm_);
+  const Complex* const grid = this->grid().data();
   const int ky_limit = std::min(out_n / 2, static_cast<int>(std::ceil(r_max)));
   for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
     if (ky >= out_n / 2) continue;
@@ -209,14 +224,14 @@ void Projector::project(const geometry::Mat3& a, Complex* out, int out_n, double
     for (int kx = 0; kx < h; ++kx) {
       if (kx * kx + ky * ky > r2_max) break;
       const float fkx = static_cast<float>(kx);
-      row[kx] = interpolate(grid_.data(), s.cell(s.ax * fkx + s.bx * fky, s.ay * fkx + s.by * fky, s.az * fkx + s.bz * fky));
+      row[kx] = interpolate(grid, s.cell(s.ax * fkx + s.bx * fky, s.ay * fkx + s.by * fky, s.az * fkx + s.bz * fky));
     }
   }
 }
 
 void Projector::sample(const geometry::Mat3& a, const FrequencyList& list, Complex* out) const {
   const SliceFrame s(a, pad_, m_, hm_);
-  const Complex* const grid = grid_.data();
+  const Complex* const grid = this->grid().data();
   std::size_t f = 0;
 #ifdef EMCRYO_TRILINEAR_SIMD
   if (fits_cells8(m_, s.hm)) {

@@ -10,6 +10,10 @@ std::vector<Complex> VolumeTransforms::padded_transform(const std::vector<float>
   return Projector(volume, n, padding).take_grid();
 }
 
+Projector VolumeTransforms::projector(const std::vector<float>& volume, int n, int padding) {
+  return Projector(padded_transform(volume, n, padding), n, padding);
+}
+
 VolumeTransforms& cpu_volume_transforms() {
   static VolumeTransforms cpu;
   return cpu;

@@ -159,8 +159,10 @@ struct DeviceVolumeSums::State {
 DeviceVolumeSums::DeviceVolumeSums(int device) : state_(std::make_unique<State>()) {
   state_->device = device;
   check(cudaSetDevice(device), "cudaSetDevice");
+  // The insertions run at the default priority, behind the streams the host waits on; the feed,
+  // which the host waits for before the next batch's preparation, is one of those.
   check(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  check(cudaStreamCreateWithFlags(&state_->feed, cudaStreamNonBlocking), "cudaStreamCreate");
+  state_->feed = urgent_stream("cudaStreamCreate (back-projection feed)");
   for (auto* events : {state_->copied, state_->fed, state_->inserted})
     for (int i = 0; i < 2; ++i) check(cudaEventCreateWithFlags(&events[i], cudaEventDisableTiming), "cudaEventCreate");
 }
@@ -228,7 +230,7 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q, const KeptGrids* grids)
     check(cudaEventSynchronize(s.inserted[slot]), "cudaEventSynchronize (growing a batch buffer)");
     s.timing.host_wait += std::chrono::duration<double>(std::chrono::steady_clock::now() - waited_from_growth).count();
   }
-  auto* d = s.batch[slot].reserve(b.total);
+  auto* d = s.batch[slot].reserve_growing(b.total);
   const std::size_t from = grids ? b.isg : 0;  // kept grids: x and ctf are gathered on the device
   check(cudaMemcpyAsync(d + from, h + from, b.total - from, cudaMemcpyHostToDevice, s.feed), "cudaMemcpyAsync (back-projection batch)");
   check(cudaEventRecord(s.copied[slot], s.feed), "cudaEventRecord");

@@ -86,7 +86,7 @@ __global__ void combine_kernel(float* out, int ld, const float* norms, int rows,
 }
 
 /// Template j at frequency f: the bilinear (2D) or trilinear (3D) sample, as the host computes it.
-__device__ void sample_one(float* head, float* power, const float2* grids, const TemplatePose& p, int j, int2 k, int f, int stride,
+__device__ void sample_one(float* head, float* power, const float2* const* grids, const TemplatePose& p, int j, int2 k, int f, int stride,
                            int power_stride, int dimensions, int m, int hm) {
   const int kx = k.x, ky = k.y;
   double px = p.ax * kx + p.bx * ky, py = p.ay * kx + p.by * ky, pz = dimensions == 3 ? p.az * kx + p.bz * ky : 0.0;
@@ -96,7 +96,7 @@ __device__ void sample_one(float* head, float* power, const float2* grids, const
   const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
   const auto wrap = [m](int i) { return i >= 0 ? i : i + m; };
   const long long plane = static_cast<long long>(m) * hm;
-  const float2* g = grids + static_cast<long long>(p.k) * (dimensions == 3 ? plane * m : plane);
+  const float2* g = grids[p.k];
   const auto lerp = [](float2 a, float2 b, float t) { return make_float2(a.x + t * (b.x - a.x), a.y + t * (b.y - a.y)); };
   // Bilinear in one z plane: the 2D sample, or one of the two planes of the trilinear one.
   const auto bilinear = [&](long long z) {
@@ -113,8 +113,8 @@ __device__ void sample_one(float* head, float* power, const float2* grids, const
 
 /// Template rows on the device, exactly as TemplateSource::sample then store_template_row: head
 /// (Re A, Im A) per frequency at `stride`, |A|^2 at `power_stride`. Block rows stride over the
-/// templates. grids: per class m^(d-1) x hm complex values; kxy: (kx, ky) per frequency.
-__global__ void sample_templates_kernel(float* head, float* power, const float2* grids, const TemplatePose* poses, int templates,
+/// templates. grids: per class, where its m^(d-1) x hm complex values are; kxy: (kx, ky) per frequency.
+__global__ void sample_templates_kernel(float* head, float* power, const float2* const* grids, const TemplatePose* poses, int templates,
                                         const int2* kxy, int frequencies, int stride, int power_stride, int dimensions, int m,
                                         int hm) {
   const int f = blockIdx.x * blockDim.x + threadIdx.x;
@@ -184,9 +184,11 @@ struct ResidentTemplates {
   DeviceBuffer head, tail, power;
 };
 
-/// A template source's padded Fourier grids on one device (uploaded once per E-step).
+/// A template source's padded Fourier grids on one device, once per E-step: read in place where
+/// a projector's transform was kept there (host.on_device), else uploaded.
 struct ResidentReferences {
-  DeviceBuffer grids;  // classes x m^(d-1) x hm complex values
+  DeviceBuffer grids;  // the uploaded classes' m^(d-1) x hm complex values, one after another
+  DeviceArray<const float2*, scoring_memory> table;  // per class: where its values are on this device
   HostReferences host;
 };
 
@@ -265,10 +267,14 @@ class CudaBackend final : public em::ScoringBackend {
   void plan(int slots, int particles, int templates) override {
     cpu_->plan(slots, particles, templates);
     if (many_time_.requests > 0)  // where the last E-step's per-particle passes spent their time
-      log::info("GPU per-particle passes of the last E-step: {} requests in {} groups, {:.2f} s staging on the CPU, {:.2f} s waiting for "
-                "the GPU; on the GPU: {}",
-                many_time_.requests, many_time_.groups, many_time_.staging, many_time_.device, many_stage_summary());
+      log::info("GPU per-particle passes of the last E-step: {} requests in {} groups, {:.2f} s staging on the CPU (references {:.2f} s, "
+                "particles found {:.2f} s, host arrays {:.2f} s, layout {:.2f} s, scores out {:.2f} s), {:.2f} s waiting for the GPU; on "
+                "the GPU: {}",
+                many_time_.requests, many_time_.groups, many_time_.staging, many_time_.references, many_time_.kept, many_time_.reserving,
+                many_time_.laying_out, many_time_.unstaging, many_time_.device, many_stage_summary());
     many_time_ = {};
+    if (const AllocationClock::Reading grown = AllocationClock::process().take(); grown.grown > 0)
+      log::info("GPU arrays of the last E-step: grown {} times, {:.2f} s in CUDA's allocation calls", grown.grown, grown.seconds);
     if (volume_sums_) {
       const VolumeSumsTiming t = volume_sums_->take_timing();
       if (t.batches > 0)
@@ -287,7 +293,7 @@ class CudaBackend final : public em::ScoringBackend {
       s->device = devices_[slots_.size() % devices_.size()]->id;
       check(cudaSetDevice(s->device), "cudaSetDevice");
       for (int i = 0; i < 2; ++i) {
-        check(cudaStreamCreateWithFlags(&s->stream[i], cudaStreamNonBlocking), "cudaStreamCreate");
+        s->stream[i] = urgent_stream("cudaStreamCreate (scoring)");
         check(cudaEventCreateWithFlags(&s->done[i], cudaEventDisableTiming), "cudaEventCreate");
       }
       check(cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming), "cudaEventCreate");
@@ -594,8 +600,8 @@ class CudaBackend final : public em::ScoringBackend {
                                int F, int stride, int power_stride, cudaStream_t stream) {
     if (J <= 0) return;
     const dim3 blocks(static_cast<unsigned>((F + 127) / 128), static_cast<unsigned>(std::min(J, 65535)));
-    sample_templates_kernel<<<blocks, 128, 0, stream>>>(head, power, reinterpret_cast<const float2*>(r.grids.data()), poses, J, kxy, F, stride,
-                                                        power_stride, r.host.dimensions, r.host.m, r.host.hm);
+    sample_templates_kernel<<<blocks, 128, 0, stream>>>(head, power, r.table.data(), poses, J, kxy, F, stride, power_stride,
+                                                        r.host.dimensions, r.host.m, r.host.hm);
     check(cudaGetLastError(), "template sampling kernel");
   }
 
@@ -607,10 +613,33 @@ class CudaBackend final : public em::ScoringBackend {
     if (entry) return *entry;
     auto r = std::make_unique<ResidentReferences>();
     r->host = host_references(source);
-    const std::size_t cells = r->host.cells(), bytes = cells * 2 * sizeof(float);
-    float* grids = r->grids.reserve(2 * cells * r->host.classes.size(), device);
-    for (std::size_t k = 0; k < r->host.classes.size(); ++k)
-      upload_and_wait(grids + 2 * cells * k, r->host.classes[k], bytes, "cudaMemcpy (references)");
+    const std::size_t cells = r->host.cells(), bytes = cells * 2 * sizeof(float), K = r->host.classes.size();
+    const auto here = [&](std::size_t k) { return r->host.on_device[k] && r->host.on_device[k]->device() == device; };
+    std::size_t uploads = 0;
+    for (std::size_t k = 0; k < K; ++k) {
+      if (r->host.on_device[k] && r->host.on_device[k]->complex_values() != cells)
+        fail("GPU template sampling: a kept transform of {} values for a {}-value grid (internal error)", r->host.on_device[k]->complex_values(), cells);
+      if (!here(k)) ++uploads;
+    }
+    float* grids = uploads ? r->grids.reserve(2 * cells * uploads, device) : nullptr;
+    std::vector<const float2*> table(K);
+    std::vector<float> through_host;  // a class kept on another device
+    for (std::size_t k = 0, slot = 0; k < K; ++k) {
+      if (here(k)) {
+        table[k] = reinterpret_cast<const float2*>(r->host.on_device[k]->data());
+        continue;
+      }
+      const void* from = r->host.classes[k];
+      if (!from) {
+        through_host.resize(2 * cells);
+        r->host.on_device[k]->copy_to(through_host.data());
+        from = through_host.data();
+      }
+      float* to = grids + 2 * cells * slot++;
+      upload_and_wait(to, from, bytes, "cudaMemcpy (references)");
+      table[k] = reinterpret_cast<const float2*>(to);
+    }
+    upload_and_wait(r->table.reserve(std::max<std::size_t>(1, K), device), table.data(), K * sizeof(const float2*), "cudaMemcpy (reference table)");
     entry = std::move(r);
     return *entry;
   }
@@ -804,6 +833,7 @@ class CudaBackend final : public em::ScoringBackend {
     ManyInFlight f;
     f.begin = begin, f.host = host, f.first = &requests[begin];
     const ResidentReferences& refs = *(f.refs = &references_on_device(*f.first->sampled.source, s.device));
+    const auto referenced = std::chrono::steady_clock::now();
     if (sz(f.first->frequencies) > frequency_count(*f.first->sampled.list))
       fail("GPU score_many: {} frequencies of a shorter list (internal error)", f.first->frequencies);
     const ManyGroup& g = f.g = many_group_sizes(requests, begin, end);
@@ -811,6 +841,7 @@ class CudaBackend final : public em::ScoringBackend {
     // Particles of the batch prepared on this card are gathered there, not staged and sent (at a
     // refine's high resolution 16 bytes per frequency of each particle, ~9 GB per half E-step).
     const bool gathered = find_kept_particles(requests, begin, end, s.device, m.kept_index);
+    const auto found = std::chrono::steady_clock::now();
     f.staged = ManyStaging{gathered ? nullptr : m.x.reserve(sz(g.N) * 2 * sz(g.F)),
                            gathered ? nullptr : m.ctf_isg.reserve(sz(g.N) * sz(g.F)),
                            gathered ? nullptr : m.ctf2.reserve(sz(g.N) * sz(g.F)),
@@ -819,8 +850,13 @@ class CudaBackend final : public em::ScoringBackend {
                            reinterpret_cast<int*>(m.owner.reserve(sz(g.NJ))),
                            reinterpret_cast<ManyRequest*>(m.requests.reserve(floats_of(sz(g.N) * sizeof(ManyRequest)))),
                            reinterpret_cast<ManyTile*>(m.tiles.reserve(floats_of(sz(g.tiles) * sizeof(ManyTile))))};
+    const auto reserved = std::chrono::steady_clock::now();
     stage_many(requests, begin, end, refs.host, f.staged);
-    many_time_.staging += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const auto seconds = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+    const auto done = std::chrono::steady_clock::now();
+    many_time_.staging += seconds(start, done);
+    many_time_.references += seconds(start, referenced), many_time_.kept += seconds(referenced, found);
+    many_time_.reserving += seconds(found, reserved), many_time_.laying_out += seconds(reserved, done);
     return f;
   }
 
@@ -841,7 +877,7 @@ class CudaBackend final : public em::ScoringBackend {
     const auto seconds = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
     const auto done = std::chrono::steady_clock::now();
     many_time_.requests += f.g.N, many_time_.groups += 1;
-    many_time_.staging += seconds(computed_at, done);
+    many_time_.staging += seconds(computed_at, done), many_time_.unstaging += seconds(computed_at, done);
     many_time_.device += seconds(start, computed_at);
     const ManyHost& h = many_.host[f.host];
     for (int i = 0; i < kManyStages; ++i) {
@@ -902,7 +938,7 @@ class CudaBackend final : public em::ScoringBackend {
     mark(0);
     const int F = g.F;
     const auto up = [&](DeviceBuffer& d, const void* host, std::size_t bytes) {
-      float* to = d.reserve(std::max<std::size_t>(1, floats_of(bytes)), s.device);
+      float* to = d.reserve_growing(std::max<std::size_t>(1, floats_of(bytes)), s.device);
       if (bytes) check(cudaMemcpyAsync(to, host, bytes, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync (score_many)");
       return to;
     };
@@ -914,9 +950,9 @@ class CudaBackend final : public em::ScoringBackend {
       ctf2 = up(m.d_ctf2, staged.ctf2, sz(g.N) * sz(F) * sizeof(float));
     } else {
       const auto* index = reinterpret_cast<const int*>(up(m.d_kept_index, h.kept_index.data(), sz(g.N) * sizeof(int)));
-      float* gx = m.d_x.reserve(std::max<std::size_t>(1, sz(g.N) * 2 * sz(F)), s.device);
-      float* gw = m.d_ctf_isg.reserve(std::max<std::size_t>(1, sz(g.N) * sz(F)), s.device);
-      float* g2 = m.d_ctf2.reserve(std::max<std::size_t>(1, sz(g.N) * sz(F)), s.device);
+      float* gx = m.d_x.reserve_growing(std::max<std::size_t>(1, sz(g.N) * 2 * sz(F)), s.device);
+      float* gw = m.d_ctf_isg.reserve_growing(std::max<std::size_t>(1, sz(g.N) * sz(F)), s.device);
+      float* g2 = m.d_ctf2.reserve_growing(std::max<std::size_t>(1, sz(g.N) * sz(F)), s.device);
       mark(kManyUpload + 1);
       launch_many_gather(gx, gw, g2, *preparer_->kept_particles(), index, g.N, F, stream);
       x = reinterpret_cast<const float2*>(gx), ctf_isg = gw, ctf2 = g2;
@@ -927,11 +963,11 @@ class CudaBackend final : public em::ScoringBackend {
     const auto* owner = reinterpret_cast<const int*>(up(m.d_owner, staged.owner, sz(g.NJ) * sizeof(int)));
     const auto* table = reinterpret_cast<const ManyRequest*>(up(m.d_requests, staged.requests, sz(g.N) * sizeof(ManyRequest)));
     const auto* tiles = reinterpret_cast<const ManyTile*>(up(m.d_tiles, staged.tiles, sz(g.tiles) * sizeof(ManyTile)));
-    float* row_values = m.d_row_values.reserve(std::max<std::size_t>(1, sz(g.R) * 2 * sz(F)), s.device);
-    float* head = m.d_head.reserve(std::max<std::size_t>(1, sz(g.NJ) * 2 * sz(F)), s.device);
-    float* power = m.d_power.reserve(std::max<std::size_t>(1, sz(g.NJ) * sz(F)), s.device);
-    float* norms = m.d_norms.reserve(std::max<std::size_t>(1, sz(g.NJ)), s.device);
-    float* scores = m.d_scores.reserve(std::max<std::size_t>(1, static_cast<std::size_t>(g.NS)), s.device);
+    float* row_values = m.d_row_values.reserve_growing(std::max<std::size_t>(1, sz(g.R) * 2 * sz(F)), s.device);
+    float* head = m.d_head.reserve_growing(std::max<std::size_t>(1, sz(g.NJ) * 2 * sz(F)), s.device);
+    float* power = m.d_power.reserve_growing(std::max<std::size_t>(1, sz(g.NJ) * sz(F)), s.device);
+    float* norms = m.d_norms.reserve_growing(std::max<std::size_t>(1, sz(g.NJ)), s.device);
+    float* scores = m.d_scores.reserve_growing(std::max<std::size_t>(1, static_cast<std::size_t>(g.NS)), s.device);
     const int2* kxy = list_on_device(list, s.device);
     mark(kManyGather + 1);  // (the small uploads above count with the gather)
     launch_many_rows(row_values, rows, g.R, x, ctf_isg, kxy, F, frequency_box(list), stream);
@@ -968,6 +1004,9 @@ class CudaBackend final : public em::ScoringBackend {
   struct {
     long requests = 0, groups = 0;
     double staging = 0, device = 0;  // seconds: on the CPU (staging, copying out), waiting for the GPU
+    // The staging's parts: the references found (or uploaded, the E-step's first group), the
+    // particles found on the card, the host arrays reserved, the group laid out, the scores copied out.
+    double references = 0, kept = 0, reserving = 0, laying_out = 0, unstaging = 0;
     double stage[kManyStages] = {};  // seconds on the card per stage (events)
   } many_time_;  // this E-step's score_many, logged at the next plan()
   float* kept_ = nullptr;  // the batch's kept scores (scores_reducer_'s)

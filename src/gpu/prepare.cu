@@ -151,7 +151,7 @@ BatchPreparer::BatchPreparer(int device) : s_(std::make_unique<State>()) {
   s_->device = device;
   check(cudaSetDevice(device), "cudaSetDevice");
   for (auto& st : s_->streams) {
-    check(cudaStreamCreateWithFlags(&st.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    st.stream = urgent_stream("cudaStreamCreate (batch preparation)");
     check(cudaEventCreateWithFlags(&st.done, cudaEventDisableTiming), "cudaEventCreate");
   }
 }
@@ -217,9 +217,9 @@ void BatchPreparer::prepare(const em::PrepareBatch& q) {
   // The batch's prepared particles, kept for score_many (KeptParticles), and its kept grids, in
   // whole chunks (the plan transforms C images at a time).
   s.particles = KeptParticles{};
-  float2* batch_x = s.batch_x.reserve(sz(q.count) * sz(F));
-  float* batch_ctf = s.batch_ctf.reserve(sz(q.count) * sz(F));
-  float* batch_ctf2 = s.batch_ctf2.reserve(sz(q.count) * sz(F));
+  float2* batch_x = s.batch_x.reserve_growing(sz(q.count) * sz(F));
+  float* batch_ctf = s.batch_ctf.reserve_growing(sz(q.count) * sz(F));
+  float* batch_ctf2 = s.batch_ctf2.reserve_growing(sz(q.count) * sz(F));
   s.kept = KeptGrids{}, s.kept_keys.clear();
   if (keep) {
     const std::size_t room = sz((q.count + C - 1) / C * C) * half;

@@ -187,7 +187,7 @@ struct KeptScoreReducer::State {
 KeptScoreReducer::KeptScoreReducer(int device) : s_(std::make_unique<State>()) {
   s_->device = device;
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  check_cuda(cudaStreamCreateWithFlags(&s_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  s_->stream = urgent_stream("cudaStreamCreate (score reduction)");
 }
 
 KeptScoreReducer::~KeptScoreReducer() {

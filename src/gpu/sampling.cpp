@@ -5,6 +5,7 @@
 
 #include "emcryo/core/error.hpp"
 #include "emcryo/em/expectation.hpp"
+#include "volume_transforms.hpp"
 
 namespace emcryo::gpu {
 
@@ -14,6 +15,11 @@ HostReferences host_references(const em::TemplateSource& source) {
   if ((g.dimensions != 2 && g.dimensions != 3) || g.classes.empty()) return r;
   r.dimensions = g.dimensions, r.padding = g.padding, r.m = g.m, r.hm = g.hm;
   r.classes.assign(g.classes.begin(), g.classes.end());
+  r.on_device.resize(r.classes.size());
+  for (std::size_t k = 0; k < g.held.size() && k < r.on_device.size(); ++k) {
+    if (g.held[k]) r.on_device[k] = device_grid_of(g.held[k]);
+    if (!r.classes[k] && !r.on_device[k]) return HostReferences{};  // held somewhere this backend cannot read: sampled on the host
+  }
   return r;
 }
 

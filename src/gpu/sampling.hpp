@@ -3,6 +3,7 @@
 // never sees the engine's C++20 headers; sampling.cpp converts the engine's types.
 #pragma once
 #include <cstddef>
+#include <memory>
 #include <vector>
 
 #include "emcryo/em/scoring_backend.hpp"
@@ -16,9 +17,12 @@ struct TemplatePose {
   int k, unused;
 };
 
+class DeviceGrid;  // volume_transforms.hpp
+
 struct HostReferences {
   int dimensions = 0, padding = 2, m = 0, hm = 0;
-  std::vector<const void*> classes;  // per class: cells() complex floats
+  std::vector<const void*> classes;  // per class: cells() complex floats (nullptr where on_device holds them)
+  std::vector<std::shared_ptr<const DeviceGrid>> on_device;  // per class: the grid kept on a device, or nullptr
   std::size_t cells() const {
     return (dimensions == 3 ? static_cast<std::size_t>(m) * static_cast<std::size_t>(m) : static_cast<std::size_t>(m)) *
            static_cast<std::size_t>(hm);

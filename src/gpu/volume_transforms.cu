@@ -259,13 +259,33 @@ void DeviceVolumeTransforms::reconstruct(int n, int padding, const float* data, 
   check_cuda(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
 }
 
-void DeviceVolumeTransforms::padded_transform(const float* volume, int n, int padding, float* out) {
+DeviceGrid::DeviceGrid(int device, std::size_t complex_values) : device_(device), values_(complex_values) {
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  std::size_t free = 0, total = 0;
+  check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+  const std::size_t bytes = std::max<std::size_t>(1, complex_values) * 2 * sizeof(float);
+  if (bytes + (std::size_t{64} << 20) > free) fail("{}", transform_memory(device, mib(bytes), mib(free), mib(total)));
+  check_cuda(cudaMalloc(&data_, bytes), "cudaMalloc (padded transform)");
+}
+
+DeviceGrid::~DeviceGrid() {
+  cudaSetDevice(device_);
+  cudaFree(data_);
+}
+
+void DeviceGrid::copy_to(float* out) const {
+  check_cuda(cudaSetDevice(device_), "cudaSetDevice");
+  check_cuda(cudaMemcpy(out, data_, values_ * 2 * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy (padded transform)");
+}
+
+std::shared_ptr<DeviceGrid> DeviceVolumeTransforms::padded_transform_kept(const float* volume, int n, int padding) {
   State& s = *state_;
   check_cuda(cudaSetDevice(s.device), "cudaSetDevice");
   const Grid g{n, padding, n * padding, n * padding / 2 + 1};
-  const auto cells = static_cast<std::size_t>(g.complex_count());
   s.plan(g.m);
-  float2* d_grid = s.grid.reserve(cells, s.device);
+  // Transformed in place in the grid it is kept in (the in-place plan's padded real rows fill it).
+  auto kept = std::make_shared<DeviceGrid>(s.device, static_cast<std::size_t>(g.complex_count()));
+  auto* d_grid = reinterpret_cast<float2*>(kept->data());
   float* d_volume = s.volume.reserve(static_cast<std::size_t>(n) * n * n, s.device);
   check_cuda(cudaMemcpyAsync(d_volume, volume, static_cast<std::size_t>(n) * n * n * sizeof(float), cudaMemcpyHostToDevice, s.stream),
              "cudaMemcpyAsync (map)");
@@ -274,8 +294,8 @@ void DeviceVolumeTransforms::padded_transform(const float* volume, int n, int pa
   check(cufftExecR2C(s.forward, reinterpret_cast<cufftReal*>(d_grid), reinterpret_cast<cufftComplex*>(d_grid)), "cufftExecR2C");
   checkerboard_kernel<<<blocks_for(g.complex_count(), 256), 256, 0, s.stream>>>(g, d_grid);
   check_cuda(cudaGetLastError(), "checkerboard kernel");
-  check_cuda(cudaMemcpyAsync(out, d_grid, cells * sizeof(float2), cudaMemcpyDeviceToHost, s.stream), "cudaMemcpyAsync (padded transform)");
   check_cuda(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
+  return kept;
 }
 
 }  // namespace emcryo::gpu

@@ -9,9 +9,35 @@
 
 namespace emcryo::em {
 class VolumeTransforms;  // emcryo/em/volume_transforms.hpp
+class HeldGrid;          // emcryo/em/projector.hpp
 }
 
 namespace emcryo::gpu {
+
+/// A padded transform left on its device (DeviceVolumeTransforms::padded_transform_kept): what the
+/// scoring backend samples templates from in place, without the 0.5 GB (box 256) copy to the host
+/// and back each half E-step.
+class DeviceGrid {
+ public:
+  /// Room for `complex_values` on `device` (checked against its free memory).
+  DeviceGrid(int device, std::size_t complex_values);
+  ~DeviceGrid();
+  DeviceGrid(const DeviceGrid&) = delete;
+  DeviceGrid& operator=(const DeviceGrid&) = delete;
+  /// The values (interleaved complex) into host memory.
+  void copy_to(float* out) const;
+  int device() const { return device_; }
+  float* data() const { return data_; }
+  std::size_t complex_values() const { return values_; }
+
+ private:
+  int device_;
+  std::size_t values_;
+  float* data_ = nullptr;
+};
+
+/// The device grid behind a projector's held transform where it is one of ours (nullptr otherwise).
+std::shared_ptr<const DeviceGrid> device_grid_of(const std::shared_ptr<const em::HeldGrid>& held);
 
 /// The CUDA backend's em::VolumeTransforms on `device` (volume_transforms_host.cpp; shared, so that
 /// its owner needs no complete type).
@@ -29,8 +55,8 @@ class DeviceVolumeTransforms {
   /// or none) added to the weights per shell, as BackProjector::reconstruct.
   void reconstruct(int n, int padding, const float* data, const float* weight, const double* regularisation, int shells_given, float* out);
   /// The transform of the n^3 `volume` zero-padded to m^3 and divided by the gridding correction
-  /// (m x m x (m/2+1) complex, interleaved, into out), as Projector's constructor.
-  void padded_transform(const float* volume, int n, int padding, float* out);
+  /// (m x m x (m/2+1) complex, interleaved), as Projector's constructor, left on the device.
+  std::shared_ptr<DeviceGrid> padded_transform_kept(const float* volume, int n, int padding);
 
  private:
   struct State;

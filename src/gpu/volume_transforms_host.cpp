@@ -8,6 +8,17 @@ namespace emcryo::gpu {
 
 namespace {
 
+/// A projector's transform kept on the device it was made on.
+class HeldOnDevice final : public em::HeldGrid {
+ public:
+  explicit HeldOnDevice(std::shared_ptr<const DeviceGrid> grid) : grid_(std::move(grid)) {}
+  void copy_to(em::Complex* out) const override { grid_->copy_to(reinterpret_cast<float*>(out)); }
+  const std::shared_ptr<const DeviceGrid>& grid() const { return grid_; }
+
+ private:
+  std::shared_ptr<const DeviceGrid> grid_;
+};
+
 class GpuVolumeTransforms final : public em::VolumeTransforms {
  public:
   explicit GpuVolumeTransforms(int device) : device_(device) {}
@@ -24,11 +35,12 @@ class GpuVolumeTransforms final : public em::VolumeTransforms {
   }
 
   std::vector<em::Complex> padded_transform(const std::vector<float>& volume, int n, int padding) override {
+    return projector(volume, n, padding).take_grid();
+  }
+
+  em::Projector projector(const std::vector<float>& volume, int n, int padding) override {
     if (volume.size() != static_cast<std::size_t>(n) * n * n) fail("projector: volume is not {}^3", n);
-    const int m = n * padding;
-    std::vector<em::Complex> grid(image::half_size(m, m, m));
-    device_.padded_transform(volume.data(), n, padding, reinterpret_cast<float*>(grid.data()));
-    return grid;
+    return em::Projector(std::make_shared<HeldOnDevice>(device_.padded_transform_kept(volume.data(), n, padding)), n, padding);
   }
 
  private:
@@ -36,6 +48,11 @@ class GpuVolumeTransforms final : public em::VolumeTransforms {
 };
 
 }  // namespace
+
+std::shared_ptr<const DeviceGrid> device_grid_of(const std::shared_ptr<const em::HeldGrid>& held) {
+  const auto* ours = dynamic_cast<const HeldOnDevice*>(held.get());
+  return ours ? ours->grid() : nullptr;
+}
 
 std::shared_ptr<em::VolumeTransforms> make_device_volume_transforms(int device) { return std::make_shared<GpuVolumeTransforms>(device); }
 

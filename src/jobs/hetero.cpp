@@ -431,8 +431,8 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
       // half's own maps, so the final maps and their FSC are gold-standard again.
       const int scored_against = it <= o.cross_half_iterations ? 1 - h : h;
       for (int k : live)
-        projectors.emplace_back(
-            backend->volume_transforms().padded_transform(image::masked(maps[sz(scored_against)][sz(k)], projection_masks[sz(scored_against)]), n, 2), n);
+        projectors.push_back(
+            backend->volume_transforms().projector(image::masked(maps[sz(scored_against)][sz(k)], projection_masks[sz(scored_against)]), n, 2));
       std::vector<const em::Projector*> references;
       for (const auto& p : projectors) references.push_back(&p);
       em::expectation_3d(in.set, images, poses, references, list, likelihood_sigma2, in.particle_mask, search, group.operators, es, *backend,

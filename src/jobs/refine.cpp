@@ -274,10 +274,20 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
     // transforms (and the M-step's reconstructions) run on the backend's device where it has one.
     em::VolumeTransforms& transforms = backend->volume_transforms();
     const auto p_start = Clock::now();
-    auto grids = mpi::made_once<em::Complex>(2, [&](int h) {
+    const auto masked_half = [&](int h) {
       const auto& half_map = half_maps[static_cast<std::size_t>(h)];
-      return transforms.padded_transform(image::masked(half_map, reference_mask(in, {&half_map})), n, 2);
-    });
+      return image::masked(half_map, reference_mask(in, {&half_map}));
+    };
+    // On one rank each projector is the transforms' own (a GPU's stays on its card, where the
+    // templates are sampled: no 0.5 GB copy to the host and back at box 256); under MPI the grids
+    // cross ranks through the host.
+    std::vector<em::Projector> projectors;
+    if (mpi::size() == 1) {
+      for (int h = 0; h < 2; ++h) projectors.push_back(transforms.projector(masked_half(h), n, 2));
+    } else {
+      auto grids = mpi::made_once<em::Complex>(2, [&](int h) { return transforms.padded_transform(masked_half(h), n, 2); });
+      for (auto& grid : grids) projectors.emplace_back(std::move(grid), n);
+    }
     const double p_seconds = std::chrono::duration<double>(Clock::now() - p_start).count();
     for (int h = 0; h < 2; ++h) {
       std::vector<std::size_t> members, images;
@@ -289,7 +299,7 @@ RefineResult run(const JobFolder& folder, State state, bool resumed) {
         }
       search.prior_centres = o.local_refine ? &centres : nullptr;
       settings.fold_rank = h;  // under MPI, half 1's sums fold on rank 0 and half 2's on rank 1
-      const em::Projector projector(std::move(grids[static_cast<std::size_t>(h)]), n);
+      const em::Projector projector = std::move(projectors[static_cast<std::size_t>(h)]);
       // Made once for the run (18 padded volumes of a 64 px box: allocating them each iteration cost ~0.2 s).
       em::ReconstructionSums& half_sums = half_sums_store[static_cast<std::size_t>(h)];
       half_sums.clear_totals();

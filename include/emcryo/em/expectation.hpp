@@ -22,13 +22,16 @@
 
 namespace emcryo::em {
 
+class HeldGrid;  // em/projector.hpp
+
 /// The padded Fourier grids that templates are interpolated from (bilinearly in 2D as
 /// Projector2D::sample, trilinearly in 3D as Projector::sample): what a device backend uploads
 /// to sample templates itself. dimensions 0: no grids (the backend cannot sample).
 struct ReferenceGrids {
   int dimensions = 0;  // 2: in-plane rotations of 2D classes; 3: central slices of 3D maps
   int padding = 2, m = 0, hm = 0;       // padded box and its half (m / 2 + 1)
-  std::vector<const Complex*> classes;  // per class: m^(dimensions - 1) x hm values
+  std::vector<const Complex*> classes;  // per class: m^(dimensions - 1) x hm values (nullptr where held)
+  std::vector<std::shared_ptr<const HeldGrid>> held;  // per class (or none): the values held outside host memory, or nullptr
 };
 
 /// Templates of K references at any orientation: in-plane rotated 2D classes (only psi is read)

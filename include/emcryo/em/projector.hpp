@@ -1,5 +1,7 @@
 // Central slices of a 3D map and their inverse, insertion into a padded Fourier volume.
 #pragma once
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "emcryo/core/mpi.hpp"
@@ -11,6 +13,15 @@ namespace emcryo::em {
 
 using image::Complex;
 
+/// A projector's padded transform held outside host memory (a GPU backend's stays on its card,
+/// where the templates are sampled): copied to the host only if host code reads it.
+class HeldGrid {
+ public:
+  virtual ~HeldGrid() = default;
+  /// Copies the transform (m x m x hm values) into out.
+  virtual void copy_to(Complex* out) const = 0;
+};
+
 /// A map held as the transform of its zero-padded volume (padding x2 by default), with the
 /// real-space gridding pre-correction for trilinear interpolation, ready for central slices.
 class Projector {
@@ -18,6 +29,9 @@ class Projector {
   Projector(const std::vector<float>& volume, int n, int padding = 2);
   /// A projector from the transform another one holds (grid()), e.g. made on another rank.
   Projector(std::vector<Complex> grid, int n, int padding = 2);
+  /// A projector over a transform held elsewhere (VolumeTransforms::projector on a device): the
+  /// host copy is made on the first call of grid(), sample() or project().
+  Projector(std::shared_ptr<const HeldGrid> held, int n, int padding = 2);
   int box() const { return n_; }
 
   /// The 2D half grid (out_n/2+1 by out_n) of the projection at rotation `a` (RELION's matrix),
@@ -26,15 +40,23 @@ class Projector {
   void project(const geometry::Mat3& a, Complex* out, int out_n, double max_radius) const;
   /// The central slice at rotation `a` sampled at the listed frequencies only.
   void sample(const geometry::Mat3& a, const FrequencyList& list, Complex* out) const;
-  /// The padded transform sample() interpolates (m x m x hm, m = padding() x box()).
-  const std::vector<Complex>& grid() const { return grid_; }
+  /// The padded transform sample() interpolates (m x m x hm, m = padding() x box()); a held one is
+  /// copied here on the first call (from any thread, once).
+  const std::vector<Complex>& grid() const;
   /// The same transform moved out of a projector about to go (no copy: 0.5 GB at box 256).
-  std::vector<Complex> take_grid() && { return std::move(grid_); }
+  std::vector<Complex> take_grid() && {
+    grid();
+    return std::move(grid_);
+  }
+  /// The transform where it is held outside host memory (nullptr: only on the host).
+  const std::shared_ptr<const HeldGrid>& held() const { return held_; }
   int padding() const { return pad_; }
 
  private:
   int n_, pad_, m_, hm_;
-  std::vector<Complex> grid_;
+  std::shared_ptr<const HeldGrid> held_;
+  std::unique_ptr<std::once_flag> fetched_;  // held_: the host copy's one fetch
+  mutable std::vector<Complex> grid_;
 };
 
 /// Accumulates weighted slices in a padded Fourier volume and reconstructs a map:

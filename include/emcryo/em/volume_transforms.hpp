@@ -17,6 +17,9 @@ class VolumeTransforms {
   virtual std::vector<float> reconstruct(const BackProjector& sums, const std::vector<double>& regularisation_per_shell);
   /// As Projector(volume, n, padding).grid(): the transform of the zero-padded, gridding-corrected map.
   virtual std::vector<Complex> padded_transform(const std::vector<float>& volume, int n, int padding);
+  /// A projector over that transform; a device's keeps it where it was made (Projector::held()),
+  /// so that a backend sampling templates there need not copy 0.5 GB (box 256) each way.
+  virtual Projector projector(const std::vector<float>& volume, int n, int padding);
 };
 
 /// The CPU's (stateless; shared).

@@ -263,7 +263,7 @@ class Classes2D final : public em::TemplateSource {
     p_[static_cast<std::size_t>(k)].sample(o.psi, list, out);
   }
   em::ReferenceGrids grids() const override {
-    em::ReferenceGrids g{2, 2, 2 * p_.front().box(), p_.front().box() + 1, {}};
+    em::ReferenceGrids g{2, 2, 2 * p_.front().box(), p_.front().box() + 1, {}, {}};
     for (const auto& p : p_) g.classes.push_back(p.grid().data());
     return g;
   }
@@ -282,10 +282,32 @@ class Maps3D final : public em::TemplateSource {
     p_[static_cast<std::size_t>(k)].sample(geometry::euler_to_matrix(o), list, out);
   }
   em::ReferenceGrids grids() const override {
-    em::ReferenceGrids g{3, 2, 2 * p_.front().box(), p_.front().box() + 1, {}};
+    em::ReferenceGrids g{3, 2, 2 * p_.front().box(), p_.front().box() + 1, {}, {}};
     for (const auto& p : p_) g.classes.push_back(p.grid().data());
     return g;
   }
+
+ private:
+  std::vector<em::Projector> p_;
+};
+
+/// Maps3D's maps as the GPU transforms make them for refine: their transforms kept on the card
+/// (Projector::held()), read there in place; the host copies only made when host code samples.
+class KeptMaps3D final : public em::TemplateSource {
+ public:
+  KeptMaps3D(em::VolumeTransforms& device, int n, int K) {
+    for (int k = 0; k < K; ++k) p_.push_back(device.projector(blobs(n, 3, 200 + k), n, 2));
+  }
+  int classes() const override { return static_cast<int>(p_.size()); }
+  void sample(int k, const geometry::Euler& o, const em::FrequencyList& list, em::Complex* out) const override {
+    p_[static_cast<std::size_t>(k)].sample(geometry::euler_to_matrix(o), list, out);
+  }
+  em::ReferenceGrids grids() const override {
+    em::ReferenceGrids g{3, 2, 2 * p_.front().box(), p_.front().box() + 1, {}, {}};
+    for (const auto& p : p_) g.classes.push_back(nullptr), g.held.push_back(p.held());
+    return g;
+  }
+  const em::Projector& projector(int k) const { return p_[static_cast<std::size_t>(k)]; }
 
  private:
   std::vector<em::Projector> p_;
@@ -363,6 +385,26 @@ TEST(CudaBackend, TemplatesSampledOnTheGpuScoreAsTheHostSampledOnes) {
   gpu::CudaOptions off;
   off.sample_templates = false;
   EXPECT_FALSE(gpu::make_cuda_backend(off)->samples_templates(classes));
+}
+
+// refine's projectors on the GPU keep their padded transforms on the card: templates sampled
+// there in place score as those sampled on the host from the copy made when the host first reads
+// it, and that copy is the CPU's transform.
+TEST(CudaBackend, ProjectorsKeptOnTheGpuSampleInPlaceAsTheirHostCopies) {
+  REQUIRE_GPU();
+  const auto backend = gpu::make_cuda_backend({});
+  const KeptMaps3D kept(backend->volume_transforms(), 32, 2);
+  for (int k = 0; k < 2; ++k) ASSERT_NE(kept.projector(k).held(), nullptr);
+  const double error = sampled_against_host(kept, 32, 150, 7);
+  std::printf("templates sampled from transforms kept on the GPU: max |score difference| / max |score| %.3g\n", error);
+  EXPECT_LT(error, 1e-4);
+  double worst = 0, largest = 0;
+  const em::Projector cpu(blobs(32, 3, 201), 32, 2);
+  const auto& got = kept.projector(1).grid();
+  ASSERT_EQ(got.size(), cpu.grid().size());
+  for (std::size_t i = 0; i < got.size(); ++i)
+    worst = std::max(worst, static_cast<double>(std::abs(got[i] - cpu.grid()[i]))), largest = std::max(largest, static_cast<double>(std::abs(cpu.grid()[i])));
+  EXPECT_LT(worst, 2e-6 * largest);
 }
 
 namespace {
