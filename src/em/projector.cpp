@@ -342,11 +342,15 @@ std::size_t BackProjector::reached_size(int reach) const {
   return size;
 }
 
-void BackProjector::add_reached(int reach, const Complex* data, const float* weight) {
+void BackProjector::add_reached(int reach, const float* cells, int stride) {
   // The cube's voxels outside the ball put() moves hold zeros (no insert reaches them).
   std::size_t at = 0;
+  const auto step = static_cast<std::size_t>(stride);
   for_each_cube_row(reach, [&](std::size_t first, std::size_t count) {
-    for (std::size_t i = 0; i < count; ++i) data_[first + i] += data[at + i], weight_[first + i] += weight[at + i];
+    for (std::size_t i = 0; i < count; ++i) {
+      const float* cell = cells + (at + i) * step;
+      data_[first + i] += Complex(cell[0], cell[1]), weight_[first + i] += cell[2];
+    }
     at += count;
   });
   reach_ = std::max(reach_, reach);

@@ -35,17 +35,21 @@ struct VolumeIndex {
   }
 };
 
-__device__ inline void add_complex(float2* at, float2 v) {
+/// A volume cell: (Re, Im) of the data and the weight side by side (the fourth float pads), so
+/// that each of a point's 8 corners is one vector atomic rather than a complex and a float one:
+/// the insertions are bound by the card's atomics (~100 G/s at 4.5 Å in a 100,000-particle refine).
+__device__ inline void add_cell(float4* at, float re, float im, float w) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  atomicAdd(at, v);  // one vector atomic (sm_90)
+  atomicAdd(at, make_float4(re, im, w, 0));  // one vector atomic (sm_90)
 #else
-  atomicAdd(&at->x, v.x);
-  atomicAdd(&at->y, v.y);
+  atomicAdd(&at->x, re);
+  atomicAdd(&at->y, im);
+  atomicAdd(&at->z, w);
 #endif
 }
 
 /// Insertion blockIdx.x at the frequencies of blockIdx.y's threads.
-__global__ void insert_kernel(float2* data, float* weight, std::size_t cells, const int* freq, int frequencies, const float2* x,
+__global__ void insert_kernel(float4* volumes, std::size_t cells, const int* freq, int frequencies, const float2* x,
                               const float* ctf, const int* group, const float* inv_sigma2, const em::VolumeInsertion* insertions,
                               const em::VolumeShift* shifts, int n, VolumeIndex index) {
   const int f = static_cast<int>(blockIdx.y * blockDim.x + threadIdx.x);
@@ -71,8 +75,7 @@ __global__ void insert_kernel(float2* data, float* weight, std::size_t cells, co
   if (px < 0) px = -px, py = -py, pz = -pz, v.y = -v.y;
   const int x0 = static_cast<int>(floor(px)), y0 = static_cast<int>(floor(py)), z0 = static_cast<int>(floor(pz));
   const float fx = static_cast<float>(px - x0), fy = static_cast<float>(py - y0), fz = static_cast<float>(pz - z0);
-  float2* vd = data + sz(r.k) * cells;
-  float* vw = weight + sz(r.k) * cells;
+  float4* volume = volumes + sz(r.k) * cells;
   for (int dz = 0; dz < 2; ++dz) {
     const float wz = dz ? fz : 1 - fz;
     for (int dy = 0; dy < 2; ++dy) {
@@ -80,8 +83,7 @@ __global__ void insert_kernel(float2* data, float* weight, std::size_t cells, co
       const long long row = index(x0, y0 + dy, z0 + dz);
       for (int dx = 0; dx < 2; ++dx) {
         const float wt = wzy * (dx ? fx : 1 - fx);
-        add_complex(vd + row + dx, make_float2(wt * v.x, wt * v.y));
-        atomicAdd(vw + row + dx, wt * w);
+        add_cell(volume + row + dx, wt * v.x, wt * v.y, wt * w);
       }
     }
   }
@@ -104,7 +106,7 @@ __global__ void gather_grids_kernel(float2* x, float* ctf, const float2* unmaske
 std::string volume_memory(int device, double need, double free, double total) {
   return out_of_device_memory(device, need, free, total, "the 3D back-projection's volumes",
                               "and, where one process folds the chunks on the GPU, as much again for their totals: classes x (2R + 1)^2 "
-                              "x (R + 1) x 12 bytes each, R = ceil(2 x insert radius) + 1 < 2 x box",
+                              "x (R + 1) x 16 bytes each, R = ceil(2 x insert radius) + 1 < 2 x box",
                               "EMCRYO_GPU_BACKPROJECT=0 back-projects on the CPU instead (docs/design.md)");
 }
 template <class T>
@@ -138,14 +140,12 @@ struct DeviceVolumeSums::State {
   int next = 0;  // the staging and device buffers the next batch fills
   VolumeLayout layout;
   std::vector<char> touched;  // per class: inserted into this chunk
-  VolumeArray<float2> data;  // the classes' volumes within the reach
-  VolumeArray<float> weight;
+  VolumeArray<float4> cells;  // the classes' volumes within the reach: (Re, Im, weight, 0) per cell
   // The folded totals (fold / take_totals): the volumes of every chunk folded so far.
   bool totals_begun = false;
   std::size_t total_cells = 0;  // per class, as the chunks' layout
   std::vector<char> total_touched;
-  VolumeArray<float2> total_data;
-  VolumeArray<float> total_weight;
+  VolumeArray<float4> total_cells_sums;
   DeviceArray<int> freq;
   DeviceArray<char> batch[2];
   PinnedArray<char> staging[2];
@@ -184,8 +184,7 @@ void DeviceVolumeSums::begin(int classes, int n, int padding, double max_radius)
   check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
   VolumeLayout layout = volume_layout(classes, n, padding, max_radius);
   const std::size_t cells = layout.cells() * sz(classes);
-  check(cudaMemsetAsync(s.data.reserve(cells, s.device), 0, cells * 8, s.stream), "cudaMemsetAsync");
-  check(cudaMemsetAsync(s.weight.reserve(cells, s.device), 0, cells * 4, s.stream), "cudaMemsetAsync");
+  check(cudaMemsetAsync(s.cells.reserve(cells, s.device), 0, cells * sizeof(float4), s.stream), "cudaMemsetAsync");
   const std::size_t list_bytes = layout.frequencies.size() * sizeof(int);
   check(cudaMemcpyAsync(s.freq.reserve(layout.frequencies.size()), layout.frequencies.data(), list_bytes,
                         cudaMemcpyHostToDevice, s.stream),
@@ -255,7 +254,7 @@ void DeviceVolumeSums::add(const em::VolumeSumsBatch& q, const KeptGrids* grids)
     const auto count = static_cast<unsigned>(std::min<std::size_t>(q.insertion_count - first, 1u << 30));
     const dim3 blocks(count, static_cast<unsigned>((F + kThreads - 1) / kThreads));
     insert_kernel<<<blocks, kThreads, 0, s.stream>>>(
-        s.data.data(), s.weight.data(), l.cells(), s.freq.data(), F,
+        s.cells.data(), l.cells(), s.freq.data(), F,
         reinterpret_cast<const float2*>(d + b.x), reinterpret_cast<const float*>(d + b.ctf), reinterpret_cast<const int*>(d + b.group),
         reinterpret_cast<const float*>(d + b.isg), reinterpret_cast<const em::VolumeInsertion*>(d + b.insertions) + first,
         reinterpret_cast<const em::VolumeShift*>(d + b.shifts), l.n, index);
@@ -287,22 +286,20 @@ VolumeSumsTiming DeviceVolumeSums::take_timing() {
 }
 
 namespace {
-/// Adds the classes' device volumes (data, weight: cells per class) into into[k] where touched[k].
-/// `download` holds a class's volume on the host on its way (page-locked, kept for the next call:
-/// 0.8 GB a class at box 256).
-void add_volumes_into(const std::vector<em::BackProjector*>& into, const VolumeLayout& l, const float2* data, const float* weight,
-                      const std::vector<char>& touched, PinnedArray<float>& download, cudaStream_t stream) {
+/// Adds the classes' device volumes (cells per class) into into[k] where touched[k]. `download`
+/// holds a class's volume on the host on its way (page-locked, kept for the next call: 1 GB a class
+/// at box 256).
+void add_volumes_into(const std::vector<em::BackProjector*>& into, const VolumeLayout& l, const float4* volumes, const std::vector<char>& touched,
+                      PinnedArray<float>& download, cudaStream_t stream) {
   if (into.size() != sz(l.classes)) fail("GPU back-projection: {} volumes for {} classes (internal error)", into.size(), l.classes);
-  float* const host_data = download.reserve(3 * l.cells());
-  float* const host_weight = host_data + 2 * l.cells();
+  const std::size_t cells = l.cells();
+  float* const host_cells = download.reserve(4 * cells);
   for (int k = 0; k < l.classes; ++k) {
     if (!touched[sz(k)]) continue;  // as on the CPU: a class nothing entered keeps its reach
-    const std::size_t at = sz(k) * l.cells();
-    check(cudaMemcpyAsync(host_data, data + at, l.cells() * 8, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync (back-projection volumes)");
-    check(cudaMemcpyAsync(host_weight, weight + at, l.cells() * 4, cudaMemcpyDeviceToHost, stream),
-          "cudaMemcpyAsync (back-projection weights)");
+    check(cudaMemcpyAsync(host_cells, volumes + sz(k) * cells, cells * sizeof(float4), cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync (back-projection volumes)");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (back-projection)");
-    add_device_volume(*into[sz(k)], l, host_data, host_weight);
+    add_device_volume(*into[sz(k)], l, host_cells);
   }
 }
 }  // namespace
@@ -310,7 +307,7 @@ void add_volumes_into(const std::vector<em::BackProjector*>& into, const VolumeL
 void DeviceVolumeSums::end(const std::vector<em::BackProjector*>& into) {
   State& s = *state_;
   check(cudaSetDevice(s.device), "cudaSetDevice");
-  add_volumes_into(into, s.layout, s.data.data(), s.weight.data(), s.touched, s.download, s.stream);
+  add_volumes_into(into, s.layout, s.cells.data(), s.touched, s.download, s.stream);
   std::fill(s.touched.begin(), s.touched.end(), 0);
 }
 
@@ -320,17 +317,15 @@ void DeviceVolumeSums::fold() {
   check(cudaSetDevice(s.device), "cudaSetDevice");
   const std::size_t cells = l.cells() * sz(l.classes);
   if (!s.totals_begun) {
-    check(cudaMemsetAsync(s.total_data.reserve(cells, s.device), 0, cells * 8, s.stream), "cudaMemsetAsync");
-    check(cudaMemsetAsync(s.total_weight.reserve(cells, s.device), 0, cells * 4, s.stream), "cudaMemsetAsync");
+    check(cudaMemsetAsync(s.total_cells_sums.reserve(cells, s.device), 0, cells * sizeof(float4), s.stream), "cudaMemsetAsync");
     s.totals_begun = true, s.total_cells = l.cells();
     s.total_touched.assign(sz(l.classes), 0);
   }
   if (s.total_cells != l.cells() || s.total_touched.size() != sz(l.classes))
     fail("GPU back-projection totals: chunks of different layouts (internal error)");
   // The stream orders the adds after the chunk's last insertion kernel.
-  add_on_device(reinterpret_cast<float*>(s.total_data.data()), reinterpret_cast<const float*>(s.data.data()), static_cast<long long>(2 * cells),
-                s.stream);
-  add_on_device(s.total_weight.data(), s.weight.data(), static_cast<long long>(cells), s.stream);
+  add_on_device(reinterpret_cast<float*>(s.total_cells_sums.data()), reinterpret_cast<const float*>(s.cells.data()),
+                static_cast<long long>(4 * cells), s.stream);
   for (std::size_t k = 0; k < s.touched.size(); ++k) s.total_touched[k] |= s.touched[k];
   std::fill(s.touched.begin(), s.touched.end(), 0);
 }
@@ -339,7 +334,7 @@ void DeviceVolumeSums::take_totals(const std::vector<em::BackProjector*>& into) 
   State& s = *state_;
   if (!s.totals_begun) return;  // no chunk folded: nothing to add
   check(cudaSetDevice(s.device), "cudaSetDevice");
-  add_volumes_into(into, s.layout, s.total_data.data(), s.total_weight.data(), s.total_touched, s.download, s.stream);
+  add_volumes_into(into, s.layout, s.total_cells_sums.data(), s.total_touched, s.download, s.stream);
   s.totals_begun = false;
 }
 

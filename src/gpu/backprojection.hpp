@@ -23,8 +23,8 @@ struct VolumeLayout {
   std::vector<int> frequencies;
   int frequency_count() const { return static_cast<int>(frequencies.size() / 3); }
   std::size_t cells() const { return static_cast<std::size_t>(side) * static_cast<std::size_t>(side) * static_cast<std::size_t>(count); }
-  /// Device memory of the volumes: cells x classes x (complex data + float weight).
-  std::size_t bytes() const { return cells() * static_cast<std::size_t>(classes) * 12; }
+  /// Device memory of the volumes: cells x classes x (complex data + float weight + a pad float).
+  std::size_t bytes() const { return cells() * static_cast<std::size_t>(classes) * 16; }
 };
 
 VolumeLayout volume_layout(int classes, int n, int padding, double max_radius);
@@ -34,8 +34,9 @@ VolumeLayout volume_layout(int classes, int n, int padding, double max_radius);
 /// null where the grids are on the device (gathered there).
 void pack_volume_batch(const em::VolumeSumsBatch& batch, const VolumeLayout& layout, float* x, float* ctf, float* inv_sigma2);
 
-/// Adds one class's device sums (laid out as BackProjector::put writes the reach) into `into`.
-void add_device_volume(em::BackProjector& into, const VolumeLayout& layout, const float* data, const float* weight);
+/// Adds one class's device sums (laid out as BackProjector::put writes the reach; per cell Re, Im,
+/// weight and a pad float) into `into`.
+void add_device_volume(em::BackProjector& into, const VolumeLayout& layout, const float* cells);
 
 /// Where an E-step's device back-projection spent its time (DeviceVolumeSums::take_timing): the
 /// GPU's gather and insertion kernels (including their waits in the stream), and the host's waits

@@ -59,11 +59,11 @@ void pack_volume_batch(const em::VolumeSumsBatch& batch, const VolumeLayout& lay
     for (int f = 0; f < F; ++f) inv_sigma2[g * sz(F) + sz(f)] = batch.inv_sigma2[g][sz(freq[3 * f + 2])];
 }
 
-void add_device_volume(em::BackProjector& into, const VolumeLayout& layout, const float* data, const float* weight) {
+void add_device_volume(em::BackProjector& into, const VolumeLayout& layout, const float* cells) {
   if (into.box() * into.padding() != layout.m || into.reached_size(layout.reach) != layout.cells())
     fail("GPU back-projection: sums of {} values for a volume whose reach holds {} (internal error)", layout.cells(),
          into.reached_size(layout.reach));
-  into.add_reached(layout.reach, reinterpret_cast<const em::Complex*>(data), weight);
+  into.add_reached(layout.reach, cells, 4);
 }
 
 }  // namespace emcryo::gpu

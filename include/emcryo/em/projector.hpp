@@ -92,8 +92,9 @@ class BackProjector {
   /// kx from 0 to min(reach, m/2); reached_size() values in all.
   static int reach_for(int n, int padding, double max_radius);
   std::size_t reached_size(int reach) const;
-  /// Adds sums laid out so (a device's: ScoringBackend::end_volume_sums), in the order of add().
-  void add_reached(int reach, const Complex* data, const float* weight);
+  /// Adds sums laid out so (a device's: ScoringBackend::end_volume_sums), in the order of add():
+  /// per voxel Re and Im of the data and the weight, the next voxel `stride` floats on.
+  void add_reached(int reach, const float* cells, int stride);
 
   /// The map. `regularisation_per_shell` (size >= n/2+1, indexed by shell of the n grid, may be
   /// empty) is added to the weights; weights are also floored at 1/1000 of their shell mean.
