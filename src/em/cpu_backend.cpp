@@ -110,6 +110,9 @@ void ScoringBackend::add_template_sums(const TemplateSumsBatch&) { fail("scoring
 void ScoringBackend::end_template_sums(float*, float*) { fail("scoring backend {}: no device sums (internal error)", name()); }
 void ScoringBackend::fold_template_sums() { fail("scoring backend {}: no device sums (internal error)", name()); }
 void ScoringBackend::take_template_totals(float*, float*) { fail("scoring backend {}: no device sums (internal error)", name()); }
+void ScoringBackend::sample_to_host(const SampledTemplates&, int, int, float*) {
+  fail("scoring backend {}: no template sampling (internal error)", name());
+}
 void ScoringBackend::prepare_batch(const PrepareBatch&) { fail("scoring backend {}: no device preparation (internal error)", name()); }
 void ScoringBackend::begin_volume_sums(int, int, int, double) { fail("scoring backend {}: no device volumes (internal error)", name()); }
 void ScoringBackend::add_volume_sums(const VolumeSumsBatch&) { fail("scoring backend {}: no device volumes (internal error)", name()); }

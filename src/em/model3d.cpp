@@ -339,6 +339,10 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     q.shifts = insertion_shifts.data(), q.shift_count = insertion_shifts.size();
     backend.add_volume_sums(q);
   };
+  const bool device_samples = backend.samples_templates(source);
+  std::vector<std::pair<int, geometry::Euler>> best_poses;  // a batch's noise-measuring particles' best (class, orientation)
+  std::vector<int> best_slot;                                // per particle of the batch: its row of best_templates, or -1
+  std::vector<Complex> best_templates;
   int changed = 0;            // of the chunk being computed
   double angle_change = 0;
   NoiseSums part_noise(noise.sum.size(), noise.sum.empty() ? 0 : noise.sum.front().size());
@@ -347,6 +351,21 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
     const int bc = static_cast<int>(batch.particles.size());
     std::vector<std::vector<double>> residual(sz(bc)), counts(sz(bc));
     std::vector<double> moved(sz(bc), 0.0);
+    // The noise-measuring particles' best templates: sampled by the backend where it samples (a
+    // GPU's references stay on the card, not copied to the host for these), else on the host below.
+    best_templates.clear(), best_poses.clear(), best_slot.assign(sz(bc), -1);
+    if (device_samples)
+      for (int b = 0; b < bc; ++b)
+        if (measures_noise[batch.first + sz(b)]) {
+          const Hypothesis& best = batch.outcomes[sz(b)].kept.front();
+          best_slot[sz(b)] = static_cast<int>(best_poses.size());
+          best_poses.emplace_back(best.k, best.orientation);
+        }
+    if (!best_poses.empty()) {
+      best_templates.resize(best_poses.size() * sz(F));
+      backend.sample_to_host({&source, best_poses.data(), &list}, static_cast<int>(best_poses.size()), F,
+                             reinterpret_cast<float*>(best_templates.data()));
+    }
     // Per particle: the new pose, how far it moved, the residual at the best hypothesis.
 #pragma omp parallel
     {
@@ -362,7 +381,10 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
                                                       geometry::euler_to_matrix(best.orientation));
       if (measures_noise[p]) {
         const PreparedParticle& pp = batch.particles[sz(b)];
-        source.sample(best.k, best.orientation, list, sample.data());
+        if (best_slot[sz(b)] >= 0)
+          std::copy_n(best_templates.begin() + static_cast<std::ptrdiff_t>(sz(best_slot[sz(b)]) * sz(F)), F, sample.begin());
+        else
+          source.sample(best.k, best.orientation, list, sample.data());
         store_template_row(sample.data(), F, row.data(), nullptr);
         shift_ramps(list, {best.shift}, 0, 0, ramp.data());
         residual[sz(b)].assign(sz(n_shells), 0.0), counts[sz(b)].assign(sz(n_shells), 0.0);

@@ -605,6 +605,28 @@ class CudaBackend final : public em::ScoringBackend {
     check(cudaGetLastError(), "template sampling kernel");
   }
 
+  void sample_to_host(const em::SampledTemplates& sampled, int count, int frequencies, float* out) override {
+    if (count <= 0) return;
+    if (!sampled.source || !sampled.list || sz(frequencies) > frequency_count(*sampled.list))
+      fail("GPU template sampling to the host: {} frequencies of a shorter list (internal error)", frequencies);
+    Slot& s = *slots_.front();
+    check(cudaSetDevice(s.device), "cudaSetDevice");
+    const ResidentReferences& refs = references_on_device(*sampled.source, s.device);
+    std::vector<TemplatePose> poses(sz(count));
+    template_poses(sampled, count, refs.host, poses.data());
+    HostSampling& h = host_sampling_;
+    auto* d_poses = reinterpret_cast<TemplatePose*>(h.poses.reserve_growing(floats_of(sz(count) * sizeof(TemplatePose)), s.device));
+    float* head = h.head.reserve_growing(sz(count) * 2 * sz(frequencies), s.device);
+    float* power = h.power.reserve_growing(sz(count) * sz(frequencies), s.device);
+    cudaStream_t stream = s.stream[0];
+    check(cudaMemcpyAsync(d_poses, poses.data(), poses.size() * sizeof(TemplatePose), cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync (poses)");
+    sample_on_stream(head, power, refs, d_poses, count, list_on_device(*sampled.list, s.device), frequencies, 2 * frequencies, frequencies,
+                     stream);
+    check(cudaMemcpyAsync(out, head, sz(count) * 2 * sz(frequencies) * sizeof(float), cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync (templates)");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (templates to the host)");
+  }
+
   /// The source's grids on this device: uploaded by the first caller of the E-step, then shared.
   const ResidentReferences& references_on_device(const em::TemplateSource& source, int device) {
     DeviceState& d = device_state(device);
@@ -1001,6 +1023,9 @@ class CudaBackend final : public em::ScoringBackend {
   std::shared_ptr<em::VolumeTransforms> volume_transforms_;
   std::unique_ptr<KeptScoreReducer> scores_reducer_;
   ManyBuffers many_;  // score_many's staging and device arrays
+  struct HostSampling {
+    DeviceBuffer poses, head, power;
+  } host_sampling_;  // sample_to_host's device arrays
   struct {
     long requests = 0, groups = 0;
     double staging = 0, device = 0;  // seconds: on the CPU (staging, copying out), waiting for the GPU

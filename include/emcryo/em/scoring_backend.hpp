@@ -236,6 +236,11 @@ class ScoringBackend {
   virtual void score_many(const std::vector<ScoreRequest>& requests, const std::vector<float*>& outs);
   /// Whether score() can take SampledTemplates of this source instead of sampled templates.
   virtual bool samples_templates(const TemplateSource&) const { return false; }
+  /// Templates sampled where the backend samples them (only where samples_templates() said yes),
+  /// brought to the host: `count` rows of the first `frequencies` entries of sampled.list, (Re, Im)
+  /// per frequency, into out, as TemplateSource::sample gives them. For the few templates host code
+  /// reads (refine's noise residuals), so that the references need not come to the host for them.
+  virtual void sample_to_host(const SampledTemplates& sampled, int count, int frequencies, float* out);
   /// Whether the backend keeps the 2D M-step sums itself (begin/add/end below, from one thread).
   virtual bool sums_templates() const { return false; }
   /// Zeroes device sums of `templates` x `frequencies`.

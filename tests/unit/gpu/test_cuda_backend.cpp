@@ -398,6 +398,25 @@ TEST(CudaBackend, ProjectorsKeptOnTheGpuSampleInPlaceAsTheirHostCopies) {
   const double error = sampled_against_host(kept, 32, 150, 7);
   std::printf("templates sampled from transforms kept on the GPU: max |score difference| / max |score| %.3g\n", error);
   EXPECT_LT(error, 1e-4);
+  // A few templates brought to the host (refine's noise residuals) are the host's samples.
+  const auto list = em::make_frequency_list(32, 14);
+  const int F = static_cast<int>(list.size()), J = 5;
+  std::vector<std::pair<int, geometry::Euler>> poses;
+  for (int j = 0; j < J; ++j) poses.push_back({j % 2, geometry::Euler{37.0 * j, 11.0 + 29.0 * j, 300.0 - 41.0 * j}});
+  std::vector<em::Complex> brought(static_cast<std::size_t>(J) * F), host_sample(static_cast<std::size_t>(F));
+  ASSERT_TRUE(backend->samples_templates(kept));
+  backend->plan(1, 1, 1);
+  backend->sample_to_host({&kept, poses.data(), &list}, J, F, reinterpret_cast<float*>(brought.data()));
+  double sample_worst = 0, sample_largest = 0;
+  for (int j = 0; j < J; ++j) {
+    kept.sample(poses[static_cast<std::size_t>(j)].first, poses[static_cast<std::size_t>(j)].second, list, host_sample.data());
+    for (int f = 0; f < F; ++f) {
+      sample_worst = std::max(sample_worst, static_cast<double>(std::abs(brought[static_cast<std::size_t>(j) * F + f] - host_sample[static_cast<std::size_t>(f)])));
+      sample_largest = std::max(sample_largest, static_cast<double>(std::abs(host_sample[static_cast<std::size_t>(f)])));
+    }
+  }
+  std::printf("templates sampled on the GPU to the host: max |GPU - host| %.3g of max %.3g\n", sample_worst, sample_largest);
+  EXPECT_LT(sample_worst, 1e-5 * sample_largest);
   double worst = 0, largest = 0;
   const em::Projector cpu(blobs(32, 3, 201), 32, 2);
   const auto& got = kept.projector(1).grid();
