@@ -471,6 +471,7 @@ class EStep {
     backend_.plan(threads, B_, std::max(chunk_, 1));
     device_templates_ = backend_.samples_templates(source_);
     many_ = backend_.scores_many(source_) && settings_.score;
+    fill_template_cache();
     plan_in_plane_templates();
     // A shared 3D grid's children are the same for every particle that keeps their coarse template;
     // kept where they are reused: with fewer than one particle per 10 grid orientations (refine's
@@ -516,10 +517,14 @@ class EStep {
     const std::size_t held = sz(cache_ ? J_ : chunk_);
     templates_.resize(held * 2 * sz(Fc_));
     power_.resize(held * sz(Fc_));
-    if (cache_ && J_ > 0 && settings_.score) {
-      const StageClock clock(times_, StageTimes::coarse_templates);
-      compute_templates(0, J_);
-    }
+  }
+
+  /// The shared coarse templates computed once for the E-step where they are held whole (after the
+  /// backend's plan: a backend that samples templates samples them).
+  void fill_template_cache() {
+    if (!shared_ || !cache_ || J_ <= 0 || !settings_.score) return;
+    const StageClock clock(times_, StageTimes::coarse_templates);
+    compute_templates(0, J_);
   }
 
   /// The fine pass's in-plane templates sampled once (InPlaneTemplates) where the fine grid is the
@@ -549,6 +554,19 @@ class EStep {
   }
 
   void compute_templates(int first, int count) {
+    if (device_templates_) {  // sampled where the references are (a GPU's stay on the card)
+      sampled_poses_.resize(sz(count));
+      for (int j = 0; j < count; ++j)
+        sampled_poses_[sz(j)] = {(first + j) / layout_.orientations, (*grid_)[sz((first + j) % layout_.orientations)]};
+      sampled_rows_.resize(sz(count) * sz(Fc_));
+      backend_.sample_to_host({&source_, sampled_poses_.data(), &coarse_list_}, count, Fc_, reinterpret_cast<float*>(sampled_rows_.data()));
+#pragma omp parallel for schedule(static)
+      for (int j = 0; j < count; ++j) {
+        const std::size_t row = sz(cache_ ? first + j : j);
+        store_template_row(sampled_rows_.data() + sz(j) * sz(Fc_), Fc_, templates_.data() + row * 2 * sz(Fc_), power_.data() + row * sz(Fc_));
+      }
+      return;
+    }
 #pragma omp parallel
     {
       std::vector<Complex> sample(sz(Fc_));
@@ -912,6 +930,8 @@ class EStep {
   CoarseLayout layout_;
   FrequencyList coarse_list_;
   std::vector<float> templates_, power_, own_pixels_, scores_;
+  std::vector<std::pair<int, Euler>> sampled_poses_;  // compute_templates's, where the backend samples
+  std::vector<Complex> sampled_rows_;
   float* pixels_ = nullptr;  // 2 x B_ images: own_pixels_ or the backend's pinned memory
   bool device_prepare_ = false;
   std::vector<float> inv_sigma2_rows_;  // inv_sigma2_ as one [group][F] array
