@@ -1,6 +1,7 @@
-// The same job on the CPU and on a GPU gives the same answer (issue 12): class2d's assignments
-// (ARI against the truth equal to within 0.01), refine's map (FSC >= 0.99 between the two up to the
-// reported resolution) and poses (within one search step for >= 99% of particles). These need a
+// The same job on the CPU and on a GPU gives the same answer (issue 12): class2d's and
+// hetero-refine's assignments (ARI against the truth equal to within 0.01), refine's map (FSC >= 0.99
+// between the two up to the reported resolution) and poses (within one search step for >= 99% of
+// particles). These need a
 // CUDA device and skip, saying why, elsewhere; asking for a GPU that is not there is an error
 // everywhere.
 #include <fmt/format.h>
