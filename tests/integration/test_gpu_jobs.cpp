@@ -60,6 +60,14 @@ double reported_resolution(const fs::path& model_star) {
   return 0;
 }
 
+/// `job_and_options` (the job, its input and options) once with --cpu into dir/cpu and once on GPU
+/// 0, back-projecting there too (EMCRYO_GPU_BACKPROJECT=1), into dir/gpu; whether both exited 0.
+bool run_3d_on_cpu_and_gpu(const std::string& job_and_options, const fs::path& dir) {
+  const std::string exe = EMCRYO_EXE;
+  return run(fmt::format("{} --cpu {} --out {}", exe, job_and_options, (dir / "cpu").string())) == 0 &&
+         run(fmt::format("EMCRYO_GPU_BACKPROJECT=1 {} --gpu 0 {} --out {}", exe, job_and_options, (dir / "gpu").string())) == 0;
+}
+
 #define REQUIRE_GPU()                                                                            \
   do {                                                                                           \
     if (gpu::devices().empty()) GTEST_SKIP() << "no CUDA device: " << gpu::no_device_reason();   \
@@ -115,12 +123,9 @@ TEST(GpuJobs, RefineGivesTheSameMapAndPosesOnCpuAndGpu) {
   ASSERT_EQ(run(fmt::format("{} simulate --model {}/data/1tii.pdb.gz --out {} --particles 1000 --box {} --pixel-size 3 --snr 0.1 --seed 13",
                             exe, EMCRYO_SOURCE_DIR, (dir / "data").string(), n)),
             0);
-  for (const char* device : {"cpu", "gpu"})
-    ASSERT_EQ(run(fmt::format("{}{} {} refine --particles {} --ref {} --out {} --ini-high 30",
-                              device == std::string("cpu") ? "" : "EMCRYO_GPU_BACKPROJECT=1 ", exe,
-                              device == std::string("cpu") ? "--cpu" : "--gpu 0", (dir / "data/particles.star").string(),
-                              (dir / "data/truth_class001.mrc").string(), (dir / device).string())),
-              0);
+  ASSERT_TRUE(run_3d_on_cpu_and_gpu(fmt::format("refine --particles {} --ref {} --ini-high 30", (dir / "data/particles.star").string(),
+                                               (dir / "data/truth_class001.mrc").string()),
+                                   dir));
   EXPECT_NE(test::read_text(dir / "gpu/run.log").find("scoring on CUDA"), std::string::npos);
   // The GPU run back-projects on the GPU too (EMCRYO_GPU_BACKPROJECT=1): the maps below compare it.
   EXPECT_NE(test::read_text(dir / "gpu/run.log").find("3D back-projection on the GPU"), std::string::npos);
@@ -159,17 +164,13 @@ TEST(GpuJobs, HeteroRefineGivesTheSameClassesOnCpuAndGpu) {
   const test::TempDir temp("gpu_hetero");
   const fs::path& dir = temp.path();
   const std::string exe = EMCRYO_EXE;
-  const std::string src = EMCRYO_SOURCE_DIR;
-  ASSERT_EQ(run(fmt::format("{0} simulate --model {1}/data/1tii.pdb.gz --model {1}/tests/data/1tii_without_chain_A.pdb.gz --common-centre "
-                            "--out {2} --particles 600 --box 48 --pixel-size 3 --snr 0.1 --seed 7",
-                            exe, src, (dir / "data").string())),
-            0);
-  for (const char* device : {"cpu", "gpu"})
-    ASSERT_EQ(run(fmt::format("{}{} {} hetero-refine --particles {} --ref {} --classes 2 --out {}",
-                              device == std::string("cpu") ? "" : "EMCRYO_GPU_BACKPROJECT=1 ", exe,
-                              device == std::string("cpu") ? "--cpu" : "--gpu 0", (dir / "data/particles.star").string(),
-                              (dir / "data/truth_class001.mrc").string(), (dir / device).string())),
-              0);
+  // 1TII and its B5 pentamer (without the A chain), in one frame.
+  const std::string complex_and_pentamer =
+      fmt::format("--model {0}/data/1tii.pdb.gz --model {0}/tests/data/1tii_without_chain_A.pdb.gz --common-centre", EMCRYO_SOURCE_DIR);
+  const std::string data = (dir / "data").string();
+  ASSERT_EQ(run(fmt::format("{} simulate {} --out {} --particles 600 --box 48 --pixel-size 3 --snr 0.1 --seed 7", exe, complex_and_pentamer, data)), 0);
+  ASSERT_TRUE(run_3d_on_cpu_and_gpu(
+      fmt::format("hetero-refine --particles {}/particles.star --ref {}/truth_class001.mrc --classes 2", data, data), dir));
   EXPECT_NE(test::read_text(dir / "gpu/run.log").find("scoring on CUDA"), std::string::npos);
   EXPECT_NE(test::read_text(dir / "gpu/run.log").find("3D back-projection on the GPU"), std::string::npos);
   const auto truth = column(dir / "data/truth.star", "rlnClassNumber");
