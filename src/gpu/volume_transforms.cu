@@ -259,18 +259,19 @@ void DeviceVolumeTransforms::reconstruct(int n, int padding, const float* data, 
   check_cuda(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
 }
 
-DeviceGrid::DeviceGrid(int device, std::size_t complex_values) : device_(device), values_(complex_values) {
+struct DeviceGrid::Storage {
+  TransformArray<float2> values;
+};
+
+DeviceGrid::DeviceGrid(int device, std::size_t complex_values)
+    : device_(device), values_(complex_values), storage_(std::make_unique<Storage>()) {
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  std::size_t free = 0, total = 0;
-  check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
-  const std::size_t bytes = std::max<std::size_t>(1, complex_values) * 2 * sizeof(float);
-  if (bytes + (std::size_t{64} << 20) > free) fail("{}", transform_memory(device, mib(bytes), mib(free), mib(total)));
-  check_cuda(cudaMalloc(&data_, bytes), "cudaMalloc (padded transform)");
+  data_ = reinterpret_cast<float*>(storage_->values.reserve(complex_values, device));
 }
 
 DeviceGrid::~DeviceGrid() {
   cudaSetDevice(device_);
-  cudaFree(data_);
+  storage_.reset();
 }
 
 void DeviceGrid::copy_to(float* out) const {

@@ -31,8 +31,10 @@ class DeviceGrid {
   std::size_t complex_values() const { return values_; }
 
  private:
+  struct Storage;  // the transforms' checked device array (volume_transforms.cu)
   int device_;
   std::size_t values_;
+  std::unique_ptr<Storage> storage_;
   float* data_ = nullptr;
 };
 
