@@ -19,6 +19,7 @@
 #include "emcryo/em/hypotheses.hpp"
 #include "emcryo/em/model3d.hpp"
 #include "emcryo/em/sgd_map.hpp"
+#include "emcryo/gpu/backend.hpp"
 #include "emcryo/geometry/symmetry.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/image/map_tools.hpp"
@@ -192,7 +193,7 @@ Inputs read_inputs(const AbinitioOptions& o) {
 struct Engine {
   const Inputs& in;
   const geometry::SymmetryGroup& group;
-  std::unique_ptr<em::ScoringBackend> backend = em::make_cpu_backend();
+  std::unique_ptr<em::ScoringBackend> backend = gpu::make_backend();
 };
 
 /// A random start per class: a minibatch back-projected at random orientations (a blob of the
@@ -505,6 +506,7 @@ AbinitioResult run(const JobFolder& folder, State s, const Inputs& in, bool resu
   log::info("abinitio: {} particles ({} skipped), box {} px, {:.3f} Å/px, {} class(es), symmetry {}; {} SGD iterations, {:.1f} → {:.1f} Å",
             in.active.size(), in.skipped.size(), n, in.pixel, K, group.name, s.total_iterations, o.initial_resolution, o.max_resolution);
   log::info("abinitio: {}", kHandNote);
+  log::info("abinitio: scoring on {}", e.backend->name());
 
   Progress progress("SGD", s.total_iterations);
   progress.advance(s.iteration);

@@ -23,6 +23,7 @@
 #include "emcryo/em/expectation.hpp"
 #include "emcryo/em/hypotheses.hpp"
 #include "emcryo/em/model3d.hpp"
+#include "emcryo/gpu/backend.hpp"
 #include "emcryo/geometry/symmetry.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/image/map_tools.hpp"
@@ -354,7 +355,8 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
   log::info("{}: {} particles ({} skipped) in two half sets, {} classes, box {} px, {:.3f} Å/px, symmetry {}", job, N, in.skipped.size(), K, n,
             pixel, group.name);
 
-  const auto backend = em::make_cpu_backend();
+  const auto backend = gpu::make_backend();
+  log::info("{}: scoring on {}", job, backend->name());
   const std::size_t shells = sz(n / 2 + 1);
   const std::vector<float>& mask = !in.user_mask.empty() ? in.user_mask : in.sphere;
   // class3d keeps the measured sigma^2: its poses are fixed, and its class-similarity case (a hard

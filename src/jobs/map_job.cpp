@@ -7,6 +7,7 @@
 #include "emcryo/core/log.hpp"
 #include "emcryo/core/mpi.hpp"
 #include "emcryo/core/progress.hpp"
+#include "emcryo/gpu/backend.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/image/map_tools.hpp"
 #include "emcryo/io/mrc.hpp"
@@ -156,7 +157,8 @@ std::vector<std::vector<em::BackProjector>> back_project_classes(const io::Parti
   settings.known_poses = true;
   settings.batch = batch;
   settings.insert_radius = radius;
-  const auto backend = em::make_cpu_backend();
+  const auto backend = gpu::make_backend();
+  log::info("back-projecting on {}", backend->name());
   const std::vector<const em::Projector*> no_references(static_cast<std::size_t>(K), nullptr);
   std::vector<std::vector<em::BackProjector>> out;
   for (std::size_t h = 0; h < images.size(); ++h) {

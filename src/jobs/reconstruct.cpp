@@ -14,6 +14,7 @@
 #include "emcryo/core/random.hpp"
 #include "emcryo/em/model3d.hpp"
 #include "emcryo/em/regularizer.hpp"
+#include "emcryo/gpu/backend.hpp"
 #include "emcryo/geometry/symmetry.hpp"
 #include "emcryo/image/ctf.hpp"
 #include "emcryo/image/fourier.hpp"
@@ -73,7 +74,8 @@ ReconstructResult run_reconstruct(const ReconstructOptions& o) {
   settings.known_poses = true;
   settings.batch = o.batch;
   settings.insert_radius = r_max;
-  const auto backend = em::make_cpu_backend();
+  const auto backend = gpu::make_backend();
+  log::info("reconstruct: back-projecting on {}", backend->name());
   std::vector<em::BackProjector> accum;
   // The bar counts this rank's share of each half set (all of it in one process).
   std::size_t own_share = 0;
@@ -104,8 +106,9 @@ ReconstructResult run_reconstruct(const ReconstructOptions& o) {
   }
   progress.finish();
 
-  result.half1 = accum[0].reconstruct();
-  result.half2 = accum[1].reconstruct();
+  em::VolumeTransforms& transforms = backend->volume_transforms();  // on the GPU where it back-projected
+  result.half1 = transforms.reconstruct(accum[0], {});
+  result.half2 = transforms.reconstruct(accum[1], {});
   // FSC inside a soft sphere that keeps the particle and drops the noisy corners.
   const auto sphere = image::soft_round_mask(n, 3, n / 2.0 - 6, 5);
   auto m1 = result.half1, m2 = result.half2;
@@ -118,9 +121,9 @@ ReconstructResult run_reconstruct(const ReconstructOptions& o) {
 
   em::BackProjector full = accum[0];
   full.add(accum[1]);
-  result.map_unfiltered = full.reconstruct();
+  result.map_unfiltered = transforms.reconstruct(full, {});
   // Wiener filter from the half-map FSC (the full set: two halves).
-  result.map = em::GlobalWiener(result.fsc, 2).reconstruct(full, em::cpu_volume_transforms());
+  result.map = em::GlobalWiener(result.fsc, 2).reconstruct(full, transforms);
   result.box = n;
   result.pixel_size = pixel;
 
