@@ -12,10 +12,16 @@
 # per iteration is then the comparable figure.
 # C2D_PRECISIONS, C2D_BATCHES, C2D_MANY: the class2d runs (EMCRYO_GPU_PRECISION x --batch x EMCRYO_GPU_MANY).
 # SIM_EXTRA: more simulate options (e.g. --float16 halves a 100,000-particle box-256 stack to 13 GB).
+# DEADLINE (seconds from the start, default 575): each timed run is cut short so that it ends, and its log is copied,
+# before the device call's own limit (600 s) would kill the script with it.
 # Logs and a summary (summary.txt) under $OUT.
 set -uo pipefail
 root=$(pwd); OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 source bench/gpu/lib.sh
+script_start=$(now)
+# A run's limit: the one asked for, or what is left before DEADLINE (less 10 s for the copies), whichever is less.
+capped() { awk -v want="$1" -v left="$(awk -v d="${DEADLINE:-575}" -v e="$(since $script_start)" 'BEGIN {print int(d - e - 10)}')" \
+  'BEGIN {print (left < want ? (left > 1 ? left : 1) : want)}'; }
 PHASES=${PHASES:-build tests scoring class2d refine}
 C2D_N=${C2D_N:-20000} C2D_BOX=${C2D_BOX:-128} C2D_K=${C2D_K:-50} C2D_IT=${C2D_IT:-5} C2D_PIX=${C2D_PIX:-2.0}
 REF_N=${REF_N:-10000} REF_BOX=${REF_BOX:-128} REF_PIX=${REF_PIX:-1.5}
@@ -53,7 +59,7 @@ if has tests; then
   s=$(now)
   ./build-dev/tests/test_integration --gtest_filter='GpuJobs*' > "$OUT/test_gpu_jobs.log" 2>&1
   say "GpuJobs: exit $? in $(since $s) s ($(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/test_gpu_jobs.log" | tr '\n' ' '))"
-  grep -E "ARI against|map FSC" "$OUT/test_gpu_jobs.log" | tee -a "$S"
+  grep -E "ARI against|map FSC|abinitio: FSC" "$OUT/test_gpu_jobs.log" | tee -a "$S"
 fi
 if has scoring; then
   {
@@ -73,7 +79,7 @@ if has class2d; then
     run=gpu_${prec}_b${batch}_m$many
     rm -rf $c2d/$run  # a warm machine keeps the last call's /tmp: a job refuses a used folder
     start_memory; s=$(now)
-    EMCRYO_GPU_MANY=$many EMCRYO_GPU_PRECISION=$prec timeout ${C2D_TIMEOUT:-300} "$E" class2d --particles $c2d/blind.star --classes $C2D_K --out $c2d/$run \
+    EMCRYO_GPU_MANY=$many EMCRYO_GPU_PRECISION=$prec timeout $(capped ${C2D_TIMEOUT:-300}) "$E" class2d --particles $c2d/blind.star --classes $C2D_K --out $c2d/$run \
       --iterations $C2D_IT --batch $batch --mask-diameter $(awk -v b=$C2D_BOX -v p=$C2D_PIX 'BEGIN{print int(0.8*b*p)}') > /dev/null 2>&1
     rc=$?; t=$(since $s); mem=$(stop_memory)
     say "emcryo class2d GPU $prec --batch $batch EMCRYO_GPU_MANY=$many: exit $rc, $t s, peak GPU memory $mem MiB, $(python3 bench/gpu/accuracy.py class2d $c2d/truth.star $c2d/$run/particles.star 2>&1)"
@@ -84,7 +90,7 @@ if has class2d; then
     D=$(awk -v b=$C2D_BOX -v p=$C2D_PIX 'BEGIN{print int(0.8*b*p)}')
     rm -rf $c2d/relion; mkdir -p $c2d/relion; start_memory; s=$(now)
     head_particles $c2d/blind.star $c2d/relion_in.star ${REL_C2D_N:-$C2D_N}
-    (cd $c2d && timeout ${REL_C2D_TIMEOUT:-150} mpirun --allow-run-as-root --oversubscribe -np 3 "$R" --i relion_in.star --o relion/run \
+    (cd $c2d && timeout $(capped ${REL_C2D_TIMEOUT:-150}) mpirun --allow-run-as-root --oversubscribe -np 3 "$R" --i relion_in.star --o relion/run \
        --K $C2D_K --iter ${REL_C2D_IT:-2} --tau2_fudge 2 --particle_diameter $D --ctf --psi_step 6 --offset_range 3 --offset_step 1 \
        --flatten_solvent --zero_mask --norm --scale --dont_combine_weights_via_disc --pool 30 --pad 2 --j 4 --gpu --oversampling 1 \
        --random_seed 1 > relion.log 2>&1)
@@ -116,7 +122,7 @@ if has refine; then
   for envs in ${REF_ENVS:--}; do
     i=$((i + 1)); run=gpu_r$i; settings=(); [[ $envs != - ]] && IFS=, read -ra settings <<< "$envs"
     rm -rf $ref/$run; start_memory; s=$(now)
-    env "${settings[@]}" timeout ${REF_TIMEOUT:-300} "$E" refine --particles $ref/blind.star --ref $ref/truth_class001.mrc --ini-high 30 \
+    env "${settings[@]}" timeout $(capped ${REF_TIMEOUT:-300}) "$E" refine --particles $ref/blind.star --ref $ref/truth_class001.mrc --ini-high 30 \
       --out $ref/$run ${REF_EXTRA:-} > /dev/null 2> "$OUT/refine_$run.stderr"
     rc=$?; t=$(since $s); mem=$(stop_memory)
     [[ $rc == 0 ]] || say "emcryo refine GPU ($envs) failed: $(grep -v '%' "$OUT/refine_$run.stderr" | tail -3)"
@@ -136,7 +142,7 @@ if has relion_refine && [[ -x $R ]]; then
   D=$(awk -v b=$REF_BOX -v p=$REF_PIX 'BEGIN{print int(0.8*b*p)}')
   rm -rf $ref/relion; mkdir -p $ref/relion; head_particles $ref/blind.star $ref/relion_in.star ${REL_REF_N:-$REF_N}
   start_memory; s=$(now)
-  (cd $ref && timeout ${REL_REF_TIMEOUT:-120} mpirun --allow-run-as-root --oversubscribe -np 3 "$R" --o relion/run --auto_refine \
+  (cd $ref && timeout $(capped ${REL_REF_TIMEOUT:-120}) mpirun --allow-run-as-root --oversubscribe -np 3 "$R" --o relion/run --auto_refine \
      --split_random_halves --i relion_in.star --ref truth_class001.mrc --firstiter_cc --ini_high 30 --particle_diameter $D \
      --healpix_order 2 --auto_local_healpix_order 4 --low_resol_join_halves 40 --sym C1 --j 4 --ctf --flatten_solvent --zero_mask \
      --norm --scale --oversampling 1 --offset_range 3 --offset_step 1 --dont_combine_weights_via_disc --pool 30 --pad 2 \
