@@ -29,7 +29,7 @@ class MpiJobs : public ::testing::Test {
     // the GPU's maps against the CPU's).
     ::setenv("EMCRYO_GPU_BACKPROJECT", "0", 1);
     data_ = new test::TempDir("mpi");
-    // 200 particles: each half set splits into 3 chunks (mpi::Chunks), class2d's set into 6.
+    // 200 particles: each half set, and class2d's whole set, splits into 2 chunks (mpi::Chunks).
     ASSERT_EQ(test::run(fmt::format("{} -j 1 simulate --model {}/data/1tii.pdb.gz --out {} --particles 200 --box 24 "
                                     "--pixel-size 6 --snr 0.5 --seed 3 >/dev/null 2>&1",
                                     kExe, EMCRYO_SOURCE_DIR, data().string())),

@@ -137,7 +137,8 @@ class Message {
 };
 
 /// `count` items (particles of one half set, say) in contiguous chunks: at most 32 chunks of at
-/// least 32 items, so the number depends on `count` only. Chunk c belongs to rank c % size().
+/// least 256 items, or 2 of at least 32 where that gives fewer, so the number depends on `count`
+/// only. Chunk c belongs to rank c % size().
 class Chunks {
  public:
   explicit Chunks(std::size_t count);

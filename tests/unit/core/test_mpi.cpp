@@ -26,7 +26,9 @@ TEST(MpiChunks, CoverEveryItemOnceInOrderAndDependOnTheCountOnly) {
     }
     EXPECT_EQ(chunks.owned_items(), count);  // one process owns every chunk
   }
-  EXPECT_EQ(mpi::Chunks(150).count(), 4);
+  EXPECT_EQ(mpi::Chunks(40).count(), 1);
+  EXPECT_EQ(mpi::Chunks(150).count(), 2);
+  EXPECT_EQ(mpi::Chunks(1250).count(), 4);
   EXPECT_EQ(mpi::Chunks(100000).count(), 32);
 }
 
