@@ -19,20 +19,27 @@ namespace {
 double sinc(double x) { return std::abs(x) < 1e-8 ? 1.0 : std::sin(x) / x; }
 }  // namespace
 
+namespace {
+/// One axis's factor of the trilinear kernel's transform on m points: sinc(pi (i - center) / m).
+double axis_sinc(int i, int center, int m) { return sinc(std::numbers::pi * (i - center) / m); }
+/// The correction from its three axis factors (one expression: the same float wherever it is formed).
+float correction_of(double sx, double sy, double sz) { return static_cast<float>(sx * sx * sy * sy * sz * sz); }
+}  // namespace
+
 float gridding_correction(int x, int y, int z, int center, int m) {
-  const double pi = std::numbers::pi;
-  const double sx = sinc(pi * (x - center) / m), sy = sinc(pi * (y - center) / m),
-               sz = sinc(pi * (z - center) / m);
-  return static_cast<float>(sx * sx * sy * sy * sz * sz);
+  return correction_of(axis_sinc(x, center, m), axis_sinc(y, center, m), axis_sinc(z, center, m));
 }
 
 namespace {
 /// Visits the n^3 box centred in the padded m^3 box: f(index in the n box, index in the m box,
 /// trilinear gridding correction there), planes over the threads (each voxel is f's once).
-/// Padding divides by it, cropping back divides again.
+/// Padding divides by it, cropping back divides again. The sines once per axis position, not per
+/// voxel (they were ~1% of a small hetero-refine, each projector and reconstruction 3 n^3 of them).
 template <class F>
 void for_each_centred_voxel(int n, int m, F f) {
   const int offset = m / 2 - n / 2;
+  std::vector<double> axis(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) axis[static_cast<std::size_t>(i)] = axis_sinc(i + offset, m / 2, m);
 #pragma omp parallel for schedule(static)
   for (int z = 0; z < n; ++z)
     for (int y = 0; y < n; ++y)
@@ -40,7 +47,7 @@ void for_each_centred_voxel(int n, int m, F f) {
         const int px = x + offset, py = y + offset, pz = z + offset;
         f((static_cast<std::size_t>(z) * n + static_cast<std::size_t>(y)) * n + static_cast<std::size_t>(x),
           (static_cast<std::size_t>(pz) * m + static_cast<std::size_t>(py)) * m + static_cast<std::size_t>(px),
-          gridding_correction(px, py, pz, m / 2, m));
+          correction_of(axis[static_cast<std::size_t>(x)], axis[static_cast<std::size_t>(y)], axis[static_cast<std::size_t>(z)]));
       }
 }
 }  // namespace
