@@ -27,7 +27,8 @@ class MapTemplates final : public TemplateSource {
   }
   ReferenceGrids grids() const override {
     ReferenceGrids g;
-    if (maps_.empty()) return g;
+    // Known-pose jobs (reconstruct, hetero-reconstruct) pass no maps: nothing to sample.
+    if (maps_.empty() || std::find(maps_.begin(), maps_.end(), nullptr) != maps_.end()) return g;
     g.dimensions = 3, g.padding = maps_.front()->padding(), g.m = g.padding * maps_.front()->box(), g.hm = g.m / 2 + 1;
     for (const Projector* p : maps_) {
       if (p->padding() != g.padding || p->box() != maps_.front()->box()) return {};  // mixed grids: sampled on the host
