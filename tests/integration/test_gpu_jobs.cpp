@@ -185,35 +185,34 @@ TEST(GpuJobs, RefineGivesTheSameMapAndPosesOnCpuAndGpu) {
   expect_same_map_and_poses(dir, n, 3.0);
 }
 
-// hetero-refine (3D classification with local pose search) on the CPU and on the GPU, the GPU also
-// back-projecting and keeping its class maps' transforms on the card: the same classes (ARI
-// against the truth equal to within 0.01) from one common start.
-TEST(GpuJobs, HeteroRefineGivesTheSameClassesOnCpuAndGpu) {
-  REQUIRE_GPU();
-  const test::TempDir temp("gpu_hetero");
-  const fs::path& dir = temp.path();
+namespace {
+/// A classification of the complex-and-pentamer set (`options`: the job's arguments after its
+/// particles, which are dir/data/particles.star) on both devices, the GPU back-projecting too: the
+/// same classes (ARI against the truth equal within 0.01, and the CPU's above 0.8).
+void expect_the_same_classes(const fs::path& dir, const std::string& job, const std::string& options) {
   ASSERT_EQ(simulate_complex_and_pentamer(dir), 0);
-  const std::string data = (dir / "data").string();
-  ASSERT_TRUE(run_3d_on_cpu_and_gpu(
-      fmt::format("hetero-refine --particles {}/particles.star --ref {}/truth_class001.mrc --classes 2", data, data), dir));
+  ASSERT_TRUE(run_3d_on_cpu_and_gpu(fmt::format("{} --particles {} {}", job, (dir / "data/particles.star").string(), options), dir));
   EXPECT_NE(test::read_text(dir / "gpu/run.log").find("scoring on CUDA"), std::string::npos);
   EXPECT_NE(test::read_text(dir / "gpu/run.log").find("3D back-projection on the GPU"), std::string::npos);
-  const auto [ari_cpu, ari_gpu] = class_agreement(dir, "hetero-refine");
+  const auto [ari_cpu, ari_gpu] = class_agreement(dir, job.c_str());
   EXPECT_GT(ari_cpu, 0.8);
   EXPECT_NEAR(ari_cpu, ari_gpu, 0.01);
 }
+}  // namespace
 
-// class3d (the simulated poses kept, the class marginalised) on both devices: the same classes.
+// hetero-refine (3D classification with local pose search), its class maps' transforms kept on
+// the card on the GPU, from one common start.
+TEST(GpuJobs, HeteroRefineGivesTheSameClassesOnCpuAndGpu) {
+  REQUIRE_GPU();
+  const test::TempDir temp("gpu_hetero");
+  expect_the_same_classes(temp.path(), "hetero-refine", fmt::format("--ref {} --classes 2", (temp.path() / "data/truth_class001.mrc").string()));
+}
+
+// class3d (the simulated poses kept, the class marginalised).
 TEST(GpuJobs, Class3DGivesTheSameClassesOnCpuAndGpu) {
   REQUIRE_GPU();
   const test::TempDir temp("gpu_class3d");
-  const fs::path& dir = temp.path();
-  ASSERT_EQ(simulate_complex_and_pentamer(dir), 0);
-  ASSERT_TRUE(run_3d_on_cpu_and_gpu(fmt::format("class3d --particles {} --classes 2 --max-iterations 12", (dir / "data/particles.star").string()), dir));
-  EXPECT_NE(test::read_text(dir / "gpu/run.log").find("scoring on CUDA"), std::string::npos);
-  const auto [ari_cpu, ari_gpu] = class_agreement(dir, "class3d");
-  EXPECT_GT(ari_cpu, 0.8);
-  EXPECT_NEAR(ari_cpu, ari_gpu, 0.01);
+  expect_the_same_classes(temp.path(), "class3d", "--classes 2 --max-iterations 12");
 }
 
 // Maps from known poses: reconstruct (one map) and hetero-reconstruct (a map per true class),
