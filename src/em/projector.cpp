@@ -17,9 +17,6 @@ namespace emcryo::em {
 
 namespace {
 double sinc(double x) { return std::abs(x) < 1e-8 ? 1.0 : std::sin(x) / x; }
-}  // namespace
-
-namespace {
 /// One axis's factor of the trilinear kernel's transform on m points: sinc(pi (i - center) / m).
 double axis_sinc(int i, int center, int m) { return sinc(std::numbers::pi * (i - center) / m); }
 /// The correction from its three axis factors (one expression: the same float wherever it is formed).
