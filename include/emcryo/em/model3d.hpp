@@ -61,10 +61,12 @@ struct ExpectationSettings {
   int fold_rank = 0;           // MPI: the rank that folds the chunks' sums (mpi::reduce_in_chunk_order);
                                // refine's two halves fold on two ranks at once
   // The noise residual (a template sampled at each particle's best pose) from at most this many
-  // particles per optics group and call, every k-th of the group's in order: at box 256 each
-  // sample reads a 0.5 GB padded volume, and 20,000 particles per group already measure each
-  // shell's sigma^2 to well under 1% (a shell's estimate averages particles x its pixels).
-  int noise_particles_per_group = 20000;
+  // particles per optics group and call, every k-th of the group's in order. A shell's estimate
+  // averages particles x its pixels: 5,000 particles measure even shell 2 (~12 pixels) to ~0.4%.
+  // Each costs a sample of the padded volume (0.5 GB at box 256) and, on a GPU, its prepared
+  // rows back on the host (16 bytes a frequency: ~4 GB a half E-step at box 256 near Nyquist with
+  // the 20,000 taken before, where the GPU refine's preparation grew from 1.4 to 6.5 s an iteration).
+  int noise_particles_per_group = 5000;
   bool share_children = true;  // EStepSettings::share_children (off: for tests)
 };
 
