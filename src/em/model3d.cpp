@@ -295,6 +295,13 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   // uses fewer lanes, about one per 8 particles, where folding 8 lanes cost more than its inserts.
   // The count depends on the chunk's size only, so the answer still does not depend on the threads.
   int lanes = sums.lanes();
+  // ExpectationSettings::insert_weight_floor, for the (class, orientation) run kept[order[first, last)).
+  const auto below_insert_floor = [&](const std::vector<Hypothesis>& kept, const std::vector<std::size_t>& order, std::size_t first,
+                                      std::size_t last) {
+    float total = 0;
+    for (std::size_t i = first; i < last; ++i) total += kept[order[i]].weight;
+    return total < settings.insert_weight_floor;
+  };
   const auto lanes_for_chunk = [&](std::size_t items) {
     constexpr std::size_t kParticlesPerLane = 8;
     return std::clamp(static_cast<int>(items / kParticlesPerLane), 1, sums.lanes());
@@ -328,6 +335,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
         own.clear(), own_shifts.clear();
         const auto& kept = known_class_weights(batch.outcomes[sz(b)].kept, poses[batch.first + sz(b)], expanded);
         for_each_orientation(kept, order, [&](std::size_t first, std::size_t last) {
+          if (below_insert_floor(kept, order, first, last)) return;
           hypotheses += static_cast<std::int64_t>(last - first), ++orientations;
           VolumeInsertion r;
           r.k = kept[order[first]].k, r.b = b;
@@ -448,6 +456,7 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
         slices.set_particle(pp.unmasked, pp.ctf_grid, inv_sigma2_grid[sz(pp.group)].data());
         const auto& kept = known_class_weights(batch.outcomes[sz(b)].kept, poses[batch.first + sz(b)], expanded);
         for_each_orientation(kept, order, [&](std::size_t first, std::size_t last) {
+          if (below_insert_floor(kept, order, first, last)) return;
           hypotheses += static_cast<std::int64_t>(last - first), ++orientations;
           slices.clear(data.data());
           float total = 0;

@@ -53,6 +53,11 @@ struct ExpectationSettings {
   double class_temperature = 1; // > 1 flattens the class posterior (class similarity, annealed to 1)
   int batch = 256;             // particles per batch (bounds memory)
   double insert_radius = 0;    // pixels: back-projection limit
+  // A (class, orientation) whose hypotheses hold less than this fraction of a particle's posterior is
+  // not back-projected: on the held-out 2XHE refine a particle kept ~59 orientations, 20 of them below
+  // 0.1% together, and skipping those cut the insertions' time by a quarter for the same poses and
+  // FSC to the truth (9.41 / 7.68 Å against 9.40 / 7.67; a floor of 1% cost 0.08 Å).
+  double insert_weight_floor = 1e-3;
   bool known_poses = false;    // back-project at the given poses only (reconstruction): no scoring, no noise sums;
                                // into each class k by Pose3D::class_posterior[k] when given, else into class 0
   int keep_top = 0;            // hypotheses per particle kept in Pose3D::top
