@@ -296,11 +296,13 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
   // The count depends on the chunk's size only, so the answer still does not depend on the threads.
   int lanes = sums.lanes();
   // ExpectationSettings::insert_weight_floor, for the (class, orientation) run kept[order[first, last)).
+  // Known poses are exempt: their class weights are the user's (hetero-reconstruct), not a posterior's tail.
+  const double insert_floor = settings.known_poses ? 0.0 : settings.insert_weight_floor;
   const auto below_insert_floor = [&](const std::vector<Hypothesis>& kept, const std::vector<std::size_t>& order, std::size_t first,
                                       std::size_t last) {
     float total = 0;
     for (std::size_t i = first; i < last; ++i) total += kept[order[i]].weight;
-    return total < settings.insert_weight_floor;
+    return total < insert_floor;
   };
   const auto lanes_for_chunk = [&](std::size_t items) {
     constexpr std::size_t kParticlesPerLane = 8;

@@ -160,7 +160,7 @@ void half_members(const MapJobInputs& in, int h, std::vector<std::size_t>& membe
 
 /// K starts per half from random particle subsets reconstructed at their input poses and
 /// low-passed (cryoSPARC's "simple" initialisation).
-std::vector<std::vector<std::vector<float>>> random_subset_starts(const MapJobInputs& in, int K, const State& state,
+std::vector<std::vector<std::vector<float>>> random_subset_starts(const MapJobInputs& in, int K, const State& state, em::ScoringBackend& backend,
                                                                   const std::vector<geometry::Mat3>& symmetry) {
   const auto& o = state.options;
   std::vector<std::vector<std::size_t>> images(2);
@@ -178,7 +178,7 @@ std::vector<std::vector<std::vector<float>>> random_subset_starts(const MapJobIn
   }
   const double radius = std::min(in.n / 2.0 - 1, in.n * in.pixel / o.initial_lowpass + 2);
   Progress progress("random-subset starts", static_cast<std::int64_t>(in.active.size()));
-  auto sums = back_project_classes(in.set, images, poses, K, symmetry, !o.no_ctf, radius, o.batch, &progress);
+  auto sums = back_project_classes(in.set, images, poses, K, symmetry, !o.no_ctf, radius, o.batch, backend, &progress);
   progress.finish();
   // Both halves start from the same maps (the subsets of both halves together), so that class k
   // means the same in each half.
@@ -191,7 +191,8 @@ std::vector<std::vector<std::vector<float>>> random_subset_starts(const MapJobIn
 }
 
 /// The first iteration's maps[h][k] and the number of classes.
-std::vector<std::vector<std::vector<float>>> make_starts(const MapJobInputs& in, State& state, const std::vector<geometry::Mat3>& symmetry) {
+std::vector<std::vector<std::vector<float>>> make_starts(const MapJobInputs& in, State& state, const std::vector<geometry::Mat3>& symmetry,
+                                                        em::ScoringBackend& backend) {
   const auto& o = state.options;
   const int R = static_cast<int>(o.references.size());
   if (R > 1 && o.classes > 0 && o.classes != R) fail("{}: {} references for --classes {}: give one per class, or one", job_name(o), R, o.classes);
@@ -200,7 +201,7 @@ std::vector<std::vector<std::vector<float>>> make_starts(const MapJobInputs& in,
   if (R == 0) {
     if (o.align) fail("{}: needs --ref (one per class, or one with --classes K)", job_name(o));
     log::info("class3d: starts from {} random particle subsets at their input poses, low-passed to {} Å", K, o.initial_lowpass);
-    return random_subset_starts(in, K, state, symmetry);
+    return random_subset_starts(in, K, state, backend, symmetry);
   }
   std::vector<std::vector<float>> starts;
   for (const auto& path : o.references) {
@@ -327,11 +328,13 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
   select_particles(in, o.seed);
   const std::size_t N = in.active.size();
   const double nyquist = n / 2.0 - 1;
+  const auto backend = gpu::make_backend();  // one for the starts and every iteration
+  log::info("{}: scoring on {}", job, backend->name());
   std::vector<std::vector<std::vector<float>>> maps;  // [half][class]
   if (!resumed) {
     state.poses.clear();
     for (std::size_t i : in.active) state.poses.push_back(o.align ? em::Pose3D{} : input_pose(in.set, i));
-    maps = make_starts(in, state, group.operators);
+    maps = make_starts(in, state, group.operators, *backend);
     state.radius = std::min(nyquist, n * pixel / o.initial_lowpass + 2);
     state.sigma2 = em::estimate_initial_sigma2(in.set, in.active, in.particle_mask);
     state.fsc.assign(sz(state.K), {});
@@ -355,8 +358,6 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
   log::info("{}: {} particles ({} skipped) in two half sets, {} classes, box {} px, {:.3f} Å/px, symmetry {}", job, N, in.skipped.size(), K, n,
             pixel, group.name);
 
-  const auto backend = gpu::make_backend();
-  log::info("{}: scoring on {}", job, backend->name());
   const std::size_t shells = sz(n / 2 + 1);
   const std::vector<float>& mask = !in.user_mask.empty() ? in.user_mask : in.sphere;
   // class3d keeps the measured sigma^2: its poses are fixed, and its class-similarity case (a hard

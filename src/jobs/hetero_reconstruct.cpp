@@ -10,6 +10,7 @@
 #include "emcryo/core/files.hpp"
 #include "emcryo/core/log.hpp"
 #include "emcryo/core/progress.hpp"
+#include "emcryo/gpu/backend.hpp"
 #include "emcryo/geometry/symmetry.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/io/mrc.hpp"
@@ -100,7 +101,9 @@ HeteroResult run_hetero_reconstruct(const HeteroReconstructOptions& o) {
     all_poses.push_back(p);
   }
   Progress progress("hetero-reconstruct", static_cast<std::int64_t>(in.active.size()));
-  auto sums = back_project_classes(in.set, images, poses, K, group.operators, !o.no_ctf, radius, o.batch, &progress);
+  const auto backend = gpu::make_backend();
+  log::info("hetero-reconstruct: back-projecting on {}", backend->name());
+  auto sums = back_project_classes(in.set, images, poses, K, group.operators, !o.no_ctf, radius, o.batch, *backend, &progress);
   progress.finish();
 
   // FSC inside the user's mask, else a soft sphere that keeps the particle and drops the corners.

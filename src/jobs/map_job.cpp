@@ -7,7 +7,6 @@
 #include "emcryo/core/log.hpp"
 #include "emcryo/core/mpi.hpp"
 #include "emcryo/core/progress.hpp"
-#include "emcryo/gpu/backend.hpp"
 #include "emcryo/image/fourier.hpp"
 #include "emcryo/image/map_tools.hpp"
 #include "emcryo/io/mrc.hpp"
@@ -147,7 +146,7 @@ namespace emcryo::jobs {
 std::vector<std::vector<em::BackProjector>> back_project_classes(const io::ParticleSet& set, const std::vector<std::vector<std::size_t>>& images,
                                                                  std::vector<std::vector<em::Pose3D>>& poses, int K,
                                                                  const std::vector<geometry::Mat3>& symmetry, bool use_ctf, double radius,
-                                                                 int batch, Progress* progress) {
+                                                                 int batch, em::ScoringBackend& backend, Progress* progress) {
   const int n = set.box();
   const std::vector<std::vector<double>> flat_noise(set.optics_groups().size(), std::vector<double>(static_cast<std::size_t>(n / 2 + 1), 1.0));
   const std::vector<float> no_mask(static_cast<std::size_t>(n) * n, 1.0f);
@@ -157,8 +156,6 @@ std::vector<std::vector<em::BackProjector>> back_project_classes(const io::Parti
   settings.known_poses = true;
   settings.batch = batch;
   settings.insert_radius = radius;
-  const auto backend = gpu::make_backend();
-  log::info("back-projecting on {}", backend->name());
   const std::vector<const em::Projector*> no_references(static_cast<std::size_t>(K), nullptr);
   std::vector<std::vector<em::BackProjector>> out;
   for (std::size_t h = 0; h < images.size(); ++h) {
@@ -166,7 +163,7 @@ std::vector<std::vector<em::BackProjector>> back_project_classes(const io::Parti
     em::NoiseSums noise(flat_noise.size(), flat_noise.front().size());
     em::ExpectationStats stats;
     if (!images[h].empty())
-      em::expectation_3d(set, images[h], poses[h], no_references, list, flat_noise, no_mask, em::PoseSearch{}, symmetry, settings, *backend,
+      em::expectation_3d(set, images[h], poses[h], no_references, list, flat_noise, no_mask, em::PoseSearch{}, symmetry, settings, backend,
                          sums, noise, stats, progress);
     out.emplace_back();
     for (int k = 0; k < K; ++k) out.back().push_back(std::move(sums.total(k)));

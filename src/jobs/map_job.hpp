@@ -90,11 +90,11 @@ namespace emcryo::jobs {
 
 /// Back-projection at known poses into K classes, each particle weighted by its
 /// Pose3D::class_posterior (flat noise: the CTF alone weights the data): sums[h][k] for the particles
-/// of half h+1 (images[h], poses[h]).
+/// of half h+1 (images[h], poses[h]), on the job's backend (a GPU's back-projects there).
 std::vector<std::vector<em::BackProjector>> back_project_classes(const io::ParticleSet& set, const std::vector<std::vector<std::size_t>>& images,
                                                                  std::vector<std::vector<em::Pose3D>>& poses, int K,
                                                                  const std::vector<geometry::Mat3>& symmetry, bool use_ctf, double radius,
-                                                                 int batch, Progress* progress);
+                                                                 int batch, em::ScoringBackend& backend, Progress* progress);
 
 /// Particle i's pose as the STAR gives it (the displacement is minus RELION's origin).
 em::Pose3D input_pose(const io::ParticleSet& set, std::size_t i);

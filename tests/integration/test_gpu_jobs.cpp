@@ -119,6 +119,36 @@ std::pair<double, double> class_agreement(const fs::path& dir, const char* job) 
   return {ari_cpu, ari_gpu};
 }
 
+/// refine or nu-refine (`job`) of 1,000 1TII particles of 48 px from the truth at 30 Å on both
+/// devices, the GPU back-projecting and preparing its batches there too: the same map and poses.
+void expect_the_same_refinement(const fs::path& dir, const std::string& job) {
+  const int n = 48;
+  ASSERT_EQ(run(fmt::format("{} simulate --model {}/data/1tii.pdb.gz --out {} --particles 1000 --box {} --pixel-size 3 --snr 0.1 --seed 13",
+                            EMCRYO_EXE, EMCRYO_SOURCE_DIR, (dir / "data").string(), n)),
+            0);
+  ASSERT_TRUE(run_3d_on_cpu_and_gpu(fmt::format("{} --particles {} --ref {} --ini-high 30", job, (dir / "data/particles.star").string(),
+                                               (dir / "data/truth_class001.mrc").string()),
+                                   dir));
+  const std::string log = test::read_text(dir / "gpu/run.log");
+  EXPECT_NE(log.find("scoring on CUDA"), std::string::npos);
+  EXPECT_NE(log.find("3D back-projection on the GPU"), std::string::npos);
+  EXPECT_NE(log.find("batches prepared on the GPU"), std::string::npos);
+  expect_same_map_and_poses(dir, n, 3.0);
+}
+
+/// A classification of the complex-and-pentamer set (`options`: the job's arguments after its
+/// particles, which are dir/data/particles.star) on both devices, the GPU back-projecting too: the
+/// same classes (ARI against the truth equal within 0.01, and the CPU's above 0.8).
+void expect_the_same_classes(const fs::path& dir, const std::string& job, const std::string& options) {
+  ASSERT_EQ(simulate_complex_and_pentamer(dir), 0);
+  ASSERT_TRUE(run_3d_on_cpu_and_gpu(fmt::format("{} --particles {} {}", job, (dir / "data/particles.star").string(), options), dir));
+  EXPECT_NE(test::read_text(dir / "gpu/run.log").find("scoring on CUDA"), std::string::npos);
+  EXPECT_NE(test::read_text(dir / "gpu/run.log").find("3D back-projection on the GPU"), std::string::npos);
+  const auto [ari_cpu, ari_gpu] = class_agreement(dir, job.c_str());
+  EXPECT_GT(ari_cpu, 0.8);
+  EXPECT_NEAR(ari_cpu, ari_gpu, 0.01);
+}
+
 #define REQUIRE_GPU()                                                                            \
   do {                                                                                           \
     if (gpu::devices().empty()) GTEST_SKIP() << "no CUDA device: " << gpu::no_device_reason();   \
@@ -165,25 +195,6 @@ TEST(GpuJobs, Class2DGivesTheSameClassesOnCpuAndGpu) {
   EXPECT_NEAR(ari_cpu, ari_gpu, 0.01);
 }
 
-namespace {
-/// refine or nu-refine (`job`) of 1,000 1TII particles of 48 px from the truth at 30 Å on both
-/// devices, the GPU back-projecting and preparing its batches there too: the same map and poses.
-void expect_the_same_refinement(const fs::path& dir, const std::string& job) {
-  const int n = 48;
-  ASSERT_EQ(run(fmt::format("{} simulate --model {}/data/1tii.pdb.gz --out {} --particles 1000 --box {} --pixel-size 3 --snr 0.1 --seed 13",
-                            EMCRYO_EXE, EMCRYO_SOURCE_DIR, (dir / "data").string(), n)),
-            0);
-  ASSERT_TRUE(run_3d_on_cpu_and_gpu(fmt::format("{} --particles {} --ref {} --ini-high 30", job, (dir / "data/particles.star").string(),
-                                               (dir / "data/truth_class001.mrc").string()),
-                                   dir));
-  const std::string log = test::read_text(dir / "gpu/run.log");
-  EXPECT_NE(log.find("scoring on CUDA"), std::string::npos);
-  EXPECT_NE(log.find("3D back-projection on the GPU"), std::string::npos);
-  EXPECT_NE(log.find("batches prepared on the GPU"), std::string::npos);
-  expect_same_map_and_poses(dir, n, 3.0);
-}
-}  // namespace
-
 TEST(GpuJobs, RefineGivesTheSameMapAndPosesOnCpuAndGpu) {
   REQUIRE_GPU();
   const test::TempDir temp("gpu_refine");
@@ -197,21 +208,6 @@ TEST(GpuJobs, NuRefineGivesTheSameMapAndPosesOnCpuAndGpu) {
   const test::TempDir temp("gpu_nu_refine");
   expect_the_same_refinement(temp.path(), "nu-refine");
 }
-
-namespace {
-/// A classification of the complex-and-pentamer set (`options`: the job's arguments after its
-/// particles, which are dir/data/particles.star) on both devices, the GPU back-projecting too: the
-/// same classes (ARI against the truth equal within 0.01, and the CPU's above 0.8).
-void expect_the_same_classes(const fs::path& dir, const std::string& job, const std::string& options) {
-  ASSERT_EQ(simulate_complex_and_pentamer(dir), 0);
-  ASSERT_TRUE(run_3d_on_cpu_and_gpu(fmt::format("{} --particles {} {}", job, (dir / "data/particles.star").string(), options), dir));
-  EXPECT_NE(test::read_text(dir / "gpu/run.log").find("scoring on CUDA"), std::string::npos);
-  EXPECT_NE(test::read_text(dir / "gpu/run.log").find("3D back-projection on the GPU"), std::string::npos);
-  const auto [ari_cpu, ari_gpu] = class_agreement(dir, job.c_str());
-  EXPECT_GT(ari_cpu, 0.8);
-  EXPECT_NEAR(ari_cpu, ari_gpu, 0.01);
-}
-}  // namespace
 
 // hetero-refine (3D classification with local pose search), its class maps' transforms kept on
 // the card on the GPU, from one common start.

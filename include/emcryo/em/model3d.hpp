@@ -56,7 +56,8 @@ struct ExpectationSettings {
   // A (class, orientation) whose hypotheses hold less than this fraction of a particle's posterior is
   // not back-projected: on the held-out 2XHE refine a particle kept ~59 orientations, 20 of them below
   // 0.1% together, and skipping those cut the insertions' time by a quarter for the same poses and
-  // FSC to the truth (9.41 / 7.68 Å against 9.40 / 7.67; a floor of 1% cost 0.08 Å).
+  // FSC to the truth (9.41 / 7.68 Å against 9.40 / 7.67; a floor of 1% cost 0.08 Å). Not applied with
+  // known_poses (the class weights are then the caller's).
   double insert_weight_floor = 1e-3;
   bool known_poses = false;    // back-project at the given poses only (reconstruction): no scoring, no noise sums;
                                // into each class k by Pose3D::class_posterior[k] when given, else into class 0
