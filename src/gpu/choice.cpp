@@ -94,6 +94,12 @@ std::unique_ptr<em::ScoringBackend> make_backend() {
   if (const char* v = std::getenv("EMCRYO_GPU_MANY"); v && *v) options.score_many = std::string(v) != "0";
   if (const char* v = std::getenv("EMCRYO_GPU_TRANSFORMS"); v && *v) options.volume_transforms = std::string(v) != "0";
   if (const char* v = std::getenv("EMCRYO_GPU_GATHER"); v && *v) options.gather_prepared = std::string(v) != "0";
+  if (const char* v = std::getenv("EMCRYO_GPU_MANY_ROWS"); v && *v) {
+    options.many_tile_rows = std::atoi(v);
+    if (options.many_tile_rows != 0 && options.many_tile_rows != 8 && options.many_tile_rows != 16 && options.many_tile_rows != 32)
+      fail("EMCRYO_GPU_MANY_ROWS={}: the tiles' rows are 8, 16 or 32 (0: chosen per group)", v);
+  }
+  if (const char* v = std::getenv("EMCRYO_GPU_MANY_SPLIT"); v && *v) options.many_split = std::atoi(v);
   return make_cuda_backend(options);
 }
 

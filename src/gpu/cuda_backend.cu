@@ -812,24 +812,34 @@ class CudaBackend final : public em::ScoringBackend {
   struct ManyBuffers {
     ManyHost host[2];
     DeviceBuffer d_x, d_ctf_isg, d_ctf2, d_rows, d_poses, d_owner, d_requests, d_tiles, d_row_values, d_head, d_power, d_norms,
-        d_scores, d_kept_index;
+        d_scores, d_kept_index, d_partial;
   };
 
-  /// The sizes of a group of requests: rows, templates, scores and 32 x 32 tiles.
+  /// The sizes of a group of requests: rows, templates, scores, and the tiles of its scores.
   struct ManyGroup {
     int F = 0, N = 0, R = 0, NJ = 0, tiles = 0;
     long long NS = 0;
+    ManyTiling tiling;
   };
 
-  static ManyGroup many_group_sizes(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end) {
+  ManyGroup many_group_sizes(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end, int device) const {
     ManyGroup g;
     g.F = requests[begin].frequencies, g.N = static_cast<int>(end - begin);
+    // Two waves of full-occupancy blocks (8 of 256 threads on each multiprocessor).
+    const int blocks_wanted = 16 * multiprocessors(device);
+    g.tiling = choose_many_tiling(requests, begin, end, 2 * g.F, blocks_wanted, options_.many_tile_rows, options_.many_split);
     for (std::size_t i = begin; i < end; ++i) {
       const em::ScoreRequest& q = requests[i];
       g.R += q.row_count, g.NJ += q.template_count, g.NS += static_cast<long long>(q.row_count) * q.template_count;
-      g.tiles += ((q.row_count + kManyTile - 1) / kManyTile) * ((q.template_count + kManyTile - 1) / kManyTile);
+      g.tiles += many_tiles_of(q.row_count, q.template_count, g.tiling);
     }
     return g;
+  }
+
+  static int multiprocessors(int device) {
+    int count = 0;
+    check(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    return std::max(1, count);
   }
 
   static std::size_t floats_of(std::size_t bytes) { return (bytes + sizeof(float) - 1) / sizeof(float); }
@@ -858,7 +868,7 @@ class CudaBackend final : public em::ScoringBackend {
     const auto referenced = std::chrono::steady_clock::now();
     if (sz(f.first->frequencies) > frequency_count(*f.first->sampled.list))
       fail("GPU score_many: {} frequencies of a shorter list (internal error)", f.first->frequencies);
-    const ManyGroup& g = f.g = many_group_sizes(requests, begin, end);
+    const ManyGroup& g = f.g = many_group_sizes(requests, begin, end, s.device);
     ManyHost& m = many_.host[host];
     // Particles of the batch prepared on this card are gathered there, not staged and sent (at a
     // refine's high resolution 16 bytes per frequency of each particle, ~9 GB per half E-step).
@@ -873,7 +883,7 @@ class CudaBackend final : public em::ScoringBackend {
                            reinterpret_cast<ManyRequest*>(m.requests.reserve(floats_of(sz(g.N) * sizeof(ManyRequest)))),
                            reinterpret_cast<ManyTile*>(m.tiles.reserve(floats_of(sz(g.tiles) * sizeof(ManyTile))))};
     const auto reserved = std::chrono::steady_clock::now();
-    stage_many(requests, begin, end, refs.host, f.staged);
+    stage_many(requests, begin, end, refs.host, g.tiling, f.staged);
     const auto seconds = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
     const auto done = std::chrono::steady_clock::now();
     many_time_.staging += seconds(start, done);
@@ -998,7 +1008,8 @@ class CudaBackend final : public em::ScoringBackend {
     mark(kManySample + 1);
     launch_many_norms(norms, power, ctf2, owner, g.NJ, F, stream);
     mark(kManyNorms + 1);
-    launch_many_scores(scores, tiles, g.tiles, table, row_values, head, norms, F, cross_correlation, stream);
+    float* partial = g.tiling.split > 1 ? m.d_partial.reserve_growing(sz(g.tiling.split) * static_cast<std::size_t>(g.NS), s.device) : nullptr;
+    launch_many_scores(scores, partial, g.NS, g.tiling, tiles, g.tiles, table, row_values, head, norms, F, cross_correlation, stream);
     mark(kManyScores + 1);
     float* back = h.scores.reserve(std::max<std::size_t>(1, static_cast<std::size_t>(g.NS)));
     if (g.NS > 0)

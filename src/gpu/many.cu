@@ -10,7 +10,7 @@ namespace emcryo::gpu {
 
 namespace {
 
-constexpr int kRowThreads = 128, kNormWarps = 8, kTileK = 32;
+constexpr int kRowThreads = 128, kNormWarps = 8, kTileK = kManyChunkStep;
 
 __device__ float2 ramp_at(int2 k, float sx, float sy, double scale) {
   const double phase = scale * (k.x * static_cast<double>(sx) + k.y * static_cast<double>(sy));
@@ -53,38 +53,56 @@ __global__ void many_norms_kernel(float* norms, const float* power, const float*
   if (lane == 0) norms[j] = sum;
 }
 
-/// One tile per block, 256 threads, each 2 x 2 scores (rows ty, ty + 16; templates tx, tx + 16),
-/// the inner dimension staged through shared memory 32 floats at a time.
-__global__ void many_scores_kernel(float* scores, const ManyTile* tiles, const ManyRequest* requests, const float* rows,
-                                   const float* templates, const float* norms, int width, bool cross_correlation) {
-  __shared__ float rs[kManyTile][kTileK + 1], ts[kManyTile][kTileK + 1];
+/// One tile of R rows x C = 1024 / R templates per block, 256 threads, each 2 x 2 scores (rows
+/// ty, ty + R/2; templates tx, tx + C/2), over chunk blockIdx.y of the inner dimension, staged
+/// through shared memory 32 floats at a time. Scores go to out + chunk * chunk_stride: the
+/// scores themselves without a split, else the chunk's partial sums (the norm term in chunk 0's).
+template <int R>
+__global__ void many_scores_kernel(float* out, long long chunk_stride, const ManyTile* tiles, const ManyRequest* requests,
+                                   const float* rows, const float* templates, const float* norms, int width, int chunk,
+                                   bool cross_correlation) {
+  constexpr int C = kManyTileArea / R, TX = C / 2;
+  __shared__ float rs[R][kTileK + 1], ts[C][kTileK + 1];
   const ManyTile tile = tiles[blockIdx.x];
   const ManyRequest q = requests[tile.request];
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
+  const int k_begin = blockIdx.y * chunk, k_end = min(width, k_begin + chunk);
   float acc[2][2] = {{0, 0}, {0, 0}};
-  for (int k0 = 0; k0 < width; k0 += kTileK) {
-    for (int i = threadIdx.x; i < kManyTile * kTileK; i += blockDim.x) {
-      const int r = i / kTileK, k = i % kTileK, at = k0 + k;
-      const int row = tile.row + r, column = tile.column + r;
-      rs[r][k] = row < q.rows && at < width ? rows[static_cast<long long>(q.first_row + row) * width + at] : 0.0f;
-      ts[r][k] = column < q.templates && at < width ? templates[static_cast<long long>(q.first_template + column) * width + at] : 0.0f;
+  for (int k0 = k_begin; k0 < k_end; k0 += kTileK) {
+    for (int i = threadIdx.x; i < R * kTileK; i += blockDim.x) {
+      const int r = i / kTileK, at = k0 + i % kTileK, row = tile.row + r;
+      rs[r][i % kTileK] = row < q.rows && at < k_end ? rows[static_cast<long long>(q.first_row + row) * width + at] : 0.0f;
+    }
+    for (int i = threadIdx.x; i < C * kTileK; i += blockDim.x) {
+      const int c = i / kTileK, at = k0 + i % kTileK, column = tile.column + c;
+      ts[c][i % kTileK] = column < q.templates && at < k_end ? templates[static_cast<long long>(q.first_template + column) * width + at] : 0.0f;
     }
     __syncthreads();
 #pragma unroll 8
     for (int k = 0; k < kTileK; ++k) {
-      const float r0 = rs[ty][k], r1 = rs[ty + 16][k], t0 = ts[tx][k], t1 = ts[tx + 16][k];
+      const float r0 = rs[ty][k], r1 = rs[ty + R / 2][k], t0 = ts[tx][k], t1 = ts[tx + TX][k];
       acc[0][0] += r0 * t0, acc[0][1] += r0 * t1, acc[1][0] += r1 * t0, acc[1][1] += r1 * t1;
     }
     __syncthreads();
   }
+  float* to = out + blockIdx.y * chunk_stride;
   for (int a = 0; a < 2; ++a)
     for (int c = 0; c < 2; ++c) {
-      const int row = tile.row + ty + 16 * a, column = tile.column + tx + 16 * c;
+      const int row = tile.row + ty + (R / 2) * a, column = tile.column + tx + TX * c;
       if (row >= q.rows || column >= q.templates) continue;
       const float n = norms[q.first_template + column], v = acc[a][c];
-      scores[q.first_score + static_cast<long long>(row) * q.templates + column] =
-          cross_correlation ? v * rsqrtf(fmaxf(n, 1e-30f)) : v - 0.5f * n;
+      to[q.first_score + static_cast<long long>(row) * q.templates + column] =
+          cross_correlation ? v * rsqrtf(fmaxf(n, 1e-30f)) : (blockIdx.y == 0 ? v - 0.5f * n : v);
     }
+}
+
+/// scores[i] = the chunks' partial sums of score i, added in chunk order (the same on every run).
+__global__ void many_sum_chunks_kernel(float* scores, const float* partial, long long count, int split) {
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < count; i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    float sum = partial[i];
+    for (int c = 1; c < split; ++c) sum += partial[c * count + i];
+    scores[i] = sum;
+  }
 }
 
 /// Request i's particle from the prepared batch kept on the device (index[i] in it): X, C / sigma^2
@@ -131,11 +149,24 @@ void launch_many_norms(float* norms, const float* power, const float* ctf2, cons
   check_cuda(cudaGetLastError(), "score_many norms kernel");
 }
 
-void launch_many_scores(float* scores, const ManyTile* tiles, int tile_count, const ManyRequest* requests, const float* rows,
-                        const float* templates, const float* norms, int frequencies, bool cross_correlation, cudaStream_t stream) {
+void launch_many_scores(float* scores, float* partial, long long score_count, const ManyTiling& tiling, const ManyTile* tiles,
+                        int tile_count, const ManyRequest* requests, const float* rows, const float* templates, const float* norms,
+                        int frequencies, bool cross_correlation, cudaStream_t stream) {
   if (tile_count == 0) return;
-  many_scores_kernel<<<tile_count, 256, 0, stream>>>(scores, tiles, requests, rows, templates, norms, 2 * frequencies, cross_correlation);
+  const int width = 2 * frequencies, chunk = tiling.split > 1 ? tiling.chunk : width;
+  const dim3 blocks(static_cast<unsigned>(tile_count), static_cast<unsigned>(std::max(1, tiling.split)));
+  float* out = tiling.split > 1 ? partial : scores;
+  switch (tiling.rows) {
+    case 8: many_scores_kernel<8><<<blocks, 256, 0, stream>>>(out, score_count, tiles, requests, rows, templates, norms, width, chunk, cross_correlation); break;
+    case 16: many_scores_kernel<16><<<blocks, 256, 0, stream>>>(out, score_count, tiles, requests, rows, templates, norms, width, chunk, cross_correlation); break;
+    case 32: many_scores_kernel<32><<<blocks, 256, 0, stream>>>(out, score_count, tiles, requests, rows, templates, norms, width, chunk, cross_correlation); break;
+    default: fail("score_many: tiles of {} rows (8, 16 or 32 only)", tiling.rows);
+  }
   check_cuda(cudaGetLastError(), "score_many scores kernel");
+  if (tiling.split <= 1) return;
+  const long long blocks_needed = (score_count + 255) / 256;
+  many_sum_chunks_kernel<<<static_cast<unsigned>(std::min<long long>(blocks_needed, 65535)), 256, 0, stream>>>(scores, partial, score_count, tiling.split);
+  check_cuda(cudaGetLastError(), "score_many chunk sums kernel");
 }
 
 }  // namespace emcryo::gpu

@@ -26,11 +26,33 @@ struct ManyRow {
   float sx, sy, bx, by;
 };
 
-/// A tile of one request's scores: rows [row, + kManyTile) x templates [column, + kManyTile).
+/// A tile of one request's scores: rows [row, + tiling rows) x templates [column, + tiling columns).
 struct ManyTile {
   int request, row, column;
 };
-constexpr int kManyTile = 32;
+
+/// How a group's scores are cut for the scores kernel. Tiles hold kManyTileArea scores, `rows`
+/// (8, 16 or 32) shifts by the rest in templates: a local search's request is ~9 shifts x ~50
+/// templates, and 32 x 32 tiles were three quarters padding. The inner dimension (2F, ~12,000 floats
+/// near Nyquist at box 256) is cut into `split` chunks of `chunk` floats, summed afterwards in
+/// chunk order: a group of ~120 long requests made only ~240 blocks, too few to fill the card.
+constexpr int kManyTileArea = 1024;
+constexpr int kManyChunkStep = 32;  // chunks are whole steps of the kernel's shared-memory staging
+struct ManyTiling {
+  int rows = 32, split = 1, chunk = 0;
+  int columns() const { return kManyTileArea / rows; }
+};
+/// The tiles of a request of `rows` x `templates` scores.
+inline int many_tiles_of(int rows, int templates, const ManyTiling& tiling) {
+  return ((rows + tiling.rows - 1) / tiling.rows) * ((templates + tiling.columns() - 1) / tiling.columns());
+}
+/// Request `request`'s tiles (rows x templates scores) written from `out`; returns how many.
+int list_many_tiles(int request, int rows, int templates, const ManyTiling& tiling, ManyTile* out);
+/// The tiling of requests [begin, end) whose inner dimension is `width` floats: the tile rows that
+/// leave the least padding (or `forced_rows` when not 0), then the fewest chunks of at least 512
+/// floats that give `blocks_wanted` blocks (or `forced_split` chunks of at least 32 when not 0).
+ManyTiling choose_many_tiling(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end, int width,
+                              int blocks_wanted, int forced_rows = 0, int forced_split = 0);
 
 /// Where stage_many writes a group of requests (page-locked host arrays, sized by the caller):
 /// per particle X (2F), C / sigma^2 (F) and C^2 / sigma^2 (F) (x, ctf_isg and ctf2 null where the
@@ -47,7 +69,7 @@ struct ManyStaging {
 
 /// Requests [begin, end) staged for the kernels, in parallel over the CPU's threads (many_staging.cpp).
 void stage_many(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end, const HostReferences& references,
-                const ManyStaging& out);
+                const ManyTiling& tiling, const ManyStaging& out);
 
 /// Each request's scores from the group's (`scores`, at the requests' first_score) into outs[begin + i].
 void unstage_many_scores(const ManyRequest* requests, int count, const float* scores, const std::vector<float*>& outs, std::size_t begin);
@@ -64,8 +86,11 @@ void launch_many_rows(float* rows, const ManyRow* info, int row_count, const flo
 void launch_many_norms(float* norms, const float* power, const float* ctf2, const int* particle_of, int templates, int frequencies,
                        cudaStream_t stream);
 /// Every tile's scores: x = row . template (FP32), then x - norm / 2 (or x / sqrt(norm) for
-/// cross-correlation), into scores at the request's first_score.
-void launch_many_scores(float* scores, const ManyTile* tiles, int tile_count, const ManyRequest* requests, const float* rows,
-                        const float* templates, const float* norms, int frequencies, bool cross_correlation, cudaStream_t stream);
+/// cross-correlation), into scores at the request's first_score (score_count of them in all).
+/// With a split, each chunk's share goes into partial[chunk][score_count] first (split x
+/// score_count floats) and the chunks are summed in order.
+void launch_many_scores(float* scores, float* partial, long long score_count, const ManyTiling& tiling, const ManyTile* tiles,
+                        int tile_count, const ManyRequest* requests, const float* rows, const float* templates, const float* norms,
+                        int frequencies, bool cross_correlation, cudaStream_t stream);
 
 }  // namespace emcryo::gpu

@@ -11,8 +11,37 @@
 
 namespace emcryo::gpu {
 
+int list_many_tiles(int request, int rows, int templates, const ManyTiling& tiling, ManyTile* out) {
+  int t = 0;
+  for (int r0 = 0; r0 < rows; r0 += tiling.rows)
+    for (int c0 = 0; c0 < templates; c0 += tiling.columns()) out[t++] = ManyTile{request, r0, c0};
+  return t;
+}
+
+ManyTiling choose_many_tiling(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end, int width,
+                              int blocks_wanted, int forced_rows, int forced_split) {
+  ManyTiling best;
+  long long best_area = -1;
+  const std::vector<int> shapes = forced_rows != 0 ? std::vector<int>{forced_rows} : std::vector<int>{32, 16, 8};
+  for (const int rows : shapes) {
+    ManyTiling t;
+    t.rows = rows;
+    long long tiles = 0;
+    for (std::size_t i = begin; i < end; ++i) tiles += many_tiles_of(requests[i].row_count, requests[i].template_count, t);
+    if (best_area < 0 || tiles * kManyTileArea < best_area) best = t, best_area = tiles * kManyTileArea;
+  }
+  const long long tiles = best_area / kManyTileArea;
+  constexpr int kMinimumChunk = 512;
+  int split = tiles > 0 ? static_cast<int>((blocks_wanted + tiles - 1) / tiles) : 1;
+  split = std::clamp(split, 1, std::max(1, width / kMinimumChunk));
+  if (forced_split > 0) split = std::min(forced_split, std::max(1, width / kManyChunkStep));
+  best.chunk = ((width + split - 1) / split + kManyChunkStep - 1) / kManyChunkStep * kManyChunkStep;
+  best.split = best.chunk > 0 ? (width + best.chunk - 1) / best.chunk : 1;
+  return best;
+}
+
 void stage_many(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end, const HostReferences& references,
-                const ManyStaging& out) {
+                const ManyTiling& tiling, const ManyStaging& out) {
   const int N = static_cast<int>(end - begin);
   std::vector<int> first_tile(static_cast<std::size_t>(N) + 1, 0);
   int row = 0, tj = 0;
@@ -21,8 +50,7 @@ void stage_many(const std::vector<em::ScoreRequest>& requests, std::size_t begin
     const em::ScoreRequest& q = requests[begin + static_cast<std::size_t>(i)];
     out.requests[i] = ManyRequest{row, q.row_count, tj, q.template_count, score};
     row += q.row_count, tj += q.template_count, score += static_cast<long long>(q.row_count) * q.template_count;
-    const int tiles = ((q.row_count + kManyTile - 1) / kManyTile) * ((q.template_count + kManyTile - 1) / kManyTile);
-    first_tile[static_cast<std::size_t>(i) + 1] = first_tile[static_cast<std::size_t>(i)] + tiles;
+    first_tile[static_cast<std::size_t>(i) + 1] = first_tile[static_cast<std::size_t>(i)] + many_tiles_of(q.row_count, q.template_count, tiling);
   }
 #pragma omp parallel for schedule(dynamic, 8)
   for (int i = 0; i < N; ++i) {
@@ -41,9 +69,7 @@ void stage_many(const std::vector<em::ScoreRequest>& requests, std::size_t begin
     }
     template_poses(q.sampled, q.template_count, references, out.poses + r.first_template);
     std::fill_n(out.owner + r.first_template, q.template_count, i);
-    int t = first_tile[static_cast<std::size_t>(i)];
-    for (int r0 = 0; r0 < q.row_count; r0 += kManyTile)
-      for (int c0 = 0; c0 < q.template_count; c0 += kManyTile) out.tiles[t++] = ManyTile{i, r0, c0};
+    list_many_tiles(i, q.row_count, q.template_count, tiling, out.tiles + first_tile[static_cast<std::size_t>(i)]);
   }
 }
 

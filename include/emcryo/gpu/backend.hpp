@@ -84,6 +84,12 @@ struct CudaOptions {
   /// score_many's groups: at most this many floats of rows, templates and scores on the card each
   /// (512 MB); one group is staged on the CPU while the card scores the one before.
   double many_group_floats = 128.0 * (1 << 20);
+  /// score_many's tiles: 0 picks per group the shape (8, 16 or 32 shifts by 1024 / that
+  /// templates) with the least padding; EMCRYO_GPU_MANY_ROWS forces one.
+  int many_tile_rows = 0;
+  /// score_many's products cut along the inner dimension into this many chunks (0: as many as
+  /// fill the card, each at least 512 floats; 1: none); EMCRYO_GPU_MANY_SPLIT.
+  int many_split = 0;
 };
 
 /// The CUDA backend; fails (emcryo::Error) when built without CUDA or a device is missing.

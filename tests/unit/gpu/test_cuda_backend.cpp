@@ -433,7 +433,8 @@ namespace {
 /// (some larger than one 32 x 32 tile), scored by the GPU at once against the CPU backend scoring
 /// each with host-built rows and host-sampled templates. Returns the largest difference relative
 /// to the largest score.
-double many_against_cpu(const em::TemplateSource& source, int n, bool cross_correlation, unsigned seed, double group_floats = 0) {
+double many_against_cpu(const em::TemplateSource& source, int n, bool cross_correlation, unsigned seed, double group_floats = 0,
+                        int tile_rows = 0, int split = 0) {
   const auto list = em::make_frequency_list(n, n / 2.0 - 2);
   const int F = static_cast<int>(list.size()), N = 150;
   const auto shift_grid = em::make_shift_grid(3, 1).fine;
@@ -469,6 +470,7 @@ double many_against_cpu(const em::TemplateSource& source, int n, bool cross_corr
   gpu::CudaOptions options;
   options.precision = gpu::Precision::fp32;
   if (group_floats > 0) options.many_group_floats = group_floats;
+  options.many_tile_rows = tile_rows, options.many_split = split;
   const auto backend = gpu::make_cuda_backend(options);
   EXPECT_TRUE(backend->scores_many(source));
   backend->plan(1, 1, 1);
@@ -516,6 +518,19 @@ TEST(CudaBackend, PassesScoredManyAtOnceOnTheGpuScoreAsTheCpu) {
   EXPECT_LT(error_3d, 1e-4);
   EXPECT_LT(error_cc, 1e-4);
   EXPECT_LT(error_groups, 1e-4);
+}
+
+// Each tile shape (8, 16, 32 shifts) with and without the inner dimension cut into chunks gives
+// the CPU's scores (requests of 1-40 shifts and 1-70 templates: partial tiles of every kind).
+TEST(CudaBackend, EveryTileShapeAndSplitOfTheManyKernelScoresAsTheCpu) {
+  REQUIRE_GPU();
+  const Maps3D maps(32, 2);
+  for (const int rows : {8, 16, 32})
+    for (const int split : {1, 3}) {
+      const double error = many_against_cpu(maps, 32, rows == 16, 20 + static_cast<unsigned>(rows + split), 0, rows, split);
+      std::printf("score_many, tiles of %d rows, %d chunk(s): max |score difference| / max |score| %.3g\n", rows, split, error);
+      EXPECT_LT(error, 1e-4) << rows << " rows, " << split << " chunks";
+    }
 }
 
 namespace {
