@@ -4,6 +4,7 @@
 #   build    emcryo, the GPU tests and bench/gpu_scoring (Release, -DEMCRYO_CUDA=ON)
 #   tests    info --devices, test_gpu, the GpuJobs integration tests (CPU vs GPU answers)
 #   scoring  bench/gpu_scoring: TFLOP/s and score error per precision at E-step shapes
+#   many     bench/gpu_many_scores: the per-particle passes' scores kernel per tile shape and split
 #   class2d  simulate C2D_N particles (box C2D_BOX, C2D_K views), class2d K classes on the GPU
 #   refine   simulate REF_N particles (box REF_BOX), refine from a 30 Å start on the GPU (REF_ENVS: runs with other settings)
 #   relion   RELION 5 (CUDA) built beside emcryo; class2d then also runs it on the same data
@@ -42,7 +43,7 @@ if has relion && [[ ! -x $R ]]; then  # in the background, beside emcryo's build
 fi
 if has build; then
   s=$(now)
-  targets="emcryo test_gpu test_integration gpu_scoring"; has tests || targets=emcryo
+  targets="emcryo test_gpu test_integration gpu_scoring gpu_many_scores"; has tests || has many || targets=emcryo
   cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DEMCRYO_CUDA=ON > "$OUT/build.log" 2>&1 &&
     cmake --build build-dev -j$(has relion && echo 8 || echo 16) --target $targets >> "$OUT/build.log" 2>&1 ||
     { tail -40 "$OUT/build.log"; exit 1; }
@@ -67,6 +68,13 @@ if has scoring; then
     ./build-dev/bench/gpu_scoring 256 25 4608 1200 10    # refine coarse chunk (global search)
     ./build-dev/bench/gpu_scoring 1 27 200 9000 200      # one particle's fine pass
   } 2>&1 | tee "$OUT/scoring.txt" | tee -a "$S"
+fi
+if has many; then
+  {
+    ./build-dev/bench/gpu_many_scores 120 9 53 6000 20    # a box-256 refine's last local pass (one 512 MB group)
+    ./build-dev/bench/gpu_many_scores 600 9 53 1200 20    # the same at an early iteration's resolution
+    ./build-dev/bench/gpu_many_scores 200 25 100 3000 20  # more shifts and templates a particle
+  } 2>&1 | tee "$OUT/many.txt" | tee -a "$S"
 fi
 c2d=/tmp/c2d; ref=/tmp/ref
 if has class2d; then
