@@ -7,6 +7,10 @@
 #include <cstdint>
 #include <limits>
 
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
 namespace emcryo::em {
 
 namespace {
@@ -56,19 +60,42 @@ double kth_largest(const std::vector<double>& values, std::size_t m, std::vector
   return *nth;
 }
 
+namespace {
+
+/// The largest of s[0, count) (count > 0).
+float run_maximum(const float* s, int count) {
+  int i = 0;
+  float top = -std::numeric_limits<float>::infinity();
+#ifdef __AVX2__
+  // GCC leaves a plain max loop (and an omp simd max reduction) scalar: 8 lanes by hand.
+  __m256 lanes = _mm256_set1_ps(top);
+  for (; i + 8 <= count; i += 8) lanes = _mm256_max_ps(lanes, _mm256_loadu_ps(s + i));
+  alignas(32) float eight[8];
+  _mm256_store_ps(eight, lanes);
+  top = *std::max_element(eight, eight + 8);
+#endif
+  for (; i < count; ++i) top = std::max(top, s[i]);
+  return top;
+}
+
+/// Bit l set where s[l] > floor, for the 8 values at s (a prefilter: most runs' values lie far below).
+inline unsigned above_floor8(const float* s, float floor) {
+#ifdef __AVX2__
+  return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s), _mm256_set1_ps(floor), _CMP_GT_OQ)));
+#else
+  unsigned bits = 0;
+  for (int l = 0; l < 8; ++l) bits |= (s[l] > floor ? 1u : 0u) << l;
+  return bits;
+#endif
+}
+
+}  // namespace
+
 void PosteriorReducer::add_run(int k, std::int64_t first_id, const float* s, int count) {
   if (count <= 0) return;
   ClassSum& c = classes_[static_cast<std::size_t>(k)];
   scored_ += count;
-  // The maximum in 8 lanes (a form GCC vectorises; its omp simd max reduction stays scalar).
-  constexpr int kLanes = 8;
-  float lanes[kLanes];
-  std::fill_n(lanes, kLanes, -std::numeric_limits<float>::infinity());
-  int i = 0;
-  for (; i + kLanes <= count; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] = s[i + l] > lanes[l] ? s[i + l] : lanes[l];
-  float top = *std::max_element(lanes, lanes + kLanes);
-  for (; i < count; ++i) top = std::max(top, s[i]);
+  const float top = run_maximum(s, count);
   if (top > c.max) {
     int first = 0;  // the first of the run at its maximum, as add() would keep
     while (s[first] != top) ++first;
@@ -79,16 +106,31 @@ void PosteriorReducer::add_run(int k, std::int64_t first_id, const float* s, int
 #pragma omp simd reduction(+ : partial)
   for (int j = 0; j < count; ++j) partial += exp_nonpositive(s[j] - max);
   c.sum += partial;
-  // As admits(), with the class's values read once per run (a prune inside the loop may raise the floor).
+  // As admits(), with the class's values read once per run. Groups of 8 are screened against the
+  // floor first (most values of a run lie far below it); a prune inside the loop moves the floor,
+  // and the rest of its group is screened again.
   float floor = std::max(max - kWindow, c.floor);
-  for (int j = 0; j < count; ++j) {
-    if (!(s[j] > floor) && first_id + j != c.best) continue;
+  const std::int64_t best_at = c.best - first_id;  // the class's best inside this run, if it is (a prune keeps it)
+  const auto screen = [&](int j, unsigned from_lane) {
+    unsigned bits = above_floor8(s + j, floor);
+    if (best_at >= j && best_at < j + 8) bits |= 1u << (best_at - j);
+    return bits & ~((1u << from_lane) - 1);
+  };
+  const auto consider = [&](int j) {  // whether a prune moved the floor
+    if (!(s[j] > floor) && j != best_at) return false;
     candidates_.push_back({s[j], k, first_id + j});
-    if (candidates_.size() >= kPruneAt) {
-      prune();
-      floor = std::max(max - kWindow, c.floor);
+    if (candidates_.size() < kPruneAt) return false;
+    prune();
+    floor = std::max(max - kWindow, c.floor);
+    return true;
+  };
+  int j = 0;
+  for (; j + 8 <= count; j += 8)
+    for (unsigned bits = screen(j, 0); bits != 0;) {
+      const auto lane = static_cast<unsigned>(std::countr_zero(bits));
+      bits = consider(j + static_cast<int>(lane)) ? (lane < 7 ? screen(j, lane + 1) : 0u) : bits & (bits - 1);
     }
-  }
+  for (; j < count; ++j) consider(j);
 }
 
 void PosteriorReducer::raise_class_max(ClassSum& c, float max, std::int64_t best) {
