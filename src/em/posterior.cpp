@@ -101,6 +101,9 @@ void PosteriorReducer::add_run(int k, std::int64_t first_id, const float* s, int
     while (s[first] != top) ++first;
     raise_class_max(c, top, first_id + first);
   }
+  // Maximised poses keep each class's best alone (finish() reads neither the sums nor the
+  // candidates): refine's cross-correlation first iteration, ~2 x 10^8 scores on a held-out set.
+  if (settings_.poses == Reduce::maximize) return;
   const float max = c.max;
   float partial = 0;
 #pragma omp simd reduction(+ : partial)
