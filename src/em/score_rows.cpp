@@ -1,18 +1,29 @@
 #include "emcryo/em/score_rows.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <complex>
 #include <numbers>
 
 namespace emcryo::em {
 
 void shift_ramps(const FrequencyList& list, const std::vector<Shift>& shifts, double base_x, double base_y, Complex* out) {
   const std::size_t F = list.size();
+  if (F == 0) return;
   const double scale = -2 * std::numbers::pi / list.n;
+  // exp(i scale (kx sx + ky sy)) = exp(i scale kx sx) exp(i scale ky sy): a table along each axis per
+  // shift instead of a sine and cosine per frequency (these were ~3% of a CPU refine). The product
+  // is formed in double, so the floats are those of the direct phase but for rare last-bit ties.
+  const auto [kx_min, kx_max] = std::minmax_element(list.kx.begin(), list.kx.end());
+  const auto [ky_min, ky_max] = std::minmax_element(list.ky.begin(), list.ky.end());
+  std::vector<std::complex<double>> along_x(static_cast<std::size_t>(*kx_max - *kx_min + 1)), along_y(static_cast<std::size_t>(*ky_max - *ky_min + 1));
   for (std::size_t t = 0; t < shifts.size(); ++t) {
     const double sx = shifts[t].first + base_x, sy = shifts[t].second + base_y;
+    for (std::size_t i = 0; i < along_x.size(); ++i) along_x[i] = std::polar(1.0, scale * (*kx_min + static_cast<int>(i)) * sx);
+    for (std::size_t i = 0; i < along_y.size(); ++i) along_y[i] = std::polar(1.0, scale * (*ky_min + static_cast<int>(i)) * sy);
     for (std::size_t f = 0; f < F; ++f) {
-      const double phase = scale * (list.kx[f] * sx + list.ky[f] * sy);
-      out[t * F + f] = {static_cast<float>(std::cos(phase)), static_cast<float>(std::sin(phase))};
+      const std::complex<double> v = along_x[static_cast<std::size_t>(list.kx[f] - *kx_min)] * along_y[static_cast<std::size_t>(list.ky[f] - *ky_min)];
+      out[t * F + f] = {static_cast<float>(v.real()), static_cast<float>(v.imag())};
     }
   }
 }
