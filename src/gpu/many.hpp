@@ -51,6 +51,8 @@ int list_many_tiles(int request, int rows, int templates, const ManyTiling& tili
 /// The tiling of requests [begin, end) whose inner dimension is `width` floats: the tile rows that
 /// leave the least padding (or `forced_rows` when not 0), then the fewest chunks of at least 512
 /// floats that give `blocks_wanted` blocks (or `forced_split` chunks of at least 32 when not 0).
+/// A group is split only where it has fewer tiles than blocks_wanted, so its partial sums (split x
+/// scores) stay below 2 x blocks_wanted x 1024 floats (~17 MB on a 132-multiprocessor card).
 ManyTiling choose_many_tiling(const std::vector<em::ScoreRequest>& requests, std::size_t begin, std::size_t end, int width,
                               int blocks_wanted, int forced_rows = 0, int forced_split = 0);
 
