@@ -64,6 +64,8 @@ int main(int argc, char** argv) {
       "  EMCRYO_GPU_REDUCE=0       coarse scores reduced to posteriors on the CPU\n"
       "  EMCRYO_GPU_MANY=0         per-particle passes scored particle by particle\n"
       "  EMCRYO_GPU_GATHER=0       their prepared particles staged on the CPU and sent, not read on the GPU\n"
+      "  EMCRYO_GPU_MANY_ROWS=8|16|32, EMCRYO_GPU_MANY_SPLIT=N  their scores kernel's tile rows and inner-dimension chunks\n"
+      "                            (default: chosen per group)\n"
       "  EMCRYO_GPU_SUMS=0         class2d's M-step sums on the CPU\n"
       "  EMCRYO_GPU_BACKPROJECT=0  3D back-projection on the CPU\n"
       "  EMCRYO_GPU_TRANSFORMS=0   3D reconstructions and projectors' transforms on the CPU\n"
