@@ -12,6 +12,7 @@
 # REL_C2D_N, REL_REF_N: RELION runs on the first N particles only (its full run may not fit a call); its time per particle
 # per iteration is then the comparable figure.
 # C2D_PRECISIONS, C2D_BATCHES, C2D_MANY: the class2d runs (EMCRYO_GPU_PRECISION x --batch x EMCRYO_GPU_MANY).
+# GPU_JOBS=0: the tests phase runs test_gpu only (not the GpuJobs integration tests, nor their build).
 # SIM_EXTRA: more simulate options (e.g. --float16 halves a 100,000-particle box-256 stack to 13 GB).
 # DEADLINE (seconds from the start, default 575): each timed run is cut short so that it ends, and its log is copied,
 # before the device call's own limit (600 s) would kill the script with it.
@@ -44,6 +45,7 @@ fi
 if has build; then
   s=$(now)
   targets="emcryo test_gpu test_integration gpu_scoring gpu_many_scores"; has tests || has many || targets=emcryo
+  [[ ${GPU_JOBS:-1} == 0 ]] && targets=${targets/ test_integration/}
   cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DEMCRYO_CUDA=ON > "$OUT/build.log" 2>&1 &&
     cmake --build build-dev -j$(has relion && echo 8 || echo 16) --target $targets >> "$OUT/build.log" 2>&1 ||
     { tail -40 "$OUT/build.log"; exit 1; }
@@ -57,10 +59,12 @@ if has tests; then
   "$E" info --devices | tee -a "$S"
   ./build-dev/tests/test_gpu > "$OUT/test_gpu.log" 2>&1; say "test_gpu: exit $? ($(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/test_gpu.log" | tr '\n' ' '))"
   grep -E "max \|GPU" "$OUT/test_gpu.log" | tee -a "$S"
-  s=$(now)
-  ./build-dev/tests/test_integration --gtest_filter='GpuJobs*' > "$OUT/test_gpu_jobs.log" 2>&1
-  say "GpuJobs: exit $? in $(since $s) s ($(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/test_gpu_jobs.log" | tr '\n' ' '))"
-  grep -E "ARI against|map FSC|abinitio: FSC" "$OUT/test_gpu_jobs.log" | tee -a "$S"
+  if [[ ${GPU_JOBS:-1} != 0 ]]; then
+    s=$(now)
+    ./build-dev/tests/test_integration --gtest_filter='GpuJobs*' > "$OUT/test_gpu_jobs.log" 2>&1
+    say "GpuJobs: exit $? in $(since $s) s ($(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/test_gpu_jobs.log" | tr '\n' ' '))"
+    grep -E "ARI against|map FSC|abinitio: FSC" "$OUT/test_gpu_jobs.log" | tee -a "$S"
+  fi
 fi
 if has scoring; then
   {
