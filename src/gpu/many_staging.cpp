@@ -52,7 +52,10 @@ void stage_many(const std::vector<em::ScoreRequest>& requests, std::size_t begin
     row += q.row_count, tj += q.template_count, score += static_cast<long long>(q.row_count) * q.template_count;
     first_tile[static_cast<std::size_t>(i) + 1] = first_tile[static_cast<std::size_t>(i)] + many_tiles_of(q.row_count, q.template_count, tiling);
   }
-#pragma omp parallel for schedule(dynamic, 8)
+  // One request at a time: a high-resolution local pass's group holds only ~50 requests (992 groups
+  // for 50,000 in the 100,000-particle refine), which chunks of 8 spread over 7 of a 16-core host's
+  // threads (the templates' poses, a few double sines each, are most of a request's staging).
+#pragma omp parallel for schedule(dynamic, 1)
   for (int i = 0; i < N; ++i) {
     const em::ScoreRequest& q = requests[begin + static_cast<std::size_t>(i)];
     const em::ParticleRows& p = q.particle_rows;
