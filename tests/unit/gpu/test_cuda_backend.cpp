@@ -430,7 +430,7 @@ namespace {
 
 /// Many one-particle requests as the E-step's batched stages make them (rows from the particle's
 /// X, CTF and 1/sigma^2 at fine and base shifts; templates sampled from `source`), of varied sizes
-/// (some larger than one 32 x 32 tile), scored by the GPU at once against the CPU backend scoring
+/// (some larger than one tile), scored by the GPU at once against the CPU backend scoring
 /// each with host-built rows and host-sampled templates. Returns the largest difference relative
 /// to the largest score.
 double many_against_cpu(const em::TemplateSource& source, int n, bool cross_correlation, unsigned seed, double group_floats = 0,
