@@ -449,7 +449,8 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
 #pragma omp parallel for schedule(dynamic, 1) reduction(+ : hypotheses, orientations)
     for (int l = 0; l < lanes; ++l) {
       ParticleSlices slices(n, settings.insert_radius + 1);  // the frequencies insert() reads, with a rounding margin
-      std::vector<Complex> data(half);
+      std::vector<std::vector<Complex>> data;  // per orientation of the particle (kept: no allocation per particle)
+      std::vector<std::vector<BackProjector::Slice>> per_class(sz(K));
       std::vector<std::size_t> order;
       std::vector<Hypothesis> expanded;
       for (int b = 0; b < bc; ++b) {
@@ -457,20 +458,26 @@ void expectation_3d(const io::ParticleSet& set, const std::vector<std::size_t>& 
         const PreparedParticle& pp = batch.particles[sz(b)];
         slices.set_particle(pp.unmasked, pp.ctf_grid, inv_sigma2_grid[sz(pp.group)].data());
         const auto& kept = known_class_weights(batch.outcomes[sz(b)].kept, poses[batch.first + sz(b)], expanded);
+        for (auto& class_slices : per_class) class_slices.clear();
+        std::size_t used = 0;
         for_each_orientation(kept, order, [&](std::size_t first, std::size_t last) {
           if (below_insert_floor(kept, order, first, last)) return;
           hypotheses += static_cast<std::int64_t>(last - first), ++orientations;
-          slices.clear(data.data());
+          if (data.size() <= used) data.emplace_back(half);
+          Complex* sum = data[used++].data();
+          slices.clear(sum);
           float total = 0;
           for (std::size_t i = first; i < last; ++i) {
             const Hypothesis& h = kept[order[i]];
-            slices.add_shifted(h.shift, h.weight, data.data());
+            slices.add_shifted(h.shift, h.weight, sum);
             total += h.weight;
           }
           const Hypothesis& h = kept[order[first]];
           const geometry::Mat3 a = geometry::euler_to_matrix(h.orientation);
-          for (const auto& st : symmetry_t) sums.lane(h.k, l).insert(a * st, data.data(), slices.ctf2(), n, settings.insert_radius, total);
+          for (const auto& st : symmetry_t) per_class[sz(h.k)].push_back({a * st, sum, total});
         });
+        // A particle's slices of a class at once: they lie a few degrees apart and meet the same voxels.
+        for (int k = 0; k < K; ++k) sums.lane(k, l).insert_all(per_class[sz(k)], slices.ctf2(), n, settings.insert_radius);
       }
     }
     inserted_hypotheses += hypotheses, inserted_orientations += orientations;

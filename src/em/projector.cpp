@@ -449,6 +449,64 @@ void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const f
   }
 }
 
+void BackProjector::insert_all(const std::vector<Slice>& slices, const float* weight, int in_n, double max_radius) {
+  if (slices.empty()) return;
+  const int h = in_n / 2 + 1;
+  const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
+  const double r2_max = r_max * r_max;
+  std::vector<SliceFrame> frames;
+  frames.reserve(slices.size());
+  for (const Slice& slice : slices) frames.emplace_back(slice.a, pad_, m_, hm_);
+  const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
+  reach_ = std::max(reach_, reach_for(n_, pad_, max_radius));
+  float* const sums = reinterpret_cast<float*>(data_.data());
+  float* const weights = weight_.data();
+#ifdef EMCRYO_TRILINEAR_SIMD
+  const bool eight_at_once = fits_cells8(m_, frames.front().hm);
+  Cells8 cells;
+  const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+#endif
+  for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
+    const std::size_t row = static_cast<std::size_t>(image::storage_index(ky, in_n)) * h;
+    const float fky = static_cast<float>(ky);
+    // As insert(): the kx = 0 column only for ky >= 0.
+    const int first = ky < 0 ? 1 : 0;
+    int end = first;
+    while (end < h && end * end + ky * ky <= r2_max) ++end;
+#ifdef EMCRYO_TRILINEAR_SIMD
+    if (eight_at_once) {
+      for (int kx = first; kx < end; kx += 8) {
+        const __m256 k = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(kx)), lane);
+        const int count = std::min(8, end - kx);
+        for (std::size_t o = 0; o < slices.size(); ++o) {
+          const SliceFrame& s = frames[o];
+          cells8_at(_mm256_fmadd_ps(_mm256_set1_ps(s.ax), k, _mm256_set1_ps(s.bx * fky)),
+                    _mm256_fmadd_ps(_mm256_set1_ps(s.ay), k, _mm256_set1_ps(s.by * fky)),
+                    _mm256_fmadd_ps(_mm256_set1_ps(s.az), k, _mm256_set1_ps(s.bz * fky)), m_, s.hm, s.plane, cells);
+          const Complex* data = slices[o].data;
+          const float scale = slices[o].weight_scale;
+          for (int i = 0; i < count; ++i) {
+            const Cell c = cells[i];
+            const std::size_t at = row + static_cast<std::size_t>(kx + i);
+            spread(sums, weights, c, data[at].real(), data[at].imag() * c.sign, weight[at] * scale);
+          }
+        }
+      }
+      continue;
+    }
+#endif
+    for (int kx = first; kx < end; ++kx) {
+      const float fkx = static_cast<float>(kx);
+      for (std::size_t o = 0; o < slices.size(); ++o) {
+        const SliceFrame& s = frames[o];
+        const Cell c = s.cell(s.ax * fkx + s.bx * fky, s.ay * fkx + s.by * fky, s.az * fkx + s.bz * fky);
+        const Complex* data = slices[o].data;
+        spread(sums, weights, c, data[row + kx].real(), data[row + kx].imag() * c.sign, weight[row + kx] * slices[o].weight_scale);
+      }
+    }
+  }
+}
+
 void BackProjector::enforce_hermitian(std::vector<Complex>& data, std::vector<float>& weight) const {
   // On the kx = 0 plane, (0, ky, kz) and (0, -ky, -kz) are conjugate copies of one coefficient:
   // pool what landed on either. Each pair is pooled by its first element's thread only.

@@ -72,6 +72,17 @@ class BackProjector {
   /// weights are multiplied by weight_scale (one CTF^2 grid serves every pose of a particle).
   void insert(const geometry::Mat3& a, const Complex* data, const float* weight, int in_n,
               double max_radius, float weight_scale = 1.0f);
+  /// One slice of insert_all: its rotation, data and weight scale (the weight grid is shared).
+  struct Slice {
+    geometry::Mat3 a;
+    const Complex* data;
+    float weight_scale;
+  };
+  /// insert() of each slice, with one `weight` grid (a particle's CTF^2), frequency by frequency
+  /// across the slices rather than slice by slice: a particle's orientations lie a few degrees apart,
+  /// so at each frequency they touch neighbouring voxels, where whole slices one after another
+  /// each walked the volume again. The same terms as insert() per slice, added in another order.
+  void insert_all(const std::vector<Slice>& slices, const float* weight, int in_n, double max_radius);
   void add(const BackProjector& other);
   /// Adds lanes[0] + lanes[1] + ... (summed in that order) and clears the lanes, in one pass: the
   /// same sums as folding the lanes into lanes[0] and adding that.
