@@ -403,50 +403,7 @@ void BackProjector::add_and_clear(std::vector<BackProjector>& lanes) {
 
 void BackProjector::insert(const geometry::Mat3& a, const Complex* data, const float* weight, int in_n,
                            double max_radius, float weight_scale) {
-  const int h = in_n / 2 + 1;
-  const double r_max = std::min(max_radius, n_ / 2.0 - 1.0);
-  const double r2_max = r_max * r_max;
-  const SliceFrame s(a, pad_, m_, hm_);
-  const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
-  reach_ = std::max(reach_, reach_for(n_, pad_, max_radius));
-  // Complex voxels as float pairs: a corner's two x neighbours are four consecutive floats.
-  float* const sums = reinterpret_cast<float*>(data_.data());
-  float* const weights = weight_.data();
-#ifdef EMCRYO_TRILINEAR_SIMD
-  const bool eight_at_once = fits_cells8(m_, s.hm);
-  Cells8 cells;
-#endif
-  for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
-    const std::size_t row = static_cast<std::size_t>(image::storage_index(ky, in_n)) * h;
-    const float fky = static_cast<float>(ky), rx = s.bx * fky, ry = s.by * fky, rz = s.bz * fky;
-    // The kx = 0 column holds both ky and -ky; insert only ky >= 0 there to avoid counting twice
-    // (Hermitian symmetry of the 3D grid is restored before reconstruction).
-    int kx = ky < 0 ? 1 : 0;
-#ifdef EMCRYO_TRILINEAR_SIMD
-    if (eight_at_once) {
-      int end = kx;
-      while (end < h && end * end + ky * ky <= r2_max) ++end;
-      const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
-      for (; kx < end; kx += 8) {
-        const __m256 k = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(kx)), lane);
-        cells8_at(_mm256_fmadd_ps(_mm256_set1_ps(s.ax), k, _mm256_set1_ps(rx)), _mm256_fmadd_ps(_mm256_set1_ps(s.ay), k, _mm256_set1_ps(ry)),
-                  _mm256_fmadd_ps(_mm256_set1_ps(s.az), k, _mm256_set1_ps(rz)), m_, s.hm, s.plane, cells);
-        for (int i = 0; i < std::min(8, end - kx); ++i) {
-          const Cell c = cells[i];
-          const std::size_t at = row + static_cast<std::size_t>(kx + i);
-          spread(sums, weights, c, data[at].real(), data[at].imag() * c.sign, weight[at] * weight_scale);
-        }
-      }
-      continue;
-    }
-#endif
-    for (; kx < h; ++kx) {
-      if (kx * kx + ky * ky > r2_max) break;
-      const float fkx = static_cast<float>(kx);
-      const Cell c = s.cell(s.ax * fkx + rx, s.ay * fkx + ry, s.az * fkx + rz);
-      spread(sums, weights, c, data[row + kx].real(), data[row + kx].imag() * c.sign, weight[row + kx] * weight_scale);
-    }
-  }
+  insert_all({Slice{a, data, weight_scale}}, weight, in_n, max_radius);
 }
 
 void BackProjector::insert_all(const std::vector<Slice>& slices, const float* weight, int in_n, double max_radius) {
