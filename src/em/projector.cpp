@@ -416,6 +416,7 @@ void BackProjector::insert_all(const std::vector<Slice>& slices, const float* we
   for (const Slice& slice : slices) frames.emplace_back(slice.a, pad_, m_, hm_);
   const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
   reach_ = std::max(reach_, reach_for(n_, pad_, max_radius));
+  // Complex voxels as float pairs: a corner's two x neighbours are four consecutive floats.
   float* const sums = reinterpret_cast<float*>(data_.data());
   float* const weights = weight_.data();
 #ifdef EMCRYO_TRILINEAR_SIMD
@@ -426,7 +427,8 @@ void BackProjector::insert_all(const std::vector<Slice>& slices, const float* we
   for (int ky = -ky_limit; ky <= ky_limit; ++ky) {
     const std::size_t row = static_cast<std::size_t>(image::storage_index(ky, in_n)) * h;
     const float fky = static_cast<float>(ky);
-    // As insert(): the kx = 0 column only for ky >= 0.
+    // The kx = 0 column holds both ky and -ky; insert only ky >= 0 there to avoid counting twice
+    // (Hermitian symmetry of the 3D grid is restored before reconstruction).
     const int first = ky < 0 ? 1 : 0;
     int end = first;
     while (end < h && end * end + ky * ky <= r2_max) ++end;
