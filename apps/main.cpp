@@ -40,7 +40,7 @@ int fail_job(int code, const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  emcryo::runtime::ensure_fast_blas(argc, argv);
+  emcryo::runtime::ensure_fast_runtime(argc, argv);
   emcryo::mpi::init(argc, argv);
   if (!emcryo::mpi::is_root()) {
     // Rank 0 speaks for the job; the others only report their own errors.

@@ -1,7 +1,7 @@
 // Single-precision GEMM speed of the linked OpenBLAS, and the kernel it runs with.
 // Usage: bench_blas [min_seconds_per_case]   (default 1.0)
 //
-// Calls emcryo::runtime::ensure_fast_blas() first, like emcryo itself, so the figures are those
+// Calls emcryo::runtime::ensure_fast_runtime() first, like emcryo itself, so the figures are those
 // the program gets. To see the other paths:
 //   OPENBLAS_CORETYPE=Prescott bench_blas                       # forced SSE3 kernels (slow path)
 //   env -u OPENBLAS_CORETYPE EMCRYO_NO_BLAS_REEXEC=1 bench_blas  # OpenBLAS's own choice
@@ -99,7 +99,7 @@ double run_case(const Case& c, int threads, double min_seconds) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  emcryo::runtime::ensure_fast_blas(argc, argv);
+  emcryo::runtime::ensure_fast_runtime(argc, argv);
   const double min_seconds = argc > 1 ? std::atof(argv[1]) : 1.0;
 
   const char* env_core = std::getenv("OPENBLAS_CORETYPE");

@@ -5,7 +5,7 @@
 #include "emcryo/core/runtime.hpp"
 
 int main(int argc, char** argv) {
-  emcryo::runtime::ensure_fast_blas(argc, argv);
+  emcryo::runtime::ensure_fast_runtime(argc, argv);
   emcryo::runtime::set_threads(0);  // as the program: OpenBLAS single-threaded
   emcryo::mpi::init(argc, argv);    // under mpirun, the MPI tests run across the ranks
   ::testing::InitGoogleTest(&argc, argv);

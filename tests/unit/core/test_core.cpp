@@ -99,7 +99,7 @@ TEST(CoreFloat16, VectorAndScalarConversionsAgreeBitForBit) {
 }
 
 TEST(CoreRuntime, BlasUsesAStrongKernelOnThisCpu) {
-  // The test binary starts through ensure_fast_blas like the program: whatever the CPU offers,
+  // The test binary starts through ensure_fast_runtime like the program: whatever the CPU offers,
   // OpenBLAS must not be left on an SSE-only core when AVX2/AVX-512 is available. A core the
   // machine's owner chose with OPENBLAS_CORETYPE (some hosts pin one because another misbehaves
   // there) is respected, and must be the one running.
