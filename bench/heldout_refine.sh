@@ -9,7 +9,7 @@
 #   WORKDIR default /tmp/emcryo_heldout; each run goes to WORKDIR/<set>/<label>, label from $LABEL
 #   (default "emcryo"). RELION results from bench/gpu/heldout_device.sh (RELION 5, GPU), copied to
 #   WORKDIR/<set>/relion_data.star and relion_class001.mrc, are scored too. $SETS limits the run to
-#   some of the sets (e.g. SETS=2XHE).
+#   some of the sets (e.g. SETS=2XHE). EMCRYO_RUNS=N runs emcryo N times and reports (and compares) the median wall.
 #   RELION3=1: RELION 3.1.3's auto-refine (Debian's relion_refine_mpi, 3 ranks) also runs on each set, right after
 #   emcryo, with exactly the options issue 9 names (--healpix_order 1 --auto_local_healpix_order 3 --offset_range 5
 #   --offset_step 2 --maxsig 300 --pool 3 ...), into WORKDIR/<set>/relion3; both are scored and the wall ratio printed.
@@ -32,12 +32,17 @@ for m in 2XHE.pdb.gz 7DDO.pdb.gz 6WQA.cif.gz; do
   if [[ ! -f $D/truepose/map_unfil.mrc && ! -f $D/truepose/map.mrc ]]; then
     "$EMCRYO" reconstruct --particles "$D/particles.star" --out "$D/truepose" > "$W/$n.truepose.log" 2>&1
   fi
-  rm -rf "${D:?}/$LABEL"
-  s=$(date +%s.%N)
-  "$EMCRYO" refine --particles "$D/particles_blind.star" --ref "$D/truth_class001.mrc" --ini-high 30 --particle-diameter 140 \
-    --offset-range 5 --offset-step 1 --out "$D/$LABEL" "$@" > "$W/$n.$LABEL.log" 2>&1
-  emcryo_wall=$(echo "$(date +%s.%N) - $s" | bc)
-  echo "$n $LABEL: $emcryo_wall s wall ($(lscpu | sed -n 's/Model name: *//p'), $(nproc) cores)"
+  walls=()
+  for ((run = 1; run <= ${EMCRYO_RUNS:-1}; run++)); do
+    rm -rf "${D:?}/$LABEL"
+    s=$(date +%s.%N)
+    "$EMCRYO" refine --particles "$D/particles_blind.star" --ref "$D/truth_class001.mrc" --ini-high 30 --particle-diameter 140 \
+      --offset-range 5 --offset-step 1 --out "$D/$LABEL" "$@" > "$W/$n.$LABEL.log" 2>&1
+    walls+=("$(echo "$(date +%s.%N) - $s" | bc)")
+  done
+  # The median of the runs (EMCRYO_RUNS, default 1): a VM's speed drifts by 10-20% from one run to the next.
+  emcryo_wall=$(printf '%s\n' "${walls[@]}" | sort -g | sed -n "$(( (${#walls[@]} + 1) / 2 ))p")
+  echo "$n $LABEL: $emcryo_wall s wall (median of ${#walls[@]}: ${walls[*]}; $(lscpu | sed -n 's/Model name: *//p'), $(nproc) cores)"
   $PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$D/$LABEL/particles.star" --map "$D/$LABEL/map_unfil.mrc" \
     --true-map "$D/truth_class001.mrc" --label "$n $LABEL" --json "$D/$LABEL.eval.json"
   [[ -f $D/truepose.eval.json ]] || $PY "$here/eval_refine.py" --truth "$D/truth.star" --est "$D/particles.star" \

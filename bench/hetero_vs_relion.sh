@@ -6,7 +6,8 @@
 #
 # Usage: bench/hetero_vs_relion.sh [WORKDIR]      (default /tmp/emcryo_hetero_bench)
 # Environment: EMCRYO (binary, default build/apps/emcryo), PARTICLES (default 2000),
-# SKIP_RELION=1 / SKIP_EMCRYO=1 (reuse the other side's results), RELION_TIMEOUT (seconds, default
+# EMCRYO_RUNS (emcryo runs this many times, default 1; the median wall is reported: a VM's speed
+# drifts by 10-20% between runs), SKIP_RELION=1 / SKIP_EMCRYO=1 (reuse the other side's results), RELION_TIMEOUT (seconds, default
 # 7200: RELION is stopped there and its last finished iteration is scored).
 #
 # Both start from one map: the complex's true map, low-passed to 30 Å by each program (RELION:
@@ -58,9 +59,14 @@ timed() {  # timed NAME PATTERN CMD...
 wall_s() { awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s}' "$1"; }
 
 if [[ -z ${SKIP_EMCRYO:-} ]]; then
-  rm -rf "$W/emcryo"
-  timed emcryo "hetero-refine --particles" "$EMCRYO" -j 2 hetero-refine --particles "$D/particles_blind.star" --ref "$D/truth_class001.mrc" \
-    --classes 2 --ini-high 30 --initial-step 15 --offset-range 3 --offset-step 1 --particle-diameter 115 --max-iterations 12 --out "$W/emcryo"
+  emcryo_walls=()
+  for ((run = 1; run <= ${EMCRYO_RUNS:-1}; run++)); do
+    rm -rf "$W/emcryo"
+    timed emcryo "hetero-refine --particles" "$EMCRYO" -j 2 hetero-refine --particles "$D/particles_blind.star" --ref "$D/truth_class001.mrc" \
+      --classes 2 --ini-high 30 --initial-step 15 --offset-range 3 --offset-step 1 --particle-diameter 115 --max-iterations 12 --out "$W/emcryo"
+    emcryo_walls+=("$(wall_s "$W/emcryo.time")")
+  done
+  printf '%s\n' "${emcryo_walls[@]}" > "$W/emcryo.walls"
 fi
 
 if [[ -z ${SKIP_RELION:-} ]]; then
@@ -75,7 +81,9 @@ fi
 {
   echo "## hetero_vs_relion $(date '+%F %T') rev $rev, $NPART particles, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
   if [[ -f $W/emcryo/particles.star ]]; then
-    echo "emcryo hetero-refine: wall $(wall_s "$W/emcryo.time") s, peak $(cat "$W/emcryo.peak_mib") MiB"
+    walls=$( [[ -f $W/emcryo.walls ]] && cat "$W/emcryo.walls" || wall_s "$W/emcryo.time")
+    median=$(sort -g <<< "$walls" | sed -n "$(( ($(wc -l <<< "$walls") + 1) / 2 ))p")
+    echo "emcryo hetero-refine: wall $median s (median of: $(echo $walls)), peak $(cat "$W/emcryo.peak_mib") MiB (last run)"
     $PY "$here/eval_hetero.py" "$D/truth.star" "$W/emcryo/particles.star" --maps "$W/emcryo/class_001.mrc" "$W/emcryo/class_002.mrc" \
       --truth-maps "$D/truth_class001.mrc" "$D/truth_class002.mrc"
   fi

@@ -126,7 +126,7 @@ void for_each_orientation(const std::vector<Hypothesis>& kept, std::vector<std::
 
 /// Lanes that fit in about 1 GB of padded volumes, at most 8.
 int lane_count(int n) {
-  const double bytes = 12.0 * (n + 1) * (2.0 * n) * (2.0 * n);  // padded half volume: complex data + float weight
+  const double bytes = 4.0 * BackProjector::kCellFloats * (n + 1) * (2.0 * n) * (2.0 * n);  // padded half volume of cells
   return std::clamp(static_cast<int>(1e9 / bytes), 1, 8);
 }
 
@@ -184,22 +184,36 @@ void NoiseSums::update(std::vector<std::vector<double>>& sigma2) const {
 }
 
 ReconstructionSums::ReconstructionSums(int classes, int n)
-    : n_(n), max_lanes_(lane_count(n)), lanes_(sz(classes), std::vector<BackProjector>(1, BackProjector(n))), totals_(sz(classes), BackProjector(n)) {}
+    : n_(n), max_lanes_(lane_count(n)), lanes_(std::make_shared<Lanes>(sz(classes))) {
+  // Made in place, not copied from one: a copy writes every page of the padded volume.
+  for (auto& lanes : *lanes_) lanes.emplace_back(n);
+  totals_.reserve(sz(classes));
+  for (int k = 0; k < classes; ++k) totals_.emplace_back(n);
+}
+
+std::vector<ReconstructionSums> ReconstructionSums::for_halves(int classes, int n) {
+  std::vector<ReconstructionSums> halves;
+  halves.reserve(2);
+  halves.emplace_back(classes, n);
+  halves.emplace_back(classes, n);
+  halves[1].lanes_ = halves[0].lanes_;
+  return halves;
+}
 
 void ReconstructionSums::provide_lanes(int count) {
   if (count > max_lanes_) fail("reconstruction sums: {} lanes asked, at most {} (internal error)", count, max_lanes_);
-  for (auto& lanes : lanes_)
+  for (auto& lanes : *lanes_)
     while (static_cast<int>(lanes.size()) < count) lanes.emplace_back(n_);
 }
 
 BackProjector& ReconstructionSums::fold_lanes(int k) {
-  auto& lanes = lanes_[sz(k)];
+  auto& lanes = (*lanes_)[sz(k)];
   for (std::size_t l = 1; l < lanes.size(); ++l) lanes[0].add(lanes[l]), lanes[l].clear();
   return lanes[0];
 }
 
 void ReconstructionSums::clear_lanes() {
-  for (auto& lanes : lanes_)
+  for (auto& lanes : *lanes_)
     for (auto& lane : lanes) lane.clear();
 }
 

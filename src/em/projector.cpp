@@ -188,26 +188,24 @@ inline Complex interpolate(const Complex* grid, const Cell& c) {
 #endif
 }
 
-/// Spreads a value (vr, vi, conjugated where mirrored by the caller) and its weight w over a cell.
-inline void spread(float* sums, float* weights, const Cell& c, float vr, float vi, float w) {
+/// Spreads a value (vr, vi, conjugated where mirrored by the caller) and its weight w over a cell
+/// of the back-projector's cells (re, im, weight, 0 per voxel).
+inline void spread(float* cells, const Cell& c, float vr, float vi, float w) {
   const float wzy[4] = {(1 - c.fz) * (1 - c.fy), (1 - c.fz) * c.fy, c.fz * (1 - c.fy), c.fz * c.fy};
 #ifdef EMCRYO_TRILINEAR_SIMD
-  // Each corner's two voxels: one 4-float add for the values, one 2-float add for the weights.
-  const __m128 value = _mm_setr_ps(vr, vi, vr, vi), weight = _mm_set1_ps(w);
+  // The value and weight split along x once ((1 - fx) for the corner, fx for its x + 1 neighbour),
+  // then per corner one register of 8 floats scaled by the corner's (y, z) weight and added.
+  const __m128 v = _mm_setr_ps(vr, vi, w, 0);
+  const __m256 along_x = _mm256_set_m128(_mm_mul_ps(_mm_set1_ps(c.fx), v), _mm_mul_ps(_mm_set1_ps(1 - c.fx), v));
   for (int i = 0; i < 4; ++i) {
-    const float w0 = wzy[i] * (1 - c.fx), w1 = wzy[i] * c.fx;
-    float* d = sums + 2 * c.corner[i];
-    _mm_storeu_ps(d, _mm_fmadd_ps(_mm_setr_ps(w0, w0, w1, w1), value, _mm_loadu_ps(d)));
-    auto* wd = reinterpret_cast<double*>(weights + c.corner[i]);  // two floats through a 64-bit lane (unaligned is fine)
-    const __m128 old = _mm_castpd_ps(_mm_load_sd(wd));
-    _mm_storel_pd(wd, _mm_castps_pd(_mm_fmadd_ps(_mm_setr_ps(w0, w1, 0, 0), weight, old)));
+    float* d = cells + BackProjector::kCellFloats * c.corner[i];
+    _mm256_storeu_ps(d, _mm256_fmadd_ps(_mm256_set1_ps(wzy[i]), along_x, _mm256_loadu_ps(d)));
   }
 #else
+  const float x0[3] = {(1 - c.fx) * vr, (1 - c.fx) * vi, (1 - c.fx) * w}, x1[3] = {c.fx * vr, c.fx * vi, c.fx * w};
   for (int i = 0; i < 4; ++i) {
-    const float w0 = wzy[i] * (1 - c.fx), w1 = wzy[i] * c.fx;
-    float* d = sums + 2 * c.corner[i];
-    d[0] += w0 * vr, d[1] += w0 * vi, d[2] += w1 * vr, d[3] += w1 * vi;
-    weights[c.corner[i]] += w0 * w, weights[c.corner[i] + 1] += w1 * w;
+    float* d = cells + BackProjector::kCellFloats * c.corner[i];
+    for (int j = 0; j < 3; ++j) d[j] += wzy[i] * x0[j], d[4 + j] += wzy[i] * x1[j];
   }
 #endif
 }
@@ -257,7 +255,7 @@ void Projector::sample(const geometry::Mat3& a, const FrequencyList& list, Compl
 
 BackProjector::BackProjector(int n, int padding)
     : n_(n), pad_(padding), m_(n * padding), hm_(n * padding / 2 + 1),
-      data_(image::half_size(m_, m_, m_)), weight_(image::half_size(m_, m_, m_)) {}
+      cells_(kCellFloats * image::half_size(m_, m_, m_)) {}
 
 template <class F>
 void BackProjector::for_each_reached_row(int reach, F row, bool parallel) const {
@@ -297,8 +295,7 @@ void BackProjector::clear() {
   // In parallel where the caller is not: a chunk's lanes are cleared and folded between its
   // inserts, while the other threads would otherwise wait.
   for_each_reached_row(reach_, [&](std::size_t first, std::size_t count) {
-    std::fill_n(data_.begin() + static_cast<std::ptrdiff_t>(first), count, Complex{});
-    std::fill_n(weight_.begin() + static_cast<std::ptrdiff_t>(first), count, 0.0f);
+    std::fill_n(cells_.begin() + static_cast<std::ptrdiff_t>(kCellFloats * first), kCellFloats * count, 0.0f);
   }, true);
   reach_ = -1;
 }
@@ -307,9 +304,10 @@ void BackProjector::put(mpi::Message& message) const {
   std::vector<Complex> data;
   std::vector<float> weight;
   for_each_reached_row(reach_, [&](std::size_t first, std::size_t count) {
-    data.insert(data.end(), data_.begin() + static_cast<std::ptrdiff_t>(first), data_.begin() + static_cast<std::ptrdiff_t>(first + count));
-    weight.insert(weight.end(), weight_.begin() + static_cast<std::ptrdiff_t>(first),
-                  weight_.begin() + static_cast<std::ptrdiff_t>(first + count));
+    for (std::size_t i = first; i < first + count; ++i) {
+      const float* c = cell(i);
+      data.emplace_back(c[0], c[1]), weight.push_back(c[2]);
+    }
   });
   message.put(reach_), message.put(data), message.put(weight);
 }
@@ -327,8 +325,10 @@ void BackProjector::merge_reached(int reach, const Complex* data, const float* w
   for_each_reached_row(reach, [&](std::size_t first, std::size_t count) {
     if (at + count > size) fail("internal error: back-projection sums of another size");
     for (std::size_t i = 0; i < count; ++i) {
-      data_[first + i] = add ? data_[first + i] + data[at + i] : data[at + i];
-      weight_[first + i] = add ? weight_[first + i] + weight[at + i] : weight[at + i];
+      float* c = cell(first + i);
+      c[0] = add ? c[0] + data[at + i].real() : data[at + i].real();
+      c[1] = add ? c[1] + data[at + i].imag() : data[at + i].imag();
+      c[2] = add ? c[2] + weight[at + i] : weight[at + i];
     }
     at += count;
   });
@@ -352,8 +352,9 @@ void BackProjector::add_reached(int reach, const float* cells, int stride) {
   const auto step = static_cast<std::size_t>(stride);
   for_each_cube_row(reach, [&](std::size_t first, std::size_t count) {
     for (std::size_t i = 0; i < count; ++i) {
-      const float* cell = cells + (at + i) * step;
-      data_[first + i] += Complex(cell[0], cell[1]), weight_[first + i] += cell[2];
+      const float* from = cells + (at + i) * step;
+      float* c = cell(first + i);
+      c[0] += from[0], c[1] += from[1], c[2] += from[2];
     }
     at += count;
   });
@@ -369,10 +370,7 @@ void BackProjector::take_from(mpi::Message& message) {
 
 void BackProjector::add(const BackProjector& other) {
   for_each_reached_row(other.reach_, [&](std::size_t first, std::size_t count) {
-    for (std::size_t i = first; i < first + count; ++i) {
-      data_[i] += other.data_[i];
-      weight_[i] += other.weight_[i];
-    }
+    for (std::size_t i = kCellFloats * first; i < kCellFloats * (first + count); ++i) cells_[i] += other.cells_[i];
   }, true);  // in parallel where the caller is not, as clear()
   reach_ = std::max(reach_, other.reach_);
 }
@@ -386,15 +384,11 @@ void BackProjector::add_and_clear(std::vector<BackProjector>& lanes) {
     if (lane.reach_ >= 0) used.push_back(&lane), reach = std::max(reach, lane.reach_);
   }
   for_each_reached_row(reach, [&](std::size_t first, std::size_t count) {
-    for (std::size_t i = first; i < first + count; ++i) {
-      Complex d = used[0]->data_[i];
-      float w = used[0]->weight_[i];
-      used[0]->data_[i] = Complex{}, used[0]->weight_[i] = 0.0f;
-      for (std::size_t l = 1; l < used.size(); ++l) {
-        d += used[l]->data_[i], w += used[l]->weight_[i];
-        used[l]->data_[i] = Complex{}, used[l]->weight_[i] = 0.0f;
-      }
-      data_[i] += d, weight_[i] += w;
+    for (std::size_t i = kCellFloats * first; i < kCellFloats * (first + count); ++i) {
+      float v = used[0]->cells_[i];
+      used[0]->cells_[i] = 0.0f;
+      for (std::size_t l = 1; l < used.size(); ++l) v += used[l]->cells_[i], used[l]->cells_[i] = 0.0f;
+      cells_[i] += v;
     }
   }, true);
   for (auto* lane : used) lane->reach_ = -1;
@@ -416,9 +410,7 @@ void BackProjector::insert_all(const std::vector<Slice>& slices, const float* we
   for (const Slice& slice : slices) frames.emplace_back(slice.a, pad_, m_, hm_);
   const int ky_limit = std::min(in_n / 2 - 1, static_cast<int>(std::ceil(r_max)));
   reach_ = std::max(reach_, reach_for(n_, pad_, max_radius));
-  // Complex voxels as float pairs: a corner's two x neighbours are four consecutive floats.
-  float* const sums = reinterpret_cast<float*>(data_.data());
-  float* const weights = weight_.data();
+  float* const sums = cells_.data();
 #ifdef EMCRYO_TRILINEAR_SIMD
   const bool eight_at_once = fits_cells8(m_, frames.front().hm);
   Cells8 cells;
@@ -447,7 +439,7 @@ void BackProjector::insert_all(const std::vector<Slice>& slices, const float* we
           for (int i = 0; i < count; ++i) {
             const Cell c = cells[i];
             const std::size_t at = row + static_cast<std::size_t>(kx + i);
-            spread(sums, weights, c, data[at].real(), data[at].imag() * c.sign, weight[at] * scale);
+            spread(sums, c, data[at].real(), data[at].imag() * c.sign, weight[at] * scale);
           }
         }
       }
@@ -460,7 +452,7 @@ void BackProjector::insert_all(const std::vector<Slice>& slices, const float* we
         const SliceFrame& s = frames[o];
         const Cell c = s.cell(s.ax * fkx + s.bx * fky, s.ay * fkx + s.by * fky, s.az * fkx + s.bz * fky);
         const Complex* data = slices[o].data;
-        spread(sums, weights, c, data[row + kx].real(), data[row + kx].imag() * c.sign, weight[row + kx] * slices[o].weight_scale);
+        spread(sums, c, data[row + kx].real(), data[row + kx].imag() * c.sign, weight[row + kx] * slices[o].weight_scale);
       }
     }
   }
@@ -489,6 +481,16 @@ void BackProjector::enforce_hermitian(std::vector<Complex>& data, std::vector<fl
     }
 }
 
+void BackProjector::split_grids(std::vector<Complex>& data, std::vector<float>& weight) const {
+  const std::size_t size = cells_.size() / kCellFloats;
+  data.resize(size), weight.resize(size);
+#pragma omp parallel for schedule(static)
+  for (std::size_t i = 0; i < size; ++i) {
+    const float* c = cell(i);
+    data[i] = Complex(c[0], c[1]), weight[i] = c[2];
+  }
+}
+
 std::vector<double> BackProjector::mean_weight_per_shell() const {
   const auto shells = static_cast<std::size_t>(n_ / 2 + 1);
   // Each plane's sums on its own, then the planes in order: the same sums with any thread count.
@@ -504,7 +506,7 @@ std::vector<double> BackProjector::mean_weight_per_shell() const {
       for (int x = 0; x < hm_; ++x, ++idx) {
         const auto s = static_cast<std::size_t>(std::lround(std::sqrt(x * x + ky * ky + kz * kz) / pad_));
         if (s >= shells) continue;
-        sum[s] += weight_[idx];
+        sum[s] += cells_[kCellFloats * idx + 2];
         count[s] += 1;
       }
     }
@@ -518,8 +520,9 @@ std::vector<double> BackProjector::mean_weight_per_shell() const {
 }
 
 std::vector<float> BackProjector::reconstruct(const std::vector<double>& regularisation) const {
-  std::vector<Complex> data = data_;
-  std::vector<float> weight = weight_;
+  std::vector<Complex> data;
+  std::vector<float> weight;
+  split_grids(data, weight);
   enforce_hermitian(data, weight);
   const auto mean_weight = mean_weight_per_shell();
   const int shells = n_ / 2 + 1;

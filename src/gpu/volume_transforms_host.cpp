@@ -28,7 +28,10 @@ class GpuVolumeTransforms final : public em::VolumeTransforms {
     if (!regularisation_per_shell.empty() && regularisation_per_shell.size() < static_cast<std::size_t>(n / 2 + 1))
       fail("GPU reconstruction: {} regularisation values for {} shells (internal error)", regularisation_per_shell.size(), n / 2 + 1);
     std::vector<float> map(static_cast<std::size_t>(n) * n * n);
-    device_.reconstruct(n, sums.padding(), reinterpret_cast<const float*>(sums.data_grid().data()), sums.weight_grid().data(),
+    std::vector<em::Complex> data;
+    std::vector<float> weight;
+    sums.split_grids(data, weight);
+    device_.reconstruct(n, sums.padding(), reinterpret_cast<const float*>(data.data()), weight.data(),
                         regularisation_per_shell.empty() ? nullptr : regularisation_per_shell.data(),
                         static_cast<int>(regularisation_per_shell.size()), map.data());
     return map;

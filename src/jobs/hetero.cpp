@@ -471,7 +471,7 @@ HeteroResult run(const JobFolder& folder, State state, bool resumed) {
     for (int h = 0; h < 2; ++h) {
       std::vector<std::size_t> members;
       std::vector<em::Pose3D> poses;
-      if (half_sums_store.size() != 2 || half_sums_store.front().classes() != L) half_sums_store.assign(2, em::ReconstructionSums(L, n));
+      if (half_sums_store.size() != 2 || half_sums_store.front().classes() != L) half_sums_store = em::ReconstructionSums::for_halves(L, n);
       em::ReconstructionSums& half_sums = half_sums_store[sz(h)];
       half_sums.clear_totals();
       e_step(h, settings, members, poses, half_sums, noise, stats, &progress);

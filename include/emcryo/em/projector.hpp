@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "emcryo/core/mpi.hpp"
+#include "emcryo/core/zero_pages.hpp"
 #include "emcryo/em/projector2d.hpp"
 #include "emcryo/geometry/rotation.hpp"
 #include "emcryo/image/fft.hpp"
@@ -112,10 +113,13 @@ class BackProjector {
   std::vector<float> reconstruct(const std::vector<double>& regularisation_per_shell = {}) const;
   /// Mean weight per shell (of the n grid), for Wiener regularisation from an FSC.
   std::vector<double> mean_weight_per_shell() const;
-  /// The padded half grids summed so far (m x m x hm, m = padding() x box()): what a device's
-  /// reconstruction (VolumeTransforms) reads.
-  const std::vector<Complex>& data_grid() const { return data_; }
-  const std::vector<float>& weight_grid() const { return weight_; }
+  /// The padded half grids summed so far (m x m x hm, m = padding() x box()), data and weight
+  /// apart: what a reconstruction (here, or a device's VolumeTransforms) reads.
+  void split_grids(std::vector<Complex>& data, std::vector<float>& weight) const;
+  /// Floats per voxel of the sums: Re and Im of the data, the weight, and one unused, so that a
+  /// trilinear corner and its x + 1 neighbour are one 32-byte run (one register, mostly one cache
+  /// line) where data and weight apart were two runs in two arrays.
+  static constexpr std::size_t kCellFloats = 4;
 
  private:
   void enforce_hermitian(std::vector<Complex>& data, std::vector<float>& weight) const;
@@ -133,8 +137,9 @@ class BackProjector {
   void for_each_cube_row(int reach, F row) const;
   int n_, pad_, m_, hm_;
   int reach_ = -1;  // padded-grid frequency beyond which every voxel is zero; -1: all are
-  std::vector<Complex> data_;
-  std::vector<float> weight_;
+  float* cell(std::size_t voxel) { return cells_.data() + kCellFloats * voxel; }
+  const float* cell(std::size_t voxel) const { return cells_.data() + kCellFloats * voxel; }
+  ZeroPagesVector<float> cells_;  // kCellFloats per voxel; pages beyond the inserts' reach are never touched
 };
 
 /// Real-space correction for trilinear interpolation on a grid of m points: sinc^2 per axis.
