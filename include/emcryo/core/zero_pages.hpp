@@ -12,9 +12,10 @@ namespace emcryo {
 /// An allocator for large arrays that start at zero (a 3D reconstruction's sums): each allocation is
 /// its own anonymous mapping, whose pages the kernel hands out zeroed when first touched. A vector
 /// made with n values is therefore not written at all, and pages that are never reached (a
-/// back-projection lane filled only to the working resolution touches a third of its padded
-/// volume) cost no page fault and no memory: on the held-out hetero-refine bench the value-
-/// initialised lanes were ~40% of the run's page faults, which cost ~7 us each on a VM.
+/// back-projection lane filled only to the working resolution reaches a ball of frequencies, not
+/// its whole padded cube) cost no page fault and no memory: on the hetero-refine bench the lanes,
+/// copied into place and then inserted into, took about a third of the run's page faults, which
+/// cost ~7 us each on the VMs we measure on.
 /// Only for trivially copyable element types whose all-zero bytes are the value zero.
 template <class T>
 struct ZeroPagesAllocator {
