@@ -57,11 +57,9 @@ struct ExpectationSettings {
   // A (class, orientation) whose hypotheses hold less than this fraction of a particle's posterior is
   // not back-projected: on the held-out 2XHE refine a particle kept ~59 orientations, 20 of them below
   // 0.1% together, and skipping those cut the insertions' time by a quarter for the same poses and
-  // FSC to the truth (9.41 / 7.68 Å against 9.40 / 7.67; a floor of 1% cost 0.08 Å). 0.3% keeps ~28
-  // orientations of 38 at 0.1%: insertions 5.1 -> 4.3 s over the three held-out sets, pose errors
-  // and FSC to the truth within 0.02° and 0.01 Å (0.6%: 0.03 Å worse). Not applied with known_poses
-  // (the class weights are then the caller's).
-  double insert_weight_floor = 3e-3;
+  // FSC to the truth (9.41 / 7.68 Å against 9.40 / 7.67; a floor of 1% cost 0.08 Å). Refine raises it
+  // (see refine.cpp). Not applied with known_poses (the class weights are then the caller's).
+  double insert_weight_floor = 1e-3;
   bool known_poses = false;    // back-project at the given poses only (reconstruction): no scoring, no noise sums;
                                // into each class k by Pose3D::class_posterior[k] when given, else into class 0
   int keep_top = 0;            // hypotheses per particle kept in Pose3D::top
