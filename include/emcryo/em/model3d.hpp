@@ -96,6 +96,11 @@ struct NoiseSums {
 class ReconstructionSums {
  public:
   ReconstructionSums(int classes, int n);
+  // Not copied: a copy would share the lanes (and copying volumes is never what a job wants).
+  ReconstructionSums(const ReconstructionSums&) = delete;
+  ReconstructionSums& operator=(const ReconstructionSums&) = delete;
+  ReconstructionSums(ReconstructionSums&&) = default;
+  ReconstructionSums& operator=(ReconstructionSums&&) = default;
   /// The two half sets' sums of a gold-standard job. They share one set of lanes: the halves' E-steps
   /// run one after the other and each leaves its lanes cleared, so the second set of lanes (8
   /// padded volumes a class) was memory touched for nothing.

@@ -18,6 +18,7 @@
 #include "emcryo/core/float16.hpp"
 #include "emcryo/core/log.hpp"
 #include "emcryo/core/progress.hpp"
+#include "emcryo/core/zero_pages.hpp"
 #include "emcryo/core/random.hpp"
 #include "emcryo/core/runtime.hpp"
 #include "support/test_support.hpp"
@@ -111,6 +112,43 @@ TEST(CoreRuntime, BlasUsesAStrongKernelOnThisCpu) {
   } else {
     EXPECT_EQ(runtime::preferred_blas_core(), "") << "OpenBLAS runs core " << runtime::blas_core_name();
   }
+}
+
+TEST(CoreRuntime, GlibcIsAskedForHugePagesWhereTheKernelGivesThemOnRequest) {
+  // The test binary starts through ensure_fast_runtime like the program: where transparent huge
+  // pages are given on request, the process runs with glibc told to ask for them (or with the
+  // tunables its user set), unless EMCRYO_NO_HUGE_PAGES turned that off.
+  std::ifstream mode("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string text;
+  std::getline(mode, text);
+  if (text.find("[madvise]") == std::string::npos) GTEST_SKIP() << "transparent huge pages: " << (text.empty() ? "unknown" : text);
+  if (std::getenv("EMCRYO_NO_HUGE_PAGES")) GTEST_SKIP() << "EMCRYO_NO_HUGE_PAGES is set";
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  ASSERT_NE(tunables, nullptr);
+  if (std::getenv("EMCRYO_REEXECUTED")) {
+    EXPECT_NE(std::string(tunables).find("glibc.malloc.hugetlb=1"), std::string::npos) << tunables;
+  }
+}
+
+TEST(CoreZeroPages, StartsAtZeroAndBehavesAsAVector) {
+  // Value-initialised elements are the kernel's zero pages (never written); everything else is a
+  // vector's usual behaviour: writes, copies (element by element), growth and moves.
+  ZeroPagesVector<float> v(3 << 20);
+  EXPECT_TRUE(std::all_of(v.begin(), v.end(), [](float x) { return x == 0.0f; }));
+  v[12345] = 2.5f, v.back() = -1.0f;
+  const std::vector<float> copy(v.begin(), v.end());
+  EXPECT_EQ(copy[12345], 2.5f);
+  EXPECT_EQ(copy.back(), -1.0f);
+  v.resize(v.size() + 1000);
+  EXPECT_EQ(v[12345], 2.5f);
+  EXPECT_EQ(v[(3 << 20) - 1], -1.0f);
+  EXPECT_TRUE(std::all_of(v.end() - 1000, v.end(), [](float x) { return x == 0.0f; }));
+  v.push_back(7.0f);
+  EXPECT_EQ(v.back(), 7.0f);
+  ZeroPagesVector<float> moved = std::move(v);
+  EXPECT_EQ(moved[12345], 2.5f);
+  ZeroPagesVector<float> copied = moved;
+  EXPECT_EQ(copied, moved);
 }
 
 TEST(CoreRuntime, SetThreadsKeepsTheOpenMpTeam) {

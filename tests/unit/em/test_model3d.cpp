@@ -115,6 +115,24 @@ class ThreeDEngine : public ::testing::Test {
 
 }  // namespace
 
+TEST(ReconstructionSums, HalvesShareTheirLanesButNotTheirTotals) {
+  // The half sets' E-steps run one after the other and leave their lanes cleared: one set of lanes
+  // serves both, while each half keeps its own totals.
+  auto halves = em::ReconstructionSums::for_halves(2, 16);
+  ASSERT_EQ(halves.size(), 2u);
+  halves[0].provide_lanes(3);
+  for (int k = 0; k < 2; ++k)
+    for (int l = 0; l < 3; ++l) EXPECT_EQ(&halves[0].lane(k, l), &halves[1].lane(k, l));
+  EXPECT_NE(&halves[0].total(0), &halves[1].total(0));
+  std::vector<em::Complex> slice(image::half_size(16, 16), em::Complex(1.0f, 0.0f));
+  const std::vector<float> weight(slice.size(), 1.0f);
+  halves[0].lane(1, 2).insert(geometry::Mat3::identity(), slice.data(), weight.data(), 16, 7);
+  halves[0].add_lanes_to_total(1);
+  EXPECT_GT(halves[0].total(1).mean_weight_per_shell()[3], 0.0);
+  for (double w : halves[1].total(1).mean_weight_per_shell()) EXPECT_EQ(w, 0.0);
+  for (double w : halves[1].lane(1, 2).mean_weight_per_shell()) EXPECT_EQ(w, 0.0);  // folded and cleared
+}
+
 TEST_F(ThreeDEngine, CoarseToFineIsAsAccurateAsTheExhaustiveGridForLessWork) {
   const Run fine = refine_once(true), full = refine_once(false);
   const double e_fine = median_error(fine.poses), e_full = median_error(full.poses);
