@@ -69,7 +69,8 @@ int main(int argc, char** argv) {
       "  EMCRYO_GPU_SUMS=0         class2d's M-step sums on the CPU\n"
       "  EMCRYO_GPU_BACKPROJECT=0  3D back-projection on the CPU\n"
       "  EMCRYO_GPU_TRANSFORMS=0   3D reconstructions and projectors' transforms on the CPU\n"
-      "  EMCRYO_GPU_CPU_BELOW_FLOPS=N  batches below N FLOP scored on the CPU");
+      "  EMCRYO_GPU_CPU_BELOW_FLOPS=N  batches below N FLOP scored on the CPU\n"
+      "Memory: EMCRYO_NO_HUGE_PAGES=1  leaves glibc's malloc on 4 KB pages (by default it is asked for transparent huge pages)");
   emcryo::app::add_info_command(app);
   emcryo::app::add_simulate_command(app);
   emcryo::app::add_reconstruct_command(app);
